@@ -1,0 +1,3 @@
+from weightguard_cli.main import main
+
+main()
