@@ -1,0 +1,1 @@
+"""Private implementation modules of weightguard; no stable API."""
