@@ -1,0 +1,582 @@
+"""Byte sources for the loader: local files and S3 objects, read into caller buffers.
+
+A :class:`Source` is one file (a local path or an ``s3://bucket/key`` object) of known
+size; ``read_into(offset, out)`` fills ``out`` with exactly ``len(out)`` bytes starting
+at ``offset`` or raises.  Buffers belong to the caller, so the loader reuses them and
+never holds more than it asked for.
+
+A :class:`Location` is what the user named: a file, a local directory, an S3 object or
+an S3 prefix.  It lists file names and opens them as sources.
+
+S3 reads are ranged ``GetObject`` calls (``If-Match`` on the ETag seen at open, so an
+object replaced mid-load fails instead of mixing versions), the body streamed with
+``readinto`` into the caller's buffer.  Transient failures (HTTP 5xx, throttling,
+timeouts, dropped connections, short bodies) are retried with capped exponential
+backoff and full jitter, a bounded number of times.  Credentials come from boto3's
+standard chain (environment, shared config/credentials files, web identity, instance
+metadata); the endpoint can be overridden for S3-compatible stores
+(``endpoint_url=`` or ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``).  Error messages
+name bucket, key and byte range, never credentials.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from weightguard.errors import DependencyMissing, SourceError, TruncatedError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = [
+    "FileSource",
+    "Location",
+    "RetryPolicy",
+    "S3Options",
+    "S3Source",
+    "Source",
+    "open_location",
+    "parse_s3_uri",
+]
+
+_MAX_SMALL_FILE = 64 * 1024 * 1024  # index JSON, signature bundles: refuse anything bigger
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with capped exponential backoff and full jitter."""
+
+    max_attempts: int = 5
+    base_delay_s: float = 0.1
+    max_delay_s: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        """Sleep before retry number ``attempt`` (1-based)."""
+        cap = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
+        return random.uniform(0, cap)
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach S3.  Every field is optional; unset ones follow boto3's defaults."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    concurrency: int = 8  # concurrent ranged GETs
+    part_size: int = 8 * 1024 * 1024  # split single large reads into parts of this size
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    client: Any = field(default=None, repr=False)  # a ready boto3 S3 client (tests, custom auth)
+
+    def __repr__(self) -> str:  # never show the client (it holds credentials)
+        return (
+            f"S3Options(endpoint_url={self.endpoint_url!r}, region={self.region!r}, "
+            f"profile={self.profile!r}, concurrency={self.concurrency})"
+        )
+
+
+class Source:
+    """One file of known size that can be read at any offset into a caller buffer."""
+
+    name: str  # for messages: a local path or s3://bucket/key
+    size: int
+    concurrency: int = 1  # how many reads in flight pay off (remote sources: more)
+
+    def read_into(self, offset: int, out: memoryview | bytearray) -> None:
+        raise NotImplementedError
+
+    def read(self, offset: int, length: int) -> bytes:
+        buf = bytearray(length)
+        self.read_into(offset, buf)
+        return bytes(buf)
+
+    def close(self) -> None:
+        return None
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise TruncatedError(
+                f"{self.name}: bytes [{offset}, {offset + length}) are past the end of the "
+                f"file ({self.size} bytes)"
+            )
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, size={self.size})"
+
+
+class FileSource(Source):
+    """A local file read with ``os.preadv`` (no shared file position, thread-safe)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.name = os.fspath(path)
+        try:
+            self._fd = os.open(self.name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise SourceError(
+                f"{self.name}: no such file", hint="check the path of the model"
+            ) from None
+        except OSError as exc:
+            raise SourceError(f"{self.name}: cannot open: {exc.strerror}") from None
+        st = os.fstat(self._fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(self._fd)
+            raise SourceError(f"{self.name}: not a regular file")
+        self.size = st.st_size
+        self._closed = False
+
+    def read_into(self, offset: int, out: memoryview | bytearray) -> None:
+        mv = memoryview(out).cast("B")
+        self._check_range(offset, len(mv))
+        got = 0
+        while got < len(mv):
+            try:
+                n = os.preadv(self._fd, [mv[got:]], offset + got)
+            except OSError as exc:
+                raise SourceError(
+                    f"{self.name}: read of bytes [{offset}, {offset + len(mv)}) failed: "
+                    f"{exc.strerror}"
+                ) from None
+            if n == 0:
+                raise TruncatedError(
+                    f"{self.name}: file ended at byte {offset + got}, expected "
+                    f"{offset + len(mv)} (was it truncated while loading?)"
+                )
+            got += n
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``(bucket, key)``; the key may be empty or a prefix."""
+    if not uri.startswith("s3://"):
+        raise SourceError(f"{uri!r} is not an s3:// URI", hint="use s3://bucket/key")
+    rest = uri[5:]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise SourceError(f"{uri!r} names no bucket", hint="use s3://bucket/key")
+    return bucket, key
+
+
+def make_s3_client(options: S3Options) -> Any:
+    """A boto3 S3 client from the standard credential chain, with our own retries."""
+    if options.client is not None:
+        return options.client
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError as exc:  # pragma: no cover - boto3 is a dependency
+        raise DependencyMissing("S3 sources need boto3", hint="pip install boto3") from exc
+    endpoint = (
+        options.endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    cfg = Config(
+        retries={"total_max_attempts": 1, "mode": "standard"},  # retried here, incl. bodies
+        max_pool_connections=max(10, options.concurrency * 2),
+        connect_timeout=options.connect_timeout_s,
+        read_timeout=options.read_timeout_s,
+        s3={"addressing_style": "path"} if endpoint else None,
+        # Do not compute/require CRC checksums on ranged reads: we verify signed digests.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    session = boto3.session.Session(profile_name=options.profile, region_name=options.region)
+    return session.client("s3", endpoint_url=endpoint, config=cfg)
+
+
+_RETRY_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "503",
+    "500",
+    "502",
+    "504",
+}
+_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+_DENIED = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "403",
+    "Forbidden",
+}
+
+
+class _Retry(Exception):
+    """Internal: a transient failure worth another attempt."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def _classify(exc: BaseException, where: str) -> Exception:
+    """Map a boto/urllib3 exception to `_Retry` (transient) or a final `SourceError`."""
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.ClientError):
+        err = exc.response.get("Error", {}) if isinstance(exc.response, dict) else {}
+        code = str(err.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _NOT_FOUND or status == 404:
+            return SourceError(
+                f"{where}: not found ({code or status})",
+                hint="check the bucket and key; was the model pushed?",
+            )
+        if code in _DENIED or status == 403:
+            return SourceError(
+                f"{where}: access denied ({code or status})",
+                hint="check the AWS credentials (standard chain: env, profile, web identity) "
+                "and the bucket policy",
+            )
+        if code in ("PreconditionFailed", "412") or status == 412:
+            return SourceError(
+                f"{where}: the object changed while it was being loaded",
+                hint="the model was replaced during the load; load it again",
+            )
+        if code in ("InvalidRange", "416") or status == 416:
+            return TruncatedError(f"{where}: range is past the end of the object")
+        if code in _RETRY_CODES or status >= 500 or status == 429:
+            return _Retry(f"HTTP {status} {code}".strip())
+        return SourceError(f"{where}: S3 error {code or status}")
+    if isinstance(
+        exc,
+        bx.EndpointConnectionError
+        | bx.ConnectionClosedError
+        | bx.ReadTimeoutError
+        | bx.ConnectTimeoutError
+        | bx.ResponseStreamingError
+        | bx.IncompleteReadError
+        | bx.HTTPClientError
+        | ConnectionError
+        | TimeoutError,
+    ):
+        return _Retry(type(exc).__name__)
+    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return SourceError(
+            f"{where}: no AWS credentials found",
+            hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or a web identity",
+        )
+    if isinstance(exc, bx.BotoCoreError):
+        return SourceError(f"{where}: {type(exc).__name__}")
+    return _Retry(type(exc).__name__) if isinstance(exc, OSError) else exc  # type: ignore[return-value]
+
+
+def _with_retries(policy: RetryPolicy, where: str, fn: Callable[[], Any]) -> Any:
+    last = "unknown error"
+    for attempt in range(1, policy.max_attempts + 1):
+        try:
+            return fn()
+        except (SourceError, TruncatedError):
+            raise
+        except Exception as exc:
+            mapped = exc if isinstance(exc, _Retry) else _classify(exc, where)
+            if not isinstance(mapped, _Retry):
+                raise mapped from None
+            last = mapped.what
+        if attempt < policy.max_attempts:
+            time.sleep(policy.delay(attempt))
+    raise SourceError(
+        f"{where}: failed after {policy.max_attempts} attempts (last: {last})",
+        hint="the store is unavailable or overloaded; retry later or check the endpoint",
+    )
+
+
+class S3Source(Source):
+    """One S3 object, read with concurrent ranged GETs."""
+
+    def __init__(
+        self,
+        bucket: str,
+        key: str,
+        options: S3Options | None = None,
+        *,
+        client: Any = None,
+        size: int | None = None,
+        etag: str | None = None,
+    ) -> None:
+        self.options = options or S3Options()
+        self.bucket, self.key = bucket, key
+        self.name = f"s3://{bucket}/{key}"
+        self.concurrency = max(1, self.options.concurrency)
+        self._client = client if client is not None else make_s3_client(self.options)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        if size is None or etag is None:
+            head = _with_retries(
+                self.options.retry,
+                self.name,
+                lambda: self._client.head_object(Bucket=bucket, Key=key),
+            )
+            size, etag = int(head["ContentLength"]), str(head.get("ETag", "")) or None
+        self.size = size
+        self.etag = etag
+
+    def _get_into(self, offset: int, mv: memoryview) -> None:
+        where = f"{self.name} bytes [{offset}, {offset + len(mv)})"
+
+        def attempt() -> None:
+            kwargs: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Key": self.key,
+                "Range": f"bytes={offset}-{offset + len(mv) - 1}",
+            }
+            if self.etag:
+                kwargs["IfMatch"] = self.etag
+            resp = self._client.get_object(**kwargs)
+            body = resp["Body"]
+            try:
+                length = int(resp.get("ContentLength", -1))
+                if length != len(mv):
+                    raise _Retry(f"server sent {length} bytes for a {len(mv)}-byte range")
+                got = 0
+                while got < len(mv):
+                    n = body.readinto(mv[got:])
+                    if not n:
+                        raise _Retry(f"body ended after {got} of {len(mv)} bytes")
+                    got += n
+            finally:
+                body.close()
+
+        _with_retries(self.options.retry, where, attempt)
+
+    def read_into(self, offset: int, out: memoryview | bytearray) -> None:
+        mv = memoryview(out).cast("B")
+        self._check_range(offset, len(mv))
+        if not len(mv):
+            return
+        part = max(1, self.options.part_size)
+        if len(mv) <= part or self.concurrency == 1:
+            self._get_into(offset, mv)
+            return
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.concurrency, thread_name_prefix="wg-s3"
+                )
+            pool = self._pool
+        futures = [
+            pool.submit(self._get_into, offset + start, mv[start : start + part])
+            for start in range(0, len(mv), part)
+        ]
+        first: BaseException | None = None
+        for f in futures:  # wait for all so no thread writes into `out` after we return
+            exc = f.exception()
+            if exc is not None and first is None:
+                first = exc
+        if first is not None:
+            raise first
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+
+class Location:
+    """What the user named: a local file or directory, an S3 object or prefix."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        is_dir: bool,
+        local_path: Path | None = None,
+        s3: S3Options | None = None,
+        client: Any = None,
+        bucket: str = "",
+        prefix: str = "",
+        listing: dict[str, tuple[int, str | None]] | None = None,
+    ) -> None:
+        self.uri = uri
+        self.is_dir = is_dir
+        self.local_path = local_path
+        self.s3 = s3
+        self._client = client
+        self.bucket, self.prefix = bucket, prefix
+        self._listing = listing
+
+    @property
+    def is_s3(self) -> bool:
+        return self.local_path is None
+
+    @property
+    def display_name(self) -> str:
+        return self.uri
+
+    def names(self) -> list[str]:
+        """Relative names of the files (for a single file: its base name)."""
+        if self.local_path is not None:
+            if not self.is_dir:
+                return [self.local_path.name]
+            out: list[str] = []
+            for root, dirs, files in os.walk(self.local_path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in files:
+                    full = Path(root) / f
+                    if full.is_file() and not f.startswith("."):
+                        out.append(full.relative_to(self.local_path).as_posix())
+            return sorted(out)
+        assert self._listing is not None
+        return sorted(self._listing)
+
+    def exists(self, name: str) -> bool:
+        if self.local_path is not None:
+            return self._local(name).is_file()
+        assert self._listing is not None
+        return name in self._listing
+
+    def _local(self, name: str) -> Path:
+        assert self.local_path is not None
+        if not self.is_dir:
+            if name != self.local_path.name:
+                return self.local_path.parent / name  # sibling (e.g. model.safetensors.sig)
+            return self.local_path
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise SourceError(f"{self.uri}: refusing path {name!r} outside the model")
+        return self.local_path / name
+
+    def _s3_key(self, name: str) -> str:
+        if not self.is_dir:
+            base = self.prefix.rsplit("/", 1)
+            return name if len(base) == 1 else f"{base[0]}/{name}"
+        return f"{self.prefix}{name}"
+
+    def sibling_exists(self, name: str) -> bool:
+        """Whether a file next to the named file (or inside the dir) exists."""
+        if self.local_path is not None:
+            return self._local(name).is_file()
+        if self.is_dir:
+            return self.exists(name)
+        try:
+            self.open(name).close()
+        except SourceError:
+            return False
+        return True
+
+    def open(self, name: str) -> Source:
+        if self.local_path is not None:
+            return FileSource(self._local(name))
+        meta = self._listing.get(name) if (self._listing and self.is_dir) else None
+        return S3Source(
+            self.bucket,
+            self._s3_key(name),
+            self.s3,
+            client=self._client,
+            size=meta[0] if meta else None,
+            etag=meta[1] if meta else None,
+        )
+
+    def read_small(self, name: str, limit: int = _MAX_SMALL_FILE) -> bytes:
+        """A whole small file (index JSON, signature); bounded by ``limit`` bytes."""
+        with self.open(name) as src:
+            if src.size > limit:
+                raise SourceError(f"{src.name}: {src.size} bytes, more than the {limit} allowed")
+            return src.read(0, src.size)
+
+    def local_file(self, name: str) -> Path | None:
+        return self._local(name) if self.local_path is not None else None
+
+    def __repr__(self) -> str:
+        return f"Location({self.uri!r}, is_dir={self.is_dir})"
+
+
+def _bind(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Callable[[], Any]:
+    return lambda: fn(**kwargs)
+
+
+def _s3_list(
+    client: Any, bucket: str, prefix: str, policy: RetryPolicy
+) -> Iterator[dict[str, Any]]:
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = _with_retries(
+            policy, f"s3://{bucket}/{prefix}", _bind(client.list_objects_v2, kwargs)
+        )
+        yield from page.get("Contents", [])
+        if not page.get("IsTruncated"):
+            return
+        token = page.get("NextContinuationToken")
+
+
+def open_location(source: str | os.PathLike[str], *, s3: S3Options | None = None) -> Location:
+    """Resolve a path, directory, ``s3://bucket/key`` or ``s3://bucket/prefix/``."""
+    text = os.fspath(source)
+    if text.startswith("s3://"):
+        options = s3 or S3Options()
+        bucket, key = parse_s3_uri(text)
+        client = make_s3_client(options)
+        if key and not key.endswith("/"):
+            # An object, unless it does not exist and a prefix of that name does.
+            try:
+                head = _with_retries(
+                    options.retry, text, lambda: client.head_object(Bucket=bucket, Key=key)
+                )
+                return Location(
+                    text,
+                    is_dir=False,
+                    s3=options,
+                    client=client,
+                    bucket=bucket,
+                    prefix=key,
+                    listing={
+                        key.rsplit("/", 1)[-1]: (int(head["ContentLength"]), head.get("ETag"))
+                    },
+                )
+            except SourceError as exc:
+                if "not found" not in exc.message:
+                    raise
+            key = key + "/"
+        listing: dict[str, tuple[int, str | None]] = {}
+        for obj in _s3_list(client, bucket, key, options.retry):
+            rel = str(obj["Key"])[len(key) :]
+            if rel and not rel.endswith("/"):
+                listing[rel] = (int(obj["Size"]), obj.get("ETag"))
+        if not listing:
+            raise SourceError(f"{text}: no such object or prefix", hint="check the bucket and key")
+        return Location(
+            text, is_dir=True, s3=options, client=client, bucket=bucket, prefix=key, listing=listing
+        )
+    path = Path(text)
+    if path.is_dir():
+        return Location(text, is_dir=True, local_path=path)
+    if path.is_file():
+        return Location(text, is_dir=False, local_path=path)
+    raise SourceError(f"{text}: no such file or directory", hint="check the path of the model")
