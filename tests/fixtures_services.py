@@ -30,6 +30,8 @@ from weightguard._internal.services import (
     OpenBaoServer,
     SeaweedS3Server,
     TokenReviewServer,
+    live_pids,
+    started_pids,
 )
 
 _CLEARED_ENV = (
@@ -47,23 +49,37 @@ _CLEARED_ENV = (
 )
 
 
+def _assert_stopped(pid: int | None) -> None:
+    """Session teardown check: the launcher's process group is gone."""
+    if pid is None or pid not in started_pids():
+        raise RuntimeError(f"service process {pid} was not recorded by the launcher")
+    if pid in live_pids():
+        raise RuntimeError(f"service process group {pid} is still alive after stop")
+
+
 @pytest.fixture(scope="session")
 def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoServer]:
     audit = tmp_path_factory.mktemp("openbao-audit") / "audit.log"
     with OpenBaoServer(audit_file=audit) as server:
+        pid = server.pid
         yield server
+    _assert_stopped(pid)
 
 
 @pytest.fixture(scope="session")
 def s3() -> Iterator[SeaweedS3Server]:
     with SeaweedS3Server() as server:
+        pid = server.pid
         yield server
+    _assert_stopped(pid)
 
 
 @pytest.fixture(scope="session")
 def kms() -> Iterator[MotoKMSServer]:
     with MotoKMSServer() as server:
+        pid = server.pid
         yield server
+    _assert_stopped(pid)
 
 
 @pytest.fixture(scope="session")
