@@ -1,0 +1,277 @@
+"""Audit records: canonical JSON, chain digests, the sanitizer and the subject.
+
+A record is one JSON object per line.  Its digest is SHA-256 over the canonical
+encoding of the parsed object (sorted keys, no whitespace, ASCII only), so a log
+collector that re-serialises the line does not break the chain, while any change
+of a value does.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import hashlib
+import json
+import math
+import os
+import re
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+FORMAT_VERSION = 1
+GENESIS = "sha256:" + "0" * 64
+MAX_RECORD_BYTES = 16 * 1024  # a record larger than this is refused by writers and verifiers
+MAX_STRING = 1024  # longer strings are truncated by the sanitizer
+MAX_DEPTH = 4
+MAX_ITEMS = 64
+REDACTED = "[redacted]"
+
+EVENTS = frozenset(
+    {
+        "encrypt",
+        "decrypt",
+        "rewrap",
+        "sign",
+        "verify.ok",
+        "verify.failed",
+        "load.start",
+        "key.unwrap",
+        "load.ok",
+        "load.denied",
+        "tamper.detected",
+        "fetch",
+        "push",
+        "watermark.embed",
+        "watermark.check",
+        "fingerprint",
+        "checkpoint",
+        "log.rotate",
+    }
+)
+OUTCOMES = frozenset({"ok", "denied", "error", "failed", "tamper"})
+
+
+def canonical(obj: Any) -> bytes:
+    """The canonical encoding: sorted keys, no whitespace, ASCII, no NaN."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def digest(record: Mapping[str, Any]) -> str:
+    return "sha256:" + hashlib.sha256(canonical(record)).hexdigest()
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> _dt.datetime:
+    """Parse an ISO-8601 time (our records, or user input like 2025-01-31 / ...T10:00Z)."""
+    t = text.strip()
+    if t.endswith("Z"):
+        t = t[:-1] + "+00:00"
+    value = _dt.datetime.fromisoformat(t)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_dt.UTC)
+    return value
+
+
+# ----------------------------------------------------------------------------- sanitizer
+
+# Field names that must never carry a value into the log.  Exact safe names are allowed.
+_SECRET_NAME = re.compile(
+    r"(key|token|secret|passw|passphrase|credential|private|plaintext|cookie|session|"
+    r"auth|bearer|jwt|signature|cipher|wrapped|nonce|seed)",
+    re.IGNORECASE,
+)
+SAFE_NAMES = frozenset(
+    {
+        "key_id",
+        "key_uri",
+        "key_version",
+        "key_provider",
+        "key_versions",
+        "checkpoint_key_id",
+    }
+)
+# Well-known secret shapes, anywhere in a string.
+_SECRET_SHAPES = re.compile(
+    r"(hv[sbr]\.[A-Za-z0-9_\-]{20,}"  # Vault/OpenBao tokens
+    r"|\bs\.[A-Za-z0-9]{24}\b"  # legacy Vault tokens
+    r"|vault:v\d+:[A-Za-z0-9+/=]+"  # Vault Transit ciphertext / signatures
+    r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.?[A-Za-z0-9_\-]*"  # JWT
+    r"|-----BEGIN [A-Z ]*-----"  # PEM
+    r"|\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"  # AWS access key ids
+    r"|\bgh[pousr]_[A-Za-z0-9]{20,})"
+)
+_DIGEST = re.compile(r"^(sha256|sha384|sha512):[0-9a-f]{64,128}$")
+_TOKEN_SPLIT = re.compile(r"[\s/,;:@?&=()\[\]{}<>\"'|]+")
+_BLOB_CHARS = re.compile(r"^[A-Za-z0-9+_\-.~]+$")
+MIN_BLOB = 24  # shorter tokens are not treated as possible key material
+
+
+def _entropy(token: str) -> float:
+    counts: dict[str, int] = {}
+    for ch in token:
+        counts[ch] = counts.get(ch, 0) + 1
+    n = len(token)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def _looks_like_blob(token: str) -> bool:
+    """A long, random-looking token: hex/base64/base64url key material or a token."""
+    if len(token) < MIN_BLOB or not _BLOB_CHARS.match(token):
+        return False
+    has_digit = any(c.isdigit() for c in token)
+    has_alpha = any(c.isalpha() for c in token)
+    if not (has_digit and has_alpha):
+        return False
+    # hex (<= 4 bits/char) and base64 (<= 6 bits/char) of random bytes sit near the max;
+    # words, paths and version strings sit far below.
+    limit = 3.0 if all(c in "0123456789abcdefABCDEF" for c in token) else 3.5
+    return _entropy(token) >= limit
+
+
+def looks_secret(text: str) -> bool:
+    """True when ``text`` contains something that may be key material or a credential."""
+    if _DIGEST.match(text):
+        return False
+    if _SECRET_SHAPES.search(text):
+        return True
+    return any(_looks_like_blob(tok) for tok in _TOKEN_SPLIT.split(text))
+
+
+def scrub_text(text: str) -> str:
+    """Replace secret-looking parts of free text (reasons, messages) by ``[redacted]``."""
+    if _DIGEST.match(text):
+        return text
+    out = _SECRET_SHAPES.sub(REDACTED, text)
+    parts = re.split(r"(\s+|[/,;:@?&=()\[\]{}<>\"'|])", out)
+    out = "".join(REDACTED if _looks_like_blob(p) else p for p in parts)
+    if len(out) > MAX_STRING:
+        out = out[:MAX_STRING] + "...[truncated]"
+    return out
+
+
+def secret_name(name: str) -> bool:
+    return name not in SAFE_NAMES and bool(_SECRET_NAME.search(name))
+
+
+def sanitize(value: Any, *, name: str = "", depth: int = 0) -> Any:
+    """Return a JSON-safe copy of ``value`` with anything secret-looking removed.
+
+    * fields whose name suggests a secret (key, token, secret, password, ...) are
+      replaced by ``[redacted]`` (exact allowed names: key_id, key_uri, key_version, ...);
+    * bytes-like values are never logged (they may be plaintext or key bytes);
+    * strings with token shapes or long high-entropy runs are redacted in place;
+    * nesting, list length and string length are bounded.
+    """
+    if name and secret_name(name):
+        return REDACTED
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return round(value, 6) if math.isfinite(value) else None
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return REDACTED
+    if depth >= MAX_DEPTH:
+        return "[too deep]"
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for i, (k, v) in enumerate(value.items()):
+            if i >= MAX_ITEMS:
+                out["_truncated"] = True
+                break
+            key = scrub_text(str(k))[:128]
+            out[key] = sanitize(v, name=key, depth=depth + 1)
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        items = list(value)
+        res = [sanitize(v, depth=depth + 1) for v in items[:MAX_ITEMS]]
+        if len(items) > MAX_ITEMS:
+            res.append("[truncated]")
+        return res
+    if isinstance(value, os.PathLike):
+        return scrub_text(os.fspath(value)) if isinstance(os.fspath(value), str) else REDACTED
+    # Anything else (objects with a repr that may show secrets) is named by type only.
+    return f"[{type(value).__name__}]"
+
+
+# ----------------------------------------------------------------------------- subject
+
+PODINFO_DIR_DEFAULT = "/etc/podinfo"
+SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+# subject field -> (env vars in order, downward-API file names in order)
+_K8S_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "k8s_namespace": (("WEIGHTGUARD_K8S_NAMESPACE", "POD_NAMESPACE"), ("namespace",)),
+    "k8s_pod": (("WEIGHTGUARD_K8S_POD", "POD_NAME"), ("name", "pod_name", "podName")),
+    "k8s_service_account": (
+        ("WEIGHTGUARD_K8S_SERVICE_ACCOUNT", "POD_SERVICE_ACCOUNT", "SERVICE_ACCOUNT"),
+        ("serviceAccountName", "service_account"),
+    ),
+    "k8s_node": (("WEIGHTGUARD_K8S_NODE", "NODE_NAME"), ("nodeName", "node_name")),
+    "k8s_pod_uid": (("WEIGHTGUARD_K8S_POD_UID", "POD_UID"), ("uid", "pod_uid")),
+}
+
+
+def _read_small(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(254)
+    except OSError:
+        return None
+    text = data.decode("utf-8", "replace").strip()
+    return text or None
+
+
+def collect_subject(
+    env: Mapping[str, str] | None = None,
+    *,
+    podinfo_dir: str | None = None,
+    sa_namespace_file: str | None = None,
+) -> dict[str, Any]:
+    """Who is acting: OS user, host, pid and, in Kubernetes, namespace/pod/SA/node.
+
+    Kubernetes fields come from environment variables (downward API ``env``) or from
+    files of a downward-API volume in ``podinfo_dir`` (env WEIGHTGUARD_PODINFO_DIR,
+    default /etc/podinfo).  The service-account *token* is never read.
+    """
+    env = os.environ if env is None else env
+    subject: dict[str, Any] = {"pid": os.getpid()}
+    try:
+        subject["user"] = getpass.getuser()
+    except (KeyError, OSError):
+        subject["uid"] = os.getuid()
+    subject["host"] = socket.gethostname()
+    pdir = podinfo_dir or env.get("WEIGHTGUARD_PODINFO_DIR") or PODINFO_DIR_DEFAULT
+    for field, (env_names, file_names) in _K8S_FIELDS.items():
+        value: str | None = None
+        for e in env_names:
+            if env.get(e):
+                value = env[e]
+                break
+        if value is None and os.path.isdir(pdir):
+            for fname in file_names:
+                value = _read_small(os.path.join(pdir, fname))
+                if value is not None:
+                    break
+        if value is None and field == "k8s_namespace":
+            value = _read_small(
+                sa_namespace_file or env.get("WEIGHTGUARD_SA_NAMESPACE_FILE") or SA_NAMESPACE_FILE
+            )
+        if value is not None:
+            subject[field] = value
+    for field, env_name in (
+        ("vault_entity_id", "WEIGHTGUARD_VAULT_ENTITY_ID"),
+        ("vault_role", "WEIGHTGUARD_VAULT_ROLE"),
+    ):
+        if env.get(env_name):
+            subject[field] = env[env_name]
+    return sanitize(subject)
