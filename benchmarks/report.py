@@ -1,0 +1,167 @@
+"""Render benchmark results as markdown into ``benchmarks/README.md``.
+
+    python -m benchmarks.report                 # newest result of each mode
+    python -m benchmarks.report FILE.json ...   # these result files
+    python -m benchmarks.report --stdout        # print instead of rewriting README
+
+The table goes between the ``<!-- results:begin -->`` and ``<!-- results:end -->``
+markers; the rest of the README is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import RESULTS, ROOT
+
+README = ROOT / "benchmarks" / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+MODE_ORDER = ("quick", "full", "gpu")
+
+
+def latest_results() -> list[Path]:
+    out = []
+    for mode in MODE_ORDER:
+        files = sorted(RESULTS.glob(f"{mode}-*.json"))
+        if files:
+            out.append(files[-1])
+    return out
+
+
+def _fmt_s(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def _fmt(x: float | None, nd: int = 2) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def _verdict(v: str) -> str:
+    return {"pass": "**pass**", "miss": "**MISS**"}.get(v, v)
+
+
+def _goal_value(g: dict[str, Any]) -> str:
+    if "ratio" in g:
+        return f"{g['ratio']:.2f}x"
+    if "value_s" in g:
+        return _fmt_s(g["value_s"])
+    return g.get("why", "-")[:80]
+
+
+def render_run(res: dict[str, Any], path: Path) -> str:
+    meta = res["meta"]
+    m = meta["machine"]
+    v = meta["versions"]
+    lines = [
+        f"### {meta['mode']} run, {meta['started']}",
+        "",
+        f"Machine: {m.get('cpu_model')}, {m.get('sched_affinity')} usable cores, "
+        f"{m.get('mem_total_gib')} GiB RAM"
+        + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU")
+        + f"; Python {m.get('python')}. Commit `{meta['git'].get('commit', '')[:10]}`"
+        + (" (+ uncommitted changes)" if meta["git"].get("dirty") else "")
+        + f". Raw data: [`{path.relative_to(ROOT / 'benchmarks')}`]"
+        f"({path.relative_to(ROOT / 'benchmarks')}).",
+        "",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        "",
+    ]
+    goals: list[tuple[str, dict[str, Any]]] = []
+    for case in res["cases"]:
+        for cache, block in case.get("caches", {}).items():
+            for g in block.get("goals", []):
+                goals.append((f"{case['name']} ({cache})", g))
+    if goals:
+        lines += ["| goal | case | figure | verdict |", "| --- | --- | --- | --- |"]
+        for where, g in goals:
+            lines.append(f"| {g['goal']} | {where} | {_goal_value(g)} | {_verdict(g['verdict'])} |")
+        lines.append("")
+    lines += [
+        "Per case: median wall time of the timed call, spread min-max over the repetitions,",
+        "throughput, CPU-seconds (user+sys, children included) per GB, peak RSS of the",
+        "trial process (interpreter + imports included; base = RSS before the call), and",
+        "`x wg` = anchor time / weightguard time (> 1: weightguard is faster).",
+        "",
+    ]
+    for case in res["cases"]:
+        lines.append(f"#### {case['title']}  (`{case['name']}`)")
+        lines.append("")
+        if case.get("error"):
+            lines += [f"case failed: `{case['error'][:300]}`", ""]
+            continue
+        if case.get("notes"):
+            lines += [case["notes"], ""]
+        for cache, block in case["caches"].items():
+            lines += [
+                f"{cache} page cache, {case['reps']} repetitions:",
+                "",
+                "| variant | median | min-max | GB/s | CPU-s/GB | peak RSS MiB (base) | x wg |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            ratios = block.get("ratios_vs_weightguard", {})
+            for var in block["variants"]:
+                s = var["summary"]
+                label = var["label"]
+                if var["side"].startswith("weightguard"):
+                    label = f"**{label}**"
+                if s.get("status") != "ok":
+                    reason = s.get("reason", s.get("status", ""))[:120].replace("|", "/")
+                    lines.append(f"| {label} | {s.get('status')}: {reason} | | | | | |")
+                    continue
+                gbps = s.get("gbps") if case.get("data_bytes") else None
+                cpg = s.get("cpu_s_per_gb") if case.get("data_bytes") else None
+                rss = s["peak_rss_mib"]
+                if var.get("cli") and s.get("child_peak_rss_mib"):
+                    rss = max(rss, s["child_peak_rss_mib"])
+                ratio = ratios.get(var["label"])
+                lines.append(
+                    f"| {label} | {_fmt_s(s['wall_median_s'])} | "
+                    f"{_fmt_s(s['wall_min_s'])}-{_fmt_s(s['wall_max_s'])} | {_fmt(gbps)} | "
+                    f"{_fmt(cpg)} | {rss:.0f} ({s['base_rss_mib']:.0f}) | "
+                    f"{'' if ratio is None else f'{ratio:.2f}'} |"
+                )
+            lines.append("")
+    return "\n".join(lines)
+
+
+def render(paths: list[Path]) -> str:
+    if not paths:
+        return "No results yet: run `make bench`."
+    parts = []
+    for p in paths:
+        parts.append(render_run(json.loads(p.read_text()), p))
+    return "\n\n".join(parts)
+
+
+def write_readme(body: str) -> None:
+    text = README.read_text() if README.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text = text.rstrip() + f"\n\n## Results\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="render benchmark results")
+    ap.add_argument("files", nargs="*", type=Path)
+    ap.add_argument("--stdout", action="store_true")
+    args = ap.parse_args(argv)
+    paths = [p.resolve() for p in args.files] or latest_results()
+    body = render(paths)
+    if args.stdout:
+        sys.stdout.write(body + "\n")
+    else:
+        write_readme(body)
+        print(f"wrote {README.relative_to(ROOT)} from {len(paths)} result file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

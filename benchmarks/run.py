@@ -1,0 +1,486 @@
+"""Run the benchmarks: ``python -m benchmarks.run --quick | --full | --gpu``.
+
+- ``--quick`` (``make bench``): 256 MiB synthetic model (one file and 4 shards) and the
+  real all-MiniLM-L6-v2, 3 repetitions; about 5 minutes on 2 cores.
+- ``--full`` (``make bench-full``): 1 GiB and 4 GiB models, 5 repetitions, warm and cold
+  page cache.
+- ``--gpu``: the CUDA loads (1 GiB and 4 GiB) plus the CPU load case; refuses to run
+  without CUDA.  See ``benchmarks/gpu.sh`` for the offline GPU machine.
+
+Results go to ``benchmarks/results/<mode>-<UTC time>.json``; then
+``python -m benchmarks.report`` rewrites the table in ``benchmarks/README.md``.
+``--only NAME[,NAME]`` runs the cases whose name contains one of the words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks import models, prep
+from benchmarks.harness import RESULTS, WORK, Case, Goal, Variant, run_case, run_meta
+
+MODES: dict[str, dict[str, Any]] = {
+    "quick": {"sizes": [256], "shard_size": 256, "reps": 3, "load_caches": ("cold", "warm")},
+    "full": {"sizes": [1024, 4096], "shard_size": 1024, "reps": 5, "load_caches": ("cold", "warm")},
+    "gpu": {"sizes": [1024, 4096], "shard_size": 1024, "reps": 5, "load_caches": ("warm", "cold")},
+}
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _size_label(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
+
+
+def startup_cases(reps: int) -> list[Case]:
+    return [
+        Case(
+            name="startup-help",
+            title="`weightguard --help` start-up (subprocess)",
+            group="cli",
+            data_bytes=0,
+            reps=max(reps, 7),
+            variants=[
+                Variant("python -c pass", "baseline", "benchmarks.ops:noop_python", cli=True),
+                Variant("weightguard --help", "weightguard", "benchmarks.ops:wg_help", cli=True),
+            ],
+            goals=[Goal("`weightguard --help` < 0.3 s", max_seconds=0.3)],
+        )
+    ]
+
+
+def encrypt_cases(model_dir: Path, reps: int, p: prep.Prepared) -> list[Case]:
+    src = str(model_dir / "model.safetensors")
+    nbytes = models.model_bytes(model_dir)
+    size = _size_label(nbytes)
+    return [
+        Case(
+            name=f"encrypt-{model_dir.name}",
+            title=f"encrypt one {size} safetensors file",
+            group="encrypt",
+            data_bytes=nbytes,
+            inputs=[src],
+            reps=reps,
+            variants=[
+                Variant(
+                    "tensorizer encrypted serialize (state dict in memory)",
+                    "anchor",
+                    "benchmarks.ops:tensorizer_encrypt",
+                    {"model": src, "out_dir": "$TMP", "preload": True},
+                ),
+                Variant(
+                    "tensorizer load_file + encrypted serialize (file to file)",
+                    "anchor",
+                    "benchmarks.ops:tensorizer_encrypt",
+                    {"model": src, "out_dir": "$TMP", "preload": False},
+                ),
+                Variant(
+                    "weightguard encrypt_file",
+                    "weightguard",
+                    "benchmarks.wg_ops:encrypt",
+                    {"src": src, "out_dir": "$TMP", "key_uri": p.key_uri, "prep_error": p.error},
+                ),
+            ],
+            goals=[
+                Goal(
+                    ">= 5x tensorizer encrypted serialize",
+                    anchor="tensorizer encrypted serialize (state dict in memory)",
+                    min_ratio=5.0,
+                )
+            ],
+        )
+    ]
+
+
+def signing_cases(model_dir: Path, reps: int, p: prep.Prepared, cli: bool) -> list[Case]:
+    nbytes = models.model_bytes(model_dir)
+    files = models.weight_files(model_dir)
+    shards = len(files) > 1
+    what = f"{len(files)} shards" if shards else "one file"
+    size = _size_label(nbytes)
+    min_ratio = 1.6 if shards else 1.0
+    goal_text = ">= 1.6x model_signing" if shards else "no slower than model_signing (>= 1.0x)"
+    d = str(model_dir)
+    keys = p.signing
+    sign_v = [
+        Variant(
+            "model_signing API sign (EC key)",
+            "anchor",
+            "benchmarks.ops:ms_sign_api",
+            {"model": d, "key": keys["priv"], "out_dir": "$TMP"},
+        ),
+        Variant(
+            "weightguard sign_model (EC key)",
+            "weightguard",
+            "benchmarks.wg_ops:sign",
+            {"model": d, "key": keys["priv"], "out_dir": "$TMP"},
+        ),
+    ]
+    verify_v = [
+        Variant(
+            "model_signing API verify",
+            "anchor",
+            "benchmarks.ops:ms_verify_api",
+            {"model": d, "pub": keys["pub"], "sig": p.ms_sig.get(d, "")},
+        ),
+        Variant(
+            "weightguard verify_bundle",
+            "weightguard",
+            "benchmarks.wg_ops:verify",
+            {"model": d, "pub": keys["pub"], "sig": p.wg_sig.get(d, ""), "prep_error": p.error},
+        ),
+    ]
+    if cli:
+        sign_v += [
+            Variant(
+                "model_signing sign key (CLI)",
+                "anchor",
+                "benchmarks.ops:ms_sign_cli",
+                {"model": d, "key": keys["priv"], "out_dir": "$TMP"},
+                cli=True,
+            ),
+            Variant(
+                "weightguard sign --key (CLI)",
+                "weightguard-cli",
+                "benchmarks.wg_ops:sign_cli",
+                {"model": d, "key": keys["priv"], "out_dir": "$TMP"},
+                cli=True,
+            ),
+        ]
+        verify_v += [
+            Variant(
+                "model_signing verify key (CLI)",
+                "anchor",
+                "benchmarks.ops:ms_verify_cli",
+                {"model": d, "pub": keys["pub"], "sig": p.ms_sig.get(d, "")},
+                cli=True,
+            ),
+            Variant(
+                "weightguard verify --key (CLI)",
+                "weightguard-cli",
+                "benchmarks.wg_ops:verify_cli",
+                {"model": d, "pub": keys["pub"], "sig": p.wg_sig.get(d, "")},
+                cli=True,
+            ),
+        ]
+    inputs = [str(f) for f in files]
+    out = []
+    for kind, variants in (("sign", sign_v), ("verify", verify_v)):
+        api_anchor = variants[0].label
+        goals = [Goal(f"{kind}: {goal_text} (API)", anchor=api_anchor, min_ratio=min_ratio)]
+        if cli:
+            goals.append(
+                Goal(
+                    f"{kind}: {goal_text} (CLI)",
+                    anchor=variants[2].label,
+                    min_ratio=min_ratio,
+                    wg_label=variants[3].label,
+                )
+            )
+        out.append(
+            Case(
+                name=f"{kind}-{model_dir.name}",
+                title=f"{kind} a {size} plain model, {what} (EC P-256 key)",
+                group="signing",
+                data_bytes=nbytes,
+                inputs=inputs,
+                reps=reps,
+                variants=variants,
+                goals=goals,
+            )
+        )
+    return out
+
+
+def load_cases(
+    model_dir: Path,
+    reps: int,
+    p: prep.Prepared,
+    caches: tuple[str, ...],
+    device: str = "cpu",
+    fastsafetensors: bool = True,
+) -> list[Case]:
+    files = models.weight_files(model_dir)
+    nbytes = models.model_bytes(model_dir)
+    size = _size_label(nbytes)
+    d = str(model_dir)
+    n = prep.tensor_count(model_dir)
+    tz = p.tensorizer.get(d, "")
+    wg = p.wg_models.get(d, {})
+    variants = [
+        Variant(
+            "safetensors load_file" + (" + clone" if device == "cpu" else f" (device={device})"),
+            "anchor",
+            "benchmarks.ops:st_load",
+            {"model": d, "device": device, "clone": True, "expect": n},
+        ),
+        Variant(
+            "tensorizer encrypted deserialize",
+            "anchor",
+            "benchmarks.ops:tensorizer_load",
+            {"tensors_file": tz, "device": device, "expect": n},
+        ),
+    ]
+    if fastsafetensors:
+        variants.append(
+            Variant(
+                "fastsafetensors (nogds)",
+                "anchor",
+                "benchmarks.ops:fastsafetensors_load",
+                {"model": d, "device": device, "expect": n},
+            )
+        )
+    variants.append(
+        Variant(
+            "weightguard load_file (signed + encrypted)",
+            "weightguard",
+            "benchmarks.wg_ops:load",
+            {
+                "model": wg.get("dir", ""),
+                "device": device,
+                "expect": n,
+                "pub": p.signing["pub"],
+                "sig": wg.get("sig", ""),
+                "key_uri": p.key_uri,
+                "prep_error": wg.get("error", p.error),
+            },
+        )
+    )
+    inputs = [str(f) for f in files] + ([tz] if tz else []) + ([wg["dir"]] if wg.get("dir") else [])
+    goals = [
+        Goal(
+            ">= 1.0x safetensors load_file" + (" + clone" if device == "cpu" else ""),
+            anchor=variants[0].label,
+            min_ratio=1.0,
+        )
+    ]
+    if device == "cpu":
+        goals.append(Goal(">= 3x tensorizer encrypted", anchor=variants[1].label, min_ratio=3.0))
+    what = f"{len(files)} shards" if len(files) > 1 else "one file"
+    return [
+        Case(
+            name=f"load-{device.split(':')[0]}-{model_dir.name}",
+            title=f"secure load to {device.upper()}: {size}, {what}",
+            group=f"load-{device.split(':')[0]}",
+            data_bytes=nbytes,
+            inputs=inputs,
+            caches=caches,
+            reps=reps,
+            variants=variants,
+            goals=goals,
+            notes=(
+                "weightguard verifies the signature (EC P-256 policy), checks every chunk "
+                "digest and AES-256-GCM-decrypts; safetensors/fastsafetensors check nothing; "
+                "tensorizer decrypts (XSalsa20-Poly1305)"
+            ),
+        )
+    ]
+
+
+def s3_cases(model_dir: Path, reps: int, p: prep.Prepared) -> list[Case]:
+    nbytes = models.model_bytes(model_dir)
+    d = str(model_dir)
+    wg = p.wg_models.get(d, {})
+    n = prep.tensor_count(model_dir)
+    server = prep.S3Context(model_dir, wg)
+    names = [f.name for f in models.weight_files(model_dir)]
+    return [
+        Case(
+            name=f"load-s3-{model_dir.name}",
+            title=f"secure load from S3 (SeaweedFS, loopback) to CPU: {_size_label(nbytes)}",
+            group="load-s3",
+            data_bytes=nbytes,
+            reps=reps,
+            setup=lambda: server,
+            variants=[
+                Variant(
+                    "boto3 download_fileobj + safetensors.torch.load",
+                    "anchor",
+                    "benchmarks.ops:boto3_st_load",
+                    {"bucket": prep.S3_BUCKET, "prefix": "plain/", "names": names, "expect": n},
+                ),
+                Variant(
+                    "weightguard load_file s3:// (signed + encrypted)",
+                    "weightguard",
+                    "benchmarks.wg_ops:load",
+                    {
+                        "model": f"s3://{prep.S3_BUCKET}/enc/",
+                        "device": "cpu",
+                        "expect": n,
+                        "pub": p.signing["pub"],
+                        "sig": wg.get("sig", ""),
+                        "key_uri": p.key_uri,
+                        "prep_error": wg.get("error", p.error),
+                    },
+                ),
+            ],
+            goals=[
+                Goal(
+                    ">= 1.0x boto3 + safetensors",
+                    anchor="boto3 download_fileobj + safetensors.torch.load",
+                    min_ratio=1.0,
+                )
+            ],
+        )
+    ]
+
+
+def misc_cases(model_dir: Path, reps: int, p: prep.Prepared) -> list[Case]:
+    nbytes = models.model_bytes(model_dir)
+    return [
+        Case(
+            name=f"watermark-check-{model_dir.name}",
+            title=f"watermark check throughput: {_size_label(nbytes)}",
+            group="watermark",
+            data_bytes=nbytes,
+            inputs=[str(f) for f in models.weight_files(model_dir)],
+            reps=reps,
+            variants=[
+                Variant(
+                    "weightguard watermark.check",
+                    "weightguard",
+                    "benchmarks.wg_ops:watermark_check",
+                    {
+                        "model": p.watermarked.get("dir", ""),
+                        "prep_error": p.watermarked.get("error"),
+                    },
+                )
+            ],
+        ),
+        Case(
+            name="audit-verify-100k",
+            title="audit verify: 100k events, hash chain + checkpoints",
+            group="audit",
+            data_bytes=p.audit.get("bytes", 0),
+            reps=reps,
+            variants=[
+                Variant(
+                    "weightguard audit verify",
+                    "weightguard",
+                    "benchmarks.wg_ops:audit_verify",
+                    {"log": p.audit.get("log", ""), "prep_error": p.audit.get("error")},
+                )
+            ],
+        ),
+    ]
+
+
+def build_cases(mode: str) -> list[Case]:
+    cfg = MODES[mode]
+    reps: int = cfg["reps"]
+    cases: list[Case] = []
+    p = prep.Prepared.load_or_init()
+    minilm = models.minilm()
+    if mode == "gpu":
+        for size in cfg["sizes"]:
+            m = models.synthetic(size)
+            p.prepare_load(m)
+            cases += load_cases(m, reps, p, ("warm",), device="cuda")
+        cases += load_cases(models.synthetic(cfg["sizes"][0]), reps, p, ("warm",))
+        p.save()
+        return cases
+    cases += startup_cases(reps)
+    for size in cfg["sizes"]:
+        m = models.synthetic(size)
+        cases += encrypt_cases(m, reps, p)
+        p.prepare_signing(m)
+        cases += signing_cases(m, reps, p, cli=True)
+        p.prepare_load(m)
+        cases += load_cases(m, reps, p, cfg["load_caches"])
+    sh = models.synthetic(cfg["shard_size"], shards=4)
+    p.prepare_signing(sh)
+    cases += signing_cases(sh, reps, p, cli=mode == "full")
+    if mode == "full":
+        p.prepare_load(sh)
+        cases += load_cases(sh, reps, p, ("warm",))
+    p.prepare_load(minilm)
+    cases += load_cases(minilm, reps, p, ("warm",))
+    first = models.synthetic(cfg["sizes"][0])
+    cases += s3_cases(first, reps, p)
+    p.prepare_watermark(minilm)
+    p.prepare_audit(100_000)
+    cases += misc_cases(minilm, reps, p)
+    p.save()
+    return cases
+
+
+@contextlib.contextmanager
+def _tmp_root() -> Iterator[Path]:
+    root = WORK / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="weightguard benchmarks against the anchors")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--quick", action="store_true", help="~5 min on 2 cores (make bench)")
+    g.add_argument("--full", action="store_true", help="1 GiB and 4 GiB models")
+    g.add_argument("--gpu", action="store_true", help="CUDA loads (needs an NVIDIA GPU)")
+    ap.add_argument("--only", default="", help="comma-separated substrings of case names")
+    ap.add_argument("--reps", type=int, default=0, help="override the repetitions")
+    ap.add_argument("--out", default="", help="result file (default benchmarks/results/...)")
+    ap.add_argument("--no-report", action="store_true", help="do not rewrite README table")
+    args = ap.parse_args(argv)
+    mode = "quick" if args.quick else "full" if args.full else "gpu"
+    if mode == "gpu":
+        err = prep.cuda_problem()
+        if err:
+            print(f"error: --gpu needs CUDA: {err}", file=sys.stderr)
+            return 2
+    t0 = time.time()
+    cases = build_cases(mode)
+    if args.only:
+        words = [w for w in args.only.split(",") if w]
+        cases = [c for c in cases if any(w in c.name for w in words)]
+    if args.reps:
+        for c in cases:
+            c.reps = args.reps
+    result: dict[str, Any] = {"meta": run_meta(mode), "cases": []}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = Path(args.out) if args.out else RESULTS / f"{mode}-{stamp}.json"
+    with _tmp_root() as tmp:
+        for c in cases:
+            try:
+                result["cases"].append(run_case(c, tmp, _log))
+            except Exception as exc:  # one broken case must not lose the others
+                _log(f"   case {c.name} failed: {exc}")
+                result["cases"].append(
+                    {
+                        "name": c.name,
+                        "title": c.title,
+                        "group": c.group,
+                        "error": str(exc),
+                        "traceback": traceback.format_exc()[-3000:],
+                        "caches": {},
+                    }
+                )
+            result["meta"]["elapsed_s"] = time.time() - t0
+            out.write_text(json.dumps(result, indent=1, default=str))
+    _log(f"results: {out} ({time.time() - t0:.0f} s)")
+    if not args.no_report:
+        from benchmarks import report
+
+        report.main([])
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())

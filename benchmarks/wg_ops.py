@@ -1,0 +1,213 @@
+"""weightguard side of the benchmarks (see benchmarks/ops.py for the conventions).
+
+Each function imports the weightguard API it needs inside the function and raises
+:class:`benchmarks.harness.Unavailable` when that API has not landed, so the harness
+always runs and reports "not available yet" for the case.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import Unavailable
+from benchmarks.ops import Timed, _expect_tensors, _files, _nbytes, _need_cuda, _sync
+
+WG = str(Path(sys.executable).parent / "weightguard")
+
+
+def _api(module: str, *attrs: str) -> Any:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise Unavailable(f"{module} ({exc})") from None
+    missing = [a for a in attrs if not hasattr(mod, a)]
+    if missing:
+        raise Unavailable(f"{module}.{', '.join(missing)}")
+    return mod
+
+
+def _prep_ok(prep_error: str | None, *paths: str) -> None:
+    if prep_error:
+        raise Unavailable(prep_error.removeprefix("not available yet: "))
+    for p in paths:
+        if not p:
+            raise Unavailable("input was not prepared (weightguard step missing)")
+
+
+def _size(model: str) -> int:
+    return sum(p.stat().st_size for p in _files(model))
+
+
+# ------------------------------------------------------------------ keys
+
+
+def make_file_key(directory: Path) -> str:
+    """A local development key (``file://``); returns its URI."""
+    keys = _api("weightguard._internal.keys")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "bench.key"
+    if not path.exists():
+        gen = getattr(keys, "generate_key_file", None) or getattr(keys, "create_key_file", None)
+        if gen is None:
+            raise Unavailable("weightguard._internal.keys has no key-file generator yet")
+        gen(path)
+    return f"file://{path}"
+
+
+# ------------------------------------------------------------------ encrypt
+
+
+def encrypt(src: str, out_dir: str, key_uri: str, prep_error: str | None = None) -> Timed:
+    _prep_ok(prep_error, key_uri)
+    crypt = _api("weightguard.crypt", "encrypt_file")
+    dst = Path(out_dir) / "model.safetensors.wgenc"
+
+    def run() -> int:
+        crypt.encrypt_file(src, dst, key=key_uri)
+        if not dst.exists():
+            raise RuntimeError("encrypt_file wrote nothing")
+        return os.path.getsize(src)
+
+    return run
+
+
+def encrypt_model(src_dir: str, dst_dir: str, key_uri: str) -> None:
+    crypt = _api("weightguard.crypt", "encrypt_model")
+    crypt.encrypt_model(src_dir, dst_dir, key=key_uri)
+
+
+# ------------------------------------------------------------------ signing
+
+
+def _signer(key: str) -> Any:
+    signing = _api("weightguard.signing", "sign_model")
+    return signing
+
+
+def sign(model: str, key: str, out_dir: str, name: str = "model.sig") -> Timed:
+    signing = _api("weightguard.signing", "sign_model")
+    sig = Path(out_dir) / name
+
+    def run() -> int:
+        signing.sign_model(model, sig, key=key)
+        if not sig.exists():
+            raise RuntimeError("sign_model wrote no signature")
+        return _size(model)
+
+    return run
+
+
+def verify(model: str, pub: str, sig: str, prep_error: str | None = None) -> Timed:
+    _prep_ok(prep_error, sig)
+    signing = _api("weightguard.signing", "verify_bundle")
+    policy = _key_policy(pub)
+
+    def run() -> int:
+        signing.verify_bundle(model, sig, policy)
+        return _size(model)
+
+    return run
+
+
+def _key_policy(pub: str) -> Any:
+    pol = _api("weightguard.policy")
+    for name in ("KeyPolicy", "PublicKeyPolicy", "key_policy"):
+        if hasattr(pol, name):
+            factory = getattr(pol, name)
+            if hasattr(factory, "from_pem"):
+                return factory.from_pem(Path(pub).read_bytes())
+            return factory(pub)
+    raise Unavailable("weightguard.policy has no public-key policy yet")
+
+
+def sign_cli(model: str, key: str, out_dir: str) -> Timed:
+    sig = Path(out_dir) / "model.sig"
+    return _cli(["sign", model, "--signature", str(sig), "--key", key], model)
+
+
+def verify_cli(model: str, pub: str, sig: str) -> Timed:
+    if not sig:
+        raise Unavailable("no weightguard signature prepared")
+    return _cli(["verify", model, "--signature", sig, "--key", pub], model)
+
+
+def _cli(args: list[str], model: str | None) -> Timed:
+    if not Path(WG).exists():
+        raise Unavailable("weightguard console script not installed")
+
+    def run() -> int:
+        p = subprocess.run([WG, *args], capture_output=True, text=True)
+        if p.returncode != 0:
+            low = p.stderr.lower()
+            if "no such command" in low or "modulenotfounderror" in low or "no module named" in low:
+                raise Unavailable(f"weightguard {args[0]} CLI")
+            raise RuntimeError(f"weightguard {args[0]} exited {p.returncode}: {p.stderr[-500:]}")
+        return _size(model) if model else 0
+
+    return run
+
+
+# ------------------------------------------------------------------ secure load
+
+
+def load(
+    model: str,
+    device: str,
+    expect: int | None,
+    pub: str,
+    sig: str,
+    key_uri: str,
+    prep_error: str | None = None,
+) -> Timed:
+    _prep_ok(prep_error, model, sig)
+    _need_cuda(device)
+    wg = _api("weightguard", "load_file")
+    policy = _key_policy(pub)
+
+    def run() -> int:
+        out = wg.load_file(model, device=device, policy=policy, signature=sig)
+        _sync(device)
+        _expect_tensors(out, expect, "weightguard")
+        return _nbytes(out)
+
+    return run
+
+
+# ------------------------------------------------------------------ watermark / audit
+
+
+def watermark_embed(src_dir: str, dst_dir: str) -> None:
+    _api("weightguard.watermark", "embed")
+    raise Unavailable("watermark embed wiring")
+
+
+def watermark_check(model: str, prep_error: str | None = None) -> Timed:
+    _prep_ok(prep_error, model)
+    wm = _api("weightguard.watermark", "check")
+
+    def run() -> dict[str, Any]:
+        res = wm.check(model)
+        return {"bytes": _size(model), "p_value": getattr(res, "p_value", None)}
+
+    return run
+
+
+def audit_generate(out_dir: str, events: int) -> None:
+    _api("weightguard.audit", "AuditLog")
+    raise Unavailable("audit generation wiring")
+
+
+def audit_verify(log: str, prep_error: str | None = None) -> Timed:
+    _prep_ok(prep_error, log)
+    audit = _api("weightguard.audit", "verify")
+
+    def run() -> dict[str, Any]:
+        audit.verify(log)
+        return {"bytes": os.path.getsize(log)}
+
+    return run
