@@ -515,14 +515,20 @@ class OpenBaoServer(_ProcessService):
         return {"VAULT_ADDR": self.addr, "VAULT_TOKEN": token or self.root_token}
 
     def create_token(
-        self, policies: Sequence[str], *, ttl: str = "1h", renewable: bool = False
+        self,
+        policies: Sequence[str],
+        *,
+        ttl: str = "1h",
+        renewable: bool = False,
+        default_policy: bool = True,
     ) -> str:
-        """A fresh orphan token with only these policies (no ``default``)."""
+        """A fresh orphan token with these policies (plus ``default`` unless disabled;
+        ``default`` lets a token look itself up and renew itself)."""
         resp = self.client().auth.token.create(
             policies=list(policies),
             ttl=ttl,
             renewable=renewable,
-            no_default_policy=True,
+            no_default_policy=not default_policy,
             no_parent=True,
         )
         return str(resp["auth"]["client_token"])
@@ -919,7 +925,6 @@ def configure_jwt_auth(
         "bound_audiences": list(bound_audiences),
         "token_policies": list(policies),
         "token_ttl": ttl,
-        "token_no_default_policy": True,
     }
     if bound_subject is not None:
         role_data["bound_subject"] = bound_subject
@@ -1178,7 +1183,6 @@ def configure_kubernetes_auth(
         "bound_service_account_namespaces": list(namespaces),
         "token_policies": list(policies),
         "token_ttl": ttl,
-        "token_no_default_policy": True,
     }
     if audience is not None:
         role_data["audience"] = audience
