@@ -374,6 +374,21 @@ def misc_cases(model_dir: Path, reps: int, p: prep.Prepared) -> list[Case]:
                 )
             ],
         ),
+        Case(
+            name="audit-emit-10k",
+            title="audit emit: 10k events, signed checkpoint every 1000, fsync per 64 (batch)",
+            group="audit",
+            data_bytes=0,
+            reps=reps,
+            variants=[
+                Variant(
+                    "weightguard AuditLog.emit x 10k",
+                    "weightguard",
+                    "benchmarks.wg_ops:audit_emit",
+                    {"out_dir": "$TMP", "events": 10_000, "sync": "batch"},
+                )
+            ],
+        ),
     ]
 
 

@@ -197,17 +197,51 @@ def watermark_check(model: str, prep_error: str | None = None) -> Timed:
     return run
 
 
+def _emit_events(log_path: str, key: str, events: int, sync: str) -> None:
+    audit = _api("weightguard.audit", "AuditLog")
+    log = audit.AuditLog(log_path, signing_key=key, sync=sync, checkpoint_every=1000)
+    for i in range(events):
+        log.emit(
+            "load.ok" if i % 4 else "load.start",
+            object={"uri": f"s3://models/m{i % 97}/model.safetensors", "key_id": "file://k"},
+            bytes=1_073_741_824,
+            duration_s=0.5,
+        )
+    log.close()
+
+
 def audit_generate(out_dir: str, events: int) -> None:
-    _api("weightguard.audit", "AuditLog")
-    raise Unavailable("audit generation wiring")
+    """Untimed: a signed-checkpoint log of ``events`` load events (sync="none")."""
+    audit = _api("weightguard.audit", "AuditLog", "generate_checkpoint_key")
+    key = str(Path(out_dir) / "checkpoint.pem")
+    audit.generate_checkpoint_key(key)
+    _emit_events(str(Path(out_dir) / "audit.jsonl"), key, events, "none")
 
 
 def audit_verify(log: str, prep_error: str | None = None) -> Timed:
+    """``verify_log`` with the checkpoint public key: chain + every signed checkpoint."""
     _prep_ok(prep_error, log)
-    audit = _api("weightguard.audit", "verify")
+    audit = _api("weightguard.audit", "verify_log")
+    pub = str(Path(log).parent / "checkpoint.pem.pub")
 
     def run() -> dict[str, Any]:
-        audit.verify(log)
-        return {"bytes": os.path.getsize(log)}
+        res = audit.verify_log(log, checkpoint_key=pub)
+        if not res.ok:
+            raise RuntimeError(f"audit log did not verify: {res.problem}")
+        return {"bytes": os.path.getsize(log), "records": res.records}
+
+    return run
+
+
+def audit_emit(out_dir: str, events: int, sync: str = "batch") -> Timed:
+    """Writing ``events`` events with signed checkpoints every 1000 (fsync per ``sync``)."""
+    audit = _api("weightguard.audit", "AuditLog", "generate_checkpoint_key")
+    key = str(Path(out_dir) / "checkpoint.pem")
+    audit.generate_checkpoint_key(key)
+    path = str(Path(out_dir) / "audit.jsonl")
+
+    def run() -> dict[str, Any]:
+        _emit_events(path, key, events, sync)
+        return {"bytes": os.path.getsize(path), "events": events}
 
     return run
