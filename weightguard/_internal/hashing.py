@@ -1,0 +1,215 @@
+"""Parallel one-pass hashing of model files for signing and verification.
+
+For every file we compute, in ONE sequential read of the file:
+
+* the OpenSSF model-signing resource digest: SHA-256 of the whole file, and
+* weightguard's ``sha256-chunked-v1`` digests: SHA-256 of ``[0, head)`` and of each
+  ``[head + k*stride, min(head + (k+1)*stride, size))``.
+
+The whole-file hash is inherently sequential; the range digests of a block are
+hashed on other cores at the same time (``hashlib`` releases the GIL for large
+buffers), so a single big file costs about one SHA-256 pass of wall time when two or
+more cores are free.  Several files are hashed in parallel.  Read buffers are
+allocated once per worker thread and reused (``readinto``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import os
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from weightguard.errors import SourceError
+
+__all__ = [
+    "CHUNKED_ALGORITHM",
+    "DEFAULT_STRIDE",
+    "FileHashes",
+    "HashJob",
+    "hash_files",
+    "range_count",
+]
+
+CHUNKED_ALGORITHM = "sha256-chunked-v1"
+DEFAULT_STRIDE = 4 * 1024 * 1024
+# Target bytes per read; rounded to whole strides so ranges never straddle blocks.
+_TARGET_BLOCK = 16 * 1024 * 1024
+_MAX_BLOCK = 64 * 1024 * 1024
+_SMALL_FILE = 1024 * 1024
+
+
+def range_count(size: int, head: int, stride: int) -> int:
+    """Number of chunked digests for a file: one for the head plus one per stride."""
+    if size <= head:
+        return 1
+    return 1 + (size - head + stride - 1) // stride
+
+
+@dataclass(frozen=True)
+class HashJob:
+    name: str  # resource name, reported in errors
+    path: str  # filesystem path to open
+    size: int  # expected size (from stat); a file that changes size mid-read fails
+    head: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class FileHashes:
+    sha256: bytes  # whole-file digest (OMS resource digest)
+    digests: tuple[bytes, ...]  # sha256-chunked-v1 digests
+
+
+class _Buffers(threading.local):
+    """Per-thread reusable read buffers (two, so reading overlaps range hashing)."""
+
+    def __init__(self) -> None:
+        self.bufs: list[bytearray] = []
+
+    def get(self, size: int) -> list[bytearray]:
+        if not self.bufs or len(self.bufs[0]) < size:
+            self.bufs = [bytearray(size), bytearray(size)]
+        return self.bufs
+
+
+_BUFFERS = _Buffers()
+
+
+def _sha256(view: memoryview) -> bytes:
+    return hashlib.sha256(view).digest()
+
+
+def _read_exact(f: object, view: memoryview, name: str) -> None:
+    got = 0
+    n = len(view)
+    readinto = f.readinto  # type: ignore[attr-defined]
+    while got < n:
+        r = readinto(view[got:])
+        if not r:
+            raise SourceError(
+                f"{name}: file shrank while being hashed ({got} of {n} bytes read)",
+                hint="do not modify the model while signing or verifying it",
+            )
+        got += r
+
+
+def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
+    size, head, stride = job.size, job.head, job.stride
+    whole = hashlib.sha256()
+    try:
+        f = open(job.path, "rb", buffering=0)  # noqa: SIM115
+    except OSError as exc:
+        raise SourceError(f"{job.name}: cannot open for hashing: {exc.strerror}") from exc
+    with f:
+        if hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        if size <= _SMALL_FILE:
+            mv = memoryview(_BUFFERS.get(_SMALL_FILE)[0])[:size]
+            _read_exact(f, mv, job.name)
+            if f.read(1):
+                raise SourceError(f"{job.name}: file grew while being hashed")
+            whole.update(mv)
+            full = whole.digest()
+            if head >= size:
+                return FileHashes(full, (full,))
+            ranges = [mv[:head]] + [
+                mv[off : min(off + stride, size)] for off in range(head, size, stride)
+            ]
+            return FileHashes(full, tuple(_sha256(r) for r in ranges))
+
+        per_block = max(1, _TARGET_BLOCK // stride) if stride <= _MAX_BLOCK else 1
+        block = min(per_block * stride, _MAX_BLOCK)
+        bufs = _BUFFERS.get(block)
+        digests: list[bytes] = []
+
+        # [0, head): sequential, fed to both hashers (same hasher when head == size).
+        head_hasher = None if head >= size else hashlib.sha256()
+        pos = 0
+        buf = memoryview(bufs[0])
+        while pos < min(head, size):
+            n = min(block, head - pos)
+            view = buf[:n]
+            _read_exact(f, view, job.name)
+            whole.update(view)
+            if head_hasher is not None:
+                head_hasher.update(view)
+            pos += n
+        if head_hasher is None:
+            full = whole.digest()
+            if f.read(1):
+                raise SourceError(f"{job.name}: file grew while being hashed")
+            return FileHashes(full, (full,))
+        digests.append(head_hasher.digest())
+
+        # Data ranges, `per_block` whole strides per read (stride > block: streamed).
+        if stride > _MAX_BLOCK:
+            while pos < size:
+                end = min(pos + stride, size)
+                h = hashlib.sha256()
+                while pos < end:
+                    n = min(block, end - pos)
+                    view = buf[:n]
+                    _read_exact(f, view, job.name)
+                    whole.update(view)
+                    h.update(view)
+                    pos += n
+                digests.append(h.digest())
+        else:
+            # Two buffers in flight: block i+1 is read and whole-hashed while block i's
+            # ranges are still being hashed by the pool.  Results kept in order.
+            inflight: deque[list[cf.Future[bytes]]] = deque()
+            slot = 0
+            while pos < size:
+                if len(inflight) == 2:
+                    digests.extend(fut.result() for fut in inflight.popleft())
+                n = min(block, size - pos)
+                view = memoryview(bufs[slot])[:n]
+                _read_exact(f, view, job.name)
+                pieces = [view[o : min(o + stride, n)] for o in range(0, n, stride)]
+                if pool is not None:
+                    inflight.append([pool.submit(_sha256, p) for p in pieces])
+                    whole.update(view)
+                else:
+                    whole.update(view)
+                    done: list[cf.Future[bytes]] = []
+                    for p in pieces:
+                        fut: cf.Future[bytes] = cf.Future()
+                        fut.set_result(_sha256(p))
+                        done.append(fut)
+                    inflight.append(done)
+                pos += n
+                slot = 1 - slot
+            while inflight:
+                digests.extend(fut.result() for fut in inflight.popleft())
+        if f.read(1):
+            raise SourceError(f"{job.name}: file grew while being hashed")
+    return FileHashes(whole.digest(), tuple(digests))
+
+
+def hash_files(jobs: Sequence[HashJob], *, workers: int | None = None) -> dict[str, FileHashes]:
+    """Hash every job (whole-file SHA-256 + chunked digests) using all cores."""
+    if not jobs:
+        return {}
+    ncpu = workers or os.cpu_count() or 1
+    # Files in parallel (bounded so buffers stay modest), ranges on a shared pool.
+    file_workers = max(1, min(len(jobs), ncpu, 8))
+    range_workers = max(1, ncpu)
+    out: dict[str, FileHashes] = {}
+    order = sorted(jobs, key=lambda j: -j.size)  # big files first
+    with cf.ThreadPoolExecutor(range_workers, thread_name_prefix="wg-range") as rpool:
+        pool = rpool if ncpu > 1 else None
+        if file_workers == 1:
+            for job in order:
+                out[job.name] = _hash_one(job, pool)
+            return out
+        with cf.ThreadPoolExecutor(file_workers, thread_name_prefix="wg-file") as fpool:
+            futs = {fpool.submit(_hash_one, job, pool): job for job in order}
+            for fut in cf.as_completed(futs):
+                out[futs[fut].name] = fut.result()
+    return out

@@ -1,0 +1,958 @@
+"""Sign and verify models as OpenSSF model-signing (OMS) bundles.
+
+Bundles are byte-compatible with model-signing 1.x (``model_signing verify key`` /
+``verify certificate`` accept them) and carry, inside the signed predicate, the
+per-chunk digests the secure loader needs to check each byte range as it streams::
+
+    from weightguard.signing import KeySigner, VaultTransitSigner, sign_model, verify_bundle
+    from weightguard.policy import PublicKey
+
+    sign_model("model/", "model.sig", KeySigner.from_file("release.pem"))
+    m = verify_bundle("model/", "model.sig", PublicKey.from_file("release.pub"))
+    m.files["model.safetensors"].digests   # per-chunk SHA-256 (bytes)
+
+Signers: :class:`KeySigner` (EC P-256/384/521 PEM), :class:`CertificateSigner`
+(X.509 leaf + chain), :class:`VaultTransitSigner` (non-exportable Transit ECDSA key,
+``vault://<mount>/<key>``), :class:`SigstoreSigner` (keyless, OIDC).
+
+Coverage is strict: a weight file (``*.safetensors``, index JSON, weightguard artifact)
+that the signature does not cover fails verification whatever ``ignore_paths`` says,
+and any other unsigned file fails unless ``allow_unsigned`` (or the signature's own
+``ignore_paths``) names it.
+"""
+
+from __future__ import annotations
+
+import abc
+import fnmatch
+import hashlib
+import hmac
+import os
+import stat
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from weightguard import __version__
+from weightguard.errors import (
+    ConfigError,
+    CoverageError,
+    DependencyMissing,
+    FormatError,
+    IntegrityError,
+    KeyProviderError,
+    PolicyError,
+    SourceError,
+    UnsafeOptionRequired,
+    VerificationError,
+    WeightguardError,
+)
+from weightguard.policy import AnyOf, Policy, PublicKey
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "CertificateSigner",
+    "FileDigests",
+    "KeySigner",
+    "SignedModel",
+    "Signer",
+    "SigstoreSigner",
+    "VaultTransitSigner",
+    "VerifiedManifest",
+    "sign_model",
+    "vault_key_policy",
+    "vault_public_keys",
+    "verify_bundle",
+]
+
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
+_MAX_SIGNATURE_FILE = 64 * 1024 * 1024
+_MAX_KEY_FILE = 1 << 20
+
+
+class _Audit(Protocol):
+    def emit(self, event: str, **kwargs: Any) -> None: ...
+
+
+# ------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class FileDigests:
+    """What the loader checks for one file: ranges ``[0, head)`` then ``stride`` steps.
+
+    ``digests[0]`` covers ``[0, head)``; ``digests[k]`` (k >= 1) covers
+    ``[head + (k-1)*stride, min(head + k*stride, size))``.  ``sha256`` is the OMS
+    whole-file digest.  ``chunked`` is False for files signed without weightguard's
+    chunk digests (e.g. by model_signing): then ``head == size`` and the only digest is
+    the whole-file one.
+    """
+
+    size: int
+    head: int
+    stride: int
+    digests: tuple[bytes, ...]
+    sha256: bytes
+    chunked: bool = True
+
+    def range(self, index: int) -> tuple[int, int]:
+        """(offset, length) of digest ``index``'s byte range."""
+        if index == 0:
+            return 0, self.head
+        start = self.head + (index - 1) * self.stride
+        return start, min(self.stride, self.size - start)
+
+
+@dataclass(frozen=True)
+class VerifiedManifest:
+    """A verified signature: who signed, when, and the digests of every covered file.
+
+    ``files`` is keyed by resource name (POSIX path relative to the model directory;
+    ``"."`` for a single-file model).  ``uncovered`` lists files present but not signed
+    (allowed by the signature's ignore_paths or by ``allow_unsigned``).  ``hashed`` says
+    whether file contents were checked (``hash_files=True``) or only names and sizes.
+    """
+
+    root: Path
+    files: dict[str, FileDigests]
+    signer: str
+    signed_at: datetime | None
+    time_source: str | None
+    uncovered: tuple[str, ...]
+    bundle_digest: str
+    model_name: str
+    kind: str
+    hashed: bool
+    unsafe: bool
+    weightguard_version: str | None
+
+    def path_of(self, name: str) -> Path:
+        """Filesystem path of resource ``name``."""
+        return self.root if name == "." else self.root / name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "signer": self.signer,
+            "signed_at": self.signed_at.strftime("%Y-%m-%dT%H:%M:%SZ") if self.signed_at else None,
+            "time_source": self.time_source,
+            "kind": self.kind,
+            "model_name": self.model_name,
+            "bundle_sha256": self.bundle_digest,
+            "hashed": self.hashed,
+            "unsafe": self.unsafe,
+            "weightguard_version": self.weightguard_version,
+            "covered": sorted(self.files),
+            "uncovered": list(self.uncovered),
+            "files": {
+                n: {
+                    "size": f.size,
+                    "head": f.head,
+                    "stride": f.stride,
+                    "chunks": len(f.digests),
+                    "sha256": f.sha256.hex(),
+                    "chunked": f.chunked,
+                }
+                for n, f in sorted(self.files.items())
+            },
+        }
+
+
+@dataclass(frozen=True)
+class SignedModel:
+    signature: Path
+    signer: str
+    files: dict[str, FileDigests]
+    bundle_digest: str
+    signed_at: datetime
+
+
+# ------------------------------------------------------------------------ signers
+
+
+def _read_secret_file(path: str | os.PathLike[str], what: str) -> bytearray:
+    p = Path(path)
+    try:
+        st = p.stat()
+        if st.st_size > _MAX_KEY_FILE:
+            raise ConfigError(f"{what} {p} is larger than 1 MiB; is it really a PEM file?")
+        return bytearray(p.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {p}: {exc.strerror}") from exc
+
+
+def _wipe(buf: bytearray | None) -> None:
+    if buf is not None:
+        for i in range(len(buf)):
+            buf[i] = 0
+
+
+def _load_private_key(pem: bytearray, password: bytes | bytearray | None, what: str) -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    from weightguard._internal.oms import ec_hash
+
+    try:
+        key = serialization.load_pem_private_key(
+            bytes(pem), bytes(password) if password is not None else None
+        )
+    except TypeError as exc:
+        msg = str(exc)
+        if "encrypted" in msg.lower() and password is None:
+            raise ConfigError(
+                f"{what} is encrypted and no password was given",
+                hint="pass the password (CLI: --password-env VAR)",
+            ) from None
+        raise ConfigError(f"{what}: {msg}") from None
+    except ValueError:
+        raise ConfigError(
+            f"{what} could not be loaded (not a PEM private key, or wrong password)",
+            hint="check the key file and its password",
+        ) from None
+    try:
+        ec_hash(key.public_key(), what)
+    except FormatError as exc:
+        raise ConfigError(exc.message, hint=exc.hint) from None
+    return key
+
+
+class Signer(abc.ABC):
+    """Produces an OMS bundle for a statement payload."""
+
+    @abc.abstractmethod
+    def make_bundle(self, payload: bytes) -> bytes:
+        """Sign the DSSE PAE of ``payload`` and return the bundle JSON bytes."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Human description of the signer (never secret)."""
+
+    def check_time(self, when: datetime) -> None:  # noqa: B027 - optional hook
+        """Raise if the signer may not sign at ``when`` (e.g. certificate validity)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+
+def _ec_sign(private_key: Any, data: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from weightguard._internal.oms import ec_hash
+
+    return bytes(private_key.sign(data, ec.ECDSA(ec_hash(private_key.public_key(), "key"))))
+
+
+class KeySigner(Signer):
+    """EC private key (P-256/384/521, PEM, optionally password-protected)."""
+
+    def __init__(self, private_key: Any) -> None:
+        self._key = private_key
+        self.public_key = private_key.public_key()
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike[str], password: bytes | bytearray | str | None = None
+    ) -> KeySigner:
+        pem = _read_secret_file(path, "private key file")
+        pw = bytearray(password.encode("utf-8")) if isinstance(password, str) else password
+        try:
+            return cls(_load_private_key(pem, pw, f"private key file {path}"))
+        finally:
+            _wipe(pem)
+            if isinstance(pw, bytearray):
+                _wipe(pw)
+
+    def describe(self) -> str:
+        from weightguard._internal.oms import curve_label, key_fingerprint
+
+        return f"EC {curve_label(self.public_key)} key {key_fingerprint(self.public_key)}"
+
+    def make_bundle(self, payload: bytes) -> bytes:
+        from weightguard._internal import oms
+
+        sig = _ec_sign(self._key, oms.pae(payload))
+        return oms.encode_bundle(payload, sig, key_hint=oms.key_hint(self.public_key))
+
+
+class CertificateSigner(KeySigner):
+    """EC key + its X.509 certificate + the chain up to (optionally including) the root."""
+
+    def __init__(self, private_key: Any, certificate: Any, chain: Sequence[Any] = ()) -> None:
+        super().__init__(private_key)
+        from weightguard._internal.oms import key_fingerprint
+        from weightguard.policy import _may_sign_code
+
+        if key_fingerprint(certificate.public_key()) != key_fingerprint(self.public_key):
+            raise ConfigError(
+                "the certificate's public key does not match the private key",
+                hint="pass the certificate issued for this key",
+            )
+        if not _may_sign_code(certificate):
+            raise ConfigError(
+                "the certificate allows neither digitalSignature nor codeSigning",
+                hint="issue a certificate with KeyUsage digitalSignature or EKU codeSigning",
+            )
+        self.certificate = certificate
+        self.chain = list(chain)
+
+    @classmethod
+    def from_files(
+        cls,
+        key_path: str | os.PathLike[str],
+        cert_path: str | os.PathLike[str],
+        chain_paths: Iterable[str | os.PathLike[str]] = (),
+        password: bytes | bytearray | str | None = None,
+    ) -> CertificateSigner:
+        from cryptography import x509
+
+        key = KeySigner.from_file(key_path, password)._key
+
+        def load(p: str | os.PathLike[str]) -> list[Any]:
+            try:
+                return list(x509.load_pem_x509_certificates(Path(p).read_bytes()))
+            except OSError as exc:
+                raise ConfigError(f"cannot read certificate file {p}: {exc.strerror}") from exc
+            except ValueError as exc:
+                raise ConfigError(f"{p}: no PEM certificate found") from exc
+
+        leaf = load(cert_path)
+        chain = [c for p in chain_paths for c in load(p)]
+        return cls(key, leaf[0], leaf[1:] + chain)
+
+    def describe(self) -> str:
+        return f"certificate {self.certificate.subject.rfc4514_string()}"
+
+    def check_time(self, when: datetime) -> None:
+        c = self.certificate
+        if when < c.not_valid_before_utc:
+            raise ConfigError(
+                f"signing certificate {c.subject.rfc4514_string()} is not valid until "
+                f"{c.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}",
+                hint="wait until it is valid or use a current certificate",
+            )
+        if when > c.not_valid_after_utc:
+            raise ConfigError(
+                f"signing certificate {c.subject.rfc4514_string()} expired at "
+                f"{c.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
+                hint="renew the certificate",
+            )
+
+    def make_bundle(self, payload: bytes) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        from weightguard._internal import oms
+
+        sig = _ec_sign(self._key, oms.pae(payload))
+        ders = [c.public_bytes(serialization.Encoding.DER) for c in [self.certificate, *self.chain]]
+        return oms.encode_bundle(payload, sig, certificates=ders)
+
+
+def _parse_vault_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("vault://"):
+        raise ConfigError(f"{uri!r} is not a vault://<mount>/<key> URI")
+    rest = uri[len("vault://") :].strip("/")
+    if "/" not in rest:
+        raise ConfigError(f"{uri!r}: expected vault://<mount>/<key>, e.g. vault://transit/models")
+    mount, _, name = rest.rpartition("/")
+    if not mount or not name or ".." in rest.split("/"):
+        raise ConfigError(f"{uri!r}: expected vault://<mount>/<key>")
+    return mount, name
+
+
+def _vault(client: Any) -> Any:
+    if client is not None:
+        return client
+    from weightguard._internal.vault import vault_client
+
+    return vault_client()
+
+
+def vault_public_keys(uri: str, *, client: Any = None) -> list[tuple[int, bytes]]:
+    """[(version, PEM)] of a Transit asymmetric key (all versions still held)."""
+    from weightguard._internal.vault import vault_errors
+
+    mount, name = _parse_vault_uri(uri)
+    c = _vault(client)
+    with vault_errors(f"reading the Transit key {uri}"):
+        data = c.secrets.transit.read_key(name=name, mount_point=mount)["data"]
+    if not str(data.get("type", "")).startswith("ecdsa-"):
+        raise KeyProviderError(
+            f"Transit key {uri} has type {data.get('type')!r}; signing needs an ecdsa-p256 key",
+            hint=f"create it with: vault write {mount}/keys/{name} type=ecdsa-p256",
+        )
+    out = []
+    for ver, info in sorted(data.get("keys", {}).items(), key=lambda kv: int(kv[0])):
+        pem = info.get("public_key") if isinstance(info, dict) else None
+        if pem:
+            out.append((int(ver), pem.encode("ascii")))
+    if not out:
+        raise KeyProviderError(f"Transit key {uri} exposes no public key")
+    return out
+
+
+def vault_key_policy(uri: str, *, client: Any = None) -> Policy:
+    """A policy accepting signatures by any version of a Transit key (public keys fetched)."""
+    keys = [
+        PublicKey(pem, label=f"{uri} v{ver}") for ver, pem in vault_public_keys(uri, client=client)
+    ]
+    return keys[0] if len(keys) == 1 else AnyOf(*keys)
+
+
+class VaultTransitSigner(Signer):
+    """Non-exportable Vault/OpenBao Transit ECDSA key (``vault://<mount>/<key>``).
+
+    The private key never leaves Vault: the PAE is hashed here and Transit signs the
+    prehashed digest (``marshaling_algorithm=asn1``, i.e. DER as OMS requires).
+    Exportable keys are refused unless ``allow_exportable=True``.
+    """
+
+    def __init__(self, uri: str, *, client: Any = None, allow_exportable: bool = False) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        from weightguard._internal.oms import ec_hash
+        from weightguard._internal.vault import vault_errors
+
+        self.uri = uri
+        self._mount, self._name = _parse_vault_uri(uri)
+        self._client = _vault(client)
+        with vault_errors(f"reading the Transit key {uri}"):
+            data = self._client.secrets.transit.read_key(name=self._name, mount_point=self._mount)[
+                "data"
+            ]
+        ktype = str(data.get("type", ""))
+        if ktype not in ("ecdsa-p256", "ecdsa-p384", "ecdsa-p521"):
+            raise KeyProviderError(
+                f"Transit key {uri} has type {ktype!r}; OMS signing needs ecdsa-p256 "
+                "(or p384/p521)",
+                hint=f"create one with: vault write {self._mount}/keys/{self._name} "
+                "type=ecdsa-p256",
+            )
+        if data.get("exportable") and not allow_exportable:
+            raise UnsafeOptionRequired(
+                f"Transit key {uri} is exportable: its private key can leave Vault",
+                hint="use a non-exportable key, or pass allow_exportable=True knowingly",
+            )
+        self.key_version = int(data.get("latest_version", 0))
+        pem = data["keys"][str(self.key_version)]["public_key"].encode("ascii")
+        self.public_key: Any = serialization.load_pem_public_key(pem)
+        self._hash = ec_hash(self.public_key, f"Transit key {uri}")
+
+    def describe(self) -> str:
+        from weightguard._internal.oms import curve_label, key_fingerprint
+
+        return (
+            f"Vault Transit {self.uri} v{self.key_version} (EC {curve_label(self.public_key)} "
+            f"{key_fingerprint(self.public_key)})"
+        )
+
+    def make_bundle(self, payload: bytes) -> bytes:
+        import base64
+
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        from weightguard._internal import oms
+        from weightguard._internal.vault import vault_errors
+
+        data = oms.pae(payload)
+        digest = hashlib.new(self._hash.name, data).digest()
+        with vault_errors(f"signing with the Transit key {self.uri}"):
+            resp = self._client.secrets.transit.sign_data(
+                name=self._name,
+                hash_input=base64.b64encode(digest).decode("ascii"),
+                key_version=self.key_version,
+                hash_algorithm={"sha256": "sha2-256", "sha384": "sha2-384", "sha512": "sha2-512"}[
+                    self._hash.name
+                ],
+                prehashed=True,
+                marshaling_algorithm="asn1",
+                mount_point=self._mount,
+            )
+        token = str(resp["data"]["signature"])
+        parts = token.split(":")
+        if len(parts) != 3 or parts[0] != "vault":
+            raise KeyProviderError(f"Transit {self.uri} returned an unexpected signature format")
+        sig = base64.b64decode(parts[2])
+        try:  # fail closed: never write a bundle that does not verify
+            self.public_key.verify(sig, data, ec.ECDSA(self._hash))
+        except InvalidSignature:
+            raise KeyProviderError(
+                f"Transit {self.uri} returned a signature that does not verify with its public key",
+                hint="the key may have been rotated during signing; retry",
+            ) from None
+        return oms.encode_bundle(payload, sig, key_hint=oms.key_hint(self.public_key))
+
+
+class SigstoreSigner(Signer):
+    """Sigstore keyless signing (Fulcio certificate + Rekor entry; needs network).
+
+    The OIDC identity token is ``identity_token`` if given, else an ambient CI
+    credential (GitHub Actions, GitLab, Buildkite, cloud workload identity).
+    """
+
+    def __init__(self, identity_token: str | None = None, *, staging: bool = False) -> None:
+        self._token = identity_token
+        self.staging = staging
+
+    def __repr__(self) -> str:
+        token = "<given>" if self._token else "<ambient>"
+        return f"<SigstoreSigner staging={self.staging} token={token}>"
+
+    def describe(self) -> str:
+        return "Sigstore keyless" + (" (staging)" if self.staging else "")
+
+    def make_bundle(self, payload: bytes) -> bytes:
+        try:
+            from sigstore import dsse, oidc
+            from sigstore.errors import Error as SigstoreError
+            from sigstore.models import ClientTrustConfig
+            from sigstore.sign import SigningContext
+        except ImportError:
+            raise DependencyMissing("Sigstore signing needs the sigstore package") from None
+        try:
+            token = self._token or oidc.detect_credential()
+            if not token:
+                raise ConfigError(
+                    "no OIDC identity token for Sigstore signing",
+                    hint="pass --identity-token, or run in CI with an ambient OIDC credential",
+                )
+            config = ClientTrustConfig.staging() if self.staging else ClientTrustConfig.production()
+            ctx = SigningContext.from_trust_config(config)
+            with ctx.signer(oidc.IdentityToken(token)) as signer:
+                bundle = signer.sign_dsse(dsse.Statement(payload))
+        except SigstoreError as exc:
+            raise VerificationError(
+                f"Sigstore signing failed: {exc}", hint="check network access and the token"
+            ) from None
+        return bundle.to_json().encode("utf-8")
+
+
+# ------------------------------------------------------------------------ listing
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    path: str
+    size: int
+
+
+def _match_prefix(name: str, prefixes: Iterable[str]) -> bool:
+    for p in prefixes:
+        p = p.strip("/")
+        if p and (name == p or name.startswith(p + "/")):
+            return True
+    return False
+
+
+def _match_pattern(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pat) or _match_prefix(name, [pat]) for pat in patterns)
+
+
+def _is_artifact_file(path: str) -> bool:
+    from weightguard._internal.format import is_artifact
+
+    try:
+        with open(path, "rb") as f:
+            first = f.read(8)
+    except OSError:
+        return False
+    return len(first) == 8 and is_artifact(first)
+
+
+def _is_weight(name: str, path: str) -> bool:
+    base = name.rsplit("/", 1)[-1].lower() if name != "." else Path(path).name.lower()
+    if base.endswith((".safetensors", ".index.json")):
+        return True
+    return _is_artifact_file(path)
+
+
+def _walk(
+    root: Path, *, skip_dirs: Sequence[str], allow_symlinks: bool, exclude: str | None
+) -> list[_Entry]:
+    """All regular files under ``root`` (names relative, POSIX), refusing odd entries."""
+    from weightguard._internal.oms import validate_resource_name
+
+    out: list[_Entry] = []
+    stack = [("", str(root))]
+    while stack:
+        rel, d = stack.pop()
+        try:
+            it = list(os.scandir(d))
+        except OSError as exc:
+            raise SourceError(f"cannot list {d}: {exc.strerror}") from exc
+        for e in it:
+            name = f"{rel}{e.name}"
+            if exclude is not None and name == exclude:
+                continue
+            if _match_prefix(name, skip_dirs):
+                continue
+            if "\\" in e.name:
+                raise FormatError(
+                    f"{name}: file name contains a backslash, which OMS cannot represent",
+                    hint="rename the file",
+                )
+            validate_resource_name(name, name, single_file_ok=False)
+            if e.is_symlink():
+                if not allow_symlinks:
+                    raise VerificationError(
+                        f"{name} is a symbolic link; refused",
+                        hint="replace it by the file, or allow symlinks explicitly",
+                    )
+                try:
+                    st = os.stat(e.path)
+                except OSError as exc:
+                    raise SourceError(f"{name}: broken symbolic link") from exc
+                if stat.S_ISDIR(st.st_mode):
+                    raise VerificationError(f"{name} is a symbolic link to a directory; refused")
+            else:
+                st = e.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append((name + "/", e.path))
+            elif stat.S_ISREG(st.st_mode):
+                out.append(_Entry(name, e.path, st.st_size))
+            else:
+                raise VerificationError(
+                    f"{name} is not a regular file or directory (device, socket or FIFO)"
+                )
+    return out
+
+
+def _layout(entry: _Entry, chunk_size: int) -> tuple[int, int]:
+    """(head, stride) for sha256-chunked-v1 (see docs/ARCHITECTURE.md, Signing)."""
+    import struct
+
+    from weightguard._internal.format import TAG_SIZE, is_artifact, read_header
+
+    size = entry.size
+    try:
+        with open(entry.path, "rb") as f:
+            first = f.read(9)
+            if len(first) >= 8 and is_artifact(first):
+                f.seek(0)
+                hdr = read_header(f, path=entry.name)
+                return hdr.data_offset, hdr.chunk_size + TAG_SIZE
+            if len(first) == 9 and first[8:9] == b"{":
+                (n,) = struct.unpack("<Q", first[:8])
+                if 8 + n <= size and n <= 100_000_000:
+                    return 8 + n, chunk_size
+    except OSError as exc:
+        raise SourceError(f"{entry.name}: cannot read: {exc.strerror}") from exc
+    return size, chunk_size
+
+
+# ------------------------------------------------------------------------ signing
+
+
+def sign_model(
+    model: str | os.PathLike[str],
+    signature: str | os.PathLike[str],
+    signer: Signer,
+    *,
+    ignore_paths: Iterable[str] = (),
+    allow_symlinks: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    audit: _Audit | None = None,
+) -> SignedModel:
+    """Hash ``model`` (file or directory) and write an OMS bundle to ``signature``.
+
+    ``ignore_paths``: relative paths left out of the signature (recorded in it, as
+    model_signing does); weight files cannot be ignored.  ``chunk_size``: stride of the
+    chunk digests of plain safetensors files (encrypted artifacts use their own).
+    """
+    from weightguard._internal import oms
+    from weightguard._internal.atomic import atomic_write_bytes
+    from weightguard._internal.hashing import HashJob, hash_files
+
+    t0 = time.monotonic()
+    if not 4096 <= chunk_size <= (1 << 30):
+        raise ConfigError(f"chunk size {chunk_size} outside 4 KiB .. 1 GiB")
+    root = Path(model)
+    sig_path = Path(signature)
+    try:
+        st = root.lstat()
+    except OSError as exc:
+        raise SourceError(f"{root}: cannot access: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode) and not allow_symlinks:
+        raise VerificationError(f"{root} is a symbolic link; refused")
+    single = root.is_file()
+    ignored = list(GIT_PATHS)
+    for p in ignore_paths:
+        q = p.replace(os.sep, "/").strip("/")
+        if not q or q.startswith("/") or ".." in q.split("/"):
+            raise ConfigError(f"ignore path {p!r} must be a relative path inside the model")
+        ignored.append(q)
+    exclude: str | None = None
+    if not single:
+        try:
+            rel = sig_path.resolve().relative_to(root.resolve())
+            exclude = rel.as_posix()
+            ignored.append(exclude)
+        except ValueError:
+            pass
+    if single:
+        entries = [_Entry(".", str(root), root.stat().st_size)]
+        name = root.name
+    else:
+        if not root.is_dir():
+            raise SourceError(f"{root} is neither a file nor a directory")
+        everything = _walk(
+            root, skip_dirs=GIT_PATHS, allow_symlinks=allow_symlinks, exclude=exclude
+        )
+        entries = []
+        for e in everything:
+            if _match_prefix(e.name, ignored):
+                if _is_weight(e.name, e.path):
+                    raise CoverageError(
+                        f"refusing to leave weight file {e.name} out of the signature",
+                        hint="remove it from the ignore paths",
+                    )
+                continue
+            entries.append(e)
+        name = root.resolve().name
+        if not entries:
+            raise SourceError(f"{root}: no files to sign")
+
+    jobs = []
+    layouts: dict[str, tuple[int, int]] = {}
+    for e in entries:
+        head, stride = _layout(e, chunk_size)
+        layouts[e.name] = (head, stride)
+        jobs.append(HashJob(e.name, e.path, e.size, head, stride))
+    hashes = hash_files(jobs)
+    now = datetime.now(UTC).replace(microsecond=0)
+    signer.check_time(now)
+    resources = {e.name: hashes[e.name].sha256 for e in entries}
+    chunks = {
+        e.name: oms.ChunkRecord(
+            size=e.size,
+            head=layouts[e.name][0],
+            stride=layouts[e.name][1],
+            digests=hashes[e.name].digests,
+        )
+        for e in entries
+    }
+    payload = oms.build_statement(
+        name,
+        resources,
+        allow_symlinks=allow_symlinks,
+        ignore_paths=ignored,
+        chunks=chunks,
+        version=__version__,
+        signed_at=now,
+    )
+    bundle = signer.make_bundle(payload)
+    try:
+        atomic_write_bytes(sig_path, bundle)
+    except WeightguardError:
+        raise
+    files = {
+        n: FileDigests(c.size, c.head, c.stride, c.digests, resources[n]) for n, c in chunks.items()
+    }
+    digest = hashlib.sha256(bundle).hexdigest()
+    if audit is not None:
+        audit.emit(
+            "sign",
+            object={"model": str(root), "signature": str(sig_path), "bundle_sha256": digest},
+            bytes=sum(e.size for e in entries),
+            duration_s=time.monotonic() - t0,
+            signer=signer.describe(),
+        )
+    return SignedModel(sig_path, signer.describe(), files, digest, now)
+
+
+# ------------------------------------------------------------------------ verification
+
+
+def _read_signature(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_SIGNATURE_FILE + 1)
+    except OSError as exc:
+        raise SourceError(f"cannot read signature {path}: {exc.strerror}") from exc
+    if len(data) > _MAX_SIGNATURE_FILE:
+        raise FormatError(f"{path}: signature file larger than {_MAX_SIGNATURE_FILE} bytes")
+    return data
+
+
+def verify_bundle(
+    model: str | os.PathLike[str],
+    signature: str | os.PathLike[str],
+    policy: Policy,
+    *,
+    allow_unsigned: Iterable[str] = (),
+    hash_files: bool = True,
+    allow_symlinks: bool = False,
+    audit: _Audit | None = None,
+) -> VerifiedManifest:
+    """Verify ``signature`` for ``model`` under ``policy``; return the signed digests.
+
+    Checks, in order: bundle structure, the policy (which verifies the signature), the
+    statement, coverage (every weight file signed; other unsigned files only if the
+    signature's ignore_paths or ``allow_unsigned`` glob patterns allow them; nothing
+    signed is missing; sizes), then -- with ``hash_files`` -- every byte (whole-file
+    SHA-256 and chunk digests).  ``hash_files=False`` is for the secure loader, which
+    checks each chunk against ``files[name].digests`` as it streams.
+    """
+    t0 = time.monotonic()
+    root = Path(model)
+    sig_path = Path(signature)
+    try:
+        manifest = _verify(root, sig_path, policy, list(allow_unsigned), hash_files, allow_symlinks)
+    except WeightguardError as exc:
+        if audit is not None:
+            audit.emit(
+                "verify.failed",
+                outcome="denied",
+                reason=exc.message,
+                object={"model": str(root), "signature": str(sig_path)},
+            )
+        raise
+    if audit is not None:
+        audit.emit(
+            "verify.ok",
+            object={
+                "model": str(root),
+                "signature": str(sig_path),
+                "bundle_sha256": manifest.bundle_digest,
+            },
+            duration_s=time.monotonic() - t0,
+            signer=manifest.signer,
+            hashed=manifest.hashed,
+        )
+    return manifest
+
+
+def _verify(
+    root: Path,
+    sig_path: Path,
+    policy: Policy,
+    allow_unsigned: list[str],
+    hash_files: bool,
+    allow_symlinks: bool,
+) -> VerifiedManifest:
+    from weightguard._internal import oms
+    from weightguard._internal.hashing import HashJob
+    from weightguard._internal.hashing import hash_files as run_hash
+
+    if policy is None or not isinstance(policy, Policy):
+        raise UnsafeOptionRequired(
+            "a verification policy is required",
+            hint="pass e.g. PublicKey.from_file(...); to skip, pass UnsafeNoVerification()",
+        )
+    where = str(sig_path)
+    bundle = oms.parse_bundle(_read_signature(sig_path), path=where)
+    evidence = oms.Evidence(bundle, path=where)
+    result = policy.check(evidence)
+    if not result.ok:
+        raise PolicyError(
+            f"signature {sig_path} does not satisfy the policy: " + "; ".join(result.reasons)
+        )
+    st = oms.parse_statement(bundle.payload, path=where)
+
+    try:
+        root_st = root.lstat()
+    except OSError as exc:
+        raise SourceError(f"{root}: cannot access: {exc.strerror}") from exc
+    if stat.S_ISLNK(root_st.st_mode) and not allow_symlinks:
+        raise VerificationError(f"{root} is a symbolic link; refused")
+    single = root.is_file()
+    signed_names = set(st.resources)
+    if single != ("." in signed_names):
+        raise CoverageError(
+            f"{sig_path} signs a {'single file' if '.' in signed_names else 'directory'} "
+            f"but {root} is a {'file' if single else 'directory'}"
+        )
+
+    ignore = list(GIT_PATHS)
+    for p in st.ignore_paths:
+        q = p.strip("/")
+        if q and not q.startswith("/") and ".." not in q.split("/"):
+            ignore.append(q)
+    exclude: str | None = None
+    if single:
+        present = [_Entry(".", str(root), root.stat().st_size)]
+    else:
+        try:
+            exclude = sig_path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            exclude = None
+        present = _walk(root, skip_dirs=GIT_PATHS, allow_symlinks=allow_symlinks, exclude=exclude)
+
+    by_name = {e.name: e for e in present}
+    uncovered: list[str] = []
+    unsigned_weights: list[str] = []
+    extra: list[str] = []
+    for e in present:
+        if e.name in signed_names:
+            continue
+        if _is_weight(e.name, e.path):
+            unsigned_weights.append(e.name)
+        elif _match_prefix(e.name, ignore) or _match_pattern(e.name, allow_unsigned):
+            uncovered.append(e.name)
+        else:
+            extra.append(e.name)
+    if unsigned_weights:
+        raise CoverageError(
+            f"weight files not covered by signature {sig_path}: "
+            + ", ".join(sorted(unsigned_weights)),
+            hint="weight files must always be signed; re-sign the whole model",
+        )
+    if extra:
+        raise CoverageError(
+            f"files not covered by signature {sig_path}: " + ", ".join(sorted(extra)),
+            hint="remove them, re-sign the model, or allow them with --allow-unsigned PATTERN",
+        )
+    missing = sorted(n for n in signed_names if n not in by_name)
+    if missing:
+        raise IntegrityError(
+            f"signed files are missing from {root}: " + ", ".join(missing),
+            hint="the model is incomplete; fetch it again",
+        )
+    for n, rec in st.chunks.items():
+        if by_name[n].size != rec.size:
+            raise IntegrityError(
+                f"size is {by_name[n].size} bytes, signed size is {rec.size}", path=n
+            )
+
+    files: dict[str, FileDigests] = {}
+    for n, digest in st.resources.items():
+        chunk_rec = st.chunks.get(n)
+        if chunk_rec is not None:
+            c = chunk_rec
+            files[n] = FileDigests(c.size, c.head, c.stride, c.digests, digest, True)
+        else:
+            size = by_name[n].size
+            files[n] = FileDigests(size, size, DEFAULT_CHUNK_SIZE, (digest,), digest, False)
+
+    if hash_files:
+        jobs = [HashJob(n, by_name[n].path, f.size, f.head, f.stride) for n, f in files.items()]
+        got = run_hash(jobs)
+        for n in sorted(files, key=oms.resource_sort_key):
+            f, h = files[n], got[n]
+            if f.chunked:
+                for k, (want, have) in enumerate(zip(f.digests, h.digests, strict=True)):
+                    if not hmac.compare_digest(want, have):
+                        raise IntegrityError(
+                            "content differs from the signed digest", path=n, chunk=k
+                        )
+            if not hmac.compare_digest(f.sha256, h.sha256):
+                raise IntegrityError("content differs from the signed SHA-256", path=n)
+
+    return VerifiedManifest(
+        root=root,
+        files=files,
+        signer=result.signer or "unknown",
+        signed_at=result.signed_at,
+        time_source=result.time_source,
+        uncovered=tuple(sorted(uncovered)),
+        bundle_digest=bundle.digest,
+        model_name=st.model_name,
+        kind=bundle.kind,
+        hashed=hash_files,
+        unsafe=result.unsafe,
+        weightguard_version=st.wg_version,
+    )
