@@ -1,0 +1,342 @@
+"""Keyed, post-hoc watermark of model weights with a stated false-positive bound.
+
+    marked = embed(tensors, key)                       # dict in, dict out
+    res = embed_file("model.safetensors", "out.safetensors", "file://wm.key")
+    rep = check("suspect/", "file://wm.key")           # rep.verdict, rep.z, rep.p
+    rep = check("suspect/", key, original="w0/")       # informed: renamed/permuted suspects
+
+Keys: bytes, a path, ``file://PATH``, ``vault-kv://MOUNT/PATH#FIELD`` or
+``vault-transit://MOUNT/KEY?context=C&version=N``.  Design and limits: docs/watermark.md.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from weightguard._internal import wm_scheme
+from weightguard._internal.wm_scheme import DEFAULT_ALPHA, DEFAULT_MIN_NUMEL, SCHEME
+from weightguard.errors import ConfigError, DestinationError, FormatError, WatermarkError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_MIN_NUMEL",
+    "SCHEME",
+    "EmbedResult",
+    "WatermarkReport",
+    "check",
+    "commitment_path",
+    "embed",
+    "embed_file",
+    "verify_commitment",
+]
+
+COMMIT_LABEL = b"weightguard-wm-commit-v1\x00"
+
+
+@dataclass(frozen=True)
+class WatermarkReport:
+    """Outcome of a check.  ``p`` is the bound exp(-z^2/2) on the chance that a model made
+    without the key scores this high; ``verdict`` is corrected for ``keys_tested``."""
+
+    verdict: str  # "present" | "inconclusive" | "absent"
+    z: float
+    p: float
+    log10_p: float
+    threshold_z: float  # z at which the verdict becomes "present"
+    keys_tested: int
+    mode: str  # "blind" | "informed"
+    tensors: int
+    elements: int
+    per_tensor: dict[str, float] = field(default_factory=dict)
+    alignment: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict, "z": self.z, "p": self.p, "log10_p": self.log10_p,
+            "threshold_z": self.threshold_z, "keys_tested": self.keys_tested,
+            "mode": self.mode, "scheme": SCHEME, "tensors": self.tensors,
+            "elements": self.elements, "per_tensor": self.per_tensor,
+            "alignment": self.alignment, "missing": self.missing,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    output: Path
+    commitment: Path | None
+    tensors_marked: int
+    elements_marked: int
+
+
+def embed(
+    tensors: Mapping[str, torch.Tensor],
+    key: Any,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    min_numel: int = DEFAULT_MIN_NUMEL,
+) -> dict[str, torch.Tensor]:
+    """Return a new dict with every eligible tensor marked (floating, >= 2 dims, at least
+    ``min_numel`` elements); other tensors are returned as the same objects."""
+    from weightguard._internal.wm_io import st_dtype
+    from weightguard._internal.wm_keys import resolve_key
+
+    _check_alpha(alpha)
+    wk, owned = resolve_key(key)
+    try:
+        out: dict[str, torch.Tensor] = {}
+        for name, t in tensors.items():
+            shape = tuple(t.shape)
+            if wm_scheme.is_eligible(
+                st_dtype(t.dtype), shape, min_numel=min_numel, for_check=False
+            ):
+                seed = wm_scheme.tensor_seed(wk.material, name, shape)
+                out[name] = wm_scheme.embed_tensor(t.detach(), seed, alpha)
+            else:
+                out[name] = t
+        return out
+    finally:
+        if owned:
+            wk.wipe()
+
+
+def embed_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    key: Any,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    min_numel: int = DEFAULT_MIN_NUMEL,
+    overwrite: bool = False,
+    write_commitment: bool = True,
+) -> EmbedResult:
+    """Mark a safetensors file or a model directory (every shard; other files copied byte
+    for byte) into ``dst``, streaming one tensor at a time, with atomic writes.  The
+    safetensors headers (and so the metadata) are kept byte for byte.  The key commitment
+    goes to ``commitment_path(dst)``, next to the output, never into the model."""
+    from weightguard._internal import wm_io
+    from weightguard._internal.wm_keys import resolve_key
+
+    _check_alpha(alpha)
+    srcp, dstp = Path(os.fspath(src)), Path(os.fspath(dst))
+    if not srcp.exists():
+        raise WatermarkError(
+            f"{srcp}: no such file or directory",
+            hint="pass a safetensors file or a model directory",
+        )
+    if srcp.is_file() and wm_io._is_encrypted(srcp):
+        raise WatermarkError(
+            f"{srcp} is an encrypted artifact",
+            hint="embed the watermark before encrypting (embed, then `weightguard encrypt`)",
+        )
+    if dstp.exists() and not overwrite:
+        raise DestinationError(
+            f"{dstp} already exists", hint="choose another output or pass overwrite=True (--force)"
+        )
+    if dstp.resolve() == srcp.resolve():
+        raise DestinationError(
+            "output and input are the same path", hint="write the marked model to a new location"
+        )
+    wk, owned = resolve_key(key)
+    stats = [0, 0]
+
+    def mark(e: wm_io.Entry, t: torch.Tensor) -> torch.Tensor | None:
+        if not wm_scheme.is_eligible(e.dtype, e.shape, min_numel=min_numel, for_check=False):
+            return None
+        stats[0] += 1
+        stats[1] += t.numel()
+        return wm_scheme.embed_tensor(t, wm_scheme.tensor_seed(wk.material, e.name, e.shape), alpha)
+
+    try:
+        if srcp.is_dir():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dstp.name}.", dir=dstp.parent))
+            try:
+                seen: set[str] = set()
+                for s, d in wm_io.copy_tree_files(srcp, tmp):
+                    with open(s, "rb") as f:
+                        for e in wm_io.read_st_header(f, s).entries:
+                            if e.name in seen:
+                                raise WatermarkError(
+                                    f"{srcp}: tensor {e.name!r} appears in more than one shard"
+                                )
+                            seen.add(e.name)
+                    wm_io.rewrite_file(s, d, mark)
+                if dstp.exists():
+                    shutil.rmtree(dstp) if dstp.is_dir() else dstp.unlink()
+                os.replace(tmp, dstp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        else:
+            wm_io.rewrite_file(srcp, dstp, mark)
+        if stats[0] == 0:
+            raise WatermarkError(
+                f"{srcp}: no tensor is eligible for the watermark",
+                hint=f"tensors need a float dtype, >= 2 dims and >= {min_numel} elements",
+            )
+        cpath = None
+        if write_commitment:
+            cpath = commitment_path(dstp)
+            doc = _commitment_doc(wk.material, wk.ref, alpha, min_numel, dstp, stats[0])
+            wm_io.write_json_atomic(cpath, doc)
+    finally:
+        if owned:
+            wk.wipe()
+    return EmbedResult(dstp, cpath, stats[0], stats[1])
+
+
+def commitment_path(output: str | os.PathLike[str]) -> Path:
+    p = Path(os.fspath(output))
+    return p.with_name(p.name + ".wmcommit.json")
+
+
+def _params(alpha: float, min_numel: int) -> dict[str, Any]:
+    return {
+        "scheme": SCHEME,
+        "alpha": alpha,
+        "min_numel": min_numel,
+        "domain": wm_scheme.DOMAIN.decode(),
+        "seed": "HMAC-SHA256",
+        "pattern": "SHAKE-256, LSB-first bits, 1->+1 0->-1, rows = dim 0",
+        "dtypes": sorted(wm_scheme.EMBED_DTYPES),
+    }
+
+
+def _digest_outputs(dst: Path) -> dict[str, str]:
+    files = [dst] if dst.is_file() else sorted(p for p in dst.rglob("*") if p.is_file())
+    out = {}
+    for p in files:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        out[p.name if p == dst else str(p.relative_to(dst))] = h.hexdigest()
+    return out
+
+
+def _commit_value(key: bytes | bytearray, body: Mapping[str, Any]) -> str:
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    h = hashlib.sha256(COMMIT_LABEL)
+    h.update(len(key).to_bytes(4, "little"))
+    h.update(key)
+    h.update(canon)
+    return h.hexdigest()
+
+
+def _commitment_doc(
+    key: bytearray, ref: str, alpha: float, min_numel: int, dst: Path, n: int
+) -> dict[str, Any]:
+    body = {
+        "params": _params(alpha, min_numel),
+        "time": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "nonce": secrets.token_hex(16),
+        "key_ref": ref,
+        "outputs_sha256": _digest_outputs(dst),
+        "tensors_marked": n,
+    }
+    return {**body, "commitment": _commit_value(key, body)}
+
+
+def verify_commitment(path: str | os.PathLike[str], key: Any) -> bool:
+    """True when ``key`` is the key committed to in the ``.wmcommit.json`` at ``path``."""
+    from weightguard._internal.wm_keys import resolve_key
+
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read(1 << 20))
+    except OSError as exc:
+        raise ConfigError(f"cannot read commitment {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FormatError(f"{path} is not a watermark commitment (bad JSON)") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("commitment"), str):
+        raise FormatError(f"{path} is not a watermark commitment (no commitment field)")
+    body = {k: v for k, v in doc.items() if k != "commitment"}
+    wk, owned = resolve_key(key)
+    try:
+        return hmac.compare_digest(_commit_value(wk.material, body), doc["commitment"])
+    finally:
+        if owned:
+            wk.wipe()
+
+
+def check(
+    suspect: Any,
+    key: Any,
+    *,
+    original: Any = None,
+    keys_tested: int = 1,
+    min_numel: int = DEFAULT_MIN_NUMEL,
+    load_options: Mapping[str, Any] | None = None,
+) -> WatermarkReport:
+    """Test ``suspect`` (dict of tensors, safetensors file, model directory, or encrypted
+    artifact opened through the secure loader with ``load_options``) for the mark of
+    ``key``.  With ``original`` (the owner's unmarked weights), renamed/reordered tensors
+    are re-identified and permuted/rescaled hidden units re-aligned before detection; the
+    alignment never sees the key.  ``keys_tested`` is the number of keys the caller tries
+    on this suspect (the "present" threshold is corrected for it)."""
+    from weightguard._internal import wm_detect
+    from weightguard._internal.wm_io import open_source
+    from weightguard._internal.wm_keys import resolve_key
+
+    if keys_tested < 1:
+        raise ConfigError("keys_tested must be >= 1")
+    src = open_source(suspect, label="suspect", load_options=load_options)
+    missing: list[str] = []
+    if original is None:
+        views = wm_detect.blind_views(src, min_numel)
+        mode = "blind"
+    else:
+        orig = open_source(original, label="original")
+        views = wm_detect.informed_views(src, orig, min_numel, missing)
+        mode = "informed"
+    acc = wm_detect.Accumulator()
+    notes: dict[str, str] = {}
+    wk, owned = resolve_key(key)
+    try:
+        wm_detect.score(views, wk.material, acc, notes)
+    finally:
+        if owned:
+            wk.wipe()
+    if not acc.per_tensor:
+        raise WatermarkError(
+            f"{src.label}: no tensor to check (float, >= 2 dims, >= {min_numel} elements)",
+            hint="is this a model's weights?",
+        )
+    z = acc.z
+    log10_p = wm_scheme.log10_p_bound(z)
+    return WatermarkReport(
+        verdict=wm_scheme.verdict_for(z, keys_tested),
+        z=z,
+        p=10.0**log10_p,
+        log10_p=log10_p,
+        threshold_z=wm_scheme.present_threshold_z(keys_tested),
+        keys_tested=keys_tested,
+        mode=mode,
+        tensors=len(acc.per_tensor),
+        elements=acc.elements,
+        per_tensor=acc.per_tensor,
+        alignment=notes,
+        missing=missing,
+    )
+
+
+def _check_alpha(alpha: float) -> None:
+    if not (0.0 < alpha <= 0.5):
+        raise ConfigError(
+            f"alpha {alpha} is out of range (0, 0.5]",
+            hint=f"the default {DEFAULT_ALPHA} is measured in docs/watermark.md",
+        )
