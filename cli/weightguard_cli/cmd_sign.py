@@ -1,0 +1,238 @@
+"""`weightguard sign` and `weightguard verify`: OpenSSF model-signing bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+
+from weightguard.errors import ConfigError
+
+
+def _password(var: str | None) -> bytearray | None:
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise ConfigError(f"environment variable {var} (--password-env) is not set")
+    return bytearray(value.encode("utf-8"))
+
+
+@click.command("sign")
+@click.argument("model", type=click.Path(exists=True, path_type=str))
+@click.option("--signature", required=True, type=click.Path(path_type=str), help="Bundle to write.")
+@click.option(
+    "--key", "key", type=click.Path(exists=True, dir_okay=False), help="EC private key PEM."
+)
+@click.option(
+    "--password-env", metavar="VAR", help="Environment variable holding the key password."
+)
+@click.option(
+    "--cert", type=click.Path(exists=True, dir_okay=False), help="Signing certificate PEM."
+)
+@click.option(
+    "--cert-chain",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Intermediate/root certificates (repeatable).",
+)
+@click.option("--vault-key", metavar="URI", help="Transit key, vault://<mount>/<key> (ecdsa-p256).")
+@click.option("--sigstore", is_flag=True, help="Sigstore keyless signing (OIDC, needs network).")
+@click.option("--identity-token", metavar="TOKEN", help="OIDC token for --sigstore.")
+@click.option("--sigstore-staging", is_flag=True, help="Use the Sigstore staging instance.")
+@click.option(
+    "--ignore-path", "ignore_paths", multiple=True, help="Relative path to leave unsigned."
+)
+@click.option("--allow-symlinks", is_flag=True, help="Follow symbolic links to files.")
+@click.option(
+    "--chunk-size",
+    type=int,
+    default=4 * 1024 * 1024,
+    show_default=True,
+    help="Chunk digest stride for plain safetensors files.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def sign(
+    model: str,
+    signature: str,
+    key: str | None,
+    password_env: str | None,
+    cert: str | None,
+    cert_chain: tuple[str, ...],
+    vault_key: str | None,
+    sigstore: bool,
+    identity_token: str | None,
+    sigstore_staging: bool,
+    ignore_paths: tuple[str, ...],
+    allow_symlinks: bool,
+    chunk_size: int,
+    as_json: bool,
+) -> None:
+    """Sign MODEL (file or directory, plain or encrypted) as an OMS bundle."""
+    from weightguard.signing import (
+        CertificateSigner,
+        KeySigner,
+        Signer,
+        SigstoreSigner,
+        VaultTransitSigner,
+        sign_model,
+    )
+
+    modes = sum([key is not None and cert is None, cert is not None, bool(vault_key), sigstore])
+    if modes != 1:
+        raise click.UsageError(
+            "choose exactly one of --key, --cert/--cert-chain/--key, --vault-key, --sigstore"
+        )
+    signer: Signer
+    if cert is not None:
+        if key is None:
+            raise click.UsageError("--cert needs --key (the certificate's private key)")
+        pw = _password(password_env)
+        signer = CertificateSigner.from_files(key, cert, cert_chain, pw)
+    elif key is not None:
+        signer = KeySigner.from_file(key, _password(password_env))
+    elif vault_key:
+        signer = VaultTransitSigner(vault_key)
+    else:
+        signer = SigstoreSigner(identity_token, staging=sigstore_staging)
+    result = sign_model(
+        model,
+        signature,
+        signer,
+        ignore_paths=ignore_paths,
+        allow_symlinks=allow_symlinks,
+        chunk_size=chunk_size,
+    )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "signature": str(result.signature),
+                    "signer": result.signer,
+                    "signed_at": result.signed_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "bundle_sha256": result.bundle_digest,
+                    "files": sorted(result.files),
+                },
+                indent=2,
+            )
+        )
+    else:
+        click.echo(f"signed {len(result.files)} file(s) -> {result.signature}")
+        click.echo(f"signer: {result.signer}")
+
+
+@click.command("verify")
+@click.argument("model", type=click.Path(exists=True, path_type=str))
+@click.option("--signature", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Trusted EC public key PEM (repeatable: any of).",
+)
+@click.option(
+    "--cert-chain",
+    "cert_chain",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Trusted root CA PEM; further files are intermediates.",
+)
+@click.option("--vault-key", metavar="URI", help="Transit key whose public keys are trusted.")
+@click.option("--identity", help="Sigstore certificate identity (email or URI).")
+@click.option("--issuer", help="Sigstore OIDC issuer URL.")
+@click.option(
+    "--offline/--online",
+    default=True,
+    show_default=True,
+    help="Sigstore: use the trusted root shipped with sigstore (no network).",
+)
+@click.option(
+    "--trust-root",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Sigstore trusted_root.json to use instead.",
+)
+@click.option(
+    "--allow-unsigned",
+    "allow_unsigned",
+    multiple=True,
+    metavar="PATTERN",
+    help="Allow files matching this glob/prefix to be present but unsigned.",
+)
+@click.option("--allow-symlinks", is_flag=True, help="Follow symbolic links to files.")
+@click.option(
+    "--unsafe-no-verification",
+    is_flag=True,
+    help="UNSAFE: do not check who signed (only accidental corruption is found).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify(
+    model: str,
+    signature: str,
+    keys: tuple[str, ...],
+    cert_chain: tuple[str, ...],
+    vault_key: str | None,
+    identity: str | None,
+    issuer: str | None,
+    offline: bool,
+    trust_root: str | None,
+    allow_unsigned: tuple[str, ...],
+    allow_symlinks: bool,
+    unsafe_no_verification: bool,
+    as_json: bool,
+) -> None:
+    """Verify MODEL against its signature and a trust policy."""
+    from weightguard.policy import (
+        AnyOf,
+        ChainRoot,
+        Policy,
+        PublicKey,
+        SigstoreIdentity,
+        UnsafeNoVerification,
+    )
+    from weightguard.signing import vault_key_policy, verify_bundle
+
+    policies: list[Policy] = [PublicKey.from_file(k) for k in keys]
+    if cert_chain:
+        policies.append(ChainRoot(cert_chain[0], cert_chain[1:]))
+    if vault_key:
+        policies.append(vault_key_policy(vault_key))
+    if identity or issuer:
+        if not (identity and issuer):
+            raise click.UsageError("--identity and --issuer go together")
+        policies.append(SigstoreIdentity(identity, issuer, trust_root=trust_root, offline=offline))
+    if unsafe_no_verification:
+        if policies:
+            raise click.UsageError("--unsafe-no-verification excludes the other trust options")
+        policies.append(UnsafeNoVerification())
+    if not policies:
+        raise click.UsageError(
+            "give a trust anchor: --key, --cert-chain, --vault-key or --identity/--issuer"
+        )
+    policy = policies[0] if len(policies) == 1 else AnyOf(*policies)
+    m = verify_bundle(
+        model,
+        signature,
+        policy,
+        allow_unsigned=allow_unsigned,
+        allow_symlinks=allow_symlinks,
+    )
+    if as_json:
+        out: dict[str, Any] = {"verified": True, **m.to_dict()}
+        click.echo(json.dumps(out, indent=2))
+        return
+    when = m.signed_at.strftime("%Y-%m-%dT%H:%M:%SZ") if m.signed_at else "unknown"
+    click.echo(f"OK: {model} matches {signature}")
+    click.echo(f"signer:  {m.signer}")
+    click.echo(f"time:    {when}" + (f" ({m.time_source})" if m.time_source else ""))
+    click.echo(f"covered: {len(m.files)} file(s)")
+    for n in sorted(m.files):
+        click.echo(f"  {n}")
+    if m.uncovered:
+        click.echo(f"present but NOT covered: {len(m.uncovered)} file(s)")
+        for n in m.uncovered:
+            click.echo(f"  {n}")
+    if m.unsafe:
+        click.echo("WARNING: signer NOT verified (--unsafe-no-verification)", err=True)

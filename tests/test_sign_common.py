@@ -1,0 +1,314 @@
+"""Shared helpers for the signing tests (keys, CA chains, models) + basic round trips."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+INTEROP = ROOT.parent / "shared" / "interop"
+MODEL_SIGNING = str(Path(sys.executable).with_name("model_signing"))
+
+
+def write_key(tmp: Path, name: str, curve: str = "p256", password: bytes | None = None) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    c = {"p256": ec.SECP256R1(), "p384": ec.SECP384R1(), "p521": ec.SECP521R1()}[curve]
+    key = ec.generate_private_key(c)
+    enc: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    (tmp / f"{name}.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+    )
+    (tmp / f"{name}.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return key
+
+
+def _cert(
+    subject: str,
+    key: Any,
+    issuer: str,
+    issuer_key: Any,
+    *,
+    ca: bool,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> Any:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        b = b.add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    else:
+        b = b.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def write_chain(
+    tmp: Path,
+    prefix: str = "",
+    *,
+    leaf_not_before: dt.datetime | None = None,
+    leaf_not_after: dt.datetime | None = None,
+) -> dict[str, Path]:
+    """root -> intermediate -> leaf (P-256); returns the PEM paths."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    now = dt.datetime.now(dt.UTC)
+    root_k = ec.generate_private_key(ec.SECP384R1())
+    int_k = ec.generate_private_key(ec.SECP256R1())
+    leaf_k = write_key(tmp, f"{prefix}leaf")
+    long_ago, far = now - dt.timedelta(days=30), now + dt.timedelta(days=365)
+    root = _cert(
+        f"{prefix}root",
+        root_k,
+        f"{prefix}root",
+        root_k,
+        ca=True,
+        not_before=long_ago,
+        not_after=far,
+    )
+    inter = _cert(
+        f"{prefix}intermediate",
+        int_k,
+        f"{prefix}root",
+        root_k,
+        ca=True,
+        not_before=long_ago,
+        not_after=far,
+    )
+    leaf = _cert(
+        f"{prefix}signer",
+        leaf_k,
+        f"{prefix}intermediate",
+        int_k,
+        ca=False,
+        not_before=leaf_not_before or now - dt.timedelta(days=1),
+        not_after=leaf_not_after or far,
+    )
+    out = {}
+    for name, c in (("root", root), ("intermediate", inter), ("leaf_cert", leaf)):
+        p = tmp / f"{prefix}{name}.crt"
+        p.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        out[name] = p
+    out["leaf_key"] = tmp / f"{prefix}leaf.pem"
+    return out
+
+
+def make_model(directory: Path, *, tensors: int = 3) -> Path:
+    """A small plain safetensors model directory (safetensors + config + tokenizer)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    save_file(
+        {
+            f"layer{i}.weight": rng.standard_normal((64, 100)).astype(np.float32)
+            for i in range(tensors)
+        },
+        str(directory / "model.safetensors"),
+    )
+    (directory / "config.json").write_text(json.dumps({"hidden": 64}))
+    (directory / "tokenizer.json").write_text(json.dumps({"vocab": ["a", "b"]}))
+    return directory
+
+
+def model_signing(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MODEL_SIGNING, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def payload_of(sig: Path) -> dict[str, Any]:
+    import base64
+
+    doc = json.loads(sig.read_text())
+    return json.loads(base64.b64decode(doc["dsseEnvelope"]["payload"]))
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_sign_verify_roundtrip_records_chunk_digests(tmp_path: Path) -> None:
+    from weightguard.policy import PublicKey
+    from weightguard.signing import KeySigner, sign_model, verify_bundle
+
+    model = make_model(tmp_path / "m")
+    write_key(tmp_path, "k")
+    res = sign_model(
+        model, tmp_path / "m.sig", KeySigner.from_file(tmp_path / "k.pem"), chunk_size=4096
+    )
+    m = verify_bundle(model, tmp_path / "m.sig", PublicKey.from_file(tmp_path / "k.pub"))
+    assert sorted(m.files) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert m.uncovered == ()
+    assert m.hashed and m.kind == "key" and not m.unsafe
+    assert "EC P-256 key sha256:" in m.signer
+    f = m.files["model.safetensors"]
+    data = (model / "model.safetensors").read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    assert (f.size, f.head, f.stride) == (len(data), 8 + n, 4096)
+    assert f.digests[0] == hashlib.sha256(data[: 8 + n]).digest()
+    for k in range(1, len(f.digests)):
+        off, length = f.range(k)
+        assert f.digests[k] == hashlib.sha256(data[off : off + length]).digest()
+    assert f.sha256 == hashlib.sha256(data).digest()
+    cfg = m.files["config.json"]
+    assert cfg.head == cfg.size and cfg.digests == (cfg.sha256,)
+    assert res.files["model.safetensors"].digests == f.digests
+    # the predicate extension is exactly as documented in docs/ARCHITECTURE.md
+    wg = payload_of(tmp_path / "m.sig")["predicate"]["weightguard"]
+    assert wg["version"] and set(wg["files"]["model.safetensors"]) == {
+        "algorithm",
+        "size",
+        "head",
+        "stride",
+        "digests",
+    }
+    assert wg["files"]["model.safetensors"]["algorithm"] == "sha256-chunked-v1"
+
+
+@pytest.mark.parametrize("curve", ["p256", "p384", "p521"])
+def test_single_file_all_curves_and_password(tmp_path: Path, curve: str) -> None:
+    from weightguard.policy import PublicKey
+    from weightguard.signing import KeySigner, sign_model, verify_bundle
+
+    make_model(tmp_path / "m")
+    single = tmp_path / "m" / "model.safetensors"
+    write_key(tmp_path, "k", curve, password=b"s3cret")
+    sign_model(single, tmp_path / "w.sig", KeySigner.from_file(tmp_path / "k.pem", "s3cret"))
+    m = verify_bundle(single, tmp_path / "w.sig", PublicKey.from_file(tmp_path / "k.pub"))
+    assert list(m.files) == ["."]
+    assert m.path_of(".") == single
+    assert payload_of(tmp_path / "w.sig")["predicate"]["resources"][0]["name"] == "."
+    r = model_signing(
+        "verify",
+        "key",
+        str(single),
+        "--signature",
+        str(tmp_path / "w.sig"),
+        "--public_key",
+        str(tmp_path / "k.pub"),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_wrong_password_and_missing_password(tmp_path: Path) -> None:
+    from weightguard.errors import ConfigError
+    from weightguard.signing import KeySigner
+
+    write_key(tmp_path, "k", password=b"right")
+    with pytest.raises(ConfigError, match="wrong password"):
+        KeySigner.from_file(tmp_path / "k.pem", "wrong")
+    with pytest.raises(ConfigError, match="encrypted and no password"):
+        KeySigner.from_file(tmp_path / "k.pem")
+
+
+def test_signer_repr_hides_key(tmp_path: Path) -> None:
+    from weightguard.signing import KeySigner
+
+    write_key(tmp_path, "k")
+    s = KeySigner.from_file(tmp_path / "k.pem")
+    assert "PRIVATE" not in repr(s) and "sha256:" in repr(s)
+
+
+def test_hash_files_false_checks_listing_and_sizes_only(tmp_path: Path) -> None:
+    from weightguard.errors import IntegrityError
+    from weightguard.policy import PublicKey
+    from weightguard.signing import KeySigner, sign_model, verify_bundle
+
+    model = make_model(tmp_path / "m")
+    write_key(tmp_path, "k")
+    sign_model(model, tmp_path / "m.sig", KeySigner.from_file(tmp_path / "k.pem"))
+    pol = PublicKey.from_file(tmp_path / "k.pub")
+    p = model / "model.safetensors"
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 1
+    p.write_bytes(bytes(data))
+    m = verify_bundle(model, tmp_path / "m.sig", pol, hash_files=False)
+    assert not m.hashed  # same size: only the streaming loader can see the change
+    with pytest.raises(IntegrityError, match=r"model\.safetensors"):
+        verify_bundle(model, tmp_path / "m.sig", pol)
+    p.write_bytes(bytes(data) + b"x")
+    with pytest.raises(IntegrityError, match="signed size"):
+        verify_bundle(model, tmp_path / "m.sig", pol, hash_files=False)
+
+
+def test_audit_events(tmp_path: Path) -> None:
+    from weightguard.errors import PolicyError
+    from weightguard.policy import PublicKey
+    from weightguard.signing import KeySigner, sign_model, verify_bundle
+
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    class Rec:
+        def emit(self, event: str, **kw: Any) -> None:
+            events.append((event, kw))
+
+    model = make_model(tmp_path / "m")
+    write_key(tmp_path, "k")
+    write_key(tmp_path, "other")
+    sign_model(model, tmp_path / "m.sig", KeySigner.from_file(tmp_path / "k.pem"), audit=Rec())
+    verify_bundle(model, tmp_path / "m.sig", PublicKey.from_file(tmp_path / "k.pub"), audit=Rec())
+    with pytest.raises(PolicyError):
+        verify_bundle(
+            model, tmp_path / "m.sig", PublicKey.from_file(tmp_path / "other.pub"), audit=Rec()
+        )
+    assert [e for e, _ in events] == ["sign", "verify.ok", "verify.failed"]
+    assert events[2][1]["outcome"] == "denied"
+    assert "does not match" in events[2][1]["reason"]
+    assert os.fspath(tmp_path / "k.pem") not in json.dumps([e[1] for e in events], default=str)
