@@ -179,12 +179,13 @@ class Prepared:
 
         out = PREP / _model_id(model_dir) / "watermarked"
         try:
+            key = wg_ops.watermark_key(PREP)
             if not (out / ".done").exists():
                 if out.exists():
                     shutil.rmtree(out)
-                wg_ops.watermark_embed(str(model_dir), str(out))
+                wg_ops.watermark_embed(str(model_dir), str(out), str(key))
                 (out / ".done").write_text("")
-            self.watermarked = {"dir": str(out)}
+            self.watermarked = {"dir": str(out), "key": str(key)}
         except Exception as exc:
             self.watermarked = {"dir": "", "error": _err(exc)}
             print(f"   prep: watermark embed: {self.watermarked['error']}", flush=True)

@@ -254,7 +254,24 @@ def load_cases(
                 "pub": p.signing["pub"],
                 "sig": wg.get("sig", ""),
                 "key_uri": p.key_uri,
+                "audit_dir": "$TMP",
                 "prep_error": wg.get("error", p.error),
+            },
+        )
+    )
+    variants.append(
+        Variant(
+            "weightguard load_file (signed plain, verify only)",
+            "weightguard-plain",
+            "benchmarks.wg_ops:load",
+            {
+                "model": d,
+                "device": device,
+                "expect": n,
+                "pub": p.signing["pub"],
+                "sig": p.wg_sig.get(d, ""),
+                "key_uri": "",
+                "audit_dir": "$TMP",
             },
         )
     )
@@ -322,6 +339,7 @@ def s3_cases(model_dir: Path, reps: int, p: prep.Prepared) -> list[Case]:
                         "pub": p.signing["pub"],
                         "sig": wg.get("sig", ""),
                         "key_uri": p.key_uri,
+                        "audit_dir": "$TMP",
                         "prep_error": wg.get("error", p.error),
                     },
                 ),
@@ -354,6 +372,7 @@ def misc_cases(model_dir: Path, reps: int, p: prep.Prepared) -> list[Case]:
                     "benchmarks.wg_ops:watermark_check",
                     {
                         "model": p.watermarked.get("dir", ""),
+                        "key": p.watermarked.get("key", ""),
                         "prep_error": p.watermarked.get("error"),
                     },
                 )
@@ -401,6 +420,7 @@ def build_cases(mode: str) -> list[Case]:
     if mode == "gpu":
         for size in cfg["sizes"]:
             m = models.synthetic(size)
+            p.prepare_signing(m)
             p.prepare_load(m)
             cases += load_cases(m, reps, p, ("warm",), device="cuda")
         cases += load_cases(models.synthetic(cfg["sizes"][0]), reps, p, ("warm",))
@@ -420,6 +440,7 @@ def build_cases(mode: str) -> list[Case]:
     if mode == "full":
         p.prepare_load(sh)
         cases += load_cases(sh, reps, p, ("warm",))
+    p.prepare_signing(minilm)
     p.prepare_load(minilm)
     cases += load_cases(minilm, reps, p, ("warm",))
     first = models.synthetic(cfg["sizes"][0])

@@ -48,14 +48,11 @@ def _size(model: str) -> int:
 
 def make_file_key(directory: Path) -> str:
     """A local development key (``file://``); returns its URI."""
-    keys = _api("weightguard._internal.keys")
+    keys = _api("weightguard._internal.keys", "create_key_file")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "bench.key"
     if not path.exists():
-        gen = getattr(keys, "generate_key_file", None) or getattr(keys, "create_key_file", None)
-        if gen is None:
-            raise Unavailable("weightguard._internal.keys has no key-file generator yet")
-        gen(path)
+        keys.create_key_file(path)
     return f"file://{path}"
 
 
@@ -68,7 +65,7 @@ def encrypt(src: str, out_dir: str, key_uri: str, prep_error: str | None = None)
     dst = Path(out_dir) / "model.safetensors.wgenc"
 
     def run() -> int:
-        crypt.encrypt_file(src, dst, key=key_uri)
+        crypt.encrypt_file(src, dst, key_uri)
         if not dst.exists():
             raise RuntimeError("encrypt_file wrote nothing")
         return os.path.getsize(src)
@@ -78,23 +75,20 @@ def encrypt(src: str, out_dir: str, key_uri: str, prep_error: str | None = None)
 
 def encrypt_model(src_dir: str, dst_dir: str, key_uri: str) -> None:
     crypt = _api("weightguard.crypt", "encrypt_model")
-    crypt.encrypt_model(src_dir, dst_dir, key=key_uri)
+    crypt.encrypt_model(src_dir, dst_dir, key_uri)
 
 
 # ------------------------------------------------------------------ signing
 
 
-def _signer(key: str) -> Any:
-    signing = _api("weightguard.signing", "sign_model")
-    return signing
-
-
 def sign(model: str, key: str, out_dir: str, name: str = "model.sig") -> Timed:
-    signing = _api("weightguard.signing", "sign_model")
+    """``sign_model`` with an EC P-256 ``KeySigner`` (OMS bundle + per-chunk digests)."""
+    signing = _api("weightguard.signing", "sign_model", "KeySigner")
     sig = Path(out_dir) / name
+    signer = signing.KeySigner.from_file(key)
 
     def run() -> int:
-        signing.sign_model(model, sig, key=key)
+        signing.sign_model(model, sig, signer)
         if not sig.exists():
             raise RuntimeError("sign_model wrote no signature")
         return _size(model)
@@ -103,26 +97,23 @@ def sign(model: str, key: str, out_dir: str, name: str = "model.sig") -> Timed:
 
 
 def verify(model: str, pub: str, sig: str, prep_error: str | None = None) -> Timed:
+    """``verify_bundle`` with a ``PublicKey`` policy, every byte hashed (hash_files=True)."""
     _prep_ok(prep_error, sig)
     signing = _api("weightguard.signing", "verify_bundle")
     policy = _key_policy(pub)
 
     def run() -> int:
-        signing.verify_bundle(model, sig, policy)
+        manifest = signing.verify_bundle(model, sig, policy)
+        if not manifest.files:
+            raise RuntimeError("verify_bundle returned no files")
         return _size(model)
 
     return run
 
 
 def _key_policy(pub: str) -> Any:
-    pol = _api("weightguard.policy")
-    for name in ("KeyPolicy", "PublicKeyPolicy", "key_policy"):
-        if hasattr(pol, name):
-            factory = getattr(pol, name)
-            if hasattr(factory, "from_pem"):
-                return factory.from_pem(Path(pub).read_bytes())
-            return factory(pub)
-    raise Unavailable("weightguard.policy has no public-key policy yet")
+    pol = _api("weightguard.policy", "PublicKey")
+    return pol.PublicKey(Path(pub).read_bytes())
 
 
 def sign_cli(model: str, key: str, out_dir: str) -> Timed:
@@ -162,15 +153,22 @@ def load(
     pub: str,
     sig: str,
     key_uri: str,
+    audit_dir: str,
     prep_error: str | None = None,
 ) -> Timed:
+    """``weightguard.load_file``: signature + policy, chunk digests, AES-GCM, audit events.
+
+    The key provider is the one in the artifact header (the bench's ``file://`` key);
+    audit events go to a file in the trial's temporary directory (fsync per event).
+    """
     _prep_ok(prep_error, model, sig)
     _need_cuda(device)
-    wg = _api("weightguard", "load_file")
+    loader = _api("weightguard.loader", "load_file")
     policy = _key_policy(pub)
+    os.environ["WEIGHTGUARD_AUDIT_LOG"] = str(Path(audit_dir) / "audit.jsonl")
 
     def run() -> int:
-        out = wg.load_file(model, device=device, policy=policy, signature=sig)
+        out = loader.load_file(model, device, policy=policy, signature=sig)
         _sync(device)
         _expect_tensors(out, expect, "weightguard")
         return _nbytes(out)
@@ -181,18 +179,31 @@ def load(
 # ------------------------------------------------------------------ watermark / audit
 
 
-def watermark_embed(src_dir: str, dst_dir: str) -> None:
-    _api("weightguard.watermark", "embed")
-    raise Unavailable("watermark embed wiring")
+def watermark_key(directory: Path) -> Path:
+    path = directory / "watermark.key"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(32))
+        path.chmod(0o600)
+    return path
 
 
-def watermark_check(model: str, prep_error: str | None = None) -> Timed:
-    _prep_ok(prep_error, model)
+def watermark_embed(src_dir: str, dst_dir: str, key: str) -> None:
+    """Untimed: mark a copy of the model (``watermark.embed_file``)."""
+    wm = _api("weightguard.watermark", "embed_file")
+    wm.embed_file(src_dir, dst_dir, Path(key))
+
+
+def watermark_check(model: str, key: str = "", prep_error: str | None = None) -> Timed:
+    """Blind ``watermark.check`` of a marked model directory (verdict must be present)."""
+    _prep_ok(prep_error, model, key)
     wm = _api("weightguard.watermark", "check")
 
     def run() -> dict[str, Any]:
-        res = wm.check(model)
-        return {"bytes": _size(model), "p_value": getattr(res, "p_value", None)}
+        rep = wm.check(model, Path(key))
+        if rep.verdict != "present":
+            raise RuntimeError(f"watermark not detected: verdict {rep.verdict}, z={rep.z:.1f}")
+        return {"bytes": _size(model), "z": rep.z, "log10_p": rep.log10_p}
 
     return run
 
