@@ -454,6 +454,15 @@ class Location:
         assert self._listing is not None
         return sorted(self._listing)
 
+    def size_of(self, name: str) -> int:
+        """Size in bytes of a listed file."""
+        if self.local_path is not None:
+            return self._local(name).stat().st_size
+        assert self._listing is not None
+        if name not in self._listing:
+            raise SourceError(f"{self.uri}: no file {name!r}")
+        return self._listing[name][0]
+
     def exists(self, name: str) -> bool:
         if self.local_path is not None:
             return self._local(name).is_file()

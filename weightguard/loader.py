@@ -1,0 +1,796 @@
+"""Secure loading: one pass of verify + decrypt, streaming into CPU or CUDA memory.
+
+>>> from weightguard import load_file
+>>> from weightguard.policy import PublicKey
+>>> tensors = load_file("s3://models/llama/model.safetensors", "cuda:0",
+...                     policy=PublicKey.from_file("release.pub"))
+
+Every byte of the artifact is read once, hashed and compared with the signed
+per-chunk digest before it is used, AEAD-decrypted into the destination (CPU tensors
+directly; CUDA through a pinned staging ring), and nothing is returned unless every
+check passed.  On any failure (tamper, signature/policy, key denial, source error,
+out of memory, KeyboardInterrupt) everything written so far is zeroed and freed, an
+audit event is written and one typed error (from :mod:`weightguard.errors`) names the
+file and chunk.
+
+Sources: a local ``.safetensors`` file (plain or encrypted), a local model directory
+(shards, ``model.safetensors.index.json``), or the same on S3 (``s3://bucket/key`` or
+``s3://bucket/prefix/``).
+
+Signature location (default): ``<file>.sig`` next to a single file, ``model.sig`` in a
+model directory or S3 prefix; pass ``signature=`` to override (local path).
+
+A policy is required: ``policy=PublicKey(...)`` etc. from :mod:`weightguard.policy`,
+or ``policy=UnsafeNoVerification()`` to skip signature checks (AEAD still authenticates
+encrypted artifacts; plain files are then loaded unchecked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from weightguard._internal.load_copy import DEFAULT_RING_BYTES, Copier, copier_for
+from weightguard._internal.load_pipeline import FileJob, Record, digest_matches, run_pipeline
+from weightguard._internal.load_plan import Geometry, Placement, build_tensors, plan
+from weightguard._internal.memory import wipe
+from weightguard._internal.safetensors_header import MAX_HEADER_SIZE, TensorInfo
+from weightguard._internal.sources import Location, S3Options, Source, open_location
+from weightguard.errors import (
+    ConfigError,
+    CoverageError,
+    FormatError,
+    IntegrityError,
+    UnsafeOptionRequired,
+    VerificationError,
+    WeightguardError,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    import torch
+
+    from weightguard.audit import AuditLog
+
+__all__ = ["LoadHooks", "ModelHandle", "load_file", "load_model", "open_model"]
+
+INDEX_NAME = "model.safetensors.index.json"
+DIR_SIGNATURE = "model.sig"
+_PLAIN_UNSIGNED_CHUNK = 8 * 1024 * 1024
+_PROBE = 64 * 1024
+
+
+@dataclass
+class LoadHooks:
+    """Test and instrumentation hooks (not needed for normal use).
+
+    ``before_record(file_name, chunk_index)`` runs in a worker before each record (raise
+    to inject a failure, e.g. KeyboardInterrupt); ``on_copier(copier)`` sees the copier
+    (its staging memory) before it is closed.
+    """
+
+    before_record: Callable[[str, int], None] | None = None
+    on_copier: Callable[[Copier], None] | None = None
+
+
+@dataclass
+class _File:
+    name: str  # relative name within the model (or the file's base name)
+    display: str  # path or s3 URI for messages
+    source: Source
+    encrypted: bool
+    geometry: Geometry
+    tensors: tuple[TensorInfo, ...]
+    metadata: dict[str, str] | None
+    header_digest: str
+    header: Any = None  # ArtifactHeader for encrypted files
+    cipher: Any = None  # ChunkCipher once the key was unwrapped
+    head: bytes = b""  # the verified bytes [0, data_offset) of an artifact
+
+
+@dataclass
+class _Ctx:
+    uri: str
+    device: str
+    audit: AuditLog
+    own_audit: bool
+    signer: str | None = None
+    bundle_digest: str | None = None
+    keys: list[dict[str, Any]] = field(default_factory=list)
+
+    def obj(self, files: Iterable[_File] = ()) -> dict[str, Any]:
+        files = list(files)
+        o: dict[str, Any] = {"uri": self.uri, "device": self.device}
+        if self.bundle_digest:
+            o["digest"] = self.bundle_digest
+        elif files:
+            o["digest"] = ",".join(f.header_digest for f in files)
+        if self.signer:
+            o["signer"] = self.signer
+        if self.keys:
+            o["key_id"] = ",".join(sorted({k["key_id"] for k in self.keys}))
+            versions = sorted({str(k["key_version"]) for k in self.keys})
+            o["key_version"] = ",".join(versions)
+            o["key_provider"] = ",".join(sorted({k["provider"] for k in self.keys}))
+        return o
+
+
+def _is_unsafe(policy: Any) -> bool:
+    try:
+        from weightguard.policy import UnsafeNoVerification
+    except ImportError:  # pragma: no cover - policy module is part of the package
+        return False
+    return isinstance(policy, UnsafeNoVerification)
+
+
+def _fail_event(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, IntegrityError):
+        return "tamper.detected", f"{type(exc).__name__}: {exc.message}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "load.denied", "cancelled (KeyboardInterrupt)"
+    if isinstance(exc, WeightguardError):
+        return "load.denied", f"{type(exc).__name__}: {exc.message}"
+    return "load.denied", f"{type(exc).__name__}"
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def _select_files(loc: Location) -> list[str]:
+    """The weight files of a model: the index's shards, or every .safetensors file."""
+    if not loc.is_dir:
+        return loc.names()
+    names = loc.names()
+    if INDEX_NAME in names:
+        raw = loc.read_small(INDEX_NAME, limit=64 * 1024 * 1024)
+        try:
+            index = json.loads(raw)
+            weight_map = index["weight_map"]
+            shards = sorted({str(v) for v in weight_map.values()})
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise FormatError(
+                f"{loc.uri}/{INDEX_NAME}: not a valid safetensors index (no weight_map)"
+            ) from None
+        missing = [s for s in shards if s not in names]
+        if missing:
+            raise FormatError(
+                f"{loc.uri}: the index names shards that are missing: {', '.join(missing[:5])}",
+                hint="fetch the whole model directory",
+            )
+        return shards
+    shards = [n for n in names if n.endswith(".safetensors") and "/" not in n]
+    if not shards:
+        raise FormatError(
+            f"{loc.uri}: no .safetensors files in the model directory",
+            hint="point at a model file or a directory holding .safetensors shards",
+        )
+    return shards
+
+
+@dataclass(frozen=True)
+class _Digests:
+    size: int
+    head: int
+    stride: int
+    digests: tuple[bytes, ...]
+
+
+def _verify_signature(
+    loc: Location,
+    files: list[str],
+    policy: Any,
+    signature: str | os.PathLike[str] | None,
+    *,
+    optional: bool = False,
+) -> tuple[dict[str, _Digests], str | None, str | None] | None:
+    """Check signature, policy and coverage (no hashing); per-file chunk digests.
+
+    ``optional`` (the unsafe policy): a missing default signature means "unverified".
+    """
+    from weightguard import signing
+
+    if signature is None and optional:
+        default = DIR_SIGNATURE if loc.is_dir else f"{loc.names()[0]}.sig"
+        if not loc.sibling_exists(default):
+            return None
+
+    if signature is not None:
+        sig_path = Path(signature)
+        if not sig_path.is_file():
+            raise VerificationError(f"signature {sig_path} not found")
+        sig_bytes: bytes | None = None
+    else:
+        default = DIR_SIGNATURE if loc.is_dir else f"{loc.names()[0]}.sig"
+        local = loc.local_file(default)
+        if local is not None:
+            if not local.is_file():
+                raise VerificationError(
+                    f"{loc.uri}: no signature found (looked for {local})",
+                    hint="pass signature=..., sign the model with `weightguard sign`, or use "
+                    "policy=UnsafeNoVerification() to load it unverified",
+                )
+            sig_path, sig_bytes = local, None
+        else:
+            if not loc.sibling_exists(default):
+                raise VerificationError(
+                    f"{loc.uri}: no signature {default} next to the model",
+                    hint="push the signature with the model, or pass signature=",
+                )
+            sig_bytes = loc.read_small(default, limit=64 * 1024 * 1024)
+            sig_path = Path()
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    try:
+        target: Path
+        if loc.local_path is not None:
+            target = loc.local_path
+        else:
+            # Remote model: verify signature, policy and coverage against the listing,
+            # using sparse stand-in files of the listed sizes (hash_files=False never
+            # reads their contents).
+            tmp = tempfile.TemporaryDirectory(prefix="wg-verify-")
+            root = Path(tmp.name) / "model"
+            root.mkdir()
+            for name in loc.names():
+                p = root / name
+                p.parent.mkdir(parents=True, exist_ok=True)
+                with open(p, "wb") as fh:
+                    fh.truncate(loc.size_of(name))
+            target = root if loc.is_dir else root / loc.names()[0]
+            if sig_bytes is not None:
+                sig_path = root / DIR_SIGNATURE if loc.is_dir else Path(tmp.name) / "model.sig"
+                sig_path.write_bytes(sig_bytes)
+        manifest = signing.verify_bundle(target, sig_path, policy, hash_files=False)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    out: dict[str, _Digests] = {}
+    for name in files:
+        fd = manifest.files.get(name if loc.is_dir else ".")
+        if fd is None:
+            raise CoverageError(
+                f"{loc.uri}: the signature does not cover {name}",
+                hint="re-sign the whole model directory",
+            )
+        if not getattr(fd, "chunked", True):
+            raise VerificationError(
+                f"{loc.uri}: the signature of {name} has no chunk digests (signed by "
+                "another tool), so it cannot be checked in one pass",
+                hint="sign the model with `weightguard sign`",
+            )
+        out[name] = _Digests(
+            int(fd.size), int(fd.head), int(fd.stride), tuple(bytes(d) for d in fd.digests)
+        )
+    signer = getattr(manifest, "signer", None)
+    bundle_digest = getattr(manifest, "bundle_digest", None)
+    return out, (str(signer) if signer else None), (str(bundle_digest) if bundle_digest else None)
+
+
+class _SourceReader:
+    """A minimal read-only file object over a Source (for header parsers)."""
+
+    def __init__(self, source: Source, prefix: bytes = b"") -> None:
+        self._src = source
+        self._pos = 0
+        self._prefix = prefix
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            n = self._src.size - self._pos
+        n = max(0, min(n, self._src.size - self._pos))
+        if self._pos + n <= len(self._prefix):
+            data = self._prefix[self._pos : self._pos + n]
+        else:
+            data = self._src.read(self._pos, n)
+        self._pos += len(data)
+        return data
+
+    def fileno(self) -> int:  # pragma: no cover - parsers must be given the size
+        raise OSError("no file descriptor")
+
+
+def _open_file(loc: Location, name: str, signed: _Digests | None) -> _File:
+    """Read a file's head once, check it against the signature, parse it."""
+    from weightguard._internal import format as fmt
+    from weightguard._internal.safetensors_header import parse_header_json
+
+    src = loc.open(name)
+    display = src.name
+    try:
+        if signed is not None:
+            if src.size != signed.size:
+                raise IntegrityError(
+                    f"file is {src.size} bytes but the signature says {signed.size}",
+                    path=display,
+                )
+            head_len = signed.head
+            if not 8 <= head_len <= min(src.size, MAX_HEADER_SIZE + fmt.MAX_HEADER_LEN + 1024):
+                raise IntegrityError(f"signed head length {head_len} is implausible", path=display)
+            head = src.read(0, head_len)
+            if not signed.digests or not digest_matches(head, signed.digests[0]):
+                raise IntegrityError(
+                    "header bytes do not match the signed digest", path=display, chunk=0
+                )
+        else:
+            head = src.read(0, min(src.size, _PROBE))
+        if len(head) < 8:
+            raise FormatError(f"{display}: {src.size} bytes is too small for a model file")
+        header_digest = "sha256:" + hashlib.sha256(head).hexdigest()
+        if fmt.is_artifact(head):
+            reader = _SourceReader(src, head) if signed is None else _BytesReader(head)
+            ah = fmt.read_header(reader, path=display)  # type: ignore[arg-type]
+            if ah.content != "safetensors":
+                raise FormatError(
+                    f"{display}: artifact holds a {ah.content!r} file, not safetensors",
+                    hint="decrypt it with `weightguard decrypt` instead",
+                )
+            if src.size != ah.total_size:
+                raise IntegrityError(
+                    f"artifact is {src.size} bytes, its header says {ah.total_size} "
+                    "(truncated or extended)",
+                    path=display,
+                )
+            stride = ah.chunk_size + fmt.TAG_SIZE
+            if signed is not None:
+                if signed.head != ah.data_offset or (signed.stride != stride and ah.num_chunks > 1):
+                    raise IntegrityError(
+                        "signed chunk layout does not match the artifact", path=display
+                    )
+                if len(signed.digests) != ah.num_chunks + 1:
+                    raise IntegrityError(
+                        f"signature has {len(signed.digests)} digests, artifact has "
+                        f"{ah.num_chunks + 1} records",
+                        path=display,
+                    )
+            else:
+                head_end = ah.data_offset
+                head = head[:head_end] if len(head) >= head_end else src.read(0, head_end)
+            geo = Geometry(
+                display,
+                ah.data_offset,
+                stride,
+                ah.chunk_size,
+                fmt.TAG_SIZE,
+                ah.data_size,
+                ah.num_chunks,
+                signed.digests if signed else None,
+            )
+            return _File(
+                name, display, src, True, geo, (), None, header_digest, header=ah, head=head
+            )
+        # Plain safetensors.
+        n = int.from_bytes(head[:8], "little")
+        if n > MAX_HEADER_SIZE or 8 + n > src.size:
+            raise FormatError(
+                f"{display}: not a safetensors file or a weightguard artifact (header length {n})"
+            )
+        if signed is not None:
+            if signed.head != 8 + n:
+                raise IntegrityError(
+                    "signed head does not match the safetensors header", path=display
+                )
+            raw_json = head[8 : 8 + n]
+        else:
+            raw_json = head[8 : 8 + n] if len(head) >= 8 + n else src.read(8, n)
+        data_size = src.size - 8 - n
+        _, tensors, metadata, _ = parse_header_json(raw_json, data_size=data_size, path=display)
+        if signed is not None:
+            chunk = signed.stride
+            num = (data_size + chunk - 1) // chunk if chunk > 0 else 0
+            if chunk <= 0 or len(signed.digests) != num + 1:
+                raise IntegrityError(
+                    "signed chunk digests do not match the file's size", path=display
+                )
+        else:
+            chunk = _PLAIN_UNSIGNED_CHUNK
+            num = (data_size + chunk - 1) // chunk
+        geo = Geometry(
+            display, 8 + n, chunk, chunk, 0, data_size, num, signed.digests if signed else None
+        )
+        return _File(name, display, src, False, geo, tensors, metadata, header_digest)
+    except BaseException:
+        src.close()
+        raise
+
+
+class _BytesReader:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._data) if n < 0 else min(len(self._data), self._pos + n)
+        out = self._data[self._pos : end]
+        self._pos = end
+        return out
+
+
+def _unwrap_keys(
+    files: list[_File], key: Any, key_options: Mapping[str, Any] | None, ctx: _Ctx
+) -> None:
+    """One unwrap round trip per provider; build ciphers; wipe the data keys."""
+    from weightguard._internal import format as fmt
+    from weightguard._internal import keys as keymod
+    from weightguard._internal.safetensors_header import parse_header_json
+
+    enc = [f for f in files if f.encrypted]
+    if not enc:
+        return
+    groups: dict[str, list[_File]] = {}
+    for f in enc:
+        uri = f.header.wrapped_key.uri if (key is None or not isinstance(key, str)) else key
+        groups.setdefault(uri, []).append(f)
+    t0 = time.monotonic()
+    for uri, group in groups.items():
+        provider = key if (key is not None and not isinstance(key, str)) else None
+        if provider is None:
+            provider = keymod.provider_for(uri, **dict(key_options or {}))
+        data_keys: list[bytearray] = []
+        try:
+            data_keys = provider.unwrap_many([f.header.wrapped_key for f in group])
+            for f, dk in zip(group, data_keys, strict=True):
+                f.cipher = fmt.ChunkCipher(f.header, dk)
+        finally:
+            for dk in data_keys:
+                wipe(dk)
+        wk = group[0].header.wrapped_key
+        ctx.keys.append({"key_id": wk.uri, "key_version": wk.key_version, "provider": wk.provider})
+    ctx.audit.emit(
+        "key.unwrap",
+        object=ctx.obj(files),
+        duration_s=time.monotonic() - t0,
+        files=len(enc),
+        round_trips=len(groups),
+    )
+    for f in enc:  # the (authenticated) original safetensors header, from record 0
+        ah = f.header
+        off, length = ah.record_span(0)
+        plain = f.cipher.decrypt_st_header(f.head[off : off + length])
+        _, tensors, metadata, _ = parse_header_json(
+            plain[8:], data_size=ah.data_size, path=f.display
+        )
+        f.tensors, f.metadata = tensors, metadata
+
+
+# --------------------------------------------------------------------------- handle
+
+
+class ModelHandle:
+    """An opened, verified model: list tensors, load all or a subset.
+
+    Opening reads and checks each file's header (against the signature), unwraps the
+    data keys in one round trip per key provider and keeps the AEAD ciphers until
+    :meth:`close` (use it as a context manager).  :meth:`load` reads only the records
+    the requested tensors touch.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str],
+        device: str,
+        *,
+        policy: Any,
+        signature: str | os.PathLike[str] | None,
+        key: Any,
+        key_options: Mapping[str, Any] | None,
+        audit: AuditLog | None,
+        workers: int | None,
+        ring_bytes: int,
+        s3: S3Options | None,
+        hooks: LoadHooks | None,
+    ) -> None:
+        if policy is None:
+            raise UnsafeOptionRequired(
+                "a verification policy is required to load a model",
+                hint="pass policy=PublicKey.from_file(...) (see weightguard.policy), or "
+                "policy=UnsafeNoVerification() to load without checking the signature",
+            )
+        from weightguard.audit import AuditLog
+
+        self.device = str(device)
+        self._workers = workers
+        self._ring_bytes = ring_bytes
+        self._hooks = hooks or LoadHooks()
+        self._files: list[_File] = []
+        self._closed = False
+        own = audit is None
+        self._ctx = _Ctx(
+            uri=os.fspath(source),
+            device=self.device,
+            audit=AuditLog.from_env() if audit is None else audit,
+            own_audit=own,
+        )
+        self._t0 = time.monotonic()
+        self._ctx.audit.emit("load.start", object=self._ctx.obj())
+        try:
+            loc = open_location(source, s3=s3)
+            names = _select_files(loc)
+            signed: dict[str, _Digests] | None = None
+            verified = _verify_signature(loc, names, policy, signature, optional=_is_unsafe(policy))
+            if verified is not None:
+                signed, self._ctx.signer, self._ctx.bundle_digest = verified
+            for name in names:
+                self._files.append(_open_file(loc, name, signed[name] if signed else None))
+            if signed is not None:
+                self._ctx.audit.emit("verify.ok", object=self._ctx.obj(self._files))
+            _unwrap_keys(self._files, key, key_options, self._ctx)
+            self._where: dict[str, _File] = {}
+            for f in self._files:
+                for t in f.tensors:
+                    if t.name in self._where:
+                        raise FormatError(
+                            f"{loc.uri}: tensor {t.name!r} is in both "
+                            f"{self._where[t.name].name} and {f.name}"
+                        )
+                    self._where[t.name] = f
+        except BaseException as exc:
+            self._deny(exc, time.monotonic() - self._t0)
+            self.close()
+            raise
+
+    def _deny(self, exc: BaseException, duration: float, nbytes: int | None = None) -> None:
+        event, reason = _fail_event(exc)
+        obj = self._ctx.obj(self._files)
+        if isinstance(exc, IntegrityError):
+            if exc.path:
+                obj["file"] = exc.path
+            if exc.chunk is not None:
+                obj["chunk"] = exc.chunk
+        with contextlib.suppress(WeightguardError):  # the caller must see the original error
+            self._ctx.audit.emit(
+                event,
+                outcome="denied",
+                reason=reason,
+                object=obj,
+                bytes=nbytes,
+                duration_s=duration,
+            )
+
+    def keys(self) -> list[str]:
+        """Names of every tensor in the model (sorted)."""
+        return sorted(self._where)
+
+    def metadata(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for f in self._files:
+            out.update(f.metadata or {})
+        return out
+
+    @property
+    def files(self) -> list[str]:
+        return [f.name for f in self._files]
+
+    def load(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Load all tensors, or only ``names`` (reading only the chunks they touch)."""
+        if self._closed:
+            raise ConfigError("the model handle is closed", hint="open the model again")
+        wanted: set[str] | None = None
+        if names is not None:
+            wanted = set(names)
+            unknown = sorted(wanted - set(self._where))
+            if unknown:
+                raise ConfigError(
+                    f"{self._ctx.uri}: no tensor named {', '.join(map(repr, unknown[:5]))}",
+                    hint="see .keys() for the names in the model",
+                )
+        files = [
+            f for f in self._files if wanted is None or any(t.name in wanted for t in f.tensors)
+        ]
+        t0 = time.monotonic()
+        jobs: list[FileJob] = []
+        placements: list[dict[str, Placement]] = []
+        seg_base: list[int] = []
+        all_segments: list[int] = []
+        for f in files:
+            records, segments, place = plan(
+                f.geometry,
+                f.tensors,
+                None if wanted is None else wanted & {t.name for t in f.tensors},
+            )
+            base = len(all_segments)
+            records = [
+                Record(r.index, r.src_off, r.src_len, r.seg + base, r.dst_off, r.dst_len, r.digest)
+                for r in records
+            ]
+            seg_base.append(base)
+            all_segments.extend(segments)
+            jobs.append(FileJob(f.display, f.source, records, segments, f.cipher))
+            placements.append(place)
+        max_plain = max((r.dst_len for j in jobs for r in j.records), default=1)
+        from weightguard._internal.cpus import usable_cpus
+
+        concurrency = max((f.source.concurrency for f in files), default=1)
+        workers = self._workers or max(usable_cpus(), concurrency)
+        copier: Copier | None = None
+        nbytes = sum(r.src_len for j in jobs for r in j.records)
+        result: dict[str, Any] = {}
+        try:
+            copier = copier_for(
+                self.device,
+                slot_bytes=max(1, max_plain),
+                ring_bytes=self._ring_bytes,
+                workers=workers,
+            )
+            copier.allocate(all_segments)
+            hook = self._hooks.before_record
+            before = (lambda j, r: hook(j.name, r.index)) if hook else None
+            run_pipeline(jobs, copier, workers=workers, before_record=before)
+            bufs = copier.finish()
+            device = "cpu" if self.device.startswith("staging") else self.device
+            for f, base, place in zip(files, seg_base, placements, strict=True):
+                local = {
+                    k: Placement(p.seg + base if p.seg >= 0 else -1, p.offset, p.info)
+                    for k, p in place.items()
+                }
+                result.update(build_tensors(f.display, bufs, local, device))
+        except BaseException as exc:
+            if copier is not None:
+                copier.discard()
+            for t in result.values():
+                t.zero_()
+            result = {}
+            self._deny(exc, time.monotonic() - t0, nbytes)
+            raise
+        finally:
+            if copier is not None:
+                if self._hooks.on_copier is not None:
+                    copier.close()
+                    self._hooks.on_copier(copier)
+                copier.close()
+        self._ctx.audit.emit(
+            "load.ok",
+            object=self._ctx.obj(files),
+            bytes=nbytes,
+            duration_s=time.monotonic() - t0,
+            tensors=len(result),
+        )
+        return result
+
+    def close(self) -> None:
+        """Drop the ciphers (AEAD keys) and close the sources."""
+        if self._closed:
+            return
+        self._closed = True
+        for f in self._files:
+            if f.cipher is not None:
+                f.cipher.wipe()
+                f.cipher = None
+            f.source.close()
+        if self._ctx.own_audit:
+            self._ctx.audit.close()
+
+    def __enter__(self) -> ModelHandle:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ModelHandle({self._ctx.uri!r}, device={self.device!r}, files={len(self._files)})"
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def open_model(
+    source: str | os.PathLike[str],
+    device: str = "cpu",
+    *,
+    policy: Any,
+    signature: str | os.PathLike[str] | None = None,
+    key: Any = None,
+    key_options: Mapping[str, Any] | None = None,
+    audit: AuditLog | None = None,
+    workers: int | None = None,
+    ring_bytes: int = DEFAULT_RING_BYTES,
+    s3: S3Options | None = None,
+    hooks: LoadHooks | None = None,
+) -> ModelHandle:
+    """Open and verify a model; ``.keys()``, ``.load(names)``; close when done.
+
+    ``key``: ``None`` (the provider named in the artifact header), a key URI overriding
+    it (``vault://transit/models``, ``file:///path``), or a KeyProvider object;
+    ``key_options`` go to the provider (e.g. Vault address/token/auth).
+    ``audit``: an :class:`~weightguard.audit.AuditLog` (default: from the environment).
+    ``workers``: threads (default: cgroup-aware CPU count; more for S3).
+    ``ring_bytes``: pinned host staging for CUDA loads (host memory bound).
+    """
+    return ModelHandle(
+        source,
+        device,
+        policy=policy,
+        signature=signature,
+        key=key,
+        key_options=key_options,
+        audit=audit,
+        workers=workers,
+        ring_bytes=ring_bytes,
+        s3=s3,
+        hooks=hooks,
+    )
+
+
+def load_file(
+    source: str | os.PathLike[str],
+    device: str = "cpu",
+    *,
+    policy: Any,
+    signature: str | os.PathLike[str] | None = None,
+    key: Any = None,
+    key_options: Mapping[str, Any] | None = None,
+    audit: AuditLog | None = None,
+    workers: int | None = None,
+    ring_bytes: int = DEFAULT_RING_BYTES,
+    s3: S3Options | None = None,
+    hooks: LoadHooks | None = None,
+) -> dict[str, torch.Tensor]:
+    """Securely load every tensor: ``{name: tensor}`` like ``safetensors.torch.load_file``."""
+    with open_model(
+        source,
+        device,
+        policy=policy,
+        signature=signature,
+        key=key,
+        key_options=key_options,
+        audit=audit,
+        workers=workers,
+        ring_bytes=ring_bytes,
+        s3=s3,
+        hooks=hooks,
+    ) as handle:
+        return handle.load()
+
+
+def load_model(
+    module: torch.nn.Module,
+    source: str | os.PathLike[str],
+    device: str | None = None,
+    *,
+    policy: Any,
+    strict: bool = True,
+    **options: Any,
+) -> torch.nn.Module:
+    """Securely load into an existing module (``load_state_dict``, strict by default).
+
+    ``device`` defaults to the device of the module's first parameter.  Sharded HF
+    directories (``model.safetensors.index.json``) are supported.
+    """
+    if device is None:
+        p = next(iter(module.parameters()), None)
+        device = str(p.device) if p is not None else "cpu"
+    state = load_file(source, device, policy=policy, **options)
+    try:
+        if strict:
+            own = set(module.state_dict())
+            missing = sorted(own - set(state))
+            unexpected = sorted(set(state) - own)
+            if missing or unexpected:
+                raise FormatError(
+                    f"{os.fspath(source)}: tensors do not match the module "
+                    f"(missing {missing[:5]}, unexpected {unexpected[:5]})",
+                    hint="load into the right architecture, or pass strict=False",
+                )
+        try:
+            module.load_state_dict(state, strict=strict)
+        except RuntimeError as exc:
+            raise FormatError(
+                f"{os.fspath(source)}: cannot load into the module: {str(exc)[:300]}"
+            ) from None
+    finally:
+        for t in state.values():  # the module holds copies now (or nothing on failure)
+            t.zero_()
+        state.clear()
+    return module
