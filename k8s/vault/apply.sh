@@ -7,9 +7,9 @@
 #     non-exportable, deletion not allowed);
 #   * the release signing key "wg-release-signing" (ecdsa-p256, non-exportable);
 #   * policies rendered from k8s/vault/policies/*.hcl:
-#       weightguard-inference-<model>  only transit/decrypt/<model key> with the model's
-#                                      context (no batch_input, no other parameter)
-#       weightguard-release            only data keys for model keys + signing;
+#       weightguard-inference-<model>  only transit/decrypt/<model key> (--pin-context:
+#                                      and only the model's derivation context)
+#       weightguard-release            only wrapping data keys under model keys + signing;
 #   * auth roles bound to the service accounts and namespaces of the manifests:
 #       kubernetes auth: roles "weightguard-inference" and "weightguard-release", bound to
 #         (weightguard-inference, ml-inference) and (weightguard-release, ml-release),
@@ -48,6 +48,7 @@ release_sa="weightguard-release"
 release_ns="ml-release"
 token_ttl="15m"
 write_public_key=""
+pin_context="false"
 
 usage() {
   cat <<'EOF'
@@ -59,6 +60,8 @@ Model and keys:
   --transit-mount PATH         Transit mount (default transit)
   --signing-key NAME           release signing key (default wg-release-signing)
   --write-public-key FILE      write the signing key's PEM public key to FILE
+  --pin-context                inference policy also pins the derivation context
+                               (forbids batch decrypts; see policies/*.hcl)
 Auth (who may use the keys):
   --auth kubernetes|jwt|both   auth method(s) to configure (default kubernetes)
   --k8s-host URL               Kubernetes API server URL (TokenReview), for kubernetes auth
@@ -99,6 +102,7 @@ while [[ $# -gt 0 ]]; do
     --transit-mount) need_value "$@"; transit="$2"; shift 2 ;;
     --signing-key) need_value "$@"; signing_key="$2"; shift 2 ;;
     --write-public-key) need_value "$@"; write_public_key="$2"; shift 2 ;;
+    --pin-context) pin_context="true"; shift ;;
     --auth) need_value "$@"; auth="$2"; shift 2 ;;
     --k8s-host) need_value "$@"; k8s_host="$2"; shift 2 ;;
     --k8s-ca-cert) need_value "$@"; k8s_ca_cert="$2"; shift 2 ;;
@@ -209,7 +213,9 @@ ensure_key "$signing_key" ecdsa-p256
 # --- Policies --------------------------------------------------------------------------
 inference_policy="weightguard-inference-${model}"
 release_policy="weightguard-release"
-render "$here/policies/weightguard-inference.hcl" | v policy write "$inference_policy" - >/dev/null
+inference_hcl="$here/policies/weightguard-inference.hcl"
+[[ "$pin_context" == "true" ]] && inference_hcl="$here/policies/weightguard-inference-pinned.hcl"
+render "$inference_hcl" | v policy write "$inference_policy" - >/dev/null
 render "$here/policies/weightguard-release.hcl" | v policy write "$release_policy" - >/dev/null
 log "policies $inference_policy, $release_policy written"
 

@@ -3,17 +3,18 @@
 # Rendered by k8s/vault/apply.sh per model (placeholders @...@):
 #   @TRANSIT@      Transit mount (default "transit")
 #   @MODEL_KEY@    the model's own Transit key (one key per model: wg-model-<model>)
-#   @CONTEXT_B64@  base64 of the model's key-derivation context (the model id)
 #
-# Enforcement: the path restricts the key (one Transit key per model, so another model's
-# wrapped keys cannot be opened); allowed_parameters pins the derivation context and
-# forbids batch_input (whose per-item contexts a policy cannot inspect) and every other
-# parameter. OpenBao/Vault enforce allowed_parameters on request parameters (tested in
-# tests/test_k8s_e2e.py against a real OpenBao).
+# Enforcement: one derived Transit key per model, and this path names only that key, so
+# the wrapped data keys of any other model cannot be opened. Only the decrypt parameters
+# weightguard sends are accepted (batch_input: one round trip for all shards of the
+# model). A Vault policy cannot inspect the per-item contexts inside batch_input; to pin
+# the derivation context as well, use weightguard-inference-pinned.hcl
+# (apply.sh --pin-context), which forbids batch_input.
 path "@TRANSIT@/decrypt/@MODEL_KEY@" {
   capabilities = ["update"]
   allowed_parameters = {
-    "ciphertext" = []
-    "context"    = ["@CONTEXT_B64@"]
+    "batch_input" = []
+    "ciphertext"  = []
+    "context"     = []
   }
 }

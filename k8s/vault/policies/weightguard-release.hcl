@@ -1,4 +1,4 @@
-# weightguard release (MLOps): create data keys for model keys and sign releases.
+# weightguard release (MLOps): wrap new data keys under the model keys, and sign.
 # It can never decrypt: no transit/decrypt, no transit/rewrap, no key export or config.
 #
 # Rendered by k8s/vault/apply.sh (placeholders @...@):
@@ -6,18 +6,14 @@
 #   @MODEL_PREFIX@  prefix of the per-model Transit keys (default "wg-model-")
 #   @SIGNING_KEY@   the non-exportable release signing key (default "wg-release-signing")
 
-# Envelope encryption: a fresh 256-bit data key per artifact, returned in plaintext (used
-# in memory, then wiped) and wrapped under the model's key with its derivation context.
-path "@TRANSIT@/datakey/plaintext/@MODEL_PREFIX@*" {
-  capabilities = ["update"]
-}
-
-# Wrap a locally generated data key under the model's key.
+# Envelope encryption: weightguard generates a fresh 256-bit data key per artifact
+# locally and wraps it under the model's key with the model's derivation context
+# (batch_input: all shards in one round trip).
 path "@TRANSIT@/encrypt/@MODEL_PREFIX@*" {
   capabilities = ["update"]
 }
 
-# Key metadata (latest version) of the model keys, to record it in the artifact header.
+# Key metadata of the model keys (weightguard checks the key is derived=true).
 path "@TRANSIT@/keys/@MODEL_PREFIX@*" {
   capabilities = ["read"]
 }
