@@ -8,3 +8,22 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
+
+# Public loader API, imported on first use so `import weightguard` stays cheap.
+_LAZY = {
+    "load_file": "weightguard.loader",
+    "load_model": "weightguard.loader",
+    "open_model": "weightguard.loader",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'weightguard' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
