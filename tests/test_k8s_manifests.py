@@ -99,14 +99,31 @@ def env_config(docs: tuple[dict[str, Any], ...]) -> dict[str, str]:
     return data
 
 
-def container_env(docs: tuple[dict[str, Any], ...], c: dict[str, Any]) -> dict[str, str]:
-    """Environment a container gets from its envFrom ConfigMaps and env literals."""
+def container_env(
+    docs: tuple[dict[str, Any], ...],
+    c: dict[str, Any],
+    fields: dict[str, str] | None = None,
+    secrets: dict[str, dict[str, str]] | None = None,
+) -> dict[str, str]:
+    """Environment a container gets from envFrom (ConfigMaps; Secrets from ``secrets``),
+    env literals and downward-API fieldRefs (values from ``fields``, by fieldPath)."""
     env: dict[str, str] = {}
     for src in c.get("envFrom", []):
         if "configMapRef" in src:
             env.update(find(docs, "ConfigMap", src["configMapRef"]["name"])["data"])
+        elif "secretRef" in src:
+            ref = src["secretRef"]
+            if ref["name"] in (secrets or {}):
+                env.update((secrets or {})[ref["name"]])
+            else:
+                assert ref.get("optional") is True, f"Secret {ref['name']} not provided"
     for item in c.get("env", []):
-        env[item["name"]] = item["value"]
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            path = item["valueFrom"]["fieldRef"]["fieldPath"]
+            if fields is not None and path in fields:
+                env[item["name"]] = fields[path]
     return env
 
 
