@@ -248,7 +248,14 @@ def _verify_signature(
             if sig_bytes is not None:
                 sig_path = root / DIR_SIGNATURE if loc.is_dir else Path(tmp.name) / "model.sig"
                 sig_path.write_bytes(sig_bytes)
-        manifest = signing.verify_bundle(target, sig_path, policy, hash_files=False)
+        try:
+            manifest = signing.verify_bundle(target, sig_path, policy, hash_files=False)
+        except IntegrityError as exc:
+            if exc.path in (None, "."):  # name the model the user gave, not a stand-in
+                raise IntegrityError(
+                    f"{loc.uri}: {exc.message}", chunk=exc.chunk, hint=exc.hint
+                ) from None
+            raise
     finally:
         if tmp is not None:
             tmp.cleanup()
