@@ -297,3 +297,44 @@ def test_start_failure_names_the_log_file(tmp_path: Path) -> None:
     assert not server.running
     assert server.root_token not in str(err.value)
     shutil.rmtree(server.log_path.parent, ignore_errors=True)
+
+
+def test_module_main_runs_a_command_with_the_service_env(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import os, boto3, hvac; "
+        "c = hvac.Client(url=os.environ['VAULT_ADDR'], token=os.environ['VAULT_TOKEN']); "
+        "assert c.is_authenticated(); "
+        "s3 = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL_S3']); "
+        "print(sorted(b['Name'] for b in s3.list_buckets()['Buckets'])); "
+        "print(os.environ['VAULT_ADDR'])"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "AWS_"))}
+    env["HOME"] = str(tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "weightguard._internal.services",
+            "--no-kms",
+            "--bucket",
+            "demo-models",
+            "--",
+            sys.executable,
+            "-c",
+            probe,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    buckets, addr = proc.stdout.strip().splitlines()[-2:]
+    assert buckets == "['demo-models']"
+    assert addr.startswith("http://127.0.0.1:")
+    assert "root_token=<hidden>" in proc.stderr
+    port = int(addr.rsplit(":", 1)[1])
+    assert not _port_open(port)

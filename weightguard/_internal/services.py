@@ -66,6 +66,7 @@ __all__ = [
     "free_port",
     "live_pids",
     "running",
+    "service_env",
     "started_pids",
     "stop_all",
     "transit_policy_hcl",
@@ -1192,6 +1193,19 @@ def configure_kubernetes_auth(
 # --------------------------------------------------------------------------- misc
 
 
+def service_env(*servers: OpenBaoServer | SeaweedS3Server | MotoKMSServer) -> dict[str, str]:
+    """The environment variables of several servers, merged for one subprocess.
+
+    moto accepts any credentials, so the SeaweedFS credentials win when both are given
+    (one AWS_ACCESS_KEY_ID then serves S3 and KMS).
+    """
+    ordered = sorted(servers, key=lambda s: isinstance(s, SeaweedS3Server))
+    env: dict[str, str] = {}
+    for server in ordered:
+        env.update(server.env())
+    return env
+
+
 @contextlib.contextmanager
 def running(*services: _ProcessService | TokenReviewServer) -> Iterator[None]:
     """Start several services, stop them all (in reverse order) on exit."""
@@ -1205,3 +1219,57 @@ def running(*services: _ProcessService | TokenReviewServer) -> Iterator[None]:
         for svc in reversed(started):
             with contextlib.suppress(Exception):
                 svc.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m weightguard._internal.services [--bucket B] [--no-kms] -- CMD ...``
+
+    Start OpenBao, SeaweedFS and moto KMS on loopback, run CMD with VAULT_ADDR,
+    VAULT_TOKEN, AWS_ENDPOINT_URL_S3/_KMS and credentials in its environment, stop the
+    services and exit with CMD's status.  Without CMD, run until interrupted and print
+    the environment (secrets included) as ``export`` lines to stdout.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m weightguard._internal.services")
+    parser.add_argument("--bucket", action="append", default=[], help="create this bucket")
+    parser.add_argument("--no-kms", action="store_true", help="do not start moto KMS")
+    parser.add_argument("--audit-file", help="OpenBao file audit device path")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    args = parser.parse_args(argv)
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)  # unwinds through running(): services are stopped
+
+    signal.signal(signal.SIGTERM, _terminate)
+    bao = OpenBaoServer(audit_file=args.audit_file)
+    s3 = SeaweedS3Server()
+    servers: list[OpenBaoServer | SeaweedS3Server | MotoKMSServer] = [bao, s3]
+    if not args.no_kms:
+        servers.append(MotoKMSServer())
+    try:
+        with running(*servers):
+            for name in args.bucket:
+                s3.make_bucket(name)
+            env = service_env(*servers)
+            for server in servers:
+                print(f"started {server!r}", file=sys.stderr)
+            if not command:
+                for key, value in env.items():
+                    print(f"export {key}={value}")
+                sys.stdout.flush()
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(3600)
+                return 0
+            return subprocess.run(command, env={**os.environ, **env}, check=False).returncode
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
