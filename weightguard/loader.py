@@ -95,6 +95,7 @@ class _File:
     header: Any = None  # ArtifactHeader for encrypted files
     cipher: Any = None  # ChunkCipher once the key was unwrapped
     head: bytes = b""  # the verified bytes [0, data_offset) of an artifact
+    st_raw: bytes = b""  # the original safetensors header segment (u64 length + JSON)
 
 
 @dataclass
@@ -191,7 +192,7 @@ def _verify_signature(
     signature: str | os.PathLike[str] | None,
     *,
     optional: bool = False,
-) -> tuple[dict[str, _Digests], str | None, str | None] | None:
+) -> tuple[dict[str, _Digests], str | None, str | None, dict[str, Any]] | None:
     """Check signature, policy and coverage (no hashing); per-file chunk digests.
 
     ``optional`` (the unsafe policy): a missing default signature means "unverified".
@@ -278,7 +279,12 @@ def _verify_signature(
         )
     signer = getattr(manifest, "signer", None)
     bundle_digest = getattr(manifest, "bundle_digest", None)
-    return out, (str(signer) if signer else None), (str(bundle_digest) if bundle_digest else None)
+    return (
+        out,
+        (str(signer) if signer else None),
+        (str(bundle_digest) if bundle_digest else None),
+        dict(manifest.files),
+    )
 
 
 class _SourceReader:
@@ -402,7 +408,17 @@ def _open_file(loc: Location, name: str, signed: _Digests | None) -> _File:
         geo = Geometry(
             display, 8 + n, chunk, chunk, 0, data_size, num, signed.digests if signed else None
         )
-        return _File(name, display, src, False, geo, tensors, metadata, header_digest)
+        return _File(
+            name,
+            display,
+            src,
+            False,
+            geo,
+            tensors,
+            metadata,
+            header_digest,
+            st_raw=head[: 8 + n] if len(head) >= 8 + n else head[:8] + raw_json,
+        )
     except BaseException:
         src.close()
         raise
@@ -464,7 +480,7 @@ def _unwrap_keys(
         _, tensors, metadata, _ = parse_header_json(
             plain[8:], data_size=ah.data_size, path=f.display
         )
-        f.tensors, f.metadata = tensors, metadata
+        f.tensors, f.metadata, f.st_raw = tensors, metadata, plain
 
 
 # --------------------------------------------------------------------------- handle
@@ -508,6 +524,7 @@ class ModelHandle:
         self._hooks = hooks or LoadHooks()
         self._files: list[_File] = []
         self._closed = False
+        self._signed_all: dict[str, Any] | None = None
         own = audit is None
         self._ctx = _Ctx(
             uri=os.fspath(source),
@@ -519,11 +536,13 @@ class ModelHandle:
         self._ctx.audit.emit("load.start", object=self._ctx.obj())
         try:
             loc = open_location(source, s3=s3)
+            self._location = loc
+            self._unsafe = _is_unsafe(policy)
             names = _select_files(loc)
             signed: dict[str, _Digests] | None = None
             verified = _verify_signature(loc, names, policy, signature, optional=_is_unsafe(policy))
             if verified is not None:
-                signed, self._ctx.signer, self._ctx.bundle_digest = verified
+                signed, self._ctx.signer, self._ctx.bundle_digest, self._signed_all = verified
             for name in names:
                 self._files.append(_open_file(loc, name, signed[name] if signed else None))
             if signed is not None:
@@ -661,6 +680,44 @@ class ModelHandle:
         )
         return result
 
+    def _load_raw(self, name: str) -> tuple[bytes, Any]:
+        """One whole file as (original safetensors header segment, uint8 CPU data tensor).
+
+        For ``weightguard fetch``; same checks, audit events and fail-closed behaviour as
+        :meth:`load`.
+        """
+        f = next(x for x in self._files if x.name == name)
+        records, segments, _ = plan(f.geometry, f.tensors, None)
+        job = FileJob(f.display, f.source, records, segments, f.cipher)
+        return f.st_raw, self._run([job], segments)[0] if segments else _empty_u8()
+
+    def _run(self, jobs: list[FileJob], all_segments: list[int]) -> list[Any]:
+        """Run the pipeline into CPU memory; returns segment buffers (fail closed)."""
+        from weightguard._internal.cpus import usable_cpus
+
+        t0 = time.monotonic()
+        max_plain = max((r.dst_len for j in jobs for r in j.records), default=1)
+        workers = self._workers or max(usable_cpus(), *(j.source.concurrency for j in jobs))
+        nbytes = sum(r.src_len for j in jobs for r in j.records)
+        copier = copier_for("cpu", slot_bytes=max(1, max_plain), workers=workers)
+        try:
+            copier.allocate(all_segments)
+            run_pipeline(jobs, copier, workers=workers)
+            bufs = copier.finish()
+        except BaseException as exc:
+            copier.discard()
+            self._deny(exc, time.monotonic() - t0, nbytes)
+            raise
+        finally:
+            copier.close()
+        self._ctx.audit.emit(
+            "load.ok",
+            object=self._ctx.obj([f for f in self._files if f.display in {j.name for j in jobs}]),
+            bytes=nbytes,
+            duration_s=time.monotonic() - t0,
+        )
+        return bufs
+
     def close(self) -> None:
         """Drop the ciphers (AEAD keys) and close the sources."""
         if self._closed:
@@ -687,6 +744,12 @@ class ModelHandle:
 
     def __repr__(self) -> str:
         return f"ModelHandle({self._ctx.uri!r}, device={self.device!r}, files={len(self._files)})"
+
+
+def _empty_u8() -> Any:
+    import torch
+
+    return torch.empty(0, dtype=torch.uint8)
 
 
 # --------------------------------------------------------------------------- public API

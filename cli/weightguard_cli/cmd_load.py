@@ -1,0 +1,202 @@
+"""``weightguard load / fetch / push``: the secure loader for pods and init containers."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from weightguard_cli._audit_opt import audit_option
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _trust_options(f: F) -> F:
+    opts = [
+        click.option(
+            "--key",
+            "keys",
+            multiple=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="Trusted EC public key PEM of the signer (repeatable: any of).",
+        ),
+        click.option(
+            "--cert-chain",
+            "cert_chain",
+            multiple=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="Trusted root CA PEM; further files are intermediates.",
+        ),
+        click.option("--vault-key", metavar="URI", help="Vault Transit signing key trusted."),
+        click.option("--identity", help="Sigstore certificate identity."),
+        click.option("--issuer", help="Sigstore OIDC issuer URL."),
+        click.option(
+            "--signature",
+            type=click.Path(dir_okay=False),
+            help="Signature bundle (default: <file>.sig, or model.sig in the directory).",
+        ),
+        click.option(
+            "--unsafe-no-verification",
+            is_flag=True,
+            help="UNSAFE: load without checking the signature.",
+        ),
+        click.option(
+            "--data-key",
+            metavar="URI",
+            help="Key provider URI overriding the artifact's (vault://, awskms://, file://).",
+        ),
+        click.option("--workers", type=int, help="Worker threads (default: usable CPUs)."),
+        audit_option,
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _policy(
+    keys: tuple[str, ...],
+    cert_chain: tuple[str, ...],
+    vault_key: str | None,
+    identity: str | None,
+    issuer: str | None,
+    unsafe: bool,
+) -> Any:
+    from weightguard.policy import (
+        AnyOf,
+        ChainRoot,
+        Policy,
+        PublicKey,
+        SigstoreIdentity,
+        UnsafeNoVerification,
+    )
+
+    policies: list[Policy] = [PublicKey.from_file(k) for k in keys]
+    if cert_chain:
+        policies.append(ChainRoot(cert_chain[0], cert_chain[1:]))
+    if vault_key:
+        from weightguard.signing import vault_key_policy
+
+        policies.append(vault_key_policy(vault_key))
+    if identity or issuer:
+        if not (identity and issuer):
+            raise click.UsageError("--identity and --issuer go together")
+        policies.append(SigstoreIdentity(identity, issuer))
+    if unsafe:
+        if policies:
+            raise click.UsageError("--unsafe-no-verification excludes the other trust options")
+        click.echo("warning: loading WITHOUT signature verification", err=True)
+        return UnsafeNoVerification()
+    if not policies:
+        raise click.UsageError(
+            "give a trust anchor: --key, --cert-chain, --vault-key or --identity/--issuer "
+            "(or --unsafe-no-verification)"
+        )
+    return policies[0] if len(policies) == 1 else AnyOf(*policies)
+
+
+def _common(opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    from weightguard.audit import AuditLog
+
+    policy = _policy(
+        opts["keys"],
+        opts["cert_chain"],
+        opts["vault_key"],
+        opts["identity"],
+        opts["issuer"],
+        opts["unsafe_no_verification"],
+    )
+    kwargs: dict[str, Any] = {
+        "signature": opts["signature"],
+        "key": opts["data_key"],
+        "workers": opts["workers"],
+        "audit": AuditLog.open(opts["audit_log"]),
+    }
+    return policy, kwargs
+
+
+@click.command("load")
+@click.argument("source")
+@_trust_options
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--check", is_flag=True, help="Full verify + decrypt pass; keep nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def load(source: str, device: str, check: bool, as_json: bool, **opts: Any) -> None:
+    """Securely load SOURCE (file, directory or s3:// URI): verify, decrypt, discard.
+
+    Exit status 0 only if every byte verified and decrypted.
+    """
+    from weightguard.loader import load_file
+
+    policy, kwargs = _common(opts)
+    audit = kwargs["audit"]
+    t0 = time.monotonic()
+    try:
+        tensors = load_file(source, device, policy=policy, **kwargs)
+    finally:
+        audit.close()
+    dt = time.monotonic() - t0
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    for t in tensors.values():
+        t.zero_()
+    n = len(tensors)
+    tensors.clear()
+    if as_json:
+        out = {"ok": True, "source": source, "tensors": n, "bytes": nbytes, "seconds": dt}
+        click.echo(json.dumps(out))
+    elif not check:
+        click.echo(f"ok: {n} tensors, {nbytes / 1e9:.3f} GB in {dt:.2f} s from {source}")
+    else:
+        click.echo(f"ok: {source} verified and decrypted ({n} tensors)")
+
+
+@click.command("fetch")
+@click.argument("source")
+@click.option(
+    "--to", "dest", required=True, type=click.Path(file_okay=False), help="Output directory."
+)
+@click.option(
+    "--allow-disk",
+    is_flag=True,
+    help="Allow a destination that is not tmpfs (plaintext weights on disk).",
+)
+@_trust_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def fetch(source: str, dest: str, allow_disk: bool, as_json: bool, **opts: Any) -> None:
+    """Verify and decrypt SOURCE into DIR (tmpfs) for servers that cannot call Python."""
+    from weightguard._internal.load_fetch import fetch_model
+
+    policy, kwargs = _common(opts)
+    audit = kwargs["audit"]
+    try:
+        res = fetch_model(source, dest, policy=policy, allow_disk=allow_disk, **kwargs)
+    finally:
+        audit.close()
+    if as_json:
+        click.echo(
+            json.dumps({"ok": True, "to": res.directory, "files": res.files, "bytes": res.bytes})
+        )
+    else:
+        click.echo(f"ok: {len(res.files)} files, {res.bytes} bytes written to {res.directory}")
+
+
+@click.command("push")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("destination")
+@click.option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def push(directory: str, destination: str, endpoint_url: str | None, as_json: bool) -> None:
+    """Upload a released model DIRECTORY to DESTINATION (s3://bucket/prefix), multipart."""
+    from weightguard._internal.load_push import push_model
+
+    res = push_model(directory, destination, endpoint_url=endpoint_url)
+    if as_json:
+        click.echo(json.dumps(res))
+    else:
+        click.echo(f"ok: {len(res['files'])} files, {res['bytes']} bytes to {destination}")
+        if not any(Path(directory, n).suffix == ".sig" for n in os.listdir(directory)):
+            click.echo("warning: no signature (.sig) in the directory", err=True)

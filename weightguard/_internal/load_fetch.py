@@ -1,0 +1,114 @@
+"""``weightguard fetch``: verify + decrypt a model into a directory (tmpfs by default).
+
+For inference servers that cannot call Python: the same one-pass pipeline as the
+loader, then each weight file is written back as the original safetensors file, mode
+0600, atomically (temp file + fsync + rename).  The destination must be on tmpfs/ramfs
+(checked with statfs) unless ``allow_disk`` is given, so plaintext weights never reach
+a disk by accident.  Other files of a model directory (config, tokenizer) are copied
+after checking them against the signature.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from weightguard._internal.atomic import atomic_write
+from weightguard.errors import DestinationError, IntegrityError, UnsafeOptionRequired
+
+__all__ = ["FetchResult", "fetch_model", "is_memory_fs"]
+
+TMPFS_MAGIC = 0x01021994
+RAMFS_MAGIC = 0x858458F6
+
+
+def _fs_type(path: str) -> int | None:
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return None
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is the first field
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return None
+    return int(ctypes.c_long.from_buffer(buf).value)
+
+
+def is_memory_fs(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` lives on tmpfs or ramfs (statfs f_type)."""
+    return _fs_type(os.fspath(path)) in (TMPFS_MAGIC, RAMFS_MAGIC)
+
+
+@dataclass
+class FetchResult:
+    directory: str
+    files: list[str]
+    bytes: int
+
+
+def fetch_model(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    policy: Any,
+    allow_disk: bool = False,
+    **options: Any,
+) -> FetchResult:
+    from weightguard.loader import open_model
+
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not allow_disk and not is_memory_fs(out):
+        raise UnsafeOptionRequired(
+            f"{out} is not on tmpfs: decrypted weights would be written to disk",
+            hint="use a memory-backed directory (emptyDir medium: Memory, /dev/shm) or "
+            "pass --allow-disk",
+        )
+    written: list[str] = []
+    total = 0
+    with open_model(source, "cpu", policy=policy, **options) as handle:
+        for name in handle.files:
+            st_raw, data = handle._load_raw(name)
+            target = out / name
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                with atomic_write(target, mode=0o600, preallocate=len(st_raw) + data.numel()) as f:
+                    f.write(st_raw)
+                    if data.numel():
+                        f.write(memoryview(data.numpy()))
+            finally:
+                data.zero_()
+            written.append(name)
+            total += len(st_raw) + data.numel()
+        _copy_other_files(handle, out, written)
+    return FetchResult(str(out), written, total)
+
+
+def _copy_other_files(handle: Any, out: Path, written: list[str]) -> None:
+    """Copy the non-weight files of a model directory, checked against the signature."""
+    loc = handle._location
+    if not loc.is_dir:
+        return
+    signed = handle._signed_all or {}
+    for name in loc.names():
+        if name in written or name in ("model.sig",):
+            continue
+        fd = signed.get(name)
+        if fd is None and not handle._unsafe:
+            continue  # not covered by the signature: not copied
+        data = loc.read_small(name)
+        if fd is not None and not hmac.compare_digest(hashlib.sha256(data).digest(), fd.sha256):
+            raise IntegrityError("content differs from the signed SHA-256", path=name)
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            with atomic_write(target, mode=0o600) as f:
+                f.write(data)
+        except OSError as exc:  # pragma: no cover - atomic_write maps these
+            raise DestinationError(f"{target}: {exc.strerror}") from None
+        written.append(name)
