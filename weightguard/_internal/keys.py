@@ -272,34 +272,28 @@ class FileKeyProvider(_BaseProvider):
 
 
 def _vault_error(exc: BaseException, uri: str, op: str) -> Exception:
-    """Map an hvac/requests error to the weightguard hierarchy."""
-    import hvac.exceptions as hx
-    import requests
-
+    """Map an hvac/requests error (or a batch item's error text) to weightguard errors."""
     text = str(exc).lower()
-    if isinstance(exc, (requests.exceptions.RequestException, hx.VaultDown | hx.BadGateway)):
-        return KeyUnavailableError(f"cannot reach Vault to {op} with {uri}: {type(exc).__name__}")
-    if "disallowed by policy" in text or "min_decryption_version" in text or "too old" in text:
+    if "disallowed by policy" in text or "min_decryption_version" in text:
         return KeyVersionRetired(
-            f"{uri}: the artifact's key version is below the key's min_decryption_version"
+            f"{uri}: the artifact's data key was wrapped with a key version below the "
+            "Transit key's min_decryption_version",
+            hint="rewrap the artifact to the current key version with `weightguard rewrap` "
+            "(using a token that may still decrypt the old version), or lower "
+            "min_decryption_version",
         )
-    if isinstance(exc, hx.Forbidden) or "permission denied" in text:
-        return KeyAccessDenied(f"Vault denied {op} with {uri} (permission denied)")
     if "message authentication failed" in text or "invalid ciphertext" in text:
         return WrongKeyError(
-            f"Vault could not {op} the data key with {uri} (wrong key, context or ciphertext)"
+            f"Vault could not {op} the data key with {uri}: wrong key or context (model "
+            "identity), or a modified wrapped key",
+            hint="use the key and --context the artifact was encrypted with "
+            "(see `weightguard inspect`)",
         )
-    if "encryption key not found" in text or "not found" in text or isinstance(exc, hx.InvalidPath):
-        return KeyProviderError(
-            f"Transit key {uri} does not exist",
-            hint="create it with `bao write -f <mount>/keys/<name> derived=true`",
-        )
-    if "derived" in text or "context" in text:
-        return KeyProviderError(
-            f"Transit key {uri} refused the context: {str(exc)[:200]}",
-            hint="weightguard needs a key created with derived=true",
-        )
-    return KeyProviderError(f"Vault failed to {op} with {uri}: {str(exc)[:200]}")
+    if isinstance(exc, KeyProviderError):
+        return KeyProviderError(f"Vault failed to {op} with {uri}: {str(exc)[:200]}")
+    from weightguard._internal.vault import map_vault_error
+
+    return map_vault_error(exc, f"{op} of a data key with {uri}")
 
 
 class VaultTransitProvider(_BaseProvider):
@@ -346,6 +340,11 @@ class VaultTransitProvider(_BaseProvider):
             info = self.client().adapter.get(f"/v1/{self.mount}/keys/{self.key}")
         except Exception as exc:
             err = _vault_error(exc, self.uri, "read the key of")
+            if isinstance(err, KeyProviderError) and "path not found" in str(err):
+                raise KeyProviderError(
+                    f"Transit key {self.uri} does not exist",
+                    hint="create it with `bao write -f <mount>/keys/<name> derived=true`",
+                ) from None
             if isinstance(err, KeyAccessDenied):  # no read permission: Vault enforces anyway
                 self._checked_derived = True
                 return
