@@ -527,3 +527,22 @@ def test_file_changing_size_during_hash_detected(tmp_path: Path) -> None:
         hash_files([HashJob("f", str(tmp_path / "f"), 4000, 4000, 4096)])
     with pytest.raises(SourceError, match="shrank"):
         hash_files([HashJob("f", str(tmp_path / "f"), 6000, 6000, 4096)])
+
+
+def test_hash_chunks_matches_hash_files(tmp_path: Path) -> None:
+    from weightguard._internal.hashing import hash_chunks
+
+    size = 20 * 1024 * 1024 + 3
+    data = os.urandom(size)
+    (tmp_path / "f").write_bytes(data)
+    (tmp_path / "g").write_bytes(data[:100])
+    jobs = [
+        HashJob("f", str(tmp_path / "f"), size, 1000, 1024 * 1024 + 16),
+        HashJob("g", str(tmp_path / "g"), 100, 100, 4096),
+    ]
+    a, b = hash_chunks(jobs), hash_files(jobs)
+    assert a["f"].digests == b["f"].digests and a["g"].digests == b["g"].digests
+    from weightguard.errors import SourceError
+
+    with pytest.raises(SourceError, match="size changed"):
+        hash_chunks([HashJob("f", str(tmp_path / "f"), size + 1, 1000, 4096)])

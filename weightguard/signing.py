@@ -835,7 +835,7 @@ def _verify(
     allow_symlinks: bool,
 ) -> VerifiedManifest:
     from weightguard._internal import oms
-    from weightguard._internal.hashing import HashJob
+    from weightguard._internal.hashing import HashJob, hash_chunks
     from weightguard._internal.hashing import hash_files as run_hash
 
     if policy is None or not isinstance(policy, Policy):
@@ -929,8 +929,20 @@ def _verify(
             files[n] = FileDigests(size, size, DEFAULT_CHUNK_SIZE, (digest,), digest, False)
 
     if hash_files:
-        jobs = [HashJob(n, by_name[n].path, f.size, f.head, f.stride) for n, f in files.items()]
-        got = run_hash(jobs)
+        # Files with signed chunk digests: every chunk is checked, all cores on every file
+        # (the signed whole-file SHA-256 is what model_signing checks; the chunk digests,
+        # signed by the same signer, cover the same bytes).  Others: whole-file SHA-256.
+        chunk_jobs = [
+            HashJob(n, by_name[n].path, f.size, f.head, f.stride)
+            for n, f in files.items()
+            if f.chunked
+        ]
+        whole_jobs = [
+            HashJob(n, by_name[n].path, f.size, f.head, f.stride)
+            for n, f in files.items()
+            if not f.chunked
+        ]
+        got = {**hash_chunks(chunk_jobs), **run_hash(whole_jobs)}
         for n in sorted(files, key=oms.resource_sort_key):
             f, h = files[n], got[n]
             if f.chunked:
@@ -939,7 +951,7 @@ def _verify(
                         raise IntegrityError(
                             "content differs from the signed digest", path=n, chunk=k
                         )
-            if not hmac.compare_digest(f.sha256, h.sha256):
+            elif not hmac.compare_digest(f.sha256, h.sha256):
                 raise IntegrityError("content differs from the signed SHA-256", path=n)
 
     return VerifiedManifest(
