@@ -1,0 +1,280 @@
+"""`weightguard encrypt | decrypt | rewrap | inspect`: thin layer over weightguard.crypt."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from weightguard_cli._audit_opt import audit_option
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+
+
+def _parse_size(value: str) -> int:
+    m = _SIZE.match(value)
+    if not m:
+        raise click.BadParameter(f"{value!r} is not a size (e.g. 4MiB, 65536)")
+    n, unit = int(m.group(1)), (m.group(2) or "b").lower()
+    return n * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit[0]]
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    with click.progressbar(
+        length=max(total, 1), label=label, file=sys.stderr, show_pos=False, show_percent=True
+    ) as bar:
+        yield bar.update
+
+
+@contextmanager
+def _audit(spec: str | None) -> Iterator[Any]:
+    from weightguard.audit import AuditLog
+
+    log = AuditLog.open(spec)
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+def _print(obj: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(obj, indent=2, sort_keys=True))
+    else:
+        human(obj)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+@click.command("encrypt")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "dst",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output file (for a file) or new directory (for a model directory).",
+)
+@click.option(
+    "--key",
+    "key_uri",
+    required=True,
+    metavar="URI",
+    help="vault://<transit-mount>/<key>, awskms://<key-id-or-arn> or file://<path>.",
+)
+@click.option(
+    "--chunk-size",
+    default="4MiB",
+    show_default=True,
+    metavar="SIZE",
+    help="Plaintext bytes per AEAD record (4KiB..64MiB).",
+)
+@click.option(
+    "--encrypt-header",
+    is_flag=True,
+    help="Also hide tensor names/dtypes/shapes (inspect then shows sizes only).",
+)
+@click.option(
+    "--context",
+    metavar="MODEL_ID",
+    help="Model identity bound to the key (default: file or directory name).",
+)
+@click.option(
+    "--encrypt-other-files",
+    is_flag=True,
+    help="Directory input: also encrypt config/tokenizer/index files.",
+)
+@click.option("--workers", type=click.IntRange(1, 256), help="Threads (default: usable CPUs).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@audit_option
+def encrypt(
+    src: Path,
+    dst: Path,
+    key_uri: str,
+    chunk_size: str,
+    encrypt_header: bool,
+    context: str | None,
+    encrypt_other_files: bool,
+    workers: int | None,
+    as_json: bool,
+    audit_log: str | None,
+) -> None:
+    """Encrypt SRC (a .safetensors file or a model directory) into an artifact."""
+    from weightguard import crypt
+
+    size = _parse_size(chunk_size)
+    with _audit(audit_log) as log, _progress(f"encrypting {src.name}", _tree_size(src)) as prog:
+        if src.is_dir():
+            res = crypt.encrypt_model(src, dst, key_uri, chunk_size=size,
+                                      encrypt_header=encrypt_header, context=context,
+                                      encrypt_other_files=encrypt_other_files, workers=workers,
+                                      progress=prog, audit=log)  # fmt: skip
+        else:
+            res = crypt.encrypt_file(src, dst, key_uri, chunk_size=size,
+                                     encrypt_header=encrypt_header, context=context,
+                                     workers=workers, progress=prog, audit=log)  # fmt: skip
+
+    def human(r: dict[str, Any]) -> None:
+        if "files" in r:
+            n = sum(1 for v in r["files"].values() if v != "copied")
+            click.echo(f"encrypted {n} file(s), {_gib(r['bytes'])} -> {dst} "
+                       f"(key {r['key']['uri']} v{r['key']['key_version']}, "
+                       f"context {r['key']['context']!r}, {r['seconds']:.1f} s)")  # fmt: skip
+        else:
+            k = r["key"]
+            click.echo(f"encrypted {src} -> {dst}: {r['num_chunks']} chunks of "
+                       f"{r['chunk_size']} bytes, key {k['uri']} v{k['key_version']}, "
+                       f"context {k['context']!r}")  # fmt: skip
+
+    _print(res, as_json, human)
+
+
+@click.command("decrypt")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "dst",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Plaintext output file or new directory.",
+)
+@click.option(
+    "--key",
+    "key_uri",
+    metavar="URI",
+    help="Where to find the key (default: the URI recorded in the artifact).",
+)
+@click.option("--workers", type=click.IntRange(1, 256), help="Threads (default: usable CPUs).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@audit_option
+def decrypt(
+    src: Path,
+    dst: Path,
+    key_uri: str | None,
+    workers: int | None,
+    as_json: bool,
+    audit_log: str | None,
+) -> None:
+    """Decrypt an artifact (or an encrypted model directory) back to plaintext on disk."""
+    from weightguard import crypt
+
+    click.echo(f"warning: writing decrypted plaintext weights to {dst}; "
+               "protect and delete them when done", err=True)  # fmt: skip
+    with (
+        warnings.catch_warnings(),
+        _audit(audit_log) as log,
+        _progress(f"decrypting {src.name}", _tree_size(src)) as prog,
+    ):
+        warnings.simplefilter("ignore", crypt.PlaintextWriteWarning)
+        if src.is_dir():
+            res = crypt.decrypt_model(src, dst, key_uri=key_uri, workers=workers,
+                                      progress=prog, audit=log)  # fmt: skip
+        else:
+            res = crypt.decrypt_file(src, dst, key_uri=key_uri, workers=workers,
+                                     progress=prog, audit=log)  # fmt: skip
+    _print(res, as_json, lambda r: click.echo(f"decrypted {src} -> {dst}"))
+
+
+@click.command("rewrap")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--to",
+    "to_uri",
+    metavar="URI",
+    help="New key URI (default: same key, latest version, e.g. after rotation).",
+)
+@click.option(
+    "--key",
+    "key_uri",
+    metavar="URI",
+    help="Where to find the current key (default: the URI in the artifact).",
+)
+@click.option("--context", metavar="MODEL_ID", help="New context (default: keep).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@audit_option
+def rewrap(
+    path: Path,
+    to_uri: str | None,
+    key_uri: str | None,
+    context: str | None,
+    as_json: bool,
+    audit_log: str | None,
+) -> None:
+    """Rewrap the data key of PATH (file or directory); the encrypted weights are untouched."""
+    from weightguard import crypt
+
+    with _audit(audit_log) as log:
+        res = crypt.rewrap(path, to_uri, key_uri=key_uri, context=context, audit=log)
+
+    def human(r: dict[str, Any]) -> None:
+        for name, ch in r["files"].items():
+            a, b = ch["from"], ch["to"]
+            click.echo(f"{name}: {a['uri']} v{a['key_version']} -> {b['uri']} v{b['key_version']}")
+
+    _print(res, as_json, human)
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Full header summary as JSON.")
+@click.option("--verify", is_flag=True, help="Unwrap the key and authenticate the header.")
+@click.option("--key", "key_uri", metavar="URI", help="Key URI for --verify (default: recorded).")
+@click.option("--max-tensors", default=20, show_default=True, help="Tensors listed (human output).")
+def inspect(path: Path, as_json: bool, verify: bool, key_uri: str | None, max_tensors: int) -> None:
+    """Show an artifact's header: sizes, algorithms, key, and tensors unless hidden."""
+    from weightguard import crypt
+
+    res = crypt.inspect(path, verify=verify, key_uri=key_uri)
+
+    def one(info: dict[str, Any]) -> None:
+        k = info["key"]
+        click.echo(f"{info['path']}: weightguard artifact v{info['version']} ({info['content']})")
+        click.echo(f"  key:        {k['uri']} ({k['provider']}) version {k['key_version']}, "
+                   f"context {k['context']!r}")  # fmt: skip
+        click.echo(f"  algorithms: {info['algorithms']['aead']}, {info['algorithms']['kdf']}, "
+                   f"{info['algorithms']['mac']}")  # fmt: skip
+        click.echo(f"  chunks:     {info['num_chunks']} x {info['chunk_size']} bytes; data "
+                   f"{info['data_size']} bytes; safetensors header "
+                   f"{info['st_header_size']} bytes")  # fmt: skip
+        state = "authenticated" if info["authenticated"] else "NOT authenticated (no key used)"
+        complete = "complete" if info["complete"] else "INCOMPLETE (size differs from header)"
+        click.echo(f"  header:     {state}; file {complete}")
+        if info["header_encrypted"]:
+            click.echo("  tensors:    hidden (--encrypt-header)")
+            return
+        tensors = info.get("tensors") or {}
+        click.echo(f"  tensors:    {len(tensors)}; metadata {json.dumps(info.get('metadata'))}")
+        for name, t in list(tensors.items())[:max_tensors]:
+            click.echo(f"    {name}  {t['dtype']}  {t['shape']}")
+        if len(tensors) > max_tensors:
+            click.echo(f"    ... {len(tensors) - max_tensors} more (use --json)")
+
+    def human(r: dict[str, Any]) -> None:
+        if "files" in r:
+            for info in r["files"].values():
+                one(info)
+        else:
+            one(r)
+
+    _print(res, as_json, human)
+
+
+__all__ = ["decrypt", "encrypt", "inspect", "rewrap"]
