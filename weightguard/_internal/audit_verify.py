@@ -359,8 +359,9 @@ def verify_lines(
                 if have < size:
                     return fail(
                         "truncated",
-                        f"the anchor ({anchor.uri}) records {size} records up to {cp['head']}, "
-                        f"but the log has only {have}: the tail was cut off",
+                        f"the anchor ({anchor.uri}) says the log had {size} records "
+                        f"(head {cp['head']}), but only {have} are present: "
+                        "the tail was cut off",
                         None,
                         None,
                         log_id,

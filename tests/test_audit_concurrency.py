@@ -1,0 +1,87 @@
+"""Many threads and processes appending to one file keep one valid chain."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import threading
+from pathlib import Path
+
+from weightguard.audit import AuditLog, generate_checkpoint_key, verify_log
+
+
+def _proc_worker(path: str, key: str, worker: int, n: int) -> None:
+    log = AuditLog(path, signing_key=key, checkpoint_every=25, sync="batch")
+    for i in range(n):
+        log.emit("load.ok", object={"uri": f"s3://m/p{worker}"}, bytes=i)
+    log.close()
+
+
+def test_threads_and_processes_share_one_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    key = tmp_path / "ck.pem"
+    generate_checkpoint_key(str(key))
+    n_threads, n_procs, per = 6, 4, 60
+
+    shared = AuditLog(str(path), signing_key=str(key), checkpoint_every=25)
+
+    def thread_worker(t: int) -> None:
+        for i in range(per):
+            shared.emit("fetch", object={"uri": f"s3://m/t{t}"}, bytes=i)
+
+    ctx = mp.get_context("fork")
+    procs = [
+        ctx.Process(target=_proc_worker, args=(str(path), str(key), w, per)) for w in range(n_procs)
+    ]
+    threads = [threading.Thread(target=thread_worker, args=(t,)) for t in range(n_threads)]
+    for p in procs:
+        p.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    shared.close()
+
+    recs = [json.loads(x) for x in path.read_bytes().splitlines()]
+    events = [r for r in recs if r["event"] != "checkpoint"]
+    assert len(events) == (n_threads + n_procs) * per
+    assert [r["seq"] for r in recs] == list(range(len(recs)))
+    assert len({r["log"] for r in recs}) == 1
+    pids = {r["subject"]["pid"] for r in events}
+    assert len(pids) == n_procs + 1
+    # every (writer, i) pair is present exactly once
+    seen = sorted((r["object"]["uri"], r["bytes"]) for r in events)
+    assert len(set(seen)) == len(seen)
+    res = verify_log(path, checkpoint_key=str(key) + ".pub")
+    assert res.ok, res.describe()
+    assert res.logs[0].checkpoints >= len(recs) // 25 - 1
+    assert res.logs[0].checkpoints == res.logs[0].checkpoints_verified
+    assert recs[-1]["event"] == "checkpoint"  # final checkpoint at close
+
+
+def _rot_worker(path: str, worker: int, n: int) -> None:
+    with AuditLog(path, max_bytes=20_000) as log:
+        for i in range(n):
+            log.emit("fetch", object={"uri": f"s3://m/r{worker}"}, bytes=i)
+
+
+def test_concurrent_writers_across_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_rot_worker, args=(str(path), w, 80)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    segments = list(tmp_path.glob("audit.jsonl.*"))
+    assert len(segments) >= 3
+    res = verify_log(path)
+    assert res.ok, res.describe()
+    rotates = sum(
+        1 for s in [*segments, path] for x in s.read_bytes().splitlines() if b'"log.rotate"' in x
+    )
+    assert res.records == 4 * 80 + rotates and rotates == len(segments)
