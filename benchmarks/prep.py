@@ -125,20 +125,20 @@ class Prepared:
             self.key_uri, self.error = "", _err(exc)
 
     # -- signing
-    def prepare_signing(self, model_dir: Path) -> None:
-        from model_signing import signing
-
+    def prepare_signing(self, model_dir: Path, anchor: bool = True) -> None:
         from benchmarks import wg_ops
 
         d = str(model_dir)
         out = PREP / _model_id(model_dir)
         out.mkdir(parents=True, exist_ok=True)
         ms = out / "model_signing.sig"
-        if not ms.exists():
+        if anchor and not ms.exists():
+            from model_signing import signing
+
             signing.Config().use_elliptic_key_signer(private_key=self.signing["priv"]).sign(
                 model_dir, ms
             )
-        self.ms_sig[d] = str(ms)
+        self.ms_sig[d] = str(ms) if ms.exists() else ""
         wg = out / "weightguard.sig"
         try:
             if not wg.exists():
@@ -161,12 +161,13 @@ class Prepared:
         try:
             if self.error:
                 raise Unavailable(self.error)
-            if not (enc / ".done").exists():
+            done = out / "encrypted.done"  # outside: the signature covers the whole dir
+            if not done.exists():
                 if enc.exists():
                     shutil.rmtree(enc)
                 wg_ops.encrypt_model(d, str(enc), self.key_uri)
                 wg_ops.sign(str(enc), self.signing["priv"], str(out), name="encrypted.sig")()
-                (enc / ".done").write_text("")
+                done.write_text("")
             info = {"dir": str(enc), "sig": str(out / "encrypted.sig")}
         except Exception as exc:
             info["error"] = _err(exc)

@@ -197,6 +197,7 @@ def watermark_embed(src_dir: str, dst_dir: str, key: str) -> None:
 def watermark_check(model: str, key: str = "", prep_error: str | None = None) -> Timed:
     """Blind ``watermark.check`` of a marked model directory (verdict must be present)."""
     _prep_ok(prep_error, model, key)
+    _need_cuda("cpu")  # torch imported before timing
     wm = _api("weightguard.watermark", "check")
 
     def run() -> dict[str, Any]:
