@@ -198,3 +198,26 @@ def test_subject_from_env_and_downward_api_files(
     log.emit("load.start")
     assert sink.records[0]["subject"]["k8s_pod"] == "llm-7f9c"
     assert sink.records[0]["subject"]["vault_entity_id"] == "ent-123"
+
+
+def test_identifier_fields_and_uris_in_text_are_kept() -> None:
+    sink = MemorySink()
+    log = AuditLog([sink])
+    key_id = "vault://transit/key-3f9a0c11be"
+    digests = ",".join("sha256:" + secrets.token_hex(32) for _ in range(2))
+    log.emit(
+        "key.unwrap",
+        object={
+            "key_id": key_id,
+            "digest": digests,
+            "uri": "s3://u:pw@bucket/m?X-Amz-Signature=abc",
+        },
+        reason=f"unwrap with {key_id} failed; token hvs.{secrets.token_urlsafe(24)} refused",
+    )
+    rec = sink.records[0]
+    assert rec["object"]["key_id"] == key_id and rec["object"]["digest"] == digests
+    assert rec["object"]["uri"] == "s3://bucket/m"
+    assert rec["reason"] == f"unwrap with {key_id} failed; token [redacted] refused"
+    # a credential shape inside an identifier field is still removed
+    log.emit("fetch", object={"uri": "vault://transit/x/hvs." + "Ab1" * 10})
+    assert sink.records[1]["object"]["uri"] == "[redacted]"

@@ -177,19 +177,56 @@ def looks_secret(text: str) -> bool:
     return any(_looks_like_blob(tok) for tok in _TOKEN_SPLIT.split(text))
 
 
-def scrub_text(text: str) -> str:
-    """Replace secret-looking parts of free text (reasons, messages) by ``[redacted]``."""
-    if _DIGEST.match(text):
-        return text
+_URI_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>()\[\]{},;]+")
+
+
+def _scrub_words(text: str) -> str:
     out = _SECRET_SHAPES.sub(REDACTED, text)
     parts = re.split(r"(\s+|[,;:@?&=()\[\]{}<>\"'|])", out)
-    out = "".join(REDACTED if _looks_like_blob(p) else p for p in parts)
+    return "".join(REDACTED if _looks_like_blob(p) else p for p in parts)
+
+
+def scrub_text(text: str) -> str:
+    """Replace secret-looking parts of free text (reasons, messages) by ``[redacted]``.
+
+    URIs in the text are kept (minus user-info, query and fragment, where presigned
+    signatures and tokens live); everything else is checked word by word.
+    """
+    if _DIGEST.match(text):
+        return text
+    pieces: list[str] = []
+    pos = 0
+    for m in _URI_IN_TEXT.finditer(text):
+        pieces.append(_scrub_words(text[pos : m.start()]))
+        pieces.append(scrub_uri(m.group(0)))
+        pos = m.end()
+    pieces.append(_scrub_words(text[pos:]))
+    out = "".join(pieces)
     if len(out) > MAX_STRING:
         out = out[:MAX_STRING] + "...[truncated]"
     return out
 
 
-URI_NAMES = frozenset({"uri", "path", "key_uri", "artifact", "source", "destination", "url"})
+# Identifier fields (locations, key ids, signer identities, digests): kept as given,
+# minus URI user-info/query/fragment, unless they contain a known credential shape.
+URI_NAMES = frozenset(
+    {
+        "uri",
+        "path",
+        "file",
+        "key_uri",
+        "key_id",
+        "key_provider",
+        "signer",
+        "digest",
+        "artifact_digest",
+        "bundle_digest",
+        "artifact",
+        "source",
+        "destination",
+        "url",
+    }
+)
 
 
 def scrub_uri(text: str) -> str:
