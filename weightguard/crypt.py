@@ -250,10 +250,10 @@ def _model_files(src_dir: Path) -> list[Path]:
         raise SourceError(f"{src_dir} is not a directory", hint="give a model directory")
     files = []
     for root, dirs, names in os.walk(src_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".wgtmp"))
+        dirs[:] = sorted(d for d in dirs if not d.endswith(".wgtmp"))
         for name in sorted(names):
             p = Path(root, name)
-            if p.is_file():
+            if p.is_file() and not name.endswith(".wgtmp"):  # skip our own temp files
                 files.append(p.relative_to(src_dir))
     return files
 
