@@ -219,3 +219,37 @@ def test_roundtrip_random_tensor_sets(
     )
     crypt.decrypt_file(d / "m.enc", d / "m.dec", workers=2)
     assert (d / "m.dec").read_bytes() == blob
+
+
+def test_secrets_hidden_and_audit_events(tmp_path: Path, keyfile: Path) -> None:
+    import json
+
+    from weightguard._internal.format import FileRandomness
+    from weightguard.audit import AuditLog
+    from weightguard.errors import IntegrityError
+
+    src = _model(tmp_path)
+    enc = tmp_path / "m.enc"
+    log_path = tmp_path / "audit.jsonl"
+    log = AuditLog.open(str(log_path))
+    crypt.encrypt_file(src, enc, key_uri(keyfile), chunk_size=4096, audit=log)
+    with open(enc, "rb") as f:
+        h = read_header(f, path=str(enc))
+    dk = provider_for(key_uri(keyfile), quiet=True).unwrap(h.wrapped_key)
+    cipher = ChunkCipher(h, dk)
+    for obj in (cipher, h, h.wrapped_key, FileRandomness.fresh()):
+        text = repr(obj)
+        assert dk.hex() not in text and h.wrapped_key.ciphertext not in text
+        assert h.salt.hex() not in text
+    data = bytearray(enc.read_bytes())
+    data[h.record_span(2)[0] + 1] ^= 1
+    (tmp_path / "bad.enc").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="record 2") as ei:
+        crypt.decrypt_file(tmp_path / "bad.enc", tmp_path / "out", audit=log)
+    assert dk.hex() not in str(ei.value)
+    log.close()
+    events = [json.loads(line) for line in log_path.read_text().splitlines()]
+    names = [(e["event"], e["outcome"]) for e in events if e["event"] != "checkpoint"]
+    assert ("encrypt", "ok") in names and ("tamper.detected", "denied") in names
+    assert dk.hex() not in log_path.read_text()
+    assert keyfile.read_text().strip() not in log_path.read_text()
