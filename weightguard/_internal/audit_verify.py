@@ -121,14 +121,6 @@ class _Chain:
     digests: dict[int, bytes] = field(default_factory=dict)
 
 
-def _digest_of(raw: bytes, rec: dict[str, Any], expected: str) -> str:
-    """Digest of a record; fast path hashes the raw line when it is canonical."""
-    d = "sha256:" + hashlib.sha256(raw).hexdigest()
-    if d == expected:
-        return d
-    return "sha256:" + hashlib.sha256(canonical(rec)).hexdigest()
-
-
 def verify_lines(
     lines: Iterable[tuple[str, int, bytes]],
     *,
@@ -226,9 +218,11 @@ def verify_lines(
             exp = ch.summary.last_seq + 1 if ch.summary.last_seq is not None else 0
             linked = prev == ch.prev_raw_digest
             if not linked and ch.prev_record is not None:
-                # the previous line might be non-canonical but unchanged
+                # the previous line might be re-serialised (non-canonical) but unchanged
                 alt = "sha256:" + hashlib.sha256(canonical(ch.prev_record)).hexdigest()
                 linked = prev == alt
+                if linked and ch.summary.last_seq is not None:
+                    ch.digests[ch.summary.last_seq] = bytes.fromhex(alt[7:])
             if not (linked and seq == exp):
                 pl = ch.prev_line
                 if linked:
@@ -308,7 +302,7 @@ def verify_lines(
             s.unsigned_tail = 0
         else:
             s.unsigned_tail += 1
-        d = _digest_of(body, rec, "")
+        d = "sha256:" + hashlib.sha256(body).hexdigest()  # canonical lines: the digest
         ch.prev_raw_digest = d
         ch.prev_record = rec
         ch.prev_line = (src, ln)
@@ -322,6 +316,9 @@ def verify_lines(
     for log_id in order:
         ch = chains[log_id]
         s = ch.summary
+        if ch.prev_record is not None and s.last_seq is not None:
+            s.head = "sha256:" + hashlib.sha256(canonical(ch.prev_record)).hexdigest()
+            ch.digests[s.last_seq] = bytes.fromhex(s.head[7:])
         if anchor is not None:
             latest = anchor.latest(log_id)
             if latest is None:
