@@ -8,7 +8,8 @@ shards with a Hugging Face index JSON.  Values are normal(0, 0.02)-like floats (
 bytes), so the watermark check sees realistic weights.
 
 Everything lands under ``benchmarks/work/models/`` (git-ignored) and is reused when the
-same spec was generated before (a ``.spec.json`` stamp records the parameters).
+same spec was generated before (a ``<name>.spec.json`` stamp next to the directory
+records the parameters; nothing extra goes inside a model directory).
 
     python -m benchmarks.models --size-mib 256 --shards 4
     python -m benchmarks.models --minilm
@@ -198,12 +199,13 @@ def synthetic(size_mib: int, shards: int = 1, seed: int = 0, root: Path = MODELS
     """Generate (or reuse) a synthetic model directory; returns the directory."""
     spec = ModelSpec(size_mib, shards, seed)
     d = root / spec.name
-    stamp = d / ".spec.json"
+    stamp = root / f"{spec.name}.spec.json"  # outside: signatures cover the whole directory
     want = {"generator": GENERATOR_VERSION, **asdict(spec)}
     if stamp.exists() and json.loads(stamp.read_text()) == want:
         return d
     if d.exists():
         shutil.rmtree(d)
+    stamp.unlink(missing_ok=True)
     d.mkdir(parents=True)
     tensors = plan_tensors(size_mib)
     pool = _Pool(seed)
@@ -233,12 +235,13 @@ def minilm(root: Path = MODELS) -> Path:
 
     zpath = Path(all_minilm_l6_v2.__file__).parent / "model.zip"
     d = root / "all-MiniLM-L6-v2"
-    stamp = d / ".spec.json"
+    stamp = root / "all-MiniLM-L6-v2.spec.json"
     want = {"zip_size": zpath.stat().st_size}
     if stamp.exists() and json.loads(stamp.read_text()) == want:
         return d
     if d.exists():
         shutil.rmtree(d)
+    stamp.unlink(missing_ok=True)
     d.mkdir(parents=True)
     with zipfile.ZipFile(zpath) as zf:
         for info in zf.infolist():

@@ -38,7 +38,7 @@ def tensor_count(model_dir: Path) -> int:
 
 
 def _model_id(model_dir: Path) -> str:
-    stamp = model_dir / ".spec.json"
+    stamp = model_dir.parent / f"{model_dir.name}.spec.json"
     raw = stamp.read_bytes() if stamp.exists() else str(model_dir).encode()
     return model_dir.name + "-" + hashlib.sha256(raw).hexdigest()[:8]
 
@@ -230,7 +230,7 @@ class S3Context:
                 s3.upload_file(str(f), S3_BUCKET, f"plain/{f.name}")
             if self.wg.get("dir"):
                 for f in sorted(Path(self.wg["dir"]).iterdir()):
-                    if f.is_file() and not f.name.startswith("."):
+                    if f.is_file():
                         s3.upload_file(str(f), S3_BUCKET, f"enc/{f.name}")
             for k, v in self.server.env().items():
                 self.saved_env[k] = os.environ.get(k)
