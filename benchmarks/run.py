@@ -452,6 +452,24 @@ def build_cases(mode: str) -> list[Case]:
     return cases
 
 
+def _micro() -> dict[str, Any]:
+    """Per-core primitive ceilings (AES-GCM, SHA-256, memcpy, page-cache read)."""
+    import subprocess
+
+    p = subprocess.run(
+        [sys.executable, "-m", "benchmarks.micro"], capture_output=True, text=True, timeout=120
+    )
+    try:
+        micro: dict[str, Any] = json.loads(p.stdout)
+    except ValueError:
+        return {"error": p.stderr[-500:]}
+    _log(
+        "micro (GB/s per core): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in micro.items() if isinstance(v, float))
+    )
+    return micro
+
+
 @contextlib.contextmanager
 def _tmp_root() -> Iterator[Path]:
     root = WORK / "tmp"
@@ -487,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps:
         for c in cases:
             c.reps = args.reps
-    result: dict[str, Any] = {"meta": run_meta(mode), "cases": []}
+    result: dict[str, Any] = {"meta": run_meta(mode), "micro": _micro(), "cases": []}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(args.out) if args.out else RESULTS / f"{mode}-{stamp}.json"
