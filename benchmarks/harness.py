@@ -121,6 +121,9 @@ def _hwm_mib() -> float:
 def _child(spec_json: str) -> int:
     spec = json.loads(spec_json)
     module_name, func_name = spec["op"].split(":")
+    # run as ``python -m benchmarks.harness`` this module is __main__: the ops raise the
+    # Unavailable class of the importable module, so catch that one.
+    unavailable = importlib.import_module("benchmarks.harness").Unavailable
     result: dict[str, Any]
     try:
         fn = getattr(importlib.import_module(module_name), func_name)
@@ -144,14 +147,15 @@ def _child(spec_json: str) -> int:
             "child_peak_rss_mib": c1.ru_maxrss / 1024,
             **extra,
         }
-    except Unavailable as exc:
-        result = {"status": "unavailable", "reason": str(exc)}
     except Exception as exc:
-        result = {
-            "status": "error",
-            "reason": f"{type(exc).__name__}: {exc}"[:2000],
-            "traceback": traceback.format_exc()[-4000:],
-        }
+        if isinstance(exc, unavailable):
+            result = {"status": "unavailable", "reason": str(exc)}
+        else:
+            result = {
+                "status": "error",
+                "reason": f"{type(exc).__name__}: {exc}"[:2000],
+                "traceback": traceback.format_exc()[-4000:],
+            }
     sys.stdout.write("\n" + MARK + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0

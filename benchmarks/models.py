@@ -33,7 +33,7 @@ import numpy as np
 
 WORK = Path(__file__).resolve().parent / "work"
 MODELS = WORK / "models"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 _DTYPE_SIZE = {"BF16": 2, "F16": 2, "F32": 4}
 
@@ -174,14 +174,19 @@ def write_safetensors(
 
 
 def _split(tensors: list[TensorSpec], shards: int) -> list[list[TensorSpec]]:
+    """Consecutive groups of about equal bytes; exactly ``shards`` non-empty groups."""
     total = sum(t.nbytes for t in tensors)
-    out: list[list[TensorSpec]] = [[] for _ in range(shards)]
+    out: list[list[TensorSpec]] = [[]]
     acc = 0
-    for t in tensors:
-        idx = min(shards - 1, int(acc * shards / total))
-        out[idx].append(t)
+    for i, t in enumerate(tensors):
+        left_tensors = len(tensors) - i
+        left_shards = shards - len(out)
+        full = acc + t.nbytes / 2 > total * len(out) / shards  # midpoint past the boundary
+        if out[-1] and left_shards > 0 and (full or left_tensors <= left_shards):
+            out.append([])
+        out[-1].append(t)
         acc += t.nbytes
-    return [s for s in out if s]
+    return out
 
 
 def _config(tensors: list[TensorSpec]) -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""The benchmark harness itself: generator output, subprocess trials, goals, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import models, report
+from benchmarks.harness import Case, Goal, Variant, evaluate_goal, evict, run_case, run_trial
+
+
+def test_plan_has_hundreds_of_mixed_odd_tensors() -> None:
+    tensors = models.plan_tensors(256)
+    total = sum(t.nbytes for t in tensors)
+    assert 0.9 * 256 * 2**20 < total <= 256 * 2**20
+    assert len(tensors) >= 200
+    assert {t.dtype for t in tensors} == {"BF16", "F16", "F32"}
+    assert any(any(d % 8 for d in t.shape) for t in tensors if len(t.shape) == 2)
+
+
+def test_generated_file_is_valid_safetensors(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    specs = [
+        models.TensorSpec("a", "BF16", (3, 5)),
+        models.TensorSpec("b", "F16", (7,)),
+        models.TensorSpec("c", "F32", (2, 3, 4)),
+    ]
+    path = tmp_path / "m.safetensors"
+    models.write_safetensors(path, specs, models._Pool(1, n=1000), {"format": "pt"})
+    with safe_open(str(path), "pt") as f:
+        assert sorted(f.keys()) == ["a", "b", "c"]
+        a = f.get_tensor("a")
+        assert str(a.dtype) == "torch.bfloat16" and tuple(a.shape) == (3, 5)
+        c = f.get_tensor("c").numpy()
+        assert c.shape == (2, 3, 4) and 0.0 < float(np.std(c)) < 0.1  # realistic values
+        assert f.metadata() == {"format": "pt"}
+
+
+def test_sharded_model_has_consistent_index(tmp_path: Path) -> None:
+    d = models.synthetic(8, shards=4, root=tmp_path)
+    files = models.weight_files(d)
+    assert len(files) == 4
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {f.name for f in files}
+    assert not any(p.name.startswith(".") for p in d.iterdir())  # stamp lives outside
+    assert models.synthetic(8, shards=4, root=tmp_path) == d  # reused, not regenerated
+
+
+def test_trial_runs_in_subprocess_and_reports_rusage(tmp_path: Path) -> None:
+    f = tmp_path / "data.bin"
+    f.write_bytes(b"\1" * (3 << 20))
+    v = Variant("read", "anchor", "benchmarks.ops:read_file", {"model": str(f)})
+    res = run_trial(v, 60, tmp_path)
+    assert res["status"] == "ok", res
+    assert res["bytes"] == 3 << 20
+    assert res["wall_s"] > 0 and res["cpu_s"] >= 0 and res["peak_rss_mib"] > 1
+
+
+def test_unavailable_and_broken_ops_are_reported(tmp_path: Path) -> None:
+    missing = Variant("x", "weightguard", "benchmarks.wg_ops:audit_verify", {"log": ""})
+    res = run_trial(missing, 60, tmp_path)
+    assert res["status"] == "unavailable" and "not prepared" in res["reason"]
+    broken = Variant("y", "anchor", "benchmarks.ops:read_file", {"model": "/nonexistent"})
+    res = run_trial(broken, 60, tmp_path)
+    assert res["status"] == "error" and "FileNotFoundError" in res["reason"]
+
+
+def test_case_alternates_and_judges_goals(tmp_path: Path) -> None:
+    f = tmp_path / "data.bin"
+    f.write_bytes(b"\2" * (1 << 20))
+    evict([f])  # fadvise works unprivileged
+    case = Case(
+        name="t",
+        title="t",
+        group="t",
+        data_bytes=1 << 20,
+        inputs=[str(f)],
+        reps=2,
+        caches=("cold",),
+        variants=[
+            Variant("a", "anchor", "benchmarks.ops:read_file", {"model": str(f)}),
+            Variant("w", "weightguard", "benchmarks.ops:read_file", {"model": str(f)}),
+        ],
+        goals=[Goal("fast", anchor="a", min_ratio=0.0), Goal("abs", max_seconds=60)],
+    )
+    out = run_case(case, tmp_path, lambda _: None)
+    block = out["caches"]["cold"]
+    reps = [[t["rep"] for t in v["trials"]] for v in block["variants"]]
+    assert reps == [[0, 1], [0, 1]]
+    assert [g["verdict"] for g in block["goals"]] == ["pass", "pass"]
+    assert "a" in block["ratios_vs_weightguard"]
+
+
+def test_goal_verdicts() -> None:
+    ok = {"status": "ok", "wall_median_s": 1.0, "cpu_median_s": 1.0}
+    slow = {"status": "ok", "wall_median_s": 2.0, "cpu_median_s": 2.0}
+    g = Goal(">= 1.5x", anchor="anchor", min_ratio=1.5)
+    assert evaluate_goal(g, {"anchor": slow, "wg": ok}, "wg")["verdict"] == "pass"
+    assert evaluate_goal(g, {"anchor": ok, "wg": slow}, "wg")["verdict"] == "miss"
+    gone = {"status": "unavailable", "reason": "not available yet"}
+    assert evaluate_goal(g, {"anchor": ok, "wg": gone}, "wg")["verdict"] == "n/a"
+
+
+def test_report_renders_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    res = {
+        "meta": {
+            "mode": "quick",
+            "started": "2026-01-01T00:00:00Z",
+            "machine": {"cpu_model": "cpu", "sched_affinity": 2, "mem_total_gib": 1},
+            "versions": {"torch": "x"},
+            "git": {"commit": "abc", "dirty": False},
+        },
+        "micro": {"sha256": 1.25},
+        "cases": [],
+    }
+    path = report.RESULTS / "quick-test-render.json"
+    text = report.render_run(res, path)
+    assert "quick run" in text and "sha256 1.25" in text
+    readme = tmp_path / "README.md"
+    readme.write_text("# B\n\nintro\n<!-- results:begin -->\nold\n<!-- results:end -->\nend\n")
+    monkeypatch.setattr(report, "README", readme)
+    report.write_readme("NEW")
+    assert readme.read_text() == (
+        "# B\n\nintro\n<!-- results:begin -->\nNEW\n<!-- results:end -->\nend\n"
+    )
