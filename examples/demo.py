@@ -76,37 +76,25 @@ def main() -> None:
     with running(bao, s3):
         print(f"OpenBao {bao.addr}   S3 {s3.endpoint}")
         s3.make_bucket("models")
+        s3.make_bucket("audit-anchors", object_lock=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "AWS_"))}
         env.update(service_env(bao, s3))
         env["WEIGHTGUARD_AUDIT_LOG"] = str(OUT / "audit.jsonl")
-        env["WEIGHTGUARD_AUDIT_SIGNING_KEY"] = str(OUT / "audit-checkpoint.key")
+        # Checkpoints signed by a Transit key (never in the pod), anchored in S3 Object Lock.
+        env["WEIGHTGUARD_AUDIT_SIGNING_KEY"] = "vault://transit/audit"
+        env["WEIGHTGUARD_AUDIT_ANCHOR"] = "s3://audit-anchors/demo"
         env["WEIGHTGUARD_AUDIT_CHECKPOINT_EVERY"] = "4"
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "cli")])
 
         banner("preflight")
-        run(
-            [
-                "doctor",
-                "--check",
-                "python",
-                "--check",
-                "cryptography",
-                "--check",
-                "vault",
-                "--check",
-                "vault.auth",
-                "--check",
-                "s3",
-            ],
-            env,
-        )
+        run(["doctor", *[f"--check={c}" for c in ("python", "cryptography", "vault", "s3")]], env)
 
         banner("Vault admin: a derived Transit key for the model, a Transit signing key")
         admin = bao.client()
         admin.secrets.transit.create_key(name="minilm", derived=True, key_type="aes256-gcm96")
         admin.secrets.transit.create_key(name="release-signer", key_type="ecdsa-p256")
-        print("transit/keys/minilm (derived, per-model context), transit/keys/release-signer")
-        run(["audit", "keygen", env["WEIGHTGUARD_AUDIT_SIGNING_KEY"]], env)
+        admin.secrets.transit.create_key(name="audit", key_type="ed25519")
+        print("transit/keys/minilm (derived), transit/keys/release-signer, transit/keys/audit")
 
         banner("MLOps: watermark, encrypt, sign, verify, push")
         plain = minilm_model(OUT / "minilm")
@@ -132,6 +120,9 @@ def main() -> None:
             env,
         )
         run(["inspect", str(release / "model.safetensors")], env)
+        admin.secrets.transit.rotate_key(name="minilm")
+        print("Vault admin rotated transit/keys/minilm -> v2; rewrap touches only the headers")
+        run(["rewrap", str(release)], env)
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -206,34 +197,24 @@ def main() -> None:
             expect_fail=True,
         )
 
-        banner("auditor: the access log is complete and untampered")
-        run(["audit", "show", env["WEIGHTGUARD_AUDIT_LOG"]], env)
         run(
-            [
-                "audit",
-                "verify",
-                env["WEIGHTGUARD_AUDIT_LOG"],
-                "--checkpoint-key",
-                env["WEIGHTGUARD_AUDIT_SIGNING_KEY"] + ".pub",
-            ],
-            env,
-        )
-        run(
-            [
-                "verify",
-                str(OUT / "minilm-wm"),
-                "--signature",
-                str(release / "model.sig"),
-                "--key",
-                str(OUT / "release.pub"),
-            ],
+            ["verify", str(OUT / "minilm-wm"), "--signature", str(release / "model.sig"),
+             "--key", str(OUT / "release.pub")],
             env,
             expect_fail=True,
-        )
-        print(
-            "  (the plaintext release is not what was signed: the signature covers the "
-            "encrypted artifact)"
-        )
+        )  # fmt: skip
+        print("  (the signature covers the released, encrypted files, not the plaintext)")
+
+        banner("auditor: the access log is complete and untampered")
+        log = env["WEIGHTGUARD_AUDIT_LOG"]
+        trust = ["--vault-key", "vault://transit/audit", "--anchor", "s3://audit-anchors/demo"]
+        run(["audit", "show", log], env)
+        run(["audit", "verify", log, *trust], env)
+        cut = OUT / "audit-cut.jsonl"
+        lines = Path(log).read_text().splitlines(keepends=True)
+        cut.write_text("".join(lines[:-2]))
+        print(f"an insider deletes the last 2 records -> {cut.name}")
+        run(["audit", "verify", str(cut), *trust], env, expect_fail=True)
         banner("stop local services")
     print(f"\ndemo complete in {time.monotonic() - started:.1f} s; outputs in {OUT}")
 

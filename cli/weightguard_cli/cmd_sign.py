@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 
 from weightguard.errors import ConfigError
+from weightguard_cli._audit_opt import audit_option
+
+
+@contextmanager
+def _audit(spec: str | None) -> Iterator[Any]:
+    from weightguard.audit import AuditLog
+
+    log = AuditLog.open(spec)
+    try:
+        yield log
+    finally:
+        log.close()
 
 
 def _password(var: str | None) -> bytearray | None:
@@ -54,6 +68,7 @@ def _password(var: str | None) -> bytearray | None:
     help="Chunk digest stride for plain safetensors files.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@audit_option
 def sign(
     model: str,
     signature: str,
@@ -69,6 +84,7 @@ def sign(
     allow_symlinks: bool,
     chunk_size: int,
     as_json: bool,
+    audit_log: str | None,
 ) -> None:
     """Sign MODEL (file or directory, plain or encrypted) as an OMS bundle."""
     from weightguard.signing import (
@@ -97,14 +113,16 @@ def sign(
         signer = VaultTransitSigner(vault_key)
     else:
         signer = SigstoreSigner(identity_token, staging=sigstore_staging)
-    result = sign_model(
-        model,
-        signature,
-        signer,
-        ignore_paths=ignore_paths,
-        allow_symlinks=allow_symlinks,
-        chunk_size=chunk_size,
-    )
+    with _audit(audit_log) as audit:
+        result = sign_model(
+            model,
+            signature,
+            signer,
+            ignore_paths=ignore_paths,
+            allow_symlinks=allow_symlinks,
+            chunk_size=chunk_size,
+            audit=audit,
+        )
     if as_json:
         click.echo(
             json.dumps(
@@ -168,6 +186,7 @@ def sign(
     help="UNSAFE: do not check who signed (only accidental corruption is found).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@audit_option
 def verify(
     model: str,
     signature: str,
@@ -182,6 +201,7 @@ def verify(
     allow_symlinks: bool,
     unsafe_no_verification: bool,
     as_json: bool,
+    audit_log: str | None,
 ) -> None:
     """Verify MODEL against its signature and a trust policy."""
     from weightguard.policy import (
@@ -212,13 +232,15 @@ def verify(
             "give a trust anchor: --key, --cert-chain, --vault-key or --identity/--issuer"
         )
     policy = policies[0] if len(policies) == 1 else AnyOf(*policies)
-    m = verify_bundle(
-        model,
-        signature,
-        policy,
-        allow_unsigned=allow_unsigned,
-        allow_symlinks=allow_symlinks,
-    )
+    with _audit(audit_log) as audit:
+        m = verify_bundle(
+            model,
+            signature,
+            policy,
+            allow_unsigned=allow_unsigned,
+            allow_symlinks=allow_symlinks,
+            audit=audit,
+        )
     if as_json:
         out: dict[str, Any] = {"verified": True, **m.to_dict()}
         click.echo(json.dumps(out, indent=2))

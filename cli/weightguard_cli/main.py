@@ -18,14 +18,14 @@ from weightguard.errors import WeightguardError
 # command name -> "module:attribute"; help text shown without importing the module.
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("weightguard_cli.cmd_doctor:doctor", "Preflight checks for a pod or workstation."),
-    "encrypt": ("weightguard_cli.cmd_crypt:encrypt", "Encrypt a safetensors file or model directory."),
-    "decrypt": ("weightguard_cli.cmd_crypt:decrypt", "Decrypt an artifact to disk (writes plaintext)."),
+    "encrypt": ("weightguard_cli.cmd_crypt:encrypt", "Encrypt a safetensors file or model dir."),
+    "decrypt": ("weightguard_cli.cmd_crypt:decrypt", "Decrypt an artifact to disk (plaintext!)."),
     "rewrap": ("weightguard_cli.cmd_crypt:rewrap", "Rewrap an artifact's data key (rotation)."),
     "inspect": ("weightguard_cli.cmd_crypt:inspect", "Show an artifact's header summary."),
     "sign": ("weightguard_cli.cmd_sign:sign", "Sign a model as an OpenSSF model-signing bundle."),
     "verify": ("weightguard_cli.cmd_sign:verify", "Verify a model's signature against a policy."),
-    "load": ("weightguard_cli.cmd_load:load", "Securely load a model (--check: verify+decrypt pass)."),
-    "fetch": ("weightguard_cli.cmd_load:fetch", "Decrypt a model onto tmpfs for non-Python servers."),
+    "load": ("weightguard_cli.cmd_load:load", "Securely load a model (--check: dry run)."),
+    "fetch": ("weightguard_cli.cmd_load:fetch", "Decrypt a model onto tmpfs (init container)."),
     "push": ("weightguard_cli.cmd_load:push", "Upload a released model directory to S3."),
     "audit": ("weightguard_cli.cmd_audit:audit", "Show and verify the access audit log."),
     "watermark": ("weightguard_cli.cmd_watermark:watermark", "Embed or check a keyed watermark."),
