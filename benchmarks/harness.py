@@ -92,6 +92,7 @@ class Case:
     timeout_s: float = 300.0
     notes: str = ""
     setup: Callable[[], Any] | None = None  # parent-side context (e.g. S3 server), not timed
+    cold_labels: tuple[str, ...] | None = None  # variants run cold (None: all), to save time
 
 
 # ---------------------------------------------------------------- child process side
@@ -287,6 +288,8 @@ def run_case(case: Case, tmp_root: Path, log: Callable[[str], None]) -> dict[str
         for cache in case.caches:
             trials: dict[str, list[dict[str, Any]]] = {v.label: [] for v in case.variants}
             skipped: set[str] = set()
+            if cache == "cold" and case.cold_labels is not None:
+                skipped = {v.label for v in case.variants if v.label not in case.cold_labels}
             for r in range(case.reps):
                 k = r % len(case.variants)
                 order = case.variants[k:] + case.variants[:k]
@@ -308,7 +311,7 @@ def run_case(case: Case, tmp_root: Path, log: Callable[[str], None]) -> dict[str
                             f"   {cache:4} {v.label}: {t['wall_s']:.3f} s"
                             f"  cpu {t['cpu_s']:.2f} s  rss {t['peak_rss_mib']:.0f} MiB"
                         )
-            summaries = {lbl: summarize(ts, case.data_bytes) for lbl, ts in trials.items()}
+            summaries = {lbl: summarize(ts, case.data_bytes) for lbl, ts in trials.items() if ts}
             wg_label = next((v.label for v in case.variants if v.side == "weightguard"), "")
             wg_cli = next(
                 (v.label for v in case.variants if v.side.startswith("weightguard") and v.cli), ""
@@ -317,7 +320,7 @@ def run_case(case: Case, tmp_root: Path, log: Callable[[str], None]) -> dict[str
             for v in case.variants:
                 if v.side.startswith("weightguard"):
                     continue
-                s = summaries[v.label]
+                s = summaries.get(v.label, {})
                 w = summaries.get(wg_cli if (v.cli and wg_cli) else wg_label, {})
                 if s.get("status") == "ok" and w.get("status") == "ok":
                     ratios[v.label] = s["wall_median_s"] / w["wall_median_s"]
@@ -325,6 +328,7 @@ def run_case(case: Case, tmp_root: Path, log: Callable[[str], None]) -> dict[str
                 "variants": [
                     {**asdict(v), "trials": trials[v.label], "summary": summaries[v.label]}
                     for v in case.variants
+                    if v.label in summaries
                 ],
                 "ratios_vs_weightguard": ratios,
                 "goals": [

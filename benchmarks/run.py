@@ -30,7 +30,9 @@ from benchmarks import models, prep
 from benchmarks.harness import RESULTS, WORK, Case, Goal, Variant, run_case, run_meta
 
 MODES: dict[str, dict[str, Any]] = {
-    "quick": {"sizes": [256], "shard_size": 256, "reps": 3, "load_caches": ("cold", "warm")},
+    # quick: each trial pays a fresh interpreter + torch import (~2.5 s on 2 cores), so the
+    # variants that carry no goal are left out of the cold pass and the extra cases.
+    "quick": {"sizes": [256], "shard_size": 256, "reps": 3, "load_caches": ("warm", "cold")},
     "full": {"sizes": [1024, 4096], "shard_size": 1024, "reps": 5, "load_caches": ("cold", "warm")},
     "gpu": {"sizes": [1024, 4096], "shard_size": 1024, "reps": 3, "load_caches": ("warm",)},
 }
@@ -61,10 +63,36 @@ def startup_cases(reps: int) -> list[Case]:
     ]
 
 
-def encrypt_cases(model_dir: Path, reps: int, p: prep.Prepared) -> list[Case]:
+def encrypt_cases(
+    model_dir: Path, reps: int, p: prep.Prepared, file_to_file: bool = True
+) -> list[Case]:
     src = str(model_dir / "model.safetensors")
     nbytes = models.model_bytes(model_dir)
     size = _size_label(nbytes)
+    variants = [
+        Variant(
+            "tensorizer encrypted serialize (state dict in memory)",
+            "anchor",
+            "benchmarks.ops:tensorizer_encrypt",
+            {"model": src, "out_dir": "$TMP", "preload": True},
+        ),
+        Variant(
+            "weightguard encrypt_file",
+            "weightguard",
+            "benchmarks.wg_ops:encrypt",
+            {"src": src, "out_dir": "$TMP", "key_uri": p.key_uri, "prep_error": p.error},
+        ),
+    ]
+    if file_to_file:
+        variants.insert(
+            1,
+            Variant(
+                "tensorizer load_file + encrypted serialize (file to file)",
+                "anchor",
+                "benchmarks.ops:tensorizer_encrypt",
+                {"model": src, "out_dir": "$TMP", "preload": False},
+            ),
+        )
     return [
         Case(
             name=f"encrypt-{model_dir.name}",
@@ -73,26 +101,7 @@ def encrypt_cases(model_dir: Path, reps: int, p: prep.Prepared) -> list[Case]:
             data_bytes=nbytes,
             inputs=[src],
             reps=reps,
-            variants=[
-                Variant(
-                    "tensorizer encrypted serialize (state dict in memory)",
-                    "anchor",
-                    "benchmarks.ops:tensorizer_encrypt",
-                    {"model": src, "out_dir": "$TMP", "preload": True},
-                ),
-                Variant(
-                    "tensorizer load_file + encrypted serialize (file to file)",
-                    "anchor",
-                    "benchmarks.ops:tensorizer_encrypt",
-                    {"model": src, "out_dir": "$TMP", "preload": False},
-                ),
-                Variant(
-                    "weightguard encrypt_file",
-                    "weightguard",
-                    "benchmarks.wg_ops:encrypt",
-                    {"src": src, "out_dir": "$TMP", "key_uri": p.key_uri, "prep_error": p.error},
-                ),
-            ],
+            variants=variants,
             goals=[
                 Goal(
                     ">= 5x tensorizer encrypted serialize",
@@ -210,8 +219,10 @@ def load_cases(
     p: prep.Prepared,
     caches: tuple[str, ...],
     device: str = "cpu",
-    fastsafetensors: bool = True,
+    extras: bool = True,
 ) -> list[Case]:
+    """Anchors + weightguard; ``extras``: also fastsafetensors and the plain verify-only
+    load (no goal), which otherwise run warm only."""
     files = models.weight_files(model_dir)
     nbytes = models.model_bytes(model_dir)
     size = _size_label(nbytes)
@@ -233,15 +244,14 @@ def load_cases(
             {"tensors_file": tz, "device": device, "expect": n},
         ),
     ]
-    if fastsafetensors:
-        variants.append(
-            Variant(
-                "fastsafetensors (nogds)",
-                "anchor",
-                "benchmarks.ops:fastsafetensors_load",
-                {"model": d, "device": device, "expect": n},
-            )
+    variants.append(
+        Variant(
+            "fastsafetensors (nogds)",
+            "anchor",
+            "benchmarks.ops:fastsafetensors_load",
+            {"model": d, "device": device, "expect": n},
         )
+    )
     variants.append(
         Variant(
             "weightguard load_file (signed + encrypted)",
@@ -259,6 +269,7 @@ def load_cases(
             },
         )
     )
+    extra_labels = {"fastsafetensors (nogds)", "weightguard load_file (signed plain, verify only)"}
     variants.append(
         Variant(
             "weightguard load_file (signed plain, verify only)",
@@ -285,6 +296,8 @@ def load_cases(
     ]
     if device == "cpu":
         goals.append(Goal(">= 3x tensorizer encrypted", anchor=variants[1].label, min_ratio=3.0))
+    if not extras:
+        variants = [v for v in variants if v.label not in extra_labels]
     what = f"{len(files)} shards" if len(files) > 1 else "one file"
     return [
         Case(
@@ -297,6 +310,7 @@ def load_cases(
             reps=reps,
             variants=variants,
             goals=goals,
+            cold_labels=tuple(v.label for v in variants if v.label not in extra_labels),
             notes=(
                 "weightguard verifies the signature (EC P-256 policy), checks every chunk "
                 "digest and AES-256-GCM-decrypts; safetensors/fastsafetensors check nothing; "
@@ -427,9 +441,10 @@ def build_cases(mode: str) -> list[Case]:
         return cases
     minilm = models.minilm()
     cases += startup_cases(reps)
+    quick = mode == "quick"
     for size in cfg["sizes"]:
         m = models.synthetic(size)
-        cases += encrypt_cases(m, reps, p)
+        cases += encrypt_cases(m, reps, p, file_to_file=not quick)
         p.prepare_signing(m)
         cases += signing_cases(m, reps, p, cli=True)
         p.prepare_load(m)
@@ -442,12 +457,12 @@ def build_cases(mode: str) -> list[Case]:
         cases += load_cases(sh, reps, p, ("warm",))
     p.prepare_signing(minilm)
     p.prepare_load(minilm)
-    cases += load_cases(minilm, reps, p, ("warm",))
+    cases += load_cases(minilm, reps, p, ("warm",), extras=not quick)
     first = models.synthetic(cfg["sizes"][0])
     cases += s3_cases(first, reps, p)
     p.prepare_watermark(minilm)
     p.prepare_audit(100_000)
-    cases += misc_cases(minilm, reps, p)
+    cases += misc_cases(minilm, 2 if quick else reps, p)
     p.save()
     return cases
 
