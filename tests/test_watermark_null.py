@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from tests.test_watermark_support import finetune_minilm, minilm, trained_mlp, train_mlp
+from tests.test_watermark_support import finetune_minilm, minilm, train_mlp, trained_mlp
 from weightguard import watermark as wm
 from weightguard._internal import wm_detect
 from weightguard._internal.wm_io import open_source

@@ -129,7 +129,10 @@ def finetune_minilm(
     """A short real fine-tune (Adam on all float tensors): pull paraphrase-like pairs
     together and push the rest apart (in-batch contrastive loss)."""
     g = torch.Generator().manual_seed(seed)
-    params = {k: v.clone().float().requires_grad_(v.is_floating_point()) for k, v in sd.items()}
+    params = {
+        k: v.clone().float().requires_grad_(v.is_floating_point() and "word_emb" not in k)
+        for k, v in sd.items()
+    }  # word embeddings frozen (common practice, and keeps the test fast)
     opt = torch.optim.Adam([v for v in params.values() if v.requires_grad], lr=lr)
     ids, mask = token_batch()
     for _ in range(steps):
