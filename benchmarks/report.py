@@ -20,7 +20,7 @@ from benchmarks.harness import RESULTS, ROOT
 
 README = ROOT / "benchmarks" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-MODE_ORDER = ("quick", "full", "gpu")
+MODE_ORDER = ("quick", "goals", "full", "gpu")
 
 
 def latest_results() -> list[Path]:

@@ -6,6 +6,9 @@
   page cache.
 - ``--gpu``: the CUDA loads (1 GiB and 4 GiB) plus the CPU load case; refuses to run
   without CUDA.  See ``benchmarks/gpu.sh`` for the offline GPU machine.
+- ``--goals``: only the cases that carry an issue goal, on the 1 GiB model (one file and
+  4 shards), warm cache, 3 repetitions (split it with ``--only`` + ``--append`` to keep
+  each invocation short).
 
 Results go to ``benchmarks/results/<mode>-<UTC time>.json``; then
 ``python -m benchmarks.report`` rewrites the table in ``benchmarks/README.md``.
@@ -34,6 +37,8 @@ MODES: dict[str, dict[str, Any]] = {
     # variants that carry no goal are left out of the cold pass and the extra cases.
     "quick": {"sizes": [256], "shard_size": 256, "reps": 3, "load_caches": ("warm", "cold")},
     "full": {"sizes": [1024, 4096], "shard_size": 1024, "reps": 5, "load_caches": ("cold", "warm")},
+    # goals: the issue's goal cases on the 1 GiB model (one file and 4 shards), warm only
+    "goals": {"sizes": [1024], "shard_size": 1024, "reps": 3, "load_caches": ("warm",)},
     "gpu": {"sizes": [1024, 4096], "shard_size": 1024, "reps": 3, "load_caches": ("warm",)},
 }
 
@@ -439,9 +444,21 @@ def build_cases(mode: str) -> list[Case]:
         cases += load_cases(models.synthetic(cfg["sizes"][0]), reps, p, ("warm",))
         p.save()
         return cases
+    quick = mode in ("quick", "goals")
+    if mode == "goals":
+        m = models.synthetic(cfg["sizes"][0])
+        cases += encrypt_cases(m, reps, p, file_to_file=False)
+        p.prepare_signing(m)
+        cases += signing_cases(m, reps, p, cli=True)
+        sh = models.synthetic(cfg["shard_size"], shards=4)
+        p.prepare_signing(sh)
+        cases += signing_cases(sh, reps, p, cli=False)
+        p.prepare_load(m)
+        cases += load_cases(m, reps, p, ("warm",), extras=False)
+        p.save()
+        return cases
     minilm = models.minilm()
     cases += startup_cases(reps)
-    quick = mode == "quick"
     for size in cfg["sizes"]:
         m = models.synthetic(size)
         cases += encrypt_cases(m, reps, p, file_to_file=not quick)
@@ -501,12 +518,18 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--quick", action="store_true", help="~5 min on 2 cores (make bench)")
     g.add_argument("--full", action="store_true", help="1 GiB and 4 GiB models")
     g.add_argument("--gpu", action="store_true", help="CUDA loads (needs an NVIDIA GPU)")
+    g.add_argument("--goals", action="store_true", help="goal cases on the 1 GiB model")
     ap.add_argument("--only", default="", help="comma-separated substrings of case names")
     ap.add_argument("--reps", type=int, default=0, help="override the repetitions")
     ap.add_argument("--out", default="", help="result file (default benchmarks/results/...)")
     ap.add_argument("--no-report", action="store_true", help="do not rewrite README table")
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="add the cases to the newest result of this mode (runs split with --only)",
+    )
     args = ap.parse_args(argv)
-    mode = "quick" if args.quick else "full" if args.full else "gpu"
+    mode = next(m for m in ("quick", "full", "gpu", "goals") if getattr(args, m))
     if mode == "gpu":
         err = prep.cuda_problem()
         if err:
@@ -520,10 +543,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps:
         for c in cases:
             c.reps = args.reps
-    result: dict[str, Any] = {"meta": run_meta(mode), "micro": _micro(), "cases": []}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(args.out) if args.out else RESULTS / f"{mode}-{stamp}.json"
+    previous = sorted(RESULTS.glob(f"{mode}-*.json"))
+    if args.append and previous:
+        out = previous[-1]
+        result: dict[str, Any] = json.loads(out.read_text())
+        names = {c.name for c in cases}
+        result["cases"] = [c for c in result["cases"] if c["name"] not in names]
+        result["meta"].setdefault("appended", []).append(run_meta(mode))
+    else:
+        result = {"meta": run_meta(mode), "micro": _micro(), "cases": []}
     with _tmp_root() as tmp:
         for c in cases:
             try:
