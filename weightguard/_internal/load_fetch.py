@@ -10,6 +10,7 @@ after checking them against the signature.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -59,37 +60,70 @@ def fetch_model(
     allow_disk: bool = False,
     **options: Any,
 ) -> FetchResult:
+    """Verify + decrypt ``source`` into ``dest``; every file 0600, all or nothing.
+
+    Each weight file is streamed record by record (read once, digest-checked, decrypted
+    into a per-worker buffer, ``pwrite`` into a 0600 temporary file in ``dest``, buffer
+    zeroed), then fsynced and renamed.  On any failure every file this call wrote is
+    removed (and ``dest`` too if this call created it and it is empty).
+    """
     from weightguard.loader import open_model
 
     out = Path(dest)
-    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise DestinationError(f"cannot create {out}: {exc.strerror}") from None
     if not allow_disk and not is_memory_fs(out):
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
         raise UnsafeOptionRequired(
             f"{out} is not on tmpfs: decrypted weights would be written to disk",
             hint="use a memory-backed directory (emptyDir medium: Memory, /dev/shm) or "
             "pass --allow-disk",
         )
     written: list[str] = []
+    made_dirs: list[Path] = []
     total = 0
-    with open_model(source, "cpu", policy=policy, **options) as handle:
-        for name in handle.files:
-            st_raw, data = handle._load_raw(name)
-            target = out / name
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                with atomic_write(target, mode=0o600, preallocate=len(st_raw) + data.numel()) as f:
-                    f.write(st_raw)
-                    if data.numel():
-                        f.write(memoryview(data.numpy()))
-            finally:
-                data.zero_()
-            written.append(name)
-            total += len(st_raw) + data.numel()
-        _copy_other_files(handle, out, written)
+    try:
+        with open_model(source, "cpu", policy=policy, **options) as handle:
+            for name in handle.files:
+                target = out / name
+                _mkdirs(target.parent, out, made_dirs)
+                size = handle._plain_size(name)
+                with atomic_write(target, mode=0o600, preallocate=size) as f:
+                    total += handle._stream_to(name, f.fileno())
+                written.append(name)
+            _copy_other_files(handle, out, written, made_dirs)
+    except BaseException:
+        for name in written:
+            with contextlib.suppress(OSError):
+                (out / name).unlink()
+        for d in reversed(made_dirs):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     return FetchResult(str(out), written, total)
 
 
-def _copy_other_files(handle: Any, out: Path, written: list[str]) -> None:
+def _mkdirs(d: Path, root: Path, made: list[Path]) -> None:
+    """Create ``d`` (0700) and missing parents below ``root``, remembering them."""
+    missing: list[Path] = []
+    p = d
+    while p != root and not p.exists():
+        missing.append(p)
+        p = p.parent
+    for m in reversed(missing):
+        m.mkdir(mode=0o700)
+        made.append(m)
+
+
+def _copy_other_files(handle: Any, out: Path, written: list[str], made: list[Path]) -> None:
     """Copy the non-weight files of a model directory, checked against the signature."""
     loc = handle._location
     if not loc.is_dir:
@@ -105,7 +139,7 @@ def _copy_other_files(handle: Any, out: Path, written: list[str]) -> None:
         if fd is not None and not hmac.compare_digest(hashlib.sha256(data).digest(), fd.sha256):
             raise IntegrityError("content differs from the signed SHA-256", path=name)
         target = out / name
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _mkdirs(target.parent, out, made)
         try:
             with atomic_write(target, mode=0o600) as f:
                 f.write(data)
