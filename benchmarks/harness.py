@@ -76,6 +76,7 @@ class Goal:
     max_seconds: float | None = None
     metric: str = "wall_s"
     wg_label: str | None = None  # the weightguard variant judged (default: first "weightguard")
+    max_added_rss_mib: float | None = None  # absolute: peak RSS - RSS before the call
 
 
 @dataclass
@@ -262,6 +263,13 @@ def evaluate_goal(goal: Goal, variants: dict[str, dict[str, Any]], wg_label: str
     res: dict[str, Any] = {"goal": goal.text, "weightguard": wg_label, "anchor": goal.anchor}
     if wg.get("status") != "ok":
         return {**res, "verdict": "n/a", "why": wg.get("reason", "weightguard not run")}
+    if goal.max_added_rss_mib is not None:
+        added = wg["peak_rss_mib"] - wg["base_rss_mib"]
+        return {
+            **res,
+            "value_mib": added,
+            "verdict": "pass" if added <= goal.max_added_rss_mib else "miss",
+        }
     if goal.max_seconds is not None:
         value = wg["wall_median_s"]
         return {

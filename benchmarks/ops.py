@@ -47,11 +47,15 @@ def _sync(device: str) -> None:
 
 
 def _need_cuda(device: str) -> None:
-    """Also imports torch, so that no variant pays torch's import (~1.6 s) in its timing."""
+    """Import torch (and start CUDA) untimed, so no variant pays for them in its timing."""
     import torch
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise Unavailable("CUDA not available on this machine")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise Unavailable("CUDA not available on this machine")
+        # create the CUDA context before the timer (and before the base RSS is read)
+        torch.zeros(1, device=device)
+        torch.cuda.synchronize()
 
 
 # ------------------------------------------------------------------ baselines

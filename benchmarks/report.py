@@ -51,6 +51,8 @@ def _goal_value(g: dict[str, Any]) -> str:
         return f"{g['ratio']:.2f}x"
     if "value_s" in g:
         return _fmt_s(g["value_s"])
+    if "value_mib" in g:
+        return f"{g['value_mib']:.0f} MiB"
     return g.get("why", "-")[:80]
 
 

@@ -301,6 +301,13 @@ def load_cases(
     ]
     if device == "cpu":
         goals.append(Goal(">= 3x tensorizer encrypted", anchor=variants[1].label, min_ratio=3.0))
+    else:
+        goals.append(
+            Goal(
+                "host RSS added <= staging ring (256 MiB) + 200 MB",
+                max_added_rss_mib=256 + 200 / 1.048576,
+            )
+        )
     if not extras:
         variants = [v for v in variants if v.label not in extra_labels]
     what = f"{len(files)} shards" if len(files) > 1 else "one file"
@@ -430,8 +437,10 @@ def misc_cases(model_dir: Path, reps: int, p: prep.Prepared) -> list[Case]:
     ]
 
 
-def build_cases(mode: str) -> list[Case]:
-    cfg = MODES[mode]
+def build_cases(mode: str, sizes: list[int] | None = None) -> list[Case]:
+    cfg = dict(MODES[mode])
+    if sizes:
+        cfg["sizes"], cfg["shard_size"] = sizes, sizes[0]
     reps: int = cfg["reps"]
     cases: list[Case] = []
     p = prep.Prepared.load_or_init()
@@ -523,6 +532,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=0, help="override the repetitions")
     ap.add_argument("--out", default="", help="result file (default benchmarks/results/...)")
     ap.add_argument("--no-report", action="store_true", help="do not rewrite README table")
+    ap.add_argument("--sizes", default="", help="model sizes in MiB, e.g. 256,1024")
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="prepare and list the cases without timing anything (--gpu works without CUDA)",
+    )
     ap.add_argument(
         "--append",
         action="store_true",
@@ -530,16 +545,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     mode = next(m for m in ("quick", "full", "gpu", "goals") if getattr(args, m))
-    if mode == "gpu":
+    if mode == "gpu" and not args.dry_run:
         err = prep.cuda_problem()
         if err:
             print(f"error: --gpu needs CUDA: {err}", file=sys.stderr)
             return 2
     t0 = time.time()
-    cases = build_cases(mode)
+    cases = build_cases(mode, [int(x) for x in args.sizes.split(",") if x])
     if args.only:
         words = [w for w in args.only.split(",") if w]
         cases = [c for c in cases if any(w in c.name for w in words)]
+    if args.dry_run:
+        for c in cases:
+            _log(f"{c.name}: {c.title} [{', '.join(c.caches)}; {c.reps} reps]")
+            for v in c.variants:
+                _log(f"   {v.side:17} {v.label}  ({v.op})")
+            for g in c.goals:
+                _log(f"   goal: {g.text}")
+        return 0
     if args.reps:
         for c in cases:
             c.reps = args.reps
