@@ -560,8 +560,8 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"{c.name}: {c.title} [{', '.join(c.caches)}; {c.reps} reps]")
             for v in c.variants:
                 _log(f"   {v.side:17} {v.label}  ({v.op})")
-            for g in c.goals:
-                _log(f"   goal: {g.text}")
+            for goal in c.goals:
+                _log(f"   goal: {goal.text}")
         return 0
     if args.reps:
         for c in cases:
