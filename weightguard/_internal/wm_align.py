@@ -67,6 +67,11 @@ def assign(sim: torch.Tensor) -> tuple[np.ndarray, float]:
     import numpy as np
     from scipy.optimize import linear_sum_assignment
 
+    best = sim.argmax(dim=1)
+    if sim.shape[0] == sim.shape[1] and int(best.unique().numel()) == sim.shape[0]:
+        # every row's best match is distinct: that permutation is the optimum
+        idx = best.numpy()
+        return idx.astype(np.int64), float(sim[np.arange(len(idx)), best].mean())
     s = sim.numpy().astype(np.float64, copy=False)
     r, c = linear_sum_assignment(s, maximize=True)
     order = np.empty(s.shape[0], dtype=np.int64)
