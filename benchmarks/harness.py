@@ -288,6 +288,7 @@ def evaluate_goal(goal: Goal, variants: dict[str, dict[str, Any]], wg_label: str
 
 def run_case(case: Case, tmp_root: Path, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"== {case.name}: {case.title}")
+    load_before = os.getloadavg()[0]
     ctx = case.setup() if case.setup else None
     per_cache: dict[str, Any] = {}
     try:
@@ -356,6 +357,8 @@ def run_case(case: Case, tmp_root: Path, log: Callable[[str], None]) -> dict[str
         "data_bytes": case.data_bytes,
         "reps": case.reps,
         "notes": case.notes,
+        # 1-minute load average before/after: on a shared machine, > cores means contention
+        "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "caches": per_cache,
     }
 

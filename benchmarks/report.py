@@ -107,6 +107,9 @@ def render_run(res: dict[str, Any], path: Path) -> str:
             continue
         if case.get("notes"):
             lines += [case["notes"], ""]
+        if case.get("loadavg"):
+            la = case["loadavg"]
+            lines += [f"Machine load average (1 min) before/after: {la[0]:.1f} / {la[1]:.1f}.", ""]
         for cache, block in case["caches"].items():
             lines += [
                 f"{cache} page cache, {case['reps']} repetitions:",
