@@ -644,6 +644,7 @@ class ModelHandle:
         copier: Copier | None = None
         nbytes = sum(r.src_len for j in jobs for r in j.records)
         result: dict[str, Any] = {}
+        bufs: list[Any] = []
         try:
             copier = copier_for(
                 self.device,
@@ -666,9 +667,9 @@ class ModelHandle:
         except BaseException as exc:
             if copier is not None:
                 copier.discard()
-            for t in result.values():
+            for t in (*bufs, *result.values()):  # e.g. a dtype error after the pipeline
                 t.zero_()
-            result = {}
+            result, bufs = {}, []
             self._deny(exc, time.monotonic() - t0, nbytes)
             raise
         finally:

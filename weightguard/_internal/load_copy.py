@@ -212,6 +212,8 @@ class StagingCopier(Copier):
         self._cond = threading.Condition()
         self._bufs: list[Any] = []
         self._streams: dict[int, Any] = {}
+        self._streams_lock = threading.Lock()
+        self._ready: Any = None  # event: the device buffers may be written from side streams
         self._closed = False
 
     # -- allocation -----------------------------------------------------------------
@@ -224,14 +226,22 @@ class StagingCopier(Copier):
                 self.discard()
                 raise _oom(self.device, n) from exc
             self._bufs.append(t)
+        if self._cuda:
+            # The caching allocator may hand out blocks whose previous owner still has
+            # work queued on the current stream: the worker streams wait for it first.
+            self._ready = torch.cuda.Event()
+            self._ready.record(torch.cuda.current_stream(self._dev))
 
     def _stream(self, worker: int) -> Any:
         if not self._cuda:
             return None
-        s = self._streams.get(worker)
-        if s is None:
-            s = self._torch.cuda.Stream(device=self._dev)
-            self._streams[worker] = s
+        with self._streams_lock:
+            s = self._streams.get(worker)
+            if s is None:
+                s = self._torch.cuda.Stream(device=self._dev)
+                if self._ready is not None:
+                    s.wait_event(self._ready)
+                self._streams[worker] = s
         return s
 
     # -- ring -----------------------------------------------------------------------
