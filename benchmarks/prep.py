@@ -43,6 +43,30 @@ def _model_id(model_dir: Path) -> str:
     return model_dir.name + "-" + hashlib.sha256(raw).hexdigest()[:8]
 
 
+_WG_SOURCES = {
+    "sign": ("signing.py", "_internal/oms.py", "_internal/hashing.py"),
+    "encrypt": ("crypt.py", "_internal/format.py", "_internal/keys.py"),
+    "watermark": ("watermark.py", "_internal/wm_scheme.py", "_internal/wm_io.py"),
+    "audit": ("audit.py", "_internal/audit_record.py", "_internal/audit_checkpoint.py"),
+}
+
+
+def _fingerprint(*kinds: str) -> str:
+    """Digest of the weightguard sources that shape a prepared artifact: when another
+    engineer changes the format or the bundle layout, the cached copy is rebuilt."""
+    root = Path(__file__).resolve().parent.parent / "weightguard"
+    h = hashlib.sha256()
+    for kind in kinds:
+        for rel in _WG_SOURCES[kind]:
+            p = root / rel
+            h.update(rel.encode() + b"\0" + (p.read_bytes() if p.exists() else b"-"))
+    return h.hexdigest()[:16]
+
+
+def _fresh(marker: Path, *kinds: str) -> bool:
+    return marker.exists() and marker.read_text().strip() == _fingerprint(*kinds)
+
+
 def cuda_problem() -> str | None:
     """None when CUDA works, else why not (checked in a subprocess: torch import is slow)."""
     code = (
@@ -140,9 +164,11 @@ class Prepared:
             )
         self.ms_sig[d] = str(ms) if ms.exists() else ""
         wg = out / "weightguard.sig"
+        marker = out / "weightguard.sig.done"
         try:
-            if not wg.exists():
+            if not _fresh(marker, "sign"):
                 wg_ops.sign(d, self.signing["priv"], str(out), name="weightguard.sig")()
+                marker.write_text(_fingerprint("sign"))
             self.wg_sig[d] = str(wg)
         except Exception as exc:
             self.wg_sig[d] = ""
@@ -162,12 +188,12 @@ class Prepared:
             if self.error:
                 raise Unavailable(self.error)
             done = out / "encrypted.done"  # outside: the signature covers the whole dir
-            if not done.exists():
+            if not _fresh(done, "encrypt", "sign"):
                 if enc.exists():
                     shutil.rmtree(enc)
                 wg_ops.encrypt_model(d, str(enc), self.key_uri)
                 wg_ops.sign(str(enc), self.signing["priv"], str(out), name="encrypted.sig")()
-                done.write_text("")
+                done.write_text(_fingerprint("encrypt", "sign"))
             info = {"dir": str(enc), "sig": str(out / "encrypted.sig")}
         except Exception as exc:
             info["error"] = _err(exc)
@@ -181,11 +207,12 @@ class Prepared:
         out = PREP / _model_id(model_dir) / "watermarked"
         try:
             key = wg_ops.watermark_key(PREP)
-            if not (out / ".done").exists():
+            done = out.with_name("watermarked.done")
+            if not _fresh(done, "watermark"):
                 if out.exists():
                     shutil.rmtree(out)
                 wg_ops.watermark_embed(str(model_dir), str(out), str(key))
-                (out / ".done").write_text("")
+                done.write_text(_fingerprint("watermark"))
             self.watermarked = {"dir": str(out), "key": str(key)}
         except Exception as exc:
             self.watermarked = {"dir": "", "error": _err(exc)}
@@ -196,12 +223,12 @@ class Prepared:
 
         out = PREP / f"audit-{events}"
         try:
-            if not (out / ".done").exists():
+            if not _fresh(out / ".done", "audit"):
                 if out.exists():
                     shutil.rmtree(out)
                 out.mkdir(parents=True)
                 wg_ops.audit_generate(str(out), events)
-                (out / ".done").write_text("")
+                (out / ".done").write_text(_fingerprint("audit"))
             log = out / "audit.jsonl"
             self.audit = {"log": str(log), "bytes": log.stat().st_size, "events": events}
         except Exception as exc:
