@@ -123,6 +123,7 @@ def embed_file(
     min_numel: int = DEFAULT_MIN_NUMEL,
     overwrite: bool = False,
     write_commitment: bool = True,
+    audit: Any = None,
 ) -> EmbedResult:
     """Mark a safetensors file or a model directory (every shard; other files copied byte
     for byte) into ``dst``, streaming one tensor at a time, with atomic writes.  The
@@ -193,10 +194,31 @@ def embed_file(
             cpath = commitment_path(dstp)
             doc = _commitment_doc(wk.material, wk.ref, alpha, min_numel, dstp, stats[0])
             wm_io.write_json_atomic(cpath, doc)
+    except BaseException as exc:
+        _emit(
+            audit,
+            "watermark.embed",
+            outcome="error",
+            reason=type(exc).__name__,
+            object={"model": str(srcp), "output": str(dstp), "key_ref": wk.ref},
+        )
+        raise
     finally:
         if owned:
             wk.wipe()
+    _emit(
+        audit,
+        "watermark.embed",
+        object={"model": str(srcp), "output": str(dstp), "key_ref": wk.ref},
+        tensors=stats[0],
+        alpha=alpha,
+    )
     return EmbedResult(dstp, cpath, stats[0], stats[1])
+
+
+def _emit(audit: Any, event: str, **fields: Any) -> None:
+    if audit is not None:
+        audit.emit(event, **fields)
 
 
 def commitment_path(output: str | os.PathLike[str]) -> Path:
@@ -281,13 +303,15 @@ def check(
     keys_tested: int = 1,
     min_numel: int = DEFAULT_MIN_NUMEL,
     load_options: Mapping[str, Any] | None = None,
+    audit: Any = None,
 ) -> WatermarkReport:
     """Test ``suspect`` (dict of tensors, safetensors file, model directory, or encrypted
     artifact opened through the secure loader with ``load_options``) for the mark of
     ``key``.  With ``original`` (the owner's unmarked weights), renamed/reordered tensors
     are re-identified and permuted/rescaled hidden units re-aligned before detection; the
     alignment never sees the key.  ``keys_tested`` is the number of keys the caller tries
-    on this suspect (the "present" threshold is corrected for it)."""
+    on this suspect (the "present" threshold is corrected for it).  ``audit``: an
+    ``AuditLog`` that gets a ``watermark.check`` event."""
     from weightguard._internal import wm_detect
     from weightguard._internal.wm_io import open_source
     from weightguard._internal.wm_keys import resolve_key
@@ -318,8 +342,19 @@ def check(
         )
     z = acc.z
     log10_p = wm_scheme.log10_p_bound(z)
+    verdict = wm_scheme.verdict_for(z, keys_tested)
+    label = suspect if isinstance(suspect, str | os.PathLike) else "<tensors>"
+    _emit(
+        audit,
+        "watermark.check",
+        object={"model": str(label), "key_ref": wk.ref},
+        verdict=verdict,
+        z=round(z, 3),
+        mode=mode,
+        keys_tested=keys_tested,
+    )
     return WatermarkReport(
-        verdict=wm_scheme.verdict_for(z, keys_tested),
+        verdict=verdict,
         z=z,
         p=10.0**log10_p,
         log10_p=log10_p,

@@ -1,0 +1,230 @@
+"""``weightguard watermark embed|check`` and ``weightguard fingerprint compare``."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from weightguard_cli._audit_opt import audit_option
+
+
+@click.group("watermark")
+def watermark() -> None:
+    """Embed or check a keyed watermark in model weights (docs/watermark.md)."""
+
+
+KEY_HELP = (
+    "Watermark key: PATH, file://PATH, vault-kv://MOUNT/PATH#FIELD or "
+    "vault-transit://MOUNT/KEY?context=C&version=N."
+)
+
+
+@watermark.command("embed")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(), help="Marked copy to write.")
+@click.option("--key", "key_ref", required=True, metavar="KEYREF", help=KEY_HELP)
+@click.option(
+    "--alpha",
+    type=float,
+    default=None,
+    help="Strength relative to row RMS (default 0.02, measured).",
+)
+@click.option("--min-numel", type=int, default=None, help="Smallest tensor marked (elements).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@audit_option
+def embed(
+    model: str,
+    output: str,
+    key_ref: str,
+    alpha: float | None,
+    min_numel: int | None,
+    force: bool,
+    as_json: bool,
+    audit_log: str | None,
+) -> None:
+    """Write a watermarked copy of MODEL (safetensors file or model directory) to OUTPUT and
+    the key commitment to OUTPUT.wmcommit.json.  Embed before encrypting."""
+    from weightguard import watermark as wm
+    from weightguard.audit import AuditLog
+
+    t0 = time.perf_counter()
+    log = AuditLog.open(audit_log)
+    try:
+        res = wm.embed_file(
+            model,
+            output,
+            key_ref,
+            alpha=wm.DEFAULT_ALPHA if alpha is None else alpha,
+            min_numel=wm.DEFAULT_MIN_NUMEL if min_numel is None else min_numel,
+            overwrite=force,
+            audit=log,
+        )
+    finally:
+        log.close()
+    doc = {
+        "output": str(res.output),
+        "commitment": str(res.commitment),
+        "tensors_marked": res.tensors_marked,
+        "elements_marked": res.elements_marked,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(
+            f"marked {res.tensors_marked} tensors ({res.elements_marked} weights) -> "
+            f"{res.output}; commitment {res.commitment}"
+        )
+
+
+def _load_options(
+    trust_keys: tuple[str, ...], signature: str | None, unsafe: bool, data_key: str | None
+) -> dict[str, Any] | None:
+    if not (trust_keys or signature or unsafe or data_key):
+        return None
+    from weightguard.policy import AnyOf, PublicKey, UnsafeNoVerification
+
+    if unsafe and trust_keys:
+        raise click.UsageError("--unsafe-no-verification excludes --trust-key")
+    policy: Any
+    if unsafe:
+        click.echo("warning: loading the artifact WITHOUT signature verification", err=True)
+        policy = UnsafeNoVerification()
+    elif trust_keys:
+        ps = [PublicKey.from_file(k) for k in trust_keys]
+        policy = ps[0] if len(ps) == 1 else AnyOf(*ps)
+    else:
+        raise click.UsageError("an encrypted suspect needs --trust-key or --unsafe-no-verification")
+    return {"policy": policy, "signature": signature, "key": data_key}
+
+
+@watermark.command("check")
+@click.argument("suspect", type=click.Path(exists=True))
+@click.option("--key", "key_ref", required=True, metavar="KEYREF", help=KEY_HELP)
+@click.option(
+    "--original",
+    type=click.Path(exists=True),
+    default=None,
+    help="Owner's unmarked weights (informed mode: renamed/permuted suspects).",
+)
+@click.option(
+    "--keys-tested",
+    type=int,
+    default=1,
+    show_default=True,
+    help="How many keys you test on this suspect (threshold correction).",
+)
+@click.option(
+    "--commitment",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Also verify KEYREF against this .wmcommit.json.",
+)
+@click.option(
+    "--trust-key",
+    "trust_keys",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Encrypted suspect: trusted signer public key PEM.",
+)
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Encrypted suspect: signature bundle.",
+)
+@click.option(
+    "--unsafe-no-verification",
+    "unsafe",
+    is_flag=True,
+    help="Encrypted suspect: UNSAFE, skip the signature check.",
+)
+@click.option(
+    "--data-key",
+    default=None,
+    metavar="URI",
+    help="Encrypted suspect: key provider URI overriding the artifact's.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@audit_option
+def check(
+    suspect: str,
+    key_ref: str,
+    original: str | None,
+    keys_tested: int,
+    commitment: str | None,
+    trust_keys: tuple[str, ...],
+    signature: str | None,
+    unsafe: bool,
+    data_key: str | None,
+    as_json: bool,
+    audit_log: str | None,
+) -> None:
+    """Test SUSPECT (file, directory, or encrypted artifact) for the watermark of KEYREF.
+    Verdict: present (p <= 1e-9/K), inconclusive (z >= 4) or absent."""
+    from weightguard import watermark as wm
+    from weightguard.audit import AuditLog
+
+    t0 = time.perf_counter()
+    opts = _load_options(trust_keys, signature, unsafe, data_key)
+    log = AuditLog.open(audit_log)
+    try:
+        if opts is not None:
+            opts["audit"] = log
+        rep = wm.check(
+            suspect,
+            key_ref,
+            original=original,
+            keys_tested=keys_tested,
+            load_options=opts,
+            audit=log,
+        )
+    finally:
+        log.close()
+    doc = rep.to_dict()
+    doc["seconds"] = round(time.perf_counter() - t0, 3)
+    if commitment is not None:
+        doc["commitment_ok"] = wm.verify_commitment(commitment, key_ref)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(
+        f"verdict: {rep.verdict}  z = {rep.z:.2f}  p <= 10^{rep.log10_p:.1f}  "
+        f"({rep.mode}, {rep.tensors} tensors, {rep.elements} weights; present at "
+        f"z >= {rep.threshold_z:.2f} for {rep.keys_tested} key(s))"
+    )
+    if commitment is not None:
+        click.echo(
+            f"commitment: {'matches' if doc['commitment_ok'] else 'DOES NOT match'} this key"
+        )
+    if rep.missing:
+        click.echo(f"missing from the suspect: {len(rep.missing)} tensors", err=True)
+
+
+@click.group("fingerprint")
+def fingerprint() -> None:
+    """Keyless evidence that one model was derived from another."""
+
+
+@fingerprint.command("compare")
+@click.argument("a", type=click.Path(exists=True))
+@click.argument("b", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def compare(a: str, b: str, as_json: bool) -> None:
+    """Was B derived from A?  Per-layer similarity after alignment, and a permutation-test
+    p-value (Spearman of the unit assignment against identity, Fisher-combined)."""
+    from weightguard import fingerprint as fp
+
+    rep = fp.compare(a, b)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+        return
+    click.echo(
+        f"verdict: {rep.verdict}  log10 p = {rep.log10_p:.1f}  "
+        f"similarity = {rep.similarity:.3f}  ({len(rep.layers)} layers; derived at "
+        f"log10 p <= {fp.DERIVED_LOG10_P} or similarity >= {fp.DERIVED_SIMILARITY})"
+    )
