@@ -99,6 +99,18 @@ def render_run(res: dict[str, Any], path: Path) -> str:
         "`x wg` = anchor time / weightguard time (> 1: weightguard is faster).",
         "",
     ]
+    wn = res.get("watermark_null")
+    if wn:
+        lines += [
+            "#### watermark null distribution (`benchmarks/watermark_null.py`)",
+            "",
+            f"exit status {wn['returncode']} after {wn['seconds']:.0f} s; last lines:",
+            "",
+            "```",
+            *wn["output_tail"].strip().splitlines()[-15:],
+            "```",
+            "",
+        ]
     for case in res["cases"]:
         lines.append(f"#### {case['title']}  (`{case['name']}`)")
         lines.append("")

@@ -511,6 +511,29 @@ def _micro() -> dict[str, Any]:
     return micro
 
 
+def _watermark_null() -> dict[str, Any] | None:
+    """``--full`` only: the watermark engineer's long null-distribution run
+    (``benchmarks/watermark_null.py``), output kept with the results."""
+    import subprocess
+
+    if not (Path(__file__).parent / "watermark_null.py").exists():
+        return None
+    _log("== watermark null distribution (benchmarks/watermark_null.py)")
+    t0 = time.time()
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "benchmarks.watermark_null"],
+            capture_output=True,
+            text=True,
+            timeout=3 * 3600,
+        )
+        rc, tail = p.returncode, (p.stdout + p.stderr)[-6000:]
+    except subprocess.TimeoutExpired:
+        rc, tail = -1, "timed out after 3 h"
+    _log(f"   exit {rc} after {time.time() - t0:.0f} s")
+    return {"returncode": rc, "seconds": time.time() - t0, "output_tail": tail}
+
+
 @contextlib.contextmanager
 def _tmp_root() -> Iterator[Path]:
     root = WORK / "tmp"
@@ -596,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             result["meta"]["elapsed_s"] = time.time() - t0
             out.write_text(json.dumps(result, indent=1, default=str))
+    if mode == "full" and not args.only:
+        result["watermark_null"] = _watermark_null()
+        out.write_text(json.dumps(result, indent=1, default=str))
     _log(f"results: {out} ({time.time() - t0:.0f} s)")
     if not args.no_report:
         from benchmarks import report
