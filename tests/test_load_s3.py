@@ -187,3 +187,65 @@ def test_s3_missing_object(s3_env, bucket, sign_keys) -> None:
     with pytest.raises(SourceError, match=f"s3://{bucket}/nope/: no such object or prefix"):
         loader.load_file(f"s3://{bucket}/nope/", policy=sign_keys.policy(), audit=audit)
     assert last(sink, "load.denied")
+
+
+def test_s3_403_through_load_file(vault_model, sign_keys, s3_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A wrong S3 secret: SourceError naming access denied, audit load.denied, no tensors."""
+    src, _, _, _ = vault_model
+    bad = "wrong-" + secrets.token_hex(12)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", bad)
+    audit, sink = memory_audit()
+    got = None
+    with pytest.raises(SourceError, match="access denied") as e:
+        got = loader.load_file(src, policy=sign_keys.policy(), audit=audit)
+    assert got is None
+    text = str(e.value)
+    assert bad not in text and s3_env.secret_key not in text
+    denied = last(sink, "load.denied")
+    assert denied["outcome"] == "denied" and denied["reason"].startswith("SourceError")
+    assert bad not in str(sink.records) and s3_env.secret_key not in str(sink.records)
+    assert [r["event"] for r in sink.records] == ["load.start", "load.denied"]
+
+
+def _decrypt_token(bao, key_uri: str, ttl: str) -> str:  # type: ignore[no-untyped-def]
+    from weightguard._internal.services import transit_policy_hcl
+
+    name = key_uri.rsplit("/", 1)[1]
+    bao.write_policy(f"dec-{name}", transit_policy_hcl(name, encrypt=False))
+    return str(bao.create_token([f"dec-{name}"], ttl=ttl))
+
+
+def test_expired_vault_token_at_load(vault_model, sign_keys, vault_env) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    src, expected, uri, _ = vault_model
+    tok = _decrypt_token(vault_env, uri, ttl="2s")
+    opts = {"addr": vault_env.addr, "token": tok}
+    audit, sink = memory_audit()
+    got = loader.load_file(src, policy=sign_keys.policy(), audit=audit, key_options=opts)
+    assert_same(got, expected)  # the token works while valid
+    time.sleep(3.5)
+    got = None
+    with pytest.raises(KeyAccessDenied) as e:
+        got = loader.load_file(src, policy=sign_keys.policy(), audit=audit, key_options=opts)
+    assert got is None
+    assert tok not in str(e.value) and tok not in str(sink.records)
+    denied = last(sink, "load.denied")
+    assert denied["reason"].startswith("KeyAccessDenied")
+    assert "key.unwrap" not in [r["event"] for r in sink.records[-3:]]
+
+
+def test_token_revoked_between_open_and_load(vault_model, sign_keys, vault_env) -> None:  # type: ignore[no-untyped-def]
+    """Data keys are unwrapped once, at open: an open handle keeps working after the
+    token is revoked (documented behaviour); every new open is refused."""
+    src, expected, uri, _ = vault_model
+    tok = _decrypt_token(vault_env, uri, ttl="10m")
+    opts = {"addr": vault_env.addr, "token": tok}
+    audit, sink = memory_audit()
+    with loader.open_model(src, policy=sign_keys.policy(), audit=audit, key_options=opts) as m:
+        vault_env.client().auth.token.revoke(tok)
+        part = m.load(["s2.w.f16", "s1.ids"])
+        assert_same(part, {k: expected[k] for k in ("s2.w.f16", "s1.ids")})
+    with pytest.raises(KeyAccessDenied):
+        loader.open_model(src, policy=sign_keys.policy(), audit=audit, key_options=opts)
+    assert last(sink, "load.denied")["reason"].startswith("KeyAccessDenied")
