@@ -338,7 +338,7 @@ def permute_rescale_minilm(
 
 def average(models: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {
-        k: (sum(m[k].float() for m in models) / len(models)).to(models[0][k].dtype)
+        k: torch.stack([m[k].float() for m in models]).mean(0).to(models[0][k].dtype)
         if models[0][k].is_floating_point()
         else models[0][k]
         for k in models[0]
