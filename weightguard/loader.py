@@ -37,7 +37,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -234,38 +233,26 @@ def _verify_signature(
                 )
             sig_bytes = loc.read_small(default, limit=64 * 1024 * 1024)
             sig_path = Path()
-    tmp: tempfile.TemporaryDirectory[str] | None = None
     try:
-        target: Path
         if loc.local_path is not None:
-            target = loc.local_path
+            manifest = signing.verify_bundle(loc.local_path, sig_path, policy, hash_files=False)
         else:
-            # Remote model: verify signature, policy and coverage against the listing,
-            # using sparse stand-in files of the listed sizes (hash_files=False never
-            # reads their contents).
-            tmp = tempfile.TemporaryDirectory(prefix="wg-verify-")
-            root = Path(tmp.name) / "model"
-            root.mkdir()
-            for name in loc.names():
-                p = root / name
-                p.parent.mkdir(parents=True, exist_ok=True)
-                with open(p, "wb") as fh:
-                    fh.truncate(loc.size_of(name))
-            target = root if loc.is_dir else root / loc.names()[0]
-            if sig_bytes is not None:
-                sig_path = root / DIR_SIGNATURE if loc.is_dir else Path(tmp.name) / "model.sig"
-                sig_path.write_bytes(sig_bytes)
-        try:
-            manifest = signing.verify_bundle(target, sig_path, policy, hash_files=False)
-        except IntegrityError as exc:
-            if exc.path in (None, "."):  # name the model the user gave, not a stand-in
-                raise IntegrityError(
-                    f"{loc.uri}: {exc.message}", chunk=exc.chunk, hint=exc.hint
-                ) from None
-            raise
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+            # Remote model: signature, policy and coverage against the listing (sizes);
+            # the bytes are checked chunk by chunk as they stream.
+            if loc.is_dir:
+                listing = {n: loc.size_of(n) for n in loc.names() if n != DIR_SIGNATURE}
+            else:
+                listing = {".": loc.size_of(loc.names()[0])}
+            sig: bytes | Path = sig_bytes if sig_bytes is not None else sig_path
+            manifest = signing.verify_bundle(
+                loc.uri, sig, policy, hash_files=False, listing=listing
+            )
+    except IntegrityError as exc:
+        if exc.path in (None, "."):  # name the model the user gave
+            raise IntegrityError(
+                f"{loc.uri}: {exc.message}", chunk=exc.chunk, hint=exc.hint
+            ) from None
+        raise
     out: dict[str, _Digests] = {}
     for name in files:
         fd = manifest.files.get(name if loc.is_dir else ".")

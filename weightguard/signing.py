@@ -30,7 +30,7 @@ import hmac
 import os
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -570,6 +570,11 @@ def _is_weight(name: str, path: str) -> bool:
     return _is_artifact_file(path)
 
 
+def _is_weight_name(name: str) -> bool:
+    """Weight file by name only (remote listings: the contents cannot be sniffed)."""
+    return name.rsplit("/", 1)[-1].lower().endswith((".safetensors", ".index.json"))
+
+
 def _walk(
     root: Path, *, skip_dirs: Sequence[str], allow_symlinks: bool, exclude: str | None
 ) -> list[_Entry]:
@@ -780,13 +785,14 @@ def _read_signature(path: Path) -> bytes:
 
 def verify_bundle(
     model: str | os.PathLike[str],
-    signature: str | os.PathLike[str],
+    signature: str | os.PathLike[str] | bytes,
     policy: Policy,
     *,
     allow_unsigned: Iterable[str] = (),
     hash_files: bool = True,
     allow_symlinks: bool = False,
     audit: _Audit | None = None,
+    listing: Mapping[str, int] | None = None,
 ) -> VerifiedManifest:
     """Verify ``signature`` for ``model`` under ``policy``; return the signed digests.
 
@@ -796,12 +802,37 @@ def verify_bundle(
     signed is missing; sizes), then -- with ``hash_files`` -- every byte (whole-file
     SHA-256 and chunk digests).  ``hash_files=False`` is for the secure loader, which
     checks each chunk against ``files[name].digests`` as it streams.
+
+    ``signature`` is a path, or the bundle's bytes (e.g. fetched from S3).
+    ``listing`` (with ``hash_files=False`` only) checks coverage and sizes against a
+    listing of a model that is not on the local disk (an S3 prefix): ``{name: size}``
+    with names relative POSIX paths (``{".": size}`` for a single-file model, then
+    ``model`` is only a display name).  The signature itself must not be in it.
     """
     t0 = time.monotonic()
     root = Path(model)
-    sig_path = Path(signature)
+    if isinstance(signature, bytes | bytearray):
+        sig_data: bytes | None = bytes(signature)
+        sig_path = Path(f"{os.fspath(model)}:signature")
+    else:
+        sig_data = None
+        sig_path = Path(signature)
+    if listing is not None and hash_files:
+        raise ConfigError(
+            "verify_bundle(listing=...) can only check coverage and sizes",
+            hint="pass hash_files=False (the loader checks the bytes as it streams them)",
+        )
     try:
-        manifest = _verify(root, sig_path, policy, list(allow_unsigned), hash_files, allow_symlinks)
+        manifest = _verify(
+            root,
+            sig_path,
+            policy,
+            list(allow_unsigned),
+            hash_files,
+            allow_symlinks,
+            sig_data=sig_data,
+            listing=listing,
+        )
     except WeightguardError as exc:
         if audit is not None:
             audit.emit(
@@ -826,6 +857,25 @@ def verify_bundle(
     return manifest
 
 
+def _listed_entries(listing: Mapping[str, int]) -> tuple[bool, list[_Entry]]:
+    """(single file?, entries) of a remote listing; names validated, sizes bounded."""
+    from weightguard._internal.oms import validate_resource_name
+
+    single = "." in listing
+    if single and len(listing) != 1:
+        raise FormatError("a listing with '.' (single-file model) must have no other names")
+    out: list[_Entry] = []
+    for name, size in listing.items():
+        if not single:
+            if _match_prefix(name, GIT_PATHS):
+                continue
+            validate_resource_name(name, name, single_file_ok=False)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise FormatError(f"{name}: listed size {size!r} is not a byte count")
+        out.append(_Entry(name, "", size))
+    return single, out
+
+
 def _verify(
     root: Path,
     sig_path: Path,
@@ -833,6 +883,9 @@ def _verify(
     allow_unsigned: list[str],
     hash_files: bool,
     allow_symlinks: bool,
+    *,
+    sig_data: bytes | None = None,
+    listing: Mapping[str, int] | None = None,
 ) -> VerifiedManifest:
     from weightguard._internal import oms
     from weightguard._internal.hashing import HashJob, hash_chunks
@@ -844,7 +897,11 @@ def _verify(
             hint="pass e.g. PublicKey.from_file(...); to skip, pass UnsafeNoVerification()",
         )
     where = str(sig_path)
-    bundle = oms.parse_bundle(_read_signature(sig_path), path=where)
+    if sig_data is None:
+        sig_data = _read_signature(sig_path)
+    elif len(sig_data) > _MAX_SIGNATURE_FILE:
+        raise FormatError(f"{where}: signature larger than {_MAX_SIGNATURE_FILE} bytes")
+    bundle = oms.parse_bundle(sig_data, path=where)
     evidence = oms.Evidence(bundle, path=where)
     result = policy.check(evidence)
     if not result.ok:
@@ -853,13 +910,17 @@ def _verify(
         )
     st = oms.parse_statement(bundle.payload, path=where)
 
-    try:
-        root_st = root.lstat()
-    except OSError as exc:
-        raise SourceError(f"{root}: cannot access: {exc.strerror}") from exc
-    if stat.S_ISLNK(root_st.st_mode) and not allow_symlinks:
-        raise VerificationError(f"{root} is a symbolic link; refused")
-    single = root.is_file()
+    listed: list[_Entry] | None = None
+    if listing is not None:
+        single, listed = _listed_entries(listing)
+    else:
+        try:
+            root_st = root.lstat()
+        except OSError as exc:
+            raise SourceError(f"{root}: cannot access: {exc.strerror}") from exc
+        if stat.S_ISLNK(root_st.st_mode) and not allow_symlinks:
+            raise VerificationError(f"{root} is a symbolic link; refused")
+        single = root.is_file()
     signed_names = set(st.resources)
     if single != ("." in signed_names):
         raise CoverageError(
@@ -873,7 +934,9 @@ def _verify(
         if q and not q.startswith("/") and ".." not in q.split("/"):
             ignore.append(q)
     exclude: str | None = None
-    if single:
+    if listed is not None:
+        present = listed
+    elif single:
         present = [_Entry(".", str(root), root.stat().st_size)]
     else:
         try:
@@ -889,7 +952,7 @@ def _verify(
     for e in present:
         if e.name in signed_names:
             continue
-        if _is_weight(e.name, e.path):
+        if _is_weight(e.name, e.path) if e.path else _is_weight_name(e.name):
             unsigned_weights.append(e.name)
         elif _match_prefix(e.name, ignore) or _match_pattern(e.name, allow_unsigned):
             uncovered.append(e.name)
