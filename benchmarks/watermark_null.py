@@ -3,6 +3,7 @@
     python -m benchmarks.watermark_null                     # defaults below, ~10 min on 2 cores
     python -m benchmarks.watermark_null --whole-keys 200 --few-keys 20000   # quicker
     python -m benchmarks.watermark_null --json out.json
+    python -m benchmarks.watermark_null --table             # robustness table (docs), ~3 min
 
 1. >= 1000 random keys over the whole real all-MiniLM-L6-v2 (every tensor the scheme
    marks, 22.7 M weights): z of each key; the empirical tail P(z >= t) must stay under the
@@ -149,12 +150,68 @@ def run(whole_keys: int = 1000, few_keys: int = 100_000, log: Any = print) -> di
     return out
 
 
+def robustness_table(log: Any = print) -> list[dict[str, Any]]:
+    """z and verdict for each attack on the real MiniLM (the docs/watermark.md table);
+    the attacks are the tests' (tests/test_watermark_support.py)."""
+    import torch
+
+    from tests import test_watermark_support as sup
+    from weightguard import watermark as wm
+
+    key = b"owner-key-0123456789abcdef012345"
+    sd = sup.minilm()
+    m = wm.embed(sd, key)
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, suspect: dict[str, Any], informed: bool = False) -> None:
+        rep = wm.check(suspect, key, original=sd if informed else None)
+        rows.append(
+            {"attack": name, "mode": rep.mode, "z": round(rep.z, 1), "verdict": rep.verdict}
+        )
+        log(f"| {name} | {rep.mode} | {rep.z:.1f} | {rep.verdict} |")
+
+    log("| suspect | mode | z | verdict |\n| --- | --- | --- | --- |")
+    row("marked, no change", m)
+    row("fp16 round trip", sup.cast_roundtrip(m, torch.float16))
+    row("bf16 round trip", sup.cast_roundtrip(m, torch.bfloat16))
+    row("int8 per-channel RTN", sup.int8_per_channel(m))
+    row("int4 group-128 RTN", sup.int4_groupwise(m))
+    for f in (0.3, 0.5, 0.7):
+        row(f"magnitude pruning {int(f * 100)}%", sup.magnitude_prune(m, f))
+    row("Gaussian noise 0.05 x rms", sup.gaussian_noise(m, 0.05))
+    row("Gaussian noise 0.2 x rms", sup.gaussian_noise(m, 0.2))
+    row("short fine-tune (2 Adam steps, lr 5e-4)", sup.finetune_minilm(m, steps=2, lr=5e-4))
+    row("merged LoRA r=8, 10% norm", sup.merged_lora(m))
+    rr = sup.rename_reorder(m)
+    row("rename + reorder", rr)
+    row("rename + reorder", rr, informed=True)
+    pr = sup.permute_rescale_minilm(m)
+    row("hidden-unit permutation + rescaling", pr)
+    row("hidden-unit permutation + rescaling", pr, informed=True)
+    row("permutation + rescaling + int4", sup.int4_groupwise(pr), informed=True)
+    row("marked, no change", m, informed=True)
+    row(
+        "average of 4 copies (4 keys)",
+        sup.average([m] + [wm.embed(sd, bytes([i]) * 32) for i in range(1, 4)]),
+    )
+    row("unmarked model", sd)
+    row("unmarked model", sd, informed=True)
+    row("unmarked, permuted", sup.permute_rescale_minilm(sd, seed=3), informed=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--whole-keys", type=int, default=1000)
     ap.add_argument("--few-keys", type=int, default=100_000)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--table", action="store_true", help="robustness table only")
     a = ap.parse_args(argv)
+    if a.table:
+        rows = robustness_table()
+        if a.json:
+            a.json.write_text(json.dumps(rows, indent=2))
+        return 0
     res = run(a.whole_keys, a.few_keys)
     if a.json:
         a.json.write_text(json.dumps(res, indent=2))

@@ -222,3 +222,15 @@ def test_commitment_written_next_to_output(tmp_path: Path) -> None:
 
     with safe_open(str(dst), "pt") as f:
         assert f.metadata() == {"k": "v"}
+
+
+@pytest.mark.cuda
+def test_embed_and_check_cuda_tensors() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    sd = {k: v.cuda() for k, v in minilm().items() if k.startswith("encoder.layer.0.")}
+    marked = wm.embed(sd, KEY)
+    assert all(marked[k].device.type == "cuda" for k in marked)
+    cpu = wm.embed({k: v.cpu() for k, v in sd.items()}, KEY)
+    assert all(torch.allclose(marked[k].cpu(), cpu[k], atol=1e-6) for k in cpu)
+    assert wm.check(marked, KEY).verdict == "present"

@@ -46,7 +46,7 @@ def as_matrix(t: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """float32 (rows, cols) view; `transpose` swaps a 2-D tensor first."""
     import torch
 
-    x = t.detach().to(torch.float32)
+    x = t.detach().to("cpu", torch.float32)  # one tensor at a time: bounded host memory
     if transpose:
         x = x.reshape(x.shape[0], -1).t()
     rows, cols = row_view(tuple(x.shape))

@@ -106,7 +106,7 @@ def embed_tensor(t: torch.Tensor, seed: bytes, alpha: float) -> torch.Tensor:
         w = src[r0:r1].to(work_dtype)
         rms = w.pow(2).mean(dim=1, keepdim=True).sqrt()
         s = torch.from_numpy(signs_from_bytes(buf, r0 * cols, r1 * cols)).reshape(r1 - r0, cols)
-        w = w + (alpha * rms) * s.to(work_dtype)
+        w = w + (alpha * rms) * s.to(device=w.device, dtype=work_dtype)
         out[r0:r1] = w.to(t.dtype)
     return out.reshape(shape)
 
@@ -143,7 +143,7 @@ def correlate(a: torch.Tensor, seed: bytes) -> tuple[float, float]:
     buf = pattern_bytes(seed, rows * cols)
     c = 0.0
     for r0, r1 in _row_blocks(rows, cols):
-        s = torch.from_numpy(signs_from_bytes(buf, r0 * cols, r1 * cols))
+        s = torch.from_numpy(signs_from_bytes(buf, r0 * cols, r1 * cols)).to(a.device)
         c += float(torch.dot(a[r0:r1].reshape(-1), s))
     n = float(a.pow(2).sum())
     return c, n
