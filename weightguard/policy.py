@@ -42,6 +42,7 @@ __all__ = [
     "PublicKey",
     "SigstoreIdentity",
     "UnsafeNoVerification",
+    "trust_policy",
 ]
 
 _MAX_CHAIN_DEPTH = 8
@@ -532,3 +533,45 @@ class UnsafeNoVerification(Policy):
 
     def check(self, evidence: Evidence) -> PolicyResult:
         return PolicyResult(ok=True, signer="UNVERIFIED (UnsafeNoVerification)", unsafe=True)
+
+
+def trust_policy(
+    *,
+    public_keys: Sequence[str | os.PathLike[str]] = (),
+    chain: Sequence[str | os.PathLike[str]] = (),
+    vault_key: str | None = None,
+    identity: str | None = None,
+    issuer: str | None = None,
+    trust_root: str | os.PathLike[str] | None = None,
+    offline: bool = True,
+    unsafe: bool = False,
+) -> Policy:
+    """One policy from trust anchors, as the CLI takes them: any of the anchors given.
+
+    ``chain`` is a root CA followed by intermediates.  ``unsafe`` excludes every anchor.
+    """
+    policies: list[Policy] = [PublicKey.from_file(k) for k in public_keys]
+    if chain:
+        policies.append(ChainRoot(chain[0], chain[1:]))
+    if vault_key:
+        from weightguard.signing import vault_key_policy
+
+        policies.append(vault_key_policy(vault_key))
+    if identity or issuer:
+        if not (identity and issuer):
+            raise ConfigError("a Sigstore identity and issuer go together", hint="give both")
+        policies.append(SigstoreIdentity(identity, issuer, trust_root=trust_root, offline=offline))
+    if unsafe:
+        if policies:
+            raise ConfigError(
+                "the unsafe no-verification option excludes every trust anchor",
+                hint="drop it, or drop the anchors",
+            )
+        return UnsafeNoVerification()
+    if not policies:
+        raise ConfigError(
+            "no trust anchor given",
+            hint="give a trust anchor: a signer public key (--key), a CA chain (--cert-chain), "
+            "a Vault Transit key (--vault-key) or a Sigstore --identity and --issuer",
+        )
+    return policies[0] if len(policies) == 1 else AnyOf(*policies)

@@ -12,38 +12,18 @@ from typing import Any, TypeVar
 import click
 
 from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._trust_opt import policy_from_options, trust_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _trust_options(f: F) -> F:
     opts = [
-        click.option(
-            "--key",
-            "keys",
-            multiple=True,
-            type=click.Path(exists=True, dir_okay=False),
-            help="Trusted EC public key PEM of the signer (repeatable: any of).",
-        ),
-        click.option(
-            "--cert-chain",
-            "cert_chain",
-            multiple=True,
-            type=click.Path(exists=True, dir_okay=False),
-            help="Trusted root CA PEM; further files are intermediates.",
-        ),
-        click.option("--vault-key", metavar="URI", help="Vault Transit signing key trusted."),
-        click.option("--identity", help="Sigstore certificate identity."),
-        click.option("--issuer", help="Sigstore OIDC issuer URL."),
+        trust_options,
         click.option(
             "--signature",
             type=click.Path(dir_okay=False),
             help="Signature bundle (default: <file>.sig, or model.sig in the directory).",
-        ),
-        click.option(
-            "--unsafe-no-verification",
-            is_flag=True,
-            help="UNSAFE: load without checking the signature.",
         ),
         click.option(
             "--data-key",
@@ -58,58 +38,10 @@ def _trust_options(f: F) -> F:
     return f
 
 
-def _policy(
-    keys: tuple[str, ...],
-    cert_chain: tuple[str, ...],
-    vault_key: str | None,
-    identity: str | None,
-    issuer: str | None,
-    unsafe: bool,
-) -> Any:
-    from weightguard.policy import (
-        AnyOf,
-        ChainRoot,
-        Policy,
-        PublicKey,
-        SigstoreIdentity,
-        UnsafeNoVerification,
-    )
-
-    policies: list[Policy] = [PublicKey.from_file(k) for k in keys]
-    if cert_chain:
-        policies.append(ChainRoot(cert_chain[0], cert_chain[1:]))
-    if vault_key:
-        from weightguard.signing import vault_key_policy
-
-        policies.append(vault_key_policy(vault_key))
-    if identity or issuer:
-        if not (identity and issuer):
-            raise click.UsageError("--identity and --issuer go together")
-        policies.append(SigstoreIdentity(identity, issuer))
-    if unsafe:
-        if policies:
-            raise click.UsageError("--unsafe-no-verification excludes the other trust options")
-        click.echo("warning: loading WITHOUT signature verification", err=True)
-        return UnsafeNoVerification()
-    if not policies:
-        raise click.UsageError(
-            "give a trust anchor: --key, --cert-chain, --vault-key or --identity/--issuer "
-            "(or --unsafe-no-verification)"
-        )
-    return policies[0] if len(policies) == 1 else AnyOf(*policies)
-
-
 def _common(opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     from weightguard.audit import AuditLog
 
-    policy = _policy(
-        opts["keys"],
-        opts["cert_chain"],
-        opts["vault_key"],
-        opts["identity"],
-        opts["issuer"],
-        opts["unsafe_no_verification"],
-    )
+    policy = policy_from_options(opts)
     kwargs: dict[str, Any] = {
         "signature": opts["signature"],
         "key": opts["data_key"],

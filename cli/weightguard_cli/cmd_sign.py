@@ -12,6 +12,7 @@ import click
 
 from weightguard.errors import ConfigError
 from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._trust_opt import policy_from_options, trust_options
 
 
 @contextmanager
@@ -144,34 +145,7 @@ def sign(
 @click.command("verify")
 @click.argument("model", type=click.Path(exists=True, path_type=str))
 @click.option("--signature", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--key",
-    "keys",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Trusted EC public key PEM (repeatable: any of).",
-)
-@click.option(
-    "--cert-chain",
-    "cert_chain",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Trusted root CA PEM; further files are intermediates.",
-)
-@click.option("--vault-key", metavar="URI", help="Transit key whose public keys are trusted.")
-@click.option("--identity", help="Sigstore certificate identity (email or URI).")
-@click.option("--issuer", help="Sigstore OIDC issuer URL.")
-@click.option(
-    "--offline/--online",
-    default=True,
-    show_default=True,
-    help="Sigstore: use the trusted root shipped with sigstore (no network).",
-)
-@click.option(
-    "--trust-root",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Sigstore trusted_root.json to use instead.",
-)
+@trust_options
 @click.option(
     "--allow-unsigned",
     "allow_unsigned",
@@ -180,58 +154,21 @@ def sign(
     help="Allow files matching this glob/prefix to be present but unsigned.",
 )
 @click.option("--allow-symlinks", is_flag=True, help="Follow symbolic links to files.")
-@click.option(
-    "--unsafe-no-verification",
-    is_flag=True,
-    help="UNSAFE: do not check who signed (only accidental corruption is found).",
-)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @audit_option
 def verify(
     model: str,
     signature: str,
-    keys: tuple[str, ...],
-    cert_chain: tuple[str, ...],
-    vault_key: str | None,
-    identity: str | None,
-    issuer: str | None,
-    offline: bool,
-    trust_root: str | None,
     allow_unsigned: tuple[str, ...],
     allow_symlinks: bool,
-    unsafe_no_verification: bool,
     as_json: bool,
     audit_log: str | None,
+    **trust: Any,
 ) -> None:
     """Verify MODEL against its signature and a trust policy."""
-    from weightguard.policy import (
-        AnyOf,
-        ChainRoot,
-        Policy,
-        PublicKey,
-        SigstoreIdentity,
-        UnsafeNoVerification,
-    )
-    from weightguard.signing import vault_key_policy, verify_bundle
+    from weightguard.signing import verify_bundle
 
-    policies: list[Policy] = [PublicKey.from_file(k) for k in keys]
-    if cert_chain:
-        policies.append(ChainRoot(cert_chain[0], cert_chain[1:]))
-    if vault_key:
-        policies.append(vault_key_policy(vault_key))
-    if identity or issuer:
-        if not (identity and issuer):
-            raise click.UsageError("--identity and --issuer go together")
-        policies.append(SigstoreIdentity(identity, issuer, trust_root=trust_root, offline=offline))
-    if unsafe_no_verification:
-        if policies:
-            raise click.UsageError("--unsafe-no-verification excludes the other trust options")
-        policies.append(UnsafeNoVerification())
-    if not policies:
-        raise click.UsageError(
-            "give a trust anchor: --key, --cert-chain, --vault-key or --identity/--issuer"
-        )
-    policy = policies[0] if len(policies) == 1 else AnyOf(*policies)
+    policy = policy_from_options(trust)
     with _audit(audit_log) as audit:
         m = verify_bundle(
             model,

@@ -1,0 +1,94 @@
+"""Trust-anchor options shared by `verify`, `load` and `fetch`.
+
+    @trust_options
+    def cmd(..., **opts): policy = policy_from_options(opts)
+
+The options arrive as keyword arguments named keys, cert_chain, vault_key, identity,
+issuer, offline, trust_root, unsafe_no_verification.  Importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import click
+
+from weightguard.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+TRUST_KEYS = (
+    "keys",
+    "cert_chain",
+    "vault_key",
+    "identity",
+    "issuer",
+    "offline",
+    "trust_root",
+    "unsafe_no_verification",
+)
+
+
+def trust_options(f: F) -> F:
+    """Add the trust-anchor options to a click command."""
+    opts = [
+        click.option(
+            "--key",
+            "keys",
+            multiple=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="Trusted EC public key PEM of the signer (repeatable: any of).",
+        ),
+        click.option(
+            "--cert-chain",
+            "cert_chain",
+            multiple=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="Trusted root CA PEM; further files are intermediates.",
+        ),
+        click.option("--vault-key", metavar="URI", help="Vault Transit signing key trusted."),
+        click.option("--identity", help="Sigstore certificate identity (email or URI)."),
+        click.option("--issuer", help="Sigstore OIDC issuer URL."),
+        click.option(
+            "--offline/--online",
+            default=True,
+            show_default=True,
+            help="Sigstore: use the trusted root shipped with sigstore (no network).",
+        ),
+        click.option(
+            "--trust-root",
+            type=click.Path(exists=True, dir_okay=False),
+            help="Sigstore trusted_root.json to use instead.",
+        ),
+        click.option(
+            "--unsafe-no-verification",
+            is_flag=True,
+            help="UNSAFE: do not check who signed (only accidental corruption is found).",
+        ),
+    ]
+    for option in reversed(opts):
+        f = option(f)
+    return f
+
+
+def policy_from_options(opts: Mapping[str, Any]) -> Any:
+    """The policy the options describe; a missing or conflicting anchor is a usage error."""
+    from weightguard.policy import trust_policy
+
+    try:
+        policy = trust_policy(
+            public_keys=opts["keys"],
+            chain=opts["cert_chain"],
+            vault_key=opts["vault_key"],
+            identity=opts["identity"],
+            issuer=opts["issuer"],
+            trust_root=opts["trust_root"],
+            offline=opts["offline"],
+            unsafe=opts["unsafe_no_verification"],
+        )
+    except ConfigError as exc:  # the options themselves are wrong: a usage error
+        raise click.UsageError(str(exc)) from None
+    if opts["unsafe_no_verification"]:
+        click.echo("warning: signer NOT verified (--unsafe-no-verification)", err=True)
+    return policy
