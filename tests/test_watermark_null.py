@@ -49,7 +49,7 @@ def test_null_1000_keys_whole_small_trained_model() -> None:
 def test_null_keys_whole_minilm_short() -> None:
     views = list(wm_detect.blind_views(open_source(minilm()), wm.DEFAULT_MIN_NUMEL))
     assert sum(v.a.numel() for v in views) == 22_681_344  # every marked tensor
-    ks = keys(24, "minilm")
+    ks = keys(12, "minilm")
     z = wm_detect.correlate_many(views, ks)
     assert np.all(np.abs(z) < 4.5)  # P(|z| >= 4.5) <= 2 exp(-10.1) each
     # the batched path is the production statistic: same z as check()
@@ -83,7 +83,7 @@ def test_innocent_models_are_absent() -> None:
         rep = wm.check(marked, other)
         assert rep.verdict == "absent" and rep.z < 4
     assert wm.check(sd, KEY).verdict == "absent"  # the unmarked model
-    ft = finetune_minilm(sd, steps=2)  # its fine-tune
+    ft = finetune_minilm(sd, steps=1)  # its fine-tune
     assert any(not torch.equal(ft[k], sd[k]) for k in sd)
     assert wm.check(ft, KEY).verdict == "absent"
     # independently trained models, and a fine-tune of one, blind and informed
