@@ -164,6 +164,7 @@ def test_embed_refuses_bad_inputs(tmp_path: Path) -> None:
     save_file({"bias": torch.zeros(10)}, str(f))
     with pytest.raises(WatermarkError, match="no tensor is eligible"):
         wm.embed_file(f, tmp_path / "o.safetensors", KEY)
+    assert not (tmp_path / "o.safetensors").exists()  # nothing half-made left behind
     with pytest.raises(ConfigError, match="alpha"):
         wm.embed({"w": torch.zeros(64, 64)}, KEY, alpha=0.0)
     bad = tmp_path / "bad.safetensors"

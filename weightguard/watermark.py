@@ -164,27 +164,14 @@ def embed_file(
 
     try:
         if srcp.is_dir():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{dstp.name}.", dir=dstp.parent))
-            try:
-                seen: set[str] = set()
-                for s, d in wm_io.copy_tree_files(srcp, tmp):
-                    with open(s, "rb") as f:
-                        for e in wm_io.read_st_header(f, s).entries:
-                            if e.name in seen:
-                                raise WatermarkError(
-                                    f"{srcp}: tensor {e.name!r} appears in more than one shard"
-                                )
-                            seen.add(e.name)
-                    wm_io.rewrite_file(s, d, mark)
-                if dstp.exists():
-                    shutil.rmtree(dstp) if dstp.is_dir() else dstp.unlink()
-                os.replace(tmp, dstp)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            _embed_dir(srcp, dstp, mark)
         else:
-            wm_io.rewrite_file(srcp, dstp, mark)
+            try:
+                wm_io.rewrite_file(srcp, dstp, mark)
+            except OSError as exc:
+                raise DestinationError(f"cannot write {dstp}: {exc.strerror}") from None
         if stats[0] == 0:
+            shutil.rmtree(dstp, ignore_errors=True) if dstp.is_dir() else dstp.unlink()
             raise WatermarkError(
                 f"{srcp}: no tensor is eligible for the watermark",
                 hint=f"tensors need a float dtype, >= 2 dims and >= {min_numel} elements",
@@ -219,6 +206,41 @@ def embed_file(
 def _emit(audit: Any, event: str, **fields: Any) -> None:
     if audit is not None:
         audit.emit(event, **fields)
+
+
+def _embed_dir(srcp: Path, dstp: Path, mark: Any) -> None:
+    """Mark every shard of a model directory into a temp dir next to dstp, then rename."""
+    from weightguard._internal import wm_io
+
+    try:
+        dstp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dstp.name}.", dir=dstp.parent))
+    except OSError as exc:
+        raise DestinationError(f"cannot create {dstp}: {exc.strerror}") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        seen: set[str] = set()
+        for s, d in wm_io.copy_tree_files(srcp, tmp):
+            with open(s, "rb") as f:
+                for e in wm_io.read_st_header(f, s).entries:
+                    if e.name in seen:
+                        raise WatermarkError(
+                            f"{srcp}: tensor {e.name!r} appears in more than one shard",
+                            hint="a model must name each tensor once",
+                        )
+                    seen.add(e.name)
+            wm_io.rewrite_file(s, d, mark)
+        if dstp.exists():
+            shutil.rmtree(dstp) if dstp.is_dir() else dstp.unlink()
+        os.replace(tmp, dstp)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DestinationError(f"cannot write {dstp}: {exc.strerror}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def commitment_path(output: str | os.PathLike[str]) -> Path:
