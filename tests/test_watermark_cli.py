@@ -14,7 +14,7 @@ from weightguard_cli.main import cli
 
 from tests import test_watermark_support as sup
 from weightguard import watermark as wm
-from weightguard.errors import WatermarkError
+from weightguard.errors import ConfigError, WatermarkError
 
 KEY = b"cli-owner-key-0123456789abcdef01"
 
@@ -177,3 +177,28 @@ def test_watermark_then_encrypt_then_secure_load(tmp_path: Path, small_model: Pa
         wm.check(enc, KEY)
     with pytest.raises(WatermarkError, match="embed the watermark before encrypting"):
         wm.embed_file(enc, tmp_path / "x.safetensors", KEY)
+
+
+def test_check_several_keys_one_pass(tmp_path: Path, small_model: Path) -> None:
+    refs = []
+    for i in range(3):
+        f = tmp_path / f"k{i}.key"
+        f.write_bytes(bytes([i + 1]) * 32)
+        refs.append(str(f))
+    out = tmp_path / "marked.safetensors"
+    wm.embed_file(small_model, out, refs[1])
+    reps = wm.check_keys(out, refs)
+    assert [r.verdict for r in reps] == ["absent", "present", "absent"]
+    assert all(r.keys_tested == 3 for r in reps)
+    assert reps[1].z == pytest.approx(wm.check(out, refs[1]).z, abs=1e-9)
+    assert reps[1].threshold_z == pytest.approx(wm.check(out, refs[1], keys_tested=3).threshold_z)
+    with pytest.raises(ConfigError, match="smaller than the keys given"):
+        wm.check_keys(out, refs, keys_tested=2)
+    args = ["watermark", "check", str(out), "--json", "--audit-log", str(tmp_path / "a.log")]
+    for r in refs:
+        args += ["--key", r]
+    code, text = run(args)
+    doc = json.loads(text)
+    assert code == 0 and doc["verdict"] == "present" and doc["keys_tested"] == 3
+    assert [d["verdict"] for d in doc["results"]] == ["absent", "present", "absent"]
+    assert doc["results"][1]["key_ref"] == refs[1]

@@ -19,7 +19,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +38,7 @@ __all__ = [
     "EmbedResult",
     "WatermarkReport",
     "check",
+    "check_keys",
     "commitment_path",
     "embed",
     "embed_file",
@@ -334,12 +335,41 @@ def check(
     alignment never sees the key.  ``keys_tested`` is the number of keys the caller tries
     on this suspect (the "present" threshold is corrected for it).  ``audit``: an
     ``AuditLog`` that gets a ``watermark.check`` event."""
+    return check_keys(
+        suspect,
+        [key],
+        original=original,
+        keys_tested=keys_tested,
+        min_numel=min_numel,
+        load_options=load_options,
+        audit=audit,
+    )[0]
+
+
+def check_keys(
+    suspect: Any,
+    keys: Sequence[Any],
+    *,
+    original: Any = None,
+    keys_tested: int | None = None,
+    min_numel: int = DEFAULT_MIN_NUMEL,
+    load_options: Mapping[str, Any] | None = None,
+    audit: Any = None,
+) -> list[WatermarkReport]:
+    """Test ``suspect`` for each of ``keys`` (e.g. one per licensee) in one pass over the
+    weights; the threshold is corrected for ``keys_tested`` (default: ``len(keys)``)."""
     from weightguard._internal import wm_detect
     from weightguard._internal.wm_io import open_source
     from weightguard._internal.wm_keys import resolve_key
 
-    if keys_tested < 1:
-        raise ConfigError("keys_tested must be >= 1")
+    if not keys:
+        raise ConfigError("no watermark key given")
+    k_tested = len(keys) if keys_tested is None else keys_tested
+    if k_tested < max(1, len(keys)):
+        raise ConfigError(
+            f"keys_tested ({k_tested}) is smaller than the keys given ({len(keys)})",
+            hint="count every key tried on this suspect",
+        )
     src = open_source(suspect, label="suspect", load_options=load_options)
     missing: list[str] = []
     if original is None:
@@ -349,46 +379,56 @@ def check(
         orig = open_source(original, label="original")
         views = wm_detect.informed_views(src, orig, min_numel, missing)
         mode = "informed"
-    acc = wm_detect.Accumulator()
+    accs = [wm_detect.Accumulator() for _ in keys]
     notes: dict[str, str] = {}
-    wk, owned = resolve_key(key)
+    resolved: list[tuple[Any, bool]] = []
     try:
-        wm_detect.score(views, wk.material, acc, notes)
+        for k in keys:
+            resolved.append(resolve_key(k))
+        for v in views:  # one tensor at a time, every key
+            for (wk, _), acc in zip(resolved, accs, strict=True):
+                wm_detect.score(iter([v]), wk.material, acc, notes)
     finally:
-        if owned:
-            wk.wipe()
-    if not acc.per_tensor:
+        for wk, owned in resolved:
+            if owned:
+                wk.wipe()
+    if not accs[0].per_tensor:
         raise WatermarkError(
             f"{src.label}: no tensor to check (float, >= 2 dims, >= {min_numel} elements)",
             hint="is this a model's weights?",
         )
-    z = acc.z
-    log10_p = wm_scheme.log10_p_bound(z)
-    verdict = wm_scheme.verdict_for(z, keys_tested)
     label = suspect if isinstance(suspect, str | os.PathLike) else "<tensors>"
-    _emit(
-        audit,
-        "watermark.check",
-        object={"model": str(label), "key_ref": wk.ref},
-        verdict=verdict,
-        z=round(z, 3),
-        mode=mode,
-        keys_tested=keys_tested,
-    )
-    return WatermarkReport(
-        verdict=verdict,
-        z=z,
-        p=10.0**log10_p,
-        log10_p=log10_p,
-        threshold_z=wm_scheme.present_threshold_z(keys_tested),
-        keys_tested=keys_tested,
-        mode=mode,
-        tensors=len(acc.per_tensor),
-        elements=acc.elements,
-        per_tensor=acc.per_tensor,
-        alignment=notes,
-        missing=missing,
-    )
+    reports = []
+    for (wk, _), acc in zip(resolved, accs, strict=True):
+        z = acc.z
+        log10_p = wm_scheme.log10_p_bound(z)
+        verdict = wm_scheme.verdict_for(z, k_tested)
+        _emit(
+            audit,
+            "watermark.check",
+            object={"model": str(label), "key_ref": wk.ref},
+            verdict=verdict,
+            z=round(z, 3),
+            mode=mode,
+            keys_tested=k_tested,
+        )
+        reports.append(
+            WatermarkReport(
+                verdict=verdict,
+                z=z,
+                p=10.0**log10_p,
+                log10_p=log10_p,
+                threshold_z=wm_scheme.present_threshold_z(k_tested),
+                keys_tested=k_tested,
+                mode=mode,
+                tensors=len(acc.per_tensor),
+                elements=acc.elements,
+                per_tensor=acc.per_tensor,
+                alignment=notes,
+                missing=missing,
+            )
+        )
+    return reports
 
 
 def _check_alpha(alpha: float) -> None:

@@ -104,7 +104,14 @@ def _load_options(
 
 @watermark.command("check")
 @click.argument("suspect", type=click.Path(exists=True))
-@click.option("--key", "key_ref", required=True, metavar="KEYREF", help=KEY_HELP)
+@click.option(
+    "--key",
+    "key_refs",
+    required=True,
+    multiple=True,
+    metavar="KEYREF",
+    help=KEY_HELP + " Repeat to test several keys (threshold corrected).",
+)
 @click.option(
     "--original",
     type=click.Path(exists=True),
@@ -114,8 +121,7 @@ def _load_options(
 @click.option(
     "--keys-tested",
     type=int,
-    default=1,
-    show_default=True,
+    default=None,
     help="How many keys you test on this suspect (threshold correction).",
 )
 @click.option(
@@ -153,9 +159,9 @@ def _load_options(
 @audit_option
 def check(
     suspect: str,
-    key_ref: str,
+    key_refs: tuple[str, ...],
     original: str | None,
-    keys_tested: int,
+    keys_tested: int | None,
     commitment: str | None,
     trust_keys: tuple[str, ...],
     signature: str | None,
@@ -175,9 +181,9 @@ def check(
     try:
         if opts is not None:
             opts["audit"] = log
-        rep = wm.check(
+        reps = wm.check_keys(
             suspect,
-            key_ref,
+            list(key_refs),
             original=original,
             keys_tested=keys_tested,
             load_options=opts,
@@ -185,24 +191,36 @@ def check(
         )
     finally:
         log.close()
-    doc = rep.to_dict()
-    doc["seconds"] = round(time.perf_counter() - t0, 3)
-    if commitment is not None:
-        doc["commitment_ok"] = wm.verify_commitment(commitment, key_ref)
+    seconds = round(time.perf_counter() - t0, 3)
+    docs = []
+    for ref, rep in zip(key_refs, reps, strict=True):
+        d = rep.to_dict()
+        d["key_ref"] = ref
+        if commitment is not None:
+            d["commitment_ok"] = wm.verify_commitment(commitment, ref)
+        docs.append(d)
+    if len(reps) == 1:
+        doc = {k: v for k, v in docs[0].items() if k != "key_ref"}
+    else:
+        order = ["absent", "inconclusive", "present"]
+        best = max((r.verdict for r in reps), key=order.index)
+        doc = {"verdict": best, "keys_tested": reps[0].keys_tested, "results": docs}
+    doc["seconds"] = seconds
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(
-        f"verdict: {rep.verdict}  z = {rep.z:.2f}  p <= 10^{rep.log10_p:.1f}  "
-        f"({rep.mode}, {rep.tensors} tensors, {rep.elements} weights; present at "
-        f"z >= {rep.threshold_z:.2f} for {rep.keys_tested} key(s))"
-    )
-    if commitment is not None:
+    for ref, rep, d in zip(key_refs, reps, docs, strict=True):
+        who = f"[{ref}] " if len(reps) > 1 else ""
         click.echo(
-            f"commitment: {'matches' if doc['commitment_ok'] else 'DOES NOT match'} this key"
+            f"{who}verdict: {rep.verdict}  z = {rep.z:.2f}  p <= 10^{rep.log10_p:.1f}  "
+            f"({rep.mode}, {rep.tensors} tensors, {rep.elements} weights; present at "
+            f"z >= {rep.threshold_z:.2f} for {rep.keys_tested} key(s))"
         )
-    if rep.missing:
-        click.echo(f"missing from the suspect: {len(rep.missing)} tensors", err=True)
+        if commitment is not None:
+            ok = "matches" if d["commitment_ok"] else "DOES NOT match"
+            click.echo(f"{who}commitment: {ok} this key")
+    if reps[0].missing:
+        click.echo(f"missing from the suspect: {len(reps[0].missing)} tensors", err=True)
 
 
 @click.group("fingerprint")
