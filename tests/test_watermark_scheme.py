@@ -235,3 +235,33 @@ def test_embed_and_check_cuda_tensors() -> None:
     cpu = wm.embed({k: v.cpu() for k, v in sd.items()}, KEY)
     assert all(torch.allclose(marked[k].cpu(), cpu[k], atol=1e-6) for k in cpu)
     assert wm.check(marked, KEY).verdict == "present"
+
+
+def test_check_streams_one_tensor_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weakref
+
+    from weightguard._internal import wm_io
+
+    sd = {f"layer.{i}.weight": torch.randn(256, 128) for i in range(12)}
+    model = tmp_path / "m"
+    model.mkdir()
+    for j in range(3):
+        save_file(
+            {k: sd[k] for k in list(sd)[4 * j : 4 * j + 4]}, str(model / f"model-{j}.safetensors")
+        )
+    alive = [0, 0]
+    real = wm_io._file_loader
+
+    def tracking(e: wm_io.Entry) -> torch.Tensor:
+        t = real(e)
+        alive[0] += 1
+        alive[1] = max(alive)
+        weakref.finalize(t, lambda: alive.__setitem__(0, alive[0] - 1))
+        return t
+
+    monkeypatch.setattr(wm_io, "_file_loader", tracking)
+    rep = wm.check(model, KEY)
+    assert rep.tensors == 12 and rep.verdict == "absent"
+    assert 1 <= alive[1] <= 2  # never more than the current tensor (and the one being dropped)
