@@ -188,6 +188,7 @@ class _Digests:
     head: int
     stride: int
     digests: tuple[bytes, ...]
+    algorithm: str  # chunk digest algorithm named in the signed record
 
 
 def _verify_signature(
@@ -268,7 +269,11 @@ def _verify_signature(
                 hint="sign the model with `weightguard sign`",
             )
         out[name] = _Digests(
-            int(fd.size), int(fd.head), int(fd.stride), tuple(bytes(d) for d in fd.digests)
+            int(fd.size),
+            int(fd.head),
+            int(fd.stride),
+            tuple(bytes(d) for d in fd.digests),
+            str(getattr(fd, "algorithm", "sha256-chunked-v1")),
         )
     signer = getattr(manifest, "signer", None)
     bundle_digest = getattr(manifest, "bundle_digest", None)
@@ -321,7 +326,9 @@ def _open_file(loc: Location, name: str, signed: _Digests | None) -> _File:
             if not 8 <= head_len <= min(src.size, MAX_HEADER_SIZE + fmt.MAX_HEADER_LEN + 1024):
                 raise IntegrityError(f"signed head length {head_len} is implausible", path=display)
             head = src.read(0, head_len)
-            if not signed.digests or not digest_matches(head, signed.digests[0]):
+            if not signed.digests or not digest_matches(
+                head, signed.digests[0], signed.algorithm, path=display
+            ):
                 raise IntegrityError(
                     "header bytes do not match the signed digest", path=display, chunk=0
                 )
@@ -368,6 +375,7 @@ def _open_file(loc: Location, name: str, signed: _Digests | None) -> _File:
                 ah.data_size,
                 ah.num_chunks,
                 signed.digests if signed else None,
+                signed.algorithm if signed else "sha256-chunked-v1",
             )
             return _File(
                 name, display, src, True, geo, (), None, header_digest, header=ah, head=head
@@ -399,7 +407,15 @@ def _open_file(loc: Location, name: str, signed: _Digests | None) -> _File:
             chunk = _PLAIN_UNSIGNED_CHUNK
             num = (data_size + chunk - 1) // chunk
         geo = Geometry(
-            display, 8 + n, chunk, chunk, 0, data_size, num, signed.digests if signed else None
+            display,
+            8 + n,
+            chunk,
+            chunk,
+            0,
+            data_size,
+            num,
+            signed.digests if signed else None,
+            signed.algorithm if signed else "sha256-chunked-v1",
         )
         return _File(
             name,
@@ -621,7 +637,11 @@ class ModelHandle:
             ]
             seg_base.append(base)
             all_segments.extend(segments)
-            jobs.append(FileJob(f.display, f.source, records, segments, f.cipher))
+            jobs.append(
+                FileJob(
+                    f.display, f.source, records, segments, f.cipher, algorithm=f.geometry.algorithm
+                )
+            )
             placements.append(place)
         max_plain = max((r.dst_len for j in jobs for r in j.records), default=1)
         from weightguard._internal.cpus import usable_cpus
@@ -699,7 +719,9 @@ class ModelHandle:
         if segments:
             max_plain = max((r.dst_len for r in records), default=1)
             copier = FileCopier(fd, base=len(st_raw), slot_bytes=max_plain, path=f.display)
-            job = FileJob(f.display, f.source, records, segments, f.cipher)
+            job = FileJob(
+                f.display, f.source, records, segments, f.cipher, algorithm=f.geometry.algorithm
+            )
             self._run([job], segments, copier)
         return len(st_raw) + sum(segments)
 

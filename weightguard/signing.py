@@ -9,7 +9,7 @@ per-chunk digests the secure loader needs to check each byte range as it streams
 
     sign_model("model/", "model.sig", KeySigner.from_file("release.pem"))
     m = verify_bundle("model/", "model.sig", PublicKey.from_file("release.pub"))
-    m.files["model.safetensors"].digests   # per-chunk SHA-256 (bytes)
+    m.files["model.safetensors"].digests   # per-chunk digests (bytes; .algorithm names them)
 
 Signers: :class:`KeySigner` (EC P-256/384/521 PEM), :class:`CertificateSigner`
 (X.509 leaf + chain), :class:`VaultTransitSigner` (non-exportable Transit ECDSA key,
@@ -53,6 +53,8 @@ from weightguard.errors import (
 from weightguard.policy import AnyOf, Policy, PublicKey
 
 __all__ = [
+    "CHUNK_ALGORITHMS",
+    "DEFAULT_CHUNK_ALGORITHM",
     "DEFAULT_CHUNK_SIZE",
     "CertificateSigner",
     "FileDigests",
@@ -69,6 +71,9 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+# Chunk digest algorithms (named in the signed record; see _internal/hashing.chunk_hasher).
+DEFAULT_CHUNK_ALGORITHM = "blake3-chunked-v1"
+CHUNK_ALGORITHMS = ("blake3-chunked-v1", "sha256-chunked-v1")
 GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
 _MAX_SIGNATURE_FILE = 64 * 1024 * 1024
 _MAX_KEY_FILE = 1 << 20
@@ -89,7 +94,8 @@ class FileDigests:
     ``[head + (k-1)*stride, min(head + k*stride, size))``.  ``sha256`` is the OMS
     whole-file digest.  ``chunked`` is False for files signed without weightguard's
     chunk digests (e.g. by model_signing): then ``head == size`` and the only digest is
-    the whole-file one.
+    the whole-file one (``algorithm`` ``sha256-chunked-v1``).  ``algorithm`` names the
+    chunk digest (``blake3-chunked-v1`` or ``sha256-chunked-v1``), as signed.
     """
 
     size: int
@@ -98,6 +104,7 @@ class FileDigests:
     digests: tuple[bytes, ...]
     sha256: bytes
     chunked: bool = True
+    algorithm: str = "sha256-chunked-v1"
 
     def range(self, index: int) -> tuple[int, int]:
         """(offset, length) of digest ``index``'s byte range."""
@@ -155,6 +162,7 @@ class VerifiedManifest:
                     "chunks": len(f.digests),
                     "sha256": f.sha256.hex(),
                     "chunked": f.chunked,
+                    "algorithm": f.algorithm,
                 }
                 for n, f in sorted(self.files.items())
             },
@@ -627,7 +635,7 @@ def _walk(
 
 
 def _layout(entry: _Entry, chunk_size: int) -> tuple[int, int]:
-    """(head, stride) for sha256-chunked-v1 (see docs/ARCHITECTURE.md, Signing)."""
+    """(head, stride) of the chunk digests (see docs/ARCHITECTURE.md, Signing)."""
     import struct
 
     from weightguard._internal.format import TAG_SIZE, is_artifact, read_header
@@ -660,6 +668,7 @@ def sign_model(
     ignore_paths: Iterable[str] = (),
     allow_symlinks: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_algorithm: str = DEFAULT_CHUNK_ALGORITHM,
     audit: _Audit | None = None,
 ) -> SignedModel:
     """Hash ``model`` (file or directory) and write an OMS bundle to ``signature``.
@@ -667,14 +676,18 @@ def sign_model(
     ``ignore_paths``: relative paths left out of the signature (recorded in it, as
     model_signing does); weight files cannot be ignored.  ``chunk_size``: stride of the
     chunk digests of plain safetensors files (encrypted artifacts use their own).
+    ``chunk_algorithm``: ``"blake3-chunked-v1"`` (default; ~1.8x faster per core for the
+    loader) or ``"sha256-chunked-v1"``.  The OMS whole-file digests are SHA-256 either
+    way, so ``model_signing verify`` accepts the bundle.
     """
     from weightguard._internal import oms
     from weightguard._internal.atomic import atomic_write_bytes
-    from weightguard._internal.hashing import HashJob, hash_files
+    from weightguard._internal.hashing import HashJob, chunk_hasher, hash_files
 
     t0 = time.monotonic()
     if not 4096 <= chunk_size <= (1 << 30):
         raise ConfigError(f"chunk size {chunk_size} outside 4 KiB .. 1 GiB")
+    chunk_hasher(chunk_algorithm, path=str(model))  # unknown names fail before hashing
     root = Path(model)
     sig_path = Path(signature)
     try:
@@ -726,7 +739,7 @@ def sign_model(
     for e in entries:
         head, stride = _layout(e, chunk_size)
         layouts[e.name] = (head, stride)
-        jobs.append(HashJob(e.name, e.path, e.size, head, stride))
+        jobs.append(HashJob(e.name, e.path, e.size, head, stride, chunk_algorithm))
     hashes = hash_files(jobs)
     now = datetime.now(UTC).replace(microsecond=0)
     signer.check_time(now)
@@ -737,6 +750,7 @@ def sign_model(
             head=layouts[e.name][0],
             stride=layouts[e.name][1],
             digests=hashes[e.name].digests,
+            algorithm=chunk_algorithm,
         )
         for e in entries
     }
@@ -755,7 +769,8 @@ def sign_model(
     except WeightguardError:
         raise
     files = {
-        n: FileDigests(c.size, c.head, c.stride, c.digests, resources[n]) for n, c in chunks.items()
+        n: FileDigests(c.size, c.head, c.stride, c.digests, resources[n], True, c.algorithm)
+        for n, c in chunks.items()
     }
     digest = hashlib.sha256(bundle).hexdigest()
     if audit is not None:
@@ -986,7 +1001,7 @@ def _verify(
         chunk_rec = st.chunks.get(n)
         if chunk_rec is not None:
             c = chunk_rec
-            files[n] = FileDigests(c.size, c.head, c.stride, c.digests, digest, True)
+            files[n] = FileDigests(c.size, c.head, c.stride, c.digests, digest, True, c.algorithm)
         else:
             size = by_name[n].size
             files[n] = FileDigests(size, size, DEFAULT_CHUNK_SIZE, (digest,), digest, False)
@@ -996,7 +1011,7 @@ def _verify(
         # (the signed whole-file SHA-256 is what model_signing checks; the chunk digests,
         # signed by the same signer, cover the same bytes).  Others: whole-file SHA-256.
         chunk_jobs = [
-            HashJob(n, by_name[n].path, f.size, f.head, f.stride)
+            HashJob(n, by_name[n].path, f.size, f.head, f.stride, f.algorithm)
             for n, f in files.items()
             if f.chunked
         ]

@@ -3,14 +3,18 @@
 For every file we compute, in ONE sequential read of the file:
 
 * the OpenSSF model-signing resource digest: SHA-256 of the whole file, and
-* weightguard's ``sha256-chunked-v1`` digests: SHA-256 of ``[0, head)`` and of each
-  ``[head + k*stride, min(head + (k+1)*stride, size))``.
+* weightguard's chunk digests of ``[0, head)`` and of each
+  ``[head + k*stride, min(head + (k+1)*stride, size))`` with the chunk algorithm:
+  ``blake3-chunked-v1`` (BLAKE3, 32-byte output; the default) or ``sha256-chunked-v1``.
 
-The whole-file hash is inherently sequential; the range digests of a block are
-hashed on other cores at the same time (``hashlib`` releases the GIL for large
-buffers), so a single big file costs about one SHA-256 pass of wall time when two or
-more cores are free.  Several files are hashed in parallel.  Read buffers are
-allocated once per worker thread and reused (``readinto``).
+Every per-chunk digest in weightguard (signing, verification, the loader, fetch) is
+computed through :func:`chunk_hasher`, so the algorithm named in the signed record is
+the one used everywhere.  The whole-file hash is inherently sequential; the range
+digests of a block are hashed on other cores at the same time (``hashlib`` and
+``blake3`` release the GIL for large buffers), so a single big file costs about one
+SHA-256 pass of wall time when two or more cores are free.  Several files are hashed
+in parallel.  Read buffers are allocated once per worker thread and reused
+(``readinto``).
 """
 
 from __future__ import annotations
@@ -21,27 +25,86 @@ import hashlib
 import os
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from weightguard.errors import SourceError
+from weightguard.errors import ConfigError, DependencyMissing, SourceError
 
 __all__ = [
-    "CHUNKED_ALGORITHM",
+    "BLAKE3_CHUNKED",
+    "CHUNK_ALGORITHMS",
+    "DEFAULT_CHUNK_ALGORITHM",
     "DEFAULT_STRIDE",
+    "SHA256_CHUNKED",
     "FileHashes",
     "HashJob",
+    "Hasher",
+    "chunk_digest",
+    "chunk_hasher",
     "hash_chunks",
     "hash_files",
     "range_count",
 ]
 
-CHUNKED_ALGORITHM = "sha256-chunked-v1"
+SHA256_CHUNKED = "sha256-chunked-v1"
+BLAKE3_CHUNKED = "blake3-chunked-v1"
+DEFAULT_CHUNK_ALGORITHM = BLAKE3_CHUNKED
+CHUNK_ALGORITHMS = (BLAKE3_CHUNKED, SHA256_CHUNKED)
 DEFAULT_STRIDE = 4 * 1024 * 1024
 # Target bytes per read; rounded to whole strides so ranges never straddle blocks.
 _TARGET_BLOCK = 16 * 1024 * 1024
 _MAX_BLOCK = 64 * 1024 * 1024
 _SMALL_FILE = 1024 * 1024
+
+
+class Hasher(Protocol):
+    def update(self, data: Any, /) -> Any: ...
+    def digest(self) -> bytes: ...
+
+
+HasherFactory = Callable[..., Hasher]
+
+
+_blake3: HasherFactory | None = None
+
+
+def _blake3_factory() -> HasherFactory:
+    global _blake3
+    if _blake3 is not None:
+        return _blake3
+    try:
+        from blake3 import blake3
+    except ImportError as exc:  # pragma: no cover - blake3 is a runtime dependency
+        raise DependencyMissing(
+            f"chunk algorithm {BLAKE3_CHUNKED!r} needs the 'blake3' package ({exc})",
+            hint="pip install 'blake3>=1.0' (or sign with --chunk-digest sha256)",
+        ) from None
+    _blake3 = blake3
+    return blake3
+
+
+def chunk_hasher(algorithm: str, *, path: str | None = None) -> HasherFactory:
+    """Hasher constructor (``factory(data=b"")`` -> ``.update``/``.digest()``) for a chunk
+    digest algorithm named in a signed record; digests are 32 bytes.
+
+    An unknown name raises :class:`ConfigError` naming ``path`` (the file) and the name.
+    """
+    if algorithm == SHA256_CHUNKED:
+        return hashlib.sha256
+    if algorithm == BLAKE3_CHUNKED:
+        return _blake3_factory()
+    where = f"{path}: " if path else ""
+    raise ConfigError(
+        f"{where}unknown chunk digest algorithm {str(algorithm)[:64]!r}; "
+        f"supported: {', '.join(CHUNK_ALGORITHMS)}",
+        hint="sign the model again with this weightguard, or upgrade weightguard",
+    )
+
+
+def chunk_digest(algorithm: str, data: Any) -> bytes:
+    """One chunk digest of ``data`` (bytes-like) with ``algorithm``."""
+    return chunk_hasher(algorithm)(data).digest()
 
 
 def range_count(size: int, head: int, stride: int) -> int:
@@ -58,12 +121,13 @@ class HashJob:
     size: int  # expected size (from stat); a file that changes size mid-read fails
     head: int
     stride: int
+    algorithm: str = SHA256_CHUNKED  # chunk digest algorithm (see chunk_hasher)
 
 
 @dataclass(frozen=True)
 class FileHashes:
     sha256: bytes  # whole-file digest (OMS resource digest)
-    digests: tuple[bytes, ...]  # sha256-chunked-v1 digests
+    digests: tuple[bytes, ...]  # chunk digests with the job's algorithm
 
 
 class _Buffers(threading.local):
@@ -79,10 +143,6 @@ class _Buffers(threading.local):
 
 
 _BUFFERS = _Buffers()
-
-
-def _sha256(view: memoryview) -> bytes:
-    return hashlib.sha256(view).digest()
 
 
 def _read_exact(f: object, view: memoryview, name: str) -> None:
@@ -101,6 +161,12 @@ def _read_exact(f: object, view: memoryview, name: str) -> None:
 
 def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
     size, head, stride = job.size, job.head, job.stride
+    new = chunk_hasher(job.algorithm, path=job.name)
+    same = new is hashlib.sha256  # chunk digest of [0, size) == whole-file digest
+
+    def one(view: memoryview) -> bytes:
+        return new(view).digest()
+
     whole = hashlib.sha256()
     try:
         f = open(job.path, "rb", buffering=0)  # noqa: SIM115
@@ -118,19 +184,20 @@ def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
             whole.update(mv)
             full = whole.digest()
             if head >= size:
-                return FileHashes(full, (full,))
+                return FileHashes(full, (full if same else one(mv),))
             ranges = [mv[:head]] + [
                 mv[off : min(off + stride, size)] for off in range(head, size, stride)
             ]
-            return FileHashes(full, tuple(_sha256(r) for r in ranges))
+            return FileHashes(full, tuple(one(r) for r in ranges))
 
         per_block = max(1, _TARGET_BLOCK // stride) if stride <= _MAX_BLOCK else 1
         block = min(per_block * stride, _MAX_BLOCK)
         bufs = _BUFFERS.get(block)
         digests: list[bytes] = []
 
-        # [0, head): sequential, fed to both hashers (same hasher when head == size).
-        head_hasher = None if head >= size else hashlib.sha256()
+        # [0, head): sequential, fed to both hashers (for SHA-256 the same hasher when
+        # head == size).
+        head_hasher = None if head >= size and same else new()
         pos = 0
         buf = memoryview(bufs[0])
         while pos < min(head, size):
@@ -141,18 +208,19 @@ def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
             if head_hasher is not None:
                 head_hasher.update(view)
             pos += n
-        if head_hasher is None:
+        if head >= size:
             full = whole.digest()
             if f.read(1):
                 raise SourceError(f"{job.name}: file grew while being hashed")
-            return FileHashes(full, (full,))
+            return FileHashes(full, (full if head_hasher is None else head_hasher.digest(),))
+        assert head_hasher is not None
         digests.append(head_hasher.digest())
 
         # Data ranges, `per_block` whole strides per read (stride > block: streamed).
         if stride > _MAX_BLOCK:
             while pos < size:
                 end = min(pos + stride, size)
-                h = hashlib.sha256()
+                h = new()
                 while pos < end:
                     n = min(block, end - pos)
                     view = buf[:n]
@@ -174,14 +242,14 @@ def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
                 _read_exact(f, view, job.name)
                 pieces = [view[o : min(o + stride, n)] for o in range(0, n, stride)]
                 if pool is not None:
-                    inflight.append([pool.submit(_sha256, p) for p in pieces])
+                    inflight.append([pool.submit(one, p) for p in pieces])
                     whole.update(view)
                 else:
                     whole.update(view)
                     done: list[cf.Future[bytes]] = []
                     for p in pieces:
                         fut: cf.Future[bytes] = cf.Future()
-                        fut.set_result(_sha256(p))
+                        fut.set_result(one(p))
                         done.append(fut)
                     inflight.append(done)
                 pos += n
@@ -195,6 +263,7 @@ def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
 
 def _pread_group(job: HashJob, ranges: list[tuple[int, int]]) -> list[bytes]:
     """Read ``ranges`` (contiguous, ascending) of one file with pread and hash each."""
+    new = chunk_hasher(job.algorithm, path=job.name)
     start = ranges[0][0]
     total = ranges[-1][0] + ranges[-1][1] - start
     view = memoryview(_BUFFERS.get(max(total, _SMALL_FILE))[0])[:total]
@@ -216,7 +285,7 @@ def _pread_group(job: HashJob, ranges: list[tuple[int, int]]) -> list[bytes]:
             got += n
     finally:
         os.close(fd)
-    return [_sha256(view[off - start : off - start + ln]) for off, ln in ranges]
+    return [new(view[off - start : off - start + ln]).digest() for off, ln in ranges]
 
 
 def _range_groups(job: HashJob) -> list[list[tuple[int, int]]]:
@@ -241,6 +310,8 @@ def hash_chunks(jobs: Sequence[HashJob], *, workers: int | None = None) -> dict[
     checked, but a single big file is hashed by all cores.  ``FileHashes.sha256`` is
     empty.  Files with ``head == size`` (one range) fall back to :func:`hash_files`.
     """
+    for j in jobs:  # unknown algorithms fail before any file is read
+        chunk_hasher(j.algorithm, path=j.name)
     chunked = [j for j in jobs if j.head < j.size and j.stride <= _MAX_BLOCK]
     rest = [j for j in jobs if j not in chunked]
     out = hash_files(rest, workers=workers) if rest else {}
@@ -260,6 +331,8 @@ def hash_files(jobs: Sequence[HashJob], *, workers: int | None = None) -> dict[s
     """Hash every job (whole-file SHA-256 + chunked digests) using all cores."""
     if not jobs:
         return {}
+    for j in jobs:  # unknown algorithms fail before any file is read
+        chunk_hasher(j.algorithm, path=j.name)
     ncpu = workers or os.cpu_count() or 1
     # Files in parallel (bounded so buffers stay modest), ranges on a shared pool.
     file_workers = max(1, min(len(jobs), ncpu, 8))

@@ -1,8 +1,10 @@
 """The one-pass verify + decrypt pipeline.
 
-N worker threads (``hashlib`` and AES-GCM release the GIL) take records of the files to
-load.  Each record's bytes are read exactly once from its source into a reused buffer,
-hashed and compared in constant time with the signed digest BEFORE they are used, then
+N worker threads (``hashlib``/``blake3`` and AES-GCM release the GIL) take records of the
+files to load.  Each record's bytes are read exactly once from its source into a reused
+buffer, hashed with the chunk algorithm named in the signed record
+(:func:`weightguard._internal.hashing.chunk_hasher`) and compared in constant time with
+the signed digest BEFORE they are used, then
 AEAD-decrypted (or, for plain safetensors, taken as they are) into the copier's
 destination.  The first failure stops every worker; the caller then discards what was
 written (see :mod:`weightguard._internal.load_copy`).
@@ -11,13 +13,13 @@ written (see :mod:`weightguard._internal.load_copy`).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import hmac
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from weightguard._internal.hashing import SHA256_CHUNKED, chunk_hasher
 from weightguard._internal.load_copy import Copier
 from weightguard._internal.memory import wipe
 from weightguard._internal.sources import Source
@@ -38,7 +40,7 @@ class Record:
     seg: int  # destination segment of the file
     dst_off: int  # offset inside the segment
     dst_len: int  # plaintext bytes
-    digest: bytes | None  # signed sha256 of the source bytes; None only when unsafe
+    digest: bytes | None  # signed chunk digest of the source bytes; None only when unsafe
 
 
 @dataclass
@@ -49,16 +51,25 @@ class FileJob:
     segments: list[int]  # destination segment sizes
     cipher: RecordCipher | None = None  # None: plaintext records
     bytes_read: int = field(default=0)
+    algorithm: str = SHA256_CHUNKED  # chunk digest algorithm of the signed record
 
 
-def digest_matches(data: memoryview | bytes | bytearray, expected: bytes) -> bool:
-    return hmac.compare_digest(hashlib.sha256(data).digest(), expected)
+def digest_matches(
+    data: memoryview | bytes | bytearray,
+    expected: bytes,
+    algorithm: str = SHA256_CHUNKED,
+    *,
+    path: str | None = None,
+) -> bool:
+    """Constant-time check of ``data``'s chunk digest (``algorithm``) against ``expected``."""
+    got = chunk_hasher(algorithm, path=path)(data).digest()
+    return hmac.compare_digest(got, expected)
 
 
 def _check(job: FileJob, rec: Record, data: memoryview) -> None:
     if rec.digest is None:
         return
-    if not digest_matches(data, rec.digest):
+    if not digest_matches(data, rec.digest, job.algorithm, path=job.name):
         raise IntegrityError(
             "chunk digest does not match the signed digest", path=job.name, chunk=rec.index
         )

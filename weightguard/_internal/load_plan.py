@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from weightguard._internal.hashing import SHA256_CHUNKED
 from weightguard._internal.load_pipeline import Record
 from weightguard._internal.safetensors_header import TensorInfo
 from weightguard.errors import FormatError, IntegrityError
@@ -29,6 +30,7 @@ class Geometry:
     data_size: int
     num_chunks: int
     digests: tuple[bytes, ...] | None  # index k -> signed digest of record k (0 = head)
+    algorithm: str = SHA256_CHUNKED  # chunk digest algorithm of ``digests``
 
     def span(self, k: int) -> tuple[int, int, int, int]:
         """(src_off, src_len, data_off, data_len) of record ``k`` (1-based)."""

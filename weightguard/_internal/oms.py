@@ -13,8 +13,9 @@ Byte-level facts (checked against model-signing 1.1.1):
 * Key hint: hex SHA-256 of the PEM SubjectPublicKeyInfo text of the public key.
 
 weightguard adds ``predicate.weightguard`` (signed; ignored by the reference verifier):
-``{"version", "signed_at"?, "files": {name: {"algorithm": "sha256-chunked-v1", "size",
-"head", "stride", "digests": [hex...]}}}``.
+``{"version", "signed_at"?, "files": {name: {"algorithm", "size", "head", "stride",
+"digests": [hex...]}}}`` where ``algorithm`` is ``blake3-chunked-v1`` (default) or
+``sha256-chunked-v1`` (32-byte digests either way).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from weightguard._internal.hashing import CHUNKED_ALGORITHM, range_count
+from weightguard._internal.hashing import CHUNK_ALGORITHMS, SHA256_CHUNKED, range_count
 from weightguard.errors import FormatError
 
 __all__ = [
@@ -337,6 +338,7 @@ class ChunkRecord:
     head: int
     stride: int
     digests: tuple[bytes, ...]
+    algorithm: str = SHA256_CHUNKED  # chunk digest algorithm (hashing.chunk_hasher)
 
 
 @dataclass(frozen=True)
@@ -375,7 +377,7 @@ def build_statement(
         wg["signed_at"] = signed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     wg["files"] = {
         n: {
-            "algorithm": CHUNKED_ALGORITHM,
+            "algorithm": chunks[n].algorithm,
             "size": chunks[n].size,
             "head": chunks[n].head,
             "stride": chunks[n].stride,
@@ -485,9 +487,13 @@ def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
             if name not in resources:
                 raise FormatError(f"{fw}: not a listed resource")
             ro = _obj(rec, fw)
-            if ro.get("algorithm") != CHUNKED_ALGORITHM:
+            algorithm = ro.get("algorithm")
+            if algorithm not in CHUNK_ALGORITHMS:
+                shown = str(algorithm)[:64]
                 raise FormatError(
-                    f"{fw}.algorithm is {ro.get('algorithm')!r}, expected {CHUNKED_ALGORITHM!r}"
+                    f"{fw}.algorithm: file {name!r} is signed with unknown chunk digest "
+                    f"algorithm {shown!r}; supported: {', '.join(CHUNK_ALGORITHMS)}",
+                    hint="upgrade weightguard, or re-sign the model with this version",
                 )
             size = _int(ro.get("size"), f"{fw}.size", 0, MAX_FILE_SIZE)
             head = _int(ro.get("head"), f"{fw}.head", 0, size)
@@ -504,6 +510,7 @@ def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
                 head=head,
                 stride=stride,
                 digests=tuple(_hex32(d, f"{fw}.digests[{k}]") for k, d in enumerate(dl)),
+                algorithm=str(algorithm),
             )
     return Statement(
         model_name=model_name,
