@@ -236,7 +236,7 @@ def secure_load_in_process(env: dict[str, str], signer_pub: Path, wm_key: Path) 
     report = watermark.check(tensors, wm_key)
     print(
         f">>> watermark.check(tensors, key) -> verdict={report.verdict} "
-        f"z={report.z:.1f} p<={report.p:.1e}"
+        f"z={report.z:.1f} p<=1e{report.log10_p:.0f}"
     )
     if report.verdict != "present":
         raise SystemExit("demo: the watermark was not found on the loaded tensors")

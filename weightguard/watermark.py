@@ -188,7 +188,7 @@ def embed_file(
             "watermark.embed",
             outcome="error",
             reason=type(exc).__name__,
-            object={"model": str(srcp), "output": str(dstp), "key_ref": wk.ref},
+            object={"uri": str(srcp), "output": str(dstp), "key_ref": wk.ref},
         )
         raise
     finally:
@@ -197,7 +197,7 @@ def embed_file(
     _emit(
         audit,
         "watermark.embed",
-        object={"model": str(srcp), "output": str(dstp), "key_ref": wk.ref},
+        object={"uri": str(srcp), "output": str(dstp), "key_ref": wk.ref},
         tensors=stats[0],
         alpha=alpha,
     )
@@ -406,7 +406,7 @@ def check_keys(
         _emit(
             audit,
             "watermark.check",
-            object={"model": str(label), "key_ref": wk.ref},
+            object={"uri": str(label), "key_ref": wk.ref},
             verdict=verdict,
             z=round(z, 3),
             mode=mode,
