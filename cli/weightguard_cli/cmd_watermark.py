@@ -86,19 +86,17 @@ def _load_options(
 ) -> dict[str, Any] | None:
     if not (trust_keys or signature or unsafe or data_key):
         return None
-    from weightguard.policy import AnyOf, PublicKey, UnsafeNoVerification
+    from weightguard.errors import ConfigError
+    from weightguard.policy import trust_policy
 
-    if unsafe and trust_keys:
-        raise click.UsageError("--unsafe-no-verification excludes --trust-key")
-    policy: Any
+    if not (trust_keys or unsafe):
+        raise click.UsageError("an encrypted suspect needs --trust-key or --unsafe-no-verification")
+    try:
+        policy = trust_policy(public_keys=trust_keys, unsafe=unsafe)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     if unsafe:
         click.echo("warning: loading the artifact WITHOUT signature verification", err=True)
-        policy = UnsafeNoVerification()
-    elif trust_keys:
-        ps = [PublicKey.from_file(k) for k in trust_keys]
-        policy = ps[0] if len(ps) == 1 else AnyOf(*ps)
-    else:
-        raise click.UsageError("an encrypted suspect needs --trust-key or --unsafe-no-verification")
     return {"policy": policy, "signature": signature, "key": data_key}
 
 
