@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check weightguard cli tests benchmarks
+	$(BIN)/ruff format --check weightguard cli tests benchmarks examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
