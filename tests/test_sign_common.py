@@ -184,15 +184,21 @@ def payload_of(sig: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- tests
 
 
-def test_sign_verify_roundtrip_records_chunk_digests(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", [None, "blake3-chunked-v1", "sha256-chunked-v1"])
+def test_sign_verify_roundtrip_records_chunk_digests(tmp_path: Path, algorithm: str | None) -> None:
+    import blake3
+
     from weightguard.policy import PublicKey
     from weightguard.signing import KeySigner, sign_model, verify_bundle
 
     model = make_model(tmp_path / "m")
     write_key(tmp_path, "k")
+    kw = {} if algorithm is None else {"chunk_algorithm": algorithm}
     res = sign_model(
-        model, tmp_path / "m.sig", KeySigner.from_file(tmp_path / "k.pem"), chunk_size=4096
+        model, tmp_path / "m.sig", KeySigner.from_file(tmp_path / "k.pem"), chunk_size=4096, **kw
     )
+    algorithm = algorithm or "blake3-chunked-v1"  # the default
+    h = blake3.blake3 if algorithm.startswith("blake3") else hashlib.sha256
     m = verify_bundle(model, tmp_path / "m.sig", PublicKey.from_file(tmp_path / "k.pub"))
     assert sorted(m.files) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert m.uncovered == ()
@@ -202,13 +208,16 @@ def test_sign_verify_roundtrip_records_chunk_digests(tmp_path: Path) -> None:
     data = (model / "model.safetensors").read_bytes()
     n = int.from_bytes(data[:8], "little")
     assert (f.size, f.head, f.stride) == (len(data), 8 + n, 4096)
-    assert f.digests[0] == hashlib.sha256(data[: 8 + n]).digest()
+    assert f.algorithm == algorithm
+    assert f.digests[0] == h(data[: 8 + n]).digest()
     for k in range(1, len(f.digests)):
         off, length = f.range(k)
-        assert f.digests[k] == hashlib.sha256(data[off : off + length]).digest()
-    assert f.sha256 == hashlib.sha256(data).digest()
+        assert f.digests[k] == h(data[off : off + length]).digest()
+    assert f.sha256 == hashlib.sha256(data).digest()  # OMS resource digest: SHA-256 always
     cfg = m.files["config.json"]
-    assert cfg.head == cfg.size and cfg.digests == (cfg.sha256,)
+    cfg_bytes = (model / "config.json").read_bytes()
+    assert cfg.head == cfg.size and cfg.digests == (h(cfg_bytes).digest(),)
+    assert cfg.sha256 == hashlib.sha256(cfg_bytes).digest()
     assert res.files["model.safetensors"].digests == f.digests
     # the predicate extension is exactly as documented in docs/ARCHITECTURE.md
     wg = payload_of(tmp_path / "m.sig")["predicate"]["weightguard"]
@@ -219,7 +228,8 @@ def test_sign_verify_roundtrip_records_chunk_digests(tmp_path: Path) -> None:
         "stride",
         "digests",
     }
-    assert wg["files"]["model.safetensors"]["algorithm"] == "sha256-chunked-v1"
+    assert wg["files"]["model.safetensors"]["algorithm"] == algorithm
+    assert m.to_dict()["files"]["model.safetensors"]["algorithm"] == algorithm
 
 
 @pytest.mark.parametrize("curve", ["p256", "p384", "p521"])
