@@ -320,5 +320,8 @@ def test_audit_events(tmp_path: Path) -> None:
         )
     assert [e for e, _ in events] == ["sign", "verify.ok", "verify.failed"]
     assert events[2][1]["outcome"] == "denied"
+    for _, fields in events[:2]:  # audit schema: what was touched, by which signer
+        assert fields["object"]["uri"] == str(model) and fields["object"]["signer"]
+        assert fields["object"]["digest"]
     assert "does not match" in events[2][1]["reason"]
     assert os.fspath(tmp_path / "k.pem") not in json.dumps([e[1] for e in events], default=str)

@@ -776,10 +776,14 @@ def sign_model(
     if audit is not None:
         audit.emit(
             "sign",
-            object={"model": str(root), "signature": str(sig_path), "bundle_sha256": digest},
+            object={
+                "uri": str(root),
+                "signature": str(sig_path),
+                "digest": digest,
+                "signer": signer.describe(),
+            },
             bytes=sum(e.size for e in entries),
             duration_s=time.monotonic() - t0,
-            signer=signer.describe(),
         )
     return SignedModel(sig_path, signer.describe(), files, digest, now)
 
@@ -854,19 +858,19 @@ def verify_bundle(
                 "verify.failed",
                 outcome="denied",
                 reason=exc.message,
-                object={"model": str(root), "signature": str(sig_path)},
+                object={"uri": str(root), "signature": str(sig_path)},
             )
         raise
     if audit is not None:
         audit.emit(
             "verify.ok",
             object={
-                "model": str(root),
+                "uri": str(root),
                 "signature": str(sig_path),
-                "bundle_sha256": manifest.bundle_digest,
+                "digest": manifest.bundle_digest,
+                "signer": manifest.signer,
             },
             duration_s=time.monotonic() - t0,
-            signer=manifest.signer,
             hashed=manifest.hashed,
         )
     return manifest
