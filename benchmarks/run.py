@@ -520,9 +520,11 @@ def _watermark_null() -> dict[str, Any] | None:
         return None
     _log("== watermark null distribution (benchmarks/watermark_null.py)")
     t0 = time.time()
+    js = WORK / "watermark_null.json"
+    js.unlink(missing_ok=True)
     try:
         p = subprocess.run(
-            [sys.executable, "-m", "benchmarks.watermark_null"],
+            [sys.executable, "-m", "benchmarks.watermark_null", "--json", str(js)],
             capture_output=True,
             text=True,
             timeout=3 * 3600,
@@ -531,7 +533,8 @@ def _watermark_null() -> dict[str, Any] | None:
     except subprocess.TimeoutExpired:
         rc, tail = -1, "timed out after 3 h"
     _log(f"   exit {rc} after {time.time() - t0:.0f} s")
-    return {"returncode": rc, "seconds": time.time() - t0, "output_tail": tail}
+    data = json.loads(js.read_text()) if js.exists() else None
+    return {"returncode": rc, "seconds": time.time() - t0, "output_tail": tail, "data": data}
 
 
 @contextlib.contextmanager
