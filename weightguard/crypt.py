@@ -17,6 +17,7 @@ one provider round trip where the provider batches (Vault Transit).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -48,7 +49,7 @@ from weightguard._internal.keys import (
     validate_context,
 )
 from weightguard._internal.memory import wipe
-from weightguard._internal.safetensors_header import read_safetensors_header
+from weightguard._internal.safetensors_header import MAX_HEADER_SIZE, read_safetensors_header
 from weightguard.errors import (
     ConfigError,
     FormatError,
@@ -63,6 +64,7 @@ __all__ = [
     "create_key_file",
     "decrypt_file",
     "decrypt_model",
+    "encrypt_bytes",
     "encrypt_file",
     "encrypt_model",
     "inspect",
@@ -130,8 +132,15 @@ def is_encrypted(path: str | os.PathLike[str]) -> bool:
 # --------------------------------------------------------------------------- encrypt
 
 
+def _head_of(view: memoryview) -> io.BytesIO:
+    """A copy of the start of an in-memory safetensors file: its 8-byte length and JSON
+    header (bounded), never tensor data, for the header parser."""
+    n = int.from_bytes(view[:8], "little") if len(view) >= 8 else 0
+    return io.BytesIO(bytes(view[: min(len(view), 8 + min(n, MAX_HEADER_SIZE + 1))]))
+
+
 def _encrypt_one(
-    src: Path,
+    src: Path | memoryview,
     dst: Path,
     data_key: bytearray,
     wrapped: WrappedKey,
@@ -142,55 +151,164 @@ def _encrypt_one(
     progress: Progress | None,
     raw: bool = False,
     randomness: FileRandomness | None = None,
+    label: str | None = None,
 ) -> ArtifactHeader:
+    """Encrypt the file ``src``, or the whole plaintext file held in memory by ``src``
+    (a byte memoryview; ``label`` names it in errors), into ``dst`` atomically."""
+    if isinstance(src, memoryview):
+        view = src.cast("B") if src.format != "B" or src.ndim != 1 else src
+        return _encrypt_source(
+            _head_of(view),
+            view,
+            len(view),
+            label or "<memory>",
+            dst,
+            data_key,
+            wrapped,
+            chunk_size=chunk_size,
+            encrypt_header=encrypt_header,
+            workers=workers,
+            progress=progress,
+            raw=raw,
+            randomness=randomness,
+        )
     with _open_source(src) as f:
         st0 = os.fstat(f.fileno())
-        if f.read(len(MAGIC)) == MAGIC:
-            raise FormatError(
-                f"{src} is already a weightguard artifact", hint="encrypt the original file"
-            )
-        f.seek(0)
-        if raw:
-            st_header: dict[str, Any] | None = None
-            st_size, data_size, content = 0, st0.st_size, "raw"
-        else:
-            sth = read_safetensors_header(f, path=str(src), file_size=st0.st_size)
-            st_header, st_size, data_size = sth.header, sth.st_header_size, sth.data_size
-            content = "safetensors"
-        header, preamble = new_header(
-            data_key=data_key,
-            wrapped_key=wrapped,
-            content=content,
-            st_header=st_header,
-            st_header_size=st_size,
-            data_size=data_size,
-            chunk_size=chunk_size,
-            header_encrypted=encrypt_header,
-            randomness=randomness,
-            path=str(dst),
-        )
-        cipher = ChunkCipher(header, data_key)  # self-check: commitment + MAC
-        try:
-            with atomic_write(dst, preallocate=header.total_size) as out:
-                encrypt_stream(
-                    f.fileno(),
-                    out.fileno(),
-                    header,
-                    preamble,
-                    cipher,
-                    workers=workers,
-                    progress=progress,
-                    src_path=str(src),
+
+        def unchanged() -> None:
+            st1 = os.fstat(f.fileno())
+            if (st1.st_size, st1.st_mtime_ns) != (st0.st_size, st0.st_mtime_ns):
+                raise SourceError(
+                    f"{src} changed while it was being encrypted; nothing was written",
+                    hint="do not modify the input while encrypting, then retry",
                 )
-                st1 = os.fstat(f.fileno())
-                if (st1.st_size, st1.st_mtime_ns) != (st0.st_size, st0.st_mtime_ns):
-                    raise SourceError(
-                        f"{src} changed while it was being encrypted; nothing was written",
-                        hint="do not modify the input while encrypting, then retry",
-                    )
-        finally:
-            cipher.wipe()
+
+        return _encrypt_source(
+            f,
+            f.fileno(),
+            st0.st_size,
+            str(src),
+            dst,
+            data_key,
+            wrapped,
+            chunk_size=chunk_size,
+            encrypt_header=encrypt_header,
+            workers=workers,
+            progress=progress,
+            raw=raw,
+            randomness=randomness,
+            after=unchanged,
+        )
+
+
+def _encrypt_source(
+    head: BinaryIO,
+    src: int | memoryview,
+    size: int,
+    label: str,
+    dst: Path,
+    data_key: bytearray,
+    wrapped: WrappedKey,
+    *,
+    chunk_size: int,
+    encrypt_header: bool,
+    workers: int,
+    progress: Progress | None,
+    raw: bool,
+    randomness: FileRandomness | None,
+    after: Callable[[], None] | None = None,
+) -> ArtifactHeader:
+    """The encrypt path shared by files and buffers: ``head`` reads the start of the
+    plaintext sequentially (header parsing), ``src`` is read positionally by the records;
+    ``after()`` runs before the output is committed."""
+    if head.read(len(MAGIC)) == MAGIC:
+        raise FormatError(
+            f"{label} is already a weightguard artifact", hint="encrypt the original file"
+        )
+    head.seek(0)
+    if raw:
+        st_header: dict[str, Any] | None = None
+        st_size, data_size, content = 0, size, "raw"
+    else:
+        sth = read_safetensors_header(head, path=label, file_size=size)
+        st_header, st_size, data_size = sth.header, sth.st_header_size, sth.data_size
+        content = "safetensors"
+    header, preamble = new_header(
+        data_key=data_key,
+        wrapped_key=wrapped,
+        content=content,
+        st_header=st_header,
+        st_header_size=st_size,
+        data_size=data_size,
+        chunk_size=chunk_size,
+        header_encrypted=encrypt_header,
+        randomness=randomness,
+        path=str(dst),
+    )
+    cipher = ChunkCipher(header, data_key)  # self-check: commitment + MAC
+    try:
+        with atomic_write(dst, preallocate=header.total_size) as out:
+            encrypt_stream(
+                src,
+                out.fileno(),
+                header,
+                preamble,
+                cipher,
+                workers=workers,
+                progress=progress,
+                src_path=label,
+            )
+            if after is not None:
+                after()
+    finally:
+        cipher.wipe()
     return header
+
+
+def _encrypt_single(
+    src: Path | memoryview,
+    dst_p: Path,
+    key_uri: str,
+    ctx: str,
+    *,
+    chunk_size: int,
+    encrypt_header: bool,
+    workers: int | None,
+    progress: Progress | None,
+    audit: _Audit | None,
+    key_options: Mapping[str, Any] | None,
+    label: str | None = None,
+) -> dict[str, Any]:
+    provider = provider_for(key_uri, **dict(key_options or {}))
+    started = time.monotonic()
+    data_key, wrapped = provider.generate(ctx)
+    try:
+        header = _encrypt_one(
+            src,
+            dst_p,
+            data_key,
+            wrapped,
+            chunk_size=chunk_size,
+            encrypt_header=encrypt_header,
+            workers=_workers(workers),
+            progress=progress,
+            label=label,
+        )
+    except WeightguardError as exc:
+        _emit(
+            audit, "encrypt", outcome="error", reason=str(exc), object=_key_object(wrapped, dst_p)
+        )
+        raise
+    finally:
+        wipe(data_key)
+    _emit(
+        audit,
+        "encrypt",
+        object=_key_object(wrapped, dst_p),
+        bytes=header.plaintext_size,
+        duration_s=time.monotonic() - started,
+    )
+    return _summary(header, dst_p)
 
 
 def encrypt_file(
@@ -214,35 +332,53 @@ def encrypt_file(
     """
     src_p, dst_p = Path(src), Path(dst)
     ctx = validate_context(context or src_p.name.removesuffix(".safetensors"))
-    provider = provider_for(key_uri, **dict(key_options or {}))
-    started = time.monotonic()
-    data_key, wrapped = provider.generate(ctx)
-    try:
-        header = _encrypt_one(
-            src_p,
-            dst_p,
-            data_key,
-            wrapped,
+    return _encrypt_single(
+        src_p,
+        dst_p,
+        key_uri,
+        ctx,
+        chunk_size=chunk_size,
+        encrypt_header=encrypt_header,
+        workers=workers,
+        progress=progress,
+        audit=audit,
+        key_options=key_options,
+    )
+
+
+def encrypt_bytes(
+    data: bytes | bytearray | memoryview,
+    dst: str | os.PathLike[str],
+    key_uri: str,
+    *,
+    context: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    encrypt_header: bool = False,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    audit: _Audit | None = None,
+    key_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Encrypt a whole safetensors file held in memory (``data``) into an artifact at
+    ``dst`` (written atomically), exactly as :func:`encrypt_file` would encrypt it from
+    disk, so plaintext never touches the disk.  ``data`` is only read; the caller wipes
+    it (pass a ``bytearray``).  ``context`` is required (there is no file name to take
+    it from).  Returns :func:`inspect`'s summary."""
+    ctx = validate_context(context)
+    with memoryview(data) as view:
+        return _encrypt_single(
+            view,
+            Path(dst),
+            key_uri,
+            ctx,
             chunk_size=chunk_size,
             encrypt_header=encrypt_header,
-            workers=_workers(workers),
+            workers=workers,
             progress=progress,
+            audit=audit,
+            key_options=key_options,
+            label=f"<in-memory file for {os.fspath(dst)}>",
         )
-    except WeightguardError as exc:
-        _emit(
-            audit, "encrypt", outcome="error", reason=str(exc), object=_key_object(wrapped, dst_p)
-        )
-        raise
-    finally:
-        wipe(data_key)
-    _emit(
-        audit,
-        "encrypt",
-        object=_key_object(wrapped, dst_p),
-        bytes=header.plaintext_size,
-        duration_s=time.monotonic() - started,
-    )
-    return _summary(header, dst_p)
 
 
 def _model_files(src_dir: Path) -> list[Path]:

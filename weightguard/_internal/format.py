@@ -736,8 +736,22 @@ def _run_parallel(
         raise errors[min(errors)]
 
 
+def _reader(src: int | memoryview) -> Callable[[memoryview, int], int]:
+    """``read(view, offset) -> n``: positional reads from a file descriptor or a buffer."""
+    if isinstance(src, int):
+        return lambda view, offset: _pread_full(src, view, offset)
+    data = src.cast("B") if src.format != "B" or src.ndim != 1 else src
+
+    def read(view: memoryview, offset: int) -> int:
+        n = max(0, min(len(view), len(data) - offset))
+        view[:n] = data[offset : offset + n]
+        return n
+
+    return read
+
+
 def encrypt_stream(
-    src_fd: int,
+    src_fd: int | memoryview,
     dst_fd: int,
     header: ArtifactHeader,
     preamble: bytes,
@@ -747,15 +761,17 @@ def encrypt_stream(
     progress: Progress | None = None,
     src_path: str = "",
 ) -> None:
-    """Write the whole artifact for the plaintext file ``src_fd`` into ``dst_fd``.
+    """Write the whole artifact for the plaintext file ``src_fd`` (a file descriptor, or
+    an in-memory buffer holding the whole plaintext file) into ``dst_fd``.
 
     Positional reads and writes only (``preadv``/``pwrite``), so records are encrypted in
     parallel with bounded, reused, wiped buffers.
     """
+    read = _reader(src_fd)
     _pwrite_full(dst_fd, memoryview(preamble), 0)
     st = bytearray(header.st_header_size)
     try:
-        if _pread_full(src_fd, memoryview(st), 0) != len(st):
+        if read(memoryview(st), 0) != len(st):
             raise SourceError(f"{src_path}: source file shrank while encrypting")
         out = bytearray(len(st) + TAG_SIZE)
         cipher.encrypt_record_into(0, memoryview(st), memoryview(out))
@@ -765,7 +781,7 @@ def encrypt_stream(
 
     def job(index: int, plain: memoryview, out: memoryview) -> int:
         n = header.plain_size(index)
-        if _pread_full(src_fd, plain[:n], header.plain_offset(index)) != n:
+        if read(plain[:n], header.plain_offset(index)) != n:
             raise SourceError(
                 f"{src_path}: source file shrank while encrypting (chunk {index})",
                 hint="do not modify the input while it is being encrypted",
