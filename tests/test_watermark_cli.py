@@ -175,8 +175,10 @@ def test_watermark_then_encrypt_then_secure_load(tmp_path: Path, small_model: Pa
     assert rep2.z == pytest.approx(rep.z, abs=1e-6)
     with pytest.raises(WatermarkError, match="needs a verification policy"):
         wm.check(enc, KEY)
-    with pytest.raises(WatermarkError, match="embed the watermark before encrypting"):
-        wm.embed_file(enc, tmp_path / "x.safetensors", KEY)
+    with pytest.raises(WatermarkError, match="needs a verification policy"):
+        wm.embed_file(
+            enc, tmp_path / "x.safetensors", KEY
+        )  # encrypted: see test_watermark_encrypted
 
 
 def test_check_several_keys_one_pass(tmp_path: Path, small_model: Path) -> None:

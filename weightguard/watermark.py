@@ -42,6 +42,7 @@ __all__ = [
     "commitment_path",
     "embed",
     "embed_file",
+    "is_encrypted_input",
     "verify_commitment",
 ]
 
@@ -82,6 +83,7 @@ class EmbedResult:
     commitment: Path | None
     tensors_marked: int
     elements_marked: int
+    encrypted: bool = False  # the input was an encrypted artifact, and so is the output
 
 
 def embed(
@@ -125,11 +127,20 @@ def embed_file(
     overwrite: bool = False,
     write_commitment: bool = True,
     audit: Any = None,
+    load_options: Mapping[str, Any] | None = None,
 ) -> EmbedResult:
     """Mark a safetensors file or a model directory (every shard; other files copied byte
     for byte) into ``dst``, streaming one tensor at a time, with atomic writes.  The
     safetensors headers (and so the metadata) are kept byte for byte.  The key commitment
-    goes to ``commitment_path(dst)``, next to the output, never into the model."""
+    goes to ``commitment_path(dst)``, next to the output, never into the model.
+
+    An encrypted artifact (file or directory) is opened through the secure loader with
+    ``load_options`` (``{"policy": ..., "signature": ..., "key": ...}``, as for
+    :func:`check`; a policy is required), marked in memory (the whole model is held in
+    RAM), and each shard re-encrypted under a fresh data key from the same key provider
+    URI and context, same chunk size and header encryption; no plaintext is written to
+    disk.  The output is not covered by the input's signature (a directory's
+    ``model.sig`` is not copied): sign it again.  ``EmbedResult.encrypted`` is True."""
     from weightguard._internal import wm_io
     from weightguard._internal.wm_keys import resolve_key
 
@@ -140,11 +151,7 @@ def embed_file(
             f"{srcp}: no such file or directory",
             hint="pass a safetensors file or a model directory",
         )
-    if srcp.is_file() and wm_io._is_encrypted(srcp):
-        raise WatermarkError(
-            f"{srcp} is an encrypted artifact",
-            hint="embed the watermark before encrypting (embed, then `weightguard encrypt`)",
-        )
+    encrypted = is_encrypted_input(srcp)
     if dstp.exists() and not overwrite:
         raise DestinationError(
             f"{dstp} already exists", hint="choose another output or pass overwrite=True (--force)"
@@ -163,8 +170,15 @@ def embed_file(
         stats[1] += t.numel()
         return wm_scheme.embed_tensor(t, wm_scheme.tensor_seed(wk.material, e.name, e.shape), alpha)
 
+    def mark_loaded(name: str, dtype: str, shape: tuple[int, ...], t: Any) -> Any:
+        return mark(wm_io.Entry(name, dtype, shape), t)
+
     try:
-        if srcp.is_dir():
+        if encrypted:
+            from weightguard._internal.wm_encrypted import embed_encrypted
+
+            embed_encrypted(srcp, dstp, mark_loaded, load_options=load_options, overwrite=overwrite)
+        elif srcp.is_dir():
             _embed_dir(srcp, dstp, mark)
         else:
             try:
@@ -200,8 +214,20 @@ def embed_file(
         object={"uri": str(srcp), "output": str(dstp), "key_ref": wk.ref},
         tensors=stats[0],
         alpha=alpha,
+        encrypted=encrypted,
     )
-    return EmbedResult(dstp, cpath, stats[0], stats[1])
+    return EmbedResult(dstp, cpath, stats[0], stats[1], encrypted)
+
+
+def is_encrypted_input(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a weightguard-encrypted file, or a model directory holding at
+    least one encrypted ``.safetensors`` shard (headers only are read)."""
+    from weightguard._internal import wm_io
+
+    p = Path(os.fspath(path))
+    if p.is_dir():
+        return any(wm_io._is_encrypted(s) for s in wm_io.shard_files(p))
+    return p.is_file() and wm_io._is_encrypted(p)
 
 
 def _emit(audit: Any, event: str, **fields: Any) -> None:

@@ -34,6 +34,31 @@ KEY_HELP = (
 )
 @click.option("--min-numel", type=int, default=None, help="Smallest tensor marked (elements).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option(
+    "--trust-key",
+    "trust_keys",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Encrypted MODEL: trusted signer public key PEM.",
+)
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Encrypted MODEL: signature bundle.",
+)
+@click.option(
+    "--unsafe-no-verification",
+    "unsafe",
+    is_flag=True,
+    help="Encrypted MODEL: UNSAFE, skip the signature check.",
+)
+@click.option(
+    "--data-key",
+    default=None,
+    metavar="URI",
+    help="Encrypted MODEL: key provider URI to unwrap with (the output keeps the input's).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @audit_option
 def embed(
@@ -43,17 +68,32 @@ def embed(
     alpha: float | None,
     min_numel: int | None,
     force: bool,
+    trust_keys: tuple[str, ...],
+    signature: str | None,
+    unsafe: bool,
+    data_key: str | None,
     as_json: bool,
     audit_log: str | None,
 ) -> None:
-    """Write a watermarked copy of MODEL (safetensors file or model directory) to OUTPUT and
-    the key commitment to OUTPUT.wmcommit.json.  Embed before encrypting."""
+    """Write a watermarked copy of MODEL (safetensors file, model directory, or encrypted
+    artifact) to OUTPUT and the key commitment to OUTPUT.wmcommit.json.  An encrypted
+    MODEL is verified and decrypted in memory only (--trust-key/--signature or
+    --unsafe-no-verification) and OUTPUT is encrypted again under the same key provider
+    and context; sign OUTPUT again afterwards."""
     from weightguard import watermark as wm
     from weightguard.audit import AuditLog
 
     t0 = time.perf_counter()
+    opts = _load_options(trust_keys, signature, unsafe, data_key)
+    if opts is None and wm.is_encrypted_input(model):
+        raise click.UsageError(
+            "MODEL is an encrypted artifact: pass --trust-key PEM (and --signature) or "
+            "--unsafe-no-verification"
+        )
     log = AuditLog.open(audit_log)
     try:
+        if opts is not None:
+            opts["audit"] = log
         res = wm.embed_file(
             model,
             output,
@@ -62,14 +102,22 @@ def embed(
             min_numel=wm.DEFAULT_MIN_NUMEL if min_numel is None else min_numel,
             overwrite=force,
             audit=log,
+            load_options=opts,
         )
     finally:
         log.close()
+    note = (
+        f"note: {res.output} is re-encrypted and no longer covered by the input's "
+        f"signature; sign it again (weightguard sign {res.output} ...)"
+        if res.encrypted
+        else None
+    )
     doc = {
         "output": str(res.output),
         "commitment": str(res.commitment),
         "tensors_marked": res.tensors_marked,
         "elements_marked": res.elements_marked,
+        "encrypted": res.encrypted,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if as_json:
@@ -79,6 +127,8 @@ def embed(
             f"marked {res.tensors_marked} tensors ({res.elements_marked} weights) -> "
             f"{res.output}; commitment {res.commitment}"
         )
+    if note:
+        click.echo(note, err=True)
 
 
 def _load_options(
@@ -90,7 +140,9 @@ def _load_options(
     from weightguard.policy import trust_policy
 
     if not (trust_keys or unsafe):
-        raise click.UsageError("an encrypted suspect needs --trust-key or --unsafe-no-verification")
+        raise click.UsageError(
+            "an encrypted artifact needs --trust-key or --unsafe-no-verification"
+        )
     try:
         policy = trust_policy(public_keys=trust_keys, unsafe=unsafe)
     except ConfigError as exc:
