@@ -13,7 +13,7 @@ from weightguard_cli.main import LAZY_COMMANDS, cli
 def _walk(cmd: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
     found = [(path, cmd)]
     if isinstance(cmd, click.Group):
-        ctx = click.Context(cmd, info_name=path[-1])
+        ctx = click.Context(cmd, info_name=path[-1], **cli.context_settings)
         for name in cmd.list_commands(ctx):
             sub = cmd.get_command(ctx, name)
             if sub is not None and not sub.hidden:
@@ -30,12 +30,16 @@ def render() -> str:
         "stderr: what failed and what to do), 2 on a usage error.",
         "",
     ]
-    root_ctx = click.Context(cli, info_name="weightguard")
+    # The root's settings (help option names) must reach every sub-context, exactly as
+    # on a real command line, or click's cached help option makes the output vary.
+    root_ctx = click.Context(cli, info_name="weightguard", **cli.context_settings)
     for name in sorted(LAZY_COMMANDS):
         command = cli.get_command(root_ctx, name)
         assert command is not None
         for path, cmd in _walk(command, ["weightguard", name]):
-            parent = click.Context(cli, info_name=" ".join(path[:-1]))
+            parent = click.Context(
+                cli, info_name=" ".join(path[:-1]), parent=None, **cli.context_settings
+            )
             ctx = click.Context(cmd, info_name=path[-1], parent=parent)
             lines += [f"## `{' '.join(path)}`", "", "```", cmd.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(lines)
