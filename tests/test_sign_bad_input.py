@@ -546,3 +546,62 @@ def test_hash_chunks_matches_hash_files(tmp_path: Path) -> None:
 
     with pytest.raises(SourceError, match="size changed"):
         hash_chunks([HashJob("f", str(tmp_path / "f"), size + 1, 1000, 4096)])
+
+
+# ----------------------------------------------------------------- hash types
+
+
+@pytest.mark.parametrize("hash_type", ["md5", "blake2", None])
+def test_unsupported_hash_type_refused_naming_field(signed: dict[str, Any], hash_type: Any) -> None:
+    def edit(p: dict[str, Any]) -> None:
+        p["predicate"]["serialization"]["hash_type"] = hash_type
+        for r in p["predicate"]["resources"]:
+            r["algorithm"] = hash_type
+
+    _resign(signed, edit)
+    with pytest.raises(FormatError, match=r"predicate\.serialization\.hash_type is .*supported"):
+        _verify(signed)
+
+
+def test_resource_algorithm_must_match_hash_type(signed: dict[str, Any]) -> None:
+    # a sha256 bundle claiming one resource is blake3: refused, naming the resource field
+    _resign(signed, lambda p: p["predicate"]["resources"][0].update(algorithm="blake3"))
+    with pytest.raises(FormatError, match=r"resources\[0\]\.algorithm is 'blake3', expected"):
+        _verify(signed)
+
+
+def test_sign_refuses_unknown_hash_type(tmp_path: Path) -> None:
+    from weightguard.errors import ConfigError
+
+    model = make_model(tmp_path / "m")
+    write_key(tmp_path, "k", "p256")
+    with pytest.raises(ConfigError, match="hash type 'md5' is not supported"):
+        sign_model(
+            model, tmp_path / "x.sig", KeySigner.from_file(tmp_path / "k.pem"), hash_type="md5"
+        )
+    assert not (tmp_path / "x.sig").exists()
+
+
+@pytest.mark.parametrize("size", [0, 5000, 20 * 1024 * 1024 + 7])
+def test_hashing_whole_blake3_one_pass(tmp_path: Path, size: int) -> None:
+    """whole="blake3" (multi-threaded for big files) equals blake3 of the file, and the
+    chunk digests are unchanged, from the same read."""
+    import blake3
+
+    from weightguard._internal.hashing import BLAKE3_CHUNKED, SHA256_CHUNKED
+
+    data = os.urandom(size)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    stride = 1024 * 1024 + 16
+    head = min(100, size)
+    for alg, fn in ((BLAKE3_CHUNKED, blake3.blake3), (SHA256_CHUNKED, hashlib.sha256)):
+        out = hash_files([HashJob("f", str(p), size, head, stride, alg, "blake3")])["f"]
+        assert out.whole == blake3.blake3(data).digest() and out.whole_algorithm == "blake3"
+        want = [fn(data[:head]).digest()] + [
+            fn(data[o : o + stride]).digest() for o in range(head, size, stride)
+        ]
+        assert list(out.digests) == want
+    # head == size with matching functions: the one chunk digest is the whole-file one
+    out = hash_files([HashJob("f", str(p), size, size, stride, BLAKE3_CHUNKED, "blake3")])["f"]
+    assert out.digests == (blake3.blake3(data).digest(),) == (out.whole,)

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
-from tests.test_sign_common import INTEROP, make_model, model_signing, write_chain, write_key
+from tests.test_sign_common import (
+    INTEROP,
+    make_model,
+    model_signing,
+    payload_of,
+    write_chain,
+    write_key,
+)
 from weightguard.errors import FormatError, IntegrityError, PolicyError, VerificationError
 from weightguard.policy import (
     AllOf,
@@ -231,11 +242,74 @@ def _encrypted_model(tmp: Path) -> Path:
     return enc
 
 
-@pytest.mark.parametrize("kind", ["plain", "encrypted"])
-def test_model_signing_accepts_weightguard_key_and_cert_bundles(tmp_path: Path, kind: str) -> None:
-    model = make_model(tmp_path / "m") if kind == "plain" else _encrypted_model(tmp_path)
-    write_key(tmp_path, "k", "p384")
-    sign_model(model, model / "model.sig", KeySigner.from_file(tmp_path / "k.pem"))
+_API_VERIFY = """
+import sys
+import model_signing
+model, sig, kind, material = sys.argv[1:5]
+cfg = model_signing.verifying.Config()
+if kind == "key":
+    cfg = cfg.use_elliptic_key_verifier(public_key=material)
+else:
+    cfg = cfg.use_certificate_verifier(certificate_chain=[material])
+try:
+    cfg.verify(model, sig)  # no hashing config: taken from the bundle's hash_type
+except Exception as exc:
+    print(f"Verification failed with error: {exc}")
+    sys.exit(1)
+print("Verification succeeded")
+"""
+
+
+def _reference_verify(
+    hash_type: str,
+    model: Path,
+    sig: Path,
+    *,
+    key: Path | None = None,
+    chain_root: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """model_signing 1.1.1 verifying ``sig``: its CLI for sha256 bundles; for blake3
+    bundles its API (``verifying.Config().verify``), which takes the hashing settings
+    from the bundle -- the 1.1.1 CLI always re-hashes with SHA-256 (see
+    test_model_signing_cli_rejects_blake3_bundles)."""
+    if hash_type == "sha256":
+        if key is not None:
+            return model_signing(
+                "verify", "key", str(model), "--signature", str(sig), "--public_key", str(key)
+            )
+        assert chain_root is not None
+        return model_signing(
+            "verify",
+            "certificate",
+            str(model),
+            "--signature",
+            str(sig),
+            "--certificate_chain",
+            str(chain_root),
+        )
+    kind, material = ("key", key) if key is not None else ("certificate", chain_root)
+    return subprocess.run(
+        [sys.executable, "-c", _API_VERIFY, str(model), str(sig), kind, str(material)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_model_signing_cli_rejects_blake3_bundles(tmp_path: Path) -> None:
+    """Why ``sign_model``'s default hash_type is sha256: the model_signing 1.1.1 CLI's
+    ``verify key`` sets its own hashing config (SHA-256), so it cannot verify a
+    ``hash_type: blake3`` bundle, although its API can (see _reference_verify)."""
+    import importlib.metadata
+
+    if importlib.metadata.version("model-signing") != "1.1.1":
+        pytest.skip("pinned to model_signing 1.1.1's CLI behaviour")
+    model = make_model(tmp_path / "m")
+    write_key(tmp_path, "k", "p256")
+    sign_model(
+        model, model / "model.sig", KeySigner.from_file(tmp_path / "k.pem"), hash_type="blake3"
+    )
     r = model_signing(
         "verify",
         "key",
@@ -245,10 +319,62 @@ def test_model_signing_accepts_weightguard_key_and_cert_bundles(tmp_path: Path, 
         "--public_key",
         str(tmp_path / "k.pub"),
     )
+    assert r.returncode != 0
+    assert "Hash mismatch" in r.stdout + r.stderr and "blake3" in r.stdout + r.stderr
+    assert (
+        _reference_verify("blake3", model, model / "model.sig", key=tmp_path / "k.pub").returncode
+        == 0
+    )
+
+
+def test_weightguard_verifies_model_signing_blake3_bundle(tmp_path: Path) -> None:
+    """A bundle the reference API signs with hashing_algorithm="blake3" (no chunk
+    records) verifies, and a changed byte is caught by the whole-file BLAKE3."""
+    import model_signing as ms
+
+    model = make_model(tmp_path / "m")
+    write_key(tmp_path, "k", "p256")
+    sig = tmp_path / "ms.sig"
+    ms.signing.Config().use_elliptic_key_signer(private_key=tmp_path / "k.pem").set_hashing_config(
+        ms.hashing.Config().use_file_serialization(hashing_algorithm="blake3")
+    ).sign(model, sig)
+    assert payload_of(sig)["predicate"]["serialization"]["hash_type"] == "blake3"
+    m = verify_bundle(model, sig, PublicKey.from_file(tmp_path / "k.pub"))
+    f = m.files["model.safetensors"]
+    data = (model / "model.safetensors").read_bytes()
+    assert not f.chunked and f.algorithm == "blake3-chunked-v1"
+    assert f.resource_algorithm == "blake3" and f.resource_digest == blake3.blake3(data).digest()
+    assert f.digests == (f.resource_digest,)
+    target = model / "model.safetensors"
+    target.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(IntegrityError, match="signed BLAKE3 digest"):
+        verify_bundle(model, sig, PublicKey.from_file(tmp_path / "k.pub"))
+
+
+@pytest.mark.parametrize("hash_type", ["blake3", "sha256"])
+@pytest.mark.parametrize("kind", ["plain", "encrypted"])
+def test_model_signing_accepts_weightguard_key_and_cert_bundles(
+    tmp_path: Path, kind: str, hash_type: str
+) -> None:
+    model = make_model(tmp_path / "m") if kind == "plain" else _encrypted_model(tmp_path)
+    write_key(tmp_path, "k", "p384")
+    sign_model(
+        model, model / "model.sig", KeySigner.from_file(tmp_path / "k.pem"), hash_type=hash_type
+    )
+    stmt = json.loads(
+        base64.b64decode(json.loads((model / "model.sig").read_bytes())["dsseEnvelope"]["payload"])
+    )
+    assert stmt["predicate"]["serialization"]["hash_type"] == hash_type
+    assert {r["algorithm"] for r in stmt["predicate"]["resources"]} == {hash_type}
+    r = _reference_verify(hash_type, model, model / "model.sig", key=tmp_path / "k.pub")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Verification succeeded" in r.stdout + r.stderr
     m = verify_bundle(model, model / "model.sig", PublicKey.from_file(tmp_path / "k.pub"))
     f = m.files["model.safetensors"]
+    want = (hashlib.sha256 if hash_type == "sha256" else blake3.blake3)(
+        (model / "model.safetensors").read_bytes()
+    ).digest()
+    assert f.resource_algorithm == hash_type and f.resource_digest == want
     if kind == "encrypted":
         from weightguard._internal.format import TAG_SIZE, read_header
 
@@ -261,32 +387,17 @@ def test_model_signing_accepts_weightguard_key_and_cert_bundles(tmp_path: Path, 
     signer = CertificateSigner.from_files(
         chain["leaf_key"], chain["leaf_cert"], [chain["intermediate"]]
     )
-    sign_model(model, tmp_path / "c.sig", signer)
-    r = model_signing(
-        "verify",
-        "certificate",
-        str(model),
-        "--signature",
-        str(tmp_path / "c.sig"),
-        "--certificate_chain",
-        str(chain["root"]),
-    )
+    sign_model(model, tmp_path / "c.sig", signer, hash_type=hash_type)
+    r = _reference_verify(hash_type, model, tmp_path / "c.sig", chain_root=chain["root"])
     assert r.returncode == 0, r.stdout + r.stderr
     m = verify_bundle(model, tmp_path / "c.sig", ChainRoot(chain["root"]))
     assert "CN=signer" in m.signer and m.time_source == "signer-claim"
     # and the reference tool rejects a tampered model too (sanity of the test itself)
     target = model / "config.json"
     target.write_bytes(target.read_bytes() + b" ")
-    r = model_signing(
-        "verify",
-        "key",
-        str(model),
-        "--signature",
-        str(model / "model.sig"),
-        "--public_key",
-        str(tmp_path / "k.pub"),
-    )
+    r = _reference_verify(hash_type, model, model / "model.sig", key=tmp_path / "k.pub")
     assert r.returncode != 0
+    assert "Hash mismatch for" in r.stdout + r.stderr and "config.json" in r.stdout + r.stderr
 
 
 # --------------------------------------------------- Vault Transit

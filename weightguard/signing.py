@@ -56,6 +56,8 @@ __all__ = [
     "CHUNK_ALGORITHMS",
     "DEFAULT_CHUNK_ALGORITHM",
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_HASH_TYPE",
+    "HASH_TYPES",
     "CertificateSigner",
     "FileDigests",
     "KeySigner",
@@ -74,6 +76,10 @@ DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 # Chunk digest algorithms (named in the signed record; see _internal/hashing.chunk_hasher).
 DEFAULT_CHUNK_ALGORITHM = "blake3-chunked-v1"
 CHUNK_ALGORITHMS = ("blake3-chunked-v1", "sha256-chunked-v1")
+# OMS whole-file resource digests (serialization.hash_type); see docs/signing.md.
+DEFAULT_HASH_TYPE = "sha256"
+HASH_TYPES = ("sha256", "blake3")
+_CHUNKED_FOR_HASH = {"sha256": "sha256-chunked-v1", "blake3": "blake3-chunked-v1"}
 GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
 _MAX_SIGNATURE_FILE = 64 * 1024 * 1024
 _MAX_KEY_FILE = 1 << 20
@@ -91,10 +97,12 @@ class FileDigests:
     """What the loader checks for one file: ranges ``[0, head)`` then ``stride`` steps.
 
     ``digests[0]`` covers ``[0, head)``; ``digests[k]`` (k >= 1) covers
-    ``[head + (k-1)*stride, min(head + k*stride, size))``.  ``sha256`` is the OMS
-    whole-file digest.  ``chunked`` is False for files signed without weightguard's
-    chunk digests (e.g. by model_signing): then ``head == size`` and the only digest is
-    the whole-file one (``algorithm`` ``sha256-chunked-v1``).  ``algorithm`` names the
+    ``[head + (k-1)*stride, min(head + k*stride, size))``.  ``resource_digest`` is the
+    OMS whole-file digest, computed with ``resource_algorithm`` (``"sha256"`` or
+    ``"blake3"``, the bundle's ``hash_type``).  ``chunked`` is False for files signed
+    without weightguard's chunk digests (e.g. by model_signing): then ``head == size``
+    and the only digest is the whole-file one (``algorithm`` ``sha256-chunked-v1`` or
+    ``blake3-chunked-v1`` to match the resource algorithm).  ``algorithm`` names the
     chunk digest (``blake3-chunked-v1`` or ``sha256-chunked-v1``), as signed.
     """
 
@@ -102,9 +110,15 @@ class FileDigests:
     head: int
     stride: int
     digests: tuple[bytes, ...]
-    sha256: bytes
+    resource_digest: bytes
     chunked: bool = True
     algorithm: str = "sha256-chunked-v1"
+    resource_algorithm: str = "sha256"
+
+    @property
+    def sha256(self) -> bytes:
+        """The whole-file SHA-256 when the bundle's hash type is sha256 (else empty)."""
+        return self.resource_digest if self.resource_algorithm == "sha256" else b""
 
     def range(self, index: int) -> tuple[int, int]:
         """(offset, length) of digest ``index``'s byte range."""
@@ -160,7 +174,8 @@ class VerifiedManifest:
                     "head": f.head,
                     "stride": f.stride,
                     "chunks": len(f.digests),
-                    "sha256": f.sha256.hex(),
+                    "digest": f.resource_digest.hex(),
+                    "digest_algorithm": f.resource_algorithm,
                     "chunked": f.chunked,
                     "algorithm": f.algorithm,
                 }
@@ -669,6 +684,7 @@ def sign_model(
     allow_symlinks: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     chunk_algorithm: str = DEFAULT_CHUNK_ALGORITHM,
+    hash_type: str = DEFAULT_HASH_TYPE,
     audit: _Audit | None = None,
 ) -> SignedModel:
     """Hash ``model`` (file or directory) and write an OMS bundle to ``signature``.
@@ -677,8 +693,11 @@ def sign_model(
     model_signing does); weight files cannot be ignored.  ``chunk_size``: stride of the
     chunk digests of plain safetensors files (encrypted artifacts use their own).
     ``chunk_algorithm``: ``"blake3-chunked-v1"`` (default; ~1.8x faster per core for the
-    loader) or ``"sha256-chunked-v1"``.  The OMS whole-file digests are SHA-256 either
-    way, so ``model_signing verify`` accepts the bundle.
+    loader) or ``"sha256-chunked-v1"``.  ``hash_type``: the OMS whole-file resource
+    digests: ``"sha256"`` (default: the model_signing 1.1.1 CLI ``verify key`` /
+    ``verify certificate`` always re-hashes with SHA-256) or ``"blake3"`` (~2x less CPU;
+    verified by weightguard and by the model_signing >= 1.1.0 API, not its 1.1.1 CLI).
+    Whole-file and chunk digests come from one read of each file.
     """
     from weightguard._internal import oms
     from weightguard._internal.atomic import atomic_write_bytes
@@ -688,6 +707,11 @@ def sign_model(
     if not 4096 <= chunk_size <= (1 << 30):
         raise ConfigError(f"chunk size {chunk_size} outside 4 KiB .. 1 GiB")
     chunk_hasher(chunk_algorithm, path=str(model))  # unknown names fail before hashing
+    if hash_type not in HASH_TYPES:
+        raise ConfigError(
+            f"hash type {str(hash_type)[:64]!r} is not supported; use one of "
+            f"{', '.join(HASH_TYPES)}"
+        )
     root = Path(model)
     sig_path = Path(signature)
     try:
@@ -739,11 +763,11 @@ def sign_model(
     for e in entries:
         head, stride = _layout(e, chunk_size)
         layouts[e.name] = (head, stride)
-        jobs.append(HashJob(e.name, e.path, e.size, head, stride, chunk_algorithm))
+        jobs.append(HashJob(e.name, e.path, e.size, head, stride, chunk_algorithm, hash_type))
     hashes = hash_files(jobs)
     now = datetime.now(UTC).replace(microsecond=0)
     signer.check_time(now)
-    resources = {e.name: hashes[e.name].sha256 for e in entries}
+    resources = {e.name: hashes[e.name].whole for e in entries}
     chunks = {
         e.name: oms.ChunkRecord(
             size=e.size,
@@ -762,6 +786,7 @@ def sign_model(
         chunks=chunks,
         version=__version__,
         signed_at=now,
+        hash_type=hash_type,
     )
     bundle = signer.make_bundle(payload)
     try:
@@ -769,7 +794,9 @@ def sign_model(
     except WeightguardError:
         raise
     files = {
-        n: FileDigests(c.size, c.head, c.stride, c.digests, resources[n], True, c.algorithm)
+        n: FileDigests(
+            c.size, c.head, c.stride, c.digests, resources[n], True, c.algorithm, hash_type
+        )
         for n, c in chunks.items()
     }
     digest = hashlib.sha256(bundle).hexdigest()
@@ -819,7 +846,7 @@ def verify_bundle(
     statement, coverage (every weight file signed; other unsigned files only if the
     signature's ignore_paths or ``allow_unsigned`` glob patterns allow them; nothing
     signed is missing; sizes), then -- with ``hash_files`` -- every byte (whole-file
-    SHA-256 and chunk digests).  ``hash_files=False`` is for the secure loader, which
+    digest and chunk digests).  ``hash_files=False`` is for the secure loader, which
     checks each chunk against ``files[name].digests`` as it streams.
 
     ``signature`` is a path, or the bundle's bytes (e.g. fetched from S3).
@@ -1005,22 +1032,36 @@ def _verify(
         chunk_rec = st.chunks.get(n)
         if chunk_rec is not None:
             c = chunk_rec
-            files[n] = FileDigests(c.size, c.head, c.stride, c.digests, digest, True, c.algorithm)
+            files[n] = FileDigests(
+                c.size, c.head, c.stride, c.digests, digest, True, c.algorithm, st.hash_type
+            )
         else:
+            # No chunk record (e.g. signed by model_signing): the one "chunk" is the whole
+            # file, checked with the resource's own function (the loader does the same).
             size = by_name[n].size
-            files[n] = FileDigests(size, size, DEFAULT_CHUNK_SIZE, (digest,), digest, False)
+            files[n] = FileDigests(
+                size,
+                size,
+                DEFAULT_CHUNK_SIZE,
+                (digest,),
+                digest,
+                False,
+                _CHUNKED_FOR_HASH[st.hash_type],
+                st.hash_type,
+            )
 
     if hash_files:
         # Files with signed chunk digests: every chunk is checked, all cores on every file
-        # (the signed whole-file SHA-256 is what model_signing checks; the chunk digests,
-        # signed by the same signer, cover the same bytes).  Others: whole-file SHA-256.
+        # (the signed whole-file digest is what model_signing checks; the chunk digests,
+        # signed by the same signer, cover the same bytes).  Others: whole-file digest
+        # with the bundle's hash_type.
         chunk_jobs = [
             HashJob(n, by_name[n].path, f.size, f.head, f.stride, f.algorithm)
             for n, f in files.items()
             if f.chunked
         ]
         whole_jobs = [
-            HashJob(n, by_name[n].path, f.size, f.head, f.stride)
+            HashJob(n, by_name[n].path, f.size, f.head, f.stride, f.algorithm, st.hash_type)
             for n, f in files.items()
             if not f.chunked
         ]
@@ -1033,8 +1074,10 @@ def _verify(
                         raise IntegrityError(
                             "content differs from the signed digest", path=n, chunk=k
                         )
-            elif not hmac.compare_digest(f.sha256, h.sha256):
-                raise IntegrityError("content differs from the signed SHA-256", path=n)
+            elif not hmac.compare_digest(f.resource_digest, h.whole):
+                raise IntegrityError(
+                    f"content differs from the signed {st.hash_type.upper()} digest", path=n
+                )
 
     return VerifiedManifest(
         root=root,

@@ -2,14 +2,17 @@
 
 For every file we compute, in ONE sequential read of the file:
 
-* the OpenSSF model-signing resource digest: SHA-256 of the whole file, and
+* the OpenSSF model-signing resource digest of the whole file: SHA-256 or BLAKE3
+  (``HashJob.whole``; model_signing's ``hash_type`` ``sha256`` / ``blake3``), and
 * weightguard's chunk digests of ``[0, head)`` and of each
   ``[head + k*stride, min(head + (k+1)*stride, size))`` with the chunk algorithm:
   ``blake3-chunked-v1`` (BLAKE3, 32-byte output; the default) or ``sha256-chunked-v1``.
 
 Every per-chunk digest in weightguard (signing, verification, the loader, fetch) is
 computed through :func:`chunk_hasher`, so the algorithm named in the signed record is
-the one used everywhere.  The whole-file hash is inherently sequential; the range
+the one used everywhere.  The whole-file SHA-256 is inherently sequential; the whole-file
+BLAKE3 of a large file uses blake3's own threads (``max_threads=AUTO``, the digest is the
+same as single-threaded, as model_signing computes it).  The range
 digests of a block are hashed on other cores at the same time (``hashlib`` and
 ``blake3`` release the GIL for large buffers), so a single big file costs about one
 SHA-256 pass of wall time when two or more cores are free.  Several files are hashed
@@ -37,6 +40,7 @@ __all__ = [
     "DEFAULT_CHUNK_ALGORITHM",
     "DEFAULT_STRIDE",
     "SHA256_CHUNKED",
+    "WHOLE_ALGORITHMS",
     "FileHashes",
     "HashJob",
     "Hasher",
@@ -45,6 +49,7 @@ __all__ = [
     "hash_chunks",
     "hash_files",
     "range_count",
+    "whole_hasher",
 ]
 
 SHA256_CHUNKED = "sha256-chunked-v1"
@@ -56,6 +61,10 @@ DEFAULT_STRIDE = 4 * 1024 * 1024
 _TARGET_BLOCK = 16 * 1024 * 1024
 _MAX_BLOCK = 64 * 1024 * 1024
 _SMALL_FILE = 1024 * 1024
+# OMS resource digests (model_signing ``serialization.hash_type`` / resource ``algorithm``).
+WHOLE_ALGORITHMS = ("sha256", "blake3")
+# Files at least this big get a multi-threaded whole-file BLAKE3 (same digest).
+_BLAKE3_MT_MIN = 8 * 1024 * 1024
 
 
 class Hasher(Protocol):
@@ -102,6 +111,27 @@ def chunk_hasher(algorithm: str, *, path: str | None = None) -> HasherFactory:
     )
 
 
+def whole_hasher(algorithm: str, *, size: int = 0, path: str | None = None) -> Hasher:
+    """A fresh whole-file hasher for an OMS resource digest algorithm (``sha256`` or
+    ``blake3``); ``size`` >= 8 MiB gets blake3's internal threads (same digest).
+
+    Any other name raises :class:`ConfigError` naming ``path`` and the name.
+    """
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    if algorithm == "blake3":
+        b3: Any = _blake3_factory()
+        if size >= _BLAKE3_MT_MIN:
+            return b3(max_threads=b3.AUTO)
+        return b3()
+    where = f"{path}: " if path else ""
+    raise ConfigError(
+        f"{where}unsupported whole-file digest (OMS hash_type) {str(algorithm)[:64]!r}; "
+        f"supported: {', '.join(WHOLE_ALGORITHMS)}",
+        hint="sign with hash type sha256 or blake3",
+    )
+
+
 def chunk_digest(algorithm: str, data: Any) -> bytes:
     """One chunk digest of ``data`` (bytes-like) with ``algorithm``."""
     return chunk_hasher(algorithm)(data).digest()
@@ -122,12 +152,21 @@ class HashJob:
     head: int
     stride: int
     algorithm: str = SHA256_CHUNKED  # chunk digest algorithm (see chunk_hasher)
+    whole: str = "sha256"  # whole-file (OMS resource) digest algorithm (see whole_hasher)
 
 
 @dataclass(frozen=True)
 class FileHashes:
-    sha256: bytes  # whole-file digest (OMS resource digest)
+    whole: bytes  # whole-file digest (OMS resource digest) with the job's ``whole`` algorithm
     digests: tuple[bytes, ...]  # chunk digests with the job's algorithm
+    whole_algorithm: str = "sha256"
+
+    @property
+    def sha256(self) -> bytes:
+        """The whole-file SHA-256 (only for jobs hashed with ``whole="sha256"``)."""
+        if self.whole_algorithm != "sha256":
+            raise AttributeError(f"whole-file digest is {self.whole_algorithm}, not sha256")
+        return self.whole
 
 
 class _Buffers(threading.local):
@@ -162,12 +201,16 @@ def _read_exact(f: object, view: memoryview, name: str) -> None:
 def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
     size, head, stride = job.size, job.head, job.stride
     new = chunk_hasher(job.algorithm, path=job.name)
-    same = new is hashlib.sha256  # chunk digest of [0, size) == whole-file digest
+    # chunk digest of [0, size) == whole-file digest when both use the same function
+    same = (job.whole == "sha256" and job.algorithm == SHA256_CHUNKED) or (
+        job.whole == "blake3" and job.algorithm == BLAKE3_CHUNKED
+    )
 
     def one(view: memoryview) -> bytes:
         return new(view).digest()
 
-    whole = hashlib.sha256()
+    whole = whole_hasher(job.whole, size=size, path=job.name)
+    wa = job.whole
     try:
         f = open(job.path, "rb", buffering=0)  # noqa: SIM115
     except OSError as exc:
@@ -184,19 +227,19 @@ def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
             whole.update(mv)
             full = whole.digest()
             if head >= size:
-                return FileHashes(full, (full if same else one(mv),))
+                return FileHashes(full, (full if same else one(mv),), wa)
             ranges = [mv[:head]] + [
                 mv[off : min(off + stride, size)] for off in range(head, size, stride)
             ]
-            return FileHashes(full, tuple(one(r) for r in ranges))
+            return FileHashes(full, tuple(one(r) for r in ranges), wa)
 
         per_block = max(1, _TARGET_BLOCK // stride) if stride <= _MAX_BLOCK else 1
         block = min(per_block * stride, _MAX_BLOCK)
         bufs = _BUFFERS.get(block)
         digests: list[bytes] = []
 
-        # [0, head): sequential, fed to both hashers (for SHA-256 the same hasher when
-        # head == size).
+        # [0, head): sequential, fed to both hashers (the same hasher when head == size
+        # and the whole-file and chunk functions agree).
         head_hasher = None if head >= size and same else new()
         pos = 0
         buf = memoryview(bufs[0])
@@ -212,7 +255,7 @@ def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
             full = whole.digest()
             if f.read(1):
                 raise SourceError(f"{job.name}: file grew while being hashed")
-            return FileHashes(full, (full if head_hasher is None else head_hasher.digest(),))
+            return FileHashes(full, (full if head_hasher is None else head_hasher.digest(),), wa)
         assert head_hasher is not None
         digests.append(head_hasher.digest())
 
@@ -258,7 +301,7 @@ def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
                 digests.extend(fut.result() for fut in inflight.popleft())
         if f.read(1):
             raise SourceError(f"{job.name}: file grew while being hashed")
-    return FileHashes(whole.digest(), tuple(digests))
+    return FileHashes(whole.digest(), tuple(digests), wa)
 
 
 def _pread_group(job: HashJob, ranges: list[tuple[int, int]]) -> list[bytes]:
@@ -328,11 +371,12 @@ def hash_chunks(jobs: Sequence[HashJob], *, workers: int | None = None) -> dict[
 
 
 def hash_files(jobs: Sequence[HashJob], *, workers: int | None = None) -> dict[str, FileHashes]:
-    """Hash every job (whole-file SHA-256 + chunked digests) using all cores."""
+    """Hash every job (whole-file SHA-256 or BLAKE3 + chunked digests) using all cores."""
     if not jobs:
         return {}
     for j in jobs:  # unknown algorithms fail before any file is read
         chunk_hasher(j.algorithm, path=j.name)
+        whole_hasher(j.whole, path=j.name)
     ncpu = workers or os.cpu_count() or 1
     # Files in parallel (bounded so buffers stay modest), ranges on a shared pool.
     file_workers = max(1, min(len(jobs), ncpu, 8))

@@ -11,6 +11,10 @@ Byte-level facts (checked against model-signing 1.1.1):
   one subject whose sha256 = SHA-256 of the concatenated raw resource digests in listed
   order; resources sorted by POSIX path parts; a single-file model has one resource ``.``.
 * Key hint: hex SHA-256 of the PEM SubjectPublicKeyInfo text of the public key.
+* ``serialization.hash_type`` ``sha256`` or ``blake3`` (model_signing >= 1.1.0); every
+  resource's ``algorithm`` is the same name and its ``digest`` the hex whole-file digest
+  (BLAKE3: 32-byte default output, as ``blake3.blake3(max_threads=AUTO)`` computes it).
+  The subject digest is SHA-256 either way.
 
 weightguard adds ``predicate.weightguard`` (signed; ignored by the reference verifier):
 ``{"version", "signed_at"?, "files": {name: {"algorithm", "size", "head", "stride",
@@ -29,8 +33,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from weightguard._internal.hashing import CHUNK_ALGORITHMS, SHA256_CHUNKED, range_count
-from weightguard.errors import FormatError
+from weightguard._internal.hashing import (
+    CHUNK_ALGORITHMS,
+    SHA256_CHUNKED,
+    WHOLE_ALGORITHMS,
+    range_count,
+)
+from weightguard.errors import ConfigError, FormatError
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
@@ -345,12 +354,13 @@ class ChunkRecord:
 class Statement:
     model_name: str
     subject_sha256: bytes
-    resources: dict[str, bytes]  # name -> sha256, in listed order
+    resources: dict[str, bytes]  # name -> whole-file digest (hash_type), in listed order
     allow_symlinks: bool
     ignore_paths: tuple[str, ...]
     wg_version: str | None
     signed_at: datetime | None  # signer's claim (weightguard bundles only)
     chunks: dict[str, ChunkRecord]
+    hash_type: str = "sha256"  # serialization.hash_type == every resource's algorithm
 
 
 def build_statement(
@@ -362,12 +372,17 @@ def build_statement(
     chunks: dict[str, ChunkRecord],
     version: str,
     signed_at: datetime | None,
+    hash_type: str = "sha256",
 ) -> bytes:
+    if hash_type not in WHOLE_ALGORITHMS:
+        raise ConfigError(
+            f"hash type {hash_type!r} is not supported; use one of {', '.join(WHOLE_ALGORITHMS)}"
+        )
     names = sorted(resources, key=resource_sort_key)
     digests = [resources[n] for n in names]
     serialization: dict[str, Any] = {
         "method": "files",
-        "hash_type": "sha256",
+        "hash_type": hash_type,
         "allow_symlinks": allow_symlinks,
     }
     if ignore_paths:
@@ -393,7 +408,7 @@ def build_statement(
         "predicate": {
             "serialization": serialization,
             "resources": [
-                {"name": n, "algorithm": "sha256", "digest": resources[n].hex()} for n in names
+                {"name": n, "algorithm": hash_type, "digest": resources[n].hex()} for n in names
             ],
             WG_VERSION_FIELD: wg,
         },
@@ -436,10 +451,12 @@ def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
             "only 'files' is supported",
             hint="sign with file serialization (the model_signing default)",
         )
-    if ser.get("hash_type") != "sha256":
+    hash_type = ser.get("hash_type")
+    if hash_type not in WHOLE_ALGORITHMS:
         raise FormatError(
-            f"{w}.predicate.serialization.hash_type is {ser.get('hash_type')!r}; "
-            "only 'sha256' is supported"
+            f"{w}.predicate.serialization.hash_type is {str(hash_type)[:64]!r}; "
+            f"supported: {', '.join(repr(a) for a in WHOLE_ALGORITHMS)}",
+            hint="re-sign with hash type sha256 or blake3 (files serialization)",
         )
     allow_symlinks = ser.get("allow_symlinks")
     if not isinstance(allow_symlinks, bool):
@@ -457,8 +474,11 @@ def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
         rw = f"{w}.predicate.resources[{i}]"
         ro = _obj(r, rw)
         name = validate_resource_name(ro.get("name"), f"{rw}.name")
-        if ro.get("algorithm") != "sha256":
-            raise FormatError(f"{rw}.algorithm is {ro.get('algorithm')!r}, expected 'sha256'")
+        if ro.get("algorithm") != hash_type:
+            raise FormatError(
+                f"{rw}.algorithm is {str(ro.get('algorithm'))[:64]!r}, expected {hash_type!r} "
+                "(the serialization.hash_type)"
+            )
         if name in resources:
             raise FormatError(f"{rw}.name {name!r} is listed twice")
         resources[name] = _hex32(ro.get("digest"), f"{rw}.digest")
@@ -521,6 +541,7 @@ def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
         wg_version=wg_version,
         signed_at=signed_at,
         chunks=chunks,
+        hash_type=str(hash_type),
     )
 
 
