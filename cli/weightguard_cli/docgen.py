@@ -11,6 +11,10 @@ from weightguard_cli.main import LAZY_COMMANDS, cli
 
 
 def _walk(cmd: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
+    # click caches each command's help option the first time it is built; a command
+    # invoked on its own earlier in the process (tests) would keep plain `--help`.
+    if getattr(cmd, "_help_option", None) is not None:
+        cmd._help_option = None
     found = [(path, cmd)]
     if isinstance(cmd, click.Group):
         ctx = click.Context(cmd, info_name=path[-1], **cli.context_settings)
