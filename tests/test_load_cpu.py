@@ -174,3 +174,21 @@ def test_shard_not_covered_by_signature(tmp_path, file_key, sign_keys) -> None:
     with pytest.raises(CoverageError, match=r"model-00003-of-00002\.safetensors"):
         loader.load_file(d, policy=sign_keys.policy(), audit=audit)
     assert last(sink, "load.denied")["reason"].startswith("CoverageError")
+
+
+def test_populate_for_write_prefaults_without_changing_bytes() -> None:
+    """The destination pre-fault is a pure hint: bytes written after it are intact."""
+    import torch
+
+    from weightguard._internal import load_copy
+
+    t = torch.empty(1 << 20, dtype=torch.uint8)
+    load_copy.populate_for_write(int(t.data_ptr()) + 123, (1 << 20) - 123)
+    view = load_copy._np_view(t)
+    view[:] = bytes(range(256)) * 4096
+    assert bytes(view[:512]) == bytes(range(256)) * 2
+    import os
+
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    if (major, minor) >= (5, 14):  # MADV_POPULATE_WRITE exists: the hint was accepted
+        assert load_copy._populate_ok

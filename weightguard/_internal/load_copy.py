@@ -52,8 +52,47 @@ def _np_view(t: Any) -> memoryview:
 
 
 _HUGE = 2 * 1024 * 1024
+_PAGE = 4096
 _MADV_HUGEPAGE = 14
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14
 _madvise: Any = None
+_populate_ok = True
+
+
+def _libc_madvise() -> Any:
+    """libc's madvise, or False where it cannot be had (not glibc/Linux)."""
+    global _madvise
+    if _madvise is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.madvise
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            fn.restype = ctypes.c_int
+            _madvise = fn
+        except (OSError, AttributeError):  # pragma: no cover - not glibc/Linux
+            _madvise = False
+    return _madvise
+
+
+def populate_for_write(ptr: int, n: int) -> None:
+    """Map the pages of ``[ptr, ptr + n)`` writable in one call before they are written.
+
+    The first write into fresh anonymous memory otherwise takes one page fault per 4 KiB,
+    which in a VM costs about as much as the AES-GCM pass itself (measured here:
+    populating 1 GiB in bulk 0.4 CPU-s, faulting it page by page under a parallel copy
+    1.3-3.9 CPU-s).  Each worker populates its own record's range, so this runs in
+    parallel.  Best effort: a kernel without MADV_POPULATE_WRITE turns it off.
+    """
+    global _populate_ok
+    if not _populate_ok or n < 16 * _PAGE:
+        return
+    fn = _libc_madvise()
+    if not fn:
+        _populate_ok = False
+        return
+    start = ptr // _PAGE * _PAGE
+    if fn(start, ptr + n - start, _MADV_POPULATE_WRITE) != 0:
+        _populate_ok = False
 
 
 def advise_huge_pages(t: Any) -> bool:
@@ -64,29 +103,20 @@ def advise_huge_pages(t: Any) -> bool:
     with 2 MiB pages it is ~1/500 of that.  Only the 2 MiB-aligned interior is advised.
     Best effort: returns False where madvise is unavailable or refused (THP "never").
     """
-    global _madvise
     if os.environ.get("WEIGHTGUARD_HUGE_PAGES", "0").strip().lower() not in ("1", "true", "yes"):
         return False
     n = t.numel() * t.element_size()
     if n < 2 * _HUGE or not hasattr(os, "sched_getaffinity"):  # Linux only
         return False
-    if _madvise is None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fn = libc.madvise
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            fn.restype = ctypes.c_int
-            _madvise = fn
-        except (OSError, AttributeError):  # pragma: no cover - not glibc/Linux
-            _madvise = False
-    if not _madvise:
+    madvise = _libc_madvise()
+    if not madvise:
         return False
     ptr = int(t.data_ptr())
     start = (ptr + _HUGE - 1) // _HUGE * _HUGE
     end = (ptr + n) // _HUGE * _HUGE
     if end <= start:
         return False
-    return bool(_madvise(start, end - start, _MADV_HUGEPAGE) == 0)
+    return bool(madvise(start, end - start, _MADV_HUGEPAGE) == 0)
 
 
 class Copier:
@@ -136,6 +166,7 @@ class CpuCopier(Copier):
         self.device = device
         self._bufs: list[Any] = []
         self._views: list[memoryview] = []
+        self._ptrs: list[int] = []
 
     def allocate(self, sizes: list[int]) -> None:
         import torch
@@ -149,8 +180,10 @@ class CpuCopier(Copier):
             advise_huge_pages(t)
             self._bufs.append(t)
             self._views.append(_np_view(t))
+            self._ptrs.append(int(t.data_ptr()))
 
     def acquire(self, worker: int, seg: int, off: int, n: int) -> memoryview:
+        populate_for_write(self._ptrs[seg] + off, n)
         return self._views[seg][off : off + n]
 
     def commit(self, worker: int, seg: int, off: int, n: int, out: memoryview) -> None:
@@ -162,6 +195,7 @@ class CpuCopier(Copier):
     def finish(self) -> list[Any]:
         out, self._bufs = self._bufs, []
         self._views = []
+        self._ptrs = []
         return out
 
     def discard(self) -> None:
@@ -169,6 +203,7 @@ class CpuCopier(Copier):
             t.zero_()
         self._bufs = []
         self._views = []
+        self._ptrs = []
 
 
 @dataclass
