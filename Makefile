@@ -38,5 +38,9 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(BIN)/python -m benchmarks.run --full
 
+# On an NVIDIA machine (no network there): see benchmarks/README.md, "GPU run".
+bench-gpu:
+	bash benchmarks/gpu.sh run
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache demo-out benchmarks/work
