@@ -5,9 +5,14 @@ Importing this package is cheap: heavy dependencies load on first use.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for type checkers only; at run time these load on first use
+    from weightguard.loader import load_file, load_model, open_model
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_file", "load_model", "open_model"]
 
 # Public loader API, imported on first use so `import weightguard` stays cheap.
 _LAZY = {
@@ -15,7 +20,6 @@ _LAZY = {
     "load_model": "weightguard.loader",
     "open_model": "weightguard.loader",
 }
-__all__ += list(_LAZY)
 
 
 def __getattr__(name: str) -> object:
