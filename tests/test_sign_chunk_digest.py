@@ -245,3 +245,30 @@ def test_cli_chunk_digest_option(tmp_path: Path, sign_keys, choice: str) -> None
     bad = CliRunner().invoke(cli, [*args[:6], "--chunk-digest", "md5"])
     assert bad.exit_code == 2 and "md5" in bad.output
     shutil.rmtree(d)
+
+
+@pytest.mark.parametrize("hash_type", ["sha256", "blake3"])
+def test_fetch_checks_side_files_with_the_bundles_hash_type(  # type: ignore[no-untyped-def]
+    tmp_path: Path, file_key, sign_keys, hash_type: str
+) -> None:
+    """config.json is copied by fetch only after its whole-file digest (OMS hash_type)."""
+    from weightguard._internal.load_fetch import fetch_model
+    from weightguard.errors import IntegrityError
+
+    src = tmp_path / "plain.safetensors"
+    write_st(src, MODEL_LAYOUT)
+    d = tmp_path / "enc"
+    d.mkdir()
+    encrypt(src, d / "model.safetensors", file_key, chunk_size=CHUNK)
+    (d / "config.json").write_text(json.dumps({"hidden": 64}))
+    sign(d, d / "model.sig", sign_keys, hash_type=hash_type)
+    out = tmp_path / "out"
+    fetch_model(d, out, policy=sign_keys.policy(), allow_disk=True, audit=memory_audit()[0])
+    assert json.loads((out / "config.json").read_text()) == {"hidden": 64}
+
+    (d / "config.json").write_text(json.dumps({"hidden": 65}))  # same size, other bytes
+    bad = tmp_path / "bad"
+    with pytest.raises(IntegrityError, match=f"signed {hash_type} digest") as ei:
+        fetch_model(d, bad, policy=sign_keys.policy(), allow_disk=True, audit=memory_audit()[0])
+    assert "config.json" in str(ei.value)
+    assert not bad.exists()  # all or nothing: the decrypted shard was removed too

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import hashlib
 import hmac
 import os
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from weightguard._internal.atomic import atomic_write
+from weightguard._internal.hashing import whole_hasher
 from weightguard.errors import DestinationError, IntegrityError, UnsafeOptionRequired
 
 __all__ = ["FetchResult", "fetch_model", "is_memory_fs"]
@@ -136,8 +136,13 @@ def _copy_other_files(handle: Any, out: Path, written: list[str], made: list[Pat
         if fd is None and not handle._unsafe:
             continue  # not covered by the signature: not copied
         data = loc.read_small(name)
-        if fd is not None and not hmac.compare_digest(hashlib.sha256(data).digest(), fd.sha256):
-            raise IntegrityError("content differs from the signed SHA-256", path=name)
+        if fd is not None:
+            h = whole_hasher(fd.resource_algorithm, path=name)
+            h.update(data)
+            if not hmac.compare_digest(h.digest(), fd.resource_digest):
+                raise IntegrityError(
+                    f"content differs from the signed {fd.resource_algorithm} digest", path=name
+                )
         target = out / name
         _mkdirs(target.parent, out, made)
         try:
