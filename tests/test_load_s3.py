@@ -88,7 +88,7 @@ def test_fetch_to_tmpfs(vault_model, sign_keys, tmp_path) -> None:
     src, _, _, release = vault_model
     from weightguard._internal.load_fetch import fetch_model
 
-    audit, _ = memory_audit()
+    audit, sink = memory_audit()
     with pytest.raises(Exception, match="not on tmpfs"):
         fetch_model(src, tmp_path / "out", policy=sign_keys.policy(), audit=audit)
     shm = Path("/dev/shm")
@@ -111,6 +111,9 @@ def test_fetch_to_tmpfs(vault_model, sign_keys, tmp_path) -> None:
             assert f.read_bytes() == (release.parent / f"p{i}.safetensors").read_bytes()
             assert st_load(str(f))
         assert (out / "config.json").read_text() == '{"arch": "test"}'
+        fetched = [r for r in sink.records if r.get("event") == "fetch"]
+        assert len(fetched) == 1 and fetched[0]["object"]["destination"] == str(out)
+        assert fetched[0]["object"]["files"] == 4 and fetched[0]["extra"]["memory_fs"] is True
     finally:
         import shutil
 

@@ -97,6 +97,13 @@ def fetch_model(
                     total += handle._stream_to(name, f.fileno())
                 written.append(name)
             _copy_other_files(handle, out, written, made_dirs)
+            # The plaintext now sits in files: say where, next to the load.* events.
+            handle._ctx.audit.emit(
+                "fetch",
+                object={"uri": str(source), "destination": str(out), "files": len(written)},
+                bytes=total,
+                memory_fs=not allow_disk or is_memory_fs(out),
+            )
     except BaseException:
         for name in written:
             with contextlib.suppress(OSError):
