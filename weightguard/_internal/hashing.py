@@ -176,14 +176,14 @@ class FileHashes:
 
 
 class _Buffers(threading.local):
-    """Per-thread reusable read buffers (two, so reading overlaps range hashing)."""
+    """Per-thread reusable read buffers (several, so reading overlaps hashing)."""
 
     def __init__(self) -> None:
         self.bufs: list[bytearray] = []
 
-    def get(self, size: int) -> list[bytearray]:
-        if not self.bufs or len(self.bufs[0]) < size:
-            self.bufs = [bytearray(size), bytearray(size)]
+    def get(self, size: int, count: int = 2) -> list[bytearray]:
+        if len(self.bufs) < count or len(self.bufs[0]) < size:
+            self.bufs = [bytearray(size) for _ in range(count)]
         return self.bufs
 
 
@@ -241,7 +241,7 @@ def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
 
         per_block = max(1, _TARGET_BLOCK // stride) if stride <= _MAX_BLOCK else 1
         block = min(per_block * stride, _MAX_BLOCK)
-        bufs = _BUFFERS.get(block)
+        bufs = _BUFFERS.get(block, 3)
         digests: list[bytes] = []
 
         # [0, head): sequential, fed to both hashers (the same hasher when head == size
@@ -278,36 +278,77 @@ def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
                     h.update(view)
                     pos += n
                 digests.append(h.digest())
-        else:
-            # Two buffers in flight: block i+1 is read and whole-hashed while block i's
-            # ranges are still being hashed by the pool.  Results kept in order.
-            inflight: deque[list[cf.Future[bytes]]] = deque()
-            slot = 0
+        elif pool is None:
             while pos < size:
-                if len(inflight) == 2:
-                    digests.extend(fut.result() for fut in inflight.popleft())
                 n = min(block, size - pos)
-                view = memoryview(bufs[slot])[:n]
+                view = buf[:n]
                 _read_exact(f, view, job.name)
-                pieces = [view[o : min(o + stride, n)] for o in range(0, n, stride)]
-                if pool is not None:
-                    inflight.append([pool.submit(one, p) for p in pieces])
-                    whole.update(view)
-                else:
-                    whole.update(view)
-                    done: list[cf.Future[bytes]] = []
-                    for p in pieces:
-                        fut: cf.Future[bytes] = cf.Future()
-                        fut.set_result(one(p))
-                        done.append(fut)
-                    inflight.append(done)
+                whole.update(view)
+                digests.extend(one(view[o : min(o + stride, n)]) for o in range(0, n, stride))
                 pos += n
-                slot = 1 - slot
-            while inflight:
-                digests.extend(fut.result() for fut in inflight.popleft())
+        else:
+            # The whole-file digest is the one sequential stream, so this thread does
+            # nothing else: the pool reads block k+1 (pread, ahead) and hashes block k's
+            # ranges while this thread feeds block k to the whole-file hasher.  Three
+            # buffers: one being read, up to two being hashed.  Results kept in order.
+            _hash_pipelined(job, f.fileno(), pool, whole, one, pos, block, digests)
+            if os.pread(f.fileno(), 1, size):
+                raise SourceError(f"{job.name}: file grew while being hashed")
+            return FileHashes(whole.digest(), tuple(digests), wa)
         if f.read(1):
             raise SourceError(f"{job.name}: file grew while being hashed")
     return FileHashes(whole.digest(), tuple(digests), wa)
+
+
+def _pread_exact(fd: int, view: memoryview, offset: int, name: str) -> memoryview:
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n <= 0:
+            raise SourceError(
+                f"{name}: file shrank while being hashed",
+                hint="do not modify the model while signing or verifying it",
+            )
+        got += n
+    return view
+
+
+def _hash_pipelined(
+    job: HashJob,
+    fd: int,
+    pool: cf.ThreadPoolExecutor,
+    whole: Any,
+    one: Callable[[memoryview], bytes],
+    start: int,
+    block: int,
+    digests: list[bytes],
+) -> None:
+    """Blocks ``[start, size)`` of ``job``: reads and range digests on ``pool``, the
+    whole-file digest on the calling thread; ``digests`` gets the ranges in order."""
+    bufs = _BUFFERS.get(block, 3)
+    offsets = list(range(start, job.size, block))
+
+    def read(k: int) -> cf.Future[memoryview]:
+        n = min(block, job.size - offsets[k])
+        view = memoryview(bufs[k % 3])[:n]
+        return pool.submit(_pread_exact, fd, view, offsets[k], job.name)
+
+    reads: dict[int, cf.Future[memoryview]] = {0: read(0)}
+    hashing: deque[list[cf.Future[bytes]]] = deque()
+    for k in range(len(offsets)):
+        view = reads.pop(k).result()
+        if len(hashing) == 2:  # block k-2's buffer is the one block k+1 will use
+            digests.extend(fut.result() for fut in hashing.popleft())
+        if k + 1 < len(offsets):
+            reads[k + 1] = read(k + 1)
+        n = len(view)
+        stride = job.stride
+        hashing.append(
+            [pool.submit(one, view[o : min(o + stride, n)]) for o in range(0, n, stride)]
+        )
+        whole.update(view)
+    while hashing:
+        digests.extend(fut.result() for fut in hashing.popleft())
 
 
 def _pread_group(job: HashJob, ranges: list[tuple[int, int]]) -> list[bytes]:
