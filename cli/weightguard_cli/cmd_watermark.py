@@ -4,11 +4,52 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from weightguard_cli._audit_opt import audit_option
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _encrypted_input_options(what: str, data_key_help: str) -> Callable[[F], F]:
+    """Options for reading an encrypted input through the secure loader."""
+
+    def deco(f: F) -> F:
+        opts = [
+            click.option(
+                "--trust-key",
+                "trust_keys",
+                multiple=True,
+                type=click.Path(exists=True),
+                help=f"Encrypted {what}: trusted signer public key PEM.",
+            ),
+            click.option(
+                "--signature",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help=f"Encrypted {what}: signature bundle.",
+            ),
+            click.option(
+                "--unsafe-no-verification",
+                "unsafe",
+                is_flag=True,
+                help=f"Encrypted {what}: UNSAFE, skip the signature check.",
+            ),
+            click.option(
+                "--data-key",
+                default=None,
+                metavar="URI",
+                help=f"Encrypted {what}: {data_key_help}.",
+            ),
+        ]
+        for option in reversed(opts):
+            f = option(f)
+        return f
+
+    return deco
 
 
 @click.group("watermark")
@@ -34,31 +75,7 @@ KEY_HELP = (
 )
 @click.option("--min-numel", type=int, default=None, help="Smallest tensor marked (elements).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option(
-    "--trust-key",
-    "trust_keys",
-    multiple=True,
-    type=click.Path(exists=True),
-    help="Encrypted MODEL: trusted signer public key PEM.",
-)
-@click.option(
-    "--signature",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Encrypted MODEL: signature bundle.",
-)
-@click.option(
-    "--unsafe-no-verification",
-    "unsafe",
-    is_flag=True,
-    help="Encrypted MODEL: UNSAFE, skip the signature check.",
-)
-@click.option(
-    "--data-key",
-    default=None,
-    metavar="URI",
-    help="Encrypted MODEL: key provider URI to unwrap with (the output keeps the input's).",
-)
+@_encrypted_input_options("MODEL", "key provider URI to unwrap with (the output keeps the input's)")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @audit_option
 def embed(
@@ -180,31 +197,7 @@ def _load_options(
     default=None,
     help="Also verify KEYREF against this .wmcommit.json.",
 )
-@click.option(
-    "--trust-key",
-    "trust_keys",
-    multiple=True,
-    type=click.Path(exists=True),
-    help="Encrypted suspect: trusted signer public key PEM.",
-)
-@click.option(
-    "--signature",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Encrypted suspect: signature bundle.",
-)
-@click.option(
-    "--unsafe-no-verification",
-    "unsafe",
-    is_flag=True,
-    help="Encrypted suspect: UNSAFE, skip the signature check.",
-)
-@click.option(
-    "--data-key",
-    default=None,
-    metavar="URI",
-    help="Encrypted suspect: key provider URI overriding the artifact's.",
-)
+@_encrypted_input_options("suspect", "key provider URI overriding the artifact's")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @audit_option
 def check(
