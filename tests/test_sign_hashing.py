@@ -50,3 +50,38 @@ def test_file_that_shrinks_is_refused(tmp_path: Path, monkeypatch) -> None:  # t
     job = HashJob("f.bin", str(p), 3_000_000, 1000, 16 * 1024)  # claims more than there is
     with pytest.raises(SourceError, match=r"f\.bin: file shrank"):
         hash_files([job], workers=2)
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+@pytest.mark.parametrize("size", [1_500_000, 2_200_013])
+def test_verification_chunk_hashing_matches_reference(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch, mapped: bool, size: int
+) -> None:
+    """hash_chunks (verification) hashes from a read-only mapping, or with pread where
+    mapping fails: the digests are the same either way."""
+    from weightguard._internal.hashing import hash_chunks
+
+    monkeypatch.setattr(hashing, "_TARGET_BLOCK", 64 * 1024)
+    if not mapped:
+
+        def refuse(*_a: object, **_k: object) -> None:
+            raise OSError("no mapping here")
+
+        monkeypatch.setattr(hashing.mmap, "mmap", refuse)
+    data = os.urandom(size)
+    p = tmp_path / "f.bin"
+    p.write_bytes(data)
+    head, stride = 70_001, 16 * 1024  # head not aligned to the mapping granularity
+    job = HashJob("f.bin", str(p), size, head, stride, algorithm=BLAKE3_CHUNKED)
+    got = hash_chunks([job], workers=2)["f.bin"]
+    assert got.digests == _reference(data, head, stride, BLAKE3_CHUNKED, "blake3")[1]
+
+
+def test_verification_refuses_a_file_whose_size_changed(tmp_path: Path) -> None:
+    from weightguard._internal.hashing import hash_chunks
+
+    p = tmp_path / "f.bin"
+    p.write_bytes(os.urandom(300_000))
+    job = HashJob("f.bin", str(p), 400_000, 1000, 16 * 1024, algorithm=BLAKE3_CHUNKED)
+    with pytest.raises(SourceError, match=r"f\.bin: file size changed"):
+        hash_chunks([job], workers=2)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import hashlib
+import mmap
 import os
 import threading
 from collections import deque
@@ -352,11 +353,19 @@ def _hash_pipelined(
 
 
 def _pread_group(job: HashJob, ranges: list[tuple[int, int]]) -> list[bytes]:
-    """Read ``ranges`` (contiguous, ascending) of one file with pread and hash each."""
+    """Hash ``ranges`` (contiguous, ascending) of one file, each separately.
+
+    Verification only (nothing read here is used afterwards, so there is no
+    time-of-check/time-of-use to guard): the ranges are hashed straight from a read-only
+    mapping of the page cache, which saves the copy a ``pread`` makes (about 0.4
+    CPU-s/GB here, more than BLAKE3 itself).  The size is checked first; a file cut
+    short *while* it is mapped would end the process with SIGBUS instead of an error,
+    which still never reports success.  Where mapping fails, ``pread`` into a reused
+    buffer.
+    """
     new = chunk_hasher(job.algorithm, path=job.name)
     start = ranges[0][0]
     total = ranges[-1][0] + ranges[-1][1] - start
-    view = memoryview(_BUFFERS.get(max(total, _SMALL_FILE))[0])[:total]
     try:
         fd = os.open(job.path, os.O_RDONLY)
     except OSError as exc:
@@ -367,15 +376,33 @@ def _pread_group(job: HashJob, ranges: list[tuple[int, int]]) -> list[bytes]:
                 f"{job.name}: file size changed while being hashed",
                 hint="do not modify the model while verifying it",
             )
+        if total == 0:
+            return [new(b"").digest() for _ in ranges]
+        base = start // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+        try:
+            mapped = mmap.mmap(fd, start + total - base, offset=base, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            mapped = None
+        if mapped is not None:
+            with mapped:
+                if hasattr(mapped, "madvise"):
+                    with contextlib.suppress(OSError):
+                        mapped.madvise(mmap.MADV_SEQUENTIAL)
+                mv = memoryview(mapped)
+                try:
+                    return [new(mv[off - base : off - base + ln]).digest() for off, ln in ranges]
+                finally:
+                    mv.release()
+        view = memoryview(_BUFFERS.get(max(total, _SMALL_FILE))[0])[:total]
         got = 0
         while got < total:
             n = os.preadv(fd, [view[got:]], start + got)
             if n <= 0:
                 raise SourceError(f"{job.name}: file shrank while being hashed")
             got += n
+        return [new(view[off - start : off - start + ln]).digest() for off, ln in ranges]
     finally:
         os.close(fd)
-    return [new(view[off - start : off - start + ln]).digest() for off, ln in ranges]
 
 
 def _range_groups(job: HashJob) -> list[list[tuple[int, int]]]:
