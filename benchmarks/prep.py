@@ -246,7 +246,7 @@ class S3Context:
         self.saved_env: dict[str, str | None] = {}
 
     def __enter__(self) -> S3Context:
-        from weightguard._internal.services import SeaweedS3Server
+        from tests.support.services import SeaweedS3Server
 
         self.server = SeaweedS3Server()
         self.server.__enter__()

@@ -71,8 +71,8 @@ def run(whole_keys: int = 1000, few_keys: int = 100_000, log: Any = print) -> di
     import numpy as np
 
     from weightguard import watermark as wm
-    from weightguard._internal import wm_detect
-    from weightguard._internal.wm_io import open_source
+    from weightguard._internal.watermark import detect as wm_detect
+    from weightguard._internal.watermark.io import open_source
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="wg-wmnull-") as d:
@@ -152,10 +152,10 @@ def run(whole_keys: int = 1000, few_keys: int = 100_000, log: Any = print) -> di
 
 def robustness_table(log: Any = print) -> list[dict[str, Any]]:
     """z and verdict for each attack on the real MiniLM (the docs/watermark.md table);
-    the attacks are the tests' (tests/test_watermark_support.py)."""
+    the attacks are the tests' (tests/support/watermark.py)."""
     import torch
 
-    from tests import test_watermark_support as sup
+    from tests.support import watermark as sup
     from weightguard import watermark as wm
 
     key = b"owner-key-0123456789abcdef012345"

@@ -39,11 +39,11 @@ def _preimport_loader_modules() -> None:
         "weightguard.audit",
         "weightguard.policy",
         "weightguard.signing",
-        "weightguard._internal.format",
-        "weightguard._internal.keys",
-        "weightguard._internal.load_pipeline",
-        "weightguard._internal.load_copy",
-        "weightguard._internal.sources",
+        "weightguard._internal.format.layout",
+        "weightguard._internal.keys.providers",
+        "weightguard._internal.load.pipeline",
+        "weightguard._internal.load.copiers",
+        "weightguard._internal.load.sources",
         "cryptography.hazmat.primitives.ciphers.aead",
         "blake3",
     ):
@@ -67,7 +67,7 @@ def _size(model: str) -> int:
 
 def make_file_key(directory: Path) -> str:
     """A local development key (``file://``); returns its URI."""
-    keys = _api("weightguard._internal.keys", "create_key_file")
+    keys = _api("weightguard._internal.keys.providers", "create_key_file")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "bench.key"
     if not path.exists():

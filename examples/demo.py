@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the dev-only service launcher lives in tests/support
 OUT = ROOT / "demo-out"
 WG = [sys.executable, "-m", "weightguard_cli"]
 
@@ -65,7 +66,7 @@ def minilm_model(dest: Path) -> Path:
 
 
 def main() -> None:
-    from weightguard._internal.services import OpenBaoServer, SeaweedS3Server, running, service_env
+    from tests.support.services import OpenBaoServer, SeaweedS3Server, running, service_env
 
     started = time.monotonic()
     shutil.rmtree(OUT, ignore_errors=True)

@@ -3,5 +3,5 @@
 from __future__ import annotations
 
 pytest_plugins = [
-    "tests.fixtures_services",
+    "tests.support.fixtures",
 ]

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from weightguard._internal.audit_checkpoint import (
+from weightguard._internal.audit.checkpoint import (
     Anchor,
     CheckpointSigner,
     Ed25519FileSigner,
@@ -32,14 +32,15 @@ from weightguard._internal.audit_checkpoint import (
     generate_ed25519_keypair,
     signer_for,
 )
-from weightguard._internal.audit_record import (
+from weightguard._internal.audit.record import (
     FORMAT_VERSION,
     collect_subject,
+    parse_time,
     sanitize,
     scrub_text,
     utc_now,
 )
-from weightguard._internal.audit_sinks import (
+from weightguard._internal.audit.sinks import (
     Checkpointer,
     FileSink,
     MemorySink,
@@ -47,7 +48,7 @@ from weightguard._internal.audit_sinks import (
     Sink,
     StreamSink,
 )
-from weightguard._internal.audit_verify import (
+from weightguard._internal.audit.verify import (
     LogSummary,
     Problem,
     VerifyResult,
@@ -75,6 +76,7 @@ __all__ = [
     "VerifyResult",
     "default_log_spec",
     "generate_checkpoint_key",
+    "parse_time",
     "read_records",
     "verify_log",
 ]

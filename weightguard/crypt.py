@@ -27,8 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from weightguard._internal.atomic import atomic_directory, atomic_write
-from weightguard._internal.format import (
+from weightguard._internal.format.layout import (
     DEFAULT_CHUNK_SIZE,
     MAGIC,
     TAG_SIZE,
@@ -41,15 +40,16 @@ from weightguard._internal.format import (
     read_header,
     rewrapped_header,
 )
-from weightguard._internal.keys import (
+from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, read_safetensors_header
+from weightguard._internal.foundation.atomic import atomic_directory, atomic_write
+from weightguard._internal.foundation.memory import wipe
+from weightguard._internal.keys.providers import (
     KeyProvider,
     WrappedKey,
     create_key_file,
     provider_for,
     validate_context,
 )
-from weightguard._internal.memory import wipe
-from weightguard._internal.safetensors_header import MAX_HEADER_SIZE, read_safetensors_header
 from weightguard.errors import (
     ConfigError,
     FormatError,
@@ -88,7 +88,7 @@ def _workers(workers: int | None) -> int:
         if workers < 1:
             raise ConfigError("workers must be >= 1")
         return workers
-    from weightguard._internal.cpus import usable_cpus
+    from weightguard._internal.foundation.cpus import usable_cpus
 
     return min(usable_cpus(), 32)
 

@@ -21,7 +21,6 @@ __all__ = [
     "KeyUnavailableError",
     "KeyVersionRetired",
     "PolicyError",
-    "ServiceError",
     "SourceError",
     "TruncatedError",
     "UnsafeOptionRequired",
@@ -172,12 +171,6 @@ class DeviceError(WeightguardError):
     """The target device failed (CUDA unavailable, out of memory)."""
 
     default_hint = "check the device and free memory, or load to CPU"
-
-
-class ServiceError(WeightguardError):
-    """A local development service (OpenBao, SeaweedFS, moto) failed to start or stop."""
-
-    default_hint = "see the service log file named in the message"
 
 
 class DependencyMissing(ConfigError):

@@ -9,7 +9,7 @@ Method and calibration: docs/watermark.md ("Fingerprint").
 
 from __future__ import annotations
 
-from weightguard._internal.wm_fp import (
+from weightguard._internal.watermark.fingerprint import (
     DERIVED_LOG10_P,
     DERIVED_SIMILARITY,
     FingerprintReport,

@@ -43,12 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weightguard._internal.load_copy import DEFAULT_RING_BYTES, Copier, copier_for
-from weightguard._internal.load_pipeline import FileJob, Record, digest_matches, run_pipeline
-from weightguard._internal.load_plan import Geometry, Placement, build_tensors, plan
-from weightguard._internal.memory import wipe
-from weightguard._internal.safetensors_header import MAX_HEADER_SIZE, TensorInfo
-from weightguard._internal.sources import Location, S3Options, Source, open_location
+from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, TensorInfo
+from weightguard._internal.foundation.memory import wipe
+from weightguard._internal.load.copiers import DEFAULT_RING_BYTES, Copier, copier_for
+from weightguard._internal.load.pipeline import FileJob, Record, digest_matches, run_pipeline
+from weightguard._internal.load.plan import Geometry, Placement, build_tensors, plan
+from weightguard._internal.load.sources import Location, S3Options, Source, open_location
 from weightguard.errors import (
     ConfigError,
     CoverageError,
@@ -310,8 +310,8 @@ class _SourceReader:
 
 def _open_file(loc: Location, name: str, signed: _Digests | None) -> _File:
     """Read a file's head once, check it against the signature, parse it."""
-    from weightguard._internal import format as fmt
-    from weightguard._internal.safetensors_header import parse_header_json
+    from weightguard._internal.format import layout as fmt
+    from weightguard._internal.format.safetensors import parse_header_json
 
     src = loc.open(name)
     display = src.name
@@ -449,9 +449,9 @@ def _unwrap_keys(
     files: list[_File], key: Any, key_options: Mapping[str, Any] | None, ctx: _Ctx
 ) -> None:
     """One unwrap round trip per provider; build ciphers; wipe the data keys."""
-    from weightguard._internal import format as fmt
-    from weightguard._internal import keys as keymod
-    from weightguard._internal.safetensors_header import parse_header_json
+    from weightguard._internal.format import layout as fmt
+    from weightguard._internal.format.safetensors import parse_header_json
+    from weightguard._internal.keys import providers as keymod
 
     enc = [f for f in files if f.encrypted]
     if not enc:
@@ -644,7 +644,7 @@ class ModelHandle:
             )
             placements.append(place)
         max_plain = max((r.dst_len for j in jobs for r in j.records), default=1)
-        from weightguard._internal.cpus import usable_cpus
+        from weightguard._internal.foundation.cpus import usable_cpus
 
         concurrency = max((f.source.concurrency for f in files), default=1)
         workers = self._workers or max(usable_cpus(), concurrency)
@@ -708,7 +708,7 @@ class ModelHandle:
         bounded whatever the shard size.  Returns the bytes written.  On failure the
         caller must drop the (temporary) output file.
         """
-        from weightguard._internal.load_copy import FileCopier
+        from weightguard._internal.load.copiers import FileCopier
 
         f = next(x for x in self._files if x.name == name)
         records, segments, _ = plan(f.geometry, f.tensors, None)
@@ -729,7 +729,7 @@ class ModelHandle:
         self, jobs: list[FileJob], all_segments: list[int], copier: Copier | None = None
     ) -> list[Any]:
         """Run the pipeline (into CPU memory by default); segment buffers (fail closed)."""
-        from weightguard._internal.cpus import usable_cpus
+        from weightguard._internal.foundation.cpus import usable_cpus
 
         t0 = time.monotonic()
         max_plain = max((r.dst_len for j in jobs for r in j.records), default=1)

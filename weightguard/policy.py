@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from weightguard.errors import ConfigError, FormatError
 
 if TYPE_CHECKING:
-    from weightguard._internal.oms import Evidence
+    from weightguard._internal.signing.oms import Evidence
 
 __all__ = [
     "AllOf",
@@ -75,7 +75,7 @@ class Policy(abc.ABC):
 
     @abc.abstractmethod
     def check(self, evidence: Evidence) -> PolicyResult:
-        """Evaluate against a parsed bundle (``weightguard._internal.oms.Evidence``)."""
+        """Evaluate against a parsed bundle (``weightguard._internal.signing.oms.Evidence``)."""
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -126,7 +126,7 @@ class PublicKey(Policy):
     def __init__(self, pem: bytes | str, *, label: str | None = None) -> None:
         from cryptography.hazmat.primitives import serialization
 
-        from weightguard._internal.oms import ec_hash, key_fingerprint
+        from weightguard._internal.signing.oms import ec_hash, key_fingerprint
 
         data = pem.encode("ascii") if isinstance(pem, str) else pem
         try:
@@ -149,7 +149,7 @@ class PublicKey(Policy):
         return cls(_read_pem(path, "public key file"), label=str(path))
 
     def describe(self) -> str:
-        from weightguard._internal.oms import curve_label
+        from weightguard._internal.signing.oms import curve_label
 
         lab = f" ({self.label})" if self.label else ""
         return f"EC {curve_label(self.key)} key {self.fingerprint}{lab}"
@@ -163,7 +163,7 @@ class PublicKey(Policy):
                 leaf_key = evidence.leaf_certificate().public_key()
             except FormatError as exc:
                 return _fail(exc.message)
-            from weightguard._internal.oms import key_fingerprint
+            from weightguard._internal.signing.oms import key_fingerprint
 
             if key_fingerprint(leaf_key) != self.fingerprint:
                 return _fail(f"{self.describe()}: the leaf certificate holds a different key")
@@ -204,7 +204,7 @@ class KeyFingerprint(Policy):
         return f"key fingerprint {self.fingerprint}"
 
     def check(self, evidence: Evidence) -> PolicyResult:
-        from weightguard._internal.oms import key_fingerprint
+        from weightguard._internal.signing.oms import key_fingerprint
 
         b = evidence.bundle
         if b.kind == "key":

@@ -216,7 +216,7 @@ def _wipe(buf: bytearray | None) -> None:
 def _load_private_key(pem: bytearray, password: bytes | bytearray | None, what: str) -> Any:
     from cryptography.hazmat.primitives import serialization
 
-    from weightguard._internal.oms import ec_hash
+    from weightguard._internal.signing.oms import ec_hash
 
     try:
         key = serialization.load_pem_private_key(
@@ -263,7 +263,7 @@ class Signer(abc.ABC):
 def _ec_sign(private_key: Any, data: bytes) -> bytes:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from weightguard._internal.oms import ec_hash
+    from weightguard._internal.signing.oms import ec_hash
 
     return bytes(private_key.sign(data, ec.ECDSA(ec_hash(private_key.public_key(), "key"))))
 
@@ -289,12 +289,12 @@ class KeySigner(Signer):
                 _wipe(pw)
 
     def describe(self) -> str:
-        from weightguard._internal.oms import curve_label, key_fingerprint
+        from weightguard._internal.signing.oms import curve_label, key_fingerprint
 
         return f"EC {curve_label(self.public_key)} key {key_fingerprint(self.public_key)}"
 
     def make_bundle(self, payload: bytes) -> bytes:
-        from weightguard._internal import oms
+        from weightguard._internal.signing import oms
 
         sig = _ec_sign(self._key, oms.pae(payload))
         return oms.encode_bundle(payload, sig, key_hint=oms.key_hint(self.public_key))
@@ -305,7 +305,7 @@ class CertificateSigner(KeySigner):
 
     def __init__(self, private_key: Any, certificate: Any, chain: Sequence[Any] = ()) -> None:
         super().__init__(private_key)
-        from weightguard._internal.oms import key_fingerprint
+        from weightguard._internal.signing.oms import key_fingerprint
         from weightguard.policy import _may_sign_code
 
         if key_fingerprint(certificate.public_key()) != key_fingerprint(self.public_key):
@@ -366,7 +366,7 @@ class CertificateSigner(KeySigner):
     def make_bundle(self, payload: bytes) -> bytes:
         from cryptography.hazmat.primitives import serialization
 
-        from weightguard._internal import oms
+        from weightguard._internal.signing import oms
 
         sig = _ec_sign(self._key, oms.pae(payload))
         ders = [c.public_bytes(serialization.Encoding.DER) for c in [self.certificate, *self.chain]]
@@ -388,14 +388,14 @@ def _parse_vault_uri(uri: str) -> tuple[str, str]:
 def _vault(client: Any) -> Any:
     if client is not None:
         return client
-    from weightguard._internal.vault import vault_client
+    from weightguard._internal.foundation.vault import vault_client
 
     return vault_client()
 
 
 def vault_public_keys(uri: str, *, client: Any = None) -> list[tuple[int, bytes]]:
     """[(version, PEM)] of a Transit asymmetric key (all versions still held)."""
-    from weightguard._internal.vault import vault_errors
+    from weightguard._internal.foundation.vault import vault_errors
 
     mount, name = _parse_vault_uri(uri)
     c = _vault(client)
@@ -435,8 +435,8 @@ class VaultTransitSigner(Signer):
     def __init__(self, uri: str, *, client: Any = None, allow_exportable: bool = False) -> None:
         from cryptography.hazmat.primitives import serialization
 
-        from weightguard._internal.oms import ec_hash
-        from weightguard._internal.vault import vault_errors
+        from weightguard._internal.foundation.vault import vault_errors
+        from weightguard._internal.signing.oms import ec_hash
 
         self.uri = uri
         self._mount, self._name = _parse_vault_uri(uri)
@@ -464,7 +464,7 @@ class VaultTransitSigner(Signer):
         self._hash = ec_hash(self.public_key, f"Transit key {uri}")
 
     def describe(self) -> str:
-        from weightguard._internal.oms import curve_label, key_fingerprint
+        from weightguard._internal.signing.oms import curve_label, key_fingerprint
 
         return (
             f"Vault Transit {self.uri} v{self.key_version} (EC {curve_label(self.public_key)} "
@@ -477,8 +477,8 @@ class VaultTransitSigner(Signer):
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        from weightguard._internal import oms
-        from weightguard._internal.vault import vault_errors
+        from weightguard._internal.foundation.vault import vault_errors
+        from weightguard._internal.signing import oms
 
         data = oms.pae(payload)
         digest = hashlib.new(self._hash.name, data).digest()
@@ -576,7 +576,7 @@ def _match_pattern(name: str, patterns: Iterable[str]) -> bool:
 
 
 def _is_artifact_file(path: str) -> bool:
-    from weightguard._internal.format import is_artifact
+    from weightguard._internal.format.layout import is_artifact
 
     try:
         with open(path, "rb") as f:
@@ -602,7 +602,7 @@ def _walk(
     root: Path, *, skip_dirs: Sequence[str], allow_symlinks: bool, exclude: str | None
 ) -> list[_Entry]:
     """All regular files under ``root`` (names relative, POSIX), refusing odd entries."""
-    from weightguard._internal.oms import validate_resource_name
+    from weightguard._internal.signing.oms import validate_resource_name
 
     out: list[_Entry] = []
     stack = [("", str(root))]
@@ -653,7 +653,7 @@ def _layout(entry: _Entry, chunk_size: int) -> tuple[int, int]:
     """(head, stride) of the chunk digests (see docs/ARCHITECTURE.md, Signing)."""
     import struct
 
-    from weightguard._internal.format import TAG_SIZE, is_artifact, read_header
+    from weightguard._internal.format.layout import TAG_SIZE, is_artifact, read_header
 
     size = entry.size
     try:
@@ -699,9 +699,9 @@ def sign_model(
     verified by weightguard and by the model_signing >= 1.1.0 API, not its 1.1.1 CLI).
     Whole-file and chunk digests come from one read of each file.
     """
-    from weightguard._internal import oms
-    from weightguard._internal.atomic import atomic_write_bytes
-    from weightguard._internal.hashing import HashJob, chunk_hasher, hash_files
+    from weightguard._internal.foundation.atomic import atomic_write_bytes
+    from weightguard._internal.signing import oms
+    from weightguard._internal.signing.hashing import HashJob, chunk_hasher, hash_files
 
     t0 = time.monotonic()
     if not 4096 <= chunk_size <= (1 << 30):
@@ -905,7 +905,7 @@ def verify_bundle(
 
 def _listed_entries(listing: Mapping[str, int]) -> tuple[bool, list[_Entry]]:
     """(single file?, entries) of a remote listing; names validated, sizes bounded."""
-    from weightguard._internal.oms import validate_resource_name
+    from weightguard._internal.signing.oms import validate_resource_name
 
     single = "." in listing
     if single and len(listing) != 1:
@@ -933,9 +933,9 @@ def _verify(
     sig_data: bytes | None = None,
     listing: Mapping[str, int] | None = None,
 ) -> VerifiedManifest:
-    from weightguard._internal import oms
-    from weightguard._internal.hashing import HashJob, hash_chunks
-    from weightguard._internal.hashing import hash_files as run_hash
+    from weightguard._internal.signing import oms
+    from weightguard._internal.signing.hashing import HashJob, hash_chunks
+    from weightguard._internal.signing.hashing import hash_files as run_hash
 
     if policy is None or not isinstance(policy, Policy):
         raise UnsafeOptionRequired(

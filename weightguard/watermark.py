@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weightguard._internal import wm_scheme
-from weightguard._internal.wm_scheme import DEFAULT_ALPHA, DEFAULT_MIN_NUMEL, SCHEME
+from weightguard._internal.watermark import scheme as wm_scheme
+from weightguard._internal.watermark.scheme import DEFAULT_ALPHA, DEFAULT_MIN_NUMEL, SCHEME
 from weightguard.errors import ConfigError, DestinationError, FormatError, WatermarkError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -95,8 +95,8 @@ def embed(
 ) -> dict[str, torch.Tensor]:
     """Return a new dict with every eligible tensor marked (floating, >= 2 dims, at least
     ``min_numel`` elements); other tensors are returned as the same objects."""
-    from weightguard._internal.wm_io import st_dtype
-    from weightguard._internal.wm_keys import resolve_key
+    from weightguard._internal.watermark.io import st_dtype
+    from weightguard._internal.watermark.keys import resolve_key
 
     _check_alpha(alpha)
     wk, owned = resolve_key(key)
@@ -141,8 +141,8 @@ def embed_file(
     URI and context, same chunk size and header encryption; no plaintext is written to
     disk.  The output is not covered by the input's signature (a directory's
     ``model.sig`` is not copied): sign it again.  ``EmbedResult.encrypted`` is True."""
-    from weightguard._internal import wm_io
-    from weightguard._internal.wm_keys import resolve_key
+    from weightguard._internal.watermark import io as wm_io
+    from weightguard._internal.watermark.keys import resolve_key
 
     _check_alpha(alpha)
     srcp, dstp = Path(os.fspath(src)), Path(os.fspath(dst))
@@ -175,7 +175,7 @@ def embed_file(
 
     try:
         if encrypted:
-            from weightguard._internal.wm_encrypted import embed_encrypted
+            from weightguard._internal.watermark.encrypted import embed_encrypted
 
             embed_encrypted(srcp, dstp, mark_loaded, load_options=load_options, overwrite=overwrite)
         elif srcp.is_dir():
@@ -222,7 +222,7 @@ def embed_file(
 def is_encrypted_input(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a weightguard-encrypted file, or a model directory holding at
     least one encrypted ``.safetensors`` shard (headers only are read)."""
-    from weightguard._internal import wm_io
+    from weightguard._internal.watermark import io as wm_io
 
     p = Path(os.fspath(path))
     if p.is_dir():
@@ -237,7 +237,7 @@ def _emit(audit: Any, event: str, **fields: Any) -> None:
 
 def _embed_dir(srcp: Path, dstp: Path, mark: Any) -> None:
     """Mark every shard of a model directory into a temp dir next to dstp, then rename."""
-    from weightguard._internal import wm_io
+    from weightguard._internal.watermark import io as wm_io
 
     try:
         dstp.parent.mkdir(parents=True, exist_ok=True)
@@ -324,7 +324,7 @@ def _commitment_doc(
 
 def verify_commitment(path: str | os.PathLike[str], key: Any) -> bool:
     """True when ``key`` is the key committed to in the ``.wmcommit.json`` at ``path``."""
-    from weightguard._internal.wm_keys import resolve_key
+    from weightguard._internal.watermark.keys import resolve_key
 
     try:
         with open(path, "rb") as f:
@@ -384,9 +384,9 @@ def check_keys(
 ) -> list[WatermarkReport]:
     """Test ``suspect`` for each of ``keys`` (e.g. one per licensee) in one pass over the
     weights; the threshold is corrected for ``keys_tested`` (default: ``len(keys)``)."""
-    from weightguard._internal import wm_detect
-    from weightguard._internal.wm_io import open_source
-    from weightguard._internal.wm_keys import resolve_key
+    from weightguard._internal.watermark import detect as wm_detect
+    from weightguard._internal.watermark.io import open_source
+    from weightguard._internal.watermark.keys import resolve_key
 
     if not keys:
         raise ConfigError("no watermark key given")

@@ -19,7 +19,7 @@ def _since(value: str | None) -> _dt.datetime | None:
     m = _REL.match(value.strip())
     if m:
         return _dt.datetime.now(_dt.UTC) - _dt.timedelta(seconds=int(m[1]) * _UNITS[m[2]])
-    from weightguard._internal.audit_record import parse_time
+    from weightguard.audit import parse_time
 
     try:
         return parse_time(value)

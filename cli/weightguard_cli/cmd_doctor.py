@@ -1,4 +1,4 @@
-"""`weightguard doctor`: thin layer over weightguard._internal.doctor."""
+"""`weightguard doctor`: thin layer over weightguard.doctor."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def doctor(as_json: bool, only: tuple[str, ...], s3_bucket: str | None, timeout:
     validity; the token is never printed), S3 (endpoint and credentials) and whether
     /dev/shm is a tmpfs.  Exits 1 if any check fails.
     """
-    from weightguard._internal.doctor import run_checks, summarize
+    from weightguard.doctor import run_checks, summarize
 
     results = run_checks(only=only or None, timeout=timeout, bucket=s3_bucket)
     summary = summarize(results)

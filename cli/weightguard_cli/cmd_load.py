@@ -100,7 +100,7 @@ def load(source: str, device: str, check: bool, as_json: bool, **opts: Any) -> N
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def fetch(source: str, dest: str, allow_disk: bool, as_json: bool, **opts: Any) -> None:
     """Verify and decrypt SOURCE into DIR (tmpfs) for servers that cannot call Python."""
-    from weightguard._internal.load_fetch import fetch_model
+    from weightguard.transfer import fetch_model
 
     policy, kwargs = _common(opts)
     audit = kwargs["audit"]
@@ -123,7 +123,7 @@ def fetch(source: str, dest: str, allow_disk: bool, as_json: bool, **opts: Any) 
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def push(directory: str, destination: str, endpoint_url: str | None, as_json: bool) -> None:
     """Upload a released model DIRECTORY to DESTINATION (s3://bucket/prefix), multipart."""
-    from weightguard._internal.load_push import push_model
+    from weightguard.transfer import push_model
 
     res = push_model(directory, destination, endpoint_url=endpoint_url)
     if as_json:

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from weightguard._internal import format as fmt  # noqa: E402
-from weightguard._internal.keys import WrappedKey  # noqa: E402
+from weightguard._internal.format import layout as fmt  # noqa: E402
+from weightguard._internal.keys.providers import WrappedKey  # noqa: E402
 
 KEK = bytes(range(0x40, 0x60))  # the key file's key-encryption key
 DATA_KEY = bytes(range(0x00, 0x20))

@@ -1,0 +1,239 @@
+"""vault_client() against the real OpenBao: token, AppRole, JWT, Kubernetes; error mapping."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support import services
+from tests.support.services import (
+    JWTIssuer,
+    OpenBaoServer,
+    TokenReviewServer,
+    free_port,
+    transit_policy_hcl,
+)
+from weightguard._internal.foundation.vault import VaultAuth, lookup_self, vault_client
+from weightguard.errors import ConfigError, KeyAccessDenied, KeyProviderError, KeyUnavailableError
+
+
+def _roundtrip(client, key: str) -> bytes:  # type: ignore[no-untyped-def]
+    ct = client.secrets.transit.encrypt_data(name=key, plaintext=base64.b64encode(b"dk").decode())
+    out = client.secrets.transit.decrypt_data(name=key, ciphertext=ct["data"]["ciphertext"])
+    return base64.b64decode(out["data"]["plaintext"])
+
+
+@pytest.fixture
+def key_policy(openbao: OpenBaoServer, transit_key: str) -> str:
+    name = f"use-{transit_key}"
+    openbao.write_policy(name, transit_policy_hcl(transit_key))
+    return name
+
+
+def test_token_from_env(
+    vault_env: OpenBaoServer, transit_key: str, key_policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = vault_env.create_token([key_policy])
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    client = vault_client()
+    assert client.url == vault_env.addr
+    assert _roundtrip(client, transit_key) == b"dk"
+    info = lookup_self(client)
+    assert info["policies"] == ["default", key_policy]
+    assert token not in repr(info)
+
+
+def test_explicit_token_and_bad_token(openbao: OpenBaoServer, clean_service_env) -> None:  # type: ignore[no-untyped-def]
+    client = vault_client(openbao.addr, openbao.root_token)
+    assert "root" in lookup_self(client)["policies"]
+    bad = "hvs.this-is-not-a-valid-token"
+    with pytest.raises(KeyAccessDenied) as err:
+        lookup_self(vault_client(openbao.addr, bad))
+    assert "denied" in str(err.value) and openbao.addr in str(err.value)
+    assert bad not in str(err.value)
+
+
+def test_never_reads_home_vault_token(
+    openbao: OpenBaoServer, clean_service_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".vault-token").write_text(openbao.root_token)
+    clean_service_env.setenv("HOME", str(tmp_path))
+    clean_service_env.setenv("VAULT_ADDR", openbao.addr)
+    with pytest.raises(ConfigError, match="no Vault credentials"):
+        vault_client()
+
+
+def test_unreachable_address(clean_service_env: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    client = vault_client(f"http://127.0.0.1:{port}", "some-token-value")
+    with pytest.raises(KeyUnavailableError) as err:
+        lookup_self(client)
+    msg = str(err.value)
+    assert f"cannot reach Vault at http://127.0.0.1:{port}" in msg
+    assert "some-token-value" not in msg
+    assert "\n" not in msg
+
+
+def test_missing_and_malformed_addr(clean_service_env: pytest.MonkeyPatch) -> None:
+    clean_service_env.setenv("VAULT_TOKEN", "x")
+    with pytest.raises(ConfigError, match="VAULT_ADDR is not set"):
+        vault_client()
+    with pytest.raises(ConfigError, match="not an http"):
+        vault_client("127.0.0.1:8200")
+    with pytest.raises(ConfigError, match="VAULT_CACERT"):
+        vault_client("https://127.0.0.1:1", cacert="/no/such/ca.pem")
+
+
+def test_approle(
+    openbao: OpenBaoServer,
+    transit_key: str,
+    key_policy: str,
+    clean_service_env: pytest.MonkeyPatch,
+    new_name: Callable[[str], str],
+) -> None:
+    root = openbao.client()
+    mount = new_name("approle")
+    root.sys.enable_auth_method("approle", path=mount)
+    root.write_data(f"auth/{mount}/role/loader", data={"token_policies": [key_policy]})
+    role_id = root.read(f"auth/{mount}/role/loader/role-id")["data"]["role_id"]
+    secret_id = root.write_data(f"auth/{mount}/role/loader/secret-id")["data"]["secret_id"]
+
+    client = vault_client(openbao.addr, auth=VaultAuth.approle(role_id, secret_id, mount=mount))
+    assert _roundtrip(client, transit_key) == b"dk"
+
+    clean_service_env.setenv("VAULT_ADDR", openbao.addr)
+    clean_service_env.setenv("WEIGHTGUARD_VAULT_ROLE_ID", role_id)
+    clean_service_env.setenv("WEIGHTGUARD_VAULT_SECRET_ID", secret_id)
+    clean_service_env.setenv("WEIGHTGUARD_VAULT_AUTH_MOUNT", mount)
+    assert lookup_self(vault_client())["policies"] == ["default", key_policy]
+
+    clean_service_env.setenv("WEIGHTGUARD_VAULT_SECRET_ID", "00000000-0000-0000-0000-000000000000")
+    with pytest.raises(KeyProviderError) as err:
+        vault_client()
+    assert "AppRole login" in str(err.value)
+    assert secret_id not in repr(VaultAuth.approle(role_id, secret_id))
+
+
+def test_jwt(
+    openbao: OpenBaoServer,
+    transit_key: str,
+    key_policy: str,
+    clean_service_env: pytest.MonkeyPatch,
+    new_name: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    issuer = JWTIssuer()
+    mount = new_name("jwt")
+    services.configure_jwt_auth(
+        openbao.client(),
+        issuer,
+        role="release",
+        policies=[key_policy],
+        bound_audiences=["weightguard"],
+        bound_subject="ci:release",
+        mount=mount,
+    )
+    jwt = issuer.issue("ci:release", audience="weightguard")
+    client = vault_client(openbao.addr, auth=VaultAuth.jwt("release", jwt=jwt, mount=mount))
+    assert _roundtrip(client, transit_key) == b"dk"
+
+    token_file = tmp_path / "jwt"
+    token_file.write_text(jwt + "\n")
+    for var, value in {
+        "VAULT_ADDR": openbao.addr,
+        "WEIGHTGUARD_VAULT_AUTH": "jwt",
+        "WEIGHTGUARD_VAULT_ROLE": "release",
+        "WEIGHTGUARD_VAULT_TOKEN_FILE": str(token_file),
+        "WEIGHTGUARD_VAULT_AUTH_MOUNT": mount,
+    }.items():
+        clean_service_env.setenv(var, value)
+    assert lookup_self(vault_client())["policies"] == ["default", key_policy]
+
+    # signed by another key, or for another subject: refused
+    for bad in (
+        JWTIssuer(issuer.issuer).issue("ci:release", audience="weightguard"),
+        issuer.issue("ci:someone-else", audience="weightguard"),
+        issuer.issue("ci:release", audience="other"),
+    ):
+        token_file.write_text(bad)
+        with pytest.raises(KeyAccessDenied) as err:
+            vault_client()
+        assert "jwt login as role 'release'" in str(err.value)
+        assert bad not in str(err.value)
+
+
+def test_kubernetes(
+    openbao: OpenBaoServer,
+    token_review: TokenReviewServer,
+    transit_key: str,
+    key_policy: str,
+    clean_service_env: pytest.MonkeyPatch,
+    new_name: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    mount = new_name("k8s")
+    services.configure_kubernetes_auth(
+        openbao.client(),
+        token_review,
+        role="model-a-loader",
+        service_accounts=["model-a"],
+        namespaces=["serving"],
+        policies=[key_policy],
+        audience="vault",
+        mount=mount,
+    )
+    sa_token = tmp_path / "token"
+    sa_token.write_text(token_review.issue_token("serving", "model-a", audience="vault"))
+    for var, value in {
+        "VAULT_ADDR": openbao.addr,
+        "WEIGHTGUARD_VAULT_AUTH": "kubernetes",
+        "WEIGHTGUARD_VAULT_ROLE": "model-a-loader",
+        "WEIGHTGUARD_VAULT_TOKEN_FILE": str(sa_token),
+        "WEIGHTGUARD_VAULT_AUTH_MOUNT": mount,
+    }.items():
+        clean_service_env.setenv(var, value)
+    client = vault_client()
+    assert _roundtrip(client, transit_key) == b"dk"
+    assert lookup_self(client)["policies"] == ["default", key_policy]
+    assert token_review.reviews[-1] == {
+        "authenticated": True,
+        "namespace": "serving",
+        "service_account": "model-a",
+    }
+
+    # another service account, another namespace, wrong audience: refused
+    for ns, sa, aud in (
+        ("serving", "model-b", "vault"),
+        ("other", "model-a", "vault"),
+        ("serving", "model-a", "not-vault"),
+    ):
+        sa_token.write_text(token_review.issue_token(ns, sa, audience=aud))
+        with pytest.raises(KeyAccessDenied) as err:
+            vault_client()
+        assert "kubernetes login as role 'model-a-loader'" in str(err.value)
+
+    # deleted service account: the TokenReview says no
+    sa_token.write_text(token_review.issue_token("serving", "model-a", audience="vault"))
+    token_review.revoke_service_account("serving", "model-a")
+    with pytest.raises(KeyAccessDenied):
+        vault_client()
+
+
+def test_kubernetes_missing_token_file(
+    openbao: OpenBaoServer, clean_service_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_service_env.setenv("VAULT_ADDR", openbao.addr)
+    clean_service_env.setenv("WEIGHTGUARD_VAULT_ROLE", "r")  # auto-selects kubernetes
+    clean_service_env.setenv("WEIGHTGUARD_VAULT_TOKEN_FILE", str(tmp_path / "absent"))
+    with pytest.raises(ConfigError, match=r"service account token file .* does not exist"):
+        vault_client()
+
+
+def test_unknown_auth_method(clean_service_env: pytest.MonkeyPatch) -> None:
+    clean_service_env.setenv("VAULT_ADDR", "http://127.0.0.1:1")
+    clean_service_env.setenv("WEIGHTGUARD_VAULT_AUTH", "ldap")
+    with pytest.raises(ConfigError, match="not a known auth method"):
+        vault_client()

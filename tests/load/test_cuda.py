@@ -1,0 +1,256 @@
+"""Secure loading into CUDA memory (skipped without a GPU).
+
+Byte-for-byte equality with the CPU load (misaligned offsets, empty tensors), the pinned
+staging ring zero after success and after failures, device memory released on OOM and
+on failure, and host memory bounded by the ring whatever the model size.
+"""
+# ruff: noqa: F811  (pytest fixtures imported from tests.support.load)
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.support.load import (
+    MODEL_LAYOUT,
+    assert_same,
+    encrypt,
+    events,
+    file_key,  # noqa: F401 - fixture
+    flip,
+    last,
+    memory_audit,
+    sign,
+    sign_keys,  # noqa: F401 - fixture
+    write_st,
+    zeros,
+)
+from weightguard import loader
+from weightguard._internal.format import layout as fmt
+from weightguard.errors import DeviceError, IntegrityError
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+CHUNK = 4096
+# Many chunks, odd sizes: every tensor after the first is misaligned for its dtype and
+# several straddle chunk boundaries.
+LAYOUT = [
+    *MODEL_LAYOUT,
+    ("tail.odd", "U8", (5,)),
+    ("big.f32", "F32", (97, 129)),
+    ("big.f16", "F16", (4099,)),
+    ("big.i32", "I32", (1501,)),
+    ("empty2", "I64", (0,)),
+]
+
+
+def _sync_allocated() -> int:
+    gc.collect()
+    torch.cuda.synchronize()
+    return int(torch.cuda.memory_allocated())
+
+
+def _model(tmp_path: Path, key: str, keys: Any, *, layout: Any = LAYOUT, chunk: int = CHUNK):  # type: ignore[no-untyped-def]
+    src = tmp_path / "plain.safetensors"
+    expected = write_st(src, layout)
+    d = tmp_path / "enc"
+    d.mkdir(exist_ok=True)
+    enc = d / "model.safetensors"
+    encrypt(src, enc, key, chunk_size=chunk)
+    sign(enc, enc.with_name("model.safetensors.sig"), keys)
+    return src, enc, expected
+
+
+def _load(path: Path, device: str, policy: Any, **kw: Any) -> tuple[Any, list[memoryview], Any]:
+    audit, sink = memory_audit()
+    seen: list[memoryview] = []
+    hooks = kw.pop("hooks", None) or loader.LoadHooks()
+    hooks.on_copier = lambda c: seen.extend(c.staging_views())
+    out = loader.load_file(path, device, policy=policy, audit=audit, hooks=hooks, **kw)
+    return out, seen, sink
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+@pytest.mark.parametrize("ring_slots", [2, 64])
+def test_cuda_equals_cpu_byte_for_byte(tmp_path, file_key, sign_keys, workers, ring_slots) -> None:  # type: ignore[no-untyped-def]
+    _, enc, expected = _model(tmp_path, file_key, sign_keys)
+    pol = sign_keys.policy()
+    cpu, _, _ = _load(enc, "cpu", pol, workers=workers)
+    gpu, seen, sink = _load(enc, "cuda:0", pol, workers=workers, ring_bytes=ring_slots * CHUNK)
+    assert set(gpu) == set(cpu) == set(expected)
+    for name, t in gpu.items():
+        assert t.device.type == "cuda", name
+        assert t.dtype == cpu[name].dtype and t.shape == cpu[name].shape, name
+        assert t.is_contiguous(), name
+    assert_same(gpu, expected)
+    assert_same({k: v.cpu() for k, v in gpu.items()}, cpu)
+    # usable like any tensor: arithmetic on the device matches the CPU
+    assert torch.equal((gpu["big.f32"] * 2).cpu(), cpu["big.f32"] * 2)
+    assert seen and all(zeros(v) for v in seen), "pinned staging ring not zero after load"
+    ok = last(sink, "load.ok")
+    assert ok["object"]["device"] == "cuda:0"
+    assert events(sink) == ["load.start", "verify.ok", "key.unwrap", "load.ok"]
+
+
+def test_cuda_plain_signed_and_subset(tmp_path, sign_keys) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "model.safetensors"
+    expected = write_st(src, LAYOUT)
+    sign(src, src.with_name("model.safetensors.sig"), sign_keys, chunk_size=CHUNK)
+    gpu, seen, _ = _load(src, "cuda", sign_keys.policy(), workers=3, ring_bytes=4 * CHUNK)
+    assert_same(gpu, expected)
+    assert all(zeros(v) for v in seen)
+    audit, _ = memory_audit()
+    with loader.open_model(src, "cuda:0", policy=sign_keys.policy(), audit=audit) as m:
+        part = m.load(["big.f16", "empty2", "odd.bytes"])
+    assert_same(part, {k: expected[k] for k in ("big.f16", "empty2", "odd.bytes")})
+
+
+def test_cuda_tamper_zeroes_staging_and_frees_device(tmp_path, file_key, sign_keys) -> None:  # type: ignore[no-untyped-def]
+    _, enc, _ = _model(tmp_path, file_key, sign_keys)
+    with open(enc, "rb") as f:
+        hdr = fmt.read_header(f, path=str(enc))
+    off, _ = hdr.record_span(hdr.num_chunks - 1)
+    flip(enc, off + 7)
+    audit, sink = memory_audit()
+    seen: list[memoryview] = []
+    hooks = loader.LoadHooks(on_copier=lambda c: seen.extend(c.staging_views()))
+    start = _sync_allocated()
+    with pytest.raises(IntegrityError, match="chunk digest does not match") as e:
+        loader.load_file(
+            enc,
+            "cuda:0",
+            policy=sign_keys.policy(),
+            audit=audit,
+            hooks=hooks,
+            workers=4,
+            ring_bytes=3 * CHUNK,
+        )
+    assert e.value.chunk == hdr.num_chunks - 1
+    del e
+    assert seen and all(zeros(v) for v in seen), "staging ring not zero after tamper"
+    assert last(sink, "tamper.detected")["outcome"] == "denied"
+    assert "load.ok" not in events(sink)
+    assert _sync_allocated() == start
+
+
+def test_cuda_tag_failure_without_signature(tmp_path, file_key) -> None:  # type: ignore[no-untyped-def]
+    """AEAD failure (signature not checked): staging zero, nothing returned."""
+    from weightguard.policy import UnsafeNoVerification
+
+    src = tmp_path / "plain.safetensors"
+    write_st(src, LAYOUT)
+    enc = tmp_path / "model.safetensors"
+    encrypt(src, enc, file_key, chunk_size=CHUNK)
+    with open(enc, "rb") as f:
+        hdr = fmt.read_header(f, path=str(enc))
+    off, n = hdr.record_span(3)
+    flip(enc, off + n - 1)  # record 3's tag
+    audit, sink = memory_audit()
+    seen: list[memoryview] = []
+    hooks = loader.LoadHooks(on_copier=lambda c: seen.extend(c.staging_views()))
+    start = _sync_allocated()
+    with pytest.raises(IntegrityError, match="record 3 failed authentication"):
+        loader.load_file(
+            enc, "cuda:0", policy=UnsafeNoVerification(), audit=audit, hooks=hooks, workers=2
+        )
+    assert seen and all(zeros(v) for v in seen)
+    assert last(sink, "tamper.detected")["object"]["chunk"] == 3
+    assert _sync_allocated() == start
+
+
+def test_cuda_keyboard_interrupt(tmp_path, file_key, sign_keys) -> None:  # type: ignore[no-untyped-def]
+    _, enc, _ = _model(tmp_path, file_key, sign_keys)
+
+    def interrupt(name: str, chunk: int) -> None:
+        if chunk == 5:
+            raise KeyboardInterrupt
+
+    audit, sink = memory_audit()
+    seen: list[memoryview] = []
+    hooks = loader.LoadHooks(
+        before_record=interrupt, on_copier=lambda c: seen.extend(c.staging_views())
+    )
+    start = _sync_allocated()
+    with pytest.raises(KeyboardInterrupt):
+        loader.load_file(
+            enc, "cuda:0", policy=sign_keys.policy(), audit=audit, hooks=hooks, workers=3
+        )
+    assert seen and all(zeros(v) for v in seen)
+    assert last(sink, "load.denied")["reason"] == "cancelled (KeyboardInterrupt)"
+    assert _sync_allocated() == start
+
+
+def test_cuda_oom_releases_memory(tmp_path, file_key, sign_keys) -> None:  # type: ignore[no-untyped-def]
+    layout = [("a", "F32", (1024, 1024)), ("b", "F32", (1024, 1024))]  # 8 MiB
+    _, enc, _ = _model(tmp_path, file_key, sign_keys, layout=layout, chunk=1 << 20)
+    start = _sync_allocated()
+    total = torch.cuda.get_device_properties(0).total_memory
+    # cap this process's allocator just above what it holds now: the model cannot fit
+    torch.cuda.empty_cache()
+    cap = start + (2 << 20)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), 0)
+    audit, sink = memory_audit()
+    try:
+        with pytest.raises(DeviceError, match="out of memory on cuda:0") as e:
+            loader.load_file(enc, "cuda:0", policy=sign_keys.policy(), audit=audit)
+        assert "load fewer tensors" in (e.value.hint or "")
+        del e
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+    assert _sync_allocated() == start
+    denied = last(sink, "load.denied")
+    assert denied["reason"].startswith("DeviceError")
+
+
+def _rss_peak_reset() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+def test_cuda_host_memory_bounded_by_ring(tmp_path, file_key, sign_keys) -> None:  # type: ignore[no-untyped-def]
+    """A 256 MiB model loads to CUDA with host memory growth ~ ring + buffers, not 256 MiB."""
+    mib = 1 << 20
+    layout = [(f"layer{i}", "F32", (1024, 1024)) for i in range(64)]  # 256 MiB
+    _, enc, _ = _model(tmp_path, file_key, sign_keys, layout=layout, chunk=mib)
+    pol = sign_keys.policy()
+    # warm-up: CUDA context, pinned allocator, imports (not counted)
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    _, wenc, _ = _model(warm, file_key, sign_keys, layout=layout[:2], chunk=mib)
+    _load(wenc, "cuda:0", pol, workers=4, ring_bytes=16 * mib)
+    gc.collect()
+    fd = os.open(enc, os.O_RDONLY)  # cold page cache: file pages are not counted in RSS anyway
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    if not _rss_peak_reset():
+        pytest.skip("cannot reset the peak RSS (/proc/self/clear_refs)")
+    base = _status("VmRSS")
+    out, seen, _ = _load(enc, "cuda:0", pol, workers=4, ring_bytes=16 * mib)
+    peak = _status("VmHWM") - base
+    assert len(out) == 64 and all(t.device.type == "cuda" for t in out.values())
+    assert all(zeros(v) for v in seen)
+    # ring (16 MiB) + 4 worker ciphertext buffers (4 MiB) + slack for the interpreter
+    assert peak < 96 * mib, f"host memory grew by {peak / mib:.0f} MiB loading 256 MiB"
+    del out

@@ -1,0 +1,92 @@
+"""One-pass hashing against a naive reference, across the read/hash pipeline's block
+boundaries (small blocks force many blocks, partial last blocks and buffer reuse)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from weightguard._internal.signing import hashing
+from weightguard._internal.signing.hashing import (
+    BLAKE3_CHUNKED,
+    SHA256_CHUNKED,
+    HashJob,
+    hash_files,
+)
+from weightguard.errors import SourceError
+
+
+def _reference(data: bytes, head: int, stride: int, algorithm: str, whole: str):  # type: ignore[no-untyped-def]
+    new = hashing.chunk_hasher(algorithm)
+    ranges = [data[:head]] + [data[o : o + stride] for o in range(head, len(data), stride)]
+    w = hashing.whole_hasher(whole)
+    w.update(data)
+    return w.digest(), tuple(new(r).digest() for r in ranges)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize(
+    ("algorithm", "whole"), [(SHA256_CHUNKED, "sha256"), (BLAKE3_CHUNKED, "blake3")]
+)
+@pytest.mark.parametrize("size", [1_500_000, 2_097_152, 2_200_013])
+def test_pipelined_hashing_matches_reference(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch, workers: int, algorithm: str, whole: str, size: int
+) -> None:
+    monkeypatch.setattr(hashing, "_TARGET_BLOCK", 64 * 1024)
+    monkeypatch.setattr(hashing, "_MAX_BLOCK", 256 * 1024)
+    data = os.urandom(size)
+    p = tmp_path / "f.bin"
+    p.write_bytes(data)
+    head, stride = 1000, 16 * 1024
+    job = HashJob("f.bin", str(p), size, head, stride, algorithm=algorithm, whole=whole)
+    got = hash_files([job], workers=workers)["f.bin"]
+    assert (got.whole, got.digests) == _reference(data, head, stride, algorithm, whole)
+    if whole == "sha256":
+        assert got.whole == hashlib.sha256(data).digest()
+
+
+def test_file_that_shrinks_is_refused(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(hashing, "_TARGET_BLOCK", 64 * 1024)
+    p = tmp_path / "f.bin"
+    p.write_bytes(os.urandom(2_000_000))
+    job = HashJob("f.bin", str(p), 3_000_000, 1000, 16 * 1024)  # claims more than there is
+    with pytest.raises(SourceError, match=r"f\.bin: file shrank"):
+        hash_files([job], workers=2)
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+@pytest.mark.parametrize("size", [1_500_000, 2_200_013])
+def test_verification_chunk_hashing_matches_reference(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch, mapped: bool, size: int
+) -> None:
+    """hash_chunks (verification) hashes from a read-only mapping, or with pread where
+    mapping fails: the digests are the same either way."""
+    from weightguard._internal.signing.hashing import hash_chunks
+
+    monkeypatch.setattr(hashing, "_TARGET_BLOCK", 64 * 1024)
+    if not mapped:
+
+        def refuse(*_a: object, **_k: object) -> None:
+            raise OSError("no mapping here")
+
+        monkeypatch.setattr(hashing.mmap, "mmap", refuse)
+    data = os.urandom(size)
+    p = tmp_path / "f.bin"
+    p.write_bytes(data)
+    head, stride = 70_001, 16 * 1024  # head not aligned to the mapping granularity
+    job = HashJob("f.bin", str(p), size, head, stride, algorithm=BLAKE3_CHUNKED)
+    got = hash_chunks([job], workers=2)["f.bin"]
+    assert got.digests == _reference(data, head, stride, BLAKE3_CHUNKED, "blake3")[1]
+
+
+def test_verification_refuses_a_file_whose_size_changed(tmp_path: Path) -> None:
+    from weightguard._internal.signing.hashing import hash_chunks
+
+    p = tmp_path / "f.bin"
+    p.write_bytes(os.urandom(300_000))
+    job = HashJob("f.bin", str(p), 400_000, 1000, 16 * 1024, algorithm=BLAKE3_CHUNKED)
+    with pytest.raises(SourceError, match=r"f\.bin: file size changed"):
+        hash_chunks([job], workers=2)

@@ -1,0 +1,174 @@
+"""The one-pass verify + decrypt pipeline.
+
+N worker threads (``hashlib``/``blake3`` and AES-GCM release the GIL) take records of the
+files to load.  Each record's bytes are read exactly once from its source into a reused
+buffer, hashed with the chunk algorithm named in the signed record
+(:func:`weightguard._internal.signing.hashing.chunk_hasher`) and compared in constant time with
+the signed digest BEFORE they are used, then
+AEAD-decrypted (or, for plain safetensors, taken as they are) into the copier's
+destination.  The first failure stops every worker; the caller then discards what was
+written (see :mod:`weightguard._internal.load.copiers`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hmac
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from weightguard._internal.foundation.memory import wipe
+from weightguard._internal.load.copiers import Copier
+from weightguard._internal.load.sources import Source
+from weightguard._internal.signing.hashing import SHA256_CHUNKED, chunk_hasher
+from weightguard.errors import IntegrityError
+
+__all__ = ["FileJob", "Record", "RecordCipher", "digest_matches", "run_pipeline"]
+
+
+class RecordCipher(Protocol):
+    def decrypt_record_into(self, index: int, ciphertext: memoryview, out: memoryview) -> None: ...
+
+
+@dataclass(frozen=True)
+class Record:
+    index: int  # chunk index: signed digest index and AEAD record index
+    src_off: int  # offset in the source file
+    src_len: int  # bytes read from the source (ciphertext incl. tag, or plaintext)
+    seg: int  # destination segment of the file
+    dst_off: int  # offset inside the segment
+    dst_len: int  # plaintext bytes
+    digest: bytes | None  # signed chunk digest of the source bytes; None only when unsafe
+
+
+@dataclass
+class FileJob:
+    name: str  # shown in errors and audit events
+    source: Source
+    records: list[Record]
+    segments: list[int]  # destination segment sizes
+    cipher: RecordCipher | None = None  # None: plaintext records
+    bytes_read: int = field(default=0)
+    algorithm: str = SHA256_CHUNKED  # chunk digest algorithm of the signed record
+
+
+def digest_matches(
+    data: memoryview | bytes | bytearray,
+    expected: bytes,
+    algorithm: str = SHA256_CHUNKED,
+    *,
+    path: str | None = None,
+) -> bool:
+    """Constant-time check of ``data``'s chunk digest (``algorithm``) against ``expected``."""
+    got = chunk_hasher(algorithm, path=path)(data).digest()
+    return hmac.compare_digest(got, expected)
+
+
+def _check(job: FileJob, rec: Record, data: memoryview) -> None:
+    if rec.digest is None:
+        return
+    if not digest_matches(data, rec.digest, job.algorithm, path=job.name):
+        raise IntegrityError(
+            "chunk digest does not match the signed digest", path=job.name, chunk=rec.index
+        )
+
+
+class _Stop(Exception):
+    pass
+
+
+BeforeRecord = Callable[[FileJob, Record], None]
+
+
+def run_pipeline(
+    jobs: Sequence[FileJob],
+    copier: Copier,
+    *,
+    workers: int,
+    before_record: BeforeRecord | None = None,
+) -> None:
+    """Process every record of ``jobs`` into ``copier`` (already allocated).
+
+    Raises the first failure (``BaseException`` included: a ``KeyboardInterrupt``
+    in the caller's thread or injected in a worker stops all workers first).
+    """
+    items: list[tuple[FileJob, Record]] = [(j, r) for j in jobs for r in j.records]
+    if not items:
+        return
+    max_ct = max(r.src_len for _, r in items)
+    lock = threading.Lock()
+    state: dict[str, Any] = {"next": 0}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    buffers: list[bytearray] = []
+
+    def take() -> tuple[FileJob, Record] | None:
+        with lock:
+            i = state["next"]
+            if i >= len(items) or stop.is_set():
+                return None
+            state["next"] = i + 1
+            return items[i]
+
+    def work(worker: int) -> None:
+        buf = bytearray(max_ct) if any(j.cipher is not None for j in jobs) else bytearray()
+        with lock:
+            buffers.append(buf)
+        mv = memoryview(buf)
+        try:
+            while True:
+                item = take()
+                if item is None:
+                    return
+                job, rec = item
+                if before_record is not None:
+                    before_record(job, rec)
+                if job.cipher is not None:
+                    ct = mv[: rec.src_len]
+                    job.source.read_into(rec.src_off, ct)
+                    _check(job, rec, ct)
+                    out = copier.acquire(worker, rec.seg, rec.dst_off, rec.dst_len)
+                    try:
+                        job.cipher.decrypt_record_into(rec.index, ct, out)
+                    except BaseException:
+                        copier.abandon(worker, out)
+                        raise
+                else:
+                    out = copier.acquire(worker, rec.seg, rec.dst_off, rec.dst_len)
+                    try:
+                        job.source.read_into(rec.src_off, out)
+                        _check(job, rec, out)
+                    except BaseException:
+                        copier.abandon(worker, out)
+                        raise
+                copier.commit(worker, rec.seg, rec.dst_off, rec.dst_len, out)
+                job.bytes_read += rec.src_len  # approximate under races; for stats only
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+            stop.set()
+
+    n = max(1, min(workers, len(items)))
+    pool = cf.ThreadPoolExecutor(max_workers=n, thread_name_prefix="wg-load")
+    futures = [pool.submit(work, w) for w in range(n)]
+    try:
+        pending = set(futures)
+        while pending:  # short waits so a KeyboardInterrupt reaches this thread
+            _, pending = cf.wait(pending, timeout=0.1)
+    except BaseException:
+        stop.set()
+        cf.wait(futures)
+        raise
+    finally:
+        stop.set()
+        pool.shutdown(wait=True)
+        for b in buffers:
+            wipe(b)
+    if errors:
+        # Prefer the most telling error: integrity over the rest.
+        for e in errors:
+            if isinstance(e, IntegrityError):
+                raise e
+        raise errors[0]

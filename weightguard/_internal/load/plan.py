@@ -1,0 +1,156 @@
+"""Planning a load: which records of which file land where, and tensor views on the result.
+
+Both kinds of file have the same geometry once their head is known:
+``record k`` (k >= 1) lives at ``data_base + (k-1) * src_stride`` and holds data-section
+bytes ``[(k-1) * chunk, min(k * chunk, data_size))`` (plus a 16-byte tag when encrypted).
+A load of a subset of tensors needs only the records their bytes touch; contiguous runs
+of records become destination segments (one allocation each).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from weightguard._internal.format.safetensors import TensorInfo
+from weightguard._internal.load.pipeline import Record
+from weightguard._internal.signing.hashing import SHA256_CHUNKED
+from weightguard.errors import FormatError, IntegrityError
+
+__all__ = ["Geometry", "Placement", "build_tensors", "plan", "torch_dtype"]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    path: str
+    data_base: int  # file offset of record 1
+    src_stride: int  # file bytes per full record
+    chunk: int  # plaintext bytes per full record
+    tag: int  # AEAD tag bytes per record (0 for plaintext)
+    data_size: int
+    num_chunks: int
+    digests: tuple[bytes, ...] | None  # index k -> signed digest of record k (0 = head)
+    algorithm: str = SHA256_CHUNKED  # chunk digest algorithm of ``digests``
+
+    def span(self, k: int) -> tuple[int, int, int, int]:
+        """(src_off, src_len, data_off, data_len) of record ``k`` (1-based)."""
+        data_off = (k - 1) * self.chunk
+        n = max(0, min(self.chunk, self.data_size - data_off))
+        return self.data_base + (k - 1) * self.src_stride, n + self.tag, data_off, n
+
+
+@dataclass(frozen=True)
+class Placement:
+    seg: int
+    offset: int  # inside the segment
+    info: TensorInfo
+
+
+def plan(
+    geo: Geometry, tensors: tuple[TensorInfo, ...], names: set[str] | None
+) -> tuple[list[Record], list[int], dict[str, Placement]]:
+    """Records to process, segment sizes, and where each wanted tensor's bytes land."""
+    wanted = [t for t in tensors if names is None or t.name in names]
+    if names is None:
+        chunks = list(range(1, geo.num_chunks + 1))
+    else:
+        needed: set[int] = set()
+        for t in wanted:
+            if t.end > t.begin:
+                needed.update(range(t.begin // geo.chunk + 1, (t.end - 1) // geo.chunk + 2))
+        chunks = sorted(needed)
+    # Contiguous runs of chunks -> segments.
+    runs: list[list[int]] = []
+    for k in chunks:
+        if runs and runs[-1][-1] == k - 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    records: list[Record] = []
+    segments: list[int] = []
+    seg_ranges: list[tuple[int, int]] = []
+    for seg, run in enumerate(runs):
+        start = geo.span(run[0])[2]
+        end = start
+        for k in run:
+            src_off, src_len, data_off, n = geo.span(k)
+            digest = None
+            if geo.digests is not None:
+                if k >= len(geo.digests):
+                    raise IntegrityError(
+                        "the signature has no digest for this chunk", path=geo.path, chunk=k
+                    )
+                digest = geo.digests[k]
+            records.append(Record(k, src_off, src_len, seg, data_off - start, n, digest))
+            end = data_off + n
+        segments.append(end - start)
+        seg_ranges.append((start, end))
+    placements: dict[str, Placement] = {}
+    for t in wanted:
+        if t.end == t.begin:
+            placements[t.name] = Placement(-1, 0, t)
+            continue
+        for seg, (s, e) in enumerate(seg_ranges):
+            if s <= t.begin and t.end <= e:
+                placements[t.name] = Placement(seg, t.begin - s, t)
+                break
+        else:  # pragma: no cover - planning invariant
+            raise FormatError(f"{geo.path}: tensor {t.name!r} is outside the planned chunks")
+    return records, segments, placements
+
+
+_DTYPES = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "I16": "int16",
+    "U16": "uint16",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I32": "int32",
+    "U32": "uint32",
+    "F32": "float32",
+    "C64": "complex64",
+    "I64": "int64",
+    "U64": "uint64",
+    "F64": "float64",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E8M0": "float8_e8m0fnu",
+}
+
+
+def torch_dtype(name: str, *, path: str, tensor: str) -> Any:
+    import torch
+
+    attr = _DTYPES.get(name)
+    dt = getattr(torch, attr, None) if attr else None
+    if dt is None:
+        raise FormatError(
+            f"{path}: tensor {tensor!r} has dtype {name}, which this torch cannot represent",
+            hint="upgrade torch, or load the file with a tool that supports the dtype",
+        )
+    return dt
+
+
+def build_tensors(
+    path: str, segs: list[Any], placements: dict[str, Placement], device: str
+) -> dict[str, Any]:
+    """dtype/shape views of the segment buffers (copies for misaligned offsets)."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for name, p in placements.items():
+        info = p.info
+        dt = torch_dtype(info.dtype, path=path, tensor=name)
+        if p.seg < 0:
+            out[name] = torch.empty(info.shape, dtype=dt, device=device)
+            continue
+        raw = segs[p.seg][p.offset : p.offset + info.nbytes]
+        itemsize = torch.empty((), dtype=dt).element_size()
+        if raw.data_ptr() % itemsize or raw.storage_offset() % itemsize:
+            aligned = torch.empty(info.nbytes, dtype=torch.uint8, device=raw.device)
+            aligned.copy_(raw)
+            raw = aligned
+        out[name] = raw.view(dt).reshape(info.shape)
+    return out

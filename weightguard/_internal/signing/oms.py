@@ -1,0 +1,713 @@
+"""OpenSSF model-signing (OMS) bundle encoding and strict, bounded decoding.
+
+Byte-level facts (checked against model-signing 1.1.1):
+
+* Bundle: Sigstore bundle JSON, ``mediaType`` ``application/vnd.dev.sigstore.bundle.v0.3+json``,
+  ``verificationMaterial`` (``publicKey.hint`` | ``x509CertificateChain.certificates[].rawBytes``
+  | ``certificate.rawBytes`` + ``tlogEntries`` for Sigstore keyless) and ``dsseEnvelope``.
+* DSSE: ``payloadType`` ``application/vnd.in-toto+json``; exactly one signature over
+  ``PAE = b"DSSEv1 %d %s %d %s" % (len(type), type, len(payload), payload)``; ECDSA DER.
+* Payload: in-toto Statement v1, ``predicateType`` ``https://model_signing/signature/v1.0``,
+  one subject whose sha256 = SHA-256 of the concatenated raw resource digests in listed
+  order; resources sorted by POSIX path parts; a single-file model has one resource ``.``.
+* Key hint: hex SHA-256 of the PEM SubjectPublicKeyInfo text of the public key.
+* ``serialization.hash_type`` ``sha256`` or ``blake3`` (model_signing >= 1.1.0); every
+  resource's ``algorithm`` is the same name and its ``digest`` the hex whole-file digest
+  (BLAKE3: 32-byte default output, as ``blake3.blake3(max_threads=AUTO)`` computes it).
+  The subject digest is SHA-256 either way.
+
+weightguard adds ``predicate.weightguard`` (signed; ignored by the reference verifier):
+``{"version", "signed_at"?, "files": {name: {"algorithm", "size", "head", "stride",
+"digests": [hex...]}}}`` where ``algorithm`` is ``blake3-chunked-v1`` (default) or
+``sha256-chunked-v1`` (32-byte digests either way).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from weightguard._internal.signing.hashing import (
+    CHUNK_ALGORITHMS,
+    SHA256_CHUNKED,
+    WHOLE_ALGORITHMS,
+    range_count,
+)
+from weightguard.errors import ConfigError, FormatError
+
+__all__ = [
+    "BUNDLE_MEDIA_TYPE",
+    "PAYLOAD_TYPE",
+    "PREDICATE_TYPE",
+    "STATEMENT_TYPE",
+    "Bundle",
+    "ChunkRecord",
+    "Statement",
+    "build_statement",
+    "encode_bundle",
+    "key_hint",
+    "pae",
+    "parse_bundle",
+    "parse_statement",
+    "resource_sort_key",
+    "subject_digest",
+    "validate_resource_name",
+]
+
+BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://model_signing/signature/v1.0"
+WG_VERSION_FIELD = "weightguard"
+
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+MAX_RESOURCES = 1_000_000
+MAX_CERTS = 10
+MAX_NAME_LEN = 4096
+MAX_FILE_SIZE = 1 << 50
+MIN_STRIDE = 16
+MAX_STRIDE = 1 << 30
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def pae(payload: bytes, payload_type: str = PAYLOAD_TYPE) -> bytes:
+    """DSSE v1 pre-authentication encoding (what is actually signed)."""
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def key_hint(public_key: Any) -> str:
+    """model-signing's ``publicKey.hint``: hex SHA-256 of the PEM SPKI text."""
+    from cryptography.hazmat.primitives import serialization
+
+    pem = public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(pem).hexdigest()
+
+
+def resource_sort_key(name: str) -> tuple[str, ...]:
+    """model-signing sorts resources as ``PurePosixPath`` objects: by path parts."""
+    return tuple(name.split("/"))
+
+
+def subject_digest(digests: list[bytes]) -> bytes:
+    h = hashlib.sha256()
+    for d in digests:
+        h.update(d)
+    return h.digest()
+
+
+def validate_resource_name(name: object, where: str, *, single_file_ok: bool = True) -> str:
+    """A resource name must be a plain relative POSIX path inside the model."""
+    if not isinstance(name, str) or not name:
+        raise FormatError(f"{where}: resource name must be a non-empty string")
+    if len(name) > MAX_NAME_LEN:
+        raise FormatError(f"{where}: resource name longer than {MAX_NAME_LEN} characters")
+    if name == ".":
+        if single_file_ok:
+            return name
+        raise FormatError(f"{where}: resource name '.' is only valid for a single-file model")
+    if "\\" in name:
+        raise FormatError(f"{where}: resource name {name!r} contains a backslash")
+    if "\x00" in name or any(ord(c) < 0x20 for c in name):
+        raise FormatError(f"{where}: resource name {name!r} contains control characters")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise FormatError(f"{where}: resource name {name!r} is an absolute path")
+    parts = name.split("/")
+    for p in parts:
+        if p in ("", ".", ".."):
+            raise FormatError(
+                f"{where}: resource name {name!r} has an empty, '.' or '..' component"
+            )
+    return name
+
+
+def _b64decode(value: object, where: str, *, max_len: int = MAX_BUNDLE_BYTES) -> bytes:
+    if not isinstance(value, str):
+        raise FormatError(f"{where}: expected a base64 string")
+    if len(value) > max_len * 4 // 3 + 4:
+        raise FormatError(f"{where}: value too large")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise FormatError(f"{where}: invalid base64") from exc
+
+
+def _obj(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise FormatError(f"{where}: expected a JSON object")
+    return value
+
+
+def _list(value: object, where: str, max_items: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise FormatError(f"{where}: expected a JSON array")
+    if len(value) > max_items:
+        raise FormatError(f"{where}: more than {max_items} entries")
+    return value
+
+
+def _str(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise FormatError(f"{where}: expected a string")
+    return value
+
+
+def _int(value: object, where: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FormatError(f"{where}: expected an integer")
+    if not lo <= value <= hi:
+        raise FormatError(f"{where}: {value} out of range [{lo}, {hi}]")
+    return value
+
+
+def _hex32(value: object, where: str) -> bytes:
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise FormatError(f"{where}: expected 64 lowercase hex characters (a SHA-256 digest)")
+    return bytes.fromhex(value)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise FormatError(f"duplicate JSON key {k!r}")
+        out[k] = v
+    return out
+
+
+def _loads(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{where}: not UTF-8 text") from exc
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{where}: malformed JSON ({exc.msg} at line {exc.lineno})") from exc
+    except RecursionError as exc:
+        raise FormatError(f"{where}: JSON nested too deeply") from exc
+
+
+# ----------------------------------------------------------------------------- bundle
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A parsed (not yet verified) OMS bundle."""
+
+    raw: bytes
+    media_type: str
+    kind: str  # "key" | "x509" | "sigstore"
+    key_hint: str | None  # publicKey.hint
+    certificates: tuple[bytes, ...]  # DER, leaf first (x509 chain or sigstore cert)
+    payload_type: str
+    payload: bytes
+    signature: bytes
+    document: dict[str, Any] = field(repr=False)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+
+def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
+    """Strictly parse a bundle; every failure names the file and the field."""
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise FormatError(f"{path}: bundle larger than {MAX_BUNDLE_BYTES} bytes")
+    doc = _obj(_loads(data, path), path)
+    media_type = doc.get("mediaType")
+    if media_type != BUNDLE_MEDIA_TYPE:
+        raise FormatError(
+            f"{path}: mediaType is {media_type!r}, expected {BUNDLE_MEDIA_TYPE!r}",
+            hint="sign the model again with weightguard or model_signing >= 1.0",
+        )
+    if "messageSignature" in doc:
+        raise FormatError(f"{path}: messageSignature bundles are not model signatures")
+    vm = _obj(doc.get("verificationMaterial"), f"{path}: verificationMaterial")
+    env = _obj(doc.get("dsseEnvelope"), f"{path}: dsseEnvelope")
+
+    hint: str | None = None
+    certs: list[bytes] = []
+    present = [k for k in ("publicKey", "x509CertificateChain", "certificate") if k in vm]
+    if len(present) != 1:
+        raise FormatError(
+            f"{path}: verificationMaterial must hold exactly one of publicKey, "
+            f"x509CertificateChain, certificate (found {present or 'none'})"
+        )
+    tlog = vm.get("tlogEntries", [])
+    _list(tlog, f"{path}: verificationMaterial.tlogEntries", 16)
+    if present[0] == "publicKey":
+        kind = "key"
+        pk = _obj(vm["publicKey"], f"{path}: verificationMaterial.publicKey")
+        h = pk.get("hint")
+        if h is not None:
+            if not isinstance(h, str) or not _HEX64.fullmatch(h):
+                raise FormatError(
+                    f"{path}: verificationMaterial.publicKey.hint is not a hex SHA-256"
+                )
+            hint = h
+    elif present[0] == "x509CertificateChain":
+        kind = "x509"
+        chain = _obj(
+            vm["x509CertificateChain"], f"{path}: verificationMaterial.x509CertificateChain"
+        )
+        items = _list(
+            chain.get("certificates"),
+            f"{path}: verificationMaterial.x509CertificateChain.certificates",
+            MAX_CERTS,
+        )
+        if not items:
+            raise FormatError(f"{path}: x509CertificateChain.certificates is empty")
+        for i, c in enumerate(items):
+            where = f"{path}: x509CertificateChain.certificates[{i}].rawBytes"
+            certs.append(_b64decode(_obj(c, where).get("rawBytes"), where, max_len=1 << 20))
+    else:
+        kind = "sigstore"
+        c = _obj(vm["certificate"], f"{path}: verificationMaterial.certificate")
+        where = f"{path}: verificationMaterial.certificate.rawBytes"
+        certs.append(_b64decode(c.get("rawBytes"), where, max_len=1 << 20))
+        if not tlog:
+            raise FormatError(
+                f"{path}: Sigstore keyless bundle without tlogEntries",
+                hint="a keyless signature must carry its transparency log entry",
+            )
+
+    payload_type = _str(env.get("payloadType"), f"{path}: dsseEnvelope.payloadType")
+    if payload_type != PAYLOAD_TYPE:
+        raise FormatError(
+            f"{path}: dsseEnvelope.payloadType is {payload_type!r}, expected {PAYLOAD_TYPE!r}"
+        )
+    payload = _b64decode(env.get("payload"), f"{path}: dsseEnvelope.payload")
+    sigs = _list(env.get("signatures"), f"{path}: dsseEnvelope.signatures", 16)
+    if len(sigs) != 1:
+        raise FormatError(
+            f"{path}: dsseEnvelope.signatures has {len(sigs)} entries, expected exactly 1",
+            hint="a model signature carries one signature; re-sign the model",
+        )
+    sig_obj = _obj(sigs[0], f"{path}: dsseEnvelope.signatures[0]")
+    sig = _b64decode(sig_obj.get("sig"), f"{path}: dsseEnvelope.signatures[0].sig", max_len=4096)
+    if not sig:
+        raise FormatError(f"{path}: dsseEnvelope.signatures[0].sig is empty")
+    return Bundle(
+        raw=bytes(data),
+        media_type=media_type,
+        kind=kind,
+        key_hint=hint,
+        certificates=tuple(certs),
+        payload_type=payload_type,
+        payload=payload,
+        signature=sig,
+        document=doc,
+    )
+
+
+def encode_bundle(
+    payload: bytes,
+    signature: bytes,
+    *,
+    key_hint: str | None = None,
+    certificates: list[bytes] | None = None,
+) -> bytes:
+    """Encode a key or X.509-chain bundle exactly as model-signing writes it."""
+    if certificates:
+        vm: dict[str, Any] = {
+            "x509CertificateChain": {
+                "certificates": [
+                    {"rawBytes": base64.b64encode(c).decode("ascii")} for c in certificates
+                ]
+            },
+            "tlogEntries": [],
+        }
+    else:
+        vm = {"publicKey": {"hint": key_hint}, "tlogEntries": []}
+    doc = {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": vm,
+        "dsseEnvelope": {
+            "payload": base64.b64encode(payload).decode("ascii"),
+            "payloadType": PAYLOAD_TYPE,
+            "signatures": [{"sig": base64.b64encode(signature).decode("ascii"), "keyid": ""}],
+        },
+    }
+    return json.dumps(doc, indent=2).encode("utf-8") + b"\n"
+
+
+# -------------------------------------------------------------------------- statement
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    size: int
+    head: int
+    stride: int
+    digests: tuple[bytes, ...]
+    algorithm: str = SHA256_CHUNKED  # chunk digest algorithm (hashing.chunk_hasher)
+
+
+@dataclass(frozen=True)
+class Statement:
+    model_name: str
+    subject_sha256: bytes
+    resources: dict[str, bytes]  # name -> whole-file digest (hash_type), in listed order
+    allow_symlinks: bool
+    ignore_paths: tuple[str, ...]
+    wg_version: str | None
+    signed_at: datetime | None  # signer's claim (weightguard bundles only)
+    chunks: dict[str, ChunkRecord]
+    hash_type: str = "sha256"  # serialization.hash_type == every resource's algorithm
+
+
+def build_statement(
+    model_name: str,
+    resources: dict[str, bytes],
+    *,
+    allow_symlinks: bool,
+    ignore_paths: list[str],
+    chunks: dict[str, ChunkRecord],
+    version: str,
+    signed_at: datetime | None,
+    hash_type: str = "sha256",
+) -> bytes:
+    if hash_type not in WHOLE_ALGORITHMS:
+        raise ConfigError(
+            f"hash type {hash_type!r} is not supported; use one of {', '.join(WHOLE_ALGORITHMS)}"
+        )
+    names = sorted(resources, key=resource_sort_key)
+    digests = [resources[n] for n in names]
+    serialization: dict[str, Any] = {
+        "method": "files",
+        "hash_type": hash_type,
+        "allow_symlinks": allow_symlinks,
+    }
+    if ignore_paths:
+        serialization["ignore_paths"] = list(ignore_paths)
+    wg: dict[str, Any] = {"version": version}
+    if signed_at is not None:
+        wg["signed_at"] = signed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    wg["files"] = {
+        n: {
+            "algorithm": chunks[n].algorithm,
+            "size": chunks[n].size,
+            "head": chunks[n].head,
+            "stride": chunks[n].stride,
+            "digests": [d.hex() for d in chunks[n].digests],
+        }
+        for n in names
+        if n in chunks
+    }
+    doc = {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": model_name, "digest": {"sha256": subject_digest(digests).hex()}}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "serialization": serialization,
+            "resources": [
+                {"name": n, "algorithm": hash_type, "digest": resources[n].hex()} for n in names
+            ],
+            WG_VERSION_FIELD: wg,
+        },
+    }
+    return json.dumps(doc, indent=2).encode("utf-8")
+
+
+def _parse_time(value: object, where: str) -> datetime:
+    s = _str(value, where)
+    try:
+        t = datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError as exc:
+        raise FormatError(f"{where}: expected UTC time as YYYY-MM-DDTHH:MM:SSZ") from exc
+    return t.replace(tzinfo=UTC)
+
+
+def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
+    """Strictly parse the in-toto statement of an OMS bundle (after signature check)."""
+    w = f"{path}: payload"
+    doc = _obj(_loads(payload, w), w)
+    if doc.get("_type") != STATEMENT_TYPE:
+        raise FormatError(f"{w}._type is {doc.get('_type')!r}, expected {STATEMENT_TYPE!r}")
+    if doc.get("predicateType") != PREDICATE_TYPE:
+        raise FormatError(
+            f"{w}.predicateType is {doc.get('predicateType')!r}, expected {PREDICATE_TYPE!r}"
+        )
+    subjects = _list(doc.get("subject"), f"{w}.subject", 16)
+    if len(subjects) != 1:
+        raise FormatError(f"{w}.subject has {len(subjects)} entries, expected exactly 1")
+    subj = _obj(subjects[0], f"{w}.subject[0]")
+    model_name = _str(subj.get("name"), f"{w}.subject[0].name")
+    sdig = _obj(subj.get("digest"), f"{w}.subject[0].digest")
+    subject_sha = _hex32(sdig.get("sha256"), f"{w}.subject[0].digest.sha256")
+
+    pred = _obj(doc.get("predicate"), f"{w}.predicate")
+    ser = _obj(pred.get("serialization"), f"{w}.predicate.serialization")
+    if ser.get("method") != "files":
+        raise FormatError(
+            f"{w}.predicate.serialization.method is {ser.get('method')!r}; "
+            "only 'files' is supported",
+            hint="sign with file serialization (the model_signing default)",
+        )
+    hash_type = ser.get("hash_type")
+    if hash_type not in WHOLE_ALGORITHMS:
+        raise FormatError(
+            f"{w}.predicate.serialization.hash_type is {str(hash_type)[:64]!r}; "
+            f"supported: {', '.join(repr(a) for a in WHOLE_ALGORITHMS)}",
+            hint="re-sign with hash type sha256 or blake3 (files serialization)",
+        )
+    allow_symlinks = ser.get("allow_symlinks")
+    if not isinstance(allow_symlinks, bool):
+        raise FormatError(f"{w}.predicate.serialization.allow_symlinks must be a boolean")
+    ignore_raw = _list(
+        ser.get("ignore_paths", []), f"{w}.predicate.serialization.ignore_paths", 4096
+    )
+    ignore_paths = tuple(
+        _str(p, f"{w}.predicate.serialization.ignore_paths[{i}]") for i, p in enumerate(ignore_raw)
+    )
+
+    items = _list(pred.get("resources"), f"{w}.predicate.resources", MAX_RESOURCES)
+    resources: dict[str, bytes] = {}
+    for i, r in enumerate(items):
+        rw = f"{w}.predicate.resources[{i}]"
+        ro = _obj(r, rw)
+        name = validate_resource_name(ro.get("name"), f"{rw}.name")
+        if ro.get("algorithm") != hash_type:
+            raise FormatError(
+                f"{rw}.algorithm is {str(ro.get('algorithm'))[:64]!r}, expected {hash_type!r} "
+                "(the serialization.hash_type)"
+            )
+        if name in resources:
+            raise FormatError(f"{rw}.name {name!r} is listed twice")
+        resources[name] = _hex32(ro.get("digest"), f"{rw}.digest")
+    if "." in resources and len(resources) != 1:
+        raise FormatError(f"{w}.predicate.resources: '.' (single-file model) mixed with others")
+    if subject_digest(list(resources.values())) != subject_sha:
+        raise FormatError(
+            f"{w}.subject[0].digest.sha256 does not match the listed resources",
+            hint="the statement is inconsistent; it was not produced by a correct signer",
+        )
+
+    wg_version: str | None = None
+    signed_at: datetime | None = None
+    chunks: dict[str, ChunkRecord] = {}
+    if WG_VERSION_FIELD in pred:
+        ww = f"{w}.predicate.weightguard"
+        wg = _obj(pred[WG_VERSION_FIELD], ww)
+        wg_version = _str(wg.get("version"), f"{ww}.version")
+        if "signed_at" in wg:
+            signed_at = _parse_time(wg["signed_at"], f"{ww}.signed_at")
+        files = _obj(wg.get("files"), f"{ww}.files")
+        if len(files) > MAX_RESOURCES:
+            raise FormatError(f"{ww}.files: too many entries")
+        for name, rec in files.items():
+            fw = f"{ww}.files[{name!r}]"
+            if name not in resources:
+                raise FormatError(f"{fw}: not a listed resource")
+            ro = _obj(rec, fw)
+            algorithm = ro.get("algorithm")
+            if algorithm not in CHUNK_ALGORITHMS:
+                shown = str(algorithm)[:64]
+                raise FormatError(
+                    f"{fw}.algorithm: file {name!r} is signed with unknown chunk digest "
+                    f"algorithm {shown!r}; supported: {', '.join(CHUNK_ALGORITHMS)}",
+                    hint="upgrade weightguard, or re-sign the model with this version",
+                )
+            size = _int(ro.get("size"), f"{fw}.size", 0, MAX_FILE_SIZE)
+            head = _int(ro.get("head"), f"{fw}.head", 0, size)
+            stride = _int(ro.get("stride"), f"{fw}.stride", MIN_STRIDE, MAX_STRIDE)
+            expected = range_count(size, head, stride)
+            dl = _list(ro.get("digests"), f"{fw}.digests", expected)
+            if len(dl) != expected:
+                raise FormatError(
+                    f"{fw}.digests has {len(dl)} entries, expected {expected} for "
+                    f"size {size}, head {head}, stride {stride}"
+                )
+            chunks[name] = ChunkRecord(
+                size=size,
+                head=head,
+                stride=stride,
+                digests=tuple(_hex32(d, f"{fw}.digests[{k}]") for k, d in enumerate(dl)),
+                algorithm=str(algorithm),
+            )
+    return Statement(
+        model_name=model_name,
+        subject_sha256=subject_sha,
+        resources=resources,
+        allow_symlinks=allow_symlinks,
+        ignore_paths=ignore_paths,
+        wg_version=wg_version,
+        signed_at=signed_at,
+        chunks=chunks,
+        hash_type=str(hash_type),
+    )
+
+
+# ---------------------------------------------------------------- verification evidence
+
+_CURVE_HASH = {"secp256r1": "sha256", "secp384r1": "sha384", "secp521r1": "sha512"}
+_CURVE_NAME = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+
+
+def ec_hash(public_key: Any, where: str) -> Any:
+    """The hash model-signing pairs with an EC key (by curve); refuse anything else."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise FormatError(
+            f"{where}: key is {type(public_key).__name__}, not an EC key",
+            hint="OMS signatures use ECDSA P-256, P-384 or P-521 keys",
+        )
+    name = _CURVE_HASH.get(public_key.curve.name)
+    if name is None:
+        raise FormatError(
+            f"{where}: unsupported curve {public_key.curve.name}",
+            hint="use an ECDSA P-256, P-384 or P-521 key",
+        )
+    algos: dict[str, hashes.HashAlgorithm] = {
+        "sha256": hashes.SHA256(),
+        "sha384": hashes.SHA384(),
+        "sha512": hashes.SHA512(),
+    }
+    return algos[name]
+
+
+def curve_label(public_key: Any) -> str:
+    return _CURVE_NAME.get(getattr(getattr(public_key, "curve", None), "name", ""), "?")
+
+
+def key_fingerprint(public_key: Any) -> str:
+    """``sha256:<hex>`` of the DER SubjectPublicKeyInfo (weightguard's key fingerprint)."""
+    from cryptography.hazmat.primitives import serialization
+
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def check_der_signature(sig: bytes, public_key: Any, where: str) -> None:
+    """Refuse anything that is not a strict DER ECDSA signature (raw r||s included)."""
+    from cryptography.hazmat.primitives.asymmetric.utils import (
+        decode_dss_signature,
+        encode_dss_signature,
+    )
+
+    coord = (public_key.curve.key_size + 7) // 8
+    try:
+        r, s = decode_dss_signature(sig)
+        ok = encode_dss_signature(r, s) == sig
+    except ValueError:
+        ok = False
+    if not ok:
+        looks_raw = len(sig) == 2 * coord
+        raise FormatError(
+            f"{where} is not a DER-encoded ECDSA signature"
+            + (f" (it looks like a raw r||s value of {len(sig)} bytes)" if looks_raw else ""),
+            hint="OMS/model-signing signatures are ASN.1 DER; re-sign with a conforming signer",
+        )
+
+
+class Evidence:
+    """What a policy can learn from one parsed bundle; crypto results are cached."""
+
+    def __init__(self, bundle: Bundle, *, path: str) -> None:
+        self.bundle = bundle
+        self.path = path
+        self._key_results: dict[str, str | None] = {}
+        self._sigstore: dict[str, Any] = {}
+
+    def verify_with_key(self, public_key: Any, *, check_hint: bool = True) -> str | None:
+        """None if the DSSE signature verifies with ``public_key``, else the reason."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        fp = key_fingerprint(public_key)
+        cache_key = f"{fp}:{check_hint}"
+        if cache_key in self._key_results:
+            return self._key_results[cache_key]
+        where = f"{self.path}: dsseEnvelope.signatures[0].sig"
+        reason: str | None = None
+        try:
+            algo = ec_hash(public_key, f"{self.path}: verification key {fp}")
+            hint = self.bundle.key_hint
+            if check_hint and hint is not None and hint != key_hint(public_key):
+                raise FormatError(
+                    f"{self.path}: verificationMaterial.publicKey.hint "
+                    f"{hint[:16]}... does not match key {fp} ({curve_label(public_key)})",
+                    hint="the model was signed with a different key",
+                )
+            check_der_signature(self.bundle.signature, public_key, where)
+            try:
+                public_key.verify(self.bundle.signature, pae(self.bundle.payload), ec.ECDSA(algo))
+            except InvalidSignature:
+                raise FormatError(
+                    f"{where} does not verify with key {fp} ({curve_label(public_key)})",
+                    hint="wrong key, or the signed statement was modified",
+                ) from None
+        except FormatError as exc:
+            reason = exc.message
+        self._key_results[cache_key] = reason
+        return reason
+
+    def leaf_certificate(self) -> Any:
+        from cryptography import x509
+
+        if not self.bundle.certificates:
+            raise FormatError(f"{self.path}: bundle carries no certificate")
+        try:
+            return x509.load_der_x509_certificate(self.bundle.certificates[0])
+        except ValueError as exc:
+            raise FormatError(
+                f"{self.path}: leaf certificate (certificates[0]) is not valid DER X.509"
+            ) from exc
+
+    def chain_certificates(self) -> list[Any]:
+        from cryptography import x509
+
+        out = []
+        for i, der in enumerate(self.bundle.certificates[1:], start=1):
+            try:
+                out.append(x509.load_der_x509_certificate(der))
+            except ValueError as exc:
+                raise FormatError(
+                    f"{self.path}: x509CertificateChain.certificates[{i}] is not valid DER X.509"
+                ) from exc
+        return out
+
+    def claimed_signing_time(self) -> datetime | None:
+        """``predicate.weightguard.signed_at`` (only meaningful once the signature verified)."""
+        try:
+            doc = json.loads(self.bundle.payload)
+            t = doc["predicate"][WG_VERSION_FIELD]["signed_at"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return _parse_time(t, f"{self.path}: payload.predicate.weightguard.signed_at")
+
+    def verify_sigstore(
+        self, identity: str, issuer: str, trusted_root: Any
+    ) -> tuple[Any, datetime | None, str]:
+        """Verify with sigstore-python (chain to Fulcio, SCT, tlog, TSA) and the identity."""
+        from sigstore.errors import Error as SigstoreError
+        from sigstore.models import Bundle as SBundle
+        from sigstore.verify import Verifier, policy
+
+        try:
+            sb = SBundle.from_json(self.bundle.raw)
+        except (SigstoreError, ValueError) as exc:
+            raise FormatError(f"{self.path}: not a valid Sigstore bundle: {exc}") from exc
+        verifier = Verifier(trusted_root=trusted_root)
+        try:
+            ptype, payload = verifier.verify_dsse(
+                sb, policy.Identity(identity=identity, issuer=issuer)
+            )
+        except SigstoreError as exc:
+            raise FormatError(f"{self.path}: Sigstore verification failed: {exc}") from exc
+        if ptype != PAYLOAD_TYPE or payload != self.bundle.payload:
+            raise FormatError(f"{self.path}: Sigstore-verified payload differs from the envelope")
+        t = sb.log_entry._inner.integrated_time
+        when = datetime.fromtimestamp(t, tz=UTC) if t else None
+        return sb.signing_certificate, when, "transparency-log" if when else "none"
