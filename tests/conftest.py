@@ -1,4 +1,4 @@
-"""Shared pytest fixtures.  Area-specific fixtures live in tests/fixtures_<area>.py."""
+"""Shared pytest fixtures.  Fixtures and helpers live in tests/support/."""
 
 from __future__ import annotations
 

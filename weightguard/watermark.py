@@ -175,9 +175,18 @@ def embed_file(
 
     try:
         if encrypted:
+            from weightguard import crypt, loader
             from weightguard._internal.watermark.encrypted import embed_encrypted
 
-            embed_encrypted(srcp, dstp, mark_loaded, load_options=load_options, overwrite=overwrite)
+            embed_encrypted(
+                srcp,
+                dstp,
+                mark_loaded,
+                open_model=loader.open_model,
+                encrypt_bytes=crypt.encrypt_bytes,
+                load_options=load_options,
+                overwrite=overwrite,
+            )
         elif srcp.is_dir():
             _embed_dir(srcp, dstp, mark)
         else:
@@ -396,7 +405,9 @@ def check_keys(
             f"keys_tested ({k_tested}) is smaller than the keys given ({len(keys)})",
             hint="count every key tried on this suspect",
         )
-    src = open_source(suspect, label="suspect", load_options=load_options)
+    src = open_source(
+        suspect, label="suspect", load_options=load_options, load_encrypted=_load_encrypted
+    )
     missing: list[str] = []
     if original is None:
         views = wm_detect.blind_views(src, min_numel)
@@ -463,3 +474,10 @@ def _check_alpha(alpha: float) -> None:
             f"alpha {alpha} is out of range (0, 0.5]",
             hint=f"the default {DEFAULT_ALPHA} is measured in docs/watermark.md",
         )
+
+
+def _load_encrypted(path: str, options: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The secure loader, for suspects that are encrypted artifacts (decrypted in memory)."""
+    from weightguard import loader
+
+    return loader.load_file(path, "cpu", **options)

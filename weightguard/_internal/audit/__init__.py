@@ -1,1 +1,1 @@
-"""audit."""
+"""Audit log internals: records and chain, sinks, signed checkpoints and anchors, verification."""

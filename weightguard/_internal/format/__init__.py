@@ -1,1 +1,1 @@
-"""format."""
+"""Encrypted artifact byte layout (docs/FORMAT.md) and the bounded plain safetensors parser."""

@@ -1,1 +1,1 @@
-"""foundation."""
+"""Area-independent building blocks: atomic writes, wiping, CPU counts, Vault clients."""

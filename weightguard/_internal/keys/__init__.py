@@ -1,1 +1,1 @@
-"""keys."""
+"""Key providers that wrap and unwrap per-file data keys (Vault/OpenBao Transit, AWS KMS, file)."""

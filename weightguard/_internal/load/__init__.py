@@ -1,1 +1,1 @@
-"""load."""
+"""The secure loader's machinery: sources, planning, the one-pass pipeline, copiers, upload."""

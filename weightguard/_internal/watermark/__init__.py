@@ -1,1 +1,1 @@
-"""watermark."""
+"""Watermark scheme, detection, alignment, fingerprints and tensor sources."""

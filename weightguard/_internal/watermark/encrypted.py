@@ -50,16 +50,18 @@ def embed_encrypted(
     dst: Path,
     mark: Mark,
     *,
+    open_model: Callable[..., Any],
+    encrypt_bytes: Callable[..., Any],
     load_options: Mapping[str, Any] | None,
     overwrite: bool,
 ) -> list[str]:
     """Mark the encrypted artifact ``src`` into ``dst``; returns the shards rewritten.
 
     ``load_options``: ``policy`` (required), ``signature``, ``key``, ``key_options``,
-    ``audit`` ... as for :func:`weightguard.loader.open_model`.
+    ``audit`` ... as for :func:`weightguard.loader.open_model`.  ``open_model`` and
+    ``encrypt_bytes`` are the loader's and crypt's, handed down by weightguard.watermark
+    (this layer never imports orchestration modules).
     """
-    from weightguard import loader
-
     opts = dict(load_options or {})
     if opts.get("policy") is None:
         raise WatermarkError(
@@ -68,7 +70,7 @@ def embed_encrypted(
             "PEM [--signature BUNDLE], or --unsafe-no-verification)",
         )
     key_options = opts.get("key_options")
-    with loader.open_model(src, "cpu", **opts) as handle:
+    with open_model(src, "cpu", **opts) as handle:
         tensors = handle.load()  # verified + decrypted, in memory only
         try:
             # The verified per-file plaintext headers (the loader's parsed, checked view).
@@ -78,7 +80,7 @@ def embed_encrypted(
             def write(base: Path) -> None:
                 for f in files:
                     out = base / f.name if src.is_dir() else base
-                    _rebuild(f, tensors, mark, out, key_options)
+                    _rebuild(f, tensors, mark, out, key_options, encrypt_bytes)
                     written.append(f.name)
 
             if src.is_dir():
@@ -99,11 +101,10 @@ def _rebuild(
     mark: Mark,
     out: Path,
     key_options: Mapping[str, Any] | None,
+    encrypt_bytes: Callable[..., Any],
 ) -> None:
     """Rebuild one shard in memory (original header bytes, marked data) and write it:
     re-encrypted like the input when the input shard was encrypted."""
-    from weightguard import crypt
-
     st_raw: bytes = f.st_raw
     base = len(st_raw)
     size = base + f.geometry.data_size
@@ -122,7 +123,7 @@ def _rebuild(
         if f.encrypted:
             h = f.header
             w = h.wrapped_key
-            crypt.encrypt_bytes(
+            encrypt_bytes(
                 buf,
                 out,
                 w.uri,

@@ -210,11 +210,20 @@ def _is_encrypted(path: Path) -> bool:
         return False
 
 
+# ``load_encrypted(path, options) -> dict of tensors``: the secure loader, handed down by
+# the orchestration layer (weightguard.watermark) so this module never imports it.
+LoadEncrypted = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
+
+
 def open_source(
-    obj: Any, *, label: str | None = None, load_options: Mapping[str, Any] | None = None
+    obj: Any,
+    *,
+    label: str | None = None,
+    load_options: Mapping[str, Any] | None = None,
+    load_encrypted: LoadEncrypted | None = None,
 ) -> TensorSource:
     """A dict of tensors, a safetensors file, a directory of shards, or an encrypted artifact
-    (decrypted in memory through `weightguard.load_file`, options passed through)."""
+    (decrypted in memory through ``load_encrypted``, options passed through)."""
     if isinstance(obj, TensorSource):
         return obj
     if isinstance(obj, Mapping):
@@ -223,14 +232,14 @@ def open_source(
     if path.is_dir():
         shards = shard_files(path)
         if any(_is_encrypted(p) for p in shards):
-            return _encrypted_source(path, label or str(path), load_options)
+            return _encrypted_source(path, label or str(path), load_options, load_encrypted)
         entries: list[Entry] = []
         for p in shards:
             entries.extend(_file_entries(p))
         return TensorSource(entries, _file_loader, label or str(path))
     if path.is_file():
         if _is_encrypted(path):
-            return _encrypted_source(path, label or str(path), load_options)
+            return _encrypted_source(path, label or str(path), load_options, load_encrypted)
         return TensorSource(_file_entries(path), _file_loader, label or str(path))
     raise SourceError(
         f"{path}: no such file or directory",
@@ -255,14 +264,12 @@ def _dict_source(d: Mapping[str, Any], label: str) -> TensorSource:
     return TensorSource(entries, lambda e: tensors[e.name].detach().cpu(), label)
 
 
-def _encrypted_source(path: Path, label: str, options: Mapping[str, Any] | None) -> TensorSource:
-    try:
-        from weightguard import loader
-    except ImportError:
-        raise WatermarkError(
-            f"{path} is an encrypted artifact and the secure loader is not available",
-            hint="decrypt it first, or check the loaded tensors",
-        ) from None
+def _encrypted_source(
+    path: Path,
+    label: str,
+    options: Mapping[str, Any] | None,
+    load_encrypted: LoadEncrypted | None,
+) -> TensorSource:
     opts = dict(options or {})
     if "policy" not in opts:
         raise WatermarkError(
@@ -270,8 +277,12 @@ def _encrypted_source(path: Path, label: str, options: Mapping[str, Any] | None)
             hint="pass load_options={'policy': ..., 'signature': ...} (CLI: --policy/--signature)"
             " or check tensors you loaded yourself",
         )
-    tensors = loader.load_file(str(path), "cpu", **opts)
-    return _dict_source(tensors, label)
+    if load_encrypted is None:
+        raise WatermarkError(
+            f"{path} is an encrypted artifact and the secure loader is not available",
+            hint="decrypt it first, or check the loaded tensors",
+        )
+    return _dict_source(load_encrypted(str(path), opts), label)
 
 
 # ---------------------------------------------------------------- atomic writing
