@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-INTEROP = ROOT.parent / "shared" / "interop"
+# WEIGHTGUARD_INTEROP: where the vectors are when the checkout is not next to shared/.
+INTEROP = Path(os.environ.get("WEIGHTGUARD_INTEROP") or ROOT.parent / "shared" / "interop")
 MODEL_SIGNING = str(Path(sys.executable).with_name("model_signing"))
 
 
