@@ -17,8 +17,7 @@ _MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
     "only",
     multiple=True,
     metavar="NAME",
-    help="Run only this check (repeatable): python, torch, cryptography, vault, s3, shm, "
-    "audit.",
+    help="Run only this check (repeatable): python, torch, cryptography, vault, s3, shm, audit.",
 )
 @click.option(
     "--s3-bucket",
