@@ -352,10 +352,9 @@ def verify_signature(bundle: Bundle, policy: _Narrowing, *, path: str) -> Narrow
     if not getattr(result, "ok", False):
         reasons = tuple(getattr(result, "reasons", ()) or ("refused",))
         raise PolicyError(f"signature {path} does not satisfy the policy: " + "; ".join(reasons))
+    # Who signed and when come from the proofs, never from the policy's own words.
     signed_at, source = _best_time(verified.proofs)
-    signer = getattr(result, "signer", None) or "; ".join(
-        dict.fromkeys(p.signer for p in verified.proofs)
-    )
+    signer = "; ".join(dict.fromkeys(p.signer for p in verified.proofs))
     if verified.unsafe:
         signer = "UNVERIFIED (UnsafeNoVerification)"
     return NarrowingResult(
