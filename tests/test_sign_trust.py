@@ -16,6 +16,7 @@ from weightguard.errors import IntegrityError, PolicyError
 from weightguard.policy import (
     AllOf,
     AnyOf,
+    CertificateIdentity,
     ChainRoot,
     Policy,
     PolicyResult,
@@ -295,6 +296,22 @@ def test_policy_module_does_not_import_signing() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
+
+
+def test_certificate_identity_narrows_a_verified_chain(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    san = x509.SubjectAlternativeName([x509.RFC822Name("release@example.com")])
+    chain = _chain(tmp_path, leaf_extra=((san, False),))
+    model, sig = _sign_with_chain(tmp_path, chain)
+    root = ChainRoot(chain["root"])
+    for ident in ("release@example.com", "CN=signer"):
+        assert verify_bundle(model, sig, root & CertificateIdentity(ident)).kind == "x509"
+    with pytest.raises(PolicyError, match="the verified leaf names CN=signer"):
+        verify_bundle(model, sig, root & CertificateIdentity("other@example.com"))
+    # alone it names no trust anchor, so it proves nothing
+    with pytest.raises(PolicyError, match="names no trust anchor"):
+        verify_bundle(model, sig, CertificateIdentity("release@example.com"))
 
 
 # ---------------------------------------- one verdict with model_signing (item 9)

@@ -45,6 +45,7 @@ from weightguard.verifying import (
 __all__ = [
     "AllOf",
     "AnyOf",
+    "CertificateIdentity",
     "ChainRoot",
     "KeyFingerprint",
     "Policy",
@@ -63,8 +64,8 @@ class PolicyResult:
 
     ``reasons`` says why it refused (empty when ``ok``); ``signer`` describes who signed
     (key fingerprint, certificate subject or Sigstore identity); ``signed_at`` /
-    ``time_source`` repeat the proven signing time (the verifier's, not the policy's,
-    ends up in the manifest).
+    ``time_source`` repeat the proven signing time.  Informative only: the manifest
+    takes signer and time from the verifier's proofs, never from a policy.
     """
 
     ok: bool
@@ -282,6 +283,46 @@ class ChainRoot(Policy):
             if isinstance(p.anchor, ChainAnchor) and p.chain and _cert_fp(p.chain[-1]) in mine:
                 return _passed(p)
         return _no_proof(self, verified)
+
+
+class CertificateIdentity(Policy):
+    """Narrows a certificate chain: the validated leaf names this identity.
+
+    ``identity`` must equal the leaf's subject (RFC 4514, e.g. ``CN=release,O=Example``)
+    or one of its subjectAltName values (e-mail, DNS name or URI).  It names no trust
+    anchor of its own: combine it with :class:`ChainRoot`
+    (``ChainRoot("root.crt") & CertificateIdentity("release@example.com")``).
+    """
+
+    def __init__(self, identity: str) -> None:
+        if not identity:
+            raise ConfigError("CertificateIdentity needs an identity")
+        self.identity = identity
+
+    def describe(self) -> str:
+        return f"certificate identity {self.identity}"
+
+    def check(self, verified: VerifiedSignature) -> PolicyResult:
+        from cryptography import x509
+
+        seen: list[str] = []
+        for p in verified.proofs:
+            if not (isinstance(p.anchor, ChainAnchor) and p.chain):
+                continue
+            leaf = p.chain[0]
+            names = [_subject(leaf)]
+            try:
+                san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                for kind in (x509.RFC822Name, x509.DNSName, x509.UniformResourceIdentifier):
+                    names.extend(str(v) for v in san.get_values_for_type(kind))
+            except x509.ExtensionNotFound:
+                pass
+            if self.identity in names:
+                return _passed(p)
+            seen.extend(names)
+        if not seen:
+            return _fail(f"{self.describe()}: no certificate chain was verified")
+        return _fail(f"{self.describe()}: the verified leaf names {', '.join(seen)}")
 
 
 def production_trusted_root() -> Any:
