@@ -164,6 +164,8 @@ def test_name_constraints_are_enforced(tmp_path: Path) -> None:
     model, sig = _sign_with_chain(tmp_path, chain)
     with pytest.raises(PolicyError, match="no path from CN=signer"):
         verify_bundle(model, sig, ChainRoot(chain["root"]))
+    r = _model_signing_cert(model, sig, chain["root"])  # the reference refuses it too
+    assert r.returncode != 0, r.stdout + r.stderr
 
 
 def test_unknown_critical_extension_in_leaf_is_refused(tmp_path: Path) -> None:
@@ -174,6 +176,8 @@ def test_unknown_critical_extension_in_leaf_is_refused(tmp_path: Path) -> None:
     model, sig = _sign_with_chain(tmp_path, chain)
     with pytest.raises(PolicyError, match="no path from CN=signer"):
         verify_bundle(model, sig, ChainRoot(chain["root"]))
+    r = _model_signing_cert(model, sig, chain["root"])  # the reference refuses it too
+    assert r.returncode != 0, r.stdout + r.stderr
 
 
 def test_issuer_without_key_cert_sign_is_refused(tmp_path: Path) -> None:
