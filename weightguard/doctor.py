@@ -15,6 +15,9 @@ Checks (names usable with ``only=``):
                       credentials present and accepted (ListBuckets, or HeadBucket of
                       ``bucket``/``WEIGHTGUARD_S3_BUCKET``)
 * ``shm``          -- /dev/shm is a tmpfs (the init-container pattern writes plaintext there)
+* ``audit``        -- where audit events go and whether checkpoints are signed (and
+                      anchored); an unsigned log is a warning that says what it cannot
+                      prove
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from weightguard.errors import WeightguardError
 __all__ = ["CHECK_NAMES", "Check", "run_checks", "summarize"]
 
 Status = Literal["ok", "warn", "fail"]
-CHECK_NAMES = ("python", "torch", "cryptography", "vault", "s3", "shm")
+CHECK_NAMES = ("python", "torch", "cryptography", "vault", "s3", "shm", "audit")
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,60 @@ def check_shm(mounts_file: str = "/proc/mounts") -> list[Check]:
     return [Check("shm", "ok", f"/dev/shm is tmpfs{size}")]
 
 
+# The variables weightguard.audit reads (named here: _internal does not import it).
+_AUDIT_LOG, _AUDIT_KEY, _AUDIT_ANCHOR = (
+    "WEIGHTGUARD_AUDIT_LOG",
+    "WEIGHTGUARD_AUDIT_SIGNING_KEY",
+    "WEIGHTGUARD_AUDIT_ANCHOR",
+)
+
+UNSIGNED_LOG_LIMITS = (
+    "an unsigned log shows accidental damage (a torn or edited line, a gap) but proves "
+    "nothing against whoever can write it: they can rewrite, cut or replace it and "
+    "recompute the chain; `weightguard audit verify` exits 1 on it unless --allow-unsigned"
+)
+
+
+def check_audit(env: Mapping[str, str]) -> list[Check]:
+    dest = env.get(_AUDIT_LOG) or (
+        "- (stdout)" if env.get("KUBERNETES_SERVICE_HOST") else "the default state file"
+    )
+    key = env.get(_AUDIT_KEY, "").strip()
+    anchor = env.get(_AUDIT_ANCHOR, "").strip() or (dest if dest.startswith("s3://") else "")
+    if not key:
+        return [
+            Check(
+                "audit",
+                "warn",
+                f"audit log {dest}: checkpoints are NOT signed ({_AUDIT_KEY} unset); "
+                f"{UNSIGNED_LOG_LIMITS}. Production default: set {_AUDIT_KEY} "
+                "(vault://transit/<ed25519 key>) and an anchor",
+            )
+        ]
+    if key.startswith(("vault://", "openbao://", "bao://")):
+        where = f"Transit key {key} (not contacted here)"
+    else:
+        path = key[len("file://") :] if key.startswith("file://") else key
+        try:
+            from weightguard._internal.audit.checkpoint import Ed25519FileSigner
+
+            where = f"key {Ed25519FileSigner(path).key_id} ({path})"
+        except WeightguardError as exc:
+            return [Check("audit", "fail", f"{_AUDIT_KEY}: {_one_line(exc.message, 200)}")]
+    if not anchor:
+        return [
+            Check(
+                "audit",
+                "warn",
+                f"audit log {dest}: checkpoints signed with {where}, but no anchor "
+                f"({_AUDIT_ANCHOR} unset): a tail cut after the last checkpoint is "
+                "detectable only against an anchor",
+            )
+        ]
+    detail = f"audit log {dest}: checkpoints signed with {where}, anchored at {anchor}"
+    return [Check("audit", "ok", detail)]
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -287,6 +344,7 @@ def run_checks(
         "vault": lambda: check_vault(env, timeout),
         "s3": lambda: check_s3(env, timeout, bucket),
         "shm": check_shm,
+        "audit": lambda: check_audit(env),
     }
     results: list[Check] = []
     for name in CHECK_NAMES:

@@ -1,9 +1,10 @@
-"""Composable verification policies for model signatures.
+"""Composable verification policies for model signatures: they name trust, then narrow.
 
-A policy decides whether a signature bundle was made by a signer you trust.  Every
-leaf policy performs the cryptographic check itself (a policy that passes implies the
-DSSE signature verified under the trust material it names), and reports why it
-failed otherwise::
+A policy does two things, in this order (see :mod:`weightguard.verifying`):
+``trust_anchors()`` names the trust material the caller configured (public keys, CA
+roots, Sigstore identities), with which the verifier proves the signature
+cryptographically; then ``check(verified)`` narrows: it sees only what was proven and
+can refuse it, never accept what was not::
 
     from weightguard.policy import PublicKey, ChainRoot, SigstoreIdentity, AnyOf
 
@@ -14,7 +15,9 @@ failed otherwise::
     policy = PublicKey.from_file("a.pub") & KeyFingerprint("sha256:...")   # AllOf
     policy = PublicKey.from_file("a.pub") | PublicKey.from_file("b.pub")   # AnyOf
 
-Skipping verification needs the explicitly unsafe :class:`UnsafeNoVerification`.
+A user-written policy that names no anchor proves nothing: the verifier refuses the
+bundle before the policy runs.  Skipping verification needs the explicitly unsafe
+:class:`UnsafeNoVerification`.
 """
 
 from __future__ import annotations
@@ -23,18 +26,26 @@ import abc
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from weightguard.errors import ConfigError, FormatError
-
-if TYPE_CHECKING:
-    from weightguard._internal.signing.oms import Evidence
+from weightguard.verifying import (
+    ChainAnchor,
+    FingerprintAnchor,
+    KeyAnchor,
+    Proof,
+    SigstoreAnchor,
+    TrustAnchor,
+    UnsafeAnchor,
+    VerifiedSignature,
+)
 
 __all__ = [
     "AllOf",
     "AnyOf",
+    "CertificateIdentity",
     "ChainRoot",
     "KeyFingerprint",
     "Policy",
@@ -43,19 +54,18 @@ __all__ = [
     "SigstoreIdentity",
     "UnsafeNoVerification",
     "trust_policy",
+    "vault_key_policy",
 ]
-
-_MAX_CHAIN_DEPTH = 8
 
 
 @dataclass(frozen=True)
 class PolicyResult:
-    """Outcome of a policy check.
+    """Outcome of a policy's narrowing.
 
-    ``reasons`` says why it failed (empty when ``ok``); ``signer`` describes who signed
-    (key fingerprint, certificate subject or Sigstore identity); ``signed_at`` is the
-    signing time when known and ``time_source`` where it comes from
-    (``transparency-log`` | ``signer-claim`` | ``certificate``).
+    ``reasons`` says why it refused (empty when ``ok``); ``signer`` describes who signed
+    (key fingerprint, certificate subject or Sigstore identity); ``signed_at`` /
+    ``time_source`` repeat the proven signing time.  Informative only: the manifest
+    takes signer and time from the verifier's proofs, never from a policy.
     """
 
     ok: bool
@@ -70,12 +80,27 @@ def _fail(*reasons: str) -> PolicyResult:
     return PolicyResult(ok=False, reasons=tuple(reasons))
 
 
+def _passed(proof: Proof) -> PolicyResult:
+    return PolicyResult(
+        ok=True, signer=proof.signer, signed_at=proof.signed_at, time_source=proof.time_source
+    )
+
+
 class Policy(abc.ABC):
-    """Base class; combine with ``&`` (all of) and ``|`` (any of)."""
+    """Base class; combine with ``&`` (all of) and ``|`` (any of).
+
+    Subclasses that add a rule (an extra constraint on the proven signer) override
+    :meth:`check` and keep the default :meth:`trust_anchors` (none): combined with a
+    built-in policy by ``&``, they narrow what its anchor proved.
+    """
+
+    def trust_anchors(self) -> Sequence[TrustAnchor]:
+        """The trust material this policy contributes to the verifier (default: none)."""
+        return ()
 
     @abc.abstractmethod
-    def check(self, evidence: Evidence) -> PolicyResult:
-        """Evaluate against a parsed bundle (``weightguard._internal.signing.oms.Evidence``)."""
+    def check(self, verified: VerifiedSignature) -> PolicyResult:
+        """Narrow: accept or refuse what the verifier proved (``verified.proofs``)."""
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -116,6 +141,15 @@ def _load_certs(pem: bytes, what: str) -> list[Any]:
     return certs
 
 
+def _no_proof(policy: Policy, verified: VerifiedSignature) -> PolicyResult:
+    why = verified.failure_of(policy.trust_anchors())
+    if why:
+        return _fail(*why)
+    if verified.unsafe:
+        return _fail(f"{policy.describe()}: the signature was not verified")
+    return _fail(f"{policy.describe()}: not what the signature was verified with")
+
+
 class PublicKey(Policy):
     """Signed by the EC private key paired with this public key (PEM SubjectPublicKeyInfo).
 
@@ -154,32 +188,14 @@ class PublicKey(Policy):
         lab = f" ({self.label})" if self.label else ""
         return f"EC {curve_label(self.key)} key {self.fingerprint}{lab}"
 
-    def check(self, evidence: Evidence) -> PolicyResult:
-        b = evidence.bundle
-        if b.kind == "sigstore":
-            return _fail(f"{self.describe()}: bundle is a Sigstore keyless signature")
-        if b.kind == "x509":
-            try:
-                leaf_key = evidence.leaf_certificate().public_key()
-            except FormatError as exc:
-                return _fail(exc.message)
-            from weightguard._internal.signing.oms import key_fingerprint
+    def trust_anchors(self) -> Sequence[TrustAnchor]:
+        return (KeyAnchor(self.key, self.fingerprint, self.describe()),)
 
-            if key_fingerprint(leaf_key) != self.fingerprint:
-                return _fail(f"{self.describe()}: the leaf certificate holds a different key")
-        reason = evidence.verify_with_key(self.key, check_hint=b.kind == "key")
-        if reason:
-            return _fail(reason)
-        try:
-            claimed = evidence.claimed_signing_time()
-        except FormatError as exc:
-            return _fail(exc.message)
-        return PolicyResult(
-            ok=True,
-            signer=self.describe(),
-            signed_at=claimed,
-            time_source="signer-claim" if claimed else None,
-        )
+    def check(self, verified: VerifiedSignature) -> PolicyResult:
+        for p in verified.proofs:
+            if isinstance(p.anchor, KeyAnchor) and p.key_fingerprint == self.fingerprint:
+                return _passed(p)
+        return _no_proof(self, verified)
 
 
 class KeyFingerprint(Policy):
@@ -203,70 +219,31 @@ class KeyFingerprint(Policy):
     def describe(self) -> str:
         return f"key fingerprint {self.fingerprint}"
 
-    def check(self, evidence: Evidence) -> PolicyResult:
-        from weightguard._internal.signing.oms import key_fingerprint
+    def trust_anchors(self) -> Sequence[TrustAnchor]:
+        return (FingerprintAnchor(self.fingerprint, self.describe()),)
 
-        b = evidence.bundle
-        if b.kind == "key":
-            return _fail(
-                f"{self.describe()}: key-signed bundles do not carry the key; "
-                "use PublicKey(pem) for them"
-            )
-        try:
-            key = evidence.leaf_certificate().public_key()
-        except FormatError as exc:
-            return _fail(exc.message)
-        if key_fingerprint(key) != self.fingerprint:
-            return _fail(f"{self.describe()}: signing key is {key_fingerprint(key)}")
-        reason = evidence.verify_with_key(key, check_hint=False)
-        if reason:
-            return _fail(reason)
-        return PolicyResult(ok=True, signer=f"key {self.fingerprint}")
-
-
-def _is_ca(cert: Any) -> bool:
-    from cryptography import x509
-
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
-    return bool(bc.ca)
-
-
-def _may_sign_certs(cert: Any) -> bool:
-    from cryptography import x509
-
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return True
-    return bool(ku.key_cert_sign)
-
-
-def _may_sign_code(cert: Any) -> bool:
-    """model-signing's rule: KeyUsage digitalSignature, or EKU codeSigning."""
-    from cryptography import x509
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    try:
-        if cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature:
-            return True
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        return ExtendedKeyUsageOID.CODE_SIGNING in eku
-    except x509.ExtensionNotFound:
-        return False
-
-
-def _valid_at(cert: Any, when: datetime) -> bool:
-    return bool(cert.not_valid_before_utc <= when <= cert.not_valid_after_utc)
+    def check(self, verified: VerifiedSignature) -> PolicyResult:
+        for p in verified.proofs:
+            if p.key_fingerprint == self.fingerprint:
+                return PolicyResult(
+                    ok=True,
+                    signer=f"key {self.fingerprint}",
+                    signed_at=p.signed_at,
+                    time_source=p.time_source,
+                )
+        return _no_proof(self, verified)
 
 
 def _subject(cert: Any) -> str:
-    return str(cert.subject.rfc4514_string()) or "<empty subject>"
+    from weightguard._internal.signing.x509path import subject_of
+
+    return subject_of(cert)
+
+
+def _cert_fp(cert: Any) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+
+    return bytes(cert.fingerprint(hashes.SHA256()))
 
 
 class ChainRoot(Policy):
@@ -274,11 +251,12 @@ class ChainRoot(Policy):
 
     ``ca_pem``: PEM (bytes, text or file path) with one or more trusted roots;
     ``intermediates``: extra untrusted intermediates (PEM) used to build the path, in
-    addition to those the bundle carries.  The chain is checked at the signing time:
-    weightguard bundles record it (``predicate.weightguard.signed_at``, which must lie in
-    the leaf's validity and not in the future); for other bundles, as model-signing
-    does, at the leaf's ``notBefore``.  Every issuer must be a CA allowed to sign
-    certificates; the leaf must allow digitalSignature or codeSigning.
+    addition to those the bundle carries.  The path is validated by
+    ``cryptography.x509.verification`` (RFC 5280: path length, name constraints,
+    critical extensions, issuers' key usage) at the signing time: weightguard bundles
+    record it (``predicate.weightguard.signed_at``, which must lie in the leaf's
+    validity and not in the future); for other bundles, as model-signing does, at the
+    leaf's ``notBefore``.  The leaf must allow digitalSignature or codeSigning.
     """
 
     def __init__(
@@ -296,101 +274,55 @@ class ChainRoot(Policy):
     def describe(self) -> str:
         return "certificate chain to " + ", ".join(_subject(r) for r in self.roots)
 
-    def _build_path(self, leaf: Any, pool: list[Any], when: datetime) -> list[Any] | str:
-        from cryptography.exceptions import InvalidSignature
+    def trust_anchors(self) -> Sequence[TrustAnchor]:
+        return (ChainAnchor(tuple(self.roots), tuple(self.intermediates), self.describe()),)
 
-        def issued_by(child: Any, parent: Any) -> bool:
+    def check(self, verified: VerifiedSignature) -> PolicyResult:
+        mine = {_cert_fp(r) for r in self.roots}
+        for p in verified.proofs:
+            if isinstance(p.anchor, ChainAnchor) and p.chain and _cert_fp(p.chain[-1]) in mine:
+                return _passed(p)
+        return _no_proof(self, verified)
+
+
+class CertificateIdentity(Policy):
+    """Narrows a certificate chain: the validated leaf names this identity.
+
+    ``identity`` must equal the leaf's subject (RFC 4514, e.g. ``CN=release,O=Example``)
+    or one of its subjectAltName values (e-mail, DNS name or URI).  It names no trust
+    anchor of its own: combine it with :class:`ChainRoot`
+    (``ChainRoot("root.crt") & CertificateIdentity("release@example.com")``).
+    """
+
+    def __init__(self, identity: str) -> None:
+        if not identity:
+            raise ConfigError("CertificateIdentity needs an identity")
+        self.identity = identity
+
+    def describe(self) -> str:
+        return f"certificate identity {self.identity}"
+
+    def check(self, verified: VerifiedSignature) -> PolicyResult:
+        from cryptography import x509
+
+        seen: list[str] = []
+        for p in verified.proofs:
+            if not (isinstance(p.anchor, ChainAnchor) and p.chain):
+                continue
+            leaf = p.chain[0]
+            names = [_subject(leaf)]
             try:
-                child.verify_directly_issued_by(parent)
-            except (ValueError, TypeError, InvalidSignature):
-                return False
-            return True
-
-        path = [leaf]
-        current = leaf
-        used: set[bytes] = set()
-        for _ in range(_MAX_CHAIN_DEPTH):
-            for root in self.roots:
-                if issued_by(current, root):
-                    if not _valid_at(root, when):
-                        return f"root {_subject(root)} is not valid at {when:%Y-%m-%dT%H:%M:%SZ}"
-                    return [*path, root]
-            nxt = None
-            for cand in pool:
-                fp = cand.fingerprint(_sha256())
-                if fp in used or not issued_by(current, cand):
-                    continue
-                if not (_is_ca(cand) and _may_sign_certs(cand)):
-                    return f"issuer {_subject(cand)} is not a CA allowed to sign certificates"
-                if not _valid_at(cand, when):
-                    return (
-                        f"intermediate {_subject(cand)} is not valid at {when:%Y-%m-%dT%H:%M:%SZ}"
-                    )
-                used.add(fp)
-                nxt = cand
-                break
-            if nxt is None:
-                return (
-                    f"no path from {_subject(leaf)} to a trusted root "
-                    f"({', '.join(_subject(r) for r in self.roots)})"
-                )
-            path.append(nxt)
-            current = nxt
-        return "certificate chain is too long"
-
-    def check(self, evidence: Evidence) -> PolicyResult:
-        b = evidence.bundle
-        if b.kind != "x509":
-            return _fail(f"{self.describe()}: bundle is not signed with an X.509 chain")
-        try:
-            leaf = evidence.leaf_certificate()
-            pool = evidence.chain_certificates() + self.intermediates
-        except FormatError as exc:
-            return _fail(exc.message)
-        reason = evidence.verify_with_key(leaf.public_key(), check_hint=False)
-        if reason:
-            return _fail(reason)
-        try:
-            claimed = evidence.claimed_signing_time()
-        except FormatError as exc:
-            return _fail(exc.message)
-        if claimed is not None:
-            when, source = claimed, "signer-claim"
-            if claimed > datetime.now(UTC):
-                return _fail(
-                    f"{evidence.path}: signed_at {claimed:%Y-%m-%dT%H:%M:%SZ} is in the future"
-                )
-        else:
-            when, source = leaf.not_valid_before_utc, "certificate"
-        if when < leaf.not_valid_before_utc:
-            return _fail(
-                f"leaf certificate {_subject(leaf)} was not yet valid at signing time "
-                f"{when:%Y-%m-%dT%H:%M:%SZ} (valid from {leaf.not_valid_before_utc:%Y-%m-%d})"
-            )
-        if when > leaf.not_valid_after_utc:
-            return _fail(
-                f"leaf certificate {_subject(leaf)} had expired at signing time "
-                f"{when:%Y-%m-%dT%H:%M:%SZ} (valid until {leaf.not_valid_after_utc:%Y-%m-%d})"
-            )
-        if not _may_sign_code(leaf):
-            return _fail(
-                f"leaf certificate {_subject(leaf)} allows neither digitalSignature nor codeSigning"
-            )
-        path = self._build_path(leaf, pool, when)
-        if isinstance(path, str):
-            return _fail(f"{self.describe()}: {path}")
-        return PolicyResult(
-            ok=True,
-            signer=f"certificate {_subject(leaf)} (issued by {_subject(path[1])})",
-            signed_at=claimed,
-            time_source=source if claimed else None,
-        )
-
-
-def _sha256() -> Any:
-    from cryptography.hazmat.primitives import hashes
-
-    return hashes.SHA256()
+                san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                for kind in (x509.RFC822Name, x509.DNSName, x509.UniformResourceIdentifier):
+                    names.extend(str(v) for v in san.get_values_for_type(kind))
+            except x509.ExtensionNotFound:
+                pass
+            if self.identity in names:
+                return _passed(p)
+            seen.extend(names)
+        if not seen:
+            return _fail(f"{self.describe()}: no certificate chain was verified")
+        return _fail(f"{self.describe()}: the verified leaf names {', '.join(seen)}")
 
 
 def production_trusted_root() -> Any:
@@ -455,21 +387,26 @@ class SigstoreIdentity(Policy):
                 raise ConfigError(f"cannot load the Sigstore trusted root: {exc}") from exc
         return self._root
 
-    def check(self, evidence: Evidence) -> PolicyResult:
-        if evidence.bundle.kind != "sigstore":
-            return _fail(f"{self.describe()}: bundle is not a Sigstore keyless signature")
-        try:
-            _cert, when, source = evidence.verify_sigstore(
-                self.identity, self.issuer, self._trusted_root()
-            )
-        except FormatError as exc:
-            return _fail(exc.message)
-        return PolicyResult(
-            ok=True,
-            signer=f"{self.identity} (issuer {self.issuer})",
-            signed_at=when,
-            time_source=source if when else None,
-        )
+    def trust_anchors(self) -> Sequence[TrustAnchor]:
+        return (SigstoreAnchor(self.identity, self.issuer, self._trusted_root, self.describe()),)
+
+    def check(self, verified: VerifiedSignature) -> PolicyResult:
+        for p in verified.proofs:
+            a = p.anchor
+            if (
+                isinstance(a, SigstoreAnchor)
+                and a.identity == self.identity
+                and a.issuer == self.issuer
+            ):
+                return _passed(p)
+        return _no_proof(self, verified)
+
+
+def _union(policies: Sequence[Policy]) -> tuple[TrustAnchor, ...]:
+    out: list[TrustAnchor] = []
+    for p in policies:
+        out.extend(p.trust_anchors())
+    return tuple(out)
 
 
 class AllOf(Policy):
@@ -483,21 +420,16 @@ class AllOf(Policy):
     def describe(self) -> str:
         return "all of (" + "; ".join(p.describe() for p in self.policies) + ")"
 
-    def check(self, evidence: Evidence) -> PolicyResult:
-        results = [p.check(evidence) for p in self.policies]
+    def trust_anchors(self) -> Sequence[TrustAnchor]:
+        return _union(self.policies)
+
+    def check(self, verified: VerifiedSignature) -> PolicyResult:
+        results = [p.check(verified) for p in self.policies]
         failed = [r for r in results if not r.ok]
         if failed:
             return _fail(*(reason for r in failed for reason in r.reasons))
-        timed = [r for r in results if r.signed_at is not None]
-        timed.sort(key=lambda r: r.time_source != "transparency-log")
         signers = list(dict.fromkeys(r.signer for r in results if r.signer))
-        return PolicyResult(
-            ok=True,
-            signer="; ".join(signers) or None,
-            signed_at=timed[0].signed_at if timed else None,
-            time_source=timed[0].time_source if timed else None,
-            unsafe=any(r.unsafe for r in results),
-        )
+        return PolicyResult(ok=True, signer="; ".join(signers) or None)
 
 
 class AnyOf(Policy):
@@ -511,10 +443,13 @@ class AnyOf(Policy):
     def describe(self) -> str:
         return "any of (" + "; ".join(p.describe() for p in self.policies) + ")"
 
-    def check(self, evidence: Evidence) -> PolicyResult:
+    def trust_anchors(self) -> Sequence[TrustAnchor]:
+        return _union(self.policies)
+
+    def check(self, verified: VerifiedSignature) -> PolicyResult:
         reasons: list[str] = []
         for p in self.policies:
-            r = p.check(evidence)
+            r = p.check(verified)
             if r.ok:
                 return r
             reasons.extend(r.reasons)
@@ -531,8 +466,22 @@ class UnsafeNoVerification(Policy):
     def describe(self) -> str:
         return "UNSAFE: no signature verification"
 
-    def check(self, evidence: Evidence) -> PolicyResult:
+    def trust_anchors(self) -> Sequence[TrustAnchor]:
+        return (UnsafeAnchor(),)
+
+    def check(self, verified: VerifiedSignature) -> PolicyResult:
         return PolicyResult(ok=True, signer="UNVERIFIED (UnsafeNoVerification)", unsafe=True)
+
+
+def vault_key_policy(uri: str, *, client: Any = None) -> Policy:
+    """A policy accepting signatures by any version of a Transit key (public keys fetched)."""
+    from weightguard._internal.signing.transit import transit_public_keys
+
+    keys = [
+        PublicKey(pem, label=f"{uri} v{ver}")
+        for ver, pem in transit_public_keys(uri, client=client)
+    ]
+    return keys[0] if len(keys) == 1 else AnyOf(*keys)
 
 
 def trust_policy(
@@ -554,8 +503,6 @@ def trust_policy(
     if chain:
         policies.append(ChainRoot(chain[0], chain[1:]))
     if vault_key:
-        from weightguard.signing import vault_key_policy
-
         policies.append(vault_key_policy(vault_key))
     if identity or issuer:
         if not (identity and issuer):

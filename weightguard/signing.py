@@ -44,13 +44,13 @@ from weightguard.errors import (
     FormatError,
     IntegrityError,
     KeyProviderError,
-    PolicyError,
     SourceError,
     UnsafeOptionRequired,
     VerificationError,
     WeightguardError,
 )
-from weightguard.policy import AnyOf, Policy, PublicKey
+from weightguard.policy import Policy, vault_key_policy
+from weightguard.verifying import verify_signature
 
 __all__ = [
     "CHUNK_ALGORITHMS",
@@ -306,14 +306,14 @@ class CertificateSigner(KeySigner):
     def __init__(self, private_key: Any, certificate: Any, chain: Sequence[Any] = ()) -> None:
         super().__init__(private_key)
         from weightguard._internal.signing.oms import key_fingerprint
-        from weightguard.policy import _may_sign_code
+        from weightguard._internal.signing.x509path import may_sign_code
 
         if key_fingerprint(certificate.public_key()) != key_fingerprint(self.public_key):
             raise ConfigError(
                 "the certificate's public key does not match the private key",
                 hint="pass the certificate issued for this key",
             )
-        if not _may_sign_code(certificate):
+        if not may_sign_code(certificate):
             raise ConfigError(
                 "the certificate allows neither digitalSignature nor codeSigning",
                 hint="issue a certificate with KeyUsage digitalSignature or EKU codeSigning",
@@ -373,55 +373,11 @@ class CertificateSigner(KeySigner):
         return oms.encode_bundle(payload, sig, certificates=ders)
 
 
-def _parse_vault_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("vault://"):
-        raise ConfigError(f"{uri!r} is not a vault://<mount>/<key> URI")
-    rest = uri[len("vault://") :].strip("/")
-    if "/" not in rest:
-        raise ConfigError(f"{uri!r}: expected vault://<mount>/<key>, e.g. vault://transit/models")
-    mount, _, name = rest.rpartition("/")
-    if not mount or not name or ".." in rest.split("/"):
-        raise ConfigError(f"{uri!r}: expected vault://<mount>/<key>")
-    return mount, name
-
-
-def _vault(client: Any) -> Any:
-    if client is not None:
-        return client
-    from weightguard._internal.foundation.vault import vault_client
-
-    return vault_client()
-
-
 def vault_public_keys(uri: str, *, client: Any = None) -> list[tuple[int, bytes]]:
     """[(version, PEM)] of a Transit asymmetric key (all versions still held)."""
-    from weightguard._internal.foundation.vault import vault_errors
+    from weightguard._internal.signing.transit import transit_public_keys
 
-    mount, name = _parse_vault_uri(uri)
-    c = _vault(client)
-    with vault_errors(f"reading the Transit key {uri}"):
-        data = c.secrets.transit.read_key(name=name, mount_point=mount)["data"]
-    if not str(data.get("type", "")).startswith("ecdsa-"):
-        raise KeyProviderError(
-            f"Transit key {uri} has type {data.get('type')!r}; signing needs an ecdsa-p256 key",
-            hint=f"create it with: vault write {mount}/keys/{name} type=ecdsa-p256",
-        )
-    out = []
-    for ver, info in sorted(data.get("keys", {}).items(), key=lambda kv: int(kv[0])):
-        pem = info.get("public_key") if isinstance(info, dict) else None
-        if pem:
-            out.append((int(ver), pem.encode("ascii")))
-    if not out:
-        raise KeyProviderError(f"Transit key {uri} exposes no public key")
-    return out
-
-
-def vault_key_policy(uri: str, *, client: Any = None) -> Policy:
-    """A policy accepting signatures by any version of a Transit key (public keys fetched)."""
-    keys = [
-        PublicKey(pem, label=f"{uri} v{ver}") for ver, pem in vault_public_keys(uri, client=client)
-    ]
-    return keys[0] if len(keys) == 1 else AnyOf(*keys)
+    return transit_public_keys(uri, client=client)
 
 
 class VaultTransitSigner(Signer):
@@ -437,10 +393,11 @@ class VaultTransitSigner(Signer):
 
         from weightguard._internal.foundation.vault import vault_errors
         from weightguard._internal.signing.oms import ec_hash
+        from weightguard._internal.signing.transit import parse_transit_uri, transit_client
 
         self.uri = uri
-        self._mount, self._name = _parse_vault_uri(uri)
-        self._client = _vault(client)
+        self._mount, self._name = parse_transit_uri(uri)
+        self._client = transit_client(client)
         with vault_errors(f"reading the Transit key {uri}"):
             data = self._client.secrets.transit.read_key(name=self._name, mount_point=self._mount)[
                 "data"
@@ -934,7 +891,7 @@ def _verify(
     listing: Mapping[str, int] | None = None,
 ) -> VerifiedManifest:
     from weightguard._internal.signing import oms
-    from weightguard._internal.signing.hashing import HashJob, hash_chunks
+    from weightguard._internal.signing.hashing import HashJob
     from weightguard._internal.signing.hashing import hash_files as run_hash
 
     if policy is None or not isinstance(policy, Policy):
@@ -947,13 +904,10 @@ def _verify(
         sig_data = _read_signature(sig_path)
     elif len(sig_data) > _MAX_SIGNATURE_FILE:
         raise FormatError(f"{where}: signature larger than {_MAX_SIGNATURE_FILE} bytes")
+    # Steps 1-8 of weightguard.verifying: the signature is proven before the policy
+    # narrows, and both before any byte of the statement is believed.
     bundle = oms.parse_bundle(sig_data, path=where)
-    evidence = oms.Evidence(bundle, path=where)
-    result = policy.check(evidence)
-    if not result.ok:
-        raise PolicyError(
-            f"signature {sig_path} does not satisfy the policy: " + "; ".join(result.reasons)
-        )
+    result = verify_signature(bundle, policy, path=where)
     st = oms.parse_statement(bundle.payload, path=where)
 
     listed: list[_Entry] | None = None
@@ -1051,21 +1005,16 @@ def _verify(
             )
 
     if hash_files:
-        # Files with signed chunk digests: every chunk is checked, all cores on every file
-        # (the signed whole-file digest is what model_signing checks; the chunk digests,
-        # signed by the same signer, cover the same bytes).  Others: whole-file digest
-        # with the bundle's hash_type.
-        chunk_jobs = [
-            HashJob(n, by_name[n].path, f.size, f.head, f.stride, f.algorithm)
-            for n, f in files.items()
-            if f.chunked
-        ]
-        whole_jobs = [
+        # Every file: the OMS resource digest (what model_signing checks) AND, where
+        # signed, every chunk digest (what the loader checks), from one read of each
+        # file.  Both are checked so that no bundle passes here and fails the reference
+        # verifier, or the other way round (a signer can sign chunk digests that
+        # disagree with its resource digests).
+        jobs = [
             HashJob(n, by_name[n].path, f.size, f.head, f.stride, f.algorithm, st.hash_type)
             for n, f in files.items()
-            if not f.chunked
         ]
-        got = {**hash_chunks(chunk_jobs), **run_hash(whole_jobs)}
+        got = run_hash(jobs)
         for n in sorted(files, key=oms.resource_sort_key):
             f, h = files[n], got[n]
             if f.chunked:
@@ -1074,7 +1023,7 @@ def _verify(
                         raise IntegrityError(
                             "content differs from the signed digest", path=n, chunk=k
                         )
-            elif not hmac.compare_digest(f.resource_digest, h.whole):
+            if not hmac.compare_digest(f.resource_digest, h.whole):
                 raise IntegrityError(
                     f"content differs from the signed {st.hash_type.upper()} digest", path=n
                 )
@@ -1082,7 +1031,7 @@ def _verify(
     return VerifiedManifest(
         root=root,
         files=files,
-        signer=result.signer or "unknown",
+        signer=result.signer,
         signed_at=result.signed_at,
         time_source=result.time_source,
         uncovered=tuple(sorted(uncovered)),

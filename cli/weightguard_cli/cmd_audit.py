@@ -54,6 +54,29 @@ def audit() -> None:
     "(default for an s3:// log: the log's own prefix).",
 )
 @click.option(
+    "--log-id",
+    "log_ids",
+    metavar="ID",
+    multiple=True,
+    help="The log id expected in LOG (repeatable); the anchor is read for these ids. "
+    "Default with --anchor: every log the anchor holds.",
+)
+@click.option(
+    "--max-unsigned-tail",
+    metavar="N",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="With a checkpoint key or anchor: how many records at the end of each log may "
+    "be written after its last signed checkpoint (a live writer's log).",
+)
+@click.option(
+    "--allow-unsigned",
+    is_flag=True,
+    help="Accept a result without checkpoint signatures (no --checkpoint-key or "
+    "--vault-key): it proves nothing against whoever can rewrite the log.",
+)
+@click.option(
     "--mixed",
     is_flag=True,
     help="Skip lines that are not audit records (stdout collected with other output).",
@@ -64,13 +87,19 @@ def verify(
     checkpoint_key: str | None,
     vault_key: str | None,
     anchor: str | None,
+    log_ids: tuple[str, ...],
+    max_unsigned_tail: int,
+    allow_unsigned: bool,
     mixed: bool,
     as_json: bool,
 ) -> None:
     """Verify LOG (a file with its rotated segments, '-' for stdin, or s3://bucket/prefix).
 
-    Exit status 0 when the chain, checkpoints and anchor verify; 1 and the first broken
-    record (edited, deleted, reordered, truncated, bad_checkpoint) otherwise.
+    Exit status 0 when the chain, the signed checkpoints and the anchor verify; 1 and
+    the first broken record (edited, deleted, reordered, truncated, bad_checkpoint,
+    unsigned, unknown_log, unanchored) otherwise.  Without --checkpoint-key or
+    --vault-key the checkpoints are not checked and the exit status is 1 unless
+    --allow-unsigned is given.
     """
     from weightguard.audit import verify_log
 
@@ -84,14 +113,27 @@ def verify(
         vault_key=vault_key,
         anchor=anchor,
         allow_foreign=mixed,
+        max_unsigned_tail=max_unsigned_tail,
+        log_ids=log_ids or None,
     )
+    refused = result.ok and not result.signed and not allow_unsigned
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+        out = result.to_dict()
+        out["accepted"] = result.ok and not refused
+        click.echo(json.dumps(out, indent=2, sort_keys=True))
     else:
         click.echo(result.describe())
         for w in result.warnings:
             click.echo(f"warning: {w}", err=True)
-    if not result.ok:
+    if refused:
+        click.echo(
+            "error: the log's checkpoints were not verified (no --checkpoint-key or "
+            "--vault-key): the chain only shows the file is self-consistent, which anyone "
+            "who can write it can recompute; pass the checkpoint key, or --allow-unsigned "
+            "to accept that",
+            err=True,
+        )
+    if not result.ok or refused:
         raise SystemExit(1)
 
 

@@ -17,7 +17,7 @@ _MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
     "only",
     multiple=True,
     metavar="NAME",
-    help="Run only this check (repeatable): python, torch, cryptography, vault, s3, shm.",
+    help="Run only this check (repeatable): python, torch, cryptography, vault, s3, shm, audit.",
 )
 @click.option(
     "--s3-bucket",
@@ -35,8 +35,9 @@ def doctor(as_json: bool, only: tuple[str, ...], s3_bucket: str | None, timeout:
     """Preflight checks for a pod or workstation.
 
     Checks Python, torch/CUDA, cryptography, Vault (VAULT_ADDR reachability and token
-    validity; the token is never printed), S3 (endpoint and credentials) and whether
-    /dev/shm is a tmpfs.  Exits 1 if any check fails.
+    validity; the token is never printed), S3 (endpoint and credentials), whether
+    /dev/shm is a tmpfs, and whether audit checkpoints are signed (an unsigned log
+    cannot prove it was not rewritten).  Exits 1 if any check fails.
     """
     from weightguard.doctor import run_checks, summarize
 

@@ -30,6 +30,7 @@ context=""
 transit="transit"
 model_prefix="wg-model-"
 signing_key="wg-release-signing"
+audit_key="weightguard-audit"
 auth="kubernetes"
 k8s_mount="kubernetes"
 jwt_mount="jwt"
@@ -59,6 +60,7 @@ Model and keys:
   --context TEXT               key-derivation context (default: the model id)
   --transit-mount PATH         Transit mount (default transit)
   --signing-key NAME           release signing key (default wg-release-signing)
+  --audit-key NAME             ed25519 key signing audit checkpoints (default weightguard-audit)
   --write-public-key FILE      write the signing key's PEM public key to FILE
   --pin-context                inference policy also pins the derivation context
                                (forbids batch decrypts; see policies/*.hcl)
@@ -101,6 +103,7 @@ while [[ $# -gt 0 ]]; do
     --context) need_value "$@"; context="$2"; shift 2 ;;
     --transit-mount) need_value "$@"; transit="$2"; shift 2 ;;
     --signing-key) need_value "$@"; signing_key="$2"; shift 2 ;;
+    --audit-key) need_value "$@"; audit_key="$2"; shift 2 ;;
     --write-public-key) need_value "$@"; write_public_key="$2"; shift 2 ;;
     --pin-context) pin_context="true"; shift ;;
     --auth) need_value "$@"; auth="$2"; shift 2 ;;
@@ -128,6 +131,7 @@ done
 # Names end up in policy paths: accept only plain names, so nothing can widen a policy.
 name_re='^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$'
 for pair in "model:$model" "transit-mount:$transit" "signing-key:$signing_key" \
+  "audit-key:$audit_key" \
   "k8s-mount:$k8s_mount" "jwt-mount:$jwt_mount" "inference-role:$inference_role" \
   "release-role:$release_role" "inference-sa:$inference_sa" "release-sa:$release_sa" \
   "inference-namespace:$inference_ns" "release-namespace:$release_ns"; do
@@ -173,6 +177,7 @@ render() {
     -e "s|@MODEL_KEY@|${model_key}|g" \
     -e "s|@MODEL_PREFIX@|${model_prefix}|g" \
     -e "s|@SIGNING_KEY@|${signing_key}|g" \
+    -e "s|@AUDIT_KEY@|${audit_key}|g" \
     -e "s|@CONTEXT_B64@|$(b64 "$context")|g" \
     "$1"
 }
@@ -209,6 +214,8 @@ ensure_key() {
 }
 ensure_key "$model_key" aes256-gcm96 true
 ensure_key "$signing_key" ecdsa-p256
+# Signs the audit log's checkpoints (WEIGHTGUARD_AUDIT_SIGNING_KEY in the manifests).
+ensure_key "$audit_key" ed25519
 
 # --- Policies --------------------------------------------------------------------------
 inference_policy="weightguard-inference-${model}"

@@ -198,12 +198,17 @@ def test_cut_mid_record_is_detected_without_anchor(tmp_path: Path) -> None:
 def test_clean_tail_cut_without_anchor_is_not_detectable_and_says_so(
     tmp_path: Path, ckey: tuple[Path, Path]
 ) -> None:
-    """Honest limit: without an anchor a cut at a record boundary verifies, with a warning."""
+    """Honest limit: without an anchor a cut at a record boundary inside the unsigned
+    tail the auditor accepts verifies, with a warning; by default no tail is accepted."""
     log = tmp_path / "a.jsonl"
     write_log(log, 8, key=ckey[0], every=4)
     ls = lines(log)
     put(log, ls[:-3])
     res = verify_log(log, checkpoint_key=ckey[1])
+    assert not res.ok and res.problem is not None and res.problem.kind == "unsigned"
+    tail = res.logs[0].unsigned_tail
+    assert tail > 0 and f"{tail} record(s)" in res.problem.message
+    res = verify_log(log, checkpoint_key=ckey[1], max_unsigned_tail=tail)
     assert res.ok
     assert any("cannot be detected" in w for w in res.warnings)
     assert any("not covered by a signature" in w for w in res.warnings)

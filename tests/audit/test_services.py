@@ -80,7 +80,11 @@ def test_s3_anchor_detects_cut_tail_of_a_file_log(
     # cut the tail at a record boundary: only the anchor can tell
     ls = _lines(path)
     path.write_bytes(b"".join(ls[:-4]))
-    assert verify_log(path, checkpoint_key=ckey[1]).ok  # without the anchor: undetectable
+    # without the anchor: refused by default (no signature covers the 7 records left),
+    # undetectable only for an auditor who accepts that many unsigned records
+    res = verify_log(path, checkpoint_key=ckey[1])
+    assert res.problem is not None and res.problem.kind == "unsigned"
+    assert verify_log(path, checkpoint_key=ckey[1], max_unsigned_tail=7).ok
     res = verify_log(path, checkpoint_key=ckey[1], anchor=anchor)
     assert not res.ok and res.problem is not None
     assert res.problem.kind == "truncated"

@@ -182,3 +182,23 @@ def test_cli_unknown_check_is_one_error_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: unknown check(s): bogus")
     assert "Traceback" not in proc.stderr
+
+
+def test_audit_check_says_what_an_unsigned_log_cannot_prove(tmp_path: Path) -> None:
+    from weightguard._internal.audit.checkpoint import generate_ed25519_keypair
+
+    (res,) = run_checks(only=["audit"], environ={"WEIGHTGUARD_AUDIT_LOG": str(tmp_path / "a")})
+    assert res.status == "warn" and "checkpoints are NOT signed" in res.detail
+    assert "proves nothing against whoever can write it" in res.detail
+    assert "--allow-unsigned" in res.detail
+    key = tmp_path / "ck.pem"
+    generate_ed25519_keypair(str(key), str(key) + ".pub")
+    env = {"WEIGHTGUARD_AUDIT_LOG": "-", "WEIGHTGUARD_AUDIT_SIGNING_KEY": str(key)}
+    (res,) = run_checks(only=["audit"], environ=env)
+    assert res.status == "warn" and "no anchor" in res.detail and "ed25519:" in res.detail
+    env["WEIGHTGUARD_AUDIT_ANCHOR"] = "s3://anchors/prod"
+    (res,) = run_checks(only=["audit"], environ=env)
+    assert res.status == "ok" and "anchored at s3://anchors/prod" in res.detail
+    env["WEIGHTGUARD_AUDIT_SIGNING_KEY"] = str(tmp_path / "missing.pem")
+    (res,) = run_checks(only=["audit"], environ=env)
+    assert res.status == "fail" and "cannot read audit checkpoint key" in res.detail

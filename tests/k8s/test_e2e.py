@@ -218,6 +218,21 @@ class Services:
     s3_credentials: dict[str, str]
 
 
+def _assert_sealed_by_transit_checkpoint(stdout: str, services: Services) -> None:
+    """The manifests sign checkpoints (WEIGHTGUARD_AUDIT_SIGNING_KEY): the pod's stdout
+    log verifies with the Transit audit key's public keys, no record left unsigned."""
+    from weightguard._internal.audit.checkpoint import load_vault_public_keys
+    from weightguard._internal.audit.verify import verify_lines
+
+    lines = [("-", i, (line + "\n").encode()) for i, line in enumerate(stdout.splitlines(), 1)]
+    verifier = load_vault_public_keys(
+        "vault://transit/weightguard-audit", client=services.bao.client()
+    )
+    res = verify_lines(lines, verifier=verifier, allow_foreign=True)
+    assert res.ok and res.signed, res.describe()
+    assert all(s.unsigned_tail == 0 and s.checkpoints_verified for s in res.logs), res.logs
+
+
 def audit_events(stdout: str) -> list[dict[str, Any]]:
     events = []
     for line in stdout.splitlines():
@@ -462,7 +477,8 @@ def released(services: Services, tmp_path_factory: pytest.TempPathFactory) -> di
             assert res.returncode == 0, f"{step}: {res.stderr}"
             events = audit_events(res.stdout)
             if step in ("encrypt", "sign"):  # audit to stdout, as the manifest says
-                assert [e["event"] for e in events if "event" in e] == [step], events
+                assert [e["event"] for e in events if e["event"] != "checkpoint"] == [step]
+                _assert_sealed_by_transit_checkpoint(res.stdout, services)
                 assert all(e.get("outcome", "ok") == "ok" for e in events), events
         keys = {
             o["Key"]

@@ -154,6 +154,20 @@ def test_audit_goes_to_stdout(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_audit_checkpoints_are_signed_by_default(overlay: str) -> None:
+    """Signed checkpoints are the production default: an unsigned log proves nothing
+    against whoever can rewrite it (docs/audit.md)."""
+    docs = render(overlay)
+    assert env_config(docs)["WEIGHTGUARD_AUDIT_SIGNING_KEY"] == "vault://transit/weightguard-audit"
+    for c in containers(pod_spec(docs)):
+        if c["image"].startswith("registry.example.com/weightguard/"):
+            env = container_env(docs, c)
+            assert env["WEIGHTGUARD_AUDIT_SIGNING_KEY"].startswith("vault://"), c["name"]
+    script = (K8S / "vault" / "apply.sh").read_text()
+    assert 'ensure_key "$audit_key" ed25519' in script
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policy_allows_egress_only_to_vault_s3_dns(overlay: str) -> None:
     docs = render(overlay)
     np_ = find(docs, "NetworkPolicy")
@@ -246,8 +260,9 @@ def test_release_job_is_a_separate_identity_encrypt_sign_push() -> None:
 def test_vault_policies_are_least_privilege() -> None:
     pol = K8S / "vault" / "policies"
     paths = {f.name: re.findall(r'^path "([^"]+)"', f.read_text(), re.M) for f in pol.glob("*.hcl")}
-    assert paths["weightguard-inference.hcl"] == ["@TRANSIT@/decrypt/@MODEL_KEY@"]
-    assert paths["weightguard-inference-pinned.hcl"] == ["@TRANSIT@/decrypt/@MODEL_KEY@"]
+    audit = "@TRANSIT@/sign/@AUDIT_KEY@"  # signed audit checkpoints, nothing else
+    assert paths["weightguard-inference.hcl"] == ["@TRANSIT@/decrypt/@MODEL_KEY@", audit]
+    assert paths["weightguard-inference-pinned.hcl"] == ["@TRANSIT@/decrypt/@MODEL_KEY@", audit]
     assert (
         '"context"    = ["@CONTEXT_B64@"]' in (pol / "weightguard-inference-pinned.hcl").read_text()
     )
@@ -256,6 +271,7 @@ def test_vault_policies_are_least_privilege() -> None:
         re.search(r"/(decrypt|rewrap|export|backup|restore|config)/", p) for p in release
     )
     assert all(re.match(r"@TRANSIT@/(encrypt|keys|sign)/", p) for p in release), release
+    assert audit in release
     for text in (f.read_text() for f in pol.glob("*.hcl")):
         assert '"create"' not in text and '"delete"' not in text and '"sudo"' not in text
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-INTEROP = ROOT.parent / "shared" / "interop"
+# WEIGHTGUARD_INTEROP: where the vectors are when the checkout is not next to shared/.
+INTEROP = Path(os.environ.get("WEIGHTGUARD_INTEROP") or ROOT.parent / "shared" / "interop")
 MODEL_SIGNING = str(Path(sys.executable).with_name("model_signing"))
 
 

@@ -6,6 +6,7 @@
 #   @TRANSIT@      Transit mount
 #   @MODEL_KEY@    the model's Transit key
 #   @CONTEXT_B64@  base64 of the model's derivation context (what weightguard sends)
+#   @AUDIT_KEY@    the ed25519 audit checkpoint key
 #
 # allowed_parameters pins "context" to exactly that value and, by omission, forbids
 # batch_input (whose per-item contexts a policy cannot check) and every other parameter.
@@ -17,4 +18,11 @@ path "@TRANSIT@/decrypt/@MODEL_KEY@" {
     "ciphertext" = []
     "context"    = ["@CONTEXT_B64@"]
   }
+}
+
+# Sign audit checkpoints with the ed25519 audit key (WEIGHTGUARD_AUDIT_SIGNING_KEY): the
+# pod's audit log is then provable, not only self-consistent. Signing only; the key
+# never leaves Transit.
+path "@TRANSIT@/sign/@AUDIT_KEY@" {
+  capabilities = ["update"]
 }

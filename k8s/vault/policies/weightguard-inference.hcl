@@ -2,6 +2,7 @@
 #
 # Rendered by k8s/vault/apply.sh per model (placeholders @...@):
 #   @TRANSIT@      Transit mount (default "transit")
+#   @AUDIT_KEY@    the ed25519 audit checkpoint key (default "weightguard-audit")
 #   @MODEL_KEY@    the model's own Transit key (one key per model: wg-model-<model>)
 #
 # Enforcement: one derived Transit key per model, and this path names only that key, so
@@ -17,4 +18,11 @@ path "@TRANSIT@/decrypt/@MODEL_KEY@" {
     "ciphertext"  = []
     "context"     = []
   }
+}
+
+# Sign audit checkpoints with the ed25519 audit key (WEIGHTGUARD_AUDIT_SIGNING_KEY): the
+# pod's audit log is then provable, not only self-consistent. Signing only; the key
+# never leaves Transit.
+path "@TRANSIT@/sign/@AUDIT_KEY@" {
+  capabilities = ["update"]
 }

@@ -3,6 +3,7 @@
 #
 # Rendered by k8s/vault/apply.sh (placeholders @...@):
 #   @TRANSIT@       Transit mount (default "transit")
+#   @AUDIT_KEY@     the ed25519 audit checkpoint key (default "weightguard-audit")
 #   @MODEL_PREFIX@  prefix of the per-model Transit keys (default "wg-model-")
 #   @SIGNING_KEY@   the non-exportable release signing key (default "wg-release-signing")
 
@@ -29,4 +30,11 @@ path "@TRANSIT@/sign/@SIGNING_KEY@/*" {
 # Its public key, to embed the verification material in the bundle.
 path "@TRANSIT@/keys/@SIGNING_KEY@" {
   capabilities = ["read"]
+}
+
+# Sign audit checkpoints with the ed25519 audit key (WEIGHTGUARD_AUDIT_SIGNING_KEY): the
+# pod's audit log is then provable, not only self-consistent. Signing only; the key
+# never leaves Transit.
+path "@TRANSIT@/sign/@AUDIT_KEY@" {
+  capabilities = ["update"]
 }

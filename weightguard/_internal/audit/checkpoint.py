@@ -309,6 +309,10 @@ class Anchor(Protocol):
         """The anchored checkpoint with the largest size for ``log_id``, or None."""
         ...
 
+    def log_ids(self) -> list[str]:
+        """Every log id this anchor holds checkpoints for."""
+        ...
+
 
 def _parse_s3(uri: str) -> tuple[str, str]:
     p = urlparse(uri)
@@ -388,6 +392,34 @@ class S3Anchor:
                 f"cannot anchor audit checkpoint to {self.uri} ({type(exc).__name__})",
                 hint="check the bucket exists with Object Lock enabled and the S3 credentials",
             ) from None
+
+    def log_ids(self) -> list[str]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        out: list[str] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base, Delimiter="/"
+            )
+            for page in pages:
+                for cp in page.get("CommonPrefixes", []):
+                    log_id = cp["Prefix"][len(base) :].strip("/")
+                    if log_id and self._has_checkpoints(log_id):
+                        out.append(log_id)
+        except AuditError:
+            raise
+        except Exception as exc:
+            raise AuditError(
+                f"cannot list audit anchor {self.uri} ({type(exc).__name__})",
+                hint="check the S3 endpoint and credentials",
+            ) from None
+        return out
+
+    def _has_checkpoints(self, log_id: str) -> bool:
+        base = f"{self.prefix}/" if self.prefix else ""
+        resp = self.client.list_objects_v2(
+            Bucket=self.bucket, Prefix=f"{base}{log_id}/checkpoints/", MaxKeys=1
+        )
+        return bool(resp.get("Contents"))
 
     def latest(self, log_id: str) -> dict[str, Any] | None:
         base = f"{self.prefix}/" if self.prefix else ""
@@ -480,6 +512,20 @@ class VaultKVAnchor:
                     continue  # another writer won the race; re-read and retry
                 raise _vault_error("KV anchor write", self.uri, exc) from None
         raise AuditError(f"Vault KV anchor {self.uri} kept changing; checkpoint not anchored")
+
+    def log_ids(self) -> list[str]:
+        import hvac.exceptions
+
+        c = _vault_client(self._client)
+        self._client = c
+        try:
+            resp = c.secrets.kv.v2.list_secrets(path=self.path, mount_point=self.mount)
+        except hvac.exceptions.InvalidPath:
+            return []
+        except Exception as exc:
+            raise _vault_error("KV anchor list", self.uri, exc) from None
+        keys = resp.get("data", {}).get("keys", [])
+        return [str(k) for k in keys if isinstance(k, str) and not k.endswith("/")]
 
     def latest(self, log_id: str) -> dict[str, Any] | None:
         try:

@@ -9,10 +9,20 @@ The verifier reports the *first* broken record and why:
 * ``reordered``  records are out of order or duplicated;
 * ``truncated``  the last line is incomplete, or the log is shorter than its newest
                  anchored checkpoint;
-* ``bad_checkpoint`` a checkpoint's signature or contents do not verify.
+* ``bad_checkpoint`` a checkpoint's signature or contents do not verify, or its line
+                 holds a field the signature does not determine;
+* ``unsigned``   with a checkpoint key or an anchor: more records than the stated
+                 maximum unsigned tail are not covered by a verified checkpoint
+                 (checkpoints stripped and the chain recomputed, or a live log);
+* ``unknown_log`` a log id the verifier did not configure (``log_ids``, or the logs
+                 the anchor holds): e.g. the log rewritten under a fresh id;
+* ``unanchored`` a configured log has no checkpoint at the anchor.
 
-Without an anchor a clean cut at a record boundary after the last checkpoint cannot
-be detected; the result says so in ``warnings``.
+What decides is the verifier's configuration (key, anchor, log ids), never the log's
+own claims.  Without a key nothing is proven against a forger who can rewrite the
+file and recompute the chain; ``signed`` in the result says whether signatures were
+checked.  Without an anchor a clean cut at a record boundary inside the allowed
+unsigned tail cannot be detected; the result says so in ``warnings``.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,8 +41,55 @@ from weightguard._internal.audit.checkpoint import (
     anchor_for,
     verifier_for,
 )
-from weightguard._internal.audit.record import GENESIS, MAX_RECORD_BYTES, canonical
+from weightguard._internal.audit.record import (
+    FORMAT_VERSION,
+    GENESIS,
+    MAX_RECORD_BYTES,
+    canonical,
+)
 from weightguard.errors import ConfigError
+
+# A log the writer closed ends with a checkpoint, so by default nothing may be unsigned;
+# an auditor checking a live (or crashed) writer's log states how much tail to accept.
+DEFAULT_MAX_UNSIGNED_TAIL = 0
+
+_CHECKPOINT_LINE = frozenset(
+    ("v", "log", "seq", "prev", "time", "event", "outcome", "checkpoint", "sig")
+)
+_CHECKPOINT_BODY = frozenset(("log", "size", "head", "time"))
+_SIGNATURE = frozenset(("alg", "key_id", "value"))
+
+
+def _unsigned_fields(rec: dict[str, Any]) -> str:
+    """What in a checkpoint line the signed body and its signature do not pin down.
+
+    The signature covers the body (log, size, head, time); the line's outer fields
+    must be exactly those the writer derives from it, so no byte of the line can
+    change unnoticed (the last checkpoint's line is covered by no later record).
+    """
+    import base64
+
+    cp, sig = rec.get("checkpoint"), rec.get("sig")
+    extra = sorted(set(rec) - _CHECKPOINT_LINE)
+    if extra:
+        return "extra field(s) " + ", ".join(extra)[:120]
+    if rec.get("v") != FORMAT_VERSION or rec.get("outcome") != "ok":
+        return "v or outcome"
+    if not isinstance(cp, dict) or set(cp) != _CHECKPOINT_BODY:
+        return "checkpoint body"
+    if rec.get("time") != cp.get("time"):
+        return "time differs from the signed time"
+    if not isinstance(sig, dict) or set(sig) != _SIGNATURE:
+        return "sig"
+    value = sig.get("value")
+    try:
+        if not isinstance(value, str) or (
+            base64.b64encode(base64.b64decode(value, validate=True)).decode() != value
+        ):
+            return "sig.value is not canonical base64"
+    except ValueError:
+        return "sig.value is not base64"
+    return ""
 
 
 @dataclass
@@ -57,6 +114,7 @@ class LogSummary:
     last_checkpoint_size: int | None = None
     anchored_size: int | None = None
     unsigned_tail: int = 0
+    signed_through: int = 0  # records 0..signed_through-1 are covered by verified signatures
 
 
 @dataclass
@@ -67,6 +125,7 @@ class VerifyResult:
     problem: Problem | None = None
     warnings: list[str] = field(default_factory=list)
     foreign_lines: int = 0
+    signed: bool = False  # checkpoint signatures were checked with a configured key
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,7 +186,11 @@ def verify_lines(
     verifier: CheckpointVerifier | None = None,
     anchor: Anchor | None = None,
     allow_foreign: bool = False,
+    max_unsigned_tail: int = DEFAULT_MAX_UNSIGNED_TAIL,
+    log_ids: Sequence[str] | None = None,
 ) -> VerifyResult:
+    if max_unsigned_tail < 0:
+        raise ConfigError("the maximum unsigned tail cannot be negative")
     chains: dict[str, _Chain] = {}
     order: list[str] = []
     warnings: list[str] = []
@@ -146,6 +209,7 @@ def verify_lines(
             problem=Problem(kind, msg, src, ln, log, seq if isinstance(seq, int) else None),
             warnings=warnings,
             foreign_lines=foreign,
+            signed=verifier is not None,
         )
 
     # pass 1: parse (bounded), remember which (log, seq) exist for reorder detection
@@ -293,11 +357,24 @@ def verify_lines(
                     log_id,
                     seq,
                 )
+            loose = _unsigned_fields(rec)
+            if loose:
+                return fail(
+                    "bad_checkpoint",
+                    f"checkpoint line holds fields its signature does not determine ({loose})",
+                    src,
+                    ln,
+                    log_id,
+                    seq,
+                )
             if verifier is not None:
                 why = verifier.check(cp, rec.get("sig"))
                 if why is not None:
                     return fail("bad_checkpoint", f"checkpoint {why}", src, ln, log_id, seq)
                 s.checkpoints_verified += 1
+                # the signed head covers records 0..seq-1; this line itself is fully
+                # determined by the signed body and the verified signature
+                s.signed_through = seq + 1
             s.last_checkpoint_size = seq
             s.unsigned_tail = 0
         else:
@@ -312,7 +389,35 @@ def verify_lines(
         s.last_seq = seq
         s.head = d
 
-    # anchors and checkpoint coverage
+    # which logs: the verifier's configuration (log_ids, else the anchor's own list)
+    expected: list[str] | None = list(log_ids) if log_ids else None
+    if expected is None and anchor is not None:
+        expected = sorted(anchor.log_ids())
+    if expected is not None:
+        for log_id in order:
+            if log_id not in expected:
+                where = "--log-id" if log_ids else f"the anchor {anchor.uri if anchor else ''}"
+                return fail(
+                    "unknown_log",
+                    f"log {log_id} is not one of the logs named by {where}: a log rewritten "
+                    "under a fresh id, or another log mixed in (name it with --log-id)",
+                    None,
+                    None,
+                    log_id,
+                    None,
+                )
+        for log_id in expected:
+            if log_id not in chains:
+                return fail(
+                    "deleted",
+                    f"log {log_id} (named by "
+                    f"{'--log-id' if log_ids else 'the anchor'}) is not in the log",
+                    None,
+                    None,
+                    log_id,
+                    None,
+                )
+    enforce = verifier is not None or anchor is not None
     for log_id in order:
         ch = chains[log_id]
         s = ch.summary
@@ -320,72 +425,103 @@ def verify_lines(
             s.head = "sha256:" + hashlib.sha256(canonical(ch.prev_record)).hexdigest()
             ch.digests[s.last_seq] = bytes.fromhex(s.head[7:])
         if anchor is not None:
-            latest = anchor.latest(log_id)
+            latest = anchor.latest(log_id)  # addressed by the configured id (checked above)
             if latest is None:
-                warnings.append(f"log {log_id}: no anchored checkpoint at {anchor.uri}")
-            else:
-                cp, sig = latest["checkpoint"], latest["sig"]
-                if cp.get("log") != log_id:
+                return fail(
+                    "unanchored",
+                    f"log {log_id} has no checkpoint at the anchor {anchor.uri}",
+                    anchor.uri,
+                    None,
+                    log_id,
+                    None,
+                )
+            cp, sig = latest["checkpoint"], latest["sig"]
+            if cp.get("log") != log_id:
+                return fail(
+                    "bad_checkpoint",
+                    "anchored checkpoint names another log",
+                    anchor.uri,
+                    None,
+                    log_id,
+                    None,
+                )
+            if verifier is not None:
+                why = verifier.check(cp, sig)
+                if why is not None:
                     return fail(
                         "bad_checkpoint",
-                        "anchored checkpoint names another log",
+                        f"anchored checkpoint {why}",
                         anchor.uri,
                         None,
                         log_id,
                         None,
                     )
-                if verifier is not None:
-                    why = verifier.check(cp, sig)
-                    if why is not None:
-                        return fail(
-                            "bad_checkpoint",
-                            f"anchored checkpoint {why}",
-                            anchor.uri,
-                            None,
-                            log_id,
-                            None,
-                        )
-                else:
-                    warnings.append(
-                        f"log {log_id}: anchored checkpoint signature not checked "
-                        "(pass --checkpoint-key or --vault-key)"
-                    )
-                size = int(cp["size"])
-                s.anchored_size = size
-                have = (s.last_seq + 1) if s.last_seq is not None else 0
-                if have < size:
-                    return fail(
-                        "truncated",
-                        f"the anchor ({anchor.uri}) says the log had {size} records "
-                        f"(head {cp['head']}), but only {have} are present: "
-                        "the tail was cut off",
-                        None,
-                        None,
-                        log_id,
-                        have,
-                    )
-                got = ch.digests.get(size - 1)
-                if got is None or "sha256:" + got.hex() != cp["head"]:
-                    return fail(
-                        "edited",
-                        f"record seq {size - 1} does not match the anchored head {cp['head']}",
-                        None,
-                        None,
-                        log_id,
-                        size - 1,
-                    )
+            else:
+                warnings.append(
+                    f"log {log_id}: anchored checkpoint signature not checked "
+                    "(pass --checkpoint-key or --vault-key)"
+                )
+            size = int(cp["size"])
+            s.anchored_size = size
+            have = (s.last_seq + 1) if s.last_seq is not None else 0
+            if have < size:
+                return fail(
+                    "truncated",
+                    f"the anchor ({anchor.uri}) says the log had {size} records "
+                    f"(head {cp['head']}), but only {have} are present: "
+                    "the tail was cut off",
+                    None,
+                    None,
+                    log_id,
+                    have,
+                )
+            got = ch.digests.get(size - 1)
+            if got is None or "sha256:" + got.hex() != cp["head"]:
+                return fail(
+                    "edited",
+                    f"record seq {size - 1} does not match the anchored head {cp['head']}",
+                    None,
+                    None,
+                    log_id,
+                    size - 1,
+                )
+            if verifier is not None:
+                s.signed_through = max(s.signed_through, size)
         elif s.records:
             warnings.append(
                 f"log {log_id}: no anchor given; a tail cut at a record boundary "
                 f"after the last checkpoint cannot be detected"
             )
-        if verifier is not None and s.checkpoints == 0:
-            warnings.append(f"log {log_id}: no signed checkpoint in the log")
-        elif s.checkpoints and verifier is None:
-            warnings.append(
-                f"log {log_id}: {s.checkpoints} checkpoint signature(s) not checked "
-                "(pass --checkpoint-key or --vault-key)"
-            )
+        if enforce:
+            tail = s.records - s.signed_through
+            s.unsigned_tail = tail
+            if tail > max_unsigned_tail:
+                first = s.signed_through
+                span = f"seq {first}" if tail == 1 else f"seq {first}..{first + tail - 1}"
+                why = (
+                    "no checkpoint key was given, so no checkpoint signature was checked"
+                    if verifier is None
+                    else "checkpoints stripped and the chain recomputed, or records written "
+                    "after the last checkpoint"
+                )
+                return fail(
+                    "unsigned",
+                    f"{tail} record(s) ({span}) are not covered by a verified signed "
+                    f"checkpoint; at most {max_unsigned_tail} may be ({why}; an auditor "
+                    "accepting a live log's tail says so with --max-unsigned-tail N)",
+                    None,
+                    None,
+                    log_id,
+                    first,
+                )
+        if verifier is None:
+            if s.checkpoints:
+                warnings.append(
+                    f"log {log_id}: {s.checkpoints} checkpoint signature(s) not checked "
+                    "(pass --checkpoint-key or --vault-key)"
+                )
+            else:
+                warnings.append(f"log {log_id}: no signed checkpoint in the log")
         if s.unsigned_tail and s.checkpoints:
             warnings.append(
                 f"log {log_id}: {s.unsigned_tail} record(s) after the last checkpoint are "
@@ -397,6 +533,7 @@ def verify_lines(
         logs=[chains[i].summary for i in order],
         warnings=warnings,
         foreign_lines=foreign,
+        signed=verifier is not None,
     )
 
 
@@ -409,12 +546,19 @@ def verify_log(
     allow_foreign: bool = False,
     s3_client: Any = None,
     vault_client: Any = None,
+    max_unsigned_tail: int = DEFAULT_MAX_UNSIGNED_TAIL,
+    log_ids: Sequence[str] | None = None,
 ) -> VerifyResult:
     """Verify a log (path incl. rotated segments, ``-`` for stdin, or ``s3://`` prefix).
 
     Returns a :class:`VerifyResult`; ``ok`` is False with ``problem`` set at the first
-    broken record.  Raises ConfigError/AuditError only when the log, key or anchor
-    cannot be read.
+    broken record.  With a checkpoint key or an anchor, verified signed checkpoints
+    must cover every record but at most ``max_unsigned_tail`` at the end.
+    ``log_ids`` names the logs expected (and the anchor entries read); without it an
+    anchor's own list of logs is expected.  ``result.signed`` is False when no key
+    was given: then the result proves nothing against someone who can rewrite the
+    file.  Raises ConfigError/AuditError only when the log, key or anchor cannot be
+    read.
     """
     verifier: CheckpointVerifier | None = None
     if checkpoint_key is not None and vault_key is not None:
@@ -434,6 +578,8 @@ def verify_log(
         verifier=verifier,
         anchor=anc,
         allow_foreign=allow_foreign,
+        max_unsigned_tail=max_unsigned_tail,
+        log_ids=log_ids,
     )
 
 

@@ -1,0 +1,55 @@
+"""Vault/OpenBao Transit signing keys: URI parsing and public keys (no secret needed).
+
+Shared by the signer (``signing.VaultTransitSigner``) and the policy that trusts a
+Transit key (``policy.vault_key_policy``), so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from weightguard.errors import ConfigError, KeyProviderError
+
+
+def parse_transit_uri(uri: str) -> tuple[str, str]:
+    """``vault://<mount>/<key>`` -> (mount, key name)."""
+    if not uri.startswith("vault://"):
+        raise ConfigError(f"{uri!r} is not a vault://<mount>/<key> URI")
+    rest = uri[len("vault://") :].strip("/")
+    if "/" not in rest:
+        raise ConfigError(f"{uri!r}: expected vault://<mount>/<key>, e.g. vault://transit/models")
+    mount, _, name = rest.rpartition("/")
+    if not mount or not name or ".." in rest.split("/"):
+        raise ConfigError(f"{uri!r}: expected vault://<mount>/<key>")
+    return mount, name
+
+
+def transit_client(client: Any) -> Any:
+    if client is not None:
+        return client
+    from weightguard._internal.foundation.vault import vault_client
+
+    return vault_client()
+
+
+def transit_public_keys(uri: str, *, client: Any = None) -> list[tuple[int, bytes]]:
+    """[(version, PEM)] of a Transit asymmetric key (all versions still held)."""
+    from weightguard._internal.foundation.vault import vault_errors
+
+    mount, name = parse_transit_uri(uri)
+    c = transit_client(client)
+    with vault_errors(f"reading the Transit key {uri}"):
+        data = c.secrets.transit.read_key(name=name, mount_point=mount)["data"]
+    if not str(data.get("type", "")).startswith("ecdsa-"):
+        raise KeyProviderError(
+            f"Transit key {uri} has type {data.get('type')!r}; signing needs an ecdsa-p256 key",
+            hint=f"create it with: vault write {mount}/keys/{name} type=ecdsa-p256",
+        )
+    out = []
+    for ver, info in sorted(data.get("keys", {}).items(), key=lambda kv: int(kv[0])):
+        pem = info.get("public_key") if isinstance(info, dict) else None
+        if pem:
+            out.append((int(ver), pem.encode("ascii")))
+    if not out:
+        raise KeyProviderError(f"Transit key {uri} exposes no public key")
+    return out
