@@ -20,6 +20,8 @@ Runs under ``TRITON_INTERPRET=1`` on CPU tensors (the tests), and on CUDA.
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 from typing import Any
 
 from weightguard.errors import DeviceError
@@ -30,6 +32,7 @@ __all__ = [
     "available",
     "ctr_decrypt",
     "expand_key",
+    "interpreting",
     "tables",
 ]
 
@@ -40,6 +43,7 @@ MAX_RECORD_BYTES = (2**32 - 2) * 16
 
 def _sbox() -> list[int]:
     """The AES S-box, computed (multiplicative inverse in GF(2^8) + affine map)."""
+
     def mul(a: int, b: int) -> int:
         p = 0
         while b:
@@ -108,8 +112,8 @@ def tables(device: Any) -> Any:
     return torch.tensor(flat, dtype=torch.int64).to(torch.uint32).to(device)
 
 
-@functools.lru_cache(maxsize=1)
-def _kernel() -> Any:
+@functools.lru_cache(maxsize=2)
+def _kernel(interpret: bool) -> Any:
     import triton
     import triton.language as tl
 
@@ -198,7 +202,11 @@ def _kernel() -> Any:
         kw = tl.where(
             word[None, :] == 0,
             k0[:, None],
-            tl.where(word[None, :] == 1, k1[:, None], tl.where(word[None, :] == 2, k2[:, None], k3[:, None])),
+            tl.where(
+                word[None, :] == 1,
+                k1[:, None],
+                tl.where(word[None, :] == 2, k2[:, None], k3[:, None]),
+            ),
         )
         ks = ((kw >> shift[None, :]) & 255).to(tl.uint8)
         offs = blk.to(tl.int64)[:, None] * 16 + col[None, :]
@@ -209,12 +217,24 @@ def _kernel() -> Any:
     return aes_ctr_kernel
 
 
-def available() -> str | None:
-    """None when the kernel can run here, else why not (for the audit event)."""
+def interpreting() -> bool:
+    """Triton's CPU interpreter is on (``TRITON_INTERPRET=1``: the tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes")
+
+
+def available(kind: str = "cuda") -> str | None:
+    """None when the kernel can run on devices of ``kind``, else why not (for the audit)."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return "triton is not installed"
+    if interpreting():
+        return None
+    if kind != "cuda":
+        return f"no Triton target for {kind!r} devices"
+    cc = os.environ.get("CC")
+    if not any(shutil.which(c) for c in ([cc] if cc else ["cc", "gcc", "clang"])):
+        return "no C compiler (Triton builds its launcher with one)"
     return None
 
 
@@ -235,5 +255,7 @@ def ctr_decrypt(data: Any, ctr: Any, round_keys: Any, tabs: Any) -> None:
         return
     import triton
 
-    grid = (triton.cdiv(n, 16 * BLOCKS_PER_PROGRAM),)
-    _kernel()[grid](data, ctr, round_keys, tabs, n, BLOCKS=BLOCKS_PER_PROGRAM)
+    # The interpreter pays per program, not per element: fewer, larger programs.
+    blocks = 4096 if interpreting() else BLOCKS_PER_PROGRAM
+    grid = (triton.cdiv(n, 16 * blocks),)
+    _kernel(interpreting())[grid](data, ctr, round_keys, tabs, n, BLOCKS=blocks)

@@ -38,7 +38,7 @@ def _gf_mul(x: int, y: int) -> int:
 
 def ghash_key(key: bytes | bytearray) -> int:
     """H = AES_K(0^128) as an integer (secret: derived from the key)."""
-    enc = Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor()
+    enc = Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor()  # noqa: S305 - one block: H = AES_K(0)
     h = bytearray(enc.update(bytes(16)) + enc.finalize())
     try:
         return int.from_bytes(h, "big")

@@ -1,0 +1,1 @@
+"""Test support code (fakes for what cannot run here; say why where used)."""
