@@ -132,7 +132,7 @@ def _kernel(interpret: bool) -> Any:
         w1 = tl.load(ctr_ptr + 1)
         w2 = tl.load(ctr_ptr + 2)
         c = tl.load(ctr_ptr + 3) + 1 + blk.to(tl.uint32)  # inc32(J0) = first block
-        zero = tl.zeros([BLOCKS], dtype=tl.uint32)
+        zero = blk.to(tl.uint32) * 0  # (tl.zeros is a jit'd helper: not interpretable late)
         s0 = (zero + w0) ^ tl.load(rk_ptr + 0)
         s1 = (zero + w1) ^ tl.load(rk_ptr + 1)
         s2 = (zero + w2) ^ tl.load(rk_ptr + 2)
