@@ -38,6 +38,8 @@ from weightguard.errors import DeviceError
 
 __all__ = ["FakeBackend", "fake_device"]
 
+_KERNEL_LOCK = threading.Lock()
+
 
 class FakeEvent:
     def __init__(self) -> None:
@@ -161,7 +163,10 @@ class FakeBackend(DeviceBackend):
                 raise out_of_memory(str(ref), n)
             self._used[ref.index] += n
         self.contexts.add(ref.index)
-        t = torch.empty(n, dtype=torch.uint8).fill_(0xA5)  # old data: must never show
+        # 256-byte aligned like cudaMalloc; filled with "old data" that must never show
+        raw = torch.empty(n + 256, dtype=torch.uint8).fill_(0xA5)
+        skip = -raw.data_ptr() % 256
+        t = raw[skip : skip + n]
         self._owner[t.untyped_storage().data_ptr()] = ref.index
         weakref.finalize(t.untyped_storage(), self._release, ref.index, n)
         self.allocations.append((ref.index, t))
@@ -230,7 +235,12 @@ class FakeBackend(DeviceBackend):
 
     def launch(self, stream: Any, kernel: Callable[..., None], *args: Any) -> None:
         self._check("kernel", stream, *(a for a in args if isinstance(a, torch.Tensor)))
-        stream._enqueue(lambda: kernel(*args), what="kernel")
+
+        def run() -> None:
+            with _KERNEL_LOCK:  # Triton's interpreter keeps global state: one at a time
+                kernel(*args)
+
+        stream._enqueue(run, what="kernel")
 
 
 def fake_device() -> FakeBackend:

@@ -253,7 +253,8 @@ class StagingCopier(Copier):
         slot_bytes = (slot_bytes + 63) // 64 * 64
         n_slots = max(2, min(ring_bytes // slot_bytes, 2 * max(1, workers) + 2))
         # Allocated with the load's device current (no context on device 0).
-        self._ring = pinned_pool.take(backend, self._ref, n_slots * slot_bytes)
+        with backend.using(self._ref):
+            self._ring = pinned_pool.take(backend, self._ref, n_slots * slot_bytes)
         self.ring_bytes = int(self._ring.numel())
         ring_view = _np_view(self._ring)
         self._slot_bytes = slot_bytes

@@ -256,6 +256,8 @@ def ctr_decrypt(data: Any, ctr: Any, round_keys: Any, tabs: Any) -> None:
     import triton
 
     # The interpreter pays per program, not per element: fewer, larger programs.
-    blocks = 4096 if interpreting() else BLOCKS_PER_PROGRAM
+    blocks = BLOCKS_PER_PROGRAM
+    if interpreting():
+        blocks = min(4096, triton.next_power_of_2(triton.cdiv(n, 16)))
     grid = (triton.cdiv(n, 16 * blocks),)
     _kernel(interpreting())[grid](data, ctr, round_keys, tabs, n, BLOCKS=blocks)
