@@ -118,7 +118,7 @@ def _kernel(interpret: bool) -> Any:
     import triton.language as tl
 
     @triton.jit
-    def aes_ctr_kernel(
+    def aes_ctr_kernel(  # type: ignore[no-untyped-def]  # Triton reads annotations
         data_ptr,  # uint8 [n]: ciphertext in, plaintext out (in place)
         ctr_ptr,  # uint32 [4]: the counter block J0 as big-endian words
         rk_ptr,  # uint32 [60]: key schedule (device memory, never an argument value)

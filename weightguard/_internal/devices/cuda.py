@@ -56,7 +56,7 @@ class CudaBackend(DeviceBackend):
         return DeviceRef("cuda", int(idx))
 
     def using(self, ref: DeviceRef) -> contextlib.AbstractContextManager[Any]:
-        return _torch().cuda.device(ref.index)  # type: ignore[no-any-return]
+        return _torch().cuda.device(ref.index)
 
     def torch_device(self, ref: DeviceRef) -> Any:
         return _torch().device("cuda", ref.index)
