@@ -296,7 +296,6 @@ def test_cuda_n_creates_no_context_on_gpu0(tmp_path, file_key, sign_keys) -> Non
         "from weightguard import loader\n"
         "from weightguard.policy import UnsafeNoVerification\n"
         "loader.load_file(sys.argv[1], 'cuda:1', policy=UnsafeNoVerification(), workers=3)\n"
-        "from torch.cuda import _utils\n"
         "import ctypes\n"
         "lib = ctypes.CDLL('libcuda.so.1'); ctx = ctypes.c_void_p(); dev = ctypes.c_int()\n"
         "lib.cuDeviceGet(ctypes.byref(dev), 0)\n"
