@@ -431,16 +431,19 @@ class StagingCopier(Copier):
         leave plaintext in it (it is then not reused either, see close()).
         """
         try:
-            for s in list(self._streams.values()):
-                s.synchronize()
-            # Every kernel that read the key schedules has finished: wipe them.
-            if self._keys or self._scratch:
-                cur = self._b.current_stream(self._ref)
-                for t in (*self._keys.values(), *self._scratch.values()):
-                    self._b.zero_async(t, cur)
-                self._b.synchronize(self._ref)
-                self._keys.clear()
-                self._scratch.clear()
+            try:
+                for s in list(self._streams.values()):
+                    s.synchronize()
+            finally:
+                # Every kernel that read the key schedules has finished (or the device
+                # failed, and the wipe is best effort): zero them after the last kernel.
+                if self._keys or self._scratch:
+                    cur = self._b.current_stream(self._ref)
+                    for t in (*self._keys.values(), *self._scratch.values()):
+                        self._b.zero_async(t, cur)
+                    self._b.synchronize(self._ref)
+                    self._keys.clear()
+                    self._scratch.clear()
         except BaseException:
             self._ring_clean = False
             raise
