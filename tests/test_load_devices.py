@@ -377,3 +377,51 @@ def test_registry_decorator_and_cpu_backend() -> None:
     assert cpu.align == 64 and not cpu.asynchronous
     with pytest.raises(DeviceError, match="the CPU is device 'cpu'"):
         cpu.resolve("cpu:1")
+
+
+# --------------------------------------------------------------------------- cuda backend
+# How torch.cuda's errors are classified.  Mocked: no GPU here (the real allocations
+# are in tests/test_load_cuda.py: test_cuda_oom_releases_memory and
+# test_cuda_invalid_ordinal_is_not_oom).
+
+
+def _cuda_with(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> Any:
+    from weightguard._internal.devices.base import DeviceRef
+
+    cuda = get_backend("cuda")
+
+    def empty(*a: Any, **k: Any) -> None:
+        raise exc
+
+    monkeypatch.setattr(torch, "empty", empty)
+    return lambda: cuda.alloc(DeviceRef("cuda", 1), 1 << 20)
+
+
+def test_cuda_backend_only_real_oom_is_out_of_memory(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    alloc = _cuda_with(monkeypatch, torch.cuda.OutOfMemoryError("CUDA out of memory."))
+    with pytest.raises(DeviceError, match=r"^out of memory on cuda:1 allocating 1048576 bytes"):
+        alloc()
+    alloc = _cuda_with(monkeypatch, RuntimeError("CUDA error: invalid device ordinal\nmore"))
+    with pytest.raises(DeviceError) as e:
+        alloc()
+    assert e.value.message == (
+        "cannot allocate 1048576 bytes on cuda:1: CUDA error (CUDA error: invalid device ordinal)"
+    )
+    assert "nvidia-smi" in (e.value.hint or "")
+
+
+def test_cuda_backend_resolves_current_device_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    cuda = get_backend("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert str(cuda.resolve("cuda")) == "cuda:3"
+    assert str(cuda.resolve("cuda:2")) == "cuda:2"
+    with pytest.raises(DeviceError) as e:
+        cuda.resolve("cuda:4")
+    assert e.value.message == (
+        "no CUDA device 'cuda:4': this process sees 4 GPU(s) (cuda:0 to cuda:3)"
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="requested but CUDA is not available"):
+        cuda.resolve("cuda")
