@@ -425,3 +425,22 @@ def test_cuda_backend_resolves_current_device_once(monkeypatch) -> None:  # type
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError, match="requested but CUDA is not available"):
         cuda.resolve("cuda")
+
+
+def test_gpu_decrypt_mixed_encrypted_and_plain_shards(
+    fake, tmp_path, file_key, sign_keys, interpret
+) -> None:  # type: ignore[no-untyped-def]
+    """One load, one ring: ciphertext records go to the kernel, plain records are copied."""
+    d = tmp_path / "release"
+    d.mkdir()
+    expected: dict[str, torch.Tensor] = {}
+    a = write_st(tmp_path / "a.safetensors", [("a.w", "F32", (40, 41)), ("a.odd", "U8", (3,))])
+    encrypt(tmp_path / "a.safetensors", d / "a.safetensors", file_key, chunk_size=GPU_CHUNK)
+    b = write_st(d / "b.safetensors", [("b.odd", "U8", (5,)), ("b.h", "F16", (999,))], seed=1)
+    expected |= a | b
+    sign(d, d / "model.sig", sign_keys, chunk_size=GPU_CHUNK)
+    got, seen, sink = _load(d, "fake", sign_keys.policy(), workers=2, decrypt_on="gpu")
+    assert_same(got, expected)
+    assert fake.violations == []
+    assert _ring_zero(seen)
+    assert last(sink, "load.ok")["extra"]["decrypt_on"] == "gpu"

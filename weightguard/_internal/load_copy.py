@@ -144,7 +144,8 @@ class Copier:
         """Allocate one destination buffer per segment (raises DeviceError on OOM)."""
         raise NotImplementedError
 
-    def acquire(self, worker: int, rec: Record) -> memoryview:
+    def acquire(self, worker: int, rec: Record, ciphertext: bool = False) -> memoryview:
+        """Room for record ``rec``: its plaintext, or (``decrypts``) its ciphertext."""
         raise NotImplementedError
 
     def commit(self, worker: int, rec: Record, out: memoryview, cipher: Any = None) -> None:
@@ -190,7 +191,7 @@ class CpuCopier(Copier):
             self._views.append(_np_view(t))
             self._ptrs.append(int(t.data_ptr()))
 
-    def acquire(self, worker: int, rec: Record) -> memoryview:
+    def acquire(self, worker: int, rec: Record, ciphertext: bool = False) -> memoryview:
         populate_for_write(self._ptrs[rec.seg] + rec.dst_off, rec.dst_len)
         return self._views[rec.seg][rec.dst_off : rec.dst_off + rec.dst_len]
 
@@ -348,7 +349,7 @@ class StagingCopier(Copier):
                 still.append(slot)
         self._pending = still
 
-    def acquire(self, worker: int, rec: Record) -> memoryview:
+    def acquire(self, worker: int, rec: Record, ciphertext: bool = False) -> memoryview:
         with self._cond:
             while True:
                 self._reclaim_done()
@@ -363,7 +364,7 @@ class StagingCopier(Copier):
                     slot.tensor.zero_()
                     break
                 self._cond.wait(0.05)  # every slot is being filled by another worker
-            view = slot.view[_CT : _CT + rec.src_len] if self.decrypts else slot.view[: rec.dst_len]
+            view = slot.view[_CT : _CT + rec.src_len] if ciphertext else slot.view[: rec.dst_len]
             self._by_view[id(view)] = slot
             return view
 
@@ -376,14 +377,14 @@ class StagingCopier(Copier):
         stream = self._stream(worker)
         seg = self._bufs[rec.seg]
         b = self._b
-        if self.decrypts:
+        if cipher is not None:  # a ciphertext record: decrypted on the device
             src = self._device_decrypt(worker, rec, slot, stream, cipher)
             base = _CT
         else:
             src, base = slot.tensor, 0
         for so, do, ln in self._pieces(rec):
             b.copy_async(seg[do : do + ln], src[base + so : base + so + ln], stream)
-        if self.decrypts:
+        if cipher is not None:
             b.zero_async(src[: _CT + rec.dst_len], stream)  # plaintext in the scratch slot
         ev = b.event()
         ev.record(stream)
@@ -532,7 +533,7 @@ class FileCopier(Copier):
             self._starts.append(pos)
             pos += n
 
-    def acquire(self, worker: int, rec: Record) -> memoryview:
+    def acquire(self, worker: int, rec: Record, ciphertext: bool = False) -> memoryview:
         with self._lock:
             buf = self._bufs.get(worker)
             if buf is None:

@@ -154,7 +154,7 @@ def run_pipeline(
     def _one(worker: int, job: FileJob, rec: Record, mv: memoryview) -> None:
         if job.cipher is not None and copier.decrypts:
             # Ciphertext straight into the staging slot; checked before it moves on.
-            out = copier.acquire(worker, rec)
+            out = copier.acquire(worker, rec, ciphertext=True)
             try:
                 job.source.read_into(rec.src_off, out)
                 if rec.digest is not None:
