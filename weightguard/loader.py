@@ -649,7 +649,7 @@ class ModelHandle:
         concurrency = max((f.source.concurrency for f in files), default=1)
         workers = self._workers or max(usable_cpus(), concurrency)
         copier: Copier | None = None
-        nbytes = 0
+        nbytes: int | None = None
         result: dict[str, Any] = {}
         bufs: list[Any] = []
         where: dict[str, Any] = {}

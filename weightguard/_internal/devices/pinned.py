@@ -29,14 +29,14 @@ def ring_size(n: int) -> int:
 
 
 def take(backend: DeviceBackend, ref: DeviceRef, n: int) -> Any:
-    """A zeroed page-locked block of at least ``n`` bytes (``ring_size(n)``)."""
+    """A zeroed page-locked block of at least ``ring_size(n)`` bytes (a cached one if any)."""
     size = ring_size(n)
     key = (backend.name, ref.index)
     with _lock:
         blocks = _free.get(key, [])
-        for i, t in enumerate(blocks):
-            if t.numel() == size:
-                return blocks.pop(i)
+        fits = [i for i, t in enumerate(blocks) if t.numel() >= size]
+        if fits:  # the smallest cached block that is large enough
+            return blocks.pop(min(fits, key=lambda i: int(blocks[i].numel())))
     t = backend.pinned(ref, size)
     t.zero_()
     with _lock:
