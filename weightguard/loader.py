@@ -7,9 +7,10 @@
 
 Every byte of the artifact is read once, hashed and compared with the signed
 per-chunk digest before it is used, AEAD-decrypted into the destination (CPU tensors
-directly; CUDA through a pinned staging ring), and nothing is returned unless every
-check passed.  On any failure (tamper, signature/policy, key denial, source error,
-out of memory, KeyboardInterrupt) everything written so far is zeroed and freed, an
+directly; CUDA: ciphertext through a pinned staging ring, decrypted on the GPU by a
+Triton kernel so the host never holds plaintext weights, or ``decrypt_on="cpu"``), and
+nothing is returned unless every check passed.  On any failure (tamper,
+signature/policy, key denial, source error, out of memory, KeyboardInterrupt) everything written so far is zeroed and freed, an
 audit event is written and one typed error (from :mod:`weightguard.errors`) names the
 file and chunk.
 
@@ -34,6 +35,7 @@ touch of fresh huge pages is slower, so it is off by default.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -43,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from weightguard._internal.devices import observe
+from weightguard._internal.devices.pinned import release_pinned_memory
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, TensorInfo
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.load.copiers import DEFAULT_RING_BYTES, Copier, copier_for
@@ -52,6 +56,7 @@ from weightguard._internal.load.sources import Location, S3Options, Source, open
 from weightguard.errors import (
     ConfigError,
     CoverageError,
+    DeviceError,
     FormatError,
     IntegrityError,
     UnsafeOptionRequired,
@@ -66,7 +71,7 @@ if TYPE_CHECKING:
 
     from weightguard.audit import AuditLog
 
-__all__ = ["LoadHooks", "ModelHandle", "load_file", "load_model", "open_model"]
+__all__ = ["ModelHandle", "load_file", "load_model", "open_model", "release_pinned_memory"]
 
 INDEX_NAME = "model.safetensors.index.json"
 DIR_SIGNATURE = "model.sig"
@@ -74,17 +79,25 @@ _PLAIN_UNSIGNED_CHUNK = 8 * 1024 * 1024
 _PROBE = 64 * 1024
 
 
-@dataclass
-class LoadHooks:
-    """Test and instrumentation hooks (not needed for normal use).
+DECRYPT_ON = ("auto", "gpu", "cpu")
 
-    ``before_record(file_name, chunk_index)`` runs in a worker before each record (raise
-    to inject a failure, e.g. KeyboardInterrupt); ``on_copier(copier)`` sees the copier
-    (its staging memory) before it is closed.
-    """
 
-    before_record: Callable[[str, int], None] | None = None
-    on_copier: Callable[[Copier], None] | None = None
+def _before_record() -> Callable[[FileJob, Record], None] | None:
+    hook = observe.current().before_record
+    return (lambda j, r: hook(j.name, r.index)) if hook else None
+
+
+def _cleanup(copier: Copier | None) -> list[BaseException]:
+    """discard() then close(), each run even if the other failed; their errors."""
+    errors: list[BaseException] = []
+    if copier is None:
+        return errors
+    for step in (copier.discard, copier.close):
+        try:
+            step()
+        except BaseException as exc:  # the load's own error is what the caller sees
+            errors.append(exc)
+    return errors
 
 
 @dataclass
@@ -517,7 +530,7 @@ class ModelHandle:
         workers: int | None,
         ring_bytes: int,
         s3: S3Options | None,
-        hooks: LoadHooks | None,
+        decrypt_on: str = "auto",
     ) -> None:
         if policy is None:
             raise UnsafeOptionRequired(
@@ -530,7 +543,7 @@ class ModelHandle:
         self.device = str(device)
         self._workers = workers
         self._ring_bytes = ring_bytes
-        self._hooks = hooks or LoadHooks()
+        self._decrypt_on = decrypt_on
         self._files: list[_File] = []
         self._closed = False
         self._signed_all: dict[str, Any] | None = None
@@ -544,6 +557,10 @@ class ModelHandle:
         self._t0 = time.monotonic()
         self._ctx.audit.emit("load.start", object=self._ctx.obj())
         try:
+            if decrypt_on not in DECRYPT_ON:
+                raise ConfigError(
+                    f"decrypt_on={decrypt_on!r} is not one of {', '.join(DECRYPT_ON)}"
+                )
             loc = open_location(source, s3=s3)
             self._location = loc
             self._unsafe = _is_unsafe(policy)
@@ -571,8 +588,16 @@ class ModelHandle:
             self.close()
             raise
 
-    def _deny(self, exc: BaseException, duration: float, nbytes: int | None = None) -> None:
+    def _deny(
+        self,
+        exc: BaseException,
+        duration: float,
+        nbytes: int | None = None,
+        cleanup: list[BaseException] | None = None,
+    ) -> None:
         event, reason = _fail_event(exc)
+        if cleanup:
+            reason += f" (cleanup failed: {', '.join(_fail_event(e)[1] for e in cleanup)})"
         obj = self._ctx.obj(self._files)
         if isinstance(exc, IntegrityError):
             if exc.path:
@@ -620,79 +645,110 @@ class ModelHandle:
             f for f in self._files if wanted is None or any(t.name in wanted for t in f.tensors)
         ]
         t0 = time.monotonic()
-        jobs: list[FileJob] = []
-        placements: list[dict[str, Placement]] = []
-        seg_base: list[int] = []
-        all_segments: list[int] = []
-        for f in files:
-            records, segments, place = plan(
-                f.geometry,
-                f.tensors,
-                None if wanted is None else wanted & {t.name for t in f.tensors},
-            )
-            base = len(all_segments)
-            records = [
-                Record(r.index, r.src_off, r.src_len, r.seg + base, r.dst_off, r.dst_len, r.digest)
-                for r in records
-            ]
-            seg_base.append(base)
-            all_segments.extend(segments)
-            jobs.append(
-                FileJob(
-                    f.display, f.source, records, segments, f.cipher, algorithm=f.geometry.algorithm
-                )
-            )
-            placements.append(place)
-        max_plain = max((r.dst_len for j in jobs for r in j.records), default=1)
         from weightguard._internal.foundation.cpus import usable_cpus
 
         concurrency = max((f.source.concurrency for f in files), default=1)
         workers = self._workers or max(usable_cpus(), concurrency)
         copier: Copier | None = None
-        nbytes = sum(r.src_len for j in jobs for r in j.records)
+        nbytes: int | None = None
         result: dict[str, Any] = {}
         bufs: list[Any] = []
+        where: dict[str, Any] = {}
         try:
+            on_gpu, where = self._decrypt_where(files)
+            max_plain = max((min(f.geometry.chunk, f.geometry.data_size) for f in files), default=1)
             copier = copier_for(
                 self.device,
-                slot_bytes=max(1, max_plain),
+                slot_bytes=max(1, max_plain + (16 if on_gpu else 0)),
                 ring_bytes=self._ring_bytes,
                 workers=workers,
+                decrypt=on_gpu,
             )
+            jobs: list[FileJob] = []
+            placements: list[dict[str, Placement]] = []
+            seg_base: list[int] = []
+            all_segments: list[int] = []
+            for f in files:
+                records, segments, place = plan(
+                    f.geometry,
+                    f.tensors,
+                    None if wanted is None else wanted & {t.name for t in f.tensors},
+                    align=copier.align,
+                )
+                base = len(all_segments)
+                records = [dataclasses.replace(r, seg=r.seg + base) for r in records]
+                seg_base.append(base)
+                all_segments.extend(segments)
+                jobs.append(
+                    FileJob(
+                        f.display,
+                        f.source,
+                        records,
+                        segments,
+                        f.cipher,
+                        algorithm=f.geometry.algorithm,
+                    )
+                )
+                placements.append(place)
+            nbytes = sum(r.src_len for j in jobs for r in j.records)
+            if on_gpu:
+                copier.prepare_keys([f.cipher for f in files if f.cipher is not None])  # type: ignore[attr-defined]
             copier.allocate(all_segments)
-            hook = self._hooks.before_record
-            before = (lambda j, r: hook(j.name, r.index)) if hook else None
-            run_pipeline(jobs, copier, workers=workers, before_record=before)
+            run_pipeline(jobs, copier, workers=workers, before_record=_before_record())
             bufs = copier.finish()
-            device = "cpu" if self.device.startswith("staging") else self.device
+            device = copier.torch_device
             for f, base, place in zip(files, seg_base, placements, strict=True):
                 local = {
                     k: Placement(p.seg + base if p.seg >= 0 else -1, p.offset, p.info)
                     for k, p in place.items()
                 }
                 result.update(build_tensors(f.display, bufs, local, device))
+            copier.close()
         except BaseException as exc:
-            if copier is not None:
-                copier.discard()
-            for t in (*bufs, *result.values()):  # e.g. a dtype error after the pipeline
-                t.zero_()
+            cleanup = _cleanup(copier)
+            with contextlib.suppress(BaseException):
+                for t in (*bufs, *result.values()):  # e.g. a dtype error after the pipeline
+                    t.zero_()
             result, bufs = {}, []
-            self._deny(exc, time.monotonic() - t0, nbytes)
+            self._deny(exc, time.monotonic() - t0, nbytes, cleanup)
             raise
         finally:
-            if copier is not None:
-                if self._hooks.on_copier is not None:
-                    copier.close()
-                    self._hooks.on_copier(copier)
-                copier.close()
+            seen = observe.current().on_copier
+            if copier is not None and seen is not None:
+                seen(copier)
         self._ctx.audit.emit(
             "load.ok",
             object=self._ctx.obj(files),
             bytes=nbytes,
             duration_s=time.monotonic() - t0,
             tensors=len(result),
+            **where,
         )
         return result
+
+    def _decrypt_where(self, files: list[_File]) -> tuple[bool, dict[str, Any]]:
+        """Whether encrypted records are decrypted on the device, and what to audit."""
+        from weightguard._internal.devices import aes_ctr_triton as aes
+
+        if not any(f.cipher is not None for f in files):
+            return False, {}
+        kind = self.device.split(":", 1)[0]
+        if kind == "cpu" or self._decrypt_on == "cpu":
+            if self._decrypt_on == "gpu":
+                raise ConfigError(
+                    f"decrypt_on='gpu' needs a GPU device, not {self.device!r}",
+                    hint="load to 'cuda[:N]', or pass decrypt_on='cpu'",
+                )
+            return False, {"decrypt_on": "cpu"}
+        why = aes.available(kind)
+        if why is None:
+            return True, {"decrypt_on": "gpu"}
+        if self._decrypt_on == "gpu":
+            raise DeviceError(
+                f"cannot decrypt on the device: {why}",
+                hint="install triton and a C compiler, or pass decrypt_on='cpu'",
+            )
+        return False, {"decrypt_on": "cpu", "decrypt_fallback": why}
 
     def _plain_size(self, name: str) -> int:
         """Size of file ``name`` as the original (decrypted) safetensors file."""
@@ -739,18 +795,16 @@ class ModelHandle:
             copier = copier_for("cpu", slot_bytes=max(1, max_plain), workers=workers)
         try:
             copier.allocate(all_segments)
-            hook = self._hooks.before_record
-            before = (lambda j, r: hook(j.name, r.index)) if hook else None
-            run_pipeline(jobs, copier, workers=workers, before_record=before)
+            run_pipeline(jobs, copier, workers=workers, before_record=_before_record())
             bufs = copier.finish()
+            copier.close()
         except BaseException as exc:
-            copier.discard()
-            self._deny(exc, time.monotonic() - t0, nbytes)
+            self._deny(exc, time.monotonic() - t0, nbytes, _cleanup(copier))
             raise
         finally:
-            copier.close()
-            if self._hooks.on_copier is not None:
-                self._hooks.on_copier(copier)
+            seen = observe.current().on_copier
+            if seen is not None:
+                seen(copier)
         self._ctx.audit.emit(
             "load.ok",
             object=self._ctx.obj([f for f in self._files if f.display in {j.name for j in jobs}]),
@@ -802,7 +856,7 @@ def open_model(
     workers: int | None = None,
     ring_bytes: int = DEFAULT_RING_BYTES,
     s3: S3Options | None = None,
-    hooks: LoadHooks | None = None,
+    decrypt_on: str = "auto",
 ) -> ModelHandle:
     """Open and verify a model; ``.keys()``, ``.load(names)``; close when done.
 
@@ -811,7 +865,14 @@ def open_model(
     ``key_options`` go to the provider (e.g. Vault address/token/auth).
     ``audit``: an :class:`~weightguard.audit.AuditLog` (default: from the environment).
     ``workers``: threads (default: cgroup-aware CPU count; more for S3).
-    ``ring_bytes``: pinned host staging for CUDA loads (host memory bound).
+    ``ring_bytes``: pinned host staging for CUDA loads (host memory bound): rounded up
+    to a power of two and kept for reuse for the process's life (PyTorch's pinned
+    allocator would keep it cached anyway); :func:`release_pinned_memory` gives it back.
+    ``decrypt_on``: where encrypted records are decrypted for a GPU device: ``"gpu"``
+    (Triton AES-CTR kernel into the device buffer: the host never holds plaintext;
+    the CPU checks the signed digest or the GCM tag first), ``"cpu"`` (AES-GCM on the
+    host, plaintext through the pinned ring), ``"auto"`` (gpu when Triton and a compiler
+    are available, else cpu; the ``load.ok`` event says which and why).
     """
     return ModelHandle(
         source,
@@ -824,7 +885,7 @@ def open_model(
         workers=workers,
         ring_bytes=ring_bytes,
         s3=s3,
-        hooks=hooks,
+        decrypt_on=decrypt_on,
     )
 
 
@@ -840,7 +901,7 @@ def load_file(
     workers: int | None = None,
     ring_bytes: int = DEFAULT_RING_BYTES,
     s3: S3Options | None = None,
-    hooks: LoadHooks | None = None,
+    decrypt_on: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Securely load every tensor: ``{name: tensor}`` like ``safetensors.torch.load_file``."""
     with open_model(
@@ -854,7 +915,7 @@ def load_file(
         workers=workers,
         ring_bytes=ring_bytes,
         s3=s3,
-        hooks=hooks,
+        decrypt_on=decrypt_on,
     ) as handle:
         return handle.load()
 

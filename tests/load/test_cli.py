@@ -24,7 +24,7 @@ from tests.support.load import (
     write_st,
     zeros,
 )
-from weightguard import loader
+from weightguard._internal.devices.observe import observing
 from weightguard._internal.format import layout as fmt
 from weightguard.errors import IntegrityError, UnsafeOptionRequired
 from weightguard.transfer import fetch_model, is_memory_fs
@@ -226,16 +226,8 @@ def test_fetch_keeps_existing_dir_and_removes_only_its_files(model, sign_keys, t
         if name.endswith("model-00002-of-00002.safetensors") and chunk == 2:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        fetch_model(
-            d,
-            dest,
-            policy=sign_keys.policy(),
-            allow_disk=True,
-            audit=audit,
-            workers=2,
-            hooks=loader.LoadHooks(before_record=interrupt),
-        )
+    with pytest.raises(KeyboardInterrupt), observing(before_record=interrupt):
+        fetch_model(d, dest, policy=sign_keys.policy(), allow_disk=True, audit=audit, workers=2)
     assert sorted(p.name for p in dest.iterdir()) == ["keep.txt"]
     assert last(sink, "load.denied")["reason"] == "cancelled (KeyboardInterrupt)"
 
@@ -245,15 +237,10 @@ def test_fetch_memory_is_bounded_by_chunks(model, sign_keys, tmp_path) -> None: 
     d, plain = model
     seen: list[memoryview] = []
     audit, _ = memory_audit()
-    res = fetch_model(
-        d,
-        tmp_path / "out",
-        policy=sign_keys.policy(),
-        allow_disk=True,
-        audit=audit,
-        workers=2,
-        hooks=loader.LoadHooks(on_copier=lambda c: seen.extend(c.staging_views())),
-    )
+    with observing(on_copier=lambda c: seen.extend(c.staging_views())):
+        res = fetch_model(
+            d, tmp_path / "out", policy=sign_keys.policy(), allow_disk=True, audit=audit, workers=2
+        )
     assert res.bytes == sum(p.stat().st_size for p in plain.values())
     assert seen and all(len(v) <= CHUNK for v in seen)  # not the shard size
     assert all(zeros(v) for v in seen)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support import fake_device  # noqa: F401 - registers device "fake"
 from tests.support.load import (
     MODEL_LAYOUT,
     assert_same,
@@ -24,6 +25,7 @@ from tests.support.load import (
     zeros,
 )
 from weightguard import loader
+from weightguard._internal.devices.observe import observing
 from weightguard.errors import UnsafeOptionRequired
 from weightguard.policy import UnsafeNoVerification
 
@@ -54,7 +56,7 @@ def test_plain_signed_safetensors_matches_safetensors(plain, sign_keys) -> None:
 
 
 @pytest.mark.parametrize("header_encrypted", [False, True])
-@pytest.mark.parametrize("device", ["cpu", "staging"])
+@pytest.mark.parametrize("device", ["cpu", "fake"])
 def test_encrypted_signed_roundtrip(
     tmp_path, plain, file_key, sign_keys, header_encrypted, device
 ) -> None:
@@ -65,22 +67,21 @@ def test_encrypted_signed_roundtrip(
     sign(enc, enc.with_name("model.safetensors.sig"), sign_keys)
     audit, sink = memory_audit()
     seen = []
-    hooks = loader.LoadHooks(on_copier=lambda c: seen.extend(c.staging_views()))
-    got = loader.load_file(
-        enc,
-        device,
-        policy=sign_keys.policy(),
-        audit=audit,
-        workers=3,
-        hooks=hooks,
-        ring_bytes=3 * 4096,
-    )
+    with observing(on_copier=lambda c: seen.extend(c.staging_views())):
+        got = loader.load_file(
+            enc,
+            device,
+            policy=sign_keys.policy(),
+            audit=audit,
+            workers=3,
+            ring_bytes=3 * 4096,
+        )
     assert_same(got, expected)
     assert events(sink) == ["load.start", "verify.ok", "key.unwrap", "load.ok"]
     unwrap = last(sink, "key.unwrap")
     assert unwrap["object"]["key_id"] == file_key
     assert unwrap["extra"]["round_trips"] == 1
-    if device == "staging":
+    if device == "fake":
         assert seen and all(zeros(v) for v in seen)  # staging ring zero after the load
 
 

@@ -31,6 +31,7 @@ from tests.support.load import (
     zeros,
 )
 from weightguard import loader
+from weightguard._internal.devices.observe import observing
 from weightguard._internal.format import layout as fmt
 from weightguard.errors import DeviceError, IntegrityError
 
@@ -72,19 +73,24 @@ def _model(tmp_path: Path, key: str, keys: Any, *, layout: Any = LAYOUT, chunk: 
 def _load(path: Path, device: str, policy: Any, **kw: Any) -> tuple[Any, list[memoryview], Any]:
     audit, sink = memory_audit()
     seen: list[memoryview] = []
-    hooks = kw.pop("hooks", None) or loader.LoadHooks()
-    hooks.on_copier = lambda c: seen.extend(c.staging_views())
-    out = loader.load_file(path, device, policy=policy, audit=audit, hooks=hooks, **kw)
+    before = kw.pop("before_record", None)
+    with observing(before_record=before, on_copier=lambda c: seen.extend(c.staging_views())):
+        out = loader.load_file(path, device, policy=policy, audit=audit, **kw)
     return out, seen, sink
 
 
+@pytest.mark.parametrize("decrypt_on", ["cpu", "gpu"])
 @pytest.mark.parametrize("workers", [1, 4])
 @pytest.mark.parametrize("ring_slots", [2, 64])
-def test_cuda_equals_cpu_byte_for_byte(tmp_path, file_key, sign_keys, workers, ring_slots) -> None:  # type: ignore[no-untyped-def]
+def test_cuda_equals_cpu_byte_for_byte(  # type: ignore[no-untyped-def]
+    tmp_path, file_key, sign_keys, workers, ring_slots, decrypt_on
+) -> None:
     _, enc, expected = _model(tmp_path, file_key, sign_keys)
     pol = sign_keys.policy()
     cpu, _, _ = _load(enc, "cpu", pol, workers=workers)
-    gpu, seen, sink = _load(enc, "cuda:0", pol, workers=workers, ring_bytes=ring_slots * CHUNK)
+    gpu, seen, sink = _load(
+        enc, "cuda:0", pol, workers=workers, ring_bytes=ring_slots * CHUNK, decrypt_on=decrypt_on
+    )
     assert set(gpu) == set(cpu) == set(expected)
     for name, t in gpu.items():
         assert t.device.type == "cuda", name
@@ -97,6 +103,9 @@ def test_cuda_equals_cpu_byte_for_byte(tmp_path, file_key, sign_keys, workers, r
     assert seen and all(zeros(v) for v in seen), "pinned staging ring not zero after load"
     ok = last(sink, "load.ok")
     assert ok["object"]["device"] == "cuda:0"
+    assert ok["extra"]["decrypt_on"] == decrypt_on
+    for name, t in gpu.items():
+        assert t.numel() == 0 or t.data_ptr() % 256 == 0, name
     assert events(sink) == ["load.start", "verify.ok", "key.unwrap", "load.ok"]
 
 
@@ -121,15 +130,16 @@ def test_cuda_tamper_zeroes_staging_and_frees_device(tmp_path, file_key, sign_ke
     flip(enc, off + 7)
     audit, sink = memory_audit()
     seen: list[memoryview] = []
-    hooks = loader.LoadHooks(on_copier=lambda c: seen.extend(c.staging_views()))
     start = _sync_allocated()
-    with pytest.raises(IntegrityError, match="chunk digest does not match") as e:
+    with (
+        pytest.raises(IntegrityError, match="chunk digest does not match") as e,
+        observing(on_copier=lambda c: seen.extend(c.staging_views())),
+    ):
         loader.load_file(
             enc,
             "cuda:0",
             policy=sign_keys.policy(),
             audit=audit,
-            hooks=hooks,
             workers=4,
             ring_bytes=3 * CHUNK,
         )
@@ -155,12 +165,12 @@ def test_cuda_tag_failure_without_signature(tmp_path, file_key) -> None:  # type
     flip(enc, off + n - 1)  # record 3's tag
     audit, sink = memory_audit()
     seen: list[memoryview] = []
-    hooks = loader.LoadHooks(on_copier=lambda c: seen.extend(c.staging_views()))
     start = _sync_allocated()
-    with pytest.raises(IntegrityError, match="record 3 failed authentication"):
-        loader.load_file(
-            enc, "cuda:0", policy=UnsafeNoVerification(), audit=audit, hooks=hooks, workers=2
-        )
+    with (
+        pytest.raises(IntegrityError, match="record 3 failed authentication"),
+        observing(on_copier=lambda c: seen.extend(c.staging_views())),
+    ):
+        loader.load_file(enc, "cuda:0", policy=UnsafeNoVerification(), audit=audit, workers=2)
     assert seen and all(zeros(v) for v in seen)
     assert last(sink, "tamper.detected")["object"]["chunk"] == 3
     assert _sync_allocated() == start
@@ -175,14 +185,12 @@ def test_cuda_keyboard_interrupt(tmp_path, file_key, sign_keys) -> None:  # type
 
     audit, sink = memory_audit()
     seen: list[memoryview] = []
-    hooks = loader.LoadHooks(
-        before_record=interrupt, on_copier=lambda c: seen.extend(c.staging_views())
-    )
     start = _sync_allocated()
-    with pytest.raises(KeyboardInterrupt):
-        loader.load_file(
-            enc, "cuda:0", policy=sign_keys.policy(), audit=audit, hooks=hooks, workers=3
-        )
+    with (
+        pytest.raises(KeyboardInterrupt),
+        observing(before_record=interrupt, on_copier=lambda c: seen.extend(c.staging_views())),
+    ):
+        loader.load_file(enc, "cuda:0", policy=sign_keys.policy(), audit=audit, workers=3)
     assert seen and all(zeros(v) for v in seen)
     assert last(sink, "load.denied")["reason"] == "cancelled (KeyboardInterrupt)"
     assert _sync_allocated() == start
@@ -254,3 +262,127 @@ def test_cuda_host_memory_bounded_by_ring(tmp_path, file_key, sign_keys) -> None
     # ring (16 MiB) + 4 worker ciphertext buffers (4 MiB) + slack for the interpreter
     assert peak < 96 * mib, f"host memory grew by {peak / mib:.0f} MiB loading 256 MiB"
     del out
+
+
+# --------------------------------------------------------------------------- review fixes
+# (each also runs through the fake device in tests/load/test_devices.py)
+
+
+def test_cuda_current_device_after_set_device(tmp_path, file_key, sign_keys) -> None:  # type: ignore[no-untyped-def]
+    """torchrun pattern: set_device(N), then device="cuda" loads to cuda:N correctly."""
+    n = torch.cuda.device_count() - 1
+    _, enc, expected = _model(tmp_path, file_key, sign_keys)
+    prev = torch.cuda.current_device()
+    torch.cuda.set_device(n)
+    try:
+        gpu, seen, _ = _load(enc, "cuda", sign_keys.policy(), workers=4, ring_bytes=2 * CHUNK)
+    finally:
+        torch.cuda.set_device(prev)
+    assert {t.device for t in gpu.values()} == {torch.device("cuda", n)}
+    assert_same(gpu, expected)
+    assert all(zeros(v) for v in seen)
+
+
+def test_cuda_n_creates_no_context_on_gpu0(tmp_path, file_key, sign_keys) -> None:  # type: ignore[no-untyped-def]
+    """A load to cuda:1 in a fresh process leaves no CUDA context on GPU 0."""
+    import subprocess
+    import sys
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    _, enc, _ = _model(tmp_path, file_key, sign_keys)
+    code = (
+        "import sys, torch\n"
+        "from weightguard import loader\n"
+        "from weightguard.policy import UnsafeNoVerification\n"
+        "loader.load_file(sys.argv[1], 'cuda:1', policy=UnsafeNoVerification(), workers=3)\n"
+        "import ctypes\n"
+        "lib = ctypes.CDLL('libcuda.so.1'); ctx = ctypes.c_void_p(); dev = ctypes.c_int()\n"
+        "lib.cuDeviceGet(ctypes.byref(dev), 0)\n"
+        "flags = ctypes.c_uint(); active = ctypes.c_int()\n"
+        "lib.cuDevicePrimaryCtxGetState(dev, ctypes.byref(flags), ctypes.byref(active))\n"
+        "print('active0', active.value)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(enc)], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "active0 0" in out.stdout
+
+
+def test_cuda_invalid_ordinal_is_not_oom(tmp_path, file_key, sign_keys) -> None:  # type: ignore[no-untyped-def]
+    _, enc, _ = _model(tmp_path, file_key, sign_keys)
+    n = torch.cuda.device_count()
+    audit, sink = memory_audit()
+    with pytest.raises(DeviceError, match=f"no CUDA device 'cuda:{n}'") as e:
+        loader.load_file(enc, f"cuda:{n}", policy=sign_keys.policy(), audit=audit)
+    assert "out of memory" not in e.value.message
+    assert last(sink, "load.denied")["reason"].startswith("DeviceError: no CUDA device")
+
+
+def test_cuda_alignment_probe_fp8_gemm(tmp_path, sign_keys) -> None:  # type: ignore[no-untyped-def]
+    """A 3-byte U8 tensor, then an fp8 matrix and a bf16 bias: all 256-aligned, GEMM runs."""
+    import json
+    import struct
+
+    fp8 = getattr(torch, "float8_e4m3fn", None)
+    if fp8 is None:
+        pytest.skip("torch without float8")
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 32, generator=g).to(fp8)
+    bias = torch.randn(64, generator=g).to(torch.bfloat16)
+    blobs = [
+        b"abc",
+        a.view(torch.uint8).numpy().tobytes(),
+        bias.view(torch.uint8).numpy().tobytes(),
+    ]
+    hdr: dict[str, Any] = {}
+    off = 0
+    for name, dt, shape, raw in (
+        ("odd", "U8", [3], blobs[0]),
+        ("w", "F8_E4M3", [64, 32], blobs[1]),
+        ("bias", "BF16", [64], blobs[2]),
+    ):
+        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(raw)]}
+        off += len(raw)
+    hj = json.dumps(hdr).encode()
+    p = tmp_path / "probe.safetensors"
+    p.write_bytes(struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
+    sign(p, p.with_name("probe.safetensors.sig"), sign_keys, chunk_size=CHUNK)
+    got, _, _ = _load(p, "cuda:0", sign_keys.policy())
+    for name, t in got.items():
+        assert t.data_ptr() % 256 == 0, name
+    assert torch.equal(got["w"].view(torch.uint8).cpu(), a.view(torch.uint8))
+    x = torch.randn(16, 32, device="cuda").to(fp8)
+    one = torch.ones((), device="cuda")
+    y = torch._scaled_mm(x, got["w"].t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    y = y + got["bias"]
+    ref = (x.float() @ got["w"].float().t()).to(torch.bfloat16) + got["bias"]
+    assert torch.allclose(y.float(), ref.float(), atol=0.5, rtol=0.05)
+
+
+def test_cuda_gpu_decrypt_never_decrypts_weights_on_host(
+    tmp_path, file_key, sign_keys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    _, enc, expected = _model(tmp_path, file_key, sign_keys)
+    real = fmt.ChunkCipher.decrypt_record_into
+
+    def refuse(self: Any, index: int, ct: memoryview, out: memoryview) -> None:
+        assert index == 0, f"weights (record {index}) decrypted on the host"
+        real(self, index, ct, out)
+
+    monkeypatch.setattr(fmt.ChunkCipher, "decrypt_record_into", refuse)
+    gpu, seen, sink = _load(enc, "cuda:0", sign_keys.policy(), workers=4, decrypt_on="gpu")
+    assert_same(gpu, expected)
+    assert all(zeros(v) for v in seen)
+    assert last(sink, "load.ok")["extra"]["decrypt_on"] == "gpu"
+
+
+def test_cuda_pinned_ring_release(tmp_path, file_key, sign_keys) -> None:  # type: ignore[no-untyped-def]
+    from weightguard._internal.devices import pinned
+
+    _, enc, _ = _model(tmp_path, file_key, sign_keys)
+    _load(enc, "cuda:0", sign_keys.policy(), ring_bytes=3 * CHUNK)
+    assert pinned.pinned_bytes() >= pinned.ring_size(3 * CHUNK)
+    assert loader.release_pinned_memory() > 0
+    assert pinned.pinned_bytes() == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import fake_device  # noqa: F401 - registers device "fake"
 from tests.support.load import (
     MODEL_LAYOUT,
     encrypt,
@@ -22,6 +23,7 @@ from tests.support.load import (
     zeros,
 )
 from weightguard import loader
+from weightguard._internal.devices.observe import observing
 from weightguard._internal.format import layout as fmt
 from weightguard.errors import (
     IntegrityError,
@@ -53,19 +55,18 @@ def _header(path: Path) -> fmt.ArtifactHeader:
 def _load(path: Path, policy, **kw):  # type: ignore[no-untyped-def]
     audit, sink = memory_audit()
     seen: list = []
-    hooks = kw.pop("hooks", None) or loader.LoadHooks()
-    hooks.on_copier = lambda c: seen.extend(c.staging_views())
+    before = kw.pop("before_record", None)
     result = None
     try:
-        result = loader.load_file(
-            path,
-            kw.pop("device", "staging"),
-            policy=policy,
-            audit=audit,
-            hooks=hooks,
-            workers=2,
-            **kw,
-        )
+        with observing(before_record=before, on_copier=lambda c: seen.extend(c.staging_views())):
+            result = loader.load_file(
+                path,
+                kw.pop("device", "fake"),
+                policy=policy,
+                audit=audit,
+                workers=2,
+                **kw,
+            )
     except BaseException as exc:
         assert all(zeros(v) for v in seen), "staging memory not zero after failure"
         return exc, sink, result
@@ -207,9 +208,7 @@ def test_keyboard_interrupt_mid_load(artifact, sign_keys) -> None:
         if len(calls) == 3:
             raise KeyboardInterrupt
 
-    exc, sink, result = _load(
-        artifact, sign_keys.policy(), hooks=loader.LoadHooks(before_record=hook)
-    )
+    exc, sink, result = _load(artifact, sign_keys.policy(), before_record=hook)
     assert isinstance(exc, KeyboardInterrupt)
     assert result is None
     assert last(sink, "load.denied")["reason"] == "cancelled (KeyboardInterrupt)"

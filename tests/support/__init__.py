@@ -1,1 +1,1 @@
-"""support."""
+"""Test support code (fakes for what cannot run here; say why where used)."""

@@ -465,10 +465,10 @@ class ChunkCipher:
         finally:
             wipe(mac_key)
         aead_key = bytearray(_hkdf(data_key, header.salt, INFO_AEAD))
-        try:
-            self._aead: AESGCM | None = AESGCM(aead_key)
-        finally:
-            wipe(aead_key)
+        # Kept (wiped by wipe()) for decryption on the GPU: the kernel needs the round
+        # keys and the tag-only check needs E_K(0), which AESGCM does not expose.
+        self._aead_key: bytearray | None = aead_key
+        self._aead: AESGCM | None = AESGCM(aead_key)
         self._prefix = header.nonce_prefix
         self._aad_prefix = AAD_LABEL + header.core_digest
 
@@ -551,9 +551,22 @@ class ChunkCipher:
                 )
         return plain
 
+    def gcm_record(self, index: int) -> tuple[bytearray, bytes, bytes]:
+        """(AEAD key, 12-byte nonce, AAD) of record ``index``, for decryption on a device.
+
+        The key is this cipher's own buffer: use it, never keep it (wipe() zeroes it).
+        """
+        if self._aead_key is None:
+            raise ValueError("ChunkCipher was wiped")
+        nonce, aad = self._nonce_aad(index)
+        return self._aead_key, nonce, aad
+
     def wipe(self) -> None:
         """Drop the AEAD key; the cipher cannot be used afterwards."""
         self._aead = None
+        if self._aead_key is not None:
+            wipe(self._aead_key)
+            self._aead_key = None
 
 
 # --------------------------------------------------------------------------- writing

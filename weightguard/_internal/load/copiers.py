@@ -5,16 +5,19 @@ fastsafetensors' copier registry):
 
 * :class:`CpuCopier` -- plaintext is written straight into the final tensors' memory:
   one ``uint8`` tensor per file segment; ``acquire`` returns a view of it.
-* :class:`StagingCopier` -- for devices the CPU cannot write directly (CUDA): plaintext
-  goes into a slot of a pinned host staging ring; ``commit`` enqueues a ``non_blocking``
-  copy on the worker's CUDA stream into one device allocation per segment and records an
-  event; a slot is reused only once its event completed, and is zeroed as soon as it is
-  reclaimed and when the load ends (success or failure).  Host memory stays bounded by
-  the ring whatever the model size.  With ``device="cpu"`` it runs synchronously on
-  unpinned memory (used by tests to exercise the ring without a GPU).
+* :class:`StagingCopier` -- for devices the CPU cannot write directly (CUDA), through a
+  :class:`~weightguard._internal.devices.DeviceBackend` (the seam tests drive with a fake
+  asynchronous device): a record goes into a slot of a page-locked host ring;
+  ``commit`` enqueues its copies on the worker's stream and records an event; a slot is
+  reused only once its event completed, and is zeroed as soon as it is reclaimed and
+  when the load ends (success or failure).  Host memory stays bounded by the ring
+  whatever the model size.  Tensors sit at ``backend.align``-byte offsets (256 on CUDA:
+  cuBLASLt's fp8 and vectorised kernels need aligned pointers), gaps are zero.  With
+  ``decrypt=True`` the slot holds CIPHERTEXT (checked on the CPU), decrypted on the
+  device by the AES-CTR kernel (:mod:`weightguard._internal.devices.aes_ctr_triton`).
 
-Protocol, per record (called from worker threads):
-``out = acquire(worker, seg, off, n)``; fill ``out`` (``n`` bytes); ``commit(...)``;
+Protocol, per record (called from worker threads, each inside ``worker_context()``):
+``out = acquire(worker, rec)``; fill ``out``; ``commit(worker, rec, out)``;
 on a failure between the two, ``abandon(worker, out)``.
 At the end: ``finish()`` returns the segment tensors; on failure ``discard()`` zeroes and
 frees everything written so far.  ``close()`` always runs and zeroes the staging memory.
@@ -22,16 +25,20 @@ frees everything written so far.  ``close()`` always runs and zeroes the staging
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from weightguard._internal.devices import DeviceBackend, get_backend
+from weightguard._internal.devices import pinned as pinned_pool
 from weightguard._internal.foundation.memory import wipe
-from weightguard.errors import DeviceError
+
+if TYPE_CHECKING:
+    from weightguard._internal.load.pipeline import Record
 
 __all__ = [
     "DEFAULT_RING_BYTES",
@@ -40,7 +47,6 @@ __all__ = [
     "FileCopier",
     "StagingCopier",
     "copier_for",
-    "register_copier",
 ]
 
 DEFAULT_RING_BYTES = 256 * 1024 * 1024
@@ -123,15 +129,26 @@ class Copier:
     """Destination of the pipeline's verified plaintext."""
 
     device: str
+    #: where the result tensors live
+    torch_device: Any = "cpu"
+    #: the device decrypts: ``acquire`` gives room for the ciphertext record
+    decrypts: bool = False
+    #: bytes of alignment the planner must give every tensor (0: keep the file layout)
+    align: int = 0
+
+    def worker_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Entered by each worker thread around all its work (the device to use)."""
+        return contextlib.nullcontext()
 
     def allocate(self, sizes: list[int]) -> None:
         """Allocate one destination buffer per segment (raises DeviceError on OOM)."""
         raise NotImplementedError
 
-    def acquire(self, worker: int, seg: int, off: int, n: int) -> memoryview:
+    def acquire(self, worker: int, rec: Record, ciphertext: bool = False) -> memoryview:
+        """Room for record ``rec``: its plaintext, or (``decrypts``) its ciphertext."""
         raise NotImplementedError
 
-    def commit(self, worker: int, seg: int, off: int, n: int, out: memoryview) -> None:
+    def commit(self, worker: int, rec: Record, out: memoryview, cipher: Any = None) -> None:
         raise NotImplementedError
 
     def abandon(self, worker: int, out: memoryview) -> None:
@@ -151,42 +168,34 @@ class Copier:
         return []
 
 
-def _oom(device: str, n: int) -> DeviceError:
-    return DeviceError(
-        f"out of memory on {device} allocating {n} bytes for the model",
-        hint="free device memory, load fewer tensors (open_model(...).load(names)) "
-        "or load to another device",
-    )
-
-
 class CpuCopier(Copier):
     """Plaintext straight into the final CPU tensors."""
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
+        self._backend = get_backend("cpu")
+        self._ref = self._backend.resolve(device)
         self._bufs: list[Any] = []
         self._views: list[memoryview] = []
         self._ptrs: list[int] = []
 
     def allocate(self, sizes: list[int]) -> None:
-        import torch
-
         for n in sizes:
             try:
-                t = torch.empty(n, dtype=torch.uint8)
-            except (RuntimeError, MemoryError) as exc:
+                t = self._backend.alloc(self._ref, n)
+            except BaseException:
                 self.discard()
-                raise _oom("cpu", n) from exc
+                raise
             advise_huge_pages(t)
             self._bufs.append(t)
             self._views.append(_np_view(t))
             self._ptrs.append(int(t.data_ptr()))
 
-    def acquire(self, worker: int, seg: int, off: int, n: int) -> memoryview:
-        populate_for_write(self._ptrs[seg] + off, n)
-        return self._views[seg][off : off + n]
+    def acquire(self, worker: int, rec: Record, ciphertext: bool = False) -> memoryview:
+        populate_for_write(self._ptrs[rec.seg] + rec.dst_off, rec.dst_len)
+        return self._views[rec.seg][rec.dst_off : rec.dst_off + rec.dst_len]
 
-    def commit(self, worker: int, seg: int, off: int, n: int, out: memoryview) -> None:
+    def commit(self, worker: int, rec: Record, out: memoryview, cipher: Any = None) -> None:
         return None
 
     def abandon(self, worker: int, out: memoryview) -> None:
@@ -206,34 +215,50 @@ class CpuCopier(Copier):
         self._ptrs = []
 
 
+# Host slot layout for device decryption: the counter block (4 uint32) at 0, the
+# ciphertext record at _CT; the device scratch mirrors it, so one copy moves both.
+_CT = 256
+
+
 @dataclass
 class _Slot:
-    tensor: Any  # uint8 host tensor (pinned for CUDA)
+    tensor: Any  # uint8 host tensor (page-locked for CUDA)
     view: memoryview
-    event: Any = None  # torch.cuda.Event of the copy reading it, None when idle
+    event: Any = None  # the device event of the copy reading it, None when idle
 
 
 class StagingCopier(Copier):
-    """Pinned host staging ring + async copies into one device allocation per segment."""
+    """Page-locked host ring + async copies into one device allocation per segment."""
 
-    def __init__(self, device: str, *, slot_bytes: int, ring_bytes: int, workers: int) -> None:
+    def __init__(
+        self,
+        backend: DeviceBackend,
+        device: str,
+        *,
+        slot_bytes: int,
+        ring_bytes: int,
+        workers: int,
+        decrypt: bool = False,
+    ) -> None:
         import torch
 
-        self.device = device
         self._torch = torch
-        self._cuda = torch.device(device).type == "cuda"
-        if self._cuda and not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {device!r} requested but CUDA is not available",
-                hint="install a CUDA build of torch on a GPU machine, or load to cpu",
-            )
-        slot_bytes = max(1, slot_bytes)
+        self._b = backend
+        # Resolved ONCE in the caller's thread ("cuda" -> its current device).
+        self._ref = backend.resolve(device)
+        self.device = str(self._ref)
+        self.torch_device = backend.torch_device(self._ref)
+        self.align = backend.align
+        self.decrypts = decrypt
+        slot_bytes = max(1, slot_bytes) + (_CT if decrypt else 0)
+        slot_bytes = (slot_bytes + 63) // 64 * 64
         n_slots = max(2, min(ring_bytes // slot_bytes, 2 * max(1, workers) + 2))
-        self.ring_bytes = n_slots * slot_bytes
-        self._dev = torch.device(device)
-        self._ring = torch.empty(self.ring_bytes, dtype=torch.uint8, pin_memory=self._cuda)
-        self._ring.zero_()
+        # Allocated with the load's device current (no context on device 0).
+        with backend.using(self._ref):
+            self._ring = pinned_pool.take(backend, self._ref, n_slots * slot_bytes)
+        self.ring_bytes = int(self._ring.numel())
         ring_view = _np_view(self._ring)
+        self._slot_bytes = slot_bytes
         self._slots = [
             _Slot(
                 self._ring[i * slot_bytes : (i + 1) * slot_bytes],
@@ -247,33 +272,64 @@ class StagingCopier(Copier):
         self._cond = threading.Condition()
         self._bufs: list[Any] = []
         self._streams: dict[int, Any] = {}
-        self._streams_lock = threading.Lock()
+        self._scratch: dict[int, Any] = {}  # worker -> device slot (decryption)
+        self._keys: dict[int, Any] = {}  # id(cipher) -> uint32[60] key schedule on device
+        self._tables: Any = None
+        self._lock = threading.Lock()
         self._ready: Any = None  # event: the device buffers may be written from side streams
         self._closed = False
+        self._ring_clean = True
+
+    def worker_context(self) -> contextlib.AbstractContextManager[Any]:
+        return self._b.using(self._ref)
 
     # -- allocation -----------------------------------------------------------------
-    def allocate(self, sizes: list[int]) -> None:
+    def prepare_keys(self, ciphers: list[Any]) -> None:
+        """Key schedules of ``ciphers`` into device memory (before ``allocate``)."""
+        from weightguard._internal.devices import aes_ctr_triton as aes
+
         torch = self._torch
-        for n in sizes:
-            try:
-                t = torch.empty(n, dtype=torch.uint8, device=self._dev)
-            except (torch.cuda.OutOfMemoryError, RuntimeError, MemoryError) as exc:
-                self.discard()
-                raise _oom(self.device, n) from exc
-            self._bufs.append(t)
-        if self._cuda:
-            # The caching allocator may hand out blocks whose previous owner still has
-            # work queued on the current stream: the worker streams wait for it first.
-            self._ready = torch.cuda.Event()
-            self._ready.record(torch.cuda.current_stream(self._dev))
+        with self._b.using(self._ref):
+            dev = self._b.torch_device(self._ref)
+            if self._tables is None:
+                self._tables = aes.tables(dev)
+            for c in ciphers:
+                if id(c) in self._keys:
+                    continue
+                key, _, _ = c.gcm_record(1)
+                words = bytearray(b"".join(w.to_bytes(4, "little") for w in aes.expand_key(key)))
+                try:
+                    host = torch.frombuffer(words, dtype=torch.uint8)
+                    dk = self._b.alloc(self._ref, 240)
+                    self._keys[id(c)] = dk
+                    self._b.copy_async(dk, host, self._b.current_stream(self._ref))
+                    self._b.synchronize(self._ref)  # the host copy is wiped next
+                finally:
+                    wipe(words)
+
+    def allocate(self, sizes: list[int]) -> None:
+        with self._b.using(self._ref):
+            cur = self._b.current_stream(self._ref)
+            for n in sizes:
+                try:
+                    t = self._b.alloc(self._ref, n)
+                except BaseException:
+                    self.discard()
+                    raise
+                self._bufs.append(t)
+                if self.align:
+                    self._b.zero_async(t, cur)  # alignment gaps must not show old memory
+            if self._b.asynchronous:
+                # The caching allocator may hand out blocks whose previous owner still has
+                # work queued on the current stream: the worker streams wait for it first.
+                self._ready = self._b.event()
+                self._ready.record(cur)
 
     def _stream(self, worker: int) -> Any:
-        if not self._cuda:
-            return None
-        with self._streams_lock:
+        with self._lock:
             s = self._streams.get(worker)
             if s is None:
-                s = self._torch.cuda.Stream(device=self._dev)
+                s = self._b.stream(self._ref)
                 if self._ready is not None:
                     s.wait_event(self._ready)
                 self._streams[worker] = s
@@ -293,7 +349,7 @@ class StagingCopier(Copier):
                 still.append(slot)
         self._pending = still
 
-    def acquire(self, worker: int, seg: int, off: int, n: int) -> memoryview:
+    def acquire(self, worker: int, rec: Record, ciphertext: bool = False) -> memoryview:
         with self._cond:
             while True:
                 self._reclaim_done()
@@ -308,27 +364,56 @@ class StagingCopier(Copier):
                     slot.tensor.zero_()
                     break
                 self._cond.wait(0.05)  # every slot is being filled by another worker
-            view = slot.view[:n]
+            view = slot.view[_CT : _CT + rec.src_len] if ciphertext else slot.view[: rec.dst_len]
             self._by_view[id(view)] = slot
             return view
 
-    def commit(self, worker: int, seg: int, off: int, n: int, out: memoryview) -> None:
+    def _pieces(self, rec: Record) -> tuple[tuple[int, int, int], ...]:
+        return rec.pieces if self.align else ((0, rec.dst_off, rec.dst_len),)
+
+    def commit(self, worker: int, rec: Record, out: memoryview, cipher: Any = None) -> None:
         with self._cond:
             slot = self._by_view.pop(id(out))
-        dst = self._bufs[seg][off : off + n]
-        if self._cuda:
-            stream = self._stream(worker)
-            with self._torch.cuda.stream(stream):
-                dst.copy_(slot.tensor[:n], non_blocking=True)
-                ev = self._torch.cuda.Event()
-                ev.record(stream)
-            slot.event = ev
+        stream = self._stream(worker)
+        seg = self._bufs[rec.seg]
+        b = self._b
+        if cipher is not None:  # a ciphertext record: decrypted on the device
+            src = self._device_decrypt(worker, rec, slot, stream, cipher)
+            base = _CT
         else:
-            dst.copy_(slot.tensor[:n])
-            slot.event = None
+            src, base = slot.tensor, 0
+        for so, do, ln in self._pieces(rec):
+            b.copy_async(seg[do : do + ln], src[base + so : base + so + ln], stream)
+        if cipher is not None:
+            b.zero_async(src[: _CT + rec.dst_len], stream)  # plaintext in the scratch slot
+        ev = b.event()
+        ev.record(stream)
+        slot.event = ev
         with self._cond:
             self._pending.append(slot)
             self._cond.notify()
+
+    def _device_decrypt(
+        self, worker: int, rec: Record, slot: _Slot, stream: Any, cipher: Any
+    ) -> Any:
+        from weightguard._internal.devices import aes_ctr_triton as aes
+
+        torch = self._torch
+        _, nonce, _ = cipher.gcm_record(rec.index)
+        j0 = nonce + b"\x00\x00\x00\x01"
+        words = [int.from_bytes(j0[i : i + 4], "big") for i in range(0, 16, 4)]
+        slot.view[:16] = b"".join(w.to_bytes(4, "little") for w in words)
+        with self._lock:
+            scratch = self._scratch.get(worker)
+            if scratch is None:
+                scratch = self._scratch[worker] = self._b.alloc(self._ref, self._slot_bytes)
+        n = _CT + rec.src_len
+        self._b.copy_async(scratch[:n], slot.tensor[:n], stream)
+        ctr = scratch[:16].view(torch.uint32)
+        data = scratch[_CT : _CT + rec.dst_len]
+        rk = self._keys[id(cipher)].view(torch.uint32)
+        self._b.launch(stream, aes.ctr_decrypt, data, ctr, rk, self._tables)
+        return scratch
 
     def abandon(self, worker: int, out: memoryview) -> None:
         with self._cond:
@@ -341,38 +426,81 @@ class StagingCopier(Copier):
 
     # -- end ------------------------------------------------------------------------
     def _drain(self) -> None:
-        if self._cuda:
-            for s in self._streams.values():
-                s.synchronize()
-        with self._cond:
-            self._reclaim_done()
-            for slot in self._slots:
-                slot.event = None
-            self._ring.zero_()
+        """Wait for every stream, wipe device secrets, zero the host ring.
+
+        The ring is zeroed in a ``finally``: a device error while waiting must not
+        leave plaintext in it (it is then not reused either, see close()).
+        """
+        try:
+            try:
+                for s in list(self._streams.values()):
+                    s.synchronize()
+            finally:
+                # Every kernel that read the key schedules has finished (or the device
+                # failed, and the wipe is best effort): zero them after the last kernel.
+                if self._keys or self._scratch:
+                    cur = self._b.current_stream(self._ref)
+                    for t in (*self._keys.values(), *self._scratch.values()):
+                        self._b.zero_async(t, cur)
+                    self._b.synchronize(self._ref)
+                    self._keys.clear()
+                    self._scratch.clear()
+        except BaseException:
+            self._ring_clean = False
+            raise
+        finally:
+            with self._cond:
+                for slot in self._slots:
+                    slot.event = None
+                self._pending.clear()
+                self._free = deque(self._slots)
+                try:
+                    wipe(_np_view(self._ring))
+                except BaseException:
+                    self._ring_clean = False
+                    raise
 
     def finish(self) -> list[Any]:
-        self._drain()
+        with self._b.using(self._ref):
+            self._drain()
         out, self._bufs = self._bufs, []
         return out
 
     def discard(self) -> None:
-        self._drain()
-        for t in self._bufs:
-            t.zero_()
-        if self._cuda and self._bufs:
-            self._torch.cuda.synchronize(self._dev)
-        self._bufs = []
-        if self._cuda:
-            self._torch.cuda.empty_cache()
+        """Zero and free everything; raises the first device error, after all steps ran."""
+        first: BaseException | None = None
+        with self._b.using(self._ref):
+            try:
+                self._drain()
+            except BaseException as exc:
+                first = exc
+            try:
+                cur = self._b.current_stream(self._ref)
+                for t in self._bufs:
+                    self._b.zero_async(t, cur)
+                if self._bufs:
+                    self._b.synchronize(self._ref)
+            except BaseException as exc:
+                first = first or exc
+            self._bufs = []
+            try:
+                self._b.empty_cache(self._ref)
+            except BaseException as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            self._drain()
+            with self._b.using(self._ref):
+                self._drain()
         finally:
             self._streams = {}
+            # Back to the process-wide pool only when it is known to be zero.
+            pinned_pool.give(self._b, self._ref, self._ring, zeroed=self._ring_clean)
 
     def staging_views(self) -> list[memoryview]:
         return [_np_view(self._ring)]
@@ -405,16 +533,17 @@ class FileCopier(Copier):
             self._starts.append(pos)
             pos += n
 
-    def acquire(self, worker: int, seg: int, off: int, n: int) -> memoryview:
+    def acquire(self, worker: int, rec: Record, ciphertext: bool = False) -> memoryview:
         with self._lock:
             buf = self._bufs.get(worker)
             if buf is None:
                 buf = self._bufs[worker] = bytearray(self._slot_bytes)
-        return memoryview(buf)[:n]
+        return memoryview(buf)[: rec.dst_len]
 
-    def commit(self, worker: int, seg: int, off: int, n: int, out: memoryview) -> None:
+    def commit(self, worker: int, rec: Record, out: memoryview, cipher: Any = None) -> None:
+        n = rec.dst_len
         try:
-            pos, done = self._starts[seg] + off, 0
+            pos, done = self._starts[rec.seg] + rec.dst_off, 0
             while done < n:
                 done += os.pwrite(self._fd, out[done:n], pos + done)
         finally:
@@ -438,36 +567,24 @@ class FileCopier(Copier):
         return [memoryview(b) for b in self._bufs.values()]
 
 
-CopierFactory = Callable[..., Copier]
-_REGISTRY: dict[str, CopierFactory] = {}
-
-
-def register_copier(device_type: str, factory: CopierFactory) -> None:
-    """Register the copier for a torch device type (``"cpu"``, ``"cuda"``, ...)."""
-    _REGISTRY[device_type] = factory
-
-
-def _cpu_factory(device: str, **_: Any) -> Copier:
-    return CpuCopier(device)
-
-
-def _staging_factory(device: str, *, slot_bytes: int, ring_bytes: int, workers: int) -> Copier:
-    return StagingCopier(device, slot_bytes=slot_bytes, ring_bytes=ring_bytes, workers=workers)
-
-
-register_copier("cpu", _cpu_factory)
-register_copier("cuda", _staging_factory)
-register_copier("staging", _staging_factory)  # tests: the CUDA ring logic on the CPU
-
-
 def copier_for(
-    device: str, *, slot_bytes: int, ring_bytes: int = DEFAULT_RING_BYTES, workers: int = 1
+    device: str,
+    *,
+    slot_bytes: int,
+    ring_bytes: int = DEFAULT_RING_BYTES,
+    workers: int = 1,
+    decrypt: bool = False,
 ) -> Copier:
-    """The copier for ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``)."""
+    """The copier for ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a registered type)."""
     kind = device.split(":", 1)[0]
-    factory = _REGISTRY.get(kind)
-    if factory is None:
-        raise DeviceError(f"cannot load to device {device!r}", hint="use 'cpu' or 'cuda[:N]'")
-    if kind == "staging":
-        device = "cpu"
-    return factory(device, slot_bytes=slot_bytes, ring_bytes=ring_bytes, workers=workers)
+    if kind == "cpu":
+        return CpuCopier(device)
+    backend = get_backend(kind)
+    return StagingCopier(
+        backend,
+        device,
+        slot_bytes=slot_bytes,
+        ring_bytes=ring_bytes,
+        workers=workers,
+        decrypt=decrypt,
+    )

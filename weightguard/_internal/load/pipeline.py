@@ -41,6 +41,9 @@ class Record:
     dst_off: int  # offset inside the segment
     dst_len: int  # plaintext bytes
     digest: bytes | None  # signed chunk digest of the source bytes; None only when unsafe
+    # (offset in the record's plaintext, offset in the segment, length) of each wanted
+    # tensor's bytes, when the copier places tensors at aligned offsets
+    pieces: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass
@@ -64,6 +67,21 @@ def digest_matches(
     """Constant-time check of ``data``'s chunk digest (``algorithm``) against ``expected``."""
     got = chunk_hasher(algorithm, path=path)(data).digest()
     return hmac.compare_digest(got, expected)
+
+
+def _check_tag(job: FileJob, rec: Record, data: memoryview) -> None:
+    """The GCM tag of a ciphertext record, without decrypting it (device decryption)."""
+    from weightguard._internal.devices.gcm_tag import gcm_tag_matches, ghash_key
+
+    assert job.cipher is not None
+    key, nonce, aad = job.cipher.gcm_record(rec.index)  # type: ignore[attr-defined]
+    if not gcm_tag_matches(key, ghash_key(key), nonce, aad, data):
+        raise IntegrityError(
+            f"data record {rec.index} failed authentication (modified, reordered, "
+            "duplicated, or taken from another artifact)",
+            path=job.name,
+            chunk=rec.index,
+        )
 
 
 def _check(job: FileJob, rec: Record, data: memoryview) -> None:
@@ -113,42 +131,61 @@ def run_pipeline(
             return items[i]
 
     def work(worker: int) -> None:
-        buf = bytearray(max_ct) if any(j.cipher is not None for j in jobs) else bytearray()
+        host_ct = not copier.decrypts and any(j.cipher is not None for j in jobs)
+        buf = bytearray(max_ct) if host_ct else bytearray()
         with lock:
             buffers.append(buf)
         mv = memoryview(buf)
         try:
-            while True:
-                item = take()
-                if item is None:
-                    return
-                job, rec = item
-                if before_record is not None:
-                    before_record(job, rec)
-                if job.cipher is not None:
-                    ct = mv[: rec.src_len]
-                    job.source.read_into(rec.src_off, ct)
-                    _check(job, rec, ct)
-                    out = copier.acquire(worker, rec.seg, rec.dst_off, rec.dst_len)
-                    try:
-                        job.cipher.decrypt_record_into(rec.index, ct, out)
-                    except BaseException:
-                        copier.abandon(worker, out)
-                        raise
-                else:
-                    out = copier.acquire(worker, rec.seg, rec.dst_off, rec.dst_len)
-                    try:
-                        job.source.read_into(rec.src_off, out)
-                        _check(job, rec, out)
-                    except BaseException:
-                        copier.abandon(worker, out)
-                        raise
-                copier.commit(worker, rec.seg, rec.dst_off, rec.dst_len, out)
-                job.bytes_read += rec.src_len  # approximate under races; for stats only
+            with copier.worker_context():
+                while True:
+                    item = take()
+                    if item is None:
+                        return
+                    job, rec = item
+                    if before_record is not None:
+                        before_record(job, rec)
+                    _one(worker, job, rec, mv)
         except BaseException as exc:
             with lock:
                 errors.append(exc)
             stop.set()
+
+    def _one(worker: int, job: FileJob, rec: Record, mv: memoryview) -> None:
+        if job.cipher is not None and copier.decrypts:
+            # Ciphertext straight into the staging slot; checked before it moves on.
+            out = copier.acquire(worker, rec, ciphertext=True)
+            try:
+                job.source.read_into(rec.src_off, out)
+                if rec.digest is not None:
+                    _check(job, rec, out)
+                else:
+                    _check_tag(job, rec, out)
+            except BaseException:
+                copier.abandon(worker, out)
+                raise
+            copier.commit(worker, rec, out, job.cipher)
+        elif job.cipher is not None:
+            ct = mv[: rec.src_len]
+            job.source.read_into(rec.src_off, ct)
+            _check(job, rec, ct)
+            out = copier.acquire(worker, rec)
+            try:
+                job.cipher.decrypt_record_into(rec.index, ct, out)
+            except BaseException:
+                copier.abandon(worker, out)
+                raise
+            copier.commit(worker, rec, out)
+        else:
+            out = copier.acquire(worker, rec)
+            try:
+                job.source.read_into(rec.src_off, out)
+                _check(job, rec, out)
+            except BaseException:
+                copier.abandon(worker, out)
+                raise
+            copier.commit(worker, rec, out)
+        job.bytes_read += rec.src_len  # approximate under races; for stats only
 
     n = max(1, min(workers, len(items)))
     pool = cf.ThreadPoolExecutor(max_workers=n, thread_name_prefix="wg-load")

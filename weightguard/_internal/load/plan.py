@@ -9,13 +9,13 @@ of records become destination segments (one allocation each).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from weightguard._internal.format.safetensors import TensorInfo
 from weightguard._internal.load.pipeline import Record
 from weightguard._internal.signing.hashing import SHA256_CHUNKED
-from weightguard.errors import FormatError, IntegrityError
+from weightguard.errors import DeviceError, FormatError, IntegrityError
 
 __all__ = ["Geometry", "Placement", "build_tensors", "plan", "torch_dtype"]
 
@@ -47,9 +47,14 @@ class Placement:
 
 
 def plan(
-    geo: Geometry, tensors: tuple[TensorInfo, ...], names: set[str] | None
+    geo: Geometry, tensors: tuple[TensorInfo, ...], names: set[str] | None, *, align: int = 0
 ) -> tuple[list[Record], list[int], dict[str, Placement]]:
-    """Records to process, segment sizes, and where each wanted tensor's bytes land."""
+    """Records to process, segment sizes, and where each wanted tensor's bytes land.
+
+    ``align`` 0 keeps the file's layout in each segment (records land contiguously);
+    otherwise every wanted tensor starts at an ``align``-byte offset of its segment and
+    each record carries the pieces to copy (:func:`_aligned`).
+    """
     wanted = [t for t in tensors if names is None or t.name in names]
     if names is None:
         chunks = list(range(1, geo.num_chunks + 1))
@@ -96,7 +101,53 @@ def plan(
                 break
         else:  # pragma: no cover - planning invariant
             raise FormatError(f"{geo.path}: tensor {t.name!r} is outside the planned chunks")
+    if align:
+        return _aligned(geo, records, seg_ranges, placements, align)
     return records, segments, placements
+
+
+def _aligned(
+    geo: Geometry,
+    records: list[Record],
+    seg_ranges: list[tuple[int, int]],
+    placements: dict[str, Placement],
+    align: int,
+) -> tuple[list[Record], list[int], dict[str, Placement]]:
+    """Re-lay each segment so every tensor starts at an ``align``-byte offset.
+
+    Device kernels (cuBLASLt fp8, vectorised loads) need aligned pointers; the file's
+    offsets are only aligned to whatever its writer chose.  Bytes of a record outside
+    every wanted tensor are not copied; the gaps are zeroed by the copier.
+    """
+    by_seg: dict[int, list[Placement]] = {}
+    for p in placements.values():
+        if p.seg >= 0:
+            by_seg.setdefault(p.seg, []).append(p)
+    new_place: dict[str, Placement] = {}
+    sizes: list[int] = []
+    for seg in range(len(seg_ranges)):
+        cur = 0
+        for p in sorted(by_seg.get(seg, []), key=lambda q: q.info.begin):
+            cur = (cur + align - 1) // align * align
+            new_place[p.info.name] = Placement(seg, cur, p.info)
+            cur += p.info.nbytes
+        sizes.append(max(cur, 1))
+    for name, p in placements.items():
+        if p.seg < 0:
+            new_place[name] = p
+    out: list[Record] = []
+    for r in records:
+        d0 = seg_ranges[r.seg][0] + r.dst_off  # data-section offset of the record
+        d1 = d0 + r.dst_len
+        pieces = []
+        for p in sorted(by_seg.get(r.seg, []), key=lambda q: q.info.begin):
+            b, e = max(p.info.begin, d0), min(p.info.end, d1)
+            if b < e:
+                dst = new_place[p.info.name].offset + b - p.info.begin
+                pieces.append((b - d0, dst, e - b))
+        out.append(replace(r, pieces=tuple(pieces)))
+    del geo
+    return out, sizes, new_place
 
 
 _DTYPES = {
@@ -149,8 +200,16 @@ def build_tensors(
         raw = segs[p.seg][p.offset : p.offset + info.nbytes]
         itemsize = torch.empty((), dtype=dt).element_size()
         if raw.data_ptr() % itemsize or raw.storage_offset() % itemsize:
-            aligned = torch.empty(info.nbytes, dtype=torch.uint8, device=raw.device)
+            try:
+                aligned = torch.empty(info.nbytes, dtype=torch.uint8, device=raw.device)
+            except (RuntimeError, MemoryError) as exc:
+                raise DeviceError(
+                    f"out of memory on {raw.device} allocating {info.nbytes} bytes for "
+                    f"tensor {name!r} of {path}",
+                    hint="free memory, or load fewer tensors (open_model(...).load(names))",
+                ) from exc
             aligned.copy_(raw)
+            raw.zero_()  # no second plaintext copy left behind in the segment buffer
             raw = aligned
         out[name] = raw.view(dt).reshape(info.shape)
     return out

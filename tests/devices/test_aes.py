@@ -1,0 +1,162 @@
+"""The GPU decryption primitives, run on the CPU: the Triton AES-256-CTR kernel under
+TRITON_INTERPRET=1 (Triton's own interpreter, no GPU here) and the tag-only GCM check,
+both against `cryptography` (FIPS-197 vectors and every record of tests/vectors/)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from weightguard._internal.devices import aes_ctr_triton as aes
+from weightguard._internal.devices.gcm_tag import gcm_tag_matches, ghash_key
+from weightguard.errors import DeviceError
+
+pytest.importorskip("triton")
+VECTORS = Path(__file__).parent / "vectors"
+DOC = json.loads((VECTORS / "vectors.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def _interpret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _u32(words: list[int]) -> torch.Tensor:
+    return torch.tensor(words, dtype=torch.int64).to(torch.uint32)
+
+
+def _ctr_decrypt(key: bytes, nonce: bytes, data: bytes) -> bytes:
+    j0 = nonce + b"\x00\x00\x00\x01"
+    buf = (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if data
+        else torch.empty(0, dtype=torch.uint8)
+    )
+    ctr = _u32([int.from_bytes(j0[i : i + 4], "big") for i in range(0, 16, 4)])
+    aes.ctr_decrypt(buf, ctr, _u32(aes.expand_key(key)), aes.tables("cpu"))
+    return bytes(buf.numpy())
+
+
+def test_fips197_aes256_block() -> None:
+    """FIPS-197 C.3: the kernel's keystream for one counter block is AES-256(block)."""
+    key = bytes(range(32))
+    block = bytes.fromhex("00112233445566778899aabbccddeeff")
+    # keystream block 0 uses counter word3 + 1: start one below the wanted block
+    w = [int.from_bytes(block[i : i + 4], "big") for i in range(0, 16, 4)]
+    w[3] -= 1
+    buf = torch.zeros(16, dtype=torch.uint8)
+    aes.ctr_decrypt(buf, _u32(w), _u32(aes.expand_key(key)), aes.tables("cpu"))
+    assert bytes(buf.numpy()).hex() == "8ea2b7ca516745bfeafc49904b496089"
+
+
+def test_fips197_key_expansion() -> None:
+    """FIPS-197 A.3: first and last words of the AES-256 key schedule."""
+    key = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+    w = aes.expand_key(key)
+    assert len(w) == 60
+    assert w[8] == 0x9BA35411 and w[59] == 0x706C631E
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 4095, 4096, 70001])
+def test_kernel_equals_gcm_ciphertext(n: int) -> None:
+    key, nonce = os.urandom(32), os.urandom(12)
+    pt = os.urandom(n)
+    ct = AESGCM(key).encrypt(nonce, pt, b"aad")[:-16]
+    assert _ctr_decrypt(key, nonce, ct) == pt
+
+
+def test_every_vector_record() -> None:
+    """Every record of every committed vector: kernel output == AES-GCM decryption."""
+    checked = 0
+    for case in DOC["cases"]:
+        art = (VECTORS / case["output"]).read_bytes()
+        key = bytes.fromhex(case["aead_key"])
+        h = ghash_key(key)
+        stride, pos = None, None
+        # records are laid out back to back after the header: walk them from the end
+        sizes = [r["plaintext_size"] + 16 for r in case["records"]]
+        pos = len(art) - sum(sizes)
+        for rec, size in zip(case["records"], sizes, strict=True):
+            nonce, aad = bytes.fromhex(rec["nonce"]), bytes.fromhex(rec["aad"])
+            record = art[pos : pos + size]
+            pos += size
+            want = AESGCM(key).decrypt(nonce, record, aad)
+            assert _ctr_decrypt(key, nonce, record[:-16]) == want
+            assert gcm_tag_matches(key, h, nonce, aad, memoryview(record))
+            bad = bytearray(record)
+            bad[len(bad) // 2] ^= 1
+            assert not gcm_tag_matches(key, h, nonce, aad, memoryview(bad))
+            assert not gcm_tag_matches(key, h, nonce, aad + b"x", memoryview(record))
+            checked += 1
+        del stride
+    assert checked == sum(len(c["records"]) for c in DOC["cases"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(pt=st.binary(max_size=300), aad=st.binary(max_size=80), flip=st.integers(0, 400))
+def test_tag_only_check_matches_gcm(pt: bytes, aad: bytes, flip: int) -> None:
+    key, nonce = b"k" * 32, b"n" * 12
+    record = bytearray(AESGCM(key).encrypt(nonce, pt, aad))
+    h = ghash_key(key)
+    assert gcm_tag_matches(key, h, nonce, aad, memoryview(record))
+    record[flip % len(record)] ^= 0x80
+    assert not gcm_tag_matches(key, h, nonce, aad, memoryview(record))
+
+
+def test_ghash_key_is_aes_of_zero() -> None:
+    key = os.urandom(32)
+    enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    assert ghash_key(key) == int.from_bytes(enc.update(bytes(16)), "big")
+
+
+def test_counter_overflow_refused() -> None:
+    class Huge:
+        def numel(self) -> int:
+            return aes.MAX_RECORD_BYTES + 1
+
+    with pytest.raises(DeviceError, match="too large for AES-GCM's 32-bit counter"):
+        aes.ctr_decrypt(Huge(), None, None, None)
+
+
+def test_round_keys_are_a_tensor_argument() -> None:
+    """Key bits never reach Triton as scalars/constexprs (it specialises and caches them)."""
+    import inspect
+
+    src = inspect.getsource(aes.ctr_decrypt)
+    assert "round_keys, tabs, n, BLOCKS=blocks" in src
+    seen: list[Any] = []
+
+    class Spy:
+        def __getitem__(self, grid: Any) -> Any:
+            return lambda *a, **k: seen.append((a, k))
+
+    orig = aes._kernel
+    try:
+        aes._kernel = lambda interpret: Spy()  # type: ignore[assignment]
+        rk = _u32(aes.expand_key(bytes(32)))
+        aes.ctr_decrypt(
+            torch.zeros(32, dtype=torch.uint8), _u32([0, 0, 0, 1]), rk, aes.tables("cpu")
+        )
+    finally:
+        aes._kernel = orig  # type: ignore[assignment]
+    ((args, kw),) = seen
+    assert args[2] is rk
+    assert all(isinstance(a, torch.Tensor) for a in args[:4]) and args[4] == 32
+    assert set(kw) == {"BLOCKS"}
+
+
+def test_available_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert aes.available("fake") is None  # interpreter: any device
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert aes.available("fake") == "no Triton target for 'fake' devices"
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert aes.available("cuda") == "no C compiler (Triton builds its launcher with one)"
