@@ -10,7 +10,8 @@ per-chunk digest before it is used, AEAD-decrypted into the destination (CPU ten
 directly; CUDA: ciphertext through a pinned staging ring, decrypted on the GPU by a
 Triton kernel so the host never holds plaintext weights, or ``decrypt_on="cpu"``), and
 nothing is returned unless every check passed.  On any failure (tamper,
-signature/policy, key denial, source error, out of memory, KeyboardInterrupt) everything written so far is zeroed and freed, an
+signature/policy, key denial, source error, out of memory, KeyboardInterrupt) everything
+written so far is zeroed and freed, an
 audit event is written and one typed error (from :mod:`weightguard.errors`) names the
 file and chunk.
 
