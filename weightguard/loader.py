@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import time
@@ -47,6 +48,7 @@ from weightguard._internal.load_copy import DEFAULT_RING_BYTES, Copier, copier_f
 from weightguard._internal.load_pipeline import FileJob, Record, digest_matches, run_pipeline
 from weightguard._internal.load_plan import Geometry, Placement, build_tensors, plan
 from weightguard._internal.memory import wipe
+from weightguard._internal.names import safe_relative_name
 from weightguard._internal.safetensors_header import MAX_HEADER_SIZE, TensorInfo
 from weightguard._internal.sources import Location, S3Options, Source, open_location
 from weightguard.errors import (
@@ -151,23 +153,38 @@ def _fail_event(exc: BaseException) -> tuple[str, str]:
 # --------------------------------------------------------------------------- model files
 
 
-def _select_files(loc: Location) -> list[str]:
-    """The weight files of a model: the index's shards, or every .safetensors file."""
+def _select_files(loc: Location, signed: Mapping[str, Any] | None) -> list[str]:
+    """The weight files of a model: the index's shards, or every top-level .safetensors.
+
+    ``signed`` (the verified manifest's files) decides for a signed load: the index is
+    used only after its bytes matched the signed digest, and without an index the set
+    is the signed ``.safetensors`` files, never what the listing happens to show.
+    """
     if not loc.is_dir:
         return loc.names()
-    names = loc.names()
+    names = loc.names() if signed is None else sorted(signed)
     if INDEX_NAME in names:
         raw = loc.read_small(INDEX_NAME, limit=64 * 1024 * 1024)
+        if signed is not None:
+            _check_signed_bytes(loc, INDEX_NAME, raw, signed[INDEX_NAME])
         try:
             index = json.loads(raw)
             weight_map = index["weight_map"]
             shards = sorted({str(v) for v in weight_map.values()})
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise FormatError(
                 f"{loc.uri}/{INDEX_NAME}: not a valid safetensors index (no weight_map)"
             ) from None
+        for shard in shards:
+            safe_relative_name(shard, f"{loc.uri}/{INDEX_NAME}")
         missing = [s for s in shards if s not in names]
         if missing:
+            if signed is not None:
+                raise CoverageError(
+                    f"{loc.uri}: the signed index names shards the signature does not "
+                    f"cover: {', '.join(missing[:5])}",
+                    hint="re-sign the whole model directory",
+                )
             raise FormatError(
                 f"{loc.uri}: the index names shards that are missing: {', '.join(missing[:5])}",
                 hint="fetch the whole model directory",
@@ -182,6 +199,20 @@ def _select_files(loc: Location) -> list[str]:
     return shards
 
 
+def _check_signed_bytes(loc: Location, name: str, data: bytes, fd: Any) -> None:
+    """``data`` (read once, then parsed) must be exactly the signed file ``name``."""
+    from weightguard._internal.hashing import whole_hasher
+
+    h = whole_hasher(fd.resource_algorithm, path=name)
+    h.update(data)
+    if len(data) != int(fd.size) or not hmac.compare_digest(h.digest(), fd.resource_digest):
+        raise IntegrityError(
+            f"{loc.uri}: {name} differs from the signed {fd.resource_algorithm} digest "
+            "(modified after signing)",
+            path=name,
+        )
+
+
 @dataclass(frozen=True)
 class _Digests:
     size: int
@@ -193,13 +224,12 @@ class _Digests:
 
 def _verify_signature(
     loc: Location,
-    files: list[str],
     policy: Any,
     signature: str | os.PathLike[str] | None,
     *,
     optional: bool = False,
-) -> tuple[dict[str, _Digests], str | None, str | None, dict[str, Any]] | None:
-    """Check signature, policy and coverage (no hashing); per-file chunk digests.
+) -> tuple[str | None, str | None, dict[str, Any]] | None:
+    """Check signature, policy and coverage (no hashing); (signer, digest, signed files).
 
     ``optional`` (the unsafe policy): a missing default signature means "unverified".
     """
@@ -254,9 +284,20 @@ def _verify_signature(
                 f"{loc.uri}: {exc.message}", chunk=exc.chunk, hint=exc.hint
             ) from None
         raise
+    signer = getattr(manifest, "signer", None)
+    bundle_digest = getattr(manifest, "bundle_digest", None)
+    return (
+        (str(signer) if signer else None),
+        (str(bundle_digest) if bundle_digest else None),
+        dict(manifest.files),
+    )
+
+
+def _digests_for(loc: Location, files: list[str], signed: Mapping[str, Any]) -> dict[str, _Digests]:
+    """The signed chunk digests of each weight file (every one must have them)."""
     out: dict[str, _Digests] = {}
     for name in files:
-        fd = manifest.files.get(name if loc.is_dir else ".")
+        fd = signed.get(name if loc.is_dir else ".")
         if fd is None:
             raise CoverageError(
                 f"{loc.uri}: the signature does not cover {name}",
@@ -275,14 +316,7 @@ def _verify_signature(
             tuple(bytes(d) for d in fd.digests),
             str(getattr(fd, "algorithm", "sha256-chunked-v1")),
         )
-    signer = getattr(manifest, "signer", None)
-    bundle_digest = getattr(manifest, "bundle_digest", None)
-    return (
-        out,
-        (str(signer) if signer else None),
-        (str(bundle_digest) if bundle_digest else None),
-        dict(manifest.files),
-    )
+    return out
 
 
 class _SourceReader:
@@ -547,11 +581,15 @@ class ModelHandle:
             loc = open_location(source, s3=s3)
             self._location = loc
             self._unsafe = _is_unsafe(policy)
-            names = _select_files(loc)
+            # Signature first: nothing read from the model (index, listing, headers)
+            # chooses what is loaded until it has been checked against it.
             signed: dict[str, _Digests] | None = None
-            verified = _verify_signature(loc, names, policy, signature, optional=_is_unsafe(policy))
+            verified = _verify_signature(loc, policy, signature, optional=_is_unsafe(policy))
             if verified is not None:
-                signed, self._ctx.signer, self._ctx.bundle_digest, self._signed_all = verified
+                self._ctx.signer, self._ctx.bundle_digest, self._signed_all = verified
+            names = _select_files(loc, self._signed_all)
+            if self._signed_all is not None:
+                signed = _digests_for(loc, names, self._signed_all)
             for name in names:
                 self._files.append(_open_file(loc, name, signed[name] if signed else None))
             if signed is not None:

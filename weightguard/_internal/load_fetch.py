@@ -21,6 +21,7 @@ from typing import Any
 
 from weightguard._internal.atomic import atomic_write
 from weightguard._internal.hashing import whole_hasher
+from weightguard._internal.names import safe_join
 from weightguard.errors import DestinationError, IntegrityError, UnsafeOptionRequired
 
 __all__ = ["FetchResult", "fetch_model", "is_memory_fs"]
@@ -90,7 +91,7 @@ def fetch_model(
     try:
         with open_model(source, "cpu", policy=policy, **options) as handle:
             for name in handle.files:
-                target = out / name
+                target = safe_join(out, name, str(source))
                 _mkdirs(target.parent, out, made_dirs)
                 size = handle._plain_size(name)
                 with atomic_write(target, mode=0o600, preallocate=size) as f:
@@ -150,7 +151,7 @@ def _copy_other_files(handle: Any, out: Path, written: list[str], made: list[Pat
                 raise IntegrityError(
                     f"content differs from the signed {fd.resource_algorithm} digest", path=name
                 )
-        target = out / name
+        target = safe_join(out, name, loc.uri)
         _mkdirs(target.parent, out, made)
         try:
             with atomic_write(target, mode=0o600) as f:
