@@ -77,7 +77,9 @@ def test_index_rewrite_same_length_local(tmp_path: Path, sign_keys) -> None:  # 
     assert {k.split(".")[0] for k in ok} == {"s1", "s2"}
     _drop_shard_same_length(d / INDEX)
     audit, sink = memory_audit()
-    with pytest.raises(IntegrityError, match=r"model.safetensors.index.json differs from the signed"):
+    with pytest.raises(
+        IntegrityError, match=r"model.safetensors.index.json differs from the signed"
+    ):
         loader.load_file(d, policy=sign_keys.policy(), audit=audit)
     _assert_refused(sink)
     assert last(sink, "tamper.detected")["object"]["file"] == INDEX
