@@ -480,7 +480,11 @@ class _BytesReader:
 
 
 def _unwrap_keys(
-    files: list[_File], key: Any, key_options: Mapping[str, Any] | None, ctx: _Ctx
+    files: list[_File],
+    key: Any,
+    key_options: Mapping[str, Any] | None,
+    ctx: _Ctx,
+    allowed_keys: Iterable[str] | str | None = None,
 ) -> None:
     """One unwrap round trip per provider; build ciphers; wipe the data keys."""
     from weightguard._internal import format as fmt
@@ -492,7 +496,12 @@ def _unwrap_keys(
         return
     groups: dict[str, list[_File]] = {}
     for f in enc:
-        uri = f.header.wrapped_key.uri if (key is None or not isinstance(key, str)) else key
+        if key is not None and not isinstance(key, str):  # a provider object: caller's own
+            uri = f.header.wrapped_key.uri
+        else:
+            uri = keymod.choose_key_uri(
+                f.header.wrapped_key.uri, key=key, allowed=allowed_keys, where=f.display
+            )
         groups.setdefault(uri, []).append(f)
     t0 = time.monotonic()
     for uri, group in groups.items():
@@ -552,6 +561,7 @@ class ModelHandle:
         ring_bytes: int,
         s3: S3Options | None,
         hooks: LoadHooks | None,
+        allowed_keys: Iterable[str] | str | None = None,
     ) -> None:
         if policy is None:
             raise UnsafeOptionRequired(
@@ -594,7 +604,7 @@ class ModelHandle:
                 self._files.append(_open_file(loc, name, signed[name] if signed else None))
             if signed is not None:
                 self._ctx.audit.emit("verify.ok", object=self._ctx.obj(self._files))
-            _unwrap_keys(self._files, key, key_options, self._ctx)
+            _unwrap_keys(self._files, key, key_options, self._ctx, allowed_keys)
             self._where: dict[str, _File] = {}
             for f in self._files:
                 for t in f.tensors:
@@ -841,12 +851,17 @@ def open_model(
     ring_bytes: int = DEFAULT_RING_BYTES,
     s3: S3Options | None = None,
     hooks: LoadHooks | None = None,
+    allowed_keys: Iterable[str] | str | None = None,
 ) -> ModelHandle:
     """Open and verify a model; ``.keys()``, ``.load(names)``; close when done.
 
     ``key``: ``None`` (the provider named in the artifact header), a key URI overriding
     it (``vault://transit/models``, ``file:///path``), or a KeyProvider object;
     ``key_options`` go to the provider (e.g. Vault address/token/auth).
+    ``allowed_keys``: without ``key``, the header's key reference is used only if it
+    matches one of these patterns or ``$WEIGHTGUARD_ALLOWED_KEYS`` (e.g.
+    ``vault://transit/*``; a ``file://`` reference only if named exactly); see
+    :func:`weightguard._internal.keys.choose_key_uri`.
     ``audit``: an :class:`~weightguard.audit.AuditLog` (default: from the environment).
     ``workers``: threads (default: cgroup-aware CPU count; more for S3).
     ``ring_bytes``: pinned host staging for CUDA loads (host memory bound).
@@ -863,6 +878,7 @@ def open_model(
         ring_bytes=ring_bytes,
         s3=s3,
         hooks=hooks,
+        allowed_keys=allowed_keys,
     )
 
 
@@ -879,6 +895,7 @@ def load_file(
     ring_bytes: int = DEFAULT_RING_BYTES,
     s3: S3Options | None = None,
     hooks: LoadHooks | None = None,
+    allowed_keys: Iterable[str] | str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Securely load every tensor: ``{name: tensor}`` like ``safetensors.torch.load_file``."""
     with open_model(
@@ -893,6 +910,7 @@ def load_file(
         ring_bytes=ring_bytes,
         s3=s3,
         hooks=hooks,
+        allowed_keys=allowed_keys,
     ) as handle:
         return handle.load()
 
