@@ -620,7 +620,6 @@ def decrypt_file(
         with _open_source(src_p) as f:
             header = _read_artifact_header(f, src_p)
             obj = _key_object(header.wrapped_key, src_p)
-            _check_complete(f, header, src_p)
             (dk,) = _unwrap_grouped([header], key_uri, key_options, allowed_keys, [str(src_p)])
             try:
                 _warn_plaintext(dst_p)
@@ -643,22 +642,13 @@ def decrypt_file(
     return _summary(header, src_p)
 
 
-def _check_complete(f: BinaryIO, header: ArtifactHeader, path: Path) -> None:
-    size = os.fstat(f.fileno()).st_size
-    if size != header.total_size:
-        raise IntegrityError(
-            f"artifact is {size} bytes but its header declares {header.total_size} "
-            "(truncated or extended); nothing was decrypted",
-            path=str(path),
-        )
-
-
 def _model_headers(src_p: Path, files: Sequence[Path]) -> dict[Path, ArtifactHeader]:
     """Every artifact's header; a model is decrypted whole or not at all.
 
-    Every ``*.safetensors`` file must be a complete artifact (encrypt_model encrypts
-    all of them, so a plain-looking shard is a damaged one, never one to copy), and
-    every shard a plain index names must be present.
+    Every ``*.safetensors`` file must be an artifact (encrypt_model encrypts all of
+    them, so a plain-looking shard is a damaged one, never one to copy), and every
+    shard a plain index names must be present.  Sizes are checked by the record
+    reader once the header is authenticated (a truncated shard fails there).
     """
     from weightguard._internal.names import safe_relative_name
 
@@ -676,7 +666,6 @@ def _model_headers(src_p: Path, files: Sequence[Path]) -> dict[Path, ArtifactHea
                 continue
             f.seek(0)
             headers[rel] = _read_artifact_header(f, src_p / rel)
-            _check_complete(f, headers[rel], src_p / rel)
     present = {p.as_posix() for p in files}
     for rel in files:
         if not rel.name.endswith(".safetensors.index.json") or rel in headers:
