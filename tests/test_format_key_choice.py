@@ -128,7 +128,7 @@ def test_header_names_dev_zero(tmp_path: Path) -> None:
 
 
 def test_cli_decrypt_and_inspect_refuse_header_key_file(tmp_path: Path) -> None:
-    enc, key = _artifact(tmp_path, "file:///dev/zero")
+    enc, _ = _artifact(tmp_path, "file:///dev/zero")
     log = tmp_path / "audit.jsonl"
     env = {**os.environ, "WEIGHTGUARD_AUDIT_LOG": str(log)}
     env.pop(ALLOWED_KEYS_ENV, None)

@@ -104,7 +104,7 @@ def test_listing_adds_an_unsigned_shard(tmp_path: Path, sign_keys) -> None:  # t
     _model(d, sign_keys)
     write_st(d / "extra.safetensors", [("x", "F32", (4,))], seed=9)
     audit, sink = memory_audit()
-    with pytest.raises(CoverageError, match="extra.safetensors"):
+    with pytest.raises(CoverageError, match=r"extra\.safetensors"):
         loader.load_file(d, policy=sign_keys.policy(), audit=audit)
     _assert_refused(sink)
 
@@ -199,7 +199,7 @@ def test_s3_key_escaping_the_destination(tmp_path: Path, s3_env, bucket, sign_ke
     denied = last(sink, "load.denied")
     assert denied["outcome"] == "denied" and "FormatError" in denied["reason"]
     # a signed load of the same prefix refuses too: the listing is untrusted input
-    with pytest.raises(FormatError, match="'..' component"):
+    with pytest.raises(FormatError, match=r"'\.\.' component"):
         loader.load_file(src, policy=sign_keys.policy(), s3=S3Options(client=client),
                          audit=memory_audit()[0])  # fmt: skip
 
@@ -229,7 +229,7 @@ def test_fetch_refuses_unsafe_name_before_writing(tmp_path: Path, capsys) -> Non
      "a/", "\x7f", "a\x85b"],
 )  # fmt: skip
 def test_unsafe_names_refused(name: str) -> None:
-    with pytest.raises(FormatError, match="^where: "):
+    with pytest.raises(FormatError, match=r"^where: "):
         safe_relative_name(name, "where")
 
 
@@ -246,6 +246,6 @@ def test_unsafe_shard_name_in_unsigned_index(tmp_path: Path) -> None:
     write_st(d / "a.safetensors", [("x", "F32", (4,))], seed=1)
     (d / INDEX).write_text(json.dumps({"weight_map": {"x": "../a.safetensors"}}))
     audit, sink = memory_audit()
-    with pytest.raises(FormatError, match="'..' component"):
+    with pytest.raises(FormatError, match=r"'\.\.' component"):
         loader.load_file(d, policy=UnsafeNoVerification(), audit=audit)
     assert last(sink, "load.denied")["outcome"] == "denied"
