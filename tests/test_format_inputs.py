@@ -232,6 +232,7 @@ def test_unwritable_output_directory(
             raise PermissionError(errno.EACCES, "Permission denied")
 
         monkeypatch.setattr(atomic.tempfile, "mkstemp", deny)
+        monkeypatch.setattr(atomic, "USE_O_TMPFILE", False)
     with pytest.raises(DestinationError, match="permission denied"):
         crypt.encrypt_file(src, out / "m.enc", key)
     with pytest.raises(DestinationError, match="does not exist"):
