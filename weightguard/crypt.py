@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from weightguard._internal.atomic import atomic_directory, atomic_write
+from weightguard._internal.atomic import PendingFile, atomic_directory, atomic_write
 from weightguard._internal.format import (
     DEFAULT_CHUNK_SIZE,
     MAGIC,
@@ -555,16 +555,22 @@ def _unwrap_grouped(
 def _decrypt_one(
     f: BinaryIO,
     src: Path,
-    dst: Path,
+    dst: Path | PendingFile,
     header: ArtifactHeader,
     data_key: bytearray,
     *,
     workers: int,
     progress: Progress | None,
 ) -> None:
+    """Decrypt into ``dst``: a path (written atomically) or a caller's PendingFile."""
     cipher = ChunkCipher(header, data_key)
     try:
         size = os.fstat(f.fileno()).st_size
+        if isinstance(dst, PendingFile):
+            decrypt_stream(
+                f.fileno(), dst.fd, cipher, src_size=size, workers=workers, progress=progress
+            )
+            return
         with atomic_write(dst, mode=0o600, preallocate=header.plaintext_size) as out:
             decrypt_stream(
                 f.fileno(),
@@ -709,6 +715,7 @@ def decrypt_model(
     started = time.monotonic()
     obj = {"uri": str(src_p)}
     keys: list[bytearray] = []
+    pending: list[PendingFile] = []
     total = 0
     try:
         files = _model_files(src_p)
@@ -724,16 +731,20 @@ def decrypt_model(
         key_of = dict(zip(order, keys, strict=True))
         n_workers = _workers(workers)
         _warn_plaintext(dst_p)
+        # Files stay unnamed (O_TMPFILE) until the whole model decrypted, so a crash
+        # leaves at most an empty temporary directory (removed by the next run).
         with atomic_directory(dst_p) as tmp:
             for rel in files:
                 out = tmp / rel
                 out.parent.mkdir(parents=True, exist_ok=True)
                 if rel in headers:
+                    pf = PendingFile(out, mode=0o600, preallocate=headers[rel].plaintext_size)
+                    pending.append(pf)
                     with _open_source(src_p / rel) as f:
                         _decrypt_one(
                             f,
                             src_p / rel,
-                            out,
+                            pf,
                             headers[rel],
                             key_of[rel],
                             workers=n_workers,
@@ -741,14 +752,21 @@ def decrypt_model(
                         )
                     total += headers[rel].plaintext_size
                 else:
+                    pf = PendingFile(out, mode=0o644)
+                    pending.append(pf)
                     try:
-                        shutil.copyfile(src_p / rel, out)
+                        with open(src_p / rel, "rb") as other:
+                            shutil.copyfileobj(other, pf.file)
                     except OSError as exc:
                         raise SourceError(f"cannot copy {src_p / rel}: {exc.strerror}") from None
+            for pf in pending:
+                pf.commit()
     except WeightguardError as exc:
         _decrypt_failed(audit, exc, obj)
         raise
     finally:
+        for pf in pending:
+            pf.discard()
         for k in keys:
             wipe(k)
     seconds = time.monotonic() - started
