@@ -120,6 +120,13 @@ def test_header_names_dev_zero(tmp_path: Path) -> None:
     assert sink.records[-1]["event"] == "load.denied"
     assert sink.records[-1]["reason"].startswith("KeyAccessDenied")
 
+    audit, sink = memory_audit()
+    before = enc.read_bytes()
+    with pytest.raises(KeyAccessDenied, match="caller names it"):
+        _fast(crypt.rewrap, enc, audit=audit)
+    assert sink.records[-1]["event"] == "rewrap" and sink.records[-1]["outcome"] == "error"
+    assert enc.read_bytes() == before
+
     # even when the caller names it, a device is not a key file: refused before reading
     audit, sink = memory_audit()
     with pytest.raises(KeyProviderError, match="/dev/zero is not a regular file"):

@@ -844,9 +844,10 @@ def rewrap(
             )
         headers.append(h)
     started = time.monotonic()
-    keys = _unwrap_grouped(headers, key_uri, key_options, allowed_keys, [str(p) for p in paths])
+    keys: list[bytearray] = []
     result: dict[str, Any] = {}
     try:
+        keys = _unwrap_grouped(headers, key_uri, key_options, allowed_keys, [str(p) for p in paths])
         targets: dict[tuple[str, str], list[int]] = {}
         for i, h in enumerate(headers):
             new_uri = to_uri or h.wrapped_key.uri
