@@ -216,5 +216,7 @@ def test_clean_stale_spares_live_writers(tmp_path: Path) -> None:
     dead.write_bytes(b"stale")
     other = tmp_path / ".y.1.abc.wgtmp"
     other.write_bytes(b"another destination")
+    similar = tmp_path / f".x.7.{dead_pid}.abc.wgtmp"  # the temp of destination "x.7"
+    similar.write_bytes(b"x.7 in progress")
     assert atomic.clean_stale(tmp_path, "x") == [dead]
-    assert live.exists() and other.exists() and not dead.exists()
+    assert live.exists() and other.exists() and similar.exists() and not dead.exists()

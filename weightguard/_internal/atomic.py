@@ -170,8 +170,10 @@ def clean_stale(parent: Path, name: str) -> list[Path]:
     for e in entries:
         if not (e.name.startswith(head) and e.name.endswith(".wgtmp")):
             continue
-        pid_text = e.name[len(head) : -len(".wgtmp")].split(".", 1)[0]
-        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+        # exactly "<pid>.<random>": a longer rest belongs to another destination
+        # (".a.<pid>..." must not be taken for ".a.1.<pid>...")
+        parts = e.name[len(head) : -len(".wgtmp")].split(".")
+        if len(parts) != 2 or not parts[0].isdigit() or _pid_alive(int(parts[0])):
             continue
         p = Path(e.path)
         with contextlib.suppress(OSError):
