@@ -177,7 +177,8 @@ def load(
 ) -> Timed:
     """``weightguard.load_file``: signature + policy, chunk digests, AES-GCM, audit events.
 
-    The key provider is the one in the artifact header (the bench's ``file://`` key);
+    The key is the bench's ``file://`` key, named by the caller (a header's file://
+    reference alone is refused);
     audit events go to a file in the trial's temporary directory (fsync per event).
     """
     _prep_ok(prep_error, model, sig)
@@ -188,7 +189,7 @@ def load(
     os.environ["WEIGHTGUARD_AUDIT_LOG"] = str(Path(audit_dir) / "audit.jsonl")
 
     def run() -> int:
-        out = loader.load_file(model, device, policy=policy, signature=sig)
+        out = loader.load_file(model, device, policy=policy, signature=sig, key=key_uri)
         _sync(device)
         _expect_tensors(out, expect, "weightguard")
         return _nbytes(out)

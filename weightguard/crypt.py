@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -41,11 +41,12 @@ from weightguard._internal.format.layout import (
     rewrapped_header,
 )
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, read_safetensors_header
-from weightguard._internal.foundation.atomic import atomic_directory, atomic_write
+from weightguard._internal.foundation.atomic import PendingFile, atomic_directory, atomic_write
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.keys.providers import (
     KeyProvider,
     WrappedKey,
+    choose_key_uri,
     create_key_file,
     provider_for,
     validate_context,
@@ -516,12 +517,25 @@ def _read_artifact_header(f: BinaryIO, path: Path) -> ArtifactHeader:
 
 
 def _unwrap_grouped(
-    headers: Sequence[ArtifactHeader], key_uri: str | None, key_options: Mapping[str, Any] | None
+    headers: Sequence[ArtifactHeader],
+    key_uri: str | None,
+    key_options: Mapping[str, Any] | None,
+    allowed_keys: Iterable[str] | str | None = None,
+    where: Sequence[str] | None = None,
 ) -> list[bytearray]:
-    """Unwrap every header's data key; one ``unwrap_many`` per provider URI."""
+    """Unwrap every header's data key; one ``unwrap_many`` per provider URI.
+
+    The header's key reference is untrusted (see ``choose_key_uri``): every URI is
+    chosen before any provider is contacted."""
     groups: dict[str, list[int]] = {}
     for i, h in enumerate(headers):
-        groups.setdefault(key_uri or h.wrapped_key.uri, []).append(i)
+        uri = choose_key_uri(
+            h.wrapped_key.uri,
+            key=key_uri,
+            allowed=allowed_keys,
+            where=where[i] if where else "the artifact",
+        )
+        groups.setdefault(uri, []).append(i)
     keys: list[bytearray | None] = [None] * len(headers)
     try:
         for uri, idxs in groups.items():
@@ -541,16 +555,22 @@ def _unwrap_grouped(
 def _decrypt_one(
     f: BinaryIO,
     src: Path,
-    dst: Path,
+    dst: Path | PendingFile,
     header: ArtifactHeader,
     data_key: bytearray,
     *,
     workers: int,
     progress: Progress | None,
 ) -> None:
+    """Decrypt into ``dst``: a path (written atomically) or a caller's PendingFile."""
     cipher = ChunkCipher(header, data_key)
     try:
         size = os.fstat(f.fileno()).st_size
+        if isinstance(dst, PendingFile):
+            decrypt_stream(
+                f.fileno(), dst.fd, cipher, src_size=size, workers=workers, progress=progress
+            )
+            return
         with atomic_write(dst, mode=0o600, preallocate=header.plaintext_size) as out:
             decrypt_stream(
                 f.fileno(),
@@ -572,6 +592,17 @@ def _warn_plaintext(dst: Path) -> None:
     )
 
 
+def _decrypt_failed(audit: _Audit | None, exc: WeightguardError, obj: dict[str, Any]) -> None:
+    event = "tamper.detected" if isinstance(exc, IntegrityError) else "decrypt"
+    _emit(
+        audit,
+        event,
+        outcome="error" if event == "decrypt" else "denied",
+        reason=str(exc),
+        object=obj,
+    )
+
+
 def decrypt_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -581,17 +612,21 @@ def decrypt_file(
     progress: Progress | None = None,
     audit: _Audit | None = None,
     key_options: Mapping[str, Any] | None = None,
+    allowed_keys: Iterable[str] | str | None = None,
 ) -> dict[str, Any]:
     """Decrypt an artifact back to the original file, byte for byte (written atomically,
-    mode 0600).  Emits :class:`PlaintextWriteWarning`.  ``key_uri`` overrides the
-    provider location recorded in the header (e.g. another path for a key file)."""
+    mode 0600).  Emits :class:`PlaintextWriteWarning`.  ``key_uri`` is the caller's
+    key (overriding the reference recorded in the header); without it the header's
+    reference must be allowed by ``allowed_keys`` / ``$WEIGHTGUARD_ALLOWED_KEYS`` (see
+    :func:`weightguard._internal.keys.providers.choose_key_uri`)."""
     src_p, dst_p = Path(src), Path(dst)
     started = time.monotonic()
-    with _open_source(src_p) as f:
-        header = _read_artifact_header(f, src_p)
-        obj = _key_object(header.wrapped_key, src_p)
-        try:
-            (dk,) = _unwrap_grouped([header], key_uri, key_options)
+    obj: dict[str, Any] = {"uri": str(src_p)}
+    try:
+        with _open_source(src_p) as f:
+            header = _read_artifact_header(f, src_p)
+            obj = _key_object(header.wrapped_key, src_p)
+            (dk,) = _unwrap_grouped([header], key_uri, key_options, allowed_keys, [str(src_p)])
             try:
                 _warn_plaintext(dst_p)
                 _decrypt_one(
@@ -599,16 +634,9 @@ def decrypt_file(
                 )
             finally:
                 wipe(dk)
-        except WeightguardError as exc:
-            event = "tamper.detected" if isinstance(exc, IntegrityError) else "decrypt"
-            _emit(
-                audit,
-                event,
-                outcome="error" if event == "decrypt" else "denied",
-                reason=str(exc),
-                object=obj,
-            )
-            raise
+    except WeightguardError as exc:
+        _decrypt_failed(audit, exc, obj)
+        raise
     _emit(
         audit,
         "decrypt",
@@ -620,6 +648,55 @@ def decrypt_file(
     return _summary(header, src_p)
 
 
+def _model_headers(src_p: Path, files: Sequence[Path]) -> dict[Path, ArtifactHeader]:
+    """Every artifact's header; a model is decrypted whole or not at all.
+
+    Every ``*.safetensors`` file must be an artifact (encrypt_model encrypts all of
+    them, so a plain-looking shard is a damaged one, never one to copy), and every
+    shard a plain index names must be present.  Sizes are checked by the record
+    reader once the header is authenticated (a truncated shard fails there).
+    """
+    from weightguard._internal.foundation.names import safe_relative_name
+
+    headers: dict[Path, ArtifactHeader] = {}
+    for rel in files:
+        with _open_source(src_p / rel) as f:
+            magic = f.read(len(MAGIC))
+            if magic != MAGIC:
+                if rel.name.endswith(".safetensors"):
+                    raise IntegrityError(
+                        "weight file is not a weightguard artifact (damaged or replaced); "
+                        "nothing was decrypted",
+                        path=str(src_p / rel),
+                    )
+                continue
+            f.seek(0)
+            headers[rel] = _read_artifact_header(f, src_p / rel)
+    present = {p.as_posix() for p in files}
+    for rel in files:
+        if not rel.name.endswith(".safetensors.index.json") or rel in headers:
+            continue  # an encrypted index is checked by its own AEAD when decrypted
+        try:
+            index = json.loads((src_p / rel).read_bytes())
+            shards = {str(v) for v in index["weight_map"].values()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            raise FormatError(f"{src_p / rel} is not a valid safetensors index") from None
+        base = rel.parent.as_posix()
+        for shard in sorted(shards):
+            safe_relative_name(shard, str(src_p / rel))
+            want = f"{base}/{shard}" if base != "." else shard
+            if want not in present:
+                raise IntegrityError(
+                    f"the index lists shard {shard!r}, which is missing from {src_p}; "
+                    "nothing was decrypted",
+                    path=str(src_p / rel),
+                    hint="the model directory is incomplete; fetch it again",
+                )
+    if not headers:
+        raise FormatError(f"{src_p} contains no weightguard artifacts")
+    return headers
+
+
 def decrypt_model(
     src_dir: str | os.PathLike[str],
     dst_dir: str | os.PathLike[str],
@@ -629,41 +706,45 @@ def decrypt_model(
     progress: Progress | None = None,
     audit: _Audit | None = None,
     key_options: Mapping[str, Any] | None = None,
+    allowed_keys: Iterable[str] | str | None = None,
 ) -> dict[str, Any]:
     """Decrypt every artifact in a model directory (one unwrap round trip per provider);
-    other files are copied.  ``dst_dir`` appears complete or not at all."""
+    other files are copied.  ``dst_dir`` appears complete or not at all: a damaged,
+    truncated or missing shard fails the whole call (audited, nothing left)."""
     src_p, dst_p = Path(src_dir), Path(dst_dir)
-    files = _model_files(src_p)
     started = time.monotonic()
-    headers: dict[Path, ArtifactHeader] = {}
-    for rel in files:
-        with _open_source(src_p / rel) as f:
-            if f.read(len(MAGIC)) == MAGIC:
-                f.seek(0)
-                headers[rel] = _read_artifact_header(f, src_p / rel)
-    if not headers:
-        raise FormatError(f"{src_p} contains no weightguard artifacts")
-    order = list(headers)
-    try:
-        keys = _unwrap_grouped([headers[r] for r in order], key_uri, key_options)
-    except WeightguardError as exc:
-        _emit(audit, "decrypt", outcome="error", reason=str(exc), object={"uri": str(src_p)})
-        raise
-    key_of = dict(zip(order, keys, strict=True))
-    n_workers = _workers(workers)
+    obj = {"uri": str(src_p)}
+    keys: list[bytearray] = []
+    pending: list[PendingFile] = []
     total = 0
     try:
+        files = _model_files(src_p)
+        headers = _model_headers(src_p, files)
+        order = list(headers)
+        keys = _unwrap_grouped(
+            [headers[r] for r in order],
+            key_uri,
+            key_options,
+            allowed_keys,
+            [str(src_p / r) for r in order],
+        )
+        key_of = dict(zip(order, keys, strict=True))
+        n_workers = _workers(workers)
         _warn_plaintext(dst_p)
+        # Files stay unnamed (O_TMPFILE) until the whole model decrypted, so a crash
+        # leaves at most an empty temporary directory (removed by the next run).
         with atomic_directory(dst_p) as tmp:
             for rel in files:
                 out = tmp / rel
                 out.parent.mkdir(parents=True, exist_ok=True)
                 if rel in headers:
+                    pf = PendingFile(out, mode=0o600, preallocate=headers[rel].plaintext_size)
+                    pending.append(pf)
                     with _open_source(src_p / rel) as f:
                         _decrypt_one(
                             f,
                             src_p / rel,
-                            out,
+                            pf,
                             headers[rel],
                             key_of[rel],
                             workers=n_workers,
@@ -671,28 +752,28 @@ def decrypt_model(
                         )
                     total += headers[rel].plaintext_size
                 else:
+                    pf = PendingFile(out, mode=0o644)
+                    pending.append(pf)
                     try:
-                        shutil.copyfile(src_p / rel, out)
+                        with open(src_p / rel, "rb") as other:
+                            shutil.copyfileobj(other, pf.file)
                     except OSError as exc:
                         raise SourceError(f"cannot copy {src_p / rel}: {exc.strerror}") from None
+            for pf in pending:
+                pf.commit()
     except WeightguardError as exc:
-        event = "tamper.detected" if isinstance(exc, IntegrityError) else "decrypt"
-        _emit(
-            audit,
-            event,
-            outcome="error" if event == "decrypt" else "denied",
-            reason=str(exc),
-            object={"uri": str(src_p)},
-        )
+        _decrypt_failed(audit, exc, obj)
         raise
     finally:
+        for pf in pending:
+            pf.discard()
         for k in keys:
             wipe(k)
     seconds = time.monotonic() - started
     _emit(
         audit,
         "decrypt",
-        object={"uri": str(src_p)},
+        object=obj,
         bytes=total,
         duration_s=seconds,
         files=len(headers),
@@ -741,6 +822,7 @@ def rewrap(
     audit: _Audit | None = None,
     key_options: Mapping[str, Any] | None = None,
     to_key_options: Mapping[str, Any] | None = None,
+    allowed_keys: Iterable[str] | str | None = None,
 ) -> dict[str, Any]:
     """Rewrap the data key of an artifact (or of every artifact in a directory), in place.
 
@@ -762,9 +844,10 @@ def rewrap(
             )
         headers.append(h)
     started = time.monotonic()
-    keys = _unwrap_grouped(headers, key_uri, key_options)
+    keys: list[bytearray] = []
     result: dict[str, Any] = {}
     try:
+        keys = _unwrap_grouped(headers, key_uri, key_options, allowed_keys, [str(p) for p in paths])
         targets: dict[tuple[str, str], list[int]] = {}
         for i, h in enumerate(headers):
             new_uri = to_uri or h.wrapped_key.uri
@@ -859,20 +942,28 @@ def inspect(
     verify: bool = False,
     key_uri: str | None = None,
     key_options: Mapping[str, Any] | None = None,
+    allowed_keys: Iterable[str] | str | None = None,
+    audit: _Audit | None = None,
 ) -> dict[str, Any]:
     """Header summary of an artifact (sizes, key, tensor table unless the header is
     encrypted); for a directory, ``{"files": {name: summary}}``.
 
     Without a key nothing is authenticated (``"authenticated": False``); with
     ``verify=True`` the data key is unwrapped and the key commitment and header MAC
-    are checked (records are not read).
+    are checked (records are not read); the key is chosen as for :func:`decrypt_file`
+    (``key_uri``, else an allowed header reference), and a refusal is audited.
     """
     p = Path(path)
     if p.is_dir():
         return {
             "files": {
                 a.relative_to(p).as_posix(): inspect(
-                    a, verify=verify, key_uri=key_uri, key_options=key_options
+                    a,
+                    verify=verify,
+                    key_uri=key_uri,
+                    key_options=key_options,
+                    allowed_keys=allowed_keys,
+                    audit=audit,
                 )
                 for a in _artifacts_under(p)
             }
@@ -885,10 +976,21 @@ def inspect(
     info["complete"] = size == header.total_size
     info["authenticated"] = False
     if verify:
-        (dk,) = _unwrap_grouped([header], key_uri, key_options)
         try:
-            ChunkCipher(header, dk).wipe()
-        finally:
-            wipe(dk)
+            (dk,) = _unwrap_grouped([header], key_uri, key_options, allowed_keys, [str(p)])
+            try:
+                ChunkCipher(header, dk).wipe()
+            finally:
+                wipe(dk)
+        except WeightguardError as exc:
+            event = "tamper.detected" if isinstance(exc, IntegrityError) else "verify.failed"
+            _emit(
+                audit,
+                event,
+                outcome="denied",
+                reason=f"inspect --verify: {exc}",
+                object=_key_object(header.wrapped_key, p),
+            )
+            raise
         info["authenticated"] = True
     return info

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import hmac
 import json
 import os
 import time
@@ -50,6 +51,7 @@ from weightguard._internal.devices import observe
 from weightguard._internal.devices.pinned import release_pinned_memory
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, TensorInfo
 from weightguard._internal.foundation.memory import wipe
+from weightguard._internal.foundation.names import safe_relative_name
 from weightguard._internal.load.copiers import DEFAULT_RING_BYTES, Copier, copier_for
 from weightguard._internal.load.pipeline import FileJob, Record, digest_matches, run_pipeline
 from weightguard._internal.load.plan import Geometry, Placement, build_tensors, plan
@@ -165,23 +167,38 @@ def _fail_event(exc: BaseException) -> tuple[str, str]:
 # --------------------------------------------------------------------------- model files
 
 
-def _select_files(loc: Location) -> list[str]:
-    """The weight files of a model: the index's shards, or every .safetensors file."""
+def _select_files(loc: Location, signed: Mapping[str, Any] | None) -> list[str]:
+    """The weight files of a model: the index's shards, or every top-level .safetensors.
+
+    ``signed`` (the verified manifest's files) decides for a signed load: the index is
+    used only after its bytes matched the signed digest, and without an index the set
+    is the signed ``.safetensors`` files, never what the listing happens to show.
+    """
     if not loc.is_dir:
         return loc.names()
-    names = loc.names()
+    names = loc.names() if signed is None else sorted(signed)
     if INDEX_NAME in names:
         raw = loc.read_small(INDEX_NAME, limit=64 * 1024 * 1024)
+        if signed is not None:
+            _check_signed_bytes(loc, INDEX_NAME, raw, signed[INDEX_NAME])
         try:
             index = json.loads(raw)
             weight_map = index["weight_map"]
             shards = sorted({str(v) for v in weight_map.values()})
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise FormatError(
                 f"{loc.uri}/{INDEX_NAME}: not a valid safetensors index (no weight_map)"
             ) from None
+        for shard in shards:
+            safe_relative_name(shard, f"{loc.uri}/{INDEX_NAME}")
         missing = [s for s in shards if s not in names]
         if missing:
+            if signed is not None:
+                raise CoverageError(
+                    f"{loc.uri}: the signed index names shards the signature does not "
+                    f"cover: {', '.join(missing[:5])}",
+                    hint="re-sign the whole model directory",
+                )
             raise FormatError(
                 f"{loc.uri}: the index names shards that are missing: {', '.join(missing[:5])}",
                 hint="fetch the whole model directory",
@@ -196,6 +213,20 @@ def _select_files(loc: Location) -> list[str]:
     return shards
 
 
+def _check_signed_bytes(loc: Location, name: str, data: bytes, fd: Any) -> None:
+    """``data`` (read once, then parsed) must be exactly the signed file ``name``."""
+    from weightguard._internal.signing.hashing import whole_hasher
+
+    h = whole_hasher(fd.resource_algorithm, path=name)
+    h.update(data)
+    if len(data) != int(fd.size) or not hmac.compare_digest(h.digest(), fd.resource_digest):
+        raise IntegrityError(
+            f"{loc.uri}: {name} differs from the signed {fd.resource_algorithm} digest "
+            "(modified after signing)",
+            path=name,
+        )
+
+
 @dataclass(frozen=True)
 class _Digests:
     size: int
@@ -207,13 +238,12 @@ class _Digests:
 
 def _verify_signature(
     loc: Location,
-    files: list[str],
     policy: Any,
     signature: str | os.PathLike[str] | None,
     *,
     optional: bool = False,
-) -> tuple[dict[str, _Digests], str | None, str | None, dict[str, Any]] | None:
-    """Check signature, policy and coverage (no hashing); per-file chunk digests.
+) -> tuple[str | None, str | None, dict[str, Any]] | None:
+    """Check signature, policy and coverage (no hashing); (signer, digest, signed files).
 
     ``optional`` (the unsafe policy): a missing default signature means "unverified".
     """
@@ -268,9 +298,20 @@ def _verify_signature(
                 f"{loc.uri}: {exc.message}", chunk=exc.chunk, hint=exc.hint
             ) from None
         raise
+    signer = getattr(manifest, "signer", None)
+    bundle_digest = getattr(manifest, "bundle_digest", None)
+    return (
+        (str(signer) if signer else None),
+        (str(bundle_digest) if bundle_digest else None),
+        dict(manifest.files),
+    )
+
+
+def _digests_for(loc: Location, files: list[str], signed: Mapping[str, Any]) -> dict[str, _Digests]:
+    """The signed chunk digests of each weight file (every one must have them)."""
     out: dict[str, _Digests] = {}
     for name in files:
-        fd = manifest.files.get(name if loc.is_dir else ".")
+        fd = signed.get(name if loc.is_dir else ".")
         if fd is None:
             raise CoverageError(
                 f"{loc.uri}: the signature does not cover {name}",
@@ -289,14 +330,7 @@ def _verify_signature(
             tuple(bytes(d) for d in fd.digests),
             str(getattr(fd, "algorithm", "sha256-chunked-v1")),
         )
-    signer = getattr(manifest, "signer", None)
-    bundle_digest = getattr(manifest, "bundle_digest", None)
-    return (
-        out,
-        (str(signer) if signer else None),
-        (str(bundle_digest) if bundle_digest else None),
-        dict(manifest.files),
-    )
+    return out
 
 
 class _SourceReader:
@@ -460,7 +494,11 @@ class _BytesReader:
 
 
 def _unwrap_keys(
-    files: list[_File], key: Any, key_options: Mapping[str, Any] | None, ctx: _Ctx
+    files: list[_File],
+    key: Any,
+    key_options: Mapping[str, Any] | None,
+    ctx: _Ctx,
+    allowed_keys: Iterable[str] | str | None = None,
 ) -> None:
     """One unwrap round trip per provider; build ciphers; wipe the data keys."""
     from weightguard._internal.format import layout as fmt
@@ -472,7 +510,12 @@ def _unwrap_keys(
         return
     groups: dict[str, list[_File]] = {}
     for f in enc:
-        uri = f.header.wrapped_key.uri if (key is None or not isinstance(key, str)) else key
+        if key is not None and not isinstance(key, str):  # a provider object: caller's own
+            uri = f.header.wrapped_key.uri
+        else:
+            uri = keymod.choose_key_uri(
+                f.header.wrapped_key.uri, key=key, allowed=allowed_keys, where=f.display
+            )
         groups.setdefault(uri, []).append(f)
     t0 = time.monotonic()
     for uri, group in groups.items():
@@ -532,6 +575,7 @@ class ModelHandle:
         ring_bytes: int,
         s3: S3Options | None,
         decrypt_on: str = "auto",
+        allowed_keys: Iterable[str] | str | None = None,
     ) -> None:
         if policy is None:
             raise UnsafeOptionRequired(
@@ -565,16 +609,20 @@ class ModelHandle:
             loc = open_location(source, s3=s3)
             self._location = loc
             self._unsafe = _is_unsafe(policy)
-            names = _select_files(loc)
+            # Signature first: nothing read from the model (index, listing, headers)
+            # chooses what is loaded until it has been checked against it.
             signed: dict[str, _Digests] | None = None
-            verified = _verify_signature(loc, names, policy, signature, optional=_is_unsafe(policy))
+            verified = _verify_signature(loc, policy, signature, optional=_is_unsafe(policy))
             if verified is not None:
-                signed, self._ctx.signer, self._ctx.bundle_digest, self._signed_all = verified
+                self._ctx.signer, self._ctx.bundle_digest, self._signed_all = verified
+            names = _select_files(loc, self._signed_all)
+            if self._signed_all is not None:
+                signed = _digests_for(loc, names, self._signed_all)
             for name in names:
                 self._files.append(_open_file(loc, name, signed[name] if signed else None))
             if signed is not None:
                 self._ctx.audit.emit("verify.ok", object=self._ctx.obj(self._files))
-            _unwrap_keys(self._files, key, key_options, self._ctx)
+            _unwrap_keys(self._files, key, key_options, self._ctx, allowed_keys)
             self._where: dict[str, _File] = {}
             for f in self._files:
                 for t in f.tensors:
@@ -858,12 +906,17 @@ def open_model(
     ring_bytes: int = DEFAULT_RING_BYTES,
     s3: S3Options | None = None,
     decrypt_on: str = "auto",
+    allowed_keys: Iterable[str] | str | None = None,
 ) -> ModelHandle:
     """Open and verify a model; ``.keys()``, ``.load(names)``; close when done.
 
     ``key``: ``None`` (the provider named in the artifact header), a key URI overriding
     it (``vault://transit/models``, ``file:///path``), or a KeyProvider object;
     ``key_options`` go to the provider (e.g. Vault address/token/auth).
+    ``allowed_keys``: without ``key``, the header's key reference is used only if it
+    matches one of these patterns or ``$WEIGHTGUARD_ALLOWED_KEYS`` (e.g.
+    ``vault://transit/*``; a ``file://`` reference only if named exactly); see
+    :func:`weightguard._internal.keys.providers.choose_key_uri`.
     ``audit``: an :class:`~weightguard.audit.AuditLog` (default: from the environment).
     ``workers``: threads (default: cgroup-aware CPU count; more for S3).
     ``ring_bytes``: pinned host staging for CUDA loads (host memory bound): rounded up
@@ -887,6 +940,7 @@ def open_model(
         ring_bytes=ring_bytes,
         s3=s3,
         decrypt_on=decrypt_on,
+        allowed_keys=allowed_keys,
     )
 
 
@@ -903,6 +957,7 @@ def load_file(
     ring_bytes: int = DEFAULT_RING_BYTES,
     s3: S3Options | None = None,
     decrypt_on: str = "auto",
+    allowed_keys: Iterable[str] | str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Securely load every tensor: ``{name: tensor}`` like ``safetensors.torch.load_file``."""
     with open_model(
@@ -917,6 +972,7 @@ def load_file(
         ring_bytes=ring_bytes,
         s3=s3,
         decrypt_on=decrypt_on,
+        allowed_keys=allowed_keys,
     ) as handle:
         return handle.load()
 

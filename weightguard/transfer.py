@@ -3,8 +3,9 @@ default) and ``push_model`` (upload a release directory to S3).
 
 For inference servers that cannot call Python: the same one-pass pipeline as the
 loader, then each weight file is written back as the original safetensors file, mode
-0600, atomically (temp file + fsync + rename).  The destination must be on tmpfs/ramfs
-(checked with statfs) unless ``allow_disk`` is given, so plaintext weights never reach
+0600, all files named together only once every one verified (unnamed O_TMPFILE files
+linked into place; see :mod:`weightguard._internal.foundation.atomic`).  The destination
+must be on tmpfs/ramfs (checked with statfs) unless ``allow_disk`` is given, so plaintext weights never reach
 a disk by accident.  Other files of a model directory (config, tokenizer) are copied
 after checking them against the signature.
 """
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weightguard._internal.foundation.atomic import atomic_write
+from weightguard._internal.foundation.atomic import PendingFile, destination_error
+from weightguard._internal.foundation.names import safe_join
 from weightguard._internal.load.push import push_model
 from weightguard._internal.signing.hashing import whole_hasher
 from weightguard.errors import DestinationError, IntegrityError, UnsafeOptionRequired
@@ -65,9 +67,10 @@ def fetch_model(
     """Verify + decrypt ``source`` into ``dest``; every file 0600, all or nothing.
 
     Each weight file is streamed record by record (read once, digest-checked, decrypted
-    into a per-worker buffer, ``pwrite`` into a 0600 temporary file in ``dest``, buffer
-    zeroed), then fsynced and renamed.  On any failure every file this call wrote is
-    removed (and ``dest`` too if this call created it and it is empty).
+    into a per-worker buffer, ``pwrite`` into an unnamed 0600 file in ``dest``, buffer
+    zeroed); once every file verified they are fsynced and linked into place.  On any
+    failure nothing this call wrote keeps a name (and ``dest`` is removed too if this
+    call created it and it is empty).
     """
     from weightguard.loader import open_model
 
@@ -87,18 +90,28 @@ def fetch_model(
             "pass --allow-disk",
         )
     written: list[str] = []
+    pending: list[tuple[str, PendingFile]] = []
     made_dirs: list[Path] = []
     total = 0
     try:
         with open_model(source, "cpu", policy=policy, **options) as handle:
+            # Every file is written unnamed (O_TMPFILE where supported) and only named
+            # once the whole model verified: a failure or a SIGKILL midway leaves no
+            # plaintext file, complete or partial, under any name.
             for name in handle.files:
-                target = out / name
+                target = safe_join(out, name, str(source))
                 _mkdirs(target.parent, out, made_dirs)
                 size = handle._plain_size(name)
-                with atomic_write(target, mode=0o600, preallocate=size) as f:
-                    total += handle._stream_to(name, f.fileno())
+                pf = PendingFile(target, mode=0o600, preallocate=size)
+                pending.append((name, pf))
+                try:
+                    total += handle._stream_to(name, pf.fd)
+                except OSError as exc:
+                    raise destination_error(exc, target) from None
+            _copy_other_files(handle, out, pending, made_dirs)
+            for name, pf in pending:
+                pf.commit()
                 written.append(name)
-            _copy_other_files(handle, out, written, made_dirs)
             # The plaintext now sits in files: say where, next to the load.* events.
             handle._ctx.audit.emit(
                 "fetch",
@@ -107,6 +120,8 @@ def fetch_model(
                 memory_fs=not allow_disk or is_memory_fs(out),
             )
     except BaseException:
+        for _, pf in pending:
+            pf.discard()
         for name in written:
             with contextlib.suppress(OSError):
                 (out / name).unlink()
@@ -132,14 +147,17 @@ def _mkdirs(d: Path, root: Path, made: list[Path]) -> None:
         made.append(m)
 
 
-def _copy_other_files(handle: Any, out: Path, written: list[str], made: list[Path]) -> None:
-    """Copy the non-weight files of a model directory, checked against the signature."""
+def _copy_other_files(
+    handle: Any, out: Path, pending: list[tuple[str, PendingFile]], made: list[Path]
+) -> None:
+    """Stage the non-weight files of a model directory, checked against the signature."""
     loc = handle._location
     if not loc.is_dir:
         return
     signed = handle._signed_all or {}
+    staged = {name for name, _ in pending}
     for name in loc.names():
-        if name in written or name in ("model.sig",):
+        if name in staged or name in ("model.sig",):
             continue
         fd = signed.get(name)
         if fd is None and not handle._unsafe:
@@ -152,11 +170,11 @@ def _copy_other_files(handle: Any, out: Path, written: list[str], made: list[Pat
                 raise IntegrityError(
                     f"content differs from the signed {fd.resource_algorithm} digest", path=name
                 )
-        target = out / name
+        target = safe_join(out, name, loc.uri)
         _mkdirs(target.parent, out, made)
+        pf = PendingFile(target, mode=0o600)
+        pending.append((name, pf))
         try:
-            with atomic_write(target, mode=0o600) as f:
-                f.write(data)
-        except OSError as exc:  # pragma: no cover - atomic_write maps these
-            raise DestinationError(f"{target}: {exc.strerror}") from None
-        written.append(name)
+            pf.file.write(data)
+        except OSError as exc:
+            raise destination_error(exc, target) from None

@@ -37,3 +37,17 @@ def audit_option(f: F) -> F:
         metavar="DEST",
         help=AUDIT_LOG_HELP,
     )(f)
+
+
+ALLOW_KEY_HELP = (
+    "Key reference an artifact header may name, used without --key/--data-key "
+    "(shell pattern, e.g. 'vault://transit/*'; a file:// key only if named exactly). "
+    "Repeatable; adds to $WEIGHTGUARD_ALLOWED_KEYS."
+)
+
+
+def allow_key_option(f: F) -> F:
+    """Add ``--allow-key PATTERN`` (parameter ``allow_key: tuple[str, ...]``), repeatable."""
+    return click.option(
+        "--allow-key", "allow_key", multiple=True, metavar="PATTERN", help=ALLOW_KEY_HELP
+    )(f)

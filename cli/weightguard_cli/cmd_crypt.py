@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._audit_opt import allow_key_option, audit_option
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 
@@ -160,8 +160,9 @@ def encrypt(
     "--key",
     "key_uri",
     metavar="URI",
-    help="Where to find the key (default: the URI recorded in the artifact).",
+    help="Where to find the key (default: the URI recorded in the artifact, if allowed).",
 )
+@allow_key_option
 @click.option("--workers", type=click.IntRange(1, 256), help="Threads (default: usable CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @audit_option
@@ -169,6 +170,7 @@ def decrypt(
     src: Path,
     dst: Path,
     key_uri: str | None,
+    allow_key: tuple[str, ...],
     workers: int | None,
     as_json: bool,
     audit_log: str | None,
@@ -186,10 +188,12 @@ def decrypt(
         warnings.simplefilter("ignore", crypt.PlaintextWriteWarning)
         if src.is_dir():
             res = crypt.decrypt_model(src, dst, key_uri=key_uri, workers=workers,
-                                      progress=prog, audit=log)  # fmt: skip
+                                      progress=prog, audit=log,
+                                      allowed_keys=allow_key)  # fmt: skip
         else:
             res = crypt.decrypt_file(src, dst, key_uri=key_uri, workers=workers,
-                                     progress=prog, audit=log)  # fmt: skip
+                                     progress=prog, audit=log,
+                                     allowed_keys=allow_key)  # fmt: skip
     _print(res, as_json, lambda r: click.echo(f"decrypted {src} -> {dst}"))
 
 
@@ -205,8 +209,9 @@ def decrypt(
     "--key",
     "key_uri",
     metavar="URI",
-    help="Where to find the current key (default: the URI in the artifact).",
+    help="Where to find the current key (default: the URI in the artifact, if allowed).",
 )
+@allow_key_option
 @click.option("--context", metavar="MODEL_ID", help="New context (default: keep).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @audit_option
@@ -214,6 +219,7 @@ def rewrap(
     path: Path,
     to_uri: str | None,
     key_uri: str | None,
+    allow_key: tuple[str, ...],
     context: str | None,
     as_json: bool,
     audit_log: str | None,
@@ -222,7 +228,9 @@ def rewrap(
     from weightguard import crypt
 
     with _audit(audit_log) as log:
-        res = crypt.rewrap(path, to_uri, key_uri=key_uri, context=context, audit=log)
+        res = crypt.rewrap(
+            path, to_uri, key_uri=key_uri, context=context, audit=log, allowed_keys=allow_key
+        )
 
     def human(r: dict[str, Any]) -> None:
         for name, ch in r["files"].items():
@@ -236,13 +244,31 @@ def rewrap(
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Full header summary as JSON.")
 @click.option("--verify", is_flag=True, help="Unwrap the key and authenticate the header.")
-@click.option("--key", "key_uri", metavar="URI", help="Key URI for --verify (default: recorded).")
+@click.option(
+    "--key", "key_uri", metavar="URI", help="Key URI for --verify (default: recorded, if allowed)."
+)
+@allow_key_option
 @click.option("--max-tensors", default=20, show_default=True, help="Tensors listed (human output).")
-def inspect(path: Path, as_json: bool, verify: bool, key_uri: str | None, max_tensors: int) -> None:
+@audit_option
+def inspect(
+    path: Path,
+    as_json: bool,
+    verify: bool,
+    key_uri: str | None,
+    allow_key: tuple[str, ...],
+    max_tensors: int,
+    audit_log: str | None,
+) -> None:
     """Show an artifact's header: sizes, algorithms, key, and tensors unless hidden."""
     from weightguard import crypt
 
-    res = crypt.inspect(path, verify=verify, key_uri=key_uri)
+    if verify:
+        with _audit(audit_log) as log:
+            res = crypt.inspect(
+                path, verify=True, key_uri=key_uri, allowed_keys=allow_key, audit=log
+            )
+    else:
+        res = crypt.inspect(path)
 
     def one(info: dict[str, Any]) -> None:
         k = info["key"]

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._audit_opt import allow_key_option, audit_option
 from weightguard_cli._trust_opt import policy_from_options, trust_options
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,6 +30,7 @@ def _trust_options(f: F) -> F:
             metavar="URI",
             help="Key provider URI overriding the artifact's (vault://, awskms://, file://).",
         ),
+        allow_key_option,
         click.option("--workers", type=int, help="Worker threads (default: usable CPUs)."),
         audit_option,
     ]
@@ -45,6 +46,7 @@ def _common(opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     kwargs: dict[str, Any] = {
         "signature": opts["signature"],
         "key": opts["data_key"],
+        "allowed_keys": opts["allow_key"],
         "workers": opts["workers"],
         "audit": AuditLog.open(opts["audit_log"]),
     }

@@ -44,23 +44,30 @@ def test_cli_encrypt_inspect_rewrap_decrypt(tmp_path: Path, env: Path) -> None:
     res = r.invoke(cli, ["inspect", str(tmp_path / "m.enc")])
     assert res.exit_code == 0 and "layer.w  F32  [3000]" in res.stdout
     assert "NOT authenticated" in res.stdout
+    # the header's file:// key is used only when the caller names it
     res = r.invoke(cli, ["inspect", str(tmp_path / "m.enc"), "--verify", "--json"])
+    assert res.exit_code == 1 and "the caller names it" in str(res.exception)
+    res = r.invoke(cli, ["inspect", str(tmp_path / "m.enc"), "--verify", "--json",
+                         "--allow-key", f"file://{key}"])  # fmt: skip
     assert json.loads(res.stdout)["authenticated"] is True
 
     before = (tmp_path / "m.enc").read_bytes()
-    res = r.invoke(cli, ["rewrap", str(tmp_path / "m.enc"), "--to", f"file://{key2}"])
+    res = r.invoke(
+        cli, ["rewrap", str(tmp_path / "m.enc"), "--to", f"file://{key2}", "--key", f"file://{key}"]
+    )
     assert res.exit_code == 0, res.output
     assert f"file://{key} vNone -> file://{key2} vNone" in res.stdout
     after = (tmp_path / "m.enc").read_bytes()
     assert after[-12_100:] == before[-12_100:]
 
-    res = r.invoke(cli, ["decrypt", str(tmp_path / "m.enc"), "-o", str(tmp_path / "m.dec")])
+    res = r.invoke(cli, ["decrypt", str(tmp_path / "m.enc"), "-o", str(tmp_path / "m.dec"),
+                         "--key", f"file://{key2}"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "writing decrypted plaintext weights" in res.stderr
     assert (tmp_path / "m.dec").read_bytes() == src.read_bytes()
 
     events = [e["event"] for e in _events(env)]
-    assert events == ["encrypt", "rewrap", "decrypt"]
+    assert events == ["encrypt", "verify.failed", "rewrap", "decrypt"]
     assert key.read_text().strip() not in env.read_text()
 
 
@@ -78,7 +85,8 @@ def test_cli_model_dir_and_encrypt_header(tmp_path: Path, env: Path) -> None:
     res = r.invoke(cli, ["inspect", str(tmp_path / "enc")])
     assert "tensors:    hidden" in res.stdout and "secret" not in res.stdout
     assert "(raw)" in res.stdout  # config.json encrypted as raw content
-    res = r.invoke(cli, ["decrypt", str(tmp_path / "enc"), "-o", str(tmp_path / "dec")])
+    res = r.invoke(cli, ["decrypt", str(tmp_path / "enc"), "-o", str(tmp_path / "dec"),
+                         "--allow-key", f"file://{key}"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert (tmp_path / "dec" / "config.json").read_text() == "{}"
 

@@ -232,6 +232,7 @@ def test_unwritable_output_directory(
             raise PermissionError(errno.EACCES, "Permission denied")
 
         monkeypatch.setattr(atomic.tempfile, "mkstemp", deny)
+        monkeypatch.setattr(atomic, "USE_O_TMPFILE", False)
     with pytest.raises(DestinationError, match="permission denied"):
         crypt.encrypt_file(src, out / "m.enc", key)
     with pytest.raises(DestinationError, match="does not exist"):
@@ -271,7 +272,7 @@ def test_disk_full_midway_simulated(
     crypt.encrypt_file(src, tmp_path / "ok.enc", key)
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(DestinationError, match="no space left"):
-        crypt.decrypt_file(tmp_path / "ok.enc", tmp_path / "plain.safetensors")
+        crypt.decrypt_file(tmp_path / "ok.enc", tmp_path / "plain.safetensors", key_uri=key)
     assert not (tmp_path / "plain.safetensors").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".wgtmp")]
 

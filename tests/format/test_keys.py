@@ -235,7 +235,12 @@ def test_rewrap_file_to_vault_keeps_records(
     shard = enc / "model-00001-of-00002.safetensors"
     before = shard.read_bytes()
     h0 = crypt.inspect(shard)
-    crypt.rewrap(enc, f"vault://transit/{derived_key}", to_key_options={"client": openbao.client()})
+    crypt.rewrap(
+        enc,
+        f"vault://transit/{derived_key}",
+        key_uri=f"file://{key}",
+        to_key_options={"client": openbao.client()},
+    )
     after = shard.read_bytes()
     h1 = crypt.inspect(shard)
     assert h1["key"]["provider"] == "vault-transit" and h1["key"]["context"] == "tiny-model"

@@ -171,12 +171,20 @@ def test_vault_down(vault_model, sign_keys) -> None:
 def test_s3_storm_during_load(vault_model, sign_keys, s3_env) -> None:
     src, expected, _, _ = vault_model
     with FaultProxy(s3_env.endpoint) as proxy:
+        # The signature is now the first object read, and takes all four faults: enough
+        # attempts for one request to see them all.
+        storm = RetryPolicy(max_attempts=5, base_delay_s=0.01, max_delay_s=0.02)
         opts = S3Options(endpoint_url=proxy.endpoint, retry=FAST)
         proxy.fail_next = 2
         proxy.cut_next = 2
         proxy.cut_after = 3000
         audit, sink = memory_audit()
-        got = loader.load_file(src, policy=sign_keys.policy(), audit=audit, s3=opts)
+        got = loader.load_file(
+            src,
+            policy=sign_keys.policy(),
+            audit=audit,
+            s3=S3Options(endpoint_url=proxy.endpoint, retry=storm),
+        )
         assert_same(got, expected)
         assert proxy.injected_500 == 2 and proxy.injected_cuts == 2
         proxy.fail_forever = True

@@ -37,7 +37,9 @@ CHUNK = 4096
 
 
 @pytest.fixture
-def artifact(tmp_path: Path, file_key: str) -> Path:
+def artifact(tmp_path: Path, file_key: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # the caller allows this test key (the header's file:// reference alone is refused)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
     src = tmp_path / "plain.safetensors"
     write_st(src, MODEL_LAYOUT)
     d = tmp_path / "m"

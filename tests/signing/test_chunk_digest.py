@@ -44,6 +44,13 @@ from weightguard._internal.signing.hashing import (
 )
 from weightguard.errors import ConfigError, FormatError, IntegrityError
 
+
+@pytest.fixture(autouse=True)
+def _allow_test_key(file_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller names the test key file (a header's file:// reference alone is refused)."""
+    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+
+
 ALGORITHMS = [BLAKE3_CHUNKED, SHA256_CHUNKED]
 CHUNK = 4096
 

@@ -44,7 +44,7 @@ def _model(seed: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture()
-def keys(tmp_path: Path) -> dict[str, Path]:
+def keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -52,6 +52,8 @@ def keys(tmp_path: Path) -> dict[str, Path]:
     d.mkdir()
     kek = d / "kek.hex"
     crypt.create_key_file(kek)
+    # the caller names the test key file (a header's file:// reference alone is refused)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", f"file://{kek}")
     sk = ec.generate_private_key(ec.SECP256R1())
     priv, pub = d / "sign.pem", d / "sign.pub"
     priv.write_bytes(
@@ -161,6 +163,7 @@ class WriteSpy:
 def spy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WriteSpy]:
     s = WriteSpy(tmp_path)
     real_open, real_os_open, real_replace = builtins.open, os.open, os.replace
+    real_link = os.link
 
     def spy_open(file: Any, mode: str = "r", *a: Any, **k: Any) -> Any:
         if any(c in mode for c in "wax+"):
@@ -168,9 +171,17 @@ def spy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WriteSpy]:
         return real_open(file, mode, *a, **k)
 
     def spy_os_open(path: Any, flags: int, *a: Any, **k: Any) -> int:
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+        tmpfile = getattr(os, "O_TMPFILE", 0)
+        unnamed = bool(tmpfile) and flags & tmpfile == tmpfile  # no name: checked at link
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and not unnamed:
             s._note(path)
         return real_os_open(path, flags, *a, **k)
+
+    def spy_link(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+        real_link(src, dst, *a, **k)
+        dst_s = os.path.abspath(os.fspath(dst))
+        if s.active and dst_s.startswith(s.root):  # an unnamed file given its name
+            s.check_committed(dst_s)
 
     def spy_replace(src: Any, dst: Any, *a: Any, **k: Any) -> None:
         src_s = os.path.abspath(os.fspath(src))
@@ -183,6 +194,7 @@ def spy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WriteSpy]:
     monkeypatch.setattr(io, "open", spy_open)
     monkeypatch.setattr(os, "open", spy_os_open)
     monkeypatch.setattr(os, "replace", spy_replace)
+    monkeypatch.setattr(os, "link", spy_link)
     yield s
 
 

@@ -20,12 +20,15 @@ only when a provider is used.
 from __future__ import annotations
 
 import base64
+import errno
+import fnmatch
 import hashlib
 import hmac
 import os
 import re
+import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -42,12 +45,15 @@ from weightguard.errors import (
 )
 
 __all__ = [
+    "ALLOWED_KEYS_ENV",
     "DATA_KEY_SIZE",
     "AwsKmsProvider",
     "FileKeyProvider",
     "KeyProvider",
     "VaultTransitProvider",
     "WrappedKey",
+    "allowed_key_patterns",
+    "choose_key_uri",
     "create_key_file",
     "provider_for",
     "validate_context",
@@ -58,6 +64,89 @@ MAX_CONTEXT_LEN = 512
 _FILE_WRAP_AAD = b"weightguard/v1 file-wrap\x00"
 _FILE_KID_LABEL = b"weightguard/v1 key id"
 _VAULT_VERSION = re.compile(r"^vault:v(\d+):")
+ALLOWED_KEYS_ENV = "WEIGHTGUARD_ALLOWED_KEYS"
+MAX_KEY_FILE = 4096  # 32 raw bytes or 64 hex digits plus whitespace; anything else is wrong
+_KEY_URI_CHARS = re.compile(r"^[A-Za-z0-9._~:/@+=,*-]+$")
+
+
+# --------------------------------------------------------------------------- key choice
+#
+# The wrapped-key reference in an artifact header cannot be authenticated before the
+# key is known (the MAC needs the data key), so it is attacker-controlled input.  The
+# caller decides which references may be used; the header only picks among them.
+
+
+def allowed_key_patterns(allowed: Iterable[str] | str | None = None) -> tuple[str, ...]:
+    """The caller's allow-list: ``allowed`` plus ``$WEIGHTGUARD_ALLOWED_KEYS``.
+
+    The variable holds patterns separated by commas or whitespace.  Patterns are
+    shell-style (``vault://transit/*``, ``awskms://alias/models-*``); a ``file://``
+    entry only ever matches the identical URI (a wildcard would let an artifact pick
+    any file the process can read).
+    """
+    out: list[str] = []
+    if isinstance(allowed, str):
+        allowed = [allowed]
+    for p in allowed or ():
+        if not isinstance(p, str) or not p.strip():
+            raise ConfigError("an allowed key pattern must be a non-empty string")
+        out.append(p.strip())
+    env = os.environ.get(ALLOWED_KEYS_ENV, "")
+    out.extend(p for p in re.split(r"[\s,]+", env) if p)
+    return tuple(out)
+
+
+def _matches(uri: str, pattern: str) -> bool:
+    if pattern.startswith("file://") or uri.startswith("file://"):
+        return hmac.compare_digest(uri.encode(), pattern.encode())
+    return fnmatch.fnmatchcase(uri, pattern)
+
+
+def choose_key_uri(
+    header_uri: str,
+    *,
+    key: str | None = None,
+    allowed: Iterable[str] | str | None = None,
+    where: str = "the artifact",
+) -> str:
+    """The key URI to use for an artifact whose header names ``header_uri``.
+
+    ``key`` (the caller's explicit choice) always wins.  Otherwise the header's
+    reference is used only if the caller allows it: it must match a pattern of
+    :func:`allowed_key_patterns`; with no patterns configured, ``vault://`` and
+    ``awskms://`` references are allowed (they reach only the caller's configured
+    server with the caller's credentials) and ``file://`` ones never are.  Refusals
+    are :class:`KeyAccessDenied` before any provider is contacted.
+    """
+    if key is not None:
+        return key
+    shown = repr(header_uri[:200]) if isinstance(header_uri, str) else "a non-string"
+    hint = (
+        "name the key yourself (--key URI, key=...), or allow it with --allow-key PATTERN "
+        f"or {ALLOWED_KEYS_ENV}"
+    )
+    if (
+        not isinstance(header_uri, str)
+        or not _KEY_URI_CHARS.match(header_uri)
+        or "/../" in header_uri + "/"
+        or "/./" in header_uri + "/"
+    ):
+        raise KeyAccessDenied(f"{where} names key {shown}, which is not a valid key URI", hint=hint)
+    patterns = allowed_key_patterns(allowed)
+    if any(_matches(header_uri, p) for p in patterns):
+        return header_uri
+    if header_uri.startswith("file://"):
+        raise KeyAccessDenied(
+            f"{where} names key file {shown}; a key file is used only when the caller names it",
+            hint=hint,
+        )
+    if not patterns and header_uri.startswith(("vault://", "awskms://")):
+        return header_uri
+    raise KeyAccessDenied(
+        f"{where} names key {shown}, which is not in the allowed keys "
+        f"({', '.join(patterns)[:300] or 'none'})",
+        hint=hint,
+    )
 
 
 @dataclass(frozen=True)
@@ -175,10 +264,45 @@ class FileKeyProvider(_BaseProvider):
                 "not for production (use vault:// or awskms://)\n"
             )
 
+    def _read_bounded(self) -> bytearray:
+        """The key file's bytes: a regular file of at most MAX_KEY_FILE bytes.
+
+        O_NONBLOCK so that opening a FIFO does not wait for a writer; fstat on the open
+        descriptor (not the name) so that the check and the read see the same file.
+        """
+        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        flags |= getattr(os, "O_NOCTTY", 0)
+        fd = os.open(self.path, flags)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise KeyProviderError(
+                    f"key file {self.path} is not a regular file",
+                    hint="point the key URI at a regular file holding the 32-byte key",
+                )
+            if st.st_size > MAX_KEY_FILE:
+                raise KeyProviderError(
+                    f"key file {self.path} is {st.st_size} bytes; a key file holds 32 bytes "
+                    "(raw or 64 hex digits)"
+                )
+            data = bytearray()
+            while len(data) <= MAX_KEY_FILE:
+                try:
+                    chunk = os.read(fd, MAX_KEY_FILE + 1 - len(data))
+                except BlockingIOError:  # pragma: no cover - regular files do not block
+                    raise OSError(errno.EAGAIN, "would block") from None
+                if not chunk:
+                    return data
+                data += chunk
+            wipe(data)
+            raise KeyProviderError(f"key file {self.path} grew past {MAX_KEY_FILE} bytes")
+        finally:
+            os.close(fd)
+
     def _load(self) -> bytearray:
         self._warn()
         try:
-            data = bytearray(self.path.read_bytes())
+            data = self._read_bounded()
         except FileNotFoundError:
             raise KeyUnavailableError(
                 f"key file {self.path} does not exist",

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from weightguard._internal.foundation.names import safe_join, safe_relative_name
 from weightguard.errors import DependencyMissing, SourceError, TruncatedError
 
 if TYPE_CHECKING:
@@ -453,7 +454,8 @@ class Location:
                 for f in files:
                     full = Path(root) / f
                     if full.is_file() and not f.startswith("."):
-                        out.append(full.relative_to(self.local_path).as_posix())
+                        rel = full.relative_to(self.local_path).as_posix()
+                        out.append(safe_relative_name(rel, self.uri))
             return sorted(out)
         assert self._listing is not None
         return sorted(self._listing)
@@ -479,11 +481,10 @@ class Location:
             if name != self.local_path.name:
                 return self.local_path.parent / name  # sibling (e.g. model.safetensors.sig)
             return self.local_path
-        if name.startswith("/") or ".." in Path(name).parts:
-            raise SourceError(f"{self.uri}: refusing path {name!r} outside the model")
-        return self.local_path / name
+        return safe_join(self.local_path, name, self.uri)
 
     def _s3_key(self, name: str) -> str:
+        safe_relative_name(name, self.uri)
         if not self.is_dir:
             base = self.prefix.rsplit("/", 1)
             return name if len(base) == 1 else f"{base[0]}/{name}"
@@ -581,7 +582,12 @@ def open_location(source: str | os.PathLike[str], *, s3: S3Options | None = None
         for obj in _s3_list(client, bucket, key, options.retry):
             rel = str(obj["Key"])[len(key) :]
             if rel and not rel.endswith("/"):
-                listing[rel] = (int(obj["Size"]), obj.get("ETag"))
+                # A hostile bucket can hold keys like "../../x": refuse the whole listing
+                # rather than skip, so nothing downstream sees a partial model.
+                listing[safe_relative_name(rel, f"listing of {text}")] = (
+                    int(obj["Size"]),
+                    obj.get("ETag"),
+                )
         if not listing:
             raise SourceError(f"{text}: no such object or prefix", hint="check the bucket and key")
         return Location(

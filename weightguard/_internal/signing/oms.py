@@ -105,28 +105,18 @@ def subject_digest(digests: list[bytes]) -> bytes:
 
 
 def validate_resource_name(name: object, where: str, *, single_file_ok: bool = True) -> str:
-    """A resource name must be a plain relative POSIX path inside the model."""
-    if not isinstance(name, str) or not name:
-        raise FormatError(f"{where}: resource name must be a non-empty string")
-    if len(name) > MAX_NAME_LEN:
-        raise FormatError(f"{where}: resource name longer than {MAX_NAME_LEN} characters")
+    """A resource name must be a plain relative POSIX path inside the model.
+
+    ``"."`` (a single-file model) is the one addition to the shared rule in
+    :func:`weightguard._internal.foundation.names.safe_relative_name`.
+    """
+    from weightguard._internal.foundation.names import safe_relative_name
+
     if name == ".":
         if single_file_ok:
             return name
         raise FormatError(f"{where}: resource name '.' is only valid for a single-file model")
-    if "\\" in name:
-        raise FormatError(f"{where}: resource name {name!r} contains a backslash")
-    if "\x00" in name or any(ord(c) < 0x20 for c in name):
-        raise FormatError(f"{where}: resource name {name!r} contains control characters")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise FormatError(f"{where}: resource name {name!r} is an absolute path")
-    parts = name.split("/")
-    for p in parts:
-        if p in ("", ".", ".."):
-            raise FormatError(
-                f"{where}: resource name {name!r} has an empty, '.' or '..' component"
-            )
-    return name
+    return safe_relative_name(name, where)
 
 
 def _b64decode(value: object, where: str, *, max_len: int = MAX_BUNDLE_BYTES) -> bytes:
