@@ -5,9 +5,9 @@ For inference servers that cannot call Python: the same one-pass pipeline as the
 loader, then each weight file is written back as the original safetensors file, mode
 0600, all files named together only once every one verified (unnamed O_TMPFILE files
 linked into place; see :mod:`weightguard._internal.foundation.atomic`).  The destination
-must be on tmpfs/ramfs (checked with statfs) unless ``allow_disk`` is given, so plaintext weights never reach
-a disk by accident.  Other files of a model directory (config, tokenizer) are copied
-after checking them against the signature.
+must be on tmpfs/ramfs (checked with statfs) unless ``allow_disk`` is given, so plaintext
+weights never reach a disk by accident.  Other files of a model directory (config,
+tokenizer) are copied after checking them against the signature.
 """
 
 from __future__ import annotations
