@@ -41,6 +41,7 @@ from weightguard.errors import (
     ConfigError,
     CoverageError,
     DependencyMissing,
+    DestinationError,
     FormatError,
     IntegrityError,
     KeyProviderError,
@@ -66,6 +67,7 @@ __all__ = [
     "SigstoreSigner",
     "VaultTransitSigner",
     "VerifiedManifest",
+    "create_signing_key",
     "sign_model",
     "vault_key_policy",
     "vault_public_keys",
@@ -258,6 +260,61 @@ class Signer(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
+
+
+SIGNING_CURVES = ("P-256", "P-384", "P-521")
+
+
+def create_signing_key(
+    private_path: str | os.PathLike[str],
+    public_path: str | os.PathLike[str] | None = None,
+    *,
+    curve: str = "P-256",
+) -> str:
+    """Write a new EC signing key pair: private PKCS#8 PEM (0600), public PEM
+    (``<private>.pub`` by default, 0644); return the key fingerprint ``sign`` prints.
+
+    Neither file is replaced: an existing path is refused before anything is written.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from weightguard._internal.atomic import atomic_write
+    from weightguard._internal.oms import key_fingerprint
+
+    curves = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
+    if curve not in curves:
+        raise ConfigError(f"curve {curve!r} is not supported", hint="use P-256, P-384 or P-521")
+    pub_path = Path(public_path) if public_path is not None else Path(f"{private_path}.pub")
+    for p in (Path(private_path), pub_path):
+        if p.exists():
+            raise DestinationError(f"{p} already exists", hint="choose another path or remove it")
+    key = ec.generate_private_key(curves[curve]())
+    pem = bytearray(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    try:
+        with atomic_write(private_path, mode=0o600, overwrite=False) as f:
+            f.write(pem)
+    finally:
+        _wipe(pem)
+    public = key.public_key()
+    try:
+        with atomic_write(pub_path, mode=0o644, overwrite=False) as f:
+            f.write(
+                public.public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
+    except BaseException:
+        # A private key whose public half was never written is of no use: remove it.
+        Path(private_path).unlink(missing_ok=True)
+        raise
+    return key_fingerprint(public)
 
 
 def _ec_sign(private_key: Any, data: bytes) -> bytes:

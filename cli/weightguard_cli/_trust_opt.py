@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from weightguard.errors import ConfigError
+from weightguard_cli._renamed import renamed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,21 +33,24 @@ TRUST_KEYS = (
 
 def trust_options(f: F) -> F:
     """Add the trust-anchor options to a click command."""
+    pem = click.Path(exists=True, dir_okay=False)
     opts = [
         click.option(
-            "--key",
+            "--trust-key",
             "keys",
             multiple=True,
-            type=click.Path(exists=True, dir_okay=False),
+            type=pem,
             help="Trusted EC public key PEM of the signer (repeatable: any of).",
         ),
+        renamed("--key", "--trust-key", "keys", multiple=True, type=pem),
         click.option(
-            "--cert-chain",
+            "--trust-chain",
             "cert_chain",
             multiple=True,
-            type=click.Path(exists=True, dir_okay=False),
+            type=pem,
             help="Trusted root CA PEM; further files are intermediates.",
         ),
+        renamed("--cert-chain", "--trust-chain", "cert_chain", multiple=True, type=pem),
         click.option("--vault-key", metavar="URI", help="Vault Transit signing key trusted."),
         click.option("--identity", help="Sigstore certificate identity (email or URI)."),
         click.option("--issuer", help="Sigstore OIDC issuer URL."),

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._renamed import renamed
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 
@@ -73,12 +74,13 @@ def _gib(n: int) -> str:
     help="Output file (for a file) or new directory (for a model directory).",
 )
 @click.option(
-    "--key",
+    "--data-key",
     "key_uri",
-    required=True,
     metavar="URI",
-    help="vault://<transit-mount>/<key>, awskms://<key-id-or-arn> or file://<path>.",
+    help="Required. Key that wraps the data key: vault://<transit-mount>/<key>, "
+    "awskms://<key-id-or-arn> or file://<path> (dev: `weightguard keys create`).",
 )
+@renamed("--key", "--data-key", "key_uri", required=True)
 @click.option(
     "--chunk-size",
     default="4MiB",
@@ -157,11 +159,12 @@ def encrypt(
     help="Plaintext output file or new directory.",
 )
 @click.option(
-    "--key",
+    "--data-key",
     "key_uri",
     metavar="URI",
     help="Where to find the key (default: the URI recorded in the artifact).",
 )
+@renamed("--key", "--data-key", "key_uri")
 @click.option("--workers", type=click.IntRange(1, 256), help="Threads (default: usable CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @audit_option
@@ -196,17 +199,19 @@ def decrypt(
 @click.command("rewrap")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option(
-    "--to",
+    "--new-data-key",
     "to_uri",
     metavar="URI",
     help="New key URI (default: same key, latest version, e.g. after rotation).",
 )
+@renamed("--to", "--new-data-key", "to_uri")
 @click.option(
-    "--key",
+    "--data-key",
     "key_uri",
     metavar="URI",
     help="Where to find the current key (default: the URI in the artifact).",
 )
+@renamed("--key", "--data-key", "key_uri")
 @click.option("--context", metavar="MODEL_ID", help="New context (default: keep).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @audit_option
@@ -236,7 +241,10 @@ def rewrap(
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Full header summary as JSON.")
 @click.option("--verify", is_flag=True, help="Unwrap the key and authenticate the header.")
-@click.option("--key", "key_uri", metavar="URI", help="Key URI for --verify (default: recorded).")
+@click.option(
+    "--data-key", "key_uri", metavar="URI", help="Key URI for --verify (default: recorded)."
+)
+@renamed("--key", "--data-key", "key_uri")
 @click.option("--max-tensors", default=20, show_default=True, help="Tensors listed (human output).")
 def inspect(path: Path, as_json: bool, verify: bool, key_uri: str | None, max_tensors: int) -> None:
     """Show an artifact's header: sizes, algorithms, key, and tensors unless hidden."""

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._renamed import renamed
 from weightguard_cli._trust_opt import policy_from_options, trust_options
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,15 +56,24 @@ def _common(opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 @click.argument("source")
 @_trust_options
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
-@click.option("--check", is_flag=True, help="Full verify + decrypt pass; keep nothing.")
+# `load` always was the dry run `--check` described (verify, decrypt, keep nothing):
+# the flag stays one release, hidden, so old scripts keep working.
+@click.option("--check", is_flag=True, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def load(source: str, device: str, check: bool, as_json: bool, **opts: Any) -> None:
-    """Securely load SOURCE (file, directory or s3:// URI): verify, decrypt, discard.
+    """Securely load SOURCE (file, directory or s3:// URI) onto --device: verify every
+    byte against the signature, decrypt, then discard.  A preflight for a pod (keys,
+    policy, device memory, throughput) and an integrity check of a stored copy.
 
     Exit status 0 only if every byte verified and decrypted.
     """
     from weightguard.loader import load_file
 
+    if check:
+        click.echo(
+            "warning: --check is deprecated: load always verifies, decrypts and keeps nothing",
+            err=True,
+        )
     policy, kwargs = _common(opts)
     audit = kwargs["audit"]
     t0 = time.monotonic()
@@ -80,16 +90,24 @@ def load(source: str, device: str, check: bool, as_json: bool, **opts: Any) -> N
     if as_json:
         out = {"ok": True, "source": source, "tensors": n, "bytes": nbytes, "seconds": dt}
         click.echo(json.dumps(out))
-    elif not check:
-        click.echo(f"ok: {n} tensors, {nbytes / 1e9:.3f} GB in {dt:.2f} s from {source}")
     else:
-        click.echo(f"ok: {source} verified and decrypted ({n} tensors)")
+        click.echo(f"ok: {n} tensors, {nbytes / 1e9:.3f} GB in {dt:.2f} s from {source}")
 
 
 @click.command("fetch")
 @click.argument("source")
 @click.option(
-    "--to", "dest", required=True, type=click.Path(file_okay=False), help="Output directory."
+    "-o",
+    "--output",
+    "dest",
+    type=click.Path(file_okay=False),
+    help="Required. Output directory (tmpfs); it must be empty unless --replace.",
+)
+@renamed("--to", "--output", "dest", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace what the output directory holds (removed once the model is in place).",
 )
 @click.option(
     "--allow-disk",
@@ -98,14 +116,19 @@ def load(source: str, device: str, check: bool, as_json: bool, **opts: Any) -> N
 )
 @_trust_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def fetch(source: str, dest: str, allow_disk: bool, as_json: bool, **opts: Any) -> None:
-    """Verify and decrypt SOURCE into DIR (tmpfs) for servers that cannot call Python."""
+def fetch(
+    source: str, dest: str, replace: bool, allow_disk: bool, as_json: bool, **opts: Any
+) -> None:
+    """Verify and decrypt SOURCE into a directory (tmpfs) for servers that cannot call
+    Python."""
     from weightguard._internal.load_fetch import fetch_model
 
     policy, kwargs = _common(opts)
     audit = kwargs["audit"]
     try:
-        res = fetch_model(source, dest, policy=policy, allow_disk=allow_disk, **kwargs)
+        res = fetch_model(
+            source, dest, policy=policy, allow_disk=allow_disk, replace=replace, **kwargs
+        )
     finally:
         audit.close()
     if as_json:

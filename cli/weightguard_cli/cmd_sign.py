@@ -12,6 +12,7 @@ import click
 
 from weightguard.errors import ConfigError
 from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._renamed import renamed
 from weightguard_cli._trust_opt import policy_from_options, trust_options
 
 
@@ -35,12 +36,28 @@ def _password(var: str | None) -> bytearray | None:
     return bytearray(value.encode("utf-8"))
 
 
+def _default_signature(model: str) -> str:
+    """Where load, fetch and verify look when --signature is not given."""
+    return os.path.join(model, "model.sig") if os.path.isdir(model) else model + ".sig"
+
+
+_PEM = click.Path(exists=True, dir_okay=False)
+
+
 @click.command("sign")
 @click.argument("model", type=click.Path(exists=True, path_type=str))
-@click.option("--signature", required=True, type=click.Path(path_type=str), help="Bundle to write.")
 @click.option(
-    "--key", "key", type=click.Path(exists=True, dir_okay=False), help="EC private key PEM."
+    "--signature",
+    type=click.Path(path_type=str),
+    help="Bundle to write (default: model.sig in a directory, <file>.sig for a file).",
 )
+@click.option(
+    "--signing-key",
+    "key",
+    type=_PEM,
+    help="EC private key PEM (P-256/384/521; create one with `weightguard keys create`).",
+)
+@renamed("--key", "--signing-key", "key", type=_PEM)
 @click.option(
     "--password-env", metavar="VAR", help="Environment variable holding the key password."
 )
@@ -90,7 +107,7 @@ def _password(var: str | None) -> bytearray | None:
 @audit_option
 def sign(
     model: str,
-    signature: str,
+    signature: str | None,
     key: str | None,
     password_env: str | None,
     cert: str | None,
@@ -120,12 +137,13 @@ def sign(
     modes = sum([key is not None and cert is None, cert is not None, bool(vault_key), sigstore])
     if modes != 1:
         raise click.UsageError(
-            "choose exactly one of --key, --cert/--cert-chain/--key, --vault-key, --sigstore"
+            "choose exactly one signer: --signing-key, --cert with --signing-key, "
+            "--vault-key or --sigstore"
         )
     signer: Signer
     if cert is not None:
         if key is None:
-            raise click.UsageError("--cert needs --key (the certificate's private key)")
+            raise click.UsageError("--cert needs --signing-key (the certificate's private key)")
         pw = _password(password_env)
         signer = CertificateSigner.from_files(key, cert, cert_chain, pw)
     elif key is not None:
@@ -134,6 +152,8 @@ def sign(
         signer = VaultTransitSigner(vault_key)
     else:
         signer = SigstoreSigner(identity_token, staging=sigstore_staging)
+    if signature is None:
+        signature = _default_signature(model)
     with _audit(audit_log) as audit:
         result = sign_model(
             model,
@@ -168,7 +188,11 @@ def sign(
 
 @click.command("verify")
 @click.argument("model", type=click.Path(exists=True, path_type=str))
-@click.option("--signature", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False),
+    help="Signature bundle (default: model.sig in a directory, <file>.sig for a file).",
+)
 @trust_options
 @click.option(
     "--allow-unsigned",
@@ -182,7 +206,7 @@ def sign(
 @audit_option
 def verify(
     model: str,
-    signature: str,
+    signature: str | None,
     allow_unsigned: tuple[str, ...],
     allow_symlinks: bool,
     as_json: bool,
@@ -193,6 +217,8 @@ def verify(
     from weightguard.signing import verify_bundle
 
     policy = policy_from_options(trust)
+    if signature is None:
+        signature = _default_signature(model)
     with _audit(audit_log) as audit:
         m = verify_bundle(
             model,

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._renamed import renamed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,7 +67,8 @@ KEY_HELP = (
 @watermark.command("embed")
 @click.argument("model", type=click.Path(exists=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Marked copy to write.")
-@click.option("--key", "key_ref", required=True, metavar="KEYREF", help=KEY_HELP)
+@click.option("--watermark-key", "key_ref", metavar="KEYREF", help="Required. " + KEY_HELP)
+@renamed("--key", "--watermark-key", "key_ref", required=True)
 @click.option(
     "--alpha",
     type=float,
@@ -172,13 +174,13 @@ def _load_options(
 @watermark.command("check")
 @click.argument("suspect", type=click.Path(exists=True))
 @click.option(
-    "--key",
+    "--watermark-key",
     "key_refs",
-    required=True,
     multiple=True,
     metavar="KEYREF",
-    help=KEY_HELP + " Repeat to test several keys (threshold corrected).",
+    help="Required. " + KEY_HELP + " Repeat to test several keys (threshold corrected).",
 )
+@renamed("--key", "--watermark-key", "key_refs", required=True, multiple=True)
 @click.option(
     "--original",
     type=click.Path(exists=True),

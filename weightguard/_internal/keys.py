@@ -182,7 +182,7 @@ class FileKeyProvider(_BaseProvider):
         except FileNotFoundError:
             raise KeyUnavailableError(
                 f"key file {self.path} does not exist",
-                hint="create one with `weightguard.crypt.create_key_file(path)` or fix the URI",
+                hint="create one with `weightguard keys create --data-key PATH`, or fix the URI",
             ) from None
         except PermissionError:
             raise KeyAccessDenied(f"cannot read key file {self.path}: permission denied") from None
@@ -199,7 +199,7 @@ class FileKeyProvider(_BaseProvider):
                     pass
             raise KeyProviderError(
                 f"key file {self.path} must hold 32 bytes (raw or 64 hex digits)",
-                hint="create one with `weightguard.crypt.create_key_file(path)`",
+                hint="create one with `weightguard keys create --data-key PATH`",
             )
         finally:
             wipe(data)

@@ -58,6 +58,7 @@ def fetch_model(
     *,
     policy: Any,
     allow_disk: bool = False,
+    replace: bool = False,
     **options: Any,
 ) -> FetchResult:
     """Verify + decrypt ``source`` into ``dest``; every file 0600, all or nothing.
@@ -66,11 +67,21 @@ def fetch_model(
     into a per-worker buffer, ``pwrite`` into a 0600 temporary file in ``dest``, buffer
     zeroed), then fsynced and renamed.  On any failure every file this call wrote is
     removed (and ``dest`` too if this call created it and it is empty).
+
+    A ``dest`` that already holds files is refused unless ``replace``: a model mixed
+    with another's files would be served as one.  With ``replace`` what was there and
+    is not part of this model is removed once the new files are all in place.
     """
     from weightguard.loader import open_model
 
     out = Path(dest)
     created = not out.exists()
+    before = _existing_files(out)
+    if out.is_dir() and any(out.iterdir()) and not replace:
+        raise DestinationError(
+            f"{out} is not empty: the model would be mixed with what is there",
+            hint="use an empty directory, or pass --replace",
+        )
     try:
         out.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
@@ -97,6 +108,7 @@ def fetch_model(
                     total += handle._stream_to(name, f.fileno())
                 written.append(name)
             _copy_other_files(handle, out, written, made_dirs)
+            _remove_stale(out, before, written)
             # The plaintext now sits in files: say where, next to the load.* events.
             handle._ctx.audit.emit(
                 "fetch",
@@ -116,6 +128,30 @@ def fetch_model(
                 out.rmdir()
         raise
     return FetchResult(str(out), written, total)
+
+
+def _existing_files(d: Path) -> list[str]:
+    """Every entry under ``d`` that is not a directory (symlinks included), relative."""
+    if not d.is_dir():
+        return []
+    found: list[str] = []
+    for root, dirs, files in os.walk(d):
+        links = [x for x in dirs if os.path.islink(os.path.join(root, x))]
+        found += [os.path.relpath(os.path.join(root, n), d) for n in (*files, *links)]
+    return sorted(found)
+
+
+def _remove_stale(out: Path, before: list[str], written: list[str]) -> None:
+    """Remove what ``replace`` replaces: the old contents that were not rewritten now."""
+    keep = set(written)
+    for name in before:
+        if name not in keep:
+            with contextlib.suppress(OSError):
+                (out / name).unlink()
+    for root, dirs, _ in os.walk(out, topdown=False):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                (Path(root) / d).rmdir()  # only empty ones go
 
 
 def _mkdirs(d: Path, root: Path, made: list[Path]) -> None:

@@ -557,9 +557,12 @@ def ec_hash(public_key: Any, where: str) -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        # The class name would say "Ed25519PublicKey" even about a private key file.
+        kind = type(public_key).__name__.removesuffix("PublicKey") or "unknown"
         raise FormatError(
-            f"{where}: key is {type(public_key).__name__}, not an EC key",
-            hint="OMS signatures use ECDSA P-256, P-384 or P-521 keys",
+            f"{where} holds an {kind} key, not an EC (ECDSA) key",
+            hint="OMS signatures use ECDSA P-256, P-384 or P-521 keys; create one with "
+            "`weightguard keys create --signing-key FILE`",
         )
     name = _CURVE_HASH.get(public_key.curve.name)
     if name is None:
