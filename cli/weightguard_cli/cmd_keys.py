@@ -37,7 +37,8 @@ def keys() -> None:
     "--signing-key",
     "signing_key",
     metavar="PATH",
-    help="Write a new EC signing key pair: PATH (private PEM, mode 0600) and its public key (NAME.pem -> NAME.pub).",
+    help="Write a new EC signing key pair: PATH (private PEM, mode 0600) and its "
+    "public key (NAME.pem -> NAME.pub).",
 )
 @click.option(
     "--public",
