@@ -160,7 +160,7 @@ def test_wrong_key_and_wrong_curve(signed: dict[str, Any]) -> None:
     tmp = signed["tmp"]
     write_key(tmp, "other256")
     write_key(tmp, "other384", "p384")
-    with pytest.raises(PolicyError, match=r"publicKey\.hint .* does not match key sha256:"):
+    with pytest.raises(PolicyError, match=r"was signed with another key, not sha256:[0-9a-f]{64} "):
         verify_bundle(signed["model"], signed["sig"], PublicKey.from_file(tmp / "other256.pub"))
     # without the hint, the signature check itself names key and curve
     _edit_bundle(signed["sig"], lambda d: d["verificationMaterial"]["publicKey"].pop("hint"))

@@ -59,6 +59,11 @@ def _print(obj: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]],
         human(obj)
 
 
+def _key(k: dict[str, Any]) -> str:
+    """URI and version of a key; a key file has no version, so none is shown."""
+    return k["uri"] if k.get("key_version") is None else f"{k['uri']} v{k['key_version']}"
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
@@ -137,12 +142,12 @@ def encrypt(
         if "files" in r:
             n = sum(1 for v in r["files"].values() if v != "copied")
             click.echo(f"encrypted {n} file(s), {_gib(r['bytes'])} -> {dst} "
-                       f"(key {r['key']['uri']} v{r['key']['key_version']}, "
+                       f"(key {_key(r['key'])}, "
                        f"context {r['key']['context']!r}, {r['seconds']:.1f} s)")  # fmt: skip
         else:
             k = r["key"]
             click.echo(f"encrypted {src} -> {dst}: {r['num_chunks']} chunks of "
-                       f"{r['chunk_size']} bytes, key {k['uri']} v{k['key_version']}, "
+                       f"{r['chunk_size']} bytes, key {_key(k)}, "
                        f"context {k['context']!r}")  # fmt: skip
 
     _print(res, as_json, human)
@@ -232,7 +237,7 @@ def rewrap(
     def human(r: dict[str, Any]) -> None:
         for name, ch in r["files"].items():
             a, b = ch["from"], ch["to"]
-            click.echo(f"{name}: {a['uri']} v{a['key_version']} -> {b['uri']} v{b['key_version']}")
+            click.echo(f"{name}: {_key(a)} -> {_key(b)}")
 
     _print(res, as_json, human)
 
@@ -255,7 +260,8 @@ def inspect(path: Path, as_json: bool, verify: bool, key_uri: str | None, max_te
     def one(info: dict[str, Any]) -> None:
         k = info["key"]
         click.echo(f"{info['path']}: weightguard artifact v{info['version']} ({info['content']})")
-        click.echo(f"  key:        {k['uri']} ({k['provider']}) version {k['key_version']}, "
+        version = "" if k.get("key_version") is None else f" version {k['key_version']}"
+        click.echo(f"  key:        {k['uri']} ({k['provider']}){version}, "
                    f"context {k['context']!r}")  # fmt: skip
         click.echo(f"  algorithms: {info['algorithms']['aead']}, {info['algorithms']['kdf']}, "
                    f"{info['algorithms']['mac']}")  # fmt: skip

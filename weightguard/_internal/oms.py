@@ -638,9 +638,11 @@ class Evidence:
             algo = ec_hash(public_key, f"{self.path}: verification key {fp}")
             hint = self.bundle.key_hint
             if check_hint and hint is not None and hint != key_hint(public_key):
+                # The hint is model-signing's hash of the PEM text: shown, it would look
+                # like a fingerprint in another format than the one `sign` prints.
                 raise FormatError(
-                    f"{self.path}: verificationMaterial.publicKey.hint "
-                    f"{hint[:16]}... does not match key {fp} ({curve_label(public_key)})",
+                    f"{self.path} was signed with another key, not {fp} "
+                    f"({curve_label(public_key)})",
                     hint="the model was signed with a different key",
                 )
             check_der_signature(self.bundle.signature, public_key, where)
