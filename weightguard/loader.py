@@ -222,15 +222,15 @@ def _verify_signature(
             if not local.is_file():
                 raise VerificationError(
                     f"{loc.uri}: no signature found (looked for {local})",
-                    hint="pass signature=..., sign the model with `weightguard sign`, or use "
-                    "policy=UnsafeNoVerification() to load it unverified",
+                    hint="sign the model (`weightguard sign`), give the bundle's path "
+                    "(--signature), or load it unverified (--unsafe-no-verification)",
                 )
             sig_path, sig_bytes = local, None
         else:
             if not loc.sibling_exists(default):
                 raise VerificationError(
                     f"{loc.uri}: no signature {default} next to the model",
-                    hint="push the signature with the model, or pass signature=",
+                    hint="push the signature with the model, or give its path (--signature)",
                 )
             sig_bytes = loc.read_small(default, limit=64 * 1024 * 1024)
             sig_path = Path()

@@ -456,7 +456,7 @@ def vault_public_keys(uri: str, *, client: Any = None) -> list[tuple[int, bytes]
 
     mount, name = _parse_vault_uri(uri)
     c = _vault(client)
-    with vault_errors(f"reading the Transit key {uri}"):
+    with vault_errors(f"reading the Transit key {uri}", client=c):
         data = c.secrets.transit.read_key(name=name, mount_point=mount)["data"]
     if not str(data.get("type", "")).startswith("ecdsa-"):
         raise KeyProviderError(
@@ -498,7 +498,7 @@ class VaultTransitSigner(Signer):
         self.uri = uri
         self._mount, self._name = _parse_vault_uri(uri)
         self._client = _vault(client)
-        with vault_errors(f"reading the Transit key {uri}"):
+        with vault_errors(f"reading the Transit key {uri}", client=self._client):
             data = self._client.secrets.transit.read_key(name=self._name, mount_point=self._mount)[
                 "data"
             ]
@@ -539,7 +539,7 @@ class VaultTransitSigner(Signer):
 
         data = oms.pae(payload)
         digest = hashlib.new(self._hash.name, data).digest()
-        with vault_errors(f"signing with the Transit key {self.uri}"):
+        with vault_errors(f"signing with the Transit key {self.uri}", client=self._client):
             resp = self._client.secrets.transit.sign_data(
                 name=self._name,
                 hash_input=base64.b64encode(digest).decode("ascii"),

@@ -22,9 +22,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,9 @@ from weightguard.errors import (
     KeyVersionRetired,
     WrongKeyError,
 )
+
+# Key providers are part of encryption: their messages go where crypt's do.
+_log = logging.getLogger("weightguard.crypt")
 
 __all__ = [
     "DATA_KEY_SIZE",
@@ -170,9 +173,9 @@ class FileKeyProvider(_BaseProvider):
 
     def _warn(self) -> None:
         if not self.quiet:
-            sys.stderr.write(
-                f"weightguard: warning: using development key file {self.path}; "
-                "not for production (use vault:// or awskms://)\n"
+            _log.warning(
+                "using development key file %s; not for production (use vault:// or awskms://)",
+                self.path,
             )
 
     def _load(self) -> bytearray:
@@ -241,7 +244,7 @@ class FileKeyProvider(_BaseProvider):
                     raise WrongKeyError(
                         f"the artifact's key was wrapped by {w.provider!r} ({w.uri}), not by a "
                         "key file",
-                        hint=f"decrypt with --key {w.uri}",
+                        hint=f"decrypt with --data-key {w.uri}",
                     )
                 if parts[2] != kid:
                     raise WrongKeyError(
@@ -271,7 +274,14 @@ class FileKeyProvider(_BaseProvider):
 # --------------------------------------------------------------------------- vault
 
 
-def _vault_error(exc: BaseException, uri: str, op: str) -> Exception:
+_VAULT_OPERATIONS = {
+    "encrypt": "wrapping a data key with {uri}",
+    "decrypt": "unwrapping the data key with {uri}",
+    "read the key of": "reading the Transit key {uri}",
+}
+
+
+def _vault_error(exc: BaseException, uri: str, op: str, client: Any = None) -> Exception:
     """Map an hvac/requests error (or a batch item's error text) to weightguard errors."""
     text = str(exc).lower()
     if "disallowed by policy" in text or "min_decryption_version" in text:
@@ -293,7 +303,8 @@ def _vault_error(exc: BaseException, uri: str, op: str) -> Exception:
         return KeyProviderError(f"Vault failed to {op} with {uri}: {str(exc)[:200]}")
     from weightguard._internal.vault import map_vault_error
 
-    return map_vault_error(exc, f"{op} of a data key with {uri}")
+    operation = _VAULT_OPERATIONS.get(op, op + " {uri}").format(uri=uri)
+    return map_vault_error(exc, operation, client=client)
 
 
 class VaultTransitProvider(_BaseProvider):
@@ -328,7 +339,7 @@ class VaultTransitProvider(_BaseProvider):
         try:
             resp = self.client().adapter.post(f"/v1/{self.mount}/{op}/{self.key}", json=payload)
         except Exception as exc:
-            raise _vault_error(exc, self.uri, op) from None
+            raise _vault_error(exc, self.uri, op, self._client) from None
         if not isinstance(resp, dict):
             raise KeyProviderError(f"unexpected Vault response to {op} on {self.uri}")
         return resp
@@ -339,7 +350,7 @@ class VaultTransitProvider(_BaseProvider):
         try:
             info = self.client().adapter.get(f"/v1/{self.mount}/keys/{self.key}")
         except Exception as exc:
-            err = _vault_error(exc, self.uri, "read the key of")
+            err = _vault_error(exc, self.uri, "read the key of", self._client)
             if isinstance(err, KeyProviderError) and "path not found" in str(err):
                 raise KeyProviderError(
                     f"Transit key {self.uri} does not exist",
@@ -399,7 +410,7 @@ class VaultTransitProvider(_BaseProvider):
             if w.provider != self.name:
                 raise WrongKeyError(
                     f"the artifact's key was wrapped by {w.provider!r} ({w.uri}), not by Vault",
-                    hint=f"decrypt with --key {w.uri}",
+                    hint=f"decrypt with --data-key {w.uri}",
                 )
         batch = [{"ciphertext": w.ciphertext, "context": self._ctx(w.context)} for w in wrapped]
         results = self._results(
@@ -534,7 +545,7 @@ class AwsKmsProvider(_BaseProvider):
                     raise WrongKeyError(
                         f"the artifact's key was wrapped by {w.provider!r} ({w.uri}), not by "
                         "AWS KMS",
-                        hint=f"decrypt with --key {w.uri}",
+                        hint=f"decrypt with --data-key {w.uri}",
                     )
                 try:
                     blob = base64.b64decode(w.ciphertext, validate=True)

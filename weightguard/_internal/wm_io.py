@@ -267,7 +267,8 @@ def _encrypted_source(path: Path, label: str, options: Mapping[str, Any] | None)
     if "policy" not in opts:
         raise WatermarkError(
             f"{path} is an encrypted artifact: the secure loader needs a verification policy",
-            hint="pass load_options={'policy': ..., 'signature': ...} (CLI: --policy/--signature)"
+            hint="pass load_options={'policy': ..., 'signature': ...} (CLI: --trust-key, "
+            "--signature)"
             " or check tensors you loaded yourself",
         )
     tensors = loader.load_file(str(path), "cpu", **opts)
