@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ from typing import Any
 import click
 
 from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._output import progress, quiet_option
 from weightguard_cli._renamed import renamed
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
@@ -31,14 +31,6 @@ def _tree_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-@contextmanager
-def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    with click.progressbar(
-        length=max(total, 1), label=label, file=sys.stderr, show_pos=False, show_percent=True
-    ) as bar:
-        yield bar.update
 
 
 @contextmanager
@@ -110,6 +102,7 @@ def _gib(n: int) -> str:
 )
 @click.option("--workers", type=click.IntRange(1, 256), help="Threads (default: usable CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@quiet_option
 @audit_option
 def encrypt(
     src: Path,
@@ -121,13 +114,17 @@ def encrypt(
     encrypt_other_files: bool,
     workers: int | None,
     as_json: bool,
+    quiet: bool,
     audit_log: str | None,
 ) -> None:
     """Encrypt SRC (a .safetensors file or a model directory) into an artifact."""
     from weightguard import crypt
 
     size = _parse_size(chunk_size)
-    with _audit(audit_log) as log, _progress(f"encrypting {src.name}", _tree_size(src)) as prog:
+    with (
+        _audit(audit_log) as log,
+        progress(f"encrypting {src.name}", _tree_size(src), quiet) as prog,
+    ):
         if src.is_dir():
             res = crypt.encrypt_model(src, dst, key_uri, chunk_size=size,
                                       encrypt_header=encrypt_header, context=context,
@@ -172,6 +169,7 @@ def encrypt(
 @renamed("--key", "--data-key", "key_uri")
 @click.option("--workers", type=click.IntRange(1, 256), help="Threads (default: usable CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@quiet_option
 @audit_option
 def decrypt(
     src: Path,
@@ -179,6 +177,7 @@ def decrypt(
     key_uri: str | None,
     workers: int | None,
     as_json: bool,
+    quiet: bool,
     audit_log: str | None,
 ) -> None:
     """Decrypt an artifact (or an encrypted model directory) back to plaintext on disk."""
@@ -189,7 +188,7 @@ def decrypt(
     with (
         warnings.catch_warnings(),
         _audit(audit_log) as log,
-        _progress(f"decrypting {src.name}", _tree_size(src)) as prog,
+        progress(f"decrypting {src.name}", _tree_size(src), quiet) as prog,
     ):
         warnings.simplefilter("ignore", crypt.PlaintextWriteWarning)
         if src.is_dir():

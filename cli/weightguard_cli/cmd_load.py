@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._output import activity, progress, quiet_option
 from weightguard_cli._renamed import renamed
 from weightguard_cli._trust_opt import policy_from_options, trust_options
 
@@ -32,6 +33,7 @@ def _trust_options(f: F) -> F:
             help="Key provider URI overriding the artifact's (vault://, awskms://, file://).",
         ),
         click.option("--workers", type=int, help="Worker threads (default: usable CPUs)."),
+        quiet_option,
         audit_option,
     ]
     for o in reversed(opts):
@@ -60,7 +62,7 @@ def _common(opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 # the flag stays one release, hidden, so old scripts keep working.
 @click.option("--check", is_flag=True, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def load(source: str, device: str, check: bool, as_json: bool, **opts: Any) -> None:
+def load(source: str, device: str, check: bool, as_json: bool, quiet: bool, **opts: Any) -> None:
     """Securely load SOURCE (file, directory or s3:// URI) onto --device: verify every
     byte against the signature, decrypt, then discard.  A preflight for a pod (keys,
     policy, device memory, throughput) and an integrity check of a stored copy.
@@ -78,7 +80,8 @@ def load(source: str, device: str, check: bool, as_json: bool, **opts: Any) -> N
     audit = kwargs["audit"]
     t0 = time.monotonic()
     try:
-        tensors = load_file(source, device, policy=policy, **kwargs)
+        with activity(f"loading {source}", quiet):
+            tensors = load_file(source, device, policy=policy, **kwargs)
     finally:
         audit.close()
     dt = time.monotonic() - t0
@@ -117,7 +120,13 @@ def load(source: str, device: str, check: bool, as_json: bool, **opts: Any) -> N
 @_trust_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def fetch(
-    source: str, dest: str, replace: bool, allow_disk: bool, as_json: bool, **opts: Any
+    source: str,
+    dest: str,
+    replace: bool,
+    allow_disk: bool,
+    as_json: bool,
+    quiet: bool,
+    **opts: Any,
 ) -> None:
     """Verify and decrypt SOURCE into a directory (tmpfs) for servers that cannot call
     Python."""
@@ -126,9 +135,10 @@ def fetch(
     policy, kwargs = _common(opts)
     audit = kwargs["audit"]
     try:
-        res = fetch_model(
-            source, dest, policy=policy, allow_disk=allow_disk, replace=replace, **kwargs
-        )
+        with activity(f"fetching {source}", quiet):
+            res = fetch_model(
+                source, dest, policy=policy, allow_disk=allow_disk, replace=replace, **kwargs
+            )
     finally:
         audit.close()
     if as_json:
@@ -144,11 +154,17 @@ def fetch(
 @click.argument("destination")
 @click.option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def push(directory: str, destination: str, endpoint_url: str | None, as_json: bool) -> None:
-    """Upload a released model DIRECTORY to DESTINATION (s3://bucket/prefix), multipart."""
+@quiet_option
+def push(
+    directory: str, destination: str, endpoint_url: str | None, as_json: bool, quiet: bool
+) -> None:
+    """Upload a released model DIRECTORY to DESTINATION (s3://bucket/prefix), multipart,
+    retrying failed requests with backoff."""
     from weightguard._internal.load_push import push_model
 
-    res = push_model(directory, destination, endpoint_url=endpoint_url)
+    size = sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+    with progress(f"pushing {directory}", size, quiet) as advance:
+        res = push_model(directory, destination, endpoint_url=endpoint_url, progress=advance)
     if as_json:
         click.echo(json.dumps(res))
     else:

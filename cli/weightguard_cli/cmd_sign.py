@@ -12,6 +12,7 @@ import click
 
 from weightguard.errors import ConfigError
 from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._output import activity, quiet_option
 from weightguard_cli._renamed import renamed
 from weightguard_cli._trust_opt import policy_from_options, trust_options
 
@@ -104,6 +105,7 @@ _PEM = click.Path(exists=True, dir_okay=False)
     "included) or blake3 (~2x less CPU; weightguard and the model_signing >= 1.1 API).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@quiet_option
 @audit_option
 def sign(
     model: str,
@@ -122,6 +124,7 @@ def sign(
     chunk_digest: str,
     hash_type: str,
     as_json: bool,
+    quiet: bool,
     audit_log: str | None,
 ) -> None:
     """Sign MODEL (file or directory, plain or encrypted) as an OMS bundle."""
@@ -154,7 +157,7 @@ def sign(
         signer = SigstoreSigner(identity_token, staging=sigstore_staging)
     if signature is None:
         signature = _default_signature(model)
-    with _audit(audit_log) as audit:
+    with _audit(audit_log) as audit, activity(f"signing {model}", quiet):
         result = sign_model(
             model,
             signature,
@@ -203,6 +206,7 @@ def sign(
 )
 @click.option("--allow-symlinks", is_flag=True, help="Follow symbolic links to files.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@quiet_option
 @audit_option
 def verify(
     model: str,
@@ -210,6 +214,7 @@ def verify(
     allow_unsigned: tuple[str, ...],
     allow_symlinks: bool,
     as_json: bool,
+    quiet: bool,
     audit_log: str | None,
     **trust: Any,
 ) -> None:
@@ -219,7 +224,7 @@ def verify(
     policy = policy_from_options(trust)
     if signature is None:
         signature = _default_signature(model)
-    with _audit(audit_log) as audit:
+    with _audit(audit_log) as audit, activity(f"verifying {model}", quiet):
         m = verify_bundle(
             model,
             signature,

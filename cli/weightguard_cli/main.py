@@ -60,6 +60,9 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="weightguard")
 def cli() -> None:
     """weightguard: encrypt, sign, watermark and securely load model weights."""
+    from weightguard_cli._output import configure_logging
+
+    configure_logging()
 
 
 def main(argv: list[str] | None = None) -> Any:

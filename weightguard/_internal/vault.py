@@ -298,7 +298,7 @@ def map_vault_error(
         if state == "invalid":
             return KeyAccessDenied(
                 f"{at} rejected the token while {operation}: it is expired, revoked or invalid",
-                hint="get a new token (VAULT_TOKEN) or log in again",
+                hint="get a new token into VAULT_TOKEN, or log in again",
             )
         if state == "valid":
             return KeyAccessDenied(
