@@ -28,12 +28,19 @@ def _given(value: Any) -> bool:
 
 
 def renamed(
-    old: str, new: str, param: str, *, required: bool = False, **option: Any
+    old: str,
+    new: str,
+    param: str,
+    *,
+    required: bool = False,
+    check: Callable[[str], None] | None = None,
+    **option: Any,
 ) -> Callable[[F], F]:
     """Accept OLD as a deprecated spelling of option NEW (parameter PARAM).
 
     `option` holds the click.option settings the old spelling needs to parse as
-    before (type, multiple, is_flag); help is never shown.
+    before (type, multiple, is_flag); help is never shown.  ``check(value)`` may raise
+    click.UsageError for a value that shows the old option was misunderstood.
     """
     dest = "deprecated_" + old.lstrip("-").replace("-", "_")
 
@@ -42,6 +49,9 @@ def renamed(
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             value = kwargs.pop(dest)
             if _given(value):
+                if check is not None:
+                    for v in value if isinstance(value, tuple) else (value,):
+                        check(v)
                 click.echo(f"warning: {old} is deprecated here; use {new}", err=True)
                 current = kwargs.get(param)
                 if isinstance(value, tuple):

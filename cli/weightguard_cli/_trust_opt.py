@@ -9,6 +9,7 @@ issuer, offline, trust_root, unsafe_no_verification.  Importing this module is c
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -31,6 +32,17 @@ TRUST_KEYS = (
 )
 
 
+def _old_key_value(value: str) -> None:
+    # `--key` was the data-key URI in encrypt/decrypt: say so rather than "no such file".
+    if "://" in value:
+        raise click.UsageError(
+            "--key (now --trust-key) takes a public key file, not a URI; "
+            f"give the data key as --data-key {value}"
+        )
+    if not os.path.isfile(value):
+        raise click.UsageError(f"Invalid value for '--key': File {value!r} does not exist.")
+
+
 def trust_options(f: F) -> F:
     """Add the trust-anchor options to a click command."""
     pem = click.Path(exists=True, dir_okay=False)
@@ -42,7 +54,7 @@ def trust_options(f: F) -> F:
             type=pem,
             help="Trusted EC public key PEM of the signer (repeatable: any of).",
         ),
-        renamed("--key", "--trust-key", "keys", multiple=True, type=pem),
+        renamed("--key", "--trust-key", "keys", multiple=True, check=_old_key_value),
         click.option(
             "--trust-chain",
             "cert_chain",
