@@ -282,14 +282,18 @@ def create_signing_key(
     from weightguard._internal.atomic import atomic_write
     from weightguard._internal.oms import key_fingerprint
 
-    curves = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
+    curves: dict[str, ec.EllipticCurve] = {
+        "P-256": ec.SECP256R1(),
+        "P-384": ec.SECP384R1(),
+        "P-521": ec.SECP521R1(),
+    }
     if curve not in curves:
         raise ConfigError(f"curve {curve!r} is not supported", hint="use P-256, P-384 or P-521")
     pub_path = Path(public_path) if public_path is not None else Path(f"{private_path}.pub")
     for p in (Path(private_path), pub_path):
         if p.exists():
             raise DestinationError(f"{p} already exists", hint="choose another path or remove it")
-    key = ec.generate_private_key(curves[curve]())
+    key = ec.generate_private_key(curves[curve])
     pem = bytearray(
         key.private_bytes(
             serialization.Encoding.PEM,
