@@ -267,6 +267,9 @@ def test_fetch_refuses_non_empty_destination_unless_replace(
             "(use an empty directory, or pass --replace)"
         )
         assert sorted(os.listdir(dest)) == ["stale.bin"]
+        refused = [e for e in _events(tmp_path) if e["event"] == "fetch"][-1]
+        assert refused["outcome"] == "denied"
+        assert str(refused["reason"]).startswith("DestinationError: ")
         r = wg("fetch", "enc", "-o", str(dest), "--trust-key", "rel.pub", "--replace")
         assert r.rc == 0
         assert r.out == [f"ok: 2 files, {4096 + _header(released)} bytes written to {dest}"]

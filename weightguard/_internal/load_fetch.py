@@ -78,10 +78,19 @@ def fetch_model(
     created = not out.exists()
     before = _existing_files(out)
     if out.is_dir() and any(out.iterdir()) and not replace:
-        raise DestinationError(
+        exc = DestinationError(
             f"{out} is not empty: the model would be mixed with what is there",
             hint="use an empty directory, or pass --replace",
         )
+        audit = options.get("audit")
+        if audit is not None:
+            audit.emit(
+                "fetch",
+                outcome="denied",
+                reason=f"DestinationError: {exc.message}",
+                object={"uri": str(source), "destination": str(out)},
+            )
+        raise exc
     try:
         out.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:

@@ -222,7 +222,7 @@ def _vault_messages(exc: Exception) -> str:
     msg = msg.split(", on ")[0]  # hvac appends ", on <method> <url>"
     msg = re.sub(r"\d+ errors? occurred:", "", msg).replace("* ", "")
     msg = " ".join(msg.split())
-    return msg[:300]
+    return "" if msg == "None" else msg[:300]  # "None": hvac's text for an empty 404 body
 
 
 def _token_state(client: Any) -> tuple[str, list[str]]:
