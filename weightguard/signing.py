@@ -229,7 +229,7 @@ def _load_private_key(pem: bytearray, password: bytes | bytearray | None, what: 
         if "encrypted" in msg.lower() and password is None:
             raise ConfigError(
                 f"{what} is encrypted and no password was given",
-                hint="pass the password (CLI: --password-env VAR)",
+                hint="give the environment variable that holds it: --password-env VAR",
             ) from None
         raise ConfigError(f"{what}: {msg}") from None
     except ValueError:
@@ -517,7 +517,7 @@ class VaultTransitSigner(Signer):
         if data.get("exportable") and not allow_exportable:
             raise UnsafeOptionRequired(
                 f"Transit key {uri} is exportable: its private key can leave Vault",
-                hint="use a non-exportable key, or pass allow_exportable=True knowingly",
+                hint="create a non-exportable Transit key for signing",
             )
         self.key_version = int(data.get("latest_version", 0))
         pem = data["keys"][str(self.key_version)]["public_key"].encode("ascii")

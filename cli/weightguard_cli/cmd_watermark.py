@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -103,6 +104,12 @@ def embed(
     from weightguard.audit import AuditLog
 
     t0 = time.perf_counter()
+    if not force and os.path.lexists(output):  # the library's hint would name overwrite=
+        from weightguard.errors import DestinationError
+
+        raise DestinationError(
+            f"{output} already exists", hint="choose another output or pass --force"
+        )
     opts = _load_options(trust_keys, signature, unsafe, data_key)
     if opts is None and wm.is_encrypted_input(model):
         raise click.UsageError(

@@ -387,3 +387,37 @@ def test_push_ok_then_fetchable(
     keys = s3.client().list_objects_v2(Bucket=bucket, Prefix="rel/")["Contents"]
     assert sorted(k["Key"] for k in keys) == [
         "rel/config.json", "rel/model.safetensors", "rel/model.sig"]  # fmt: skip
+
+
+# ------------------------------------------------------------------ other option hints
+
+
+def test_watermark_embed_existing_output_names_force(
+    wg: Callable[..., Run], model: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "wm.key").write_bytes(os.urandom(32))
+    (tmp_path / "marked").mkdir()
+    r = wg("watermark", "embed", "m", "-o", "marked", "--watermark-key", "wm.key")
+    assert r.rc == 1
+    assert r.err == ["error: marked already exists (choose another output or pass --force)"]
+
+
+def test_sign_encrypted_key_without_password_names_the_option(
+    wg: Callable[..., Run], model: Path, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pw"),
+    )
+    (tmp_path / "k.pem").write_bytes(pem)
+    r = wg("sign", "m", "--signing-key", "k.pem")
+    assert r.rc == 1
+    assert r.err == [
+        "error: private key file k.pem is encrypted and no password was given (give the "
+        "environment variable that holds it: --password-env VAR)"
+    ]
+    assert not (tmp_path / "m" / "model.sig").exists()
