@@ -66,6 +66,9 @@ def renamed(
                 raise click.MissingParameter(ctx=ctx, param=target)
             return f(*args, **kwargs)
 
-        return click.option(old, dest, hidden=True, **option)(wrapper)  # type: ignore[return-value]
+        decorated = click.option(old, dest, hidden=True, **option)(wrapper)
+        # docgen lists the old spellings from this mark (hidden options are not in --help).
+        decorated.__click_params__[-1].renamed_to = new  # type: ignore[attr-defined]
+        return decorated  # type: ignore[return-value]
 
     return deco
