@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_format_util import build_safetensors
+from tests.test_sign_common import write_chain
 from weightguard._internal.services import OpenBaoServer, SeaweedS3Server, free_port
 
 DEV_WARNING = (
@@ -73,12 +74,18 @@ def _events(tmp_path: Path) -> list[dict[str, object]]:
     return [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
 
 
+def _floats(n: int) -> bytes:
+    import struct
+
+    return struct.pack(f"<{n}f", *(((i * 7919) % 1000) / 1000.0 - 0.5 for i in range(n)))
+
+
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
     d = tmp_path / "m"
     d.mkdir()
     (d / "model.safetensors").write_bytes(
-        build_safetensors({"w": ("F32", [1024], os.urandom(4096))}, {})
+        build_safetensors({"w": ("F32", [32, 32], _floats(1024))}, {})
     )
     (d / "config.json").write_text("{}")
     return d
@@ -421,3 +428,49 @@ def test_sign_encrypted_key_without_password_names_the_option(
         "environment variable that holds it: --password-env VAR)"
     ]
     assert not (tmp_path / "m" / "model.sig").exists()
+
+
+def test_every_old_spelling_still_works(
+    wg: Callable[..., Run], released: Path, tmp_path: Path
+) -> None:
+    """One release of grace: each renamed option, old name, same result and a warning."""
+    (tmp_path / "wm.key").write_bytes(os.urandom(32))
+    assert wg("keys", "create", "--data-key", "new.key").rc == 0
+    c = write_chain(tmp_path)
+    leaf = ["--cert", str(c["leaf_cert"]), "--signing-key", str(c["leaf_key"])]
+    signed = wg("sign", "m", "--signature", "c.sig", *leaf, "--cert-chain", str(c["intermediate"]))
+    assert signed.rc == 0, signed.err
+    dest = Path("/dev/shm") / f"wg-t16b-old-{os.getpid()}-{tmp_path.name}"
+    try:
+        r = wg("fetch", "enc", "--to", str(dest), "--key", "rel.pub")
+        assert r.rc == 0, r.err
+        assert r.err[:2] == ["warning: --to is deprecated here; use --output",
+                             "warning: --key is deprecated here; use --trust-key"]  # fmt: skip
+        assert sorted(os.listdir(dest)) == ["config.json", "model.safetensors"]
+    finally:
+        for p in dest.glob("*"):
+            p.unlink()
+        if dest.exists():
+            dest.rmdir()
+    cases = [
+        (["verify", "enc", "--key", "rel.pub"], "--key", "--trust-key"),
+        (["verify", "m", "--signature", "c.sig", "--cert-chain", str(c["root"])],
+         "--cert-chain", "--trust-chain"),
+        (["load", "enc", "--key", "rel.pub"], "--key", "--trust-key"),
+        (["inspect", "enc", "--verify", "--key", "file://dev.key"], "--key", "--data-key"),
+        (["decrypt", "enc", "-o", "dec", "--key", "file://dev.key"], "--key", "--data-key"),
+        (["sign", "m", "--signature", "m.sig", "--key", "rel.pem"], "--key", "--signing-key"),
+        (["watermark", "embed", "m", "-o", "marked", "--key", "wm.key"],
+         "--key", "--watermark-key"),
+        (["watermark", "check", "marked", "--key", "wm.key"], "--key", "--watermark-key"),
+        # last: it changes enc's headers, so enc/model.sig no longer matches
+        (["rewrap", "enc", "--to", "file://new.key", "--data-key", "file://dev.key"],
+         "--to", "--new-data-key"),
+    ]  # fmt: skip
+    for args, old, new in cases:
+        r = wg(*args)
+        assert r.rc == 0, (args, r.err)
+        assert f"warning: {old} is deprecated here; use {new}" in r.err, args
+    assert (tmp_path / "dec" / "model.safetensors").read_bytes() == (
+        tmp_path / "m" / "model.safetensors"
+    ).read_bytes()
