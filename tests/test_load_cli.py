@@ -1,4 +1,4 @@
-"""CLI: ``weightguard load --check`` and ``weightguard fetch`` (streaming, tmpfs, 0600)."""
+"""CLI: ``weightguard load`` and ``weightguard fetch`` (streaming, tmpfs, 0600)."""
 # ruff: noqa: F811  (pytest fixtures imported from tests.test_load_support)
 
 from __future__ import annotations
@@ -149,6 +149,9 @@ def test_fetch_refuses_disk_without_allow_disk(model, sign_keys, tmp_path, capsy
     assert code == 1 and out == ""
     assert err.startswith("error: ") and "not on tmpfs" in err and "--allow-disk" in err
     assert not dest.exists()  # nothing created, nothing decrypted
+    refused = _events(tmp_path / "a.jsonl")[-1]
+    assert refused["event"] == "fetch" and refused["outcome"] == "denied"
+    assert str(refused["reason"]).startswith("UnsafeOptionRequired: ")
 
 
 def test_fetch_to_tmpfs_streams_0600_byte_equal(

@@ -17,7 +17,7 @@ import hmac
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from weightguard._internal.atomic import atomic_write
 from weightguard._internal.hashing import whole_hasher
@@ -77,20 +77,26 @@ def fetch_model(
     out = Path(dest)
     created = not out.exists()
     before = _existing_files(out)
-    if out.is_dir() and any(out.iterdir()) and not replace:
-        exc = DestinationError(
-            f"{out} is not empty: the model would be mixed with what is there",
-            hint="use an empty directory, or pass --replace",
-        )
+
+    def refuse(exc: DestinationError | UnsafeOptionRequired) -> NoReturn:
+        # Refused before the loader starts, so its audit events would not say why.
         audit = options.get("audit")
         if audit is not None:
             audit.emit(
                 "fetch",
                 outcome="denied",
-                reason=f"DestinationError: {exc.message}",
+                reason=f"{type(exc).__name__}: {exc.message}",
                 object={"uri": str(source), "destination": str(out)},
             )
         raise exc
+
+    if out.is_dir() and any(out.iterdir()) and not replace:
+        refuse(
+            DestinationError(
+                f"{out} is not empty: the model would be mixed with what is there",
+                hint="use an empty directory, or pass --replace",
+            )
+        )
     try:
         out.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
@@ -99,10 +105,12 @@ def fetch_model(
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()
-        raise UnsafeOptionRequired(
-            f"{out} is not on tmpfs: decrypted weights would be written to disk",
-            hint="use a memory-backed directory (emptyDir medium: Memory, /dev/shm) or "
-            "pass --allow-disk",
+        refuse(
+            UnsafeOptionRequired(
+                f"{out} is not on tmpfs: decrypted weights would be written to disk",
+                hint="use a memory-backed directory (emptyDir medium: Memory, /dev/shm) or "
+                "pass --allow-disk",
+            )
         )
     written: list[str] = []
     made_dirs: list[Path] = []
