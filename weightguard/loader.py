@@ -124,8 +124,12 @@ class _Ctx:
             o["signer"] = self.signer
         if self.keys:
             o["key_id"] = ",".join(sorted({k["key_id"] for k in self.keys}))
-            versions = sorted({str(k["key_version"]) for k in self.keys})
-            o["key_version"] = ",".join(versions)
+            # A key file has no version: leave the field out rather than write "None".
+            versions = sorted(
+                {str(k["key_version"]) for k in self.keys if k["key_version"] is not None}
+            )
+            if versions:
+                o["key_version"] = ",".join(versions)
             o["key_provider"] = ",".join(sorted({k["provider"] for k in self.keys}))
         return o
 

@@ -244,6 +244,10 @@ def test_no_none_in_output(wg: Callable[..., Run], released: Path) -> None:
     assert r.rc == 0
     assert r.out[1] == "  key:        file://dev.key (file), context 'm'"
     assert not any("None" in line for line in r.out + r.err)
+    assert wg("load", "enc", "--trust-key", "rel.pub").rc == 0
+    shown = wg("audit", "show", "audit.jsonl")
+    assert shown.rc == 0 and any("key=file://dev.key " in line for line in shown.out)
+    assert not any("None" in line for line in shown.out)
     assert wg("keys", "create", "--data-key", "new.key").rc == 0
     r = wg("rewrap", "enc", "--new-data-key", "file://new.key")
     assert r.rc == 0
