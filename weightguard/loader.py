@@ -226,8 +226,8 @@ def _verify_signature(
             if not local.is_file():
                 raise VerificationError(
                     f"{loc.uri}: no signature found (looked for {local})",
-                    hint="sign the model (`weightguard sign`), give the bundle's path "
-                    "(--signature), or load it unverified (--unsafe-no-verification)",
+                    hint="sign the model with `weightguard sign`, give the bundle's path "
+                    "with --signature, or load it unverified with --unsafe-no-verification",
                 )
             sig_path, sig_bytes = local, None
         else:

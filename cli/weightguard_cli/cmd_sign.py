@@ -224,6 +224,14 @@ def verify(
     policy = policy_from_options(trust)
     if signature is None:
         signature = _default_signature(model)
+        if not os.path.isfile(signature):  # the same words as load and fetch
+            from weightguard.errors import VerificationError
+
+            raise VerificationError(
+                f"{model}: no signature found (looked for {signature})",
+                hint="sign the model with `weightguard sign`, or give the bundle's path "
+                "with --signature",
+            )
     with _audit(audit_log) as audit, activity(f"verifying {model}", quiet):
         m = verify_bundle(
             model,

@@ -225,6 +225,23 @@ def test_verify_finds_model_sig_by_default(wg: Callable[..., Run], released: Pat
     assert r.out[0] == "OK: enc matches enc/model.sig"
 
 
+def test_single_file_signature_defaults_to_file_sig(
+    wg: Callable[..., Run], model: Path, tmp_path: Path
+) -> None:
+    assert wg("keys", "create", "--signing-key", "rel.pem").rc == 0
+    s = wg("sign", "m/model.safetensors", "--signing-key", "rel.pem")
+    assert s.rc == 0 and s.out[0] == "signed 1 file(s) -> m/model.safetensors.sig"
+    v = wg("verify", "m/model.safetensors", "--trust-key", "rel.pub")
+    assert v.rc == 0 and v.out[0] == "OK: m/model.safetensors matches m/model.safetensors.sig"
+    (tmp_path / "m" / "model.safetensors.sig").unlink()
+    v = wg("verify", "m/model.safetensors", "--trust-key", "rel.pub")
+    assert v.rc == 1
+    assert v.err == [
+        "error: m/model.safetensors: no signature found (looked for m/model.safetensors.sig) "
+        "(sign the model with `weightguard sign`, or give the bundle's path with --signature)"
+    ]
+
+
 def test_wrong_key_prints_the_fingerprint_sign_prints(
     wg: Callable[..., Run], released: Path
 ) -> None:
@@ -478,3 +495,14 @@ def test_every_old_spelling_still_works(
     assert (tmp_path / "dec" / "model.safetensors").read_bytes() == (
         tmp_path / "m" / "model.safetensors"
     ).read_bytes()
+
+
+def test_load_without_signature_points_at_sign(wg: Callable[..., Run], released: Path) -> None:
+    (released / "model.sig").unlink()
+    r = wg("load", "enc", "--trust-key", "rel.pub")
+    assert r.rc == 1
+    assert r.err[-1] == (
+        "error: enc: no signature found (looked for enc/model.sig) (sign the model with "
+        "`weightguard sign`, give the bundle's path with --signature, or load it unverified "
+        "with --unsafe-no-verification)"
+    )
