@@ -137,13 +137,13 @@ def _key_policy(pub: str) -> Any:
 
 def sign_cli(model: str, key: str, out_dir: str) -> Timed:
     sig = Path(out_dir) / "model.sig"
-    return _cli(["sign", model, "--signature", str(sig), "--key", key], model)
+    return _cli(["sign", model, "--signature", str(sig), "--signing-key", key], model)
 
 
 def verify_cli(model: str, pub: str, sig: str) -> Timed:
     if not sig:
         raise Unavailable("no weightguard signature prepared")
-    return _cli(["verify", model, "--signature", sig, "--key", pub], model)
+    return _cli(["verify", model, "--signature", sig, "--trust-key", pub], model)
 
 
 def _cli(args: list[str], model: str | None) -> Timed:

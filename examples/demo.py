@@ -103,7 +103,15 @@ def main() -> None:
         wm_key.write_bytes(os.urandom(32))
         wm_key.chmod(0o600)
         run(
-            ["watermark", "embed", str(plain), "-o", str(OUT / "minilm-wm"), "--key", str(wm_key)],
+            [
+                "watermark",
+                "embed",
+                str(plain),
+                "-o",
+                str(OUT / "minilm-wm"),
+                "--watermark-key",
+                str(wm_key),
+            ],
             env,
         )
         release = OUT / "release"
@@ -113,7 +121,7 @@ def main() -> None:
                 str(OUT / "minilm-wm"),
                 "-o",
                 str(release),
-                "--key",
+                "--data-key",
                 "vault://transit/minilm",
                 "--context",
                 "minilm",
@@ -124,30 +132,15 @@ def main() -> None:
         admin.secrets.transit.rotate_key(name="minilm")
         print("Vault admin rotated transit/keys/minilm -> v2; rewrap touches only the headers")
         run(["rewrap", str(release)], env)
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        signer = ec.generate_private_key(ec.SECP384R1())
-        (OUT / "release.key").write_bytes(
-            signer.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        (OUT / "release.pub").write_bytes(
-            signer.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
+        for old in ("release.pem", "release.pub"):
+            (OUT / old).unlink(missing_ok=True)
+        run(["keys", "create", "--signing-key", str(OUT / "release.pem"), "--curve", "P-384"], env)
         run(
             [
                 "sign",
                 str(release),
-                "--signature",
-                str(release / "model.sig"),
-                "--key",
-                str(OUT / "release.key"),
+                "--signing-key",
+                str(OUT / "release.pem"),
             ],
             env,
         )
@@ -166,9 +159,7 @@ def main() -> None:
             [
                 "verify",
                 str(release),
-                "--signature",
-                str(release / "model.sig"),
-                "--key",
+                "--trust-key",
                 str(OUT / "release.pub"),
             ],
             env,
@@ -187,20 +178,20 @@ def main() -> None:
         run(["push", str(release), "s3://models/minilm/v1"], env)
 
         banner("inference pod: secure load from S3 (key from OpenBao), check the watermark")
-        run(["load", "s3://models/minilm/v1", "--check", "--key", str(OUT / "release.pub")], env)
+        run(["load", "s3://models/minilm/v1", "--trust-key", str(OUT / "release.pub")], env)
         secure_load_in_process(env, OUT / "release.pub", wm_key)
 
         banner("attacker: flip one byte of the encrypted weights in S3, the pod refuses")
         tamper_in_s3(s3, "models", "minilm/v1/model.safetensors")
         run(
-            ["load", "s3://models/minilm/v1", "--check", "--key", str(OUT / "release.pub")],
+            ["load", "s3://models/minilm/v1", "--trust-key", str(OUT / "release.pub")],
             env,
             expect_fail=True,
         )
 
         run(
             ["verify", str(OUT / "minilm-wm"), "--signature", str(release / "model.sig"),
-             "--key", str(OUT / "release.pub")],
+             "--trust-key", str(OUT / "release.pub")],
             env,
             expect_fail=True,
         )  # fmt: skip

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import re
 import threading
@@ -56,6 +57,8 @@ from weightguard._internal.audit.verify import (
     verify_log,
 )
 from weightguard.errors import AuditError, ConfigError
+
+_log = logging.getLogger("weightguard.audit")
 
 __all__ = [
     "DEFAULT_LOG_PATH",
@@ -371,9 +374,7 @@ class AuditLog:
             raise first
         if not self._warned:
             self._warned = True
-            import sys
-
-            print(f"weightguard: warning: audit event lost (fail-open): {first}", file=sys.stderr)
+            _log.warning("audit event lost (fail-open): %s", first)
 
     def __enter__(self) -> AuditLog:
         return self

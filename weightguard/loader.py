@@ -140,8 +140,12 @@ class _Ctx:
             o["signer"] = self.signer
         if self.keys:
             o["key_id"] = ",".join(sorted({k["key_id"] for k in self.keys}))
-            versions = sorted({str(k["key_version"]) for k in self.keys})
-            o["key_version"] = ",".join(versions)
+            # A key file has no version: leave the field out rather than write "None".
+            versions = sorted(
+                {str(k["key_version"]) for k in self.keys if k["key_version"] is not None}
+            )
+            if versions:
+                o["key_version"] = ",".join(versions)
             o["key_provider"] = ",".join(sorted({k["provider"] for k in self.keys}))
         return o
 
@@ -266,15 +270,15 @@ def _verify_signature(
             if not local.is_file():
                 raise VerificationError(
                     f"{loc.uri}: no signature found (looked for {local})",
-                    hint="pass signature=..., sign the model with `weightguard sign`, or use "
-                    "policy=UnsafeNoVerification() to load it unverified",
+                    hint="sign the model with `weightguard sign`, give the bundle's path "
+                    "with --signature, or load it unverified with --unsafe-no-verification",
                 )
             sig_path, sig_bytes = local, None
         else:
             if not loc.sibling_exists(default):
                 raise VerificationError(
                     f"{loc.uri}: no signature {default} next to the model",
-                    hint="push the signature with the model, or pass signature=",
+                    hint="push the signature with the model, or give its path (--signature)",
                 )
             sig_bytes = loc.read_small(default, limit=64 * 1024 * 1024)
             sig_path = Path()

@@ -518,7 +518,8 @@ def trust_policy(
     if not policies:
         raise ConfigError(
             "no trust anchor given",
-            hint="give a trust anchor: a signer public key (--key), a CA chain (--cert-chain), "
+            hint="give a trust anchor: a signer public key (--trust-key), a CA chain "
+            "(--trust-chain), "
             "a Vault Transit key (--vault-key) or a Sigstore --identity and --issuer",
         )
     return policies[0] if len(policies) == 1 else AnyOf(*policies)

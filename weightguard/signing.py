@@ -41,6 +41,7 @@ from weightguard.errors import (
     ConfigError,
     CoverageError,
     DependencyMissing,
+    DestinationError,
     FormatError,
     IntegrityError,
     KeyProviderError,
@@ -66,6 +67,7 @@ __all__ = [
     "SigstoreSigner",
     "VaultTransitSigner",
     "VerifiedManifest",
+    "create_signing_key",
     "sign_model",
     "vault_key_policy",
     "vault_public_keys",
@@ -227,7 +229,7 @@ def _load_private_key(pem: bytearray, password: bytes | bytearray | None, what: 
         if "encrypted" in msg.lower() and password is None:
             raise ConfigError(
                 f"{what} is encrypted and no password was given",
-                hint="pass the password (CLI: --password-env VAR)",
+                hint="give the environment variable that holds it: --password-env VAR",
             ) from None
         raise ConfigError(f"{what}: {msg}") from None
     except ValueError:
@@ -258,6 +260,65 @@ class Signer(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
+
+
+SIGNING_CURVES = ("P-256", "P-384", "P-521")
+
+
+def create_signing_key(
+    private_path: str | os.PathLike[str],
+    public_path: str | os.PathLike[str] | None = None,
+    *,
+    curve: str = "P-256",
+) -> str:
+    """Write a new EC signing key pair: private PKCS#8 PEM (0600), public PEM
+    (``<private>.pub`` by default, 0644); return the key fingerprint ``sign`` prints.
+
+    Neither file is replaced: an existing path is refused before anything is written.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from weightguard._internal.foundation.atomic import atomic_write
+    from weightguard._internal.signing.oms import key_fingerprint
+
+    curves: dict[str, ec.EllipticCurve] = {
+        "P-256": ec.SECP256R1(),
+        "P-384": ec.SECP384R1(),
+        "P-521": ec.SECP521R1(),
+    }
+    if curve not in curves:
+        raise ConfigError(f"curve {curve!r} is not supported", hint="use P-256, P-384 or P-521")
+    pub_path = Path(public_path) if public_path is not None else Path(f"{private_path}.pub")
+    for p in (Path(private_path), pub_path):
+        if p.exists():
+            raise DestinationError(f"{p} already exists", hint="choose another path or remove it")
+    key = ec.generate_private_key(curves[curve])
+    pem = bytearray(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    try:
+        with atomic_write(private_path, mode=0o600, overwrite=False) as f:
+            f.write(pem)
+    finally:
+        _wipe(pem)
+    public = key.public_key()
+    try:
+        with atomic_write(pub_path, mode=0o644, overwrite=False) as f:
+            f.write(
+                public.public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
+    except BaseException:
+        # A private key whose public half was never written is of no use: remove it.
+        Path(private_path).unlink(missing_ok=True)
+        raise
+    return key_fingerprint(public)
 
 
 def _ec_sign(private_key: Any, data: bytes) -> bytes:
@@ -398,7 +459,7 @@ class VaultTransitSigner(Signer):
         self.uri = uri
         self._mount, self._name = parse_transit_uri(uri)
         self._client = transit_client(client)
-        with vault_errors(f"reading the Transit key {uri}"):
+        with vault_errors(f"reading the Transit key {uri}", client=self._client):
             data = self._client.secrets.transit.read_key(name=self._name, mount_point=self._mount)[
                 "data"
             ]
@@ -413,7 +474,7 @@ class VaultTransitSigner(Signer):
         if data.get("exportable") and not allow_exportable:
             raise UnsafeOptionRequired(
                 f"Transit key {uri} is exportable: its private key can leave Vault",
-                hint="use a non-exportable key, or pass allow_exportable=True knowingly",
+                hint="create a non-exportable Transit key for signing",
             )
         self.key_version = int(data.get("latest_version", 0))
         pem = data["keys"][str(self.key_version)]["public_key"].encode("ascii")
@@ -439,7 +500,7 @@ class VaultTransitSigner(Signer):
 
         data = oms.pae(payload)
         digest = hashlib.new(self._hash.name, data).digest()
-        with vault_errors(f"signing with the Transit key {self.uri}"):
+        with vault_errors(f"signing with the Transit key {self.uri}", client=self._client):
             resp = self._client.secrets.transit.sign_data(
                 name=self._name,
                 hash_input=base64.b64encode(digest).decode("ascii"),

@@ -19,7 +19,7 @@ import hmac
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from weightguard._internal.foundation.atomic import PendingFile, destination_error
 from weightguard._internal.foundation.names import safe_join
@@ -62,6 +62,7 @@ def fetch_model(
     *,
     policy: Any,
     allow_disk: bool = False,
+    replace: bool = False,
     **options: Any,
 ) -> FetchResult:
     """Verify + decrypt ``source`` into ``dest``; every file 0600, all or nothing.
@@ -71,11 +72,36 @@ def fetch_model(
     zeroed); once every file verified they are fsynced and linked into place.  On any
     failure nothing this call wrote keeps a name (and ``dest`` is removed too if this
     call created it and it is empty).
+
+    A ``dest`` that already holds files is refused unless ``replace``: a model mixed
+    with another's files would be served as one.  With ``replace`` what was there and
+    is not part of this model is removed once the new files are all in place.
     """
     from weightguard.loader import open_model
 
     out = Path(dest)
     created = not out.exists()
+    before = _existing_files(out)
+
+    def refuse(exc: DestinationError | UnsafeOptionRequired) -> NoReturn:
+        # Refused before the loader starts, so its audit events would not say why.
+        audit = options.get("audit")
+        if audit is not None:
+            audit.emit(
+                "fetch",
+                outcome="denied",
+                reason=f"{type(exc).__name__}: {exc.message}",
+                object={"uri": str(source), "destination": str(out)},
+            )
+        raise exc
+
+    if out.is_dir() and any(out.iterdir()) and not replace:
+        refuse(
+            DestinationError(
+                f"{out} is not empty: the model would be mixed with what is there",
+                hint="use an empty directory, or pass --replace",
+            )
+        )
     try:
         out.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
@@ -84,10 +110,12 @@ def fetch_model(
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()
-        raise UnsafeOptionRequired(
-            f"{out} is not on tmpfs: decrypted weights would be written to disk",
-            hint="use a memory-backed directory (emptyDir medium: Memory, /dev/shm) or "
-            "pass --allow-disk",
+        refuse(
+            UnsafeOptionRequired(
+                f"{out} is not on tmpfs: decrypted weights would be written to disk",
+                hint="use a memory-backed directory (emptyDir medium: Memory, /dev/shm) or "
+                "pass --allow-disk",
+            )
         )
     written: list[str] = []
     pending: list[tuple[str, PendingFile]] = []
@@ -112,6 +140,7 @@ def fetch_model(
             for name, pf in pending:
                 pf.commit()
                 written.append(name)
+            _remove_stale(out, before, written)
             # The plaintext now sits in files: say where, next to the load.* events.
             handle._ctx.audit.emit(
                 "fetch",
@@ -133,6 +162,30 @@ def fetch_model(
                 out.rmdir()
         raise
     return FetchResult(str(out), written, total)
+
+
+def _existing_files(d: Path) -> list[str]:
+    """Every entry under ``d`` that is not a directory (symlinks included), relative."""
+    if not d.is_dir():
+        return []
+    found: list[str] = []
+    for root, dirs, files in os.walk(d):
+        links = [x for x in dirs if os.path.islink(os.path.join(root, x))]
+        found += [os.path.relpath(os.path.join(root, n), d) for n in (*files, *links)]
+    return sorted(found)
+
+
+def _remove_stale(out: Path, before: list[str], written: list[str]) -> None:
+    """Remove what ``replace`` replaces: the old contents that were not rewritten now."""
+    keep = set(written)
+    for name in before:
+        if name not in keep:
+            with contextlib.suppress(OSError):
+                (out / name).unlink()
+    for root, dirs, _ in os.walk(out, topdown=False):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                (Path(root) / d).rmdir()  # only empty ones go
 
 
 def _mkdirs(d: Path, root: Path, made: list[Path]) -> None:

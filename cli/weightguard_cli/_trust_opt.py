@@ -9,12 +9,14 @@ issuer, offline, trust_root, unsafe_no_verification.  Importing this module is c
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import click
 
 from weightguard.errors import ConfigError
+from weightguard_cli._renamed import renamed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,23 +32,37 @@ TRUST_KEYS = (
 )
 
 
+def _old_key_value(value: str) -> None:
+    # `--key` was the data-key URI in encrypt/decrypt: say so rather than "no such file".
+    if "://" in value:
+        raise click.UsageError(
+            "--key (now --trust-key) takes a public key file, not a URI; "
+            f"give the data key as --data-key {value}"
+        )
+    if not os.path.isfile(value):
+        raise click.UsageError(f"Invalid value for '--key': File {value!r} does not exist.")
+
+
 def trust_options(f: F) -> F:
     """Add the trust-anchor options to a click command."""
+    pem = click.Path(exists=True, dir_okay=False)
     opts = [
         click.option(
-            "--key",
+            "--trust-key",
             "keys",
             multiple=True,
-            type=click.Path(exists=True, dir_okay=False),
+            type=pem,
             help="Trusted EC public key PEM of the signer (repeatable: any of).",
         ),
+        renamed("--key", "--trust-key", "keys", multiple=True, check=_old_key_value),
         click.option(
-            "--cert-chain",
+            "--trust-chain",
             "cert_chain",
             multiple=True,
-            type=click.Path(exists=True, dir_okay=False),
+            type=pem,
             help="Trusted root CA PEM; further files are intermediates.",
         ),
+        renamed("--cert-chain", "--trust-chain", "cert_chain", multiple=True, type=pem),
         click.option("--vault-key", metavar="URI", help="Vault Transit signing key trusted."),
         click.option("--identity", help="Sigstore certificate identity (email or URI)."),
         click.option("--issuer", help="Sigstore OIDC issuer URL."),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +13,8 @@ from typing import Any
 import click
 
 from weightguard_cli._audit_opt import allow_key_option, audit_option
+from weightguard_cli._output import progress, quiet_option
+from weightguard_cli._renamed import renamed
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 
@@ -30,14 +31,6 @@ def _tree_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-@contextmanager
-def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    with click.progressbar(
-        length=max(total, 1), label=label, file=sys.stderr, show_pos=False, show_percent=True
-    ) as bar:
-        yield bar.update
 
 
 @contextmanager
@@ -58,6 +51,11 @@ def _print(obj: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]],
         human(obj)
 
 
+def _key(k: dict[str, Any]) -> str:
+    """URI and version of a key; a key file has no version, so none is shown."""
+    return k["uri"] if k.get("key_version") is None else f"{k['uri']} v{k['key_version']}"
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
@@ -73,12 +71,13 @@ def _gib(n: int) -> str:
     help="Output file (for a file) or new directory (for a model directory).",
 )
 @click.option(
-    "--key",
+    "--data-key",
     "key_uri",
-    required=True,
     metavar="URI",
-    help="vault://<transit-mount>/<key>, awskms://<key-id-or-arn> or file://<path>.",
+    help="Required. Key that wraps the data key: vault://<transit-mount>/<key>, "
+    "awskms://<key-id-or-arn> or file://<path> (dev: `weightguard keys create`).",
 )
+@renamed("--key", "--data-key", "key_uri", required=True)
 @click.option(
     "--chunk-size",
     default="4MiB",
@@ -103,6 +102,7 @@ def _gib(n: int) -> str:
 )
 @click.option("--workers", type=click.IntRange(1, 256), help="Threads (default: usable CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@quiet_option
 @audit_option
 def encrypt(
     src: Path,
@@ -114,13 +114,17 @@ def encrypt(
     encrypt_other_files: bool,
     workers: int | None,
     as_json: bool,
+    quiet: bool,
     audit_log: str | None,
 ) -> None:
     """Encrypt SRC (a .safetensors file or a model directory) into an artifact."""
     from weightguard import crypt
 
     size = _parse_size(chunk_size)
-    with _audit(audit_log) as log, _progress(f"encrypting {src.name}", _tree_size(src)) as prog:
+    with (
+        _audit(audit_log) as log,
+        progress(f"encrypting {src.name}", _tree_size(src), quiet) as prog,
+    ):
         if src.is_dir():
             res = crypt.encrypt_model(src, dst, key_uri, chunk_size=size,
                                       encrypt_header=encrypt_header, context=context,
@@ -135,12 +139,12 @@ def encrypt(
         if "files" in r:
             n = sum(1 for v in r["files"].values() if v != "copied")
             click.echo(f"encrypted {n} file(s), {_gib(r['bytes'])} -> {dst} "
-                       f"(key {r['key']['uri']} v{r['key']['key_version']}, "
+                       f"(key {_key(r['key'])}, "
                        f"context {r['key']['context']!r}, {r['seconds']:.1f} s)")  # fmt: skip
         else:
             k = r["key"]
             click.echo(f"encrypted {src} -> {dst}: {r['num_chunks']} chunks of "
-                       f"{r['chunk_size']} bytes, key {k['uri']} v{k['key_version']}, "
+                       f"{r['chunk_size']} bytes, key {_key(k)}, "
                        f"context {k['context']!r}")  # fmt: skip
 
     _print(res, as_json, human)
@@ -157,14 +161,16 @@ def encrypt(
     help="Plaintext output file or new directory.",
 )
 @click.option(
-    "--key",
+    "--data-key",
     "key_uri",
     metavar="URI",
     help="Where to find the key (default: the URI recorded in the artifact, if allowed).",
 )
 @allow_key_option
+@renamed("--key", "--data-key", "key_uri")
 @click.option("--workers", type=click.IntRange(1, 256), help="Threads (default: usable CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@quiet_option
 @audit_option
 def decrypt(
     src: Path,
@@ -173,6 +179,7 @@ def decrypt(
     allow_key: tuple[str, ...],
     workers: int | None,
     as_json: bool,
+    quiet: bool,
     audit_log: str | None,
 ) -> None:
     """Decrypt an artifact (or an encrypted model directory) back to plaintext on disk."""
@@ -183,7 +190,7 @@ def decrypt(
     with (
         warnings.catch_warnings(),
         _audit(audit_log) as log,
-        _progress(f"decrypting {src.name}", _tree_size(src)) as prog,
+        progress(f"decrypting {src.name}", _tree_size(src), quiet) as prog,
     ):
         warnings.simplefilter("ignore", crypt.PlaintextWriteWarning)
         if src.is_dir():
@@ -200,18 +207,20 @@ def decrypt(
 @click.command("rewrap")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option(
-    "--to",
+    "--new-data-key",
     "to_uri",
     metavar="URI",
     help="New key URI (default: same key, latest version, e.g. after rotation).",
 )
+@renamed("--to", "--new-data-key", "to_uri")
 @click.option(
-    "--key",
+    "--data-key",
     "key_uri",
     metavar="URI",
     help="Where to find the current key (default: the URI in the artifact, if allowed).",
 )
 @allow_key_option
+@renamed("--key", "--data-key", "key_uri")
 @click.option("--context", metavar="MODEL_ID", help="New context (default: keep).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @audit_option
@@ -235,7 +244,7 @@ def rewrap(
     def human(r: dict[str, Any]) -> None:
         for name, ch in r["files"].items():
             a, b = ch["from"], ch["to"]
-            click.echo(f"{name}: {a['uri']} v{a['key_version']} -> {b['uri']} v{b['key_version']}")
+            click.echo(f"{name}: {_key(a)} -> {_key(b)}")
 
     _print(res, as_json, human)
 
@@ -245,9 +254,13 @@ def rewrap(
 @click.option("--json", "as_json", is_flag=True, help="Full header summary as JSON.")
 @click.option("--verify", is_flag=True, help="Unwrap the key and authenticate the header.")
 @click.option(
-    "--key", "key_uri", metavar="URI", help="Key URI for --verify (default: recorded, if allowed)."
+    "--data-key",
+    "key_uri",
+    metavar="URI",
+    help="Key URI for --verify (default: recorded, if allowed).",
 )
 @allow_key_option
+@renamed("--key", "--data-key", "key_uri")
 @click.option("--max-tensors", default=20, show_default=True, help="Tensors listed (human output).")
 @audit_option
 def inspect(
@@ -273,7 +286,8 @@ def inspect(
     def one(info: dict[str, Any]) -> None:
         k = info["key"]
         click.echo(f"{info['path']}: weightguard artifact v{info['version']} ({info['content']})")
-        click.echo(f"  key:        {k['uri']} ({k['provider']}) version {k['key_version']}, "
+        version = "" if k.get("key_version") is None else f" version {k['key_version']}"
+        click.echo(f"  key:        {k['uri']} ({k['provider']}){version}, "
                    f"context {k['context']!r}")  # fmt: skip
         click.echo(f"  algorithms: {info['algorithms']['aead']}, {info['algorithms']['kdf']}, "
                    f"{info['algorithms']['mac']}")  # fmt: skip

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import click
 
 from weightguard_cli._audit_opt import allow_key_option, audit_option
+from weightguard_cli._output import activity, progress, quiet_option
+from weightguard_cli._renamed import renamed
 from weightguard_cli._trust_opt import policy_from_options, trust_options
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,6 +34,7 @@ def _trust_options(f: F) -> F:
         ),
         allow_key_option,
         click.option("--workers", type=int, help="Worker threads (default: usable CPUs)."),
+        quiet_option,
         audit_option,
     ]
     for o in reversed(opts):
@@ -57,20 +60,30 @@ def _common(opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 @click.argument("source")
 @_trust_options
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
-@click.option("--check", is_flag=True, help="Full verify + decrypt pass; keep nothing.")
+# `load` always was the dry run `--check` described (verify, decrypt, keep nothing):
+# the flag stays one release, hidden, so old scripts keep working.
+@click.option("--check", is_flag=True, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def load(source: str, device: str, check: bool, as_json: bool, **opts: Any) -> None:
-    """Securely load SOURCE (file, directory or s3:// URI): verify, decrypt, discard.
+def load(source: str, device: str, check: bool, as_json: bool, quiet: bool, **opts: Any) -> None:
+    """Securely load SOURCE (file, directory or s3:// URI) onto --device: verify every
+    byte against the signature, decrypt, then discard.  A preflight for a pod (keys,
+    policy, device memory, throughput) and an integrity check of a stored copy.
 
     Exit status 0 only if every byte verified and decrypted.
     """
     from weightguard.loader import load_file
 
+    if check:
+        click.echo(
+            "warning: --check is deprecated: load always verifies, decrypts and keeps nothing",
+            err=True,
+        )
     policy, kwargs = _common(opts)
     audit = kwargs["audit"]
     t0 = time.monotonic()
     try:
-        tensors = load_file(source, device, policy=policy, **kwargs)
+        with activity(f"loading {source}", quiet):
+            tensors = load_file(source, device, policy=policy, **kwargs)
     finally:
         audit.close()
     dt = time.monotonic() - t0
@@ -82,16 +95,24 @@ def load(source: str, device: str, check: bool, as_json: bool, **opts: Any) -> N
     if as_json:
         out = {"ok": True, "source": source, "tensors": n, "bytes": nbytes, "seconds": dt}
         click.echo(json.dumps(out))
-    elif not check:
-        click.echo(f"ok: {n} tensors, {nbytes / 1e9:.3f} GB in {dt:.2f} s from {source}")
     else:
-        click.echo(f"ok: {source} verified and decrypted ({n} tensors)")
+        click.echo(f"ok: {n} tensors, {nbytes / 1e9:.3f} GB in {dt:.2f} s from {source}")
 
 
 @click.command("fetch")
 @click.argument("source")
 @click.option(
-    "--to", "dest", required=True, type=click.Path(file_okay=False), help="Output directory."
+    "-o",
+    "--output",
+    "dest",
+    type=click.Path(file_okay=False),
+    help="Required. Output directory (tmpfs); it must be empty unless --replace.",
+)
+@renamed("--to", "--output", "dest", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace what the output directory holds (removed once the model is in place).",
 )
 @click.option(
     "--allow-disk",
@@ -100,14 +121,26 @@ def load(source: str, device: str, check: bool, as_json: bool, **opts: Any) -> N
 )
 @_trust_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def fetch(source: str, dest: str, allow_disk: bool, as_json: bool, **opts: Any) -> None:
-    """Verify and decrypt SOURCE into DIR (tmpfs) for servers that cannot call Python."""
+def fetch(
+    source: str,
+    dest: str,
+    replace: bool,
+    allow_disk: bool,
+    as_json: bool,
+    quiet: bool,
+    **opts: Any,
+) -> None:
+    """Verify and decrypt SOURCE into a directory (tmpfs) for servers that cannot call
+    Python."""
     from weightguard.transfer import fetch_model
 
     policy, kwargs = _common(opts)
     audit = kwargs["audit"]
     try:
-        res = fetch_model(source, dest, policy=policy, allow_disk=allow_disk, **kwargs)
+        with activity(f"fetching {source}", quiet):
+            res = fetch_model(
+                source, dest, policy=policy, allow_disk=allow_disk, replace=replace, **kwargs
+            )
     finally:
         audit.close()
     if as_json:
@@ -123,11 +156,17 @@ def fetch(source: str, dest: str, allow_disk: bool, as_json: bool, **opts: Any) 
 @click.argument("destination")
 @click.option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def push(directory: str, destination: str, endpoint_url: str | None, as_json: bool) -> None:
-    """Upload a released model DIRECTORY to DESTINATION (s3://bucket/prefix), multipart."""
-    from weightguard.transfer import push_model
+@quiet_option
+def push(
+    directory: str, destination: str, endpoint_url: str | None, as_json: bool, quiet: bool
+) -> None:
+    """Upload a released model DIRECTORY to DESTINATION (s3://bucket/prefix), multipart,
+    retrying failed requests with backoff."""
+    from weightguard._internal.load.push import push_model
 
-    res = push_model(directory, destination, endpoint_url=endpoint_url)
+    size = sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+    with progress(f"pushing {directory}", size, quiet) as advance:
+        res = push_model(directory, destination, endpoint_url=endpoint_url, progress=advance)
     if as_json:
         click.echo(json.dumps(res))
     else:

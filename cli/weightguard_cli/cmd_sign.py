@@ -12,6 +12,8 @@ import click
 
 from weightguard.errors import ConfigError
 from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._output import activity, quiet_option
+from weightguard_cli._renamed import renamed
 from weightguard_cli._trust_opt import policy_from_options, trust_options
 
 
@@ -35,12 +37,28 @@ def _password(var: str | None) -> bytearray | None:
     return bytearray(value.encode("utf-8"))
 
 
+def _default_signature(model: str) -> str:
+    """Where load, fetch and verify look when --signature is not given."""
+    return os.path.join(model, "model.sig") if os.path.isdir(model) else model + ".sig"
+
+
+_PEM = click.Path(exists=True, dir_okay=False)
+
+
 @click.command("sign")
 @click.argument("model", type=click.Path(exists=True, path_type=str))
-@click.option("--signature", required=True, type=click.Path(path_type=str), help="Bundle to write.")
 @click.option(
-    "--key", "key", type=click.Path(exists=True, dir_okay=False), help="EC private key PEM."
+    "--signature",
+    type=click.Path(path_type=str),
+    help="Bundle to write (default: model.sig in a directory, <file>.sig for a file).",
 )
+@click.option(
+    "--signing-key",
+    "key",
+    type=_PEM,
+    help="EC private key PEM (P-256/384/521; create one with `weightguard keys create`).",
+)
+@renamed("--key", "--signing-key", "key", type=_PEM)
 @click.option(
     "--password-env", metavar="VAR", help="Environment variable holding the key password."
 )
@@ -87,10 +105,11 @@ def _password(var: str | None) -> bytearray | None:
     "included) or blake3 (~2x less CPU; weightguard and the model_signing >= 1.1 API).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@quiet_option
 @audit_option
 def sign(
     model: str,
-    signature: str,
+    signature: str | None,
     key: str | None,
     password_env: str | None,
     cert: str | None,
@@ -105,6 +124,7 @@ def sign(
     chunk_digest: str,
     hash_type: str,
     as_json: bool,
+    quiet: bool,
     audit_log: str | None,
 ) -> None:
     """Sign MODEL (file or directory, plain or encrypted) as an OMS bundle."""
@@ -120,12 +140,13 @@ def sign(
     modes = sum([key is not None and cert is None, cert is not None, bool(vault_key), sigstore])
     if modes != 1:
         raise click.UsageError(
-            "choose exactly one of --key, --cert/--cert-chain/--key, --vault-key, --sigstore"
+            "choose exactly one signer: --signing-key, --cert with --signing-key, "
+            "--vault-key or --sigstore"
         )
     signer: Signer
     if cert is not None:
         if key is None:
-            raise click.UsageError("--cert needs --key (the certificate's private key)")
+            raise click.UsageError("--cert needs --signing-key (the certificate's private key)")
         pw = _password(password_env)
         signer = CertificateSigner.from_files(key, cert, cert_chain, pw)
     elif key is not None:
@@ -134,7 +155,9 @@ def sign(
         signer = VaultTransitSigner(vault_key)
     else:
         signer = SigstoreSigner(identity_token, staging=sigstore_staging)
-    with _audit(audit_log) as audit:
+    if signature is None:
+        signature = _default_signature(model)
+    with _audit(audit_log) as audit, activity(f"signing {model}", quiet):
         result = sign_model(
             model,
             signature,
@@ -168,7 +191,11 @@ def sign(
 
 @click.command("verify")
 @click.argument("model", type=click.Path(exists=True, path_type=str))
-@click.option("--signature", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False),
+    help="Signature bundle (default: model.sig in a directory, <file>.sig for a file).",
+)
 @trust_options
 @click.option(
     "--allow-unsigned",
@@ -179,13 +206,15 @@ def sign(
 )
 @click.option("--allow-symlinks", is_flag=True, help="Follow symbolic links to files.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@quiet_option
 @audit_option
 def verify(
     model: str,
-    signature: str,
+    signature: str | None,
     allow_unsigned: tuple[str, ...],
     allow_symlinks: bool,
     as_json: bool,
+    quiet: bool,
     audit_log: str | None,
     **trust: Any,
 ) -> None:
@@ -193,7 +222,17 @@ def verify(
     from weightguard.signing import verify_bundle
 
     policy = policy_from_options(trust)
-    with _audit(audit_log) as audit:
+    if signature is None:
+        signature = _default_signature(model)
+        if not os.path.isfile(signature):  # the same words as load and fetch
+            from weightguard.errors import VerificationError
+
+            raise VerificationError(
+                f"{model}: no signature found (looked for {signature})",
+                hint="sign the model with `weightguard sign`, or give the bundle's path "
+                "with --signature",
+            )
+    with _audit(audit_log) as audit, activity(f"verifying {model}", quiet):
         m = verify_bundle(
             model,
             signature,

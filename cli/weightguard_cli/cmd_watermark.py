@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -10,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._renamed import renamed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,7 +68,8 @@ KEY_HELP = (
 @watermark.command("embed")
 @click.argument("model", type=click.Path(exists=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Marked copy to write.")
-@click.option("--key", "key_ref", required=True, metavar="KEYREF", help=KEY_HELP)
+@click.option("--watermark-key", "key_ref", metavar="KEYREF", help="Required. " + KEY_HELP)
+@renamed("--key", "--watermark-key", "key_ref", required=True)
 @click.option(
     "--alpha",
     type=float,
@@ -101,6 +104,12 @@ def embed(
     from weightguard.audit import AuditLog
 
     t0 = time.perf_counter()
+    if not force and os.path.lexists(output):  # the library's hint would name overwrite=
+        from weightguard.errors import DestinationError
+
+        raise DestinationError(
+            f"{output} already exists", hint="choose another output or pass --force"
+        )
     opts = _load_options(trust_keys, signature, unsafe, data_key)
     if opts is None and wm.is_encrypted_input(model):
         raise click.UsageError(
@@ -172,13 +181,13 @@ def _load_options(
 @watermark.command("check")
 @click.argument("suspect", type=click.Path(exists=True))
 @click.option(
-    "--key",
+    "--watermark-key",
     "key_refs",
-    required=True,
     multiple=True,
     metavar="KEYREF",
-    help=KEY_HELP + " Repeat to test several keys (threshold corrected).",
+    help="Required. " + KEY_HELP + " Repeat to test several keys (threshold corrected).",
 )
+@renamed("--key", "--watermark-key", "key_refs", required=True, multiple=True)
 @click.option(
     "--original",
     type=click.Path(exists=True),

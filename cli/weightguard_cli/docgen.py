@@ -37,6 +37,7 @@ def render() -> str:
     # The root's settings (help option names) must reach every sub-context, exactly as
     # on a real command line, or click's cached help option makes the output vary.
     root_ctx = click.Context(cli, info_name="weightguard", **cli.context_settings)
+    renamed: list[tuple[str, str, str]] = []
     for name in sorted(LAZY_COMMANDS):
         command = cli.get_command(root_ctx, name)
         assert command is not None
@@ -46,6 +47,23 @@ def render() -> str:
             )
             ctx = click.Context(cmd, info_name=path[-1], parent=parent)
             lines += [f"## `{' '.join(path)}`", "", "```", cmd.get_help(ctx).rstrip(), "```", ""]
+            renamed += [
+                (" ".join(path), p.opts[0], str(getattr(p, "renamed_to", "")))
+                for p in cmd.params
+                if getattr(p, "renamed_to", None)
+            ]
+    lines += [
+        "## Renamed options",
+        "",
+        "Still accepted for one release, with a warning on stderr; not shown in `--help`.",
+        "`load --check` is accepted the same way and changes nothing: `load` always",
+        "verified and decrypted every byte and kept nothing.",
+        "",
+        "| command | old | new |",
+        "| --- | --- | --- |",
+        *(f"| `{c}` | `{old}` | `{new}` |" for c, old, new in renamed),
+        "",
+    ]
     return "\n".join(lines)
 
 

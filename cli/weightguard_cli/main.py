@@ -21,10 +21,14 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "encrypt": ("weightguard_cli.cmd_crypt:encrypt", "Encrypt a safetensors file or model dir."),
     "decrypt": ("weightguard_cli.cmd_crypt:decrypt", "Decrypt an artifact to disk (plaintext!)."),
     "rewrap": ("weightguard_cli.cmd_crypt:rewrap", "Rewrap an artifact's data key (rotation)."),
+    "keys": ("weightguard_cli.cmd_keys:keys", "Create development key files."),
     "inspect": ("weightguard_cli.cmd_crypt:inspect", "Show an artifact's header summary."),
     "sign": ("weightguard_cli.cmd_sign:sign", "Sign a model as an OpenSSF model-signing bundle."),
     "verify": ("weightguard_cli.cmd_sign:verify", "Verify a model's signature against a policy."),
-    "load": ("weightguard_cli.cmd_load:load", "Securely load a model (--check: dry run)."),
+    "load": (
+        "weightguard_cli.cmd_load:load",
+        "Verify and decrypt a model, keep nothing (preflight).",
+    ),
     "fetch": ("weightguard_cli.cmd_load:fetch", "Decrypt a model onto tmpfs (init container)."),
     "push": ("weightguard_cli.cmd_load:push", "Upload a released model directory to S3."),
     "audit": ("weightguard_cli.cmd_audit:audit", "Show and verify the access audit log."),
@@ -56,6 +60,9 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="weightguard")
 def cli() -> None:
     """weightguard: encrypt, sign, watermark and securely load model weights."""
+    from weightguard_cli._output import configure_logging
+
+    configure_logging()
 
 
 def main(argv: list[str] | None = None) -> Any:

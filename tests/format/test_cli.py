@@ -33,7 +33,7 @@ def test_cli_encrypt_inspect_rewrap_decrypt(tmp_path: Path, env: Path) -> None:
     src = tmp_path / "m.safetensors"
     src.write_bytes(build_safetensors({"layer.w": ("F32", [3000], os.urandom(12000))}, {"a": "b"}))
     r = CliRunner()
-    args = ["encrypt", str(src), "-o", str(tmp_path / "m.enc"), "--key", f"file://{key}",
+    args = ["encrypt", str(src), "-o", str(tmp_path / "m.enc"), "--data-key", f"file://{key}",
             "--chunk-size", "4KiB", "--context", "acme/m", "--json"]  # fmt: skip
     res = r.invoke(cli, args)
     assert res.exit_code == 0, res.output
@@ -53,10 +53,18 @@ def test_cli_encrypt_inspect_rewrap_decrypt(tmp_path: Path, env: Path) -> None:
 
     before = (tmp_path / "m.enc").read_bytes()
     res = r.invoke(
-        cli, ["rewrap", str(tmp_path / "m.enc"), "--to", f"file://{key2}", "--key", f"file://{key}"]
+        cli,
+        [
+            "rewrap",
+            str(tmp_path / "m.enc"),
+            "--new-data-key",
+            f"file://{key2}",
+            "--data-key",
+            f"file://{key}",
+        ],
     )
     assert res.exit_code == 0, res.output
-    assert f"file://{key} vNone -> file://{key2} vNone" in res.stdout
+    assert f"file://{key} -> file://{key2}" in res.stdout
     after = (tmp_path / "m.enc").read_bytes()
     assert after[-12_100:] == before[-12_100:]
 
@@ -78,7 +86,7 @@ def test_cli_model_dir_and_encrypt_header(tmp_path: Path, env: Path) -> None:
     (d / "model.safetensors").write_bytes(build_safetensors({"secret.w": ("U8", [10], bytes(10))}))
     (d / "config.json").write_text("{}")
     r = CliRunner()
-    res = r.invoke(cli, ["encrypt", str(d), "-o", str(tmp_path / "enc"), "--key",
+    res = r.invoke(cli, ["encrypt", str(d), "-o", str(tmp_path / "enc"), "--data-key",
                          f"file://{key}", "--encrypt-header", "--encrypt-other-files"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "encrypted 2 file(s)" in res.stdout
@@ -101,6 +109,6 @@ def test_cli_errors_are_one_line(tmp_path: Path, env: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and "not a weightguard artifact" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    res = CliRunner().invoke(cli, ["encrypt", str(bad), "-o", "y", "--key", "file://k",
+    res = CliRunner().invoke(cli, ["encrypt", str(bad), "-o", "y", "--data-key", "file://k",
                                    "--chunk-size", "lots"])  # fmt: skip
     assert res.exit_code == 2 and "not a size" in res.output

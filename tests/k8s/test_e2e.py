@@ -510,7 +510,7 @@ def test_init_container_fetch_decrypts_into_tmpfs(
     res = pod.run("fetch")
     assert res.returncode == 0, res.stderr
     fetch = container(pod.spec, "fetch")
-    to = fetch["args"][fetch["args"].index("--to") + 1]
+    to = fetch["args"][fetch["args"].index("--output") + 1]
     out = Path(pod._map_path(fetch, to))
     # What the serving container sees through its read-only mount of the same volume.
     assert mounts(container(pod.spec, "server"))["models"]["mountPath"] == "/models"
@@ -555,7 +555,7 @@ def test_init_container_works_with_jwt_auth(released: dict[str, bytes], pod_fact
     env.update(WEIGHTGUARD_VAULT_AUTH="jwt", WEIGHTGUARD_VAULT_AUTH_MOUNT="jwt")
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    to = Path(argv[argv.index("--to") + 1])
+    to = Path(argv[argv.index("--output") + 1])
     assert (to / "model.safetensors").read_bytes() == released["model.safetensors"]
 
 

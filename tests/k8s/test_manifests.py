@@ -210,7 +210,7 @@ def test_init_container_decrypts_into_a_memory_emptydir() -> None:
     fetch = container(spec, "fetch")
     assert [c["name"] for c in spec["initContainers"]] == ["fetch"]
     assert fetch["command"] == ["weightguard", "fetch"]
-    to = fetch["args"][fetch["args"].index("--to") + 1]
+    to = fetch["args"][fetch["args"].index("--output") + 1]
     m = mounts(fetch)["models"]
     assert to.startswith(m["mountPath"] + "/") and not m.get("readOnly", False)
     # tmpfs pages are charged to the writer and then to the pod: limits must cover them.
@@ -248,7 +248,7 @@ def test_release_job_is_a_separate_identity_encrypt_sign_push() -> None:
     assert "vault-token" in mounts(encrypt) and "vault-token" in mounts(sign)
     assert volume(spec, "staging")["persistentVolumeClaim"]["readOnly"] is True
     assert "vault-token" not in mounts(push) and "staging" not in mounts(push)
-    key = encrypt["args"][encrypt["args"].index("--key") + 1]
+    key = encrypt["args"][encrypt["args"].index("--data-key") + 1]
     assert key.startswith("vault://transit/wg-model-")
     for d in render("in-process") + render("init-container"):
         assert d["metadata"].get("namespace") in (None, "ml-inference")

@@ -1,4 +1,4 @@
-"""CLI: ``weightguard load --check`` and ``weightguard fetch`` (streaming, tmpfs, 0600)."""
+"""CLI: ``weightguard load`` and ``weightguard fetch`` (streaming, tmpfs, 0600)."""
 # ruff: noqa: F811  (pytest fixtures imported from tests.support.load)
 
 from __future__ import annotations
@@ -87,19 +87,19 @@ def _events(log: Path) -> list[dict[str, object]]:
     return [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
 
 
-# --------------------------------------------------------------------------- load --check
+# --------------------------------------------------------------------------- load
 
 
 def test_load_check_ok_and_tampered(model, sign_keys, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     d, _ = model
     log = tmp_path / "audit.jsonl"
-    base = ["load", str(d), "--key", str(sign_keys.public), "--audit-log", str(log)]
-    code, out, err = _run([*base, "--check"], capsys)
+    base = ["load", str(d), "--trust-key", str(sign_keys.public), "--audit-log", str(log)]
+    code, out, err = _run(base, capsys)
     assert code == 0, err
-    assert out.strip() == f"ok: {d} verified and decrypted (10 tensors)"
+    assert out.startswith("ok: 10 tensors, ") and out.strip().endswith(f" s from {d}")
     assert [e["event"] for e in _events(log)][-1] == "load.ok"
 
-    code, out, _ = _run([*base, "--check", "--json"], capsys)
+    code, out, _ = _run([*base, "--json"], capsys)
     assert code == 0
     doc = json.loads(out)
     assert doc["ok"] is True and doc["tensors"] == 10 and doc["bytes"] > 0
@@ -110,7 +110,7 @@ def test_load_check_ok_and_tampered(model, sign_keys, tmp_path, capsys) -> None:
         hdr = fmt.read_header(f, path=str(shard))
     off, _ = hdr.record_span(2)
     flip(shard, off + 5)
-    code, out, err = _run([*base, "--check"], capsys)
+    code, out, err = _run(base, capsys)
     assert code == 1
     assert out == ""
     lines = err.strip().splitlines()
@@ -128,12 +128,12 @@ def test_load_check_wrong_signer_and_missing_trust(model, tmp_path, capsys) -> N
     other = make_sign_keys(tmp_path, "other")
     log = tmp_path / "audit.jsonl"
     code, out, err = _run(
-        ["load", str(d), "--check", "--key", str(other.public), "--audit-log", str(log)], capsys
+        ["load", str(d), "--trust-key", str(other.public), "--audit-log", str(log)], capsys
     )
     assert code == 1 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
     assert _events(log)[-1]["outcome"] == "denied"
-    code, _, err = _run(["load", str(d), "--check", "--audit-log", str(log)], capsys)
+    code, _, err = _run(["load", str(d), "--audit-log", str(log)], capsys)
     assert code == 2 and "give a trust anchor" in err
 
 
@@ -146,13 +146,16 @@ def test_fetch_refuses_disk_without_allow_disk(model, sign_keys, tmp_path, capsy
     if is_memory_fs(tmp_path):
         pytest.skip("tmp_path is itself on tmpfs")
     code, out, err = _run(
-        ["fetch", str(d), "--to", str(dest), "--key", str(sign_keys.public),
+        ["fetch", str(d), "--output", str(dest), "--trust-key", str(sign_keys.public),
          "--audit-log", str(tmp_path / "a.jsonl")],
         capsys,
     )  # fmt: skip
     assert code == 1 and out == ""
     assert err.startswith("error: ") and "not on tmpfs" in err and "--allow-disk" in err
     assert not dest.exists()  # nothing created, nothing decrypted
+    refused = _events(tmp_path / "a.jsonl")[-1]
+    assert refused["event"] == "fetch" and refused["outcome"] == "denied"
+    assert str(refused["reason"]).startswith("UnsafeOptionRequired: ")
 
 
 def test_fetch_to_tmpfs_streams_0600_byte_equal(
@@ -161,7 +164,7 @@ def test_fetch_to_tmpfs_streams_0600_byte_equal(
     d, plain = model
     log = tmp_path / "a.jsonl"
     code, out, err = _run(
-        ["fetch", str(d), "--to", str(shm_dir), "--key", str(sign_keys.public),
+        ["fetch", str(d), "--output", str(shm_dir), "--trust-key", str(sign_keys.public),
          "--audit-log", str(log), "--json"],
         capsys,
     )  # fmt: skip
@@ -189,7 +192,7 @@ def test_fetch_allow_disk(model, sign_keys, tmp_path, capsys) -> None:  # type: 
     d, plain = model
     dest = tmp_path / "out"
     code, out, err = _run(
-        ["fetch", str(d), "--to", str(dest), "--allow-disk", "--key", str(sign_keys.public),
+        ["fetch", str(d), "-o", str(dest), "--allow-disk", "--trust-key", str(sign_keys.public),
          "--audit-log", str(tmp_path / "a.jsonl")],
         capsys,
     )  # fmt: skip
@@ -208,7 +211,7 @@ def test_fetch_tampered_second_shard_leaves_nothing(
     flip(shard, shard.stat().st_size - 3)  # the last record's tag
     log = tmp_path / "a.jsonl"
     code, out, err = _run(
-        ["fetch", str(d), "--to", str(shm_dir), "--key", str(sign_keys.public),
+        ["fetch", str(d), "--output", str(shm_dir), "--trust-key", str(sign_keys.public),
          "--audit-log", str(log)],
         capsys,
     )  # fmt: skip
@@ -231,7 +234,16 @@ def test_fetch_keeps_existing_dir_and_removes_only_its_files(model, sign_keys, t
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt), observing(before_record=interrupt):
-        fetch_model(d, dest, policy=sign_keys.policy(), allow_disk=True, audit=audit, workers=2)
+        fetch_model(
+            d,
+            dest,
+            policy=sign_keys.policy(),
+            allow_disk=True,
+            replace=True,  # a non-empty destination is refused otherwise
+            audit=audit,
+            workers=2,
+        )
+    # replace removes the old contents only once the new model is complete
     assert sorted(p.name for p in dest.iterdir()) == ["keep.txt"]
     assert last(sink, "load.denied")["reason"] == "cancelled (KeyboardInterrupt)"
 

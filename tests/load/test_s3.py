@@ -111,7 +111,9 @@ def test_fetch_to_tmpfs(vault_model, sign_keys, tmp_path) -> None:
             assert f.read_bytes() == (release.parent / f"p{i}.safetensors").read_bytes()
             assert st_load(str(f))
         assert (out / "config.json").read_text() == '{"arch": "test"}'
-        fetched = [r for r in sink.records if r.get("event") == "fetch"]
+        refused, fetched = ([r for r in sink.records if r.get("event") == "fetch"
+                             and r.get("outcome") == o] for o in ("denied", "ok"))  # fmt: skip
+        assert [r["object"]["destination"] for r in refused] == [str(tmp_path / "out")]
         assert len(fetched) == 1 and fetched[0]["object"]["destination"] == str(out)
         assert fetched[0]["object"]["files"] == 4 and fetched[0]["extra"]["memory_fs"] is True
     finally:

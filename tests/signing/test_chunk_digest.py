@@ -243,7 +243,7 @@ def test_cli_chunk_digest_option(tmp_path: Path, sign_keys, choice: str) -> None
     d.mkdir()
     write_st(d / "model.safetensors", MODEL_LAYOUT)
     sig = tmp_path / "m.sig"
-    args = ["sign", str(d), "--signature", str(sig), "--key", str(sign_keys.private)]
+    args = ["sign", str(d), "--signature", str(sig), "--signing-key", str(sign_keys.private)]
     args += ["--chunk-digest", choice, "--json", "--audit-log", str(tmp_path / "a.jsonl")]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output

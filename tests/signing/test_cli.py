@@ -34,7 +34,7 @@ def test_cli_key_sign_verify_text_and_json(tmp_path: Path) -> None:
         str(model),
         "--signature",
         str(tmp_path / "m.sig"),
-        "--key",
+        "--signing-key",
         str(tmp_path / "k.pem"),
         "--password-env",
         "WG_TEST_PW",
@@ -48,7 +48,7 @@ def test_cli_key_sign_verify_text_and_json(tmp_path: Path) -> None:
         str(model),
         "--signature",
         str(tmp_path / "m.sig"),
-        "--key",
+        "--trust-key",
         str(tmp_path / "k.pub"),
         "--allow-unsigned",
         "*.md",
@@ -63,7 +63,7 @@ def test_cli_key_sign_verify_text_and_json(tmp_path: Path) -> None:
         str(model),
         "--signature",
         str(tmp_path / "m.sig"),
-        "--key",
+        "--trust-key",
         str(tmp_path / "k.pub"),
         "--allow-unsigned",
         "*.md",
@@ -79,7 +79,7 @@ def test_cli_key_sign_verify_text_and_json(tmp_path: Path) -> None:
         str(model),
         "--signature",
         str(tmp_path / "m.sig"),
-        "--key",
+        "--trust-key",
         str(tmp_path / "k.pub"),
     )
     assert r.returncode == 1
@@ -94,7 +94,7 @@ def test_cli_password_env_missing(tmp_path: Path) -> None:
         str(model),
         "--signature",
         str(tmp_path / "m.sig"),
-        "--key",
+        "--signing-key",
         str(tmp_path / "k.pem"),
         "--password-env",
         "WG_NOT_SET_ANYWHERE",
@@ -115,7 +115,7 @@ def test_cli_certificate_chain(tmp_path: Path) -> None:
         str(c["leaf_cert"]),
         "--cert-chain",
         str(c["intermediate"]),
-        "--key",
+        "--signing-key",
         str(c["leaf_key"]),
     )
     assert r.returncode == 0, r.stderr
@@ -124,7 +124,7 @@ def test_cli_certificate_chain(tmp_path: Path) -> None:
         str(model),
         "--signature",
         str(tmp_path / "c.sig"),
-        "--cert-chain",
+        "--trust-chain",
         str(c["root"]),
         "--json",
     )
@@ -136,7 +136,7 @@ def test_cli_certificate_chain(tmp_path: Path) -> None:
         str(model),
         "--signature",
         str(tmp_path / "c.sig"),
-        "--cert-chain",
+        "--trust-chain",
         str(other["root"]),
     )
     assert r.returncode == 1 and "no path from CN=signer" in r.stderr
@@ -146,7 +146,7 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     model = make_model(tmp_path / "m")
     write_key(tmp_path, "k")
     r = wg("sign", str(model), "--signature", str(tmp_path / "m.sig"))
-    assert r.returncode == 2 and "exactly one of" in r.stderr
+    assert r.returncode == 2 and "choose exactly one signer" in r.stderr
     (tmp_path / "m.sig").write_text("{}")
     r = wg("verify", str(model), "--signature", str(tmp_path / "m.sig"))
     assert r.returncode == 2 and "trust anchor" in r.stderr

@@ -49,7 +49,7 @@ def test_cli_embed_check_json(tmp_path: Path, small_model: Path) -> None:
             str(small_model),
             "-o",
             str(out),
-            "--key",
+            "--watermark-key",
             f"file://{keyf}",
             "--json",
             "--audit-log",
@@ -64,7 +64,7 @@ def test_cli_embed_check_json(tmp_path: Path, small_model: Path) -> None:
             "watermark",
             "check",
             str(out),
-            "--key",
+            "--watermark-key",
             str(keyf),
             "--json",
             "--commitment",
@@ -81,7 +81,7 @@ def test_cli_embed_check_json(tmp_path: Path, small_model: Path) -> None:
             "watermark",
             "check",
             str(small_model),
-            "--key",
+            "--watermark-key",
             str(keyf),
             "--json",
             "--audit-log",
@@ -94,7 +94,7 @@ def test_cli_embed_check_json(tmp_path: Path, small_model: Path) -> None:
             "watermark",
             "check",
             str(out),
-            "--key",
+            "--watermark-key",
             str(keyf),
             "--original",
             str(small_model),
@@ -118,7 +118,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, small_model: Path) -> None:
     short = tmp_path / "short.key"
     short.write_bytes(b"x")
     with pytest.raises(SystemExit) as ei:
-        main(["watermark", "check", str(small_model), "--key", str(short)])
+        main(["watermark", "check", str(small_model), "--watermark-key", str(short)])
     assert ei.value.code == 1
 
 
@@ -201,7 +201,7 @@ def test_check_several_keys_one_pass(tmp_path: Path, small_model: Path) -> None:
         wm.check_keys(out, refs, keys_tested=2)
     args = ["watermark", "check", str(out), "--json", "--audit-log", str(tmp_path / "a.log")]
     for r in refs:
-        args += ["--key", r]
+        args += ["--watermark-key", r]
     code, text = run(args)
     doc = json.loads(text)
     assert code == 0 and doc["verdict"] == "present" and doc["keys_tested"] == 3

@@ -340,7 +340,7 @@ def test_cli_embed_encrypted(
     keyf = tmp_path / "wm.key"
     keyf.write_bytes(KEY)
     out = tmp_path / "cli_out.safetensors"
-    base = ["watermark", "embed", str(enc), "-o", str(out), "--key", str(keyf)]
+    base = ["watermark", "embed", str(enc), "-o", str(out), "--watermark-key", str(keyf)]
     audit = ["--audit-log", str(tmp_path / "audit.jsonl")]
     res = CliRunner().invoke(cli, base + audit)
     assert res.exit_code == 2 and "--trust-key" in res.output

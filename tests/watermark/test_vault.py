@@ -33,7 +33,10 @@ def test_kv_v2_key(vault_env: Any, new_name: Any) -> None:
     assert wm.check(marked, value.encode()).verdict == "present"
     with pytest.raises(KeyProviderError, match="no string field 'nope'"):
         _key(f"vault-kv://secret/{path}#nope")
-    with pytest.raises(KeyProviderError, match="has no KV secret"):
+    with pytest.raises(
+        KeyProviderError,
+        match=r"path not found while reading the KV secret secret/\S+-missing \(check",
+    ):
         _key(f"vault-kv://secret/{path}-missing#key")
     with pytest.raises(ConfigError, match="malformed KV"):
         _key("vault-kv://secret/only-path")

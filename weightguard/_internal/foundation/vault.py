@@ -222,7 +222,24 @@ def _vault_messages(exc: Exception) -> str:
     msg = msg.split(", on ")[0]  # hvac appends ", on <method> <url>"
     msg = re.sub(r"\d+ errors? occurred:", "", msg).replace("* ", "")
     msg = " ".join(msg.split())
-    return msg[:300]
+    return "" if msg == "None" else msg[:300]  # "None": hvac's text for an empty 404 body
+
+
+def _token_state(client: Any) -> tuple[str, list[str]]:
+    """After a 403: ``("invalid", [])`` if the token itself is refused (expired, revoked,
+    unknown), ``("valid", policies)`` if it is fine and only lacks a permission,
+    ``("unknown", [])`` if that cannot be told (no client, a login method, no reply)."""
+    import hvac.exceptions as hx
+
+    if client is None or not getattr(client, "token", None):
+        return "unknown", []
+    try:
+        data = client.auth.token.lookup_self()["data"]
+    except (hx.Forbidden, hx.Unauthorized):
+        return "invalid", []
+    except Exception:  # the probe is only a diagnosis: the original error stands
+        return "unknown", []
+    return "valid", [str(p) for p in (data.get("policies") or [])]
 
 
 def map_vault_error(
@@ -231,63 +248,100 @@ def map_vault_error(
     *,
     addr: str | None = None,
     secrets: tuple[str, ...] = (),
+    client: Any = None,
 ) -> WeightguardError:
     """Translate an hvac/requests exception into a weightguard error (not raised).
 
-    ``operation`` says what was being done ("logging in with kubernetes auth",
-    "unwrapping the data key with transit/models").  ``secrets`` are strings scrubbed
-    from the message should the server echo them.
+    ``operation`` says what was being done, as a gerund phrase ("logging in with
+    kubernetes auth", "unwrapping the data key with vault://transit/models").
+    ``secrets`` are strings scrubbed from the message should the server echo them.
+    ``client`` (the one that failed) tells an expired token from a missing permission
+    and supplies the address when ``addr`` is not given.
     """
     import hvac.exceptions as hx
     import requests
 
-    where = f" at {addr}" if addr else ""
     if isinstance(exc, WeightguardError):
         return exc
+    addr = addr or (str(getattr(client, "url", "") or "") or None)
+    at = f"Vault at {addr}" if addr else "Vault"
     if isinstance(exc, requests.exceptions.SSLError):
+        text = str(exc).lower()
+        if "wrong version number" in text or "record layer" in text or "packet length" in text:
+            return KeyUnavailableError(
+                f"TLS handshake with {at} failed while {operation}: the server did not "
+                "answer in TLS",
+                hint="use an http:// VAULT_ADDR for a plain listener, or enable TLS on it",
+            )
         return KeyUnavailableError(
-            f"TLS verification of Vault{where} failed while {operation}",
+            f"TLS verification of {at} failed while {operation}",
             hint="set VAULT_CACERT to the CA bundle that signed the Vault server certificate",
         )
     if isinstance(exc, requests.exceptions.Timeout):
-        return KeyUnavailableError(f"Vault{where} timed out while {operation}")
+        return KeyUnavailableError(
+            f"{at} timed out while {operation}", hint="check VAULT_ADDR and the network"
+        )
     if isinstance(exc, requests.exceptions.ConnectionError):
-        return KeyUnavailableError(f"cannot reach Vault{where} while {operation}")
+        return KeyUnavailableError(
+            f"cannot reach {at} while {operation}",
+            hint="check VAULT_ADDR and that the server is running",
+        )
     if isinstance(exc, requests.exceptions.RequestException):
         return KeyUnavailableError(
-            f"request to Vault{where} failed while {operation}: {type(exc).__name__}",
+            f"request to {at} failed while {operation}: {type(exc).__name__}",
             hint="check VAULT_ADDR (it must be an http(s):// URL)",
         )
     detail = _redact(_vault_messages(exc) if isinstance(exc, Exception) else "", secrets)
     suffix = f": {detail}" if detail else ""
     if isinstance(exc, hx.Forbidden | hx.Unauthorized):
-        return KeyAccessDenied(f"Vault{where} denied {operation}{suffix}")
+        state, policies = _token_state(client)
+        if state == "invalid":
+            return KeyAccessDenied(
+                f"{at} rejected the token while {operation}: it is expired, revoked or invalid",
+                hint="get a new token into VAULT_TOKEN, or log in again",
+            )
+        if state == "valid":
+            return KeyAccessDenied(
+                f"{at} denied {operation}: permission denied for the token's policies "
+                f"({', '.join(policies) or 'none'})",
+                hint="grant a policy that allows this path, or use a token that has one",
+            )
+        return KeyAccessDenied(f"{at} denied {operation}{suffix}")
     if isinstance(exc, hx.VaultDown):
         return KeyUnavailableError(
-            f"Vault{where} is sealed or unavailable while {operation}",
+            f"{at} is sealed or unavailable while {operation}",
             hint="unseal Vault or wait for it to become active",
         )
     if isinstance(exc, hx.RateLimitExceeded):
         return KeyUnavailableError(
-            f"Vault{where} rate-limited {operation}", hint="retry later or raise the quota"
+            f"{at} rate-limited {operation}", hint="retry later or raise the quota"
         )
     if isinstance(exc, hx.InvalidPath):
         return KeyProviderError(
-            f"Vault{where}: path not found while {operation}{suffix}",
+            f"{at}: path not found while {operation}{suffix}",
             hint="check the mount path and the key or role name",
         )
     if isinstance(exc, hx.InvalidRequest):
-        return KeyProviderError(f"Vault{where} rejected {operation}{suffix}")
+        if "http request to an https server" in detail.lower():
+            return KeyUnavailableError(
+                f"{at} expects TLS while {operation}",
+                hint="use an https:// VAULT_ADDR (and VAULT_CACERT)",
+            )
+        return KeyProviderError(f"{at} rejected {operation}{suffix}")
     if isinstance(exc, hx.InternalServerError | hx.BadGateway | hx.UnexpectedError):
-        return KeyUnavailableError(f"Vault{where} failed while {operation}{suffix}")
+        return KeyUnavailableError(f"{at} failed while {operation}{suffix}")
     if isinstance(exc, hx.VaultError):
-        return KeyProviderError(f"Vault{where} error while {operation}{suffix}")
+        return KeyProviderError(f"{at} error while {operation}{suffix}")
     return KeyProviderError(f"unexpected error while {operation}: {type(exc).__name__}")
 
 
 @contextlib.contextmanager
 def vault_errors(
-    operation: str, *, addr: str | None = None, secrets: tuple[str, ...] = ()
+    operation: str,
+    *,
+    addr: str | None = None,
+    secrets: tuple[str, ...] = (),
+    client: Any = None,
 ) -> Iterator[None]:
     """Context manager: re-raise hvac/requests failures as weightguard errors."""
     import hvac.exceptions as hx
@@ -296,7 +350,7 @@ def vault_errors(
     try:
         yield
     except (hx.VaultError, requests.exceptions.RequestException) as exc:
-        raise map_vault_error(exc, operation, addr=addr, secrets=secrets) from None
+        raise map_vault_error(exc, operation, addr=addr, secrets=secrets, client=client) from None
 
 
 # --------------------------------------------------------------------------- client
@@ -328,9 +382,7 @@ def vault_client(
 
     url = (addr or env.get("VAULT_ADDR") or "").strip()
     if not url:
-        raise ConfigError(
-            "VAULT_ADDR is not set", hint="set VAULT_ADDR to the Vault/OpenBao URL, or pass addr"
-        )
+        raise ConfigError("VAULT_ADDR is not set", hint="set VAULT_ADDR to the Vault/OpenBao URL")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(
             f"VAULT_ADDR {url!r} is not an http(s):// URL", hint="e.g. https://vault:8200"

@@ -24,10 +24,10 @@ import errno
 import fnmatch
 import hashlib
 import hmac
+import logging
 import os
 import re
 import stat
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,9 @@ from weightguard.errors import (
     KeyVersionRetired,
     WrongKeyError,
 )
+
+# Key providers are part of encryption: their messages go where crypt's do.
+_log = logging.getLogger("weightguard.crypt")
 
 __all__ = [
     "ALLOWED_KEYS_ENV",
@@ -259,9 +262,9 @@ class FileKeyProvider(_BaseProvider):
 
     def _warn(self) -> None:
         if not self.quiet:
-            sys.stderr.write(
-                f"weightguard: warning: using development key file {self.path}; "
-                "not for production (use vault:// or awskms://)\n"
+            _log.warning(
+                "using development key file %s; not for production (use vault:// or awskms://)",
+                self.path,
             )
 
     def _read_bounded(self) -> bytearray:
@@ -306,7 +309,7 @@ class FileKeyProvider(_BaseProvider):
         except FileNotFoundError:
             raise KeyUnavailableError(
                 f"key file {self.path} does not exist",
-                hint="create one with `weightguard.crypt.create_key_file(path)` or fix the URI",
+                hint="create one with `weightguard keys create --data-key PATH`, or fix the URI",
             ) from None
         except PermissionError:
             raise KeyAccessDenied(f"cannot read key file {self.path}: permission denied") from None
@@ -323,7 +326,7 @@ class FileKeyProvider(_BaseProvider):
                     pass
             raise KeyProviderError(
                 f"key file {self.path} must hold 32 bytes (raw or 64 hex digits)",
-                hint="create one with `weightguard.crypt.create_key_file(path)`",
+                hint="create one with `weightguard keys create --data-key PATH`",
             )
         finally:
             wipe(data)
@@ -365,7 +368,7 @@ class FileKeyProvider(_BaseProvider):
                     raise WrongKeyError(
                         f"the artifact's key was wrapped by {w.provider!r} ({w.uri}), not by a "
                         "key file",
-                        hint=f"decrypt with --key {w.uri}",
+                        hint=f"decrypt with --data-key {w.uri}",
                     )
                 if parts[2] != kid:
                     raise WrongKeyError(
@@ -395,7 +398,14 @@ class FileKeyProvider(_BaseProvider):
 # --------------------------------------------------------------------------- vault
 
 
-def _vault_error(exc: BaseException, uri: str, op: str) -> Exception:
+_VAULT_OPERATIONS = {
+    "encrypt": "wrapping a data key with {uri}",
+    "decrypt": "unwrapping the data key with {uri}",
+    "read the key of": "reading the Transit key {uri}",
+}
+
+
+def _vault_error(exc: BaseException, uri: str, op: str, client: Any = None) -> Exception:
     """Map an hvac/requests error (or a batch item's error text) to weightguard errors."""
     text = str(exc).lower()
     if "disallowed by policy" in text or "min_decryption_version" in text:
@@ -417,7 +427,8 @@ def _vault_error(exc: BaseException, uri: str, op: str) -> Exception:
         return KeyProviderError(f"Vault failed to {op} with {uri}: {str(exc)[:200]}")
     from weightguard._internal.foundation.vault import map_vault_error
 
-    return map_vault_error(exc, f"{op} of a data key with {uri}")
+    operation = _VAULT_OPERATIONS.get(op, op + " {uri}").format(uri=uri)
+    return map_vault_error(exc, operation, client=client)
 
 
 class VaultTransitProvider(_BaseProvider):
@@ -452,7 +463,7 @@ class VaultTransitProvider(_BaseProvider):
         try:
             resp = self.client().adapter.post(f"/v1/{self.mount}/{op}/{self.key}", json=payload)
         except Exception as exc:
-            raise _vault_error(exc, self.uri, op) from None
+            raise _vault_error(exc, self.uri, op, self._client) from None
         if not isinstance(resp, dict):
             raise KeyProviderError(f"unexpected Vault response to {op} on {self.uri}")
         return resp
@@ -463,7 +474,7 @@ class VaultTransitProvider(_BaseProvider):
         try:
             info = self.client().adapter.get(f"/v1/{self.mount}/keys/{self.key}")
         except Exception as exc:
-            err = _vault_error(exc, self.uri, "read the key of")
+            err = _vault_error(exc, self.uri, "read the key of", self._client)
             if isinstance(err, KeyProviderError) and "path not found" in str(err):
                 raise KeyProviderError(
                     f"Transit key {self.uri} does not exist",
@@ -523,7 +534,7 @@ class VaultTransitProvider(_BaseProvider):
             if w.provider != self.name:
                 raise WrongKeyError(
                     f"the artifact's key was wrapped by {w.provider!r} ({w.uri}), not by Vault",
-                    hint=f"decrypt with --key {w.uri}",
+                    hint=f"decrypt with --data-key {w.uri}",
                 )
         batch = [{"ciphertext": w.ciphertext, "context": self._ctx(w.context)} for w in wrapped]
         results = self._results(
@@ -658,7 +669,7 @@ class AwsKmsProvider(_BaseProvider):
                     raise WrongKeyError(
                         f"the artifact's key was wrapped by {w.provider!r} ({w.uri}), not by "
                         "AWS KMS",
-                        hint=f"decrypt with --key {w.uri}",
+                        hint=f"decrypt with --data-key {w.uri}",
                     )
                 try:
                     blob = base64.b64decode(w.ciphertext, validate=True)

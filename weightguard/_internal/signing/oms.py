@@ -547,9 +547,12 @@ def ec_hash(public_key: Any, where: str) -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        # The class name would say "Ed25519PublicKey" even about a private key file.
+        kind = type(public_key).__name__.removesuffix("PublicKey") or "unknown"
         raise FormatError(
-            f"{where}: key is {type(public_key).__name__}, not an EC key",
-            hint="OMS signatures use ECDSA P-256, P-384 or P-521 keys",
+            f"{where} holds an {kind} key, not an EC (ECDSA) key",
+            hint="OMS signatures use ECDSA P-256, P-384 or P-521 keys; create one with "
+            "`weightguard keys create --signing-key FILE`",
         )
     name = _CURVE_HASH.get(public_key.curve.name)
     if name is None:
@@ -625,9 +628,11 @@ class Evidence:
             algo = ec_hash(public_key, f"{self.path}: verification key {fp}")
             hint = self.bundle.key_hint
             if check_hint and hint is not None and hint != key_hint(public_key):
+                # The hint is model-signing's hash of the PEM text: shown, it would look
+                # like a fingerprint in another format than the one `sign` prints.
                 raise FormatError(
-                    f"{self.path}: verificationMaterial.publicKey.hint "
-                    f"{hint[:16]}... does not match key {fp} ({curve_label(public_key)})",
+                    f"{self.path} was signed with another key, not {fp} "
+                    f"({curve_label(public_key)})",
                     hint="the model was signed with a different key",
                 )
             check_der_signature(self.bundle.signature, public_key, where)

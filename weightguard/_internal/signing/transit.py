@@ -38,7 +38,7 @@ def transit_public_keys(uri: str, *, client: Any = None) -> list[tuple[int, byte
 
     mount, name = parse_transit_uri(uri)
     c = transit_client(client)
-    with vault_errors(f"reading the Transit key {uri}"):
+    with vault_errors(f"reading the Transit key {uri}", client=c):
         data = c.secrets.transit.read_key(name=name, mount_point=mount)["data"]
     if not str(data.get("type", "")).startswith("ecdsa-"):
         raise KeyProviderError(

@@ -274,7 +274,8 @@ def _encrypted_source(
     if "policy" not in opts:
         raise WatermarkError(
             f"{path} is an encrypted artifact: the secure loader needs a verification policy",
-            hint="pass load_options={'policy': ..., 'signature': ...} (CLI: --policy/--signature)"
+            hint="pass load_options={'policy': ..., 'signature': ...} (CLI: --trust-key, "
+            "--signature)"
             " or check tensors you loaded yourself",
         )
     if load_encrypted is None:

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from weightguard._internal.watermark.scheme import MIN_KEY_BYTES
-from weightguard.errors import ConfigError, KeyAccessDenied, KeyProviderError, KeyUnavailableError
+from weightguard.errors import ConfigError, KeyProviderError
 
 TRANSIT_LABEL = b"weightguard-watermark-key-v1\x00"
 
@@ -108,19 +108,11 @@ def _client(vault_client: Any) -> Any:
     return make_client()
 
 
-def _map_vault_error(exc: Exception, what: str) -> Exception:
-    from weightguard.errors import WeightguardError
+def _map_vault_error(exc: Exception, what: str, client: Any = None) -> Exception:
+    # weightguard._internal.foundation.vault is the one place that reads Vault's errors.
+    from weightguard._internal.foundation.vault import map_vault_error
 
-    if isinstance(exc, WeightguardError):
-        return exc
-    name = type(exc).__name__
-    if name in ("Forbidden", "Unauthorized"):
-        return KeyAccessDenied(f"Vault refused access to {what}")
-    if name in ("InvalidPath",):
-        return KeyProviderError(f"Vault has no {what}", hint="check the mount, path and field")
-    if isinstance(exc, OSError) or "Connection" in name:
-        return KeyUnavailableError(f"cannot reach Vault for {what}")
-    return KeyProviderError(f"Vault request for {what} failed ({name})")
+    return map_vault_error(exc, f"reading the {what}", client=client)
 
 
 def _from_kv(ref: str, vault_client: Any) -> WatermarkKey:
@@ -136,7 +128,7 @@ def _from_kv(ref: str, vault_client: Any) -> WatermarkKey:
             path=path, mount_point=mount, raise_on_deleted_version=True
         )
     except Exception as exc:
-        raise _map_vault_error(exc, f"KV secret {mount}/{path}") from None
+        raise _map_vault_error(exc, f"KV secret {mount}/{path}", client) from None
     value = resp.get("data", {}).get("data", {}).get(fld)
     if not isinstance(value, str):
         raise KeyProviderError(
@@ -167,7 +159,7 @@ def _from_transit(ref: str, vault_client: Any) -> WatermarkKey:
             name=name, hash_input=data, key_version=version, algorithm="sha2-256", mount_point=mount
         )
     except Exception as exc:
-        raise _map_vault_error(exc, f"Transit key {mount}/{name}") from None
+        raise _map_vault_error(exc, f"Transit key {mount}/{name}", client) from None
     hm = str(resp.get("data", {}).get("hmac", ""))
     try:
         prefix, _, b64 = hm.rpartition(":")
