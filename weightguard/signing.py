@@ -672,6 +672,7 @@ def _layout(entry: _Entry, chunk_size: int) -> tuple[int, int]:
     import struct
 
     from weightguard._internal.format.layout import TAG_SIZE, is_artifact, read_header
+    from weightguard._internal.format.safetensors import MAX_HEADER_SIZE
 
     size = entry.size
     try:
@@ -683,7 +684,7 @@ def _layout(entry: _Entry, chunk_size: int) -> tuple[int, int]:
                 return hdr.data_offset, hdr.chunk_size + TAG_SIZE
             if len(first) == 9 and first[8:9] == b"{":
                 (n,) = struct.unpack("<Q", first[:8])
-                if 8 + n <= size and n <= 100_000_000:
+                if 8 + n <= size and n <= MAX_HEADER_SIZE:
                     return 8 + n, chunk_size
     except OSError as exc:
         raise SourceError(f"{entry.name}: cannot read: {exc.strerror}") from exc

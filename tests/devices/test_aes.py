@@ -21,7 +21,7 @@ from weightguard._internal.devices.gcm_tag import gcm_tag_matches, ghash_key
 from weightguard.errors import DeviceError
 
 pytest.importorskip("triton")
-VECTORS = Path(__file__).parent / "vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 DOC = json.loads((VECTORS / "vectors.json").read_text())
 
 

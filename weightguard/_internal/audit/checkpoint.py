@@ -103,17 +103,9 @@ class Ed25519FileSigner:
 
 
 def _parse_vault_uri(uri: str) -> tuple[str, str]:
-    """vault://<mount>/<key name> -> (mount, name)."""
-    p = urlparse(uri)
-    if p.scheme not in ("vault", "openbao", "bao"):
-        raise ConfigError(f"not a Vault key URI: {uri!r}", hint="use vault://<mount>/<key>")
-    parts = [s for s in (p.netloc + p.path).split("/") if s]
-    if len(parts) < 2:
-        raise ConfigError(
-            f"Vault key URI {uri!r} needs a mount and a key name",
-            hint="use vault://transit/<key>",
-        )
-    return "/".join(parts[:-1]), parts[-1]
+    from weightguard._internal.foundation.vault import parse_vault_uri
+
+    return parse_vault_uri(uri, what="audit checkpoint key")
 
 
 def _vault_client(client: Any = None) -> Any:

@@ -52,10 +52,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_K8S_TOKEN_FILE",
+    "VAULT_SCHEMES",
     "AuthMethod",
     "VaultAuth",
+    "is_vault_uri",
     "lookup_self",
     "map_vault_error",
+    "parse_vault_uri",
     "vault_client",
     "vault_errors",
 ]
@@ -178,6 +181,30 @@ class VaultAuth:
         return cls.kubernetes(
             role, token_file=token_file or DEFAULT_K8S_TOKEN_FILE, mount=mount or "kubernetes"
         )
+
+
+# One spelling rule for every Vault key reference (data keys, signing keys, audit
+# checkpoint keys): OpenBao speaks the Vault API, so ``openbao://`` and ``bao://`` are
+# accepted as aliases of ``vault://`` everywhere.
+VAULT_SCHEMES = ("vault://", "openbao://", "bao://")
+
+
+def is_vault_uri(uri: str) -> bool:
+    return uri.startswith(VAULT_SCHEMES)
+
+
+def parse_vault_uri(uri: str, *, what: str = "Vault key") -> tuple[str, str]:
+    """``vault://<mount>/<key>`` -> (mount, key name); the mount may hold slashes."""
+    scheme = next((s for s in VAULT_SCHEMES if uri.startswith(s)), None)
+    if scheme is None:
+        raise ConfigError(f"{what} URI {uri!r} is not vault://<mount>/<key>")
+    parts = uri[len(scheme) :].strip("/").split("/")
+    if len(parts) < 2 or any(p in ("", ".", "..") for p in parts):
+        raise ConfigError(
+            f"{what} URI {uri!r} must be vault://<mount>/<key>",
+            hint="e.g. vault://transit/models",
+        )
+    return "/".join(parts[:-1]), parts[-1]
 
 
 def _read_secret_file(path: str, what: str) -> str:

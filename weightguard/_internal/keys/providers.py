@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from weightguard._internal.foundation.memory import wipe
+from weightguard._internal.foundation.vault import is_vault_uri
 from weightguard.errors import (
     ConfigError,
     DependencyMissing,
@@ -143,7 +144,7 @@ def choose_key_uri(
             f"{where} names key file {shown}; a key file is used only when the caller names it",
             hint=hint,
         )
-    if not patterns and header_uri.startswith(("vault://", "awskms://")):
+    if not patterns and (is_vault_uri(header_uri) or header_uri.startswith("awskms://")):
         return header_uri
     raise KeyAccessDenied(
         f"{where} names key {shown}, which is not in the allowed keys "
@@ -438,14 +439,9 @@ class VaultTransitProvider(_BaseProvider):
 
     def __init__(self, uri: str, *, client: Any = None, **client_options: Any) -> None:
         self.uri = uri
-        rest = uri[len("vault://") :].strip("/")
-        mount, _, key = rest.rpartition("/")
-        if not mount or not key:
-            raise ConfigError(
-                f"key URI {uri!r} must be vault://<transit-mount>/<key>",
-                hint="e.g. vault://transit/models",
-            )
-        self.mount, self.key = mount, key
+        from weightguard._internal.foundation.vault import parse_vault_uri
+
+        self.mount, self.key = parse_vault_uri(uri, what="data key")
         self._client = client
         self._client_options = client_options
         self._checked_derived = False
@@ -702,7 +698,7 @@ def provider_for(uri: str, **options: Any) -> KeyProvider:
     """
     if not isinstance(uri, str):
         raise ConfigError("key URI must be a string")
-    if uri.startswith("vault://"):
+    if is_vault_uri(uri):
         return VaultTransitProvider(uri, **options)
     if uri.startswith("awskms://"):
         return AwsKmsProvider(uri, **options)

@@ -8,20 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from weightguard.errors import ConfigError, KeyProviderError
+from weightguard.errors import KeyProviderError
 
 
 def parse_transit_uri(uri: str) -> tuple[str, str]:
-    """``vault://<mount>/<key>`` -> (mount, key name)."""
-    if not uri.startswith("vault://"):
-        raise ConfigError(f"{uri!r} is not a vault://<mount>/<key> URI")
-    rest = uri[len("vault://") :].strip("/")
-    if "/" not in rest:
-        raise ConfigError(f"{uri!r}: expected vault://<mount>/<key>, e.g. vault://transit/models")
-    mount, _, name = rest.rpartition("/")
-    if not mount or not name or ".." in rest.split("/"):
-        raise ConfigError(f"{uri!r}: expected vault://<mount>/<key>")
-    return mount, name
+    """``vault://<mount>/<key>`` -> (mount, key name) (the one Vault URI rule)."""
+    from weightguard._internal.foundation.vault import parse_vault_uri
+
+    return parse_vault_uri(uri, what="Transit key")
 
 
 def transit_client(client: Any) -> Any:

@@ -11,18 +11,18 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from weightguard._internal.format.safetensors import MAX_HEADER_SIZE
+from weightguard._internal.foundation.atomic import atomic_write
 from weightguard.errors import DestinationError, FormatError, SourceError, WatermarkError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-MAX_HEADER = 100 * 1024 * 1024
 ITEMSIZE = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -89,7 +89,7 @@ def read_st_header(f: BinaryIO, path: Path) -> StHeader:
     if len(head) < 8:
         raise FormatError(f"{path}: too short to be a safetensors file")
     n = int.from_bytes(head, "little")
-    if n > MAX_HEADER or n + 8 > size:
+    if n > MAX_HEADER_SIZE or n + 8 > size:
         raise FormatError(
             f"{path}: safetensors header length {n} is out of bounds (file has {size} bytes)",
             hint="the file is not a plain safetensors file (encrypted artifact? corrupt?)",
@@ -291,25 +291,11 @@ def _encrypted_source(
 
 @contextlib.contextmanager
 def atomic_file(dst: Path) -> Iterator[BinaryIO]:
-    """Temp file in dst's directory, fsync, os.replace; removed on any failure."""
+    """The one atomic-write rule (foundation.atomic), mode 0600: marked weights are
+    plaintext weights."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(dst.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    with atomic_write(dst, mode=0o600) as f:
+        yield f
 
 
 def write_json_atomic(dst: Path, doc: Mapping[str, Any]) -> None:
