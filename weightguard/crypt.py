@@ -18,7 +18,6 @@ one provider round trip where the provider batches (Vault Transit).
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import time
@@ -399,10 +398,17 @@ def _check_index(src_dir: Path, files: Sequence[Path]) -> None:
     for rel in files:
         if not rel.name.endswith(".safetensors.index.json"):
             continue
+        from weightguard._internal.boundedjson import MAX_INDEX_BYTES, loads_index
+
         try:
-            index = json.loads((src_dir / rel).read_text(encoding="utf-8"))
+            with open(src_dir / rel, "rb") as f:
+                raw = f.read(MAX_INDEX_BYTES + 1)
+        except OSError as exc:
+            raise FormatError(f"{src_dir / rel}: cannot read the index ({exc.strerror})") from None
+        index = loads_index(raw, what=str(src_dir / rel))
+        try:
             shards = set(index["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise FormatError(f"{src_dir / rel} is not a valid safetensors index") from None
         base = rel.parent.as_posix()
         for shard in sorted(shards):

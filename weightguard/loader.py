@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -157,9 +156,11 @@ def _select_files(loc: Location) -> list[str]:
         return loc.names()
     names = loc.names()
     if INDEX_NAME in names:
-        raw = loc.read_small(INDEX_NAME, limit=64 * 1024 * 1024)
+        from weightguard._internal.boundedjson import MAX_INDEX_BYTES, loads_index
+
+        raw = loc.read_small(INDEX_NAME, limit=MAX_INDEX_BYTES)
+        index = loads_index(raw, what=f"{loc.uri}/{INDEX_NAME}")
         try:
-            index = json.loads(raw)
             weight_map = index["weight_map"]
             shards = sorted({str(v) for v in weight_map.values()})
         except (ValueError, KeyError, TypeError, AttributeError):

@@ -18,7 +18,6 @@ be detected; the result says so in ``warnings``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -31,8 +30,8 @@ from weightguard._internal.audit_checkpoint import (
     anchor_for,
     verifier_for,
 )
-from weightguard._internal.audit_record import GENESIS, MAX_RECORD_BYTES, canonical
-from weightguard.errors import ConfigError
+from weightguard._internal.audit_record import GENESIS, MAX_RECORD_BYTES, canonical, parse_record
+from weightguard.errors import AuditError, ConfigError
 
 
 @dataclass
@@ -168,16 +167,10 @@ def verify_lines(
                 continue
             return fail("malformed", "line exceeds the record size limit", src, ln, None, None)
         try:
-            rec = json.loads(body)
-            ok = (
-                isinstance(rec, dict)
-                and isinstance(rec.get("log"), str)
-                and isinstance(rec.get("seq"), int)
-                and isinstance(rec.get("prev"), str)
-            )
-        except ValueError:
-            ok = False
-        if not ok:
+            rec = parse_record(body, what=f"{src}:{ln}")
+        except AuditError:
+            rec = None
+        if rec is None:
             if allow_foreign:
                 foreign += 1
                 continue
@@ -469,10 +462,8 @@ def read_records(
         if not body or len(body) > MAX_RECORD_BYTES or not body.startswith(b"{"):
             continue
         try:
-            rec = json.loads(body)
-        except ValueError:
-            continue
-        if not isinstance(rec, dict) or "seq" not in rec:
+            rec = parse_record(body, what="audit line")
+        except AuditError:
             continue
         ev = str(rec.get("event", ""))
         if ev == "checkpoint" and not include_checkpoints:

@@ -27,7 +27,7 @@ from typing import Any
 
 from weightguard.errors import FormatError, WeightguardError
 
-__all__ = ["INT64", "UINT64", "depth", "loads"]
+__all__ = ["INT64", "MAX_INDEX_BYTES", "UINT64", "depth", "loads", "loads_index"]
 
 INT64 = (-(2**63), 2**63 - 1)
 UINT64 = (0, 2**64 - 1)
@@ -57,7 +57,7 @@ def depth(data: bytes) -> int:
     if not brackets:
         return 0
     # +1/-1 as signed bytes; accumulate walks the memoryview in C.
-    return max(0, max(accumulate(memoryview(brackets.translate(_DELTA, b"\"")).cast("b"))))
+    return max(0, max(accumulate(memoryview(brackets.translate(_DELTA, b'"')).cast("b"))))
 
 
 def loads(
@@ -131,3 +131,21 @@ def loads(
         ) from None
     except (ValueError, RecursionError, OverflowError) as exc:  # pragma: no cover - belt, braces
         raise refuse(f"malformed JSON ({type(exc).__name__})") from None
+
+
+MAX_INDEX_BYTES = 64 * 1024 * 1024
+
+
+def loads_index(data: bytes, *, what: str) -> Any:
+    """A ``*.safetensors.index.json``: ``{"metadata": {...}, "weight_map": {name: file}}``.
+
+    Depth 8 leaves room for metadata a tool adds; floats allowed there (finite only).
+    """
+    return loads(
+        data,
+        what=what,
+        max_bytes=MAX_INDEX_BYTES,
+        max_depth=8,
+        floats=True,
+        hint="the index is corrupt or was not written by a safetensors tool",
+    )

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from weightguard._internal import boundedjson
 from weightguard._internal.hashing import (
     CHUNK_ALGORITHMS,
     SHA256_CHUNKED,
@@ -174,24 +175,12 @@ def _hex32(value: object, where: str) -> bytes:
     return bytes.fromhex(value)
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise FormatError(f"duplicate JSON key {k!r}")
-        out[k] = v
-    return out
-
-
 def _loads(data: bytes, where: str) -> Any:
-    try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"{where}: not UTF-8 text") from exc
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{where}: malformed JSON ({exc.msg} at line {exc.lineno})") from exc
-    except RecursionError as exc:
-        raise FormatError(f"{where}: JSON nested too deeply") from exc
+    # Sigstore bundles nest ~6 deep, statements ~5; floats are allowed (finite only) so a
+    # future model_signing field cannot make a valid bundle unreadable.
+    return boundedjson.loads(
+        data, what=where, max_bytes=MAX_BUNDLE_BYTES, max_depth=32, floats=True
+    )
 
 
 # ----------------------------------------------------------------------------- bundle
@@ -681,9 +670,9 @@ class Evidence:
     def claimed_signing_time(self) -> datetime | None:
         """``predicate.weightguard.signed_at`` (only meaningful once the signature verified)."""
         try:
-            doc = json.loads(self.bundle.payload)
+            doc = _loads(self.bundle.payload, f"{self.path}: payload")
             t = doc["predicate"][WG_VERSION_FIELD]["signed_at"]
-        except (ValueError, KeyError, TypeError):
+        except (FormatError, KeyError, TypeError):
             return None
         return _parse_time(t, f"{self.path}: payload.predicate.weightguard.signed_at")
 
