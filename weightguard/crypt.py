@@ -593,10 +593,12 @@ def decrypt_file(
     provider location recorded in the header (e.g. another path for a key file)."""
     src_p, dst_p = Path(src), Path(dst)
     started = time.monotonic()
-    with _open_source(src_p) as f:
-        header = _read_artifact_header(f, src_p)
-        obj = _key_object(header.wrapped_key, src_p)
-        try:
+    # A header that does not parse is a refusal like any other: audited too.
+    obj: dict[str, Any] = {"uri": str(src_p)}
+    try:
+        with _open_source(src_p) as f:
+            header = _read_artifact_header(f, src_p)
+            obj = _key_object(header.wrapped_key, src_p)
             (dk,) = _unwrap_grouped([header], key_uri, key_options)
             try:
                 _warn_plaintext(dst_p)
@@ -605,16 +607,16 @@ def decrypt_file(
                 )
             finally:
                 wipe(dk)
-        except WeightguardError as exc:
-            event = "tamper.detected" if isinstance(exc, IntegrityError) else "decrypt"
-            _emit(
-                audit,
-                event,
-                outcome="error" if event == "decrypt" else "denied",
-                reason=str(exc),
-                object=obj,
-            )
-            raise
+    except WeightguardError as exc:
+        event = "tamper.detected" if isinstance(exc, IntegrityError) else "decrypt"
+        _emit(
+            audit,
+            event,
+            outcome="error" if event == "decrypt" else "denied",
+            reason=str(exc),
+            object=obj,
+        )
+        raise
     _emit(
         audit,
         "decrypt",
@@ -639,18 +641,18 @@ def decrypt_model(
     """Decrypt every artifact in a model directory (one unwrap round trip per provider);
     other files are copied.  ``dst_dir`` appears complete or not at all."""
     src_p, dst_p = Path(src_dir), Path(dst_dir)
-    files = _model_files(src_p)
     started = time.monotonic()
     headers: dict[Path, ArtifactHeader] = {}
-    for rel in files:
-        with _open_source(src_p / rel) as f:
-            if f.read(len(MAGIC)) == MAGIC:
-                f.seek(0)
-                headers[rel] = _read_artifact_header(f, src_p / rel)
-    if not headers:
-        raise FormatError(f"{src_p} contains no weightguard artifacts")
-    order = list(headers)
     try:
+        files = _model_files(src_p)
+        for rel in files:
+            with _open_source(src_p / rel) as f:
+                if f.read(len(MAGIC)) == MAGIC:
+                    f.seek(0)
+                    headers[rel] = _read_artifact_header(f, src_p / rel)
+        if not headers:
+            raise FormatError(f"{src_p} contains no weightguard artifacts")
+        order = list(headers)
         keys = _unwrap_grouped([headers[r] for r in order], key_uri, key_options)
     except WeightguardError as exc:
         _emit(audit, "decrypt", outcome="error", reason=str(exc), object={"uri": str(src_p)})
@@ -755,20 +757,25 @@ def rewrap(
     found.  Only the header changes; every record stays byte-identical.  Files are
     replaced atomically.  Returns ``{"files": {path: {"from": ..., "to": ...}}}``.
     """
-    paths = _artifacts_under(Path(path))
     headers = []
-    for p in paths:
-        with _open_source(p) as f:
-            h = _read_artifact_header(f, p)
-            size = os.fstat(f.fileno()).st_size
-        if size != h.total_size:
-            raise IntegrityError(
-                f"artifact is {size} bytes but its header declares {h.total_size}; not rewrapping",
-                path=str(p),
-            )
-        headers.append(h)
-    started = time.monotonic()
-    keys = _unwrap_grouped(headers, key_uri, key_options)
+    try:
+        paths = _artifacts_under(Path(path))
+        for p in paths:
+            with _open_source(p) as f:
+                h = _read_artifact_header(f, p)
+                size = os.fstat(f.fileno()).st_size
+            if size != h.total_size:
+                raise IntegrityError(
+                    f"artifact is {size} bytes but its header declares {h.total_size}; "
+                    "not rewrapping",
+                    path=str(p),
+                )
+            headers.append(h)
+        started = time.monotonic()
+        keys = _unwrap_grouped(headers, key_uri, key_options)
+    except WeightguardError as exc:
+        _emit(audit, "rewrap", outcome="error", reason=str(exc), object={"uri": str(path)})
+        raise
     result: dict[str, Any] = {}
     try:
         targets: dict[tuple[str, str], list[int]] = {}
