@@ -53,11 +53,10 @@ def depth(data: bytes) -> int:
     # In JSON a backslash always starts an escape, so dropping escaped backslashes and
     # then escaped quotes (left to right, as a parser reads) leaves only real quotes.
     plain = bytes(data).replace(b"\\\\", b"").replace(b'\\"', b"")
-    brackets = _STRING.sub(b"", plain.translate(None, _DROP))
-    if not brackets:
-        return 0
-    # +1/-1 as signed bytes; accumulate walks the memoryview in C.
-    return max(0, max(accumulate(memoryview(brackets.translate(_DELTA, b'"')).cast("b"))))
+    # Strings out, then any unpaired quote (malformed input) out, then +1/-1 as signed
+    # bytes; accumulate walks the memoryview in C.
+    brackets = _STRING.sub(b"", plain.translate(None, _DROP)).translate(_DELTA, b'"')
+    return max(0, max(accumulate(memoryview(brackets).cast("b")), default=0))
 
 
 def loads(
