@@ -499,7 +499,9 @@ def _parse_anchor(data: bytes, where: str) -> dict[str, Any]:
     from weightguard._internal import boundedjson
 
     try:
-        obj = boundedjson.loads(data, what=where, max_bytes=1 << 20, max_depth=8, floats=True)
+        obj = boundedjson.loads(
+            data, what=where, max_bytes=MAX_ANCHOR_BYTES, max_depth=8, floats=True
+        )
         cp = obj["checkpoint"]
         _ = (str(cp["log"]), int(cp["size"]), str(cp["head"]), obj["sig"])
     except (FormatError, ValueError, KeyError, TypeError):
