@@ -268,3 +268,30 @@ def _pub_pem() -> bytes:
         .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
+
+
+def test_bundle_fields_outside_the_schema_are_refused() -> None:
+    """Found by the adversarial suite (seed 7): a renamed field was skipped over."""
+    import base64
+
+    from weightguard._internal.oms import BUNDLE_MEDIA_TYPE, PAYLOAD_TYPE, parse_bundle
+
+    doc = {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {"publicKey": {"hint": "ab" * 32}, "tlogEntsies": []},
+        "dsseEnvelope": {
+            "payload": base64.b64encode(b"{}").decode(),
+            "payloadType": PAYLOAD_TYPE,
+            "signatures": [{"sig": base64.b64encode(b"s").decode(), "keyid": ""}],
+        },
+    }
+    with pytest.raises(
+        FormatError, match=r"m\.sig: verificationMaterial: unknown field 'tlogEntsies'"
+    ):
+        parse_bundle(json.dumps(doc).encode(), path="m.sig")
+    doc["verificationMaterial"] = {"publicKey": {"hint": "ab" * 32}, "tlogEntries": []}
+    doc["extra"] = 1
+    with pytest.raises(FormatError, match=r"m\.sig: unknown field 'extra'"):
+        parse_bundle(json.dumps(doc).encode(), path="m.sig")
+    del doc["extra"]
+    assert parse_bundle(json.dumps(doc).encode(), path="m.sig").key_hint == "ab" * 32

@@ -205,6 +205,25 @@ class Bundle:
         return hashlib.sha256(self.raw).hexdigest()
 
 
+_BUNDLE_FIELDS = frozenset({"mediaType", "verificationMaterial", "dsseEnvelope"})
+_VM_FIELDS = frozenset(
+    {
+        "publicKey",
+        "x509CertificateChain",
+        "certificate",
+        "tlogEntries",
+        "timestampVerificationData",
+    }
+)
+_ENVELOPE_FIELDS = frozenset({"payload", "payloadType", "signatures"})
+
+
+def _known(obj: dict[str, Any], allowed: frozenset[str] | set[str], where: str) -> None:
+    extra = sorted(set(obj) - allowed)
+    if extra:
+        raise FormatError(f"{where}: unknown field {extra[0][:64]!r}")
+
+
 def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
     """Strictly parse a bundle; every failure names the file and the field."""
     if len(data) > MAX_BUNDLE_BYTES:
@@ -220,6 +239,11 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
         raise FormatError(f"{path}: messageSignature bundles are not model signatures")
     vm = _obj(doc.get("verificationMaterial"), f"{path}: verificationMaterial")
     env = _obj(doc.get("dsseEnvelope"), f"{path}: dsseEnvelope")
+    # Fields of the Sigstore bundle v0.3 schema only, as protobuf JSON parsers do: a
+    # renamed or smuggled field is an edit, not something to skip over.
+    _known(doc, _BUNDLE_FIELDS, path)
+    _known(vm, _VM_FIELDS, f"{path}: verificationMaterial")
+    _known(env, _ENVELOPE_FIELDS, f"{path}: dsseEnvelope")
 
     hint: str | None = None
     certs: list[bytes] = []
@@ -280,6 +304,7 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
             hint="a model signature carries one signature; re-sign the model",
         )
     sig_obj = _obj(sigs[0], f"{path}: dsseEnvelope.signatures[0]")
+    _known(sig_obj, {"sig", "keyid"}, f"{path}: dsseEnvelope.signatures[0]")
     sig = _b64decode(sig_obj.get("sig"), f"{path}: dsseEnvelope.signatures[0].sig", max_len=4096)
     if not sig:
         raise FormatError(f"{path}: dsseEnvelope.signatures[0].sig is empty")
