@@ -276,7 +276,7 @@ def test_bundle_fields_outside_the_schema_are_refused() -> None:
 
     from weightguard._internal.oms import BUNDLE_MEDIA_TYPE, PAYLOAD_TYPE, parse_bundle
 
-    doc = {
+    doc: dict[str, object] = {
         "mediaType": BUNDLE_MEDIA_TYPE,
         "verificationMaterial": {"publicKey": {"hint": "ab" * 32}, "tlogEntsies": []},
         "dsseEnvelope": {

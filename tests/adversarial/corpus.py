@@ -58,8 +58,8 @@ SHARDS = {
 
 def write_plain_model(d: Path, seed: int) -> dict[str, bytes]:
     d.mkdir(parents=True)
-    out = {}
-    weight_map = {}
+    out: dict[str, bytes] = {}
+    weight_map: dict[str, str] = {}
     for shard, tensors in SHARDS.items():
         out[shard] = write_st(d / shard, tensors, seed + len(out))
         weight_map.update(dict.fromkeys(tensors, shard))

@@ -15,6 +15,7 @@ import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,7 +137,7 @@ def m_preamble_model(rnd: random.Random, d: Path, c: Corpus) -> str:
     return f"preamble of {x} from model b"
 
 
-def _edit_header(rnd: random.Random, doc: dict) -> str:  # type: ignore[type-arg]
+def _edit_header(rnd: random.Random, doc: dict[str, Any]) -> str:
     choices: list[Callable[[], str]] = []
 
     def num(field: str) -> Callable[[], str]:
@@ -248,7 +249,7 @@ def _is_artifact(p: Path) -> bool:
         return f.read(len(fmt.MAGIC)) == fmt.MAGIC
 
 
-def consume(kind: str, model: Path, out: Path, c: Corpus) -> Callable[[object], object]:
+def consume(kind: str, model: Path, out: Path, c: Corpus) -> Callable[[Any], object]:
     if kind == "signed":
         return lambda audit: loader.load_file(model, "cpu", policy=c.policy, audit=audit, workers=1)
     if kind == "unsafe":
@@ -317,7 +318,7 @@ def test_decrypt_refuses_a_shard_that_is_not_an_artifact(
 INDEX = "model.safetensors.index.json"
 
 
-def _index(d: Path) -> dict:  # type: ignore[type-arg]
+def _index(d: Path) -> dict[str, Any]:
     return json.loads((d / INDEX).read_text())
 
 
