@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench bench-full bench-gpu clean venv
+.PHONY: demo test lint typecheck pytest adversarial fuzz bench bench-full bench-gpu clean venv
 
 venv: $(STAMP)
 
@@ -31,6 +31,20 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+# The adversarial suite at its CI size (also part of `make pytest`).
+adversarial: $(STAMP)
+	$(BIN)/python -m pytest -q tests/adversarial
+
+# Longer budget: FUZZ_EXAMPLES hypothesis examples per parser (random seeds), and
+# ADV_SCALE times the CI number of mutations per class.
+FUZZ_EXAMPLES ?= 20000
+ADV_SCALE ?= 5
+fuzz: $(STAMP)
+	WEIGHTGUARD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) WEIGHTGUARD_FUZZ_RANDOM=1 \
+	  $(BIN)/python -m pytest -q tests/adversarial/test_fuzz_parsers.py
+	WEIGHTGUARD_ADV_SCALE=$(ADV_SCALE) WEIGHTGUARD_ADV_SEED=$$RANDOM \
+	  $(BIN)/python -m pytest -q tests/adversarial -k "not fuzz"
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --quick

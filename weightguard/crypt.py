@@ -18,7 +18,6 @@ one provider round trip where the provider batches (Vault Transit).
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import time
@@ -395,15 +394,27 @@ def _model_files(src_dir: Path) -> list[Path]:
     return files
 
 
+def _read_index(path: Path) -> Any:
+    """A ``*.safetensors.index.json``, read bounded and parsed by the one index rule."""
+    from weightguard._internal.foundation.boundedjson import MAX_INDEX_BYTES, loads_index
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_INDEX_BYTES + 1)
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read the index ({exc.strerror})") from None
+    return loads_index(raw, what=str(path))
+
+
 def _check_index(src_dir: Path, files: Sequence[Path]) -> None:
     present = {p.as_posix() for p in files}
     for rel in files:
         if not rel.name.endswith(".safetensors.index.json"):
             continue
+        index = _read_index(src_dir / rel)
         try:
-            index = json.loads((src_dir / rel).read_text(encoding="utf-8"))
             shards = set(index["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise FormatError(f"{src_dir / rel} is not a valid safetensors index") from None
         base = rel.parent.as_posix()
         for shard in sorted(shards):
@@ -676,10 +687,10 @@ def _model_headers(src_p: Path, files: Sequence[Path]) -> dict[Path, ArtifactHea
     for rel in files:
         if not rel.name.endswith(".safetensors.index.json") or rel in headers:
             continue  # an encrypted index is checked by its own AEAD when decrypted
+        index = _read_index(src_p / rel)
         try:
-            index = json.loads((src_p / rel).read_bytes())
             shards = {str(v) for v in index["weight_map"].values()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise FormatError(f"{src_p / rel} is not a valid safetensors index") from None
         base = rel.parent.as_posix()
         for shard in sorted(shards):
@@ -831,19 +842,24 @@ def rewrap(
     found.  Only the header changes; every record stays byte-identical.  Files are
     replaced atomically.  Returns ``{"files": {path: {"from": ..., "to": ...}}}``.
     """
-    paths = _artifacts_under(Path(path))
     headers = []
-    for p in paths:
-        with _open_source(p) as f:
-            h = _read_artifact_header(f, p)
-            size = os.fstat(f.fileno()).st_size
-        if size != h.total_size:
-            raise IntegrityError(
-                f"artifact is {size} bytes but its header declares {h.total_size}; not rewrapping",
-                path=str(p),
-            )
-        headers.append(h)
-    started = time.monotonic()
+    try:
+        paths = _artifacts_under(Path(path))
+        for p in paths:
+            with _open_source(p) as f:
+                h = _read_artifact_header(f, p)
+                size = os.fstat(f.fileno()).st_size
+            if size != h.total_size:
+                raise IntegrityError(
+                    f"artifact is {size} bytes but its header declares {h.total_size}; "
+                    "not rewrapping",
+                    path=str(p),
+                )
+            headers.append(h)
+        started = time.monotonic()
+    except WeightguardError as exc:
+        _emit(audit, "rewrap", outcome="error", reason=str(exc), object={"uri": str(path)})
+        raise
     keys: list[bytearray] = []
     result: dict[str, Any] = {}
     try:

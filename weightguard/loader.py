@@ -39,7 +39,6 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -182,11 +181,13 @@ def _select_files(loc: Location, signed: Mapping[str, Any] | None) -> list[str]:
         return loc.names()
     names = loc.names() if signed is None else sorted(signed)
     if INDEX_NAME in names:
-        raw = loc.read_small(INDEX_NAME, limit=64 * 1024 * 1024)
-        if signed is not None:
+        from weightguard._internal.foundation.boundedjson import MAX_INDEX_BYTES, loads_index
+
+        raw = loc.read_small(INDEX_NAME, limit=MAX_INDEX_BYTES)
+        if signed is not None:  # verified before a byte of it is parsed
             _check_signed_bytes(loc, INDEX_NAME, raw, signed[INDEX_NAME])
+        index = loads_index(raw, what=f"{loc.uri}/{INDEX_NAME}")
         try:
-            index = json.loads(raw)
             weight_map = index["weight_map"]
             shards = sorted({str(v) for v in weight_map.values()})
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):

@@ -333,15 +333,21 @@ def _commitment_doc(
 
 def verify_commitment(path: str | os.PathLike[str], key: Any) -> bool:
     """True when ``key`` is the key committed to in the ``.wmcommit.json`` at ``path``."""
+    from weightguard._internal.foundation import boundedjson
     from weightguard._internal.watermark.keys import resolve_key
 
     try:
         with open(path, "rb") as f:
-            doc = json.loads(f.read(1 << 20))
+            raw = f.read((1 << 20) + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read commitment {path}: {exc.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FormatError(f"{path} is not a watermark commitment (bad JSON)") from None
+    doc = boundedjson.loads(
+        raw,
+        what=f"{path} is not a watermark commitment",
+        max_bytes=1 << 20,
+        max_depth=8,
+        floats=True,
+    )
     if not isinstance(doc, dict) or not isinstance(doc.get("commitment"), str):
         raise FormatError(f"{path} is not a watermark commitment (no commitment field)")
     body = {k: v for k, v in doc.items() if k != "commitment"}

@@ -87,7 +87,7 @@ BAD_SAFETENSORS: dict[str, tuple[bytes, type[Exception], str]] = {
         + b'"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}'[:95].ljust(95)
         + bytes(2),
         FormatError,
-        "duplicate key|not valid JSON",
+        "duplicate JSON key|malformed JSON",
     ),
     "header length past EOF": (
         struct.pack("<Q", 5000) + b'{"a":1}',
@@ -99,7 +99,7 @@ BAD_SAFETENSORS: dict[str, tuple[bytes, type[Exception], str]] = {
         FormatError,
         "exceeds the 100000000-byte limit",
     ),
-    "not JSON": (struct.pack("<Q", 4) + b"{abc", FormatError, "not valid JSON"),
+    "not JSON": (struct.pack("<Q", 4) + b"{abc", FormatError, "malformed JSON"),
     "not safetensors (text)": (b"hello world, this is a text file\n", FormatError, "exceeds"),
     "too short": (b"\x01\x02", TruncatedError, "too short"),
 }

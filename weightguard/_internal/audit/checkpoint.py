@@ -14,14 +14,19 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from weightguard._internal.audit.record import canonical
-from weightguard.errors import AuditError, ConfigError, DependencyMissing, VerificationError
+from weightguard.errors import (
+    AuditError,
+    ConfigError,
+    DependencyMissing,
+    FormatError,
+    VerificationError,
+)
 
 CHECKPOINT_TYPE = "weightguard.audit.checkpoint/v1"
 MAX_ANCHOR_BYTES = 64 * 1024
@@ -529,11 +534,15 @@ class VaultKVAnchor:
 
 
 def _parse_anchor(data: bytes, where: str) -> dict[str, Any]:
+    from weightguard._internal.foundation import boundedjson
+
     try:
-        obj = json.loads(data)
+        obj = boundedjson.loads(
+            data, what=where, max_bytes=MAX_ANCHOR_BYTES, max_depth=8, floats=True
+        )
         cp = obj["checkpoint"]
         _ = (str(cp["log"]), int(cp["size"]), str(cp["head"]), obj["sig"])
-    except (ValueError, KeyError, TypeError):
+    except (FormatError, ValueError, KeyError, TypeError):
         raise VerificationError(
             f"anchored checkpoint {where} is malformed",
             hint="the anchor was written by something else or is corrupt",

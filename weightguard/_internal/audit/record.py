@@ -59,6 +59,41 @@ def canonical(obj: Any) -> bytes:
     ).encode("ascii")
 
 
+def parse_record(body: bytes, *, what: str) -> dict[str, Any]:
+    """One audit line as a record: bounded JSON, with ``log``, ``seq`` and ``prev``.
+
+    Raises :class:`AuditError` (never ``RecursionError``/``OverflowError``): verifiers
+    report it, writers refuse to extend a log whose tail it is.
+    """
+    from weightguard._internal.foundation import boundedjson
+    from weightguard.errors import AuditError
+
+    rec = boundedjson.loads(
+        body,
+        what=what,
+        max_bytes=MAX_RECORD_BYTES,
+        # sanitize() nests at most MAX_DEPTH below a record field; slack for checkpoints
+        max_depth=MAX_DEPTH + 4,
+        floats=True,
+        error=AuditError,
+        hint="the log was edited or corrupted; keep it as evidence",
+    )
+    seq = rec.get("seq") if isinstance(rec, dict) else None
+    if not (
+        isinstance(rec, dict)
+        and isinstance(rec.get("log"), str)
+        and isinstance(seq, int)
+        and not isinstance(seq, bool)
+        and 0 <= seq < 2**63
+        and isinstance(rec.get("prev"), str)
+    ):
+        raise AuditError(
+            f"{what}: not an audit record (needs log, seq >= 0 and prev)",
+            hint="the log was edited or corrupted; keep it as evidence",
+        )
+    return rec
+
+
 def digest(record: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical(record)).hexdigest()
 

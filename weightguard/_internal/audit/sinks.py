@@ -38,6 +38,7 @@ from weightguard._internal.audit.record import (
     MAX_RECORD_BYTES,
     canonical,
     digest,
+    parse_record,
     utc_now,
 )
 from weightguard.errors import AuditError, ConfigError
@@ -271,14 +272,14 @@ class FileSink:
             if len(lines) < 2 and n < size:
                 raise AuditError(f"audit log {self.path}: last record exceeds the size limit")
             try:
-                rec = json.loads(last)
+                rec = parse_record(last, what=f"audit log {self.path}: last line")
                 state = ChainState(
                     log_id=str(rec["log"]),
                     next_seq=int(rec["seq"]) + 1,
                     head=digest(rec),
                     last_is_checkpoint=rec.get("event") == "checkpoint",
                 )
-            except (ValueError, KeyError, TypeError):
+            except (AuditError, ValueError, KeyError, TypeError):
                 raise AuditError(
                     f"audit log {self.path}: the last line is not an audit record",
                     hint="point WEIGHTGUARD_AUDIT_LOG at a file only weightguard writes",

@@ -28,7 +28,6 @@ unsigned tail cannot be detected; the result says so in ``warnings``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,8 +45,9 @@ from weightguard._internal.audit.record import (
     GENESIS,
     MAX_RECORD_BYTES,
     canonical,
+    parse_record,
 )
-from weightguard.errors import ConfigError
+from weightguard.errors import AuditError, ConfigError
 
 # A log the writer closed ends with a checkpoint, so by default nothing may be unsigned;
 # an auditor checking a live (or crashed) writer's log states how much tail to accept.
@@ -232,16 +232,10 @@ def verify_lines(
                 continue
             return fail("malformed", "line exceeds the record size limit", src, ln, None, None)
         try:
-            rec = json.loads(body)
-            ok = (
-                isinstance(rec, dict)
-                and isinstance(rec.get("log"), str)
-                and isinstance(rec.get("seq"), int)
-                and isinstance(rec.get("prev"), str)
-            )
-        except ValueError:
-            ok = False
-        if not ok:
+            rec = parse_record(body, what=f"{src}:{ln}")
+        except AuditError:
+            rec = None
+        if rec is None:
             if allow_foreign:
                 foreign += 1
                 continue
@@ -615,10 +609,8 @@ def read_records(
         if not body or len(body) > MAX_RECORD_BYTES or not body.startswith(b"{"):
             continue
         try:
-            rec = json.loads(body)
-        except ValueError:
-            continue
-        if not isinstance(rec, dict) or "seq" not in rec:
+            rec = parse_record(body, what="audit line")
+        except AuditError:
             continue
         ev = str(rec.get("event", ""))
         if ev == "checkpoint" and not include_checkpoints:

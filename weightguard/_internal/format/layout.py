@@ -43,6 +43,7 @@ from weightguard._internal.format.safetensors import (
 from weightguard._internal.format.safetensors import (
     validate_header_dict,
 )
+from weightguard._internal.foundation import boundedjson
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.keys.providers import WrappedKey
 from weightguard.errors import (
@@ -267,28 +268,15 @@ def _core_digest(doc: dict[str, Any]) -> bytes:
     return hashlib.sha256(canonical_json(core)).digest()
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key[:80]!r}")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
 def _header_from_raw(raw: bytes, mac: bytes, *, path: str) -> ArtifactHeader:
-    try:
-        doc = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _fail(path, f"not valid JSON ({str(exc)[:120]})") from None
+    # Depth 6: header -> tensors -> name -> shape is 4; anything deeper is not ours.
+    doc = boundedjson.loads(
+        raw,
+        what=f"{path}: invalid artifact header",
+        max_bytes=MAX_HEADER_LEN,
+        max_depth=6,
+        int_range=boundedjson.INT64,
+    )
     if not isinstance(doc, dict):
         raise _fail(path, "not a JSON object")
     try:

@@ -14,13 +14,13 @@ end).  Errors are :class:`FormatError` naming the file and the tensor.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from weightguard._internal.foundation import boundedjson
 from weightguard.errors import FormatError, TruncatedError
 
 __all__ = [
@@ -94,27 +94,6 @@ class SafetensorsHeader:
         )
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def _loads_strict(text: bytes) -> Any:
-    return json.loads(
-        text.decode("utf-8"),
-        object_pairs_hook=_no_duplicates,
-        parse_constant=_reject_constant,
-    )
-
-
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -128,13 +107,16 @@ def parse_header_json(
     header); the tensors must cover it exactly.  Returns ``(header, tensors sorted by
     offset, metadata, data_size)``.
     """
-    try:
-        header = _loads_strict(raw_json)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FormatError(
-            f"{path}: safetensors header is not valid JSON ({str(exc)[:120]})",
-            hint="the file is corrupt or not a safetensors file",
-        ) from None
+    # Depth 3 is the format (header -> tensor -> shape); a little slack for a clear
+    # schema error instead of a depth error on near-misses.
+    header = boundedjson.loads(
+        raw_json,
+        what=f"{path}: safetensors header",
+        max_bytes=MAX_HEADER_SIZE,
+        max_depth=4,
+        int_range=boundedjson.INT64,
+        hint="the file is corrupt or not a safetensors file",
+    )
     tensors, metadata, end = validate_header_dict(header, data_size=data_size, path=path)
     return header, tensors, metadata, end
 

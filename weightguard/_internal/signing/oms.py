@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from weightguard._internal.foundation import boundedjson
 from weightguard._internal.signing.hashing import (
     CHUNK_ALGORITHMS,
     SHA256_CHUNKED,
@@ -164,24 +165,12 @@ def _hex32(value: object, where: str) -> bytes:
     return bytes.fromhex(value)
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise FormatError(f"duplicate JSON key {k!r}")
-        out[k] = v
-    return out
-
-
 def _loads(data: bytes, where: str) -> Any:
-    try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"{where}: not UTF-8 text") from exc
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{where}: malformed JSON ({exc.msg} at line {exc.lineno})") from exc
-    except RecursionError as exc:
-        raise FormatError(f"{where}: JSON nested too deeply") from exc
+    # Sigstore bundles nest ~6 deep, statements ~5; floats are allowed (finite only) so a
+    # future model_signing field cannot make a valid bundle unreadable.
+    return boundedjson.loads(
+        data, what=where, max_bytes=MAX_BUNDLE_BYTES, max_depth=32, floats=True
+    )
 
 
 # ----------------------------------------------------------------------------- bundle
@@ -206,6 +195,25 @@ class Bundle:
         return hashlib.sha256(self.raw).hexdigest()
 
 
+_BUNDLE_FIELDS = frozenset({"mediaType", "verificationMaterial", "dsseEnvelope"})
+_VM_FIELDS = frozenset(
+    {
+        "publicKey",
+        "x509CertificateChain",
+        "certificate",
+        "tlogEntries",
+        "timestampVerificationData",
+    }
+)
+_ENVELOPE_FIELDS = frozenset({"payload", "payloadType", "signatures"})
+
+
+def _known(obj: dict[str, Any], allowed: frozenset[str] | set[str], where: str) -> None:
+    extra = sorted(set(obj) - allowed)
+    if extra:
+        raise FormatError(f"{where}: unknown field {extra[0][:64]!r}")
+
+
 def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
     """Strictly parse a bundle; every failure names the file and the field."""
     if len(data) > MAX_BUNDLE_BYTES:
@@ -221,6 +229,11 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
         raise FormatError(f"{path}: messageSignature bundles are not model signatures")
     vm = _obj(doc.get("verificationMaterial"), f"{path}: verificationMaterial")
     env = _obj(doc.get("dsseEnvelope"), f"{path}: dsseEnvelope")
+    # Fields of the Sigstore bundle v0.3 schema only, as protobuf JSON parsers do: a
+    # renamed or smuggled field is an edit, not something to skip over.
+    _known(doc, _BUNDLE_FIELDS, path)
+    _known(vm, _VM_FIELDS, f"{path}: verificationMaterial")
+    _known(env, _ENVELOPE_FIELDS, f"{path}: dsseEnvelope")
 
     hint: str | None = None
     certs: list[bytes] = []
@@ -281,6 +294,7 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
             hint="a model signature carries one signature; re-sign the model",
         )
     sig_obj = _obj(sigs[0], f"{path}: dsseEnvelope.signatures[0]")
+    _known(sig_obj, {"sig", "keyid"}, f"{path}: dsseEnvelope.signatures[0]")
     sig = _b64decode(sig_obj.get("sig"), f"{path}: dsseEnvelope.signatures[0].sig", max_len=4096)
     if not sig:
         raise FormatError(f"{path}: dsseEnvelope.signatures[0].sig is empty")
@@ -676,9 +690,9 @@ class Evidence:
     def claimed_signing_time(self) -> datetime | None:
         """``predicate.weightguard.signed_at`` (only meaningful once the signature verified)."""
         try:
-            doc = json.loads(self.bundle.payload)
+            doc = _loads(self.bundle.payload, f"{self.path}: payload")
             t = doc["predicate"][WG_VERSION_FIELD]["signed_at"]
-        except (ValueError, KeyError, TypeError):
+        except (FormatError, KeyError, TypeError):
             return None
         return _parse_time(t, f"{self.path}: payload.predicate.weightguard.signed_at")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE
+from weightguard._internal.foundation import boundedjson
 from weightguard._internal.foundation.atomic import atomic_write
 from weightguard.errors import DestinationError, FormatError, SourceError, WatermarkError
 
@@ -95,12 +96,9 @@ def read_st_header(f: BinaryIO, path: Path) -> StHeader:
             hint="the file is not a plain safetensors file (encrypted artifact? corrupt?)",
         )
     raw_json = f.read(n)
-    try:
-        doc = json.loads(raw_json)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(
-            f"{path}: safetensors header is not valid JSON ({exc.__class__.__name__})"
-        ) from None
+    doc = boundedjson.loads(
+        raw_json, what=f"{path}: safetensors header", max_bytes=MAX_HEADER_SIZE, max_depth=4
+    )
     if not isinstance(doc, dict):
         raise FormatError(f"{path}: safetensors header is not a JSON object")
     data_start = 8 + n

@@ -1,0 +1,248 @@
+"""Signature bundle mutations: every one refused by ``verify`` and by the signed loader.
+
+Byte flips and truncation of the bundle, structural edits, edits of the signed
+statement (not re-signed, or re-signed with a key the policy does not trust), hostile
+JSON (deep nesting, Infinity, huge integers, duplicate keys) and the valid bundle of
+another model by the same signer.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.adversarial.conftest import SEED, n_cases
+from tests.support.adversarial import Corpus, Tally, expect_refusal
+from weightguard import loader
+from weightguard._internal.signing.oms import subject_digest
+from weightguard.signing import verify_bundle
+
+Doc = dict[str, Any]
+
+
+def _pae(payload_type: str, payload: bytes) -> bytes:
+    t = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def _resign(doc: Doc, c: Corpus) -> None:
+    """Sign the envelope's payload again with the attacker's key (a valid signature)."""
+    key = serialization.load_pem_private_key((c.root / "attacker.pem").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    env = doc["dsseEnvelope"]
+    payload = base64.b64decode(env["payload"])
+    sig = key.sign(_pae(env["payloadType"], payload), ec.ECDSA(hashes.SHA256()))
+    env["signatures"][0]["sig"] = base64.b64encode(sig).decode()
+
+
+def _statement(doc: Doc) -> Doc:
+    return json.loads(base64.b64decode(doc["dsseEnvelope"]["payload"]))
+
+
+def _set_statement(doc: Doc, st: Doc) -> None:
+    doc["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(st).encode()).decode()
+
+
+def _flip_hex(rnd: random.Random, h: str) -> str:
+    i = rnd.randrange(len(h))
+    return h[:i] + ("0" if h[i] != "0" else "1") + h[i + 1 :]
+
+
+def edit_statement(rnd: random.Random, doc: Doc, c: Corpus) -> str:
+    st = _statement(doc)
+    pred = st["predicate"]
+    files = pred["weightguard"]["files"]
+    name = rnd.choice(sorted(files))
+    kind = rnd.randrange(9)
+    if kind == 0:
+        r = rnd.choice(pred["resources"])
+        r["digest"] = _flip_hex(rnd, r["digest"])
+        what = f"resource digest of {r['name']}"
+    elif kind == 1:
+        d = files[name]["digests"]
+        j = rnd.randrange(len(d))
+        d[j] = _flip_hex(rnd, d[j])
+        what = f"chunk digest {j} of {name}"
+    elif kind == 2:
+        files[name]["size"] += rnd.choice([-1, 1, 4096])
+        what = f"size of {name}"
+    elif kind == 3:
+        del files[name]
+        pred["resources"] = [r for r in pred["resources"] if r["name"] != name]
+        what = f"{name} dropped from the statement"
+    elif kind == 4:
+        pred["serialization"]["ignore_paths"].append(rnd.choice(["*.safetensors", name]))
+        what = "ignore_paths hides weights"
+    elif kind == 5:
+        st["subject"][0]["digest"]["sha256"] = _flip_hex(rnd, st["subject"][0]["digest"]["sha256"])
+        what = "subject digest"
+    elif kind == 6:
+        files[name]["stride"] = rnd.choice([1, 4096, 1 << 40])
+        what = f"stride of {name}"
+    elif kind == 7:
+        d = files[name]["digests"]
+        d.append(d[0])
+        what = f"extra chunk digest for {name}"
+    else:
+        st["predicateType"] = "https://model_signing/signature/v0.9"
+        what = "predicateType"
+    _set_statement(doc, st)
+    if rnd.random() < 0.5:
+        _resign(doc, c)
+        what += ", re-signed by an untrusted key"
+    return what
+
+
+def edit_structure(rnd: random.Random, doc: Doc, c: Corpus) -> str:
+    env = doc["dsseEnvelope"]
+    kind = rnd.randrange(8)
+    if kind == 0:
+        sig = bytearray(base64.b64decode(env["signatures"][0]["sig"]))
+        sig[rnd.randrange(len(sig))] ^= 1 << rnd.randrange(8)
+        env["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+        return "signature bit"
+    if kind == 1:
+        env["signatures"].append(copy.deepcopy(env["signatures"][0]))
+        return "two signatures"
+    if kind == 2:
+        env["signatures"] = []
+        return "no signature"
+    if kind == 3:
+        env["payloadType"] = "application/json"
+        return "payloadType"
+    if kind == 4:
+        doc["mediaType"] = "application/vnd.dev.sigstore.bundle.v0.2+json"
+        return "mediaType"
+    if kind == 5:
+        del doc[rnd.choice(["verificationMaterial", "dsseEnvelope", "mediaType"])]
+        return "top-level field removed"
+    if kind == 6:
+        doc["verificationMaterial"]["publicKey"]["hint"] = "00" * 32
+        return "publicKey hint"
+    env["payload"] = env["payload"][:-8]
+    return "payload cut"
+
+
+HOSTILE = [
+    b'{"mediaType": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    b'{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "x": Infinity}',
+    b'{"mediaType": "a", "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json"}',
+    b'{"n": ' + b"9" * 5000 + b"}",
+    b'{"n": 1e400}',
+    b"\xff\xfe{}",
+    b"",
+    b"null",
+]
+
+
+def _hostile_statement(rnd: random.Random, doc: Doc, c: Corpus) -> str:
+    payload = rnd.choice(
+        [
+            b'{"_type": ' + b"{" * 20_000 + b"}" * 20_000 + b"}",
+            b'{"_type": "https://in-toto.io/Statement/v1", "predicate": {"x": NaN}}',
+            b'{"predicate": {"weightguard": {"files": {"a": {"size": 1e999}}}}}',
+        ]
+    )
+    doc["dsseEnvelope"]["payload"] = base64.b64encode(payload).decode()
+    if rnd.random() < 0.5:
+        _resign(doc, c)
+    return "hostile statement JSON"
+
+
+def mutate(rnd: random.Random, raw: bytes, c: Corpus) -> tuple[bytes, str]:
+    kind = rnd.choices(
+        ["flip", "truncate", "structure", "statement", "hostile", "hostile-st", "other"],
+        weights=[30, 10, 20, 30, 4, 4, 2],
+    )[0]
+    if kind == "flip":
+        b = bytearray(raw)
+        i = rnd.randrange(len(b))
+        b[i] ^= 1 << rnd.randrange(8)
+        return bytes(b), f"flip @{i}"
+    if kind == "truncate":
+        n = rnd.randrange(len(raw))
+        return raw[:n], f"truncate to {n}"
+    if kind == "hostile":
+        i = rnd.randrange(len(HOSTILE))
+        return HOSTILE[i], f"hostile bundle JSON {i}"
+    if kind == "other":
+        return (c.b / "model.sig").read_bytes(), "valid bundle of model b, same signer"
+    doc = json.loads(raw)
+    fn: Callable[[random.Random, Doc, Corpus], str] = {
+        "structure": edit_structure,
+        "statement": edit_statement,
+        "hostile-st": _hostile_statement,
+    }[kind]
+    what = fn(rnd, doc, c)
+    return json.dumps(doc).encode(), what
+
+
+N_VERIFY = 400
+N_LOAD = 150
+
+
+@pytest.mark.parametrize("consumer", ["verify", "signed-load"])
+def test_bundle_mutations_are_refused(consumer: str, corpus: Corpus, work: Path) -> None:
+    rnd = random.Random(f"{SEED}:bundle:{consumer}")
+    raw = (corpus.a / "model.sig").read_bytes()
+    d = corpus.copy(corpus.a, work / "m")
+    tally = Tally()
+    for _ in range(n_cases(N_VERIFY if consumer == "verify" else N_LOAD)):
+        data, what = raw, ""
+        while data == raw:
+            data, what = mutate(rnd, raw, corpus)
+        (d / "model.sig").write_bytes(data)
+        if consumer == "verify":
+
+            def run(audit: Any) -> Any:
+                return verify_bundle(d, d / "model.sig", corpus.policy, audit=audit)
+        else:
+
+            def run(audit: Any) -> Any:
+                return loader.load_file(d, "cpu", policy=corpus.policy, audit=audit, workers=1)
+
+        expect_refusal(tally, what, run)
+    shutil.rmtree(d)
+    tally.check()
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="issue 12 item 9 (t12b): full verify does not check the OMS resource digests of "
+    "chunk-digested files, so it disagrees with model_signing",
+)
+def test_wrong_resource_digest_signed_by_the_trusted_key(corpus: Corpus, work: Path) -> None:
+    d = corpus.copy(corpus.a, work / "m")
+    doc = json.loads((d / "model.sig").read_bytes())
+    st = _statement(doc)
+    r = next(r for r in st["predicate"]["resources"] if r["name"].endswith(".safetensors"))
+    r["digest"] = "0" * 64
+    # A correct signer's subject: the digest over the (wrong) resource digests.
+    digests = [bytes.fromhex(x["digest"]) for x in st["predicate"]["resources"]]
+    st["subject"][0]["digest"]["sha256"] = subject_digest(digests).hex()
+    _set_statement(doc, st)
+    key = serialization.load_pem_private_key((corpus.root / "release.pem").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    env = doc["dsseEnvelope"]
+    sig = key.sign(
+        _pae(env["payloadType"], base64.b64decode(env["payload"])), ec.ECDSA(hashes.SHA256())
+    )
+    env["signatures"][0]["sig"] = base64.b64encode(sig).decode()
+    (d / "model.sig").write_text(json.dumps(doc))
+    tally = Tally()
+    expect_refusal(
+        tally,
+        "resource digest",
+        lambda audit: verify_bundle(d, d / "model.sig", corpus.policy, audit=audit),
+    )
+    tally.check()
