@@ -162,7 +162,7 @@ def push(
 ) -> None:
     """Upload a released model DIRECTORY to DESTINATION (s3://bucket/prefix), multipart,
     retrying failed requests with backoff."""
-    from weightguard._internal.load.push import push_model
+    from weightguard.transfer import push_model
 
     size = sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
     with progress(f"pushing {directory}", size, quiet) as advance:

@@ -49,6 +49,12 @@ LAYOUT = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _allow_file_key(monkeypatch: pytest.MonkeyPatch, file_key: str) -> None:
+    # The artifacts name a dev key file; the caller allows exactly that one (issue 12.2).
+    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+
+
 @pytest.fixture
 def fake() -> FakeBackend:
     b = fake_device()

@@ -157,5 +157,5 @@ def test_audit_events(tmp_path: Path) -> None:
     for _, fields in events[:2]:  # audit schema: what was touched, by which signer
         assert fields["object"]["uri"] == str(model) and fields["object"]["signer"]
         assert fields["object"]["digest"]
-    assert "does not match" in events[2][1]["reason"]
+    assert "signed with another key" in events[2][1]["reason"]
     assert os.fspath(tmp_path / "k.pem") not in json.dumps([e[1] for e in events], default=str)
