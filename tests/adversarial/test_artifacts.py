@@ -291,11 +291,6 @@ def test_unmutated_model_is_accepted(corpus: Corpus, work: Path) -> None:
         assert (work / "plain" / shard).read_bytes() == data
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 12 item 7 (t12a): decrypt of a model copies a "
-    "shard whose magic is damaged or that is truncated as a plain file",
-)
 @pytest.mark.parametrize("how", ["magic-flip", "truncate-0", "truncate-5"])
 def test_decrypt_refuses_a_shard_that_is_not_an_artifact(
     how: str, corpus: Corpus, work: Path
@@ -398,21 +393,9 @@ INDEX_CLASSES: dict[str, tuple[Callable[[random.Random, Path, Corpus], str], int
     "listing-file-removed": (x_remove_file, 30),
     "listing-extra-shard": (x_extra_shard, 20),
 }
-# Accepted today: the index steers the load without being checked against the signature.
-ITEM1 = pytest.mark.xfail(
-    strict=False, reason="issue 12 item 1 (t12a): index.json is not verified before it steers"
-)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=ITEM1)
-        if n in {"index-drops-shard", "index-drops-tensor", "index-retargets-tensor"}
-        else n
-        for n in INDEX_CLASSES
-    ],
-)
+@pytest.mark.parametrize("name", list(INDEX_CLASSES))
 def test_index_and_listing_edits_are_refused(name: str, corpus: Corpus, work: Path) -> None:
     mutate, base = INDEX_CLASSES[name]
     rnd = random.Random(f"{SEED}:{name}")

@@ -52,7 +52,7 @@ Lines = list[bytes]
 
 
 def t_edit_field(rnd: random.Random, lines: Lines) -> str:
-    i = rnd.randrange(len(lines) - 1)  # the final checkpoint: see the xfail below
+    i = rnd.randrange(len(lines))  # the final checkpoint line included
     rec = json.loads(lines[i])
     field = rnd.choice([k for k in rec if k not in ("log", "seq", "prev")] or ["time"])
     v = rec.get(field)
@@ -106,7 +106,7 @@ def t_cut(rnd: random.Random, lines: Lines) -> str:
 
 
 def t_flip(rnd: random.Random, lines: Lines) -> str:
-    i = rnd.randrange(len(lines) - 1)  # the final checkpoint: see the xfail below
+    i = rnd.randrange(len(lines))  # the final checkpoint line included
     b = bytearray(lines[i])
     j = rnd.randrange(len(b) - 1)  # keep the newline
     b[j] ^= 1 << rnd.randrange(7)
@@ -141,7 +141,7 @@ def t_hostile(rnd: random.Random, lines: Lines) -> str:
 
 def t_checkpoint_inner(rnd: random.Random, lines: Lines) -> str:
     cps = [i for i, ln in enumerate(lines) if b'"checkpoint"' in ln]
-    i = rnd.choice(cps[:-1])  # the last checkpoint's outer fields: see the xfail below
+    i = rnd.choice(cps)  # the last checkpoint's outer fields included
     rec = json.loads(lines[i])
     cp = rec.get("checkpoint")
     if isinstance(cp, dict) and cp:
@@ -213,10 +213,6 @@ def test_audit_tampers_are_reported(
     tally.check()
 
 
-ITEM5 = "issue 12 item 5 (t12b): signed checkpoints must cover the log"
-
-
-@pytest.mark.xfail(strict=False, reason=ITEM5 + " (stripped checkpoints, recomputed chain)")
 def test_checkpoints_stripped_and_chain_recomputed(
     signed_log: tuple[bytes, Path], tmp_path: Path
 ) -> None:
@@ -242,7 +238,6 @@ def test_checkpoints_stripped_and_chain_recomputed(
     assert not verify_log(p, checkpoint_key=pub).ok
 
 
-@pytest.mark.xfail(strict=False, reason=ITEM5 + " (final checkpoint's outer fields)")
 def test_final_checkpoint_outer_fields(signed_log: tuple[bytes, Path], tmp_path: Path) -> None:
     raw, pub = signed_log
     lines = raw.splitlines(keepends=True)

@@ -216,11 +216,6 @@ def test_bundle_mutations_are_refused(consumer: str, corpus: Corpus, work: Path)
     tally.check()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 12 item 9 (t12b): full verify does not check the OMS resource digests of "
-    "chunk-digested files, so it disagrees with model_signing",
-)
 def test_wrong_resource_digest_signed_by_the_trusted_key(corpus: Corpus, work: Path) -> None:
     d = corpus.copy(corpus.a, work / "m")
     doc = json.loads((d / "model.sig").read_bytes())
