@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from weightguard._internal.extras import require
 from weightguard._internal.load_copy import DEFAULT_RING_BYTES, Copier, copier_for
 from weightguard._internal.load_pipeline import FileJob, Record, digest_matches, run_pipeline
 from weightguard._internal.load_plan import Geometry, Placement, build_tensors, plan
@@ -653,6 +654,7 @@ class ModelHandle:
         result: dict[str, Any] = {}
         bufs: list[Any] = []
         try:
+            require("loading tensors", "torch")  # fetch and verify do not; load does
             copier = copier_for(
                 self.device,
                 slot_bytes=max(1, max_plain),

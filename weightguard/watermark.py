@@ -25,11 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from weightguard._internal import wm_scheme
+from weightguard._internal.extras import require
 from weightguard._internal.wm_scheme import DEFAULT_ALPHA, DEFAULT_MIN_NUMEL, SCHEME
 from weightguard.errors import ConfigError, DestinationError, FormatError, WatermarkError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+# The watermark computes on tensors: the `[torch]` extra, checked before any work.
+_FEATURE, _NEEDS = "the watermark", ("torch", "numpy", "scipy")
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -98,6 +102,7 @@ def embed(
     from weightguard._internal.wm_io import st_dtype
     from weightguard._internal.wm_keys import resolve_key
 
+    require(_FEATURE, *_NEEDS)
     _check_alpha(alpha)
     wk, owned = resolve_key(key)
     try:
@@ -144,6 +149,7 @@ def embed_file(
     from weightguard._internal import wm_io
     from weightguard._internal.wm_keys import resolve_key
 
+    require(_FEATURE, *_NEEDS)
     _check_alpha(alpha)
     srcp, dstp = Path(os.fspath(src)), Path(os.fspath(dst))
     if not srcp.exists():
@@ -388,6 +394,7 @@ def check_keys(
     from weightguard._internal.wm_io import open_source
     from weightguard._internal.wm_keys import resolve_key
 
+    require(_FEATURE, *_NEEDS)
     if not keys:
         raise ConfigError("no watermark key given")
     k_tested = len(keys) if keys_tested is None else keys_tested

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from weightguard import __version__
+from weightguard._internal.extras import from_import_error
 from weightguard.errors import WeightguardError
 
 # command name -> "module:attribute"; help text shown without importing the module.
@@ -69,6 +70,12 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(exc.exit_code)
     except WeightguardError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except ModuleNotFoundError as exc:  # an extra this command needs is not installed
+        missing = from_import_error(exc)
+        if missing is None:
+            raise
+        click.echo(f"error: {missing}", err=True)
         sys.exit(1)
     except OSError as exc:  # a file or socket the command touched directly
         where = f": {exc.filename}" if exc.filename else ""

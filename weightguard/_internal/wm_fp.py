@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from weightguard._internal import wm_align, wm_scheme
+from weightguard._internal.extras import require
 from weightguard._internal.wm_io import open_source
 from weightguard.errors import WatermarkError
 
@@ -87,6 +88,7 @@ def layer_evidence(name: str, other: str, x: Any, y: Any) -> LayerEvidence | Non
 
 
 def compare(a: Any, b: Any, *, min_numel: int = wm_scheme.DEFAULT_MIN_NUMEL) -> FingerprintReport:
+    require("the fingerprint", "torch", "numpy", "scipy")
     import numpy as np
     from scipy.stats import chi2
 
