@@ -127,17 +127,11 @@ def generate(pyproject: Path, dockerfile: Path, lock: Path) -> None:
         constraints = Path(tmp) / "torch.txt"
         # Resolve against the torch the image installs, so its dependencies fit it.
         constraints.write_text(f"torch=={torch_version(dockerfile)}\n")
+        argv = [*find_uv(), "pip", "compile", str(pyproject), "--extra", EXTRA]
+        argv += ["--constraint", str(constraints), "--generate-hashes", "--no-header"]
+        argv += ["--python-version", PYTHON, "--python-platform", PLATFORM, "--quiet"]
         res = subprocess.run(
-            [
-                *find_uv(), "pip", "compile", str(pyproject),
-                "--extra", EXTRA,
-                "--constraint", str(constraints),
-                "--python-version", PYTHON,
-                "--python-platform", PLATFORM,
-                "--generate-hashes",
-                "--no-header",
-                "--quiet",
-            ],  # fmt: skip
+            argv,
             capture_output=True,
             text=True,
             timeout=600,
