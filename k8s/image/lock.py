@@ -170,7 +170,7 @@ def check(pyproject: Path, dockerfile: Path, lock: Path) -> list[str]:
         if req.marker is not None and not req.marker.evaluate({"python_version": PYTHON}):
             continue
         if key not in locked:
-            problems.append(f"{req.name} is declared but not in the lock")
+            problems.append(f"{spec} is declared but not in the lock")
         elif not req.specifier.contains(locked[key][0], prereleases=True):
             problems.append(f"{req.name}=={locked[key][0]} in the lock does not satisfy {spec}")
     for key, (version, hashes) in sorted(locked.items()):
