@@ -564,7 +564,7 @@ def test_in_process_server_loads_and_serves(released: dict[str, bytes], pod_fact
         while time.monotonic() < deadline and proc.poll() is None:
             url = f"http://127.0.0.1:{port}/v1/model"
             with (
-                contextlib.suppress(urllib.error.URLError, ConnectionError),
+                contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
                 urllib.request.urlopen(url, timeout=2) as r,
             ):
                 summary = json.loads(r.read())

@@ -20,7 +20,6 @@ import pytest
 from tests.packaging.venvs import (
     DIST,
     ROOT,
-    build_wheel,
     install,
     make_venv,
     run,
@@ -33,11 +32,6 @@ pytestmark = pytest.mark.slow
 # The core may grow, but a stray torch (~700 MiB CPU, GBs with CUDA) must not slip in.
 CORE_MAX_MIB = 250
 EXTRA_HINT = "(install the 'torch' extra: pip install 'weightguard-ml[torch]')"
-
-
-@pytest.fixture(scope="session")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="module")
