@@ -13,7 +13,6 @@ from typing import Any
 import click
 
 from weightguard import __version__
-from weightguard._internal.extras import from_import_error
 from weightguard.errors import WeightguardError
 
 # command name -> "module:attribute"; help text shown without importing the module.
@@ -72,6 +71,8 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except ModuleNotFoundError as exc:  # an extra this command needs is not installed
+        from weightguard._internal.extras import from_import_error
+
         missing = from_import_error(exc)
         if missing is None:
             raise
