@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest adversarial fuzz bench bench-full bench-gpu clean venv
+.PHONY: demo test lint typecheck pytest adversarial fuzz bench bench-full bench-gpu clean venv lock
 
 venv: $(STAMP)
 
@@ -51,6 +51,11 @@ bench: $(STAMP)
 
 bench-full: $(STAMP)
 	$(BIN)/python -m benchmarks.run --full
+
+# The loader image's dependency set, k8s/image/requirements.lock, from pyproject.toml
+# (uv, PyPI); tests/packaging/test_lock.py fails until it is rerun after a change.
+lock: $(STAMP)
+	$(BIN)/python k8s/image/lock.py
 
 # On an NVIDIA machine (no network there): see benchmarks/README.md, "GPU run".
 bench-gpu:

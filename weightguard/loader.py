@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from weightguard._internal.devices import observe
 from weightguard._internal.devices.pinned import release_pinned_memory
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, TensorInfo
+from weightguard._internal.foundation.extras import require
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.foundation.names import safe_relative_name
 from weightguard._internal.load.copiers import DEFAULT_RING_BYTES, Copier, copier_for
@@ -709,6 +710,7 @@ class ModelHandle:
         bufs: list[Any] = []
         where: dict[str, Any] = {}
         try:
+            require("loading tensors", "torch")  # fetch and verify do not; load does
             on_gpu, where = self._decrypt_where(files)
             max_plain = max((min(f.geometry.chunk, f.geometry.data_size) for f in files), default=1)
             copier = copier_for(

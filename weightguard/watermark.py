@@ -24,12 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from weightguard._internal.foundation.extras import require
 from weightguard._internal.watermark import scheme as wm_scheme
 from weightguard._internal.watermark.scheme import DEFAULT_ALPHA, DEFAULT_MIN_NUMEL, SCHEME
 from weightguard.errors import ConfigError, DestinationError, FormatError, WatermarkError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+# The watermark computes on tensors: the `[torch]` extra, checked before any work.
+_FEATURE, _NEEDS = "the watermark", ("torch", "numpy", "scipy")
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -98,6 +102,7 @@ def embed(
     from weightguard._internal.watermark.io import st_dtype
     from weightguard._internal.watermark.keys import resolve_key
 
+    require(_FEATURE, *_NEEDS)
     _check_alpha(alpha)
     wk, owned = resolve_key(key)
     try:
@@ -144,6 +149,7 @@ def embed_file(
     from weightguard._internal.watermark import io as wm_io
     from weightguard._internal.watermark.keys import resolve_key
 
+    require(_FEATURE, *_NEEDS)
     _check_alpha(alpha)
     srcp, dstp = Path(os.fspath(src)), Path(os.fspath(dst))
     if not srcp.exists():
@@ -403,6 +409,7 @@ def check_keys(
     from weightguard._internal.watermark.io import open_source
     from weightguard._internal.watermark.keys import resolve_key
 
+    require(_FEATURE, *_NEEDS)
     if not keys:
         raise ConfigError("no watermark key given")
     k_tested = len(keys) if keys_tested is None else keys_tested

@@ -77,6 +77,14 @@ def main(argv: list[str] | None = None) -> Any:
     except WeightguardError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except ModuleNotFoundError as exc:  # an extra this command needs is not installed
+        from weightguard._internal.foundation.extras import from_import_error
+
+        missing = from_import_error(exc)
+        if missing is None:
+            raise
+        click.echo(f"error: {missing}", err=True)
+        sys.exit(1)
     except OSError as exc:  # a file or socket the command touched directly
         where = f": {exc.filename}" if exc.filename else ""
         click.echo(f"error: {exc.strerror or exc}{where}", err=True)

@@ -11,8 +11,9 @@ credentials Secret) and its volume mounts.  Only locations change:
   projected audience and expiry; ``emptyDir: {medium: Memory}`` -> a tmpfs mount (or a
   directory under /dev/shm when mounting is not permitted); other emptyDirs and the
   staging claim -> temp directories; the trust ConfigMap -> its files;
-  image paths: ``weightguard`` -> the virtualenv's entry point, ``python`` -> this
-  interpreter, ``/app/serve.py`` -> ``k8s/image/serve.py`` (the Dockerfile's COPY);
+  image paths: ``weightguard`` -> the virtualenv's entry point, ``python`` -> its
+  interpreter (``WEIGHTGUARD_IMAGE_BIN``: a virtualenv built like the image),
+  ``/app/serve.py`` -> ``k8s/image/serve.py`` (the Dockerfile's COPY);
 * addresses: ``VAULT_ADDR`` -> the local OpenBao, ``AWS_ENDPOINT_URL_S3`` -> the local
   SeaweedFS, the server's ``--host`` -> 127.0.0.1 and ``--port`` -> a free port;
 * ``--device cuda`` -> ``cpu`` when no GPU is present.
@@ -59,7 +60,10 @@ from tests.support.k8s import (
 from tests.support.services import OpenBaoServer, TokenReviewServer, free_port
 
 MODEL = "demo-llm"
-BIN = Path(sys.executable).parent
+BIN = Path(sys.executable).parent  # the test's tools (the bao CLI that apply.sh runs)
+# The image's environment: by default this virtualenv; tests/packaging/test_image.py points
+# it at a virtualenv built the way the Dockerfile builds the image.
+IMAGE_BIN = Path(os.environ.get("WEIGHTGUARD_IMAGE_BIN") or BIN)
 
 
 def _cli_missing(*commands: str) -> str | None:
@@ -169,8 +173,8 @@ class Pod:
         c = container(self.spec, name)
         argv = [*c["command"], *c.get("args", [])]
         image_paths = {
-            "weightguard": str(BIN / "weightguard"),
-            "python": sys.executable,
+            "weightguard": str(IMAGE_BIN / "weightguard"),
+            "python": str(IMAGE_BIN / "python"),
             "/app/serve.py": str(K8S / "image" / "serve.py"),
         }
         out = []
@@ -200,7 +204,7 @@ class Pod:
             env.pop("VAULT_CACERT", None)  # the local OpenBao speaks plain HTTP on loopback
         if "AWS_ENDPOINT_URL_S3" in env:
             env["AWS_ENDPOINT_URL_S3"] = self.services.s3.endpoint
-        base = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(self.root / "home")}
+        base = {"PATH": f"{IMAGE_BIN}:/usr/bin:/bin", "HOME": str(self.root / "home")}
         (self.root / "home").mkdir(exist_ok=True)
         return out, {**base, **env}
 
@@ -576,7 +580,7 @@ def test_in_process_server_loads_and_serves(released: dict[str, bytes], pod_fact
         while time.monotonic() < deadline and proc.poll() is None:
             url = f"http://127.0.0.1:{port}/v1/model"
             with (
-                contextlib.suppress(urllib.error.URLError, ConnectionError),
+                contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
                 urllib.request.urlopen(url, timeout=2) as r,
             ):
                 summary = json.loads(r.read())

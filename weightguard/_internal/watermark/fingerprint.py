@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from weightguard._internal.foundation.extras import require
 from weightguard._internal.watermark import align as wm_align
 from weightguard._internal.watermark import scheme as wm_scheme
 from weightguard._internal.watermark.io import open_source
@@ -88,6 +89,7 @@ def layer_evidence(name: str, other: str, x: Any, y: Any) -> LayerEvidence | Non
 
 
 def compare(a: Any, b: Any, *, min_numel: int = wm_scheme.DEFAULT_MIN_NUMEL) -> FingerprintReport:
+    require("the fingerprint", "torch", "numpy", "scipy")
     import numpy as np
     from scipy.stats import chi2
 

@@ -1,0 +1,31 @@
+"""A missing optional dependency becomes one typed error naming the extra to install."""
+
+from __future__ import annotations
+
+import pytest
+
+from weightguard._internal.foundation.extras import DIST, from_import_error, require
+from weightguard.errors import ConfigError, DependencyMissing
+
+
+def test_require_passes_for_installed_modules() -> None:
+    require("loading tensors", "torch", "numpy")  # the dev environment has the extra
+
+
+def test_missing_submodule_of_an_extra_names_the_extra() -> None:
+    err = from_import_error(ModuleNotFoundError("No module named 'scipy'", name="scipy.stats"))
+    assert isinstance(err, DependencyMissing) and isinstance(err, ConfigError)
+    assert str(err) == (
+        "this command needs scipy, which is not installed "
+        f"(install the 'torch' extra: pip install '{DIST}[torch]')"
+    )
+
+
+def test_transformers_names_its_own_extra() -> None:
+    err = from_import_error(ModuleNotFoundError(name="transformers"))
+    assert err is not None and err.hint.endswith(f"pip install '{DIST}[transformers]'")
+
+
+@pytest.mark.parametrize("name", [None, "", "weightguard_internal_typo", "torchvision"])
+def test_other_import_errors_are_not_hidden(name: str | None) -> None:
+    assert from_import_error(ModuleNotFoundError(name=name)) is None
