@@ -30,13 +30,14 @@ from typing import Any, BinaryIO, Protocol
 from weightguard._internal.atomic import atomic_directory, atomic_write
 from weightguard._internal.format import (
     DEFAULT_CHUNK_SIZE,
-    MAGIC,
+    MAGIC_PROBE,
     TAG_SIZE,
     ArtifactHeader,
     ChunkCipher,
     FileRandomness,
     decrypt_stream,
     encrypt_stream,
+    is_artifact,
     new_header,
     read_header,
     rewrapped_header,
@@ -126,7 +127,7 @@ def _open_source(path: Path) -> BinaryIO:
 def is_encrypted(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` starts with the weightguard artifact magic."""
     with _open_source(Path(path)) as f:
-        return f.read(len(MAGIC)) == MAGIC
+        return is_artifact(f.read(MAGIC_PROBE))
 
 
 # --------------------------------------------------------------------------- encrypt
@@ -221,7 +222,7 @@ def _encrypt_source(
     """The encrypt path shared by files and buffers: ``head`` reads the start of the
     plaintext sequentially (header parsing), ``src`` is read positionally by the records;
     ``after()`` runs before the output is committed."""
-    if head.read(len(MAGIC)) == MAGIC:
+    if is_artifact(head.read(MAGIC_PROBE)):
         raise FormatError(
             f"{label} is already a weightguard artifact", hint="encrypt the original file"
         )
@@ -638,7 +639,7 @@ def decrypt_model(
     headers: dict[Path, ArtifactHeader] = {}
     for rel in files:
         with _open_source(src_p / rel) as f:
-            if f.read(len(MAGIC)) == MAGIC:
+            if is_artifact(f.read(MAGIC_PROBE)):
                 f.seek(0)
                 headers[rel] = _read_artifact_header(f, src_p / rel)
     if not headers:
@@ -709,7 +710,7 @@ def _artifacts_under(path: Path) -> list[Path]:
         out = []
         for rel in _model_files(path):
             with _open_source(path / rel) as f:
-                if f.read(len(MAGIC)) == MAGIC:
+                if is_artifact(f.read(MAGIC_PROBE)):
                     out.append(path / rel)
         if not out:
             raise FormatError(f"{path} contains no weightguard artifacts")
