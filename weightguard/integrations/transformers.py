@@ -52,7 +52,7 @@ def empty_parameters() -> Iterator[None]:
 
     def register(self: torch.nn.Module, name: str, param: Any) -> None:
         original(self, name, param)
-        if param is not None:
+        if param is not None and not param.is_meta:  # already meta: keep it (a tie)
             p = self._parameters[name]
             assert p is not None
             self._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
