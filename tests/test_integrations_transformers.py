@@ -67,7 +67,9 @@ def plain_st(plain_dir: Path) -> Any:
     return st_mod.SentenceTransformer(str(plain_dir), device="cpu", local_files_only=True)
 
 
-def test_transformers_from_pretrained_equals_plain(release: dict[str, Any], plain_dir: Path) -> None:
+def test_transformers_from_pretrained_equals_plain(
+    release: dict[str, Any], plain_dir: Path
+) -> None:
     import transformers
 
     from weightguard.integrations.transformers import from_pretrained
@@ -92,7 +94,9 @@ def test_transformers_from_pretrained_equals_plain(release: dict[str, Any], plai
     assert torch.equal(half.embeddings.word_embeddings.weight, w.to(torch.float16))
 
 
-def test_sentence_transformer_embeddings_equal_plain(release: dict[str, Any], plain_st: Any) -> None:
+def test_sentence_transformer_embeddings_equal_plain(
+    release: dict[str, Any], plain_st: Any
+) -> None:
     from weightguard.integrations.sentence_transformers import load_sentence_transformer
 
     model = load_sentence_transformer(release["dir"], policy=release["keys"].policy())
@@ -247,5 +251,5 @@ def test_unsigned_side_file_is_not_used(release: dict[str, Any], tmp_path: Path)
     (d / "modules.json").write_text("[]")  # added after signing
     from weightguard.integrations.sentence_transformers import load_sentence_transformer
 
-    with pytest.raises(CoverageError, match="not covered by signature .*: modules.json"):
+    with pytest.raises(CoverageError, match=r"not covered by signature .*: modules\.json"):
         load_sentence_transformer(d, policy=release["keys"].policy())

@@ -34,10 +34,10 @@ def _non_persistent(module: torch.nn.Module) -> set[str]:
 def _aliases(module: torch.nn.Module) -> dict[str, list[str]]:
     """name -> every name of the same tensor object (tied parameters, shared buffers)."""
     by_id: dict[int, list[str]] = defaultdict(list)
-    for name, t in module.named_parameters(remove_duplicate=False):
-        by_id[id(t)].append(name)
-    for name, t in module.named_buffers(remove_duplicate=False):
-        by_id[id(t)].append(name)
+    for name, p in module.named_parameters(remove_duplicate=False):
+        by_id[id(p)].append(name)
+    for name, b in module.named_buffers(remove_duplicate=False):
+        by_id[id(b)].append(name)
     return {n: names for names in by_id.values() for n in names}
 
 

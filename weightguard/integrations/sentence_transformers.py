@@ -106,7 +106,8 @@ def load_sentence_transformer(
                 )
             with _quiet_transformers():
                 model = SentenceTransformer(str(d), device="cpu", local_files_only=True, **kwargs)
-        load_model(model[0].auto_model, handle, policy=policy)
+        transformer: Any = model[0]
+        load_model(transformer.auto_model, handle, policy=policy)
     if device is not None:
         model.to(device)
     model.eval()
