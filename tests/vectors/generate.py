@@ -5,7 +5,8 @@
 Writes ``vectors.json`` plus, per case, ``<name>.safetensors`` (input),
 ``<name>.wgenc`` (expected artifact as 0.1.0 wrote it, ``LEGACY_MAGIC``) and
 ``<name>-m16.wgenc`` (the same input as written now, 16-byte ``MAGIC``).  The values
-are fixed so that another implementation can check itself against docs/FORMAT.md; never use them as keys.
+are fixed so that another implementation can check itself against docs/FORMAT.md;
+never use them as keys.
 """
 
 from __future__ import annotations
