@@ -199,6 +199,7 @@ def _verify_signature(
     signature: str | os.PathLike[str] | None,
     *,
     optional: bool = False,
+    layout: Any = None,
 ) -> tuple[dict[str, _Digests], str | None, str | None, dict[str, Any]] | None:
     """Check signature, policy and coverage (no hashing); per-file chunk digests.
 
@@ -237,7 +238,14 @@ def _verify_signature(
             sig_path = Path()
     try:
         if loc.local_path is not None:
-            manifest = signing.verify_bundle(loc.local_path, sig_path, policy, hash_files=False)
+            manifest = signing.verify_bundle(
+                loc.local_path,
+                sig_path,
+                policy,
+                hash_files=False,
+                allow_symlinks=bool(layout and layout.allow_symlinks),
+                allow_unsigned=layout.allow_unsigned if layout else (),
+            )
         else:
             # Remote model: signature, policy and coverage against the listing (sizes);
             # the bytes are checked chunk by chunk as they stream.
@@ -548,9 +556,16 @@ class ModelHandle:
             loc = open_location(source, s3=s3)
             self._location = loc
             self._unsafe = _is_unsafe(policy)
+            layout = None
+            if loc.local_path is not None:  # HF cache snapshots: links must stay in the repo
+                from weightguard._internal.hf_cache import local_layout
+
+                layout = local_layout(loc.local_path, is_dir=loc.is_dir)
             names = _select_files(loc)
             signed: dict[str, _Digests] | None = None
-            verified = _verify_signature(loc, names, policy, signature, optional=_is_unsafe(policy))
+            verified = _verify_signature(
+                loc, names, policy, signature, optional=_is_unsafe(policy), layout=layout
+            )
             if verified is not None:
                 signed, self._ctx.signer, self._ctx.bundle_digest, self._signed_all = verified
             for name in names:
