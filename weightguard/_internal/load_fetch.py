@@ -58,9 +58,14 @@ def fetch_model(
     *,
     policy: Any,
     allow_disk: bool = False,
+    file_mode: int = 0o600,
+    dir_mode: int = 0o700,
     **options: Any,
 ) -> FetchResult:
     """Verify + decrypt ``source`` into ``dest``; every file 0600, all or nothing.
+
+    ``file_mode``/``dir_mode``: for a server running as another user of the same group
+    (KServe: the pod's ``fsGroup``), e.g. 0o640/0o750; never readable by others.
 
     Each weight file is streamed record by record (read once, digest-checked, decrypted
     into a per-worker buffer, ``pwrite`` into a 0600 temporary file in ``dest``, buffer
@@ -69,6 +74,11 @@ def fetch_model(
     """
     from weightguard.loader import open_model
 
+    if file_mode & 0o7137 or dir_mode & 0o7027:
+        raise UnsafeOptionRequired(
+            f"modes {file_mode:o}/{dir_mode:o} would let others read or write the weights",
+            hint="use at most 0640 for files and 0750 for directories",
+        )
     out = Path(dest)
     created = not out.exists()
     try:
@@ -91,12 +101,12 @@ def fetch_model(
         with open_model(source, "cpu", policy=policy, **options) as handle:
             for name in handle.files:
                 target = out / name
-                _mkdirs(target.parent, out, made_dirs)
+                _mkdirs(target.parent, out, made_dirs, dir_mode)
                 size = handle._plain_size(name)
-                with atomic_write(target, mode=0o600, preallocate=size) as f:
+                with atomic_write(target, mode=file_mode, preallocate=size) as f:
                     total += handle._stream_to(name, f.fileno())
                 written.append(name)
-            _copy_other_files(handle, out, written, made_dirs)
+            _copy_other_files(handle, out, written, made_dirs, file_mode, dir_mode)
             # The plaintext now sits in files: say where, next to the load.* events.
             handle._ctx.audit.emit(
                 "fetch",
@@ -118,19 +128,27 @@ def fetch_model(
     return FetchResult(str(out), written, total)
 
 
-def _mkdirs(d: Path, root: Path, made: list[Path]) -> None:
-    """Create ``d`` (0700) and missing parents below ``root``, remembering them."""
+def _mkdirs(d: Path, root: Path, made: list[Path], mode: int = 0o700) -> None:
+    """Create ``d`` (``mode``) and missing parents below ``root``, remembering them."""
     missing: list[Path] = []
     p = d
     while p != root and not p.exists():
         missing.append(p)
         p = p.parent
     for m in reversed(missing):
-        m.mkdir(mode=0o700)
+        m.mkdir(mode=mode)
+        os.chmod(m, mode)  # mkdir's mode is masked by the umask
         made.append(m)
 
 
-def _copy_other_files(handle: Any, out: Path, written: list[str], made: list[Path]) -> None:
+def _copy_other_files(
+    handle: Any,
+    out: Path,
+    written: list[str],
+    made: list[Path],
+    file_mode: int = 0o600,
+    dir_mode: int = 0o700,
+) -> None:
     """Copy the non-weight files of a model directory, checked against the signature."""
     loc = handle._location
     if not loc.is_dir:
@@ -151,9 +169,9 @@ def _copy_other_files(handle: Any, out: Path, written: list[str], made: list[Pat
                     f"content differs from the signed {fd.resource_algorithm} digest", path=name
                 )
         target = out / name
-        _mkdirs(target.parent, out, made)
+        _mkdirs(target.parent, out, made, dir_mode)
         try:
-            with atomic_write(target, mode=0o600) as f:
+            with atomic_write(target, mode=file_mode) as f:
                 f.write(data)
         except OSError as exc:  # pragma: no cover - atomic_write maps these
             raise DestinationError(f"{target}: {exc.strerror}") from None
