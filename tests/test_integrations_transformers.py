@@ -164,9 +164,36 @@ def test_load_model_tied_weights(tmp_path: Path) -> None:
         m = Tied()
     load_model(m, tmp_path / "m.safetensors", policy=UnsafeNoVerification())
     assert m.head.weight is m.emb.weight and torch.equal(m.emb.weight, src.emb.weight)
-    real = Tied()  # filled in place, tie kept
+    real = Tied()  # decrypted straight into the allocated parameter, tie kept
+    ptr = real.emb.weight.data_ptr()
     load_model(real, tmp_path / "m.safetensors", policy=UnsafeNoVerification())
     assert real.head.weight is real.emb.weight and torch.equal(real.head.weight, src.emb.weight)
+    assert real.emb.weight.data_ptr() == ptr
+
+
+def test_load_model_into_allocated_params_in_place_and_fail_closed(
+    release: dict[str, Any], plain_dir: Path, tmp_path: Path
+) -> None:
+    """Real parameters (dtype and layout as stored) take the decrypted bytes in place:
+    same storage before and after; a tampered record zeroes what was written."""
+    import transformers
+
+    from weightguard.integrations.transformers import build_config
+
+    cfg = build_config(transformers, json.loads((plain_dir / "config.json").read_text()), "x")
+    model = transformers.BertModel(cfg)
+    ptrs = {n: p.data_ptr() for n, p in model.named_parameters()}
+    load_model(model, release["dir"], policy=release["keys"].policy())
+    assert {n: p.data_ptr() for n, p in model.named_parameters()} == ptrs
+    ref = transformers.AutoModel.from_pretrained(str(plain_dir))
+    assert all(torch.equal(model.get_parameter(n), p) for n, p in ref.named_parameters())
+    d = _copy(release, tmp_path)
+    flip(d / "model.safetensors", (d / "model.safetensors").stat().st_size - 1000)
+    audit, sink = memory_audit()
+    with pytest.raises(IntegrityError, match="chunk"):
+        load_model(model, d, policy=release["keys"].policy(), audit=audit)
+    assert all(not p.any() for p in model.parameters())  # nothing half-loaded kept
+    assert "tamper.detected" in [r.get("event") for r in sink.records]
 
 
 def test_load_leaving_meta_parameter_is_an_error_not_load_ok(tmp_path: Path) -> None:

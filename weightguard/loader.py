@@ -943,9 +943,10 @@ def load_model(
     module's non-persistent buffers (e.g. ``position_ids``) are skipped, tied
     parameters need one of their names in the checkpoint, and parameters on the
     ``meta`` device (``init_empty_weights``, ``torch.device("meta")``) are replaced by
-    the loaded tensors (``assign``: no second copy).  Other parameters are filled in
-    place (dtype cast to the parameter's), one file at a time, and the loaded copy is
-    zeroed.  A load that would leave any parameter or buffer on ``meta`` fails before
+    the loaded tensors (``assign``: no second copy).  Allocated CPU parameters whose
+    dtype and layout match the checkpoint are decrypted into in place (no staging
+    copy, no fresh pages); the rest are filled with a cast, one file at a time, and the
+    loaded copy is zeroed.  On failure every tensor written so far is zeroed.  A load that would leave any parameter or buffer on ``meta`` fails before
     anything is read.  ``device`` defaults to the first non-meta parameter's device.
     ``source`` may be an open :class:`ModelHandle` (then ``device``, ``policy`` and
     ``options`` were given to :func:`open_model`; the handle stays open).

@@ -12,15 +12,19 @@ without touching the weights and never reaches ``load.ok``.
 from __future__ import annotations
 
 import os
+import threading
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+from weightguard._internal.load_copy import Copier
+from weightguard._internal.load_plan import plan
+from weightguard._internal.memory import wipe
 from weightguard.errors import FormatError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["load_into_module"]
+__all__ = ["ParamCopier", "load_into_module"]
 
 
 def _non_persistent(module: torch.nn.Module) -> set[str]:
@@ -50,6 +54,114 @@ def _set(module: torch.nn.Module, name: str, value: Any) -> None:
         owner._parameters[attr] = value  # what load_state_dict(assign=True) does
     else:
         owner._buffers[attr] = value
+
+
+class ParamCopier(Copier):
+    """Verified plaintext straight into tensors the framework already allocated.
+
+    ``targets[seg]`` lists ``(offset, nbytes, view)``: where each wanted tensor's bytes
+    sit in segment ``seg`` and the byte view of its destination.  A record inside one
+    tensor is decrypted in place (no copy, no fresh pages: the framework touched them
+    already); a record across tensor boundaries goes through the worker's reused slot
+    and is scattered, then the slot is zeroed.  ``discard`` zeroes every target.
+    """
+
+    def __init__(self, targets: list[list[tuple[int, int, memoryview]]], slot_bytes: int):
+        self.device = "cpu"
+        self._targets = targets
+        self._slot_bytes = max(1, slot_bytes)
+        self._slots: dict[int, bytearray] = {}
+        self._lock = threading.Lock()
+
+    def allocate(self, sizes: list[int]) -> None:
+        return None  # the destinations exist
+
+    def _inside(self, seg: int, off: int, n: int) -> memoryview | None:
+        for start, size, view in self._targets[seg]:
+            if start <= off and off + n <= start + size:
+                return view[off - start : off - start + n]
+        return None
+
+    def acquire(self, worker: int, seg: int, off: int, n: int) -> memoryview:
+        direct = self._inside(seg, off, n)
+        if direct is not None:
+            return direct
+        with self._lock:
+            slot = self._slots.get(worker)
+            if slot is None:
+                slot = self._slots[worker] = bytearray(self._slot_bytes)
+        return memoryview(slot)[:n]
+
+    def commit(self, worker: int, seg: int, off: int, n: int, out: memoryview) -> None:
+        if self._inside(seg, off, n) is not None:
+            return None  # decrypted in place
+        try:
+            for start, size, view in self._targets[seg]:
+                lo, hi = max(start, off), min(start + size, off + n)
+                if lo < hi:
+                    view[lo - start : hi - start] = out[lo - off : hi - off]
+        finally:
+            wipe(out)
+
+    def abandon(self, worker: int, out: memoryview) -> None:
+        wipe(out)
+
+    def finish(self) -> list[Any]:
+        return []
+
+    def discard(self) -> None:
+        for seg in self._targets:
+            for _, _, view in seg:
+                wipe(view)
+
+    def close(self) -> None:
+        with self._lock:
+            for slot in self._slots.values():
+                wipe(slot)
+
+    def staging_views(self) -> list[memoryview]:
+        return [memoryview(b) for b in self._slots.values()]
+
+
+def _direct_ok(dst: Any, info: Any, device: str) -> bool:
+    """Whether ``dst`` can take the stored bytes as they are (same layout)."""
+    from weightguard._internal.load_plan import torch_dtype
+
+    try:
+        dt = torch_dtype(info.dtype, path="", tensor=info.name)
+    except FormatError:
+        return False
+    return bool(
+        device == "cpu"
+        and not dst.is_meta
+        and dst.device.type == "cpu"
+        and dst.dtype == dt
+        and dst.is_contiguous()
+        and tuple(dst.shape) == tuple(info.shape)
+        and info.nbytes > 0
+    )
+
+
+def _load_direct(handle: Any, file: Any, dsts: dict[str, Any]) -> None:
+    """Decrypt ``file``'s tensors ``dsts`` (name -> destination) into the destinations."""
+    import torch
+
+    from weightguard._internal.load_copy import _np_view
+    from weightguard._internal.load_pipeline import FileJob
+
+    records, segments, place = plan(file.geometry, file.tensors, set(dsts))
+    targets: list[list[tuple[int, int, memoryview]]] = [[] for _ in segments]
+    for name, p in place.items():
+        raw = dsts[name].detach().reshape(-1).view(torch.uint8)
+        targets[p.seg].append((p.offset, p.info.nbytes, _np_view(raw)))
+    for t in targets:
+        t.sort(key=lambda x: x[0])
+    job = FileJob(
+        file.display, file.source, records, segments, file.cipher, algorithm=file.geometry.algorithm
+    )
+    slot = max((r.dst_len for r in records), default=1)
+    with torch.no_grad():
+        handle._run([job], segments, ParamCopier(targets, slot))
 
 
 def load_into_module(module: torch.nn.Module, handle: Any, *, strict: bool) -> None:
@@ -102,43 +214,58 @@ def load_into_module(module: torch.nn.Module, handle: Any, *, strict: bool) -> N
     by_file: dict[str, list[str]] = defaultdict(list)
     for n in loadable:
         by_file[handle._where[n].name].append(n)
-    for file_name in handle.files:  # one file at a time: the extra copy is one shard
-        names = by_file.get(file_name)
-        if not names:
-            continue
-        state = handle.load(names)
-        try:
-            with torch.no_grad():
-                for n in names:
-                    src, dst = state[n], own[n]
-                    if tuple(src.shape) != tuple(dst.shape):
-                        raise FormatError(
-                            f"{uri}: tensor {n!r} has shape {tuple(src.shape)}, the module "
-                            f"expects {tuple(dst.shape)}",
-                            hint="load into the right architecture",
-                        )
-                    if dst.is_meta:
-                        value = src if src.dtype == dst.dtype else src.to(dst.dtype)
-                        if value is not src:
-                            src.zero_()
-                        new: Any = (
-                            torch.nn.Parameter(value, requires_grad=dst.requires_grad)
-                            if isinstance(dst, torch.nn.Parameter)
-                            else value
-                        )
-                        for a in aliases.get(n, [n]):
-                            _set(module, a, new)
-                        state[n] = None  # the module owns it now: not zeroed below
-                    else:
-                        dst.copy_(src)
-        except BaseException as exc:
-            handle._deny(exc, 0.0)
-            raise
-        finally:
-            for t in state.values():
-                if t is not None:
-                    t.zero_()
-            state.clear()
+    try:
+        for f in handle._files:  # one file at a time: any extra copy is one shard
+            names = by_file.get(f.name)
+            if not names:
+                continue
+            direct = {n: own[n] for n in names if _direct_ok(own[n], infos[n], handle.device)}
+            if direct:
+                _load_direct(handle, f, direct)
+            names = [n for n in names if n not in direct]
+            if not names:
+                continue
+            state = handle.load(names)
+            try:
+                with torch.no_grad():
+                    for n in names:
+                        src, dst = state[n], own[n]
+                        if tuple(src.shape) != tuple(dst.shape):
+                            raise FormatError(
+                                f"{uri}: tensor {n!r} has shape {tuple(src.shape)}, the module "
+                                f"expects {tuple(dst.shape)}",
+                                hint="load into the right architecture",
+                            )
+                        if dst.is_meta:
+                            value = src if src.dtype == dst.dtype else src.to(dst.dtype)
+                            if value is not src:
+                                src.zero_()
+                            new: Any = (
+                                torch.nn.Parameter(value, requires_grad=dst.requires_grad)
+                                if isinstance(dst, torch.nn.Parameter)
+                                else value
+                            )
+                            for a in aliases.get(n, [n]):
+                                _set(module, a, new)
+                            state[n] = None  # the module owns it now: not zeroed below
+                        else:
+                            dst.copy_(src)
+            except BaseException as exc:
+                handle._deny(exc, 0.0)
+                raise
+            finally:
+                for t in state.values():
+                    if t is not None:
+                        t.zero_()
+                state.clear()
+    except BaseException:
+        now = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+        with torch.no_grad():  # fail closed: no half-loaded module keeps weights
+            for n in loadable:
+                for t in (own[n], now.get(n)):
+                    if t is not None and not t.is_meta:
+                        t.zero_()
+        raise
     left = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
     if left:  # pragma: no cover - excluded by the check before loading
         raise FormatError(f"{os.fspath(uri)}: tensors left on the meta device: {left[:5]}")
