@@ -280,3 +280,47 @@ def test_unsigned_side_file_is_not_used(release: dict[str, Any], tmp_path: Path)
 
     with pytest.raises(CoverageError, match=r"not covered by signature .*: modules\.json"):
         load_sentence_transformer(d, policy=release["keys"].policy())
+
+
+# ------------------------------------------------------------------ S3 + OpenBao (real)
+
+
+@pytest.fixture()
+def s3_release(plain_dir, release, tmp_path, vault_env, s3_env, bucket):  # type: ignore[no-untyped-def]
+    import secrets
+
+    from click.testing import CliRunner
+    from weightguard_cli.main import cli
+
+    name = "minilm-" + secrets.token_hex(4)
+    vault_env.client().secrets.transit.create_key(name=name, derived=True, mount_point="transit")
+    enc = tmp_path / "minilm"
+    crypt.encrypt_model(plain_dir, enc, f"vault://transit/{name}")
+    sign(enc, enc / "model.sig", release["keys"])
+    res = CliRunner().invoke(cli, ["push", str(enc), f"s3://{bucket}/{name}"])
+    assert res.exit_code == 0, res.output
+    return f"s3://{bucket}/{name}/", name
+
+
+def test_from_s3_with_openbao_key_equals_plain(s3_release, release, plain_st) -> None:  # type: ignore[no-untyped-def]
+    from weightguard.integrations.sentence_transformers import load_sentence_transformer
+
+    src, _ = s3_release
+    model = load_sentence_transformer(src, policy=release["keys"].policy())
+    got = model.encode(SENTENCES, convert_to_tensor=True)
+    assert torch.equal(got, plain_st.encode(SENTENCES, convert_to_tensor=True))
+
+
+def test_key_denied_by_openbao_policy(s3_release, release, vault_env) -> None:  # type: ignore[no-untyped-def]
+    from weightguard.errors import KeyAccessDenied
+
+    src, name = s3_release
+    root = vault_env.client()
+    root.sys.create_or_update_policy(
+        f"enc-only-{name}", f'path "transit/encrypt/{name}" {{ capabilities = ["update"] }}'
+    )
+    tok = root.auth.token.create(policies=[f"enc-only-{name}"], ttl="10m")["auth"]["client_token"]
+    opts = {"addr": vault_env.addr, "token": tok}
+    for exc in _both(src, release["keys"].policy(), key_options=opts):
+        assert type(exc) is KeyAccessDenied, repr(exc)
+        assert tok not in str(exc)
