@@ -946,8 +946,9 @@ def load_model(
     the loaded tensors (``assign``: no second copy).  Allocated CPU parameters whose
     dtype and layout match the checkpoint are decrypted into in place (no staging
     copy, no fresh pages); the rest are filled with a cast, one file at a time, and the
-    loaded copy is zeroed.  On failure every tensor written so far is zeroed.  A load that would leave any parameter or buffer on ``meta`` fails before
-    anything is read.  ``device`` defaults to the first non-meta parameter's device.
+    loaded copy is zeroed.  On failure every tensor written so far is zeroed.  A load
+    that would leave any parameter or buffer on ``meta`` fails before anything is
+    read.  ``device`` defaults to the first non-meta parameter's device.
     ``source`` may be an open :class:`ModelHandle` (then ``device``, ``policy`` and
     ``options`` were given to :func:`open_model`; the handle stays open).
     Sharded HF directories (``model.safetensors.index.json``) are supported.
