@@ -271,6 +271,54 @@ def test_tampered_side_file(release: dict[str, Any], tmp_path: Path) -> None:
         assert "config.json" in str(exc) and "differs from the signed" in str(exc)
 
 
+def test_other_weight_formats_are_never_written_and_module_weights_refused(
+    release: dict[str, Any], plain_st: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from weightguard.integrations import _side_files
+    from weightguard.integrations.sentence_transformers import load_sentence_transformer
+
+    d = _copy(release, tmp_path)
+    (d / "onnx").mkdir()
+    (d / "onnx" / "model.onnx").write_bytes(b"plaintext weights in another format")
+    (d / "pytorch_model.bin").write_bytes(b"more plaintext weights")
+    sign(d, d / "model.sig", release["keys"])
+    seen: list[list[str]] = []
+    original = _side_files.side_file_dir
+
+    def spy(handle: Any, extra: Any = None) -> Any:
+        ctx = original(handle, extra)
+
+        class Wrap:
+            def __enter__(self) -> Path:
+                p = ctx.__enter__()
+                seen.append(sorted(str(f.relative_to(p)) for f in p.rglob("*") if f.is_file()))
+                return p
+
+            def __exit__(self, *a: Any) -> Any:
+                return ctx.__exit__(*a)
+
+        return Wrap()
+
+    monkeypatch.setattr(_side_files, "side_file_dir", spy)
+    model = load_sentence_transformer(d, policy=release["keys"].policy())
+    assert torch.equal(
+        model.encode(SENTENCES, convert_to_tensor=True),
+        plain_st.encode(SENTENCES, convert_to_tensor=True),
+    )
+    (written,) = seen
+    assert "onnx/model.onnx" not in written and "pytorch_model.bin" not in written
+    assert "modules.json" in written and "tokenizer.json" in written
+    # a pipeline module with weights of its own is refused, not half-loaded
+    (d / "2_Dense").mkdir()
+    (d / "2_Dense" / "model.safetensors").write_bytes(b"x")
+    mods = json.loads((d / "modules.json").read_text())
+    mods.append({"idx": 3, "name": "3", "path": "2_Dense", "type": "x"})
+    (d / "modules.json").write_text(json.dumps(mods))
+    sign(d, d / "model.sig", release["keys"])
+    with pytest.raises(FormatError, match="module weight files outside the transformer"):
+        load_sentence_transformer(d, policy=release["keys"].policy())
+
+
 def test_unsigned_side_file_is_not_used(release: dict[str, Any], tmp_path: Path) -> None:
     d = _copy(release, tmp_path)
     (d / "modules.json").unlink()

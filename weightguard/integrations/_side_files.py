@@ -31,12 +31,27 @@ def _scratch_root() -> str | None:
     return shm if os.path.isdir(shm) and is_memory_fs(shm) else None
 
 
+# Weights in other formats (pytorch_model.bin, onnx/, tf_model.h5, ...) next to the
+# safetensors release: never needed here and never written out.
+WEIGHT_SUFFIXES = (
+    ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".onnx_data", ".h5",
+    ".msgpack", ".ot", ".gguf", ".npz", ".xml", ".tflite", ".mlmodel",
+)  # fmt: skip
+
+
+def is_weight_file(name: str) -> bool:
+    return name.lower().endswith(WEIGHT_SUFFIXES)
+
+
 @contextlib.contextmanager
 def side_file_dir(handle: Any, extra: dict[str, bytes] | None = None) -> Iterator[Path]:
-    """A private directory holding every verified side file of ``handle``."""
+    """A private directory holding the verified side files of ``handle`` (weight
+    files of other formats are left out)."""
     d = Path(tempfile.mkdtemp(prefix="weightguard-side-", dir=_scratch_root()))
     try:
         for name in handle.side_files():
+            if is_weight_file(name):
+                continue
             data = handle.read_file(name)
             target = d / name
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -27,7 +27,6 @@ from weightguard.loader import load_model, open_model
 __all__ = ["load_sentence_transformer"]
 
 _OPEN_OPTIONS = ("signature", "key", "key_options", "audit", "workers", "s3")
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".h5")
 
 
 def _empty_safetensors() -> bytes:
@@ -50,6 +49,23 @@ def _quiet_transformers() -> Any:
         yield
     finally:
         tf_logging.set_verbosity(level)
+
+
+def _modules(raw: bytes, uri: str) -> list[dict[str, Any]]:
+    try:
+        modules = json.loads(raw)
+    except ValueError:
+        raise FormatError(f"{uri}/modules.json: not valid JSON") from None
+    if (
+        not isinstance(modules, list)
+        or not modules
+        or not all(isinstance(m, dict) for m in modules)
+        or modules[0].get("path") not in ("", None)
+    ):
+        raise FormatError(
+            f"{uri}/modules.json: the first module must be the transformer at the model's root"
+        )
+    return modules
 
 
 def load_sentence_transformer(
@@ -76,36 +92,26 @@ def load_sentence_transformer(
             "trust_remote_code is not supported: code shipped with a model is never run"
         )
     open_opts = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPEN_OPTIONS}
-    from weightguard.integrations._side_files import side_file_dir
+    from weightguard.integrations._side_files import is_weight_file, side_file_dir
 
     uri = os.fspath(source)
     with open_model(source, "cpu", policy=policy, **open_opts) as handle:
-        if "modules.json" not in handle.side_files():
-            handle.read_file("modules.json")  # the typed error: missing or not signed
-        extra = [n for n in handle.side_files() if n.lower().endswith(_WEIGHT_SUFFIXES)]
+        modules = _modules(handle.read_file("modules.json"), uri)
+        dirs = {m["path"].strip("/") + "/" for m in modules if m.get("path")}
+        extra = [
+            n
+            for n in handle.side_files()
+            if is_weight_file(n) and any(n.startswith(p) for p in dirs)
+        ]
         if extra:
             raise FormatError(
                 f"{uri}: module weight files outside the transformer are not supported "
                 f"({', '.join(extra[:3])})",
                 hint="load the transformer with weightguard.integrations.transformers",
             )
-        with side_file_dir(handle, {"model.safetensors": _empty_safetensors()}) as d:
-            modules = json.loads((d / "modules.json").read_text())
-            if (
-                not isinstance(modules, list)
-                or not modules
-                or modules[0].get("path")
-                not in (
-                    "",
-                    None,
-                )
-            ):
-                raise FormatError(
-                    f"{uri}/modules.json: the first module must be the transformer at the "
-                    "model's root",
-                )
-            with _quiet_transformers():
-                model = SentenceTransformer(str(d), device="cpu", local_files_only=True, **kwargs)
+        stub = {"model.safetensors": _empty_safetensors()}
+        with side_file_dir(handle, stub) as d, _quiet_transformers():
+            model = SentenceTransformer(str(d), device="cpu", local_files_only=True, **kwargs)
         transformer: Any = model[0]
         load_model(transformer.auto_model, handle, policy=policy)
     if device is not None:
