@@ -372,3 +372,30 @@ def test_key_denied_by_openbao_policy(s3_release, release, vault_env) -> None:  
     for exc in _both(src, release["keys"].policy(), key_options=opts):
         assert type(exc) is KeyAccessDenied, repr(exc)
         assert tok not in str(exc)
+
+
+def test_checkpoint_dtype_from_config_and_cast_on_request(tmp_path: Path) -> None:
+    """Like transformers' dtype="auto": a bf16 release loads as bf16 without a cast."""
+    import transformers
+
+    from weightguard.integrations.transformers import from_pretrained
+    from weightguard.policy import UnsafeNoVerification
+
+    cfg = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        vocab_size=100, max_position_embeddings=16,
+    )  # fmt: skip
+    ref = transformers.BertModel(cfg).to(torch.bfloat16).eval()
+    ref.save_pretrained(tmp_path / "plain")
+    assert "bfloat16" in (tmp_path / "plain" / "config.json").read_text()
+    kek = tmp_path / "k.hex"
+    crypt.create_key_file(kek)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        crypt.encrypt_model(tmp_path / "plain", tmp_path / "enc", f"file://{kek}")
+    model = from_pretrained(tmp_path / "enc", policy=UnsafeNoVerification())
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    for n, p in ref.named_parameters():
+        assert torch.equal(model.get_parameter(n), p), n
+    f32 = from_pretrained(tmp_path / "enc", policy=UnsafeNoVerification(), dtype="float32")
+    assert {p.dtype for p in f32.parameters()} == {torch.float32}

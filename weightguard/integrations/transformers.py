@@ -135,7 +135,8 @@ def from_pretrained(
 ) -> Any:
     """A ready transformers model (``eval()`` mode) from a signed, encrypted model dir.
 
-    ``torch_dtype``/``dtype``: parameter dtype (default: the checkpoint's).
+    ``torch_dtype``/``dtype``: parameter dtype (default: the one ``config.json``
+    records, as transformers' ``dtype="auto"``; else torch's default).
     ``device``: where the weights are decrypted to (default ``cpu``).
     ``device_map``: ``"auto"`` or a dict, dispatched with accelerate after the load.
     Other keyword arguments go to :func:`weightguard.open_model` (``signature``,
@@ -162,7 +163,11 @@ def from_pretrained(
 
     with open_model(source, device or "cpu", policy=policy, **kwargs) as handle:
         uri = os.fspath(source)
-        config = build_config(tf, read_config(handle), uri)
+        doc = read_config(handle)
+        if want is None:  # like transformers' dtype="auto": the dtype the config records
+            with contextlib.suppress(ConfigError):
+                want = _dtype(doc.get("dtype") or doc.get("torch_dtype"))
+        config = build_config(tf, doc, uri)
         model = instantiate(tf, config, _model_class(tf, config, auto_class, uri), want)
         load_model(model, handle, policy=policy)
     if device is not None:
