@@ -67,14 +67,14 @@ def side_file_dir(handle: Any, extra: dict[str, bytes] | None = None) -> Iterato
         shutil.rmtree(d, ignore_errors=True)
 
 
-def read_config(handle: Any) -> dict[str, Any]:
+def read_config(handle: Any, uri: str) -> dict[str, Any]:
     """The model's verified ``config.json`` as a dict."""
     # read_file gives the typed errors: missing (SourceError), unsigned, tampered
     raw = handle.read_file(CONFIG_NAME)
     try:
         doc = json.loads(raw)
     except ValueError:
-        raise FormatError(f"{handle._ctx.uri}/{CONFIG_NAME}: not valid JSON") from None
+        raise FormatError(f"{uri}/{CONFIG_NAME}: not valid JSON") from None
     if not isinstance(doc, dict):
-        raise FormatError(f"{handle._ctx.uri}/{CONFIG_NAME}: not a JSON object")
+        raise FormatError(f"{uri}/{CONFIG_NAME}: not a JSON object")
     return doc

@@ -163,7 +163,7 @@ def from_pretrained(
 
     with open_model(source, device or "cpu", policy=policy, **kwargs) as handle:
         uri = os.fspath(source)
-        doc = read_config(handle)
+        doc = read_config(handle, uri)
         if want is None:  # like transformers' dtype="auto": the dtype the config records
             with contextlib.suppress(ConfigError):
                 want = _dtype(doc.get("dtype") or doc.get("torch_dtype"))
