@@ -28,13 +28,14 @@ from typing import Any, BinaryIO, Protocol
 
 from weightguard._internal.format.layout import (
     DEFAULT_CHUNK_SIZE,
-    MAGIC,
+    MAGIC_PROBE,
     TAG_SIZE,
     ArtifactHeader,
     ChunkCipher,
     FileRandomness,
     decrypt_stream,
     encrypt_stream,
+    is_artifact,
     new_header,
     read_header,
     rewrapped_header,
@@ -126,7 +127,7 @@ def _open_source(path: Path) -> BinaryIO:
 def is_encrypted(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` starts with the weightguard artifact magic."""
     with _open_source(Path(path)) as f:
-        return f.read(len(MAGIC)) == MAGIC
+        return is_artifact(f.read(MAGIC_PROBE))
 
 
 # --------------------------------------------------------------------------- encrypt
@@ -221,7 +222,7 @@ def _encrypt_source(
     """The encrypt path shared by files and buffers: ``head`` reads the start of the
     plaintext sequentially (header parsing), ``src`` is read positionally by the records;
     ``after()`` runs before the output is committed."""
-    if head.read(len(MAGIC)) == MAGIC:
+    if is_artifact(head.read(MAGIC_PROBE)):
         raise FormatError(
             f"{label} is already a weightguard artifact", hint="encrypt the original file"
         )
@@ -672,8 +673,7 @@ def _model_headers(src_p: Path, files: Sequence[Path]) -> dict[Path, ArtifactHea
     headers: dict[Path, ArtifactHeader] = {}
     for rel in files:
         with _open_source(src_p / rel) as f:
-            magic = f.read(len(MAGIC))
-            if magic != MAGIC:
+            if not is_artifact(f.read(MAGIC_PROBE)):
                 if rel.name.endswith(".safetensors"):
                     raise IntegrityError(
                         "weight file is not a weightguard artifact (damaged or replaced); "
@@ -801,7 +801,7 @@ def _artifacts_under(path: Path) -> list[Path]:
         out = []
         for rel in _model_files(path):
             with _open_source(path / rel) as f:
-                if f.read(len(MAGIC)) == MAGIC:
+                if is_artifact(f.read(MAGIC_PROBE)):
                     out.append(path / rel)
         if not out:
             raise FormatError(f"{path} contains no weightguard artifacts")

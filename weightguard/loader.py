@@ -62,6 +62,7 @@ from weightguard.errors import (
     DeviceError,
     FormatError,
     IntegrityError,
+    SourceError,
     UnsafeOptionRequired,
     VerificationError,
     WeightguardError,
@@ -248,6 +249,7 @@ def _verify_signature(
     signature: str | os.PathLike[str] | None,
     *,
     optional: bool = False,
+    layout: Any = None,
 ) -> tuple[str | None, str | None, dict[str, Any]] | None:
     """Check signature, policy and coverage (no hashing); (signer, digest, signed files).
 
@@ -286,7 +288,14 @@ def _verify_signature(
             sig_path = Path()
     try:
         if loc.local_path is not None:
-            manifest = signing.verify_bundle(loc.local_path, sig_path, policy, hash_files=False)
+            manifest = signing.verify_bundle(
+                loc.local_path,
+                sig_path,
+                policy,
+                hash_files=False,
+                allow_symlinks=bool(layout and layout.allow_symlinks),
+                allow_unsigned=layout.allow_unsigned if layout else (),
+            )
         else:
             # Remote model: signature, policy and coverage against the listing (sizes);
             # the bytes are checked chunk by chunk as they stream.
@@ -615,10 +624,17 @@ class ModelHandle:
             loc = open_location(source, s3=s3)
             self._location = loc
             self._unsafe = _is_unsafe(policy)
+            layout = None
+            if loc.local_path is not None:  # HF cache snapshots: links must stay in the repo
+                from weightguard._internal.load.hf_cache import local_layout
+
+                layout = local_layout(loc.local_path, is_dir=loc.is_dir)
             # Signature first: nothing read from the model (index, listing, headers)
             # chooses what is loaded until it has been checked against it.
             signed: dict[str, _Digests] | None = None
-            verified = _verify_signature(loc, policy, signature, optional=_is_unsafe(policy))
+            verified = _verify_signature(
+                loc, policy, signature, optional=_is_unsafe(policy), layout=layout
+            )
             if verified is not None:
                 self._ctx.signer, self._ctx.bundle_digest, self._signed_all = verified
             names = _select_files(loc, self._signed_all)
@@ -806,6 +822,59 @@ class ModelHandle:
             )
         return False, {"decrypt_on": "cpu", "decrypt_fallback": why}
 
+    def side_files(self) -> list[str]:
+        """Names of the non-weight files of a model directory that :meth:`read_file`
+        will return: those the signature covers (every file when loading unverified)."""
+        loc = self._location
+        if not loc.is_dir:
+            return []
+        weights = set(self.files) | {DIR_SIGNATURE, INDEX_NAME}
+        signed = self._signed_all or {}
+        return [n for n in loc.names() if n not in weights and (n in signed or self._unsafe)]
+
+    def read_file(self, name: str, *, limit: int = 64 * 1024 * 1024) -> bytes:
+        """The bytes of a side file (config, tokenizer), checked against the signature.
+
+        A file the signature does not cover is refused (:class:`CoverageError`), unless
+        the model was opened with ``UnsafeNoVerification``; a missing one is a
+        :class:`SourceError`; different bytes are an :class:`IntegrityError`.
+        """
+        import hmac
+
+        from weightguard._internal.signing.hashing import whole_hasher
+
+        if self._closed:
+            raise ConfigError("the model handle is closed", hint="open the model again")
+        loc = self._location
+        if not loc.is_dir:
+            raise ConfigError(f"{self._ctx.uri}: a single model file has no side files")
+        fd = (self._signed_all or {}).get(name)
+        if fd is None and not self._unsafe:
+            if name not in loc.names():
+                raise SourceError(
+                    f"{self._ctx.uri}: the model has no {name}",
+                    hint="release the model directory with all its files",
+                )
+            raise CoverageError(
+                f"{self._ctx.uri}: the signature does not cover {name}",
+                hint="re-sign the whole model directory",
+            )
+        try:
+            data = loc.read_small(name, limit=limit)
+        except SourceError as exc:
+            raise SourceError(f"{self._ctx.uri}: cannot read {name}: {exc.message}") from None
+        if fd is not None:
+            h = whole_hasher(fd.resource_algorithm, path=name)
+            h.update(data)
+            if not hmac.compare_digest(h.digest(), fd.resource_digest):
+                exc2 = IntegrityError(
+                    f"content differs from the signed {fd.resource_algorithm} digest",
+                    path=f"{self._ctx.uri}/{name}",
+                )
+                self._deny(exc2, 0.0)
+                raise exc2
+        return data
+
     def _plain_size(self, name: str) -> int:
         """Size of file ``name`` as the original (decrypted) safetensors file."""
         f = next(x for x in self._files if x.name == name)
@@ -986,41 +1055,41 @@ def load_file(
 
 def load_model(
     module: torch.nn.Module,
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | ModelHandle,
     device: str | None = None,
     *,
     policy: Any,
     strict: bool = True,
     **options: Any,
 ) -> torch.nn.Module:
-    """Securely load into an existing module (``load_state_dict``, strict by default).
+    """Securely load into an existing module, strict by default.
 
-    ``device`` defaults to the device of the module's first parameter.  Sharded HF
-    directories (``model.safetensors.index.json``) are supported.
+    Handles what real checkpoints and modules contain: checkpoint entries for the
+    module's non-persistent buffers (e.g. ``position_ids``) are skipped, tied
+    parameters need one of their names in the checkpoint, and parameters on the
+    ``meta`` device (``init_empty_weights``, ``torch.device("meta")``) are replaced by
+    the loaded tensors (``assign``: no second copy).  Allocated CPU parameters whose
+    dtype and layout match the checkpoint are decrypted into in place (no staging
+    copy, no fresh pages); the rest are filled with a cast, one file at a time, and the
+    loaded copy is zeroed.  On failure every tensor written so far is zeroed.  A load
+    that would leave any parameter or buffer on ``meta`` fails before anything is
+    read.  ``device`` defaults to the first non-meta parameter's device.
+    ``source`` may be an open :class:`ModelHandle` (then ``device``, ``policy`` and
+    ``options`` were given to :func:`open_model`; the handle stays open).
+    Sharded HF directories (``model.safetensors.index.json``) are supported.
     """
-    if device is None:
-        p = next(iter(module.parameters()), None)
-        device = str(p.device) if p is not None else "cpu"
-    state = load_file(source, device, policy=policy, **options)
-    try:
-        if strict:
-            own = set(module.state_dict())
-            missing = sorted(own - set(state))
-            unexpected = sorted(set(state) - own)
-            if missing or unexpected:
-                raise FormatError(
-                    f"{os.fspath(source)}: tensors do not match the module "
-                    f"(missing {missing[:5]}, unexpected {unexpected[:5]})",
-                    hint="load into the right architecture, or pass strict=False",
-                )
-        try:
-            module.load_state_dict(state, strict=strict)
-        except RuntimeError as exc:
-            raise FormatError(
-                f"{os.fspath(source)}: cannot load into the module: {str(exc)[:300]}"
-            ) from None
-    finally:
-        for t in state.values():  # the module holds copies now (or nothing on failure)
-            t.zero_()
-        state.clear()
+    from weightguard._internal.load.module import load_into_module
+
+    if isinstance(source, ModelHandle):  # already opened and verified (integrations)
+        load_into_module(module, source, strict=strict)
+        return module
+    with open_model(source, device or _module_device(module), policy=policy, **options) as handle:
+        load_into_module(module, handle, strict=strict)
     return module
+
+
+def _module_device(module: torch.nn.Module) -> str:
+    for p in module.parameters():
+        if not p.is_meta:
+            return str(p.device)
+    return "cpu"

@@ -594,14 +594,14 @@ def _match_pattern(name: str, patterns: Iterable[str]) -> bool:
 
 
 def _is_artifact_file(path: str) -> bool:
-    from weightguard._internal.format.layout import is_artifact
+    from weightguard._internal.format.layout import MAGIC_PROBE, is_artifact
 
     try:
         with open(path, "rb") as f:
-            first = f.read(8)
+            first = f.read(MAGIC_PROBE)
     except OSError:
         return False
-    return len(first) == 8 and is_artifact(first)
+    return is_artifact(first)
 
 
 def _is_weight(name: str, path: str) -> bool:
@@ -671,18 +671,18 @@ def _layout(entry: _Entry, chunk_size: int) -> tuple[int, int]:
     """(head, stride) of the chunk digests (see docs/ARCHITECTURE.md, Signing)."""
     import struct
 
-    from weightguard._internal.format.layout import TAG_SIZE, is_artifact, read_header
+    from weightguard._internal.format.layout import MAGIC_PROBE, TAG_SIZE, is_artifact, read_header
     from weightguard._internal.format.safetensors import MAX_HEADER_SIZE
 
     size = entry.size
     try:
         with open(entry.path, "rb") as f:
-            first = f.read(9)
-            if len(first) >= 8 and is_artifact(first):
+            first = f.read(MAGIC_PROBE)
+            if is_artifact(first):
                 f.seek(0)
                 hdr = read_header(f, path=entry.name)
                 return hdr.data_offset, hdr.chunk_size + TAG_SIZE
-            if len(first) == 9 and first[8:9] == b"{":
+            if len(first) >= 9 and first[8:9] == b"{":
                 (n,) = struct.unpack("<Q", first[:8])
                 if 8 + n <= size and n <= MAX_HEADER_SIZE:
                     return 8 + n, chunk_size

@@ -63,9 +63,14 @@ def fetch_model(
     policy: Any,
     allow_disk: bool = False,
     replace: bool = False,
+    file_mode: int = 0o600,
+    dir_mode: int = 0o700,
     **options: Any,
 ) -> FetchResult:
     """Verify + decrypt ``source`` into ``dest``; every file 0600, all or nothing.
+
+    ``file_mode``/``dir_mode``: for a server running as another user of the same group
+    (KServe: the pod's ``fsGroup``), e.g. 0o640/0o750; never readable by others.
 
     Each weight file is streamed record by record (read once, digest-checked, decrypted
     into a per-worker buffer, ``pwrite`` into an unnamed 0600 file in ``dest``, buffer
@@ -79,6 +84,11 @@ def fetch_model(
     """
     from weightguard.loader import open_model
 
+    if file_mode & 0o7137 or dir_mode & 0o7027:
+        raise UnsafeOptionRequired(
+            f"modes {file_mode:o}/{dir_mode:o} would let others read or write the weights",
+            hint="use at most 0640 for files and 0750 for directories",
+        )
     out = Path(dest)
     created = not out.exists()
     before = _existing_files(out)
@@ -128,15 +138,15 @@ def fetch_model(
             # plaintext file, complete or partial, under any name.
             for name in handle.files:
                 target = safe_join(out, name, str(source))
-                _mkdirs(target.parent, out, made_dirs)
+                _mkdirs(target.parent, out, made_dirs, dir_mode)
                 size = handle._plain_size(name)
-                pf = PendingFile(target, mode=0o600, preallocate=size)
+                pf = PendingFile(target, mode=file_mode, preallocate=size)
                 pending.append((name, pf))
                 try:
                     total += handle._stream_to(name, pf.fd)
                 except OSError as exc:
                     raise destination_error(exc, target) from None
-            _copy_other_files(handle, out, pending, made_dirs)
+            _copy_other_files(handle, out, pending, made_dirs, file_mode, dir_mode)
             for name, pf in pending:
                 pf.commit()
                 written.append(name)
@@ -188,20 +198,26 @@ def _remove_stale(out: Path, before: list[str], written: list[str]) -> None:
                 (Path(root) / d).rmdir()  # only empty ones go
 
 
-def _mkdirs(d: Path, root: Path, made: list[Path]) -> None:
-    """Create ``d`` (0700) and missing parents below ``root``, remembering them."""
+def _mkdirs(d: Path, root: Path, made: list[Path], mode: int = 0o700) -> None:
+    """Create ``d`` (``mode``) and missing parents below ``root``, remembering them."""
     missing: list[Path] = []
     p = d
     while p != root and not p.exists():
         missing.append(p)
         p = p.parent
     for m in reversed(missing):
-        m.mkdir(mode=0o700)
+        m.mkdir(mode=mode)
+        os.chmod(m, mode)  # mkdir's mode is masked by the umask
         made.append(m)
 
 
 def _copy_other_files(
-    handle: Any, out: Path, pending: list[tuple[str, PendingFile]], made: list[Path]
+    handle: Any,
+    out: Path,
+    pending: list[tuple[str, PendingFile]],
+    made: list[Path],
+    file_mode: int = 0o600,
+    dir_mode: int = 0o700,
 ) -> None:
     """Stage the non-weight files of a model directory, checked against the signature."""
     loc = handle._location
@@ -224,8 +240,8 @@ def _copy_other_files(
                     f"content differs from the signed {fd.resource_algorithm} digest", path=name
                 )
         target = safe_join(out, name, loc.uri)
-        _mkdirs(target.parent, out, made)
-        pf = PendingFile(target, mode=0o600)
+        _mkdirs(target.parent, out, made, dir_mode)
+        pf = PendingFile(target, mode=file_mode)
         pending.append((name, pf))
         try:
             pf.file.write(data)

@@ -161,7 +161,8 @@ def test_header_mac_and_length_bits(tmp_path: Path, art: tuple[Path, Path, bytes
     with pytest.raises(FormatError, match="canonical"):
         _decrypt(tmp_path, spaced, key)
     # every single bit of the header JSON region: always a typed failure
-    for pos in range(12, 12 + n, max(1, n // 97)):
+    pre = len(fmt.MAGIC) + 4
+    for pos in range(pre, pre + n, max(1, n // 97)):
         for bit in (0x01, 0x20, 0x80):
             b = bytearray(data)
             b[pos] ^= bit
@@ -174,7 +175,8 @@ def test_header_length_field_bounds(
     tmp_path: Path, art: tuple[Path, Path, bytes], length: int
 ) -> None:
     _, key, data = art
-    bad = data[:8] + length.to_bytes(4, "little") + data[12:]
+    m = len(fmt.MAGIC)
+    bad = data[:m] + length.to_bytes(4, "little") + data[m + 4 :]
     with pytest.raises(FormatError, match=r"header length|outside the allowed range|past the end"):
         _decrypt(tmp_path, bad, key)
 

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import importlib.util
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -96,6 +98,7 @@ class Pod:
     token_for: tuple[str, str] | None = None  # (namespace, sa) override: identity swap
     paths: dict[str, Path] = field(default_factory=dict)  # volume name -> local dir
     tmpfs: list[Path] = field(default_factory=list)
+    mount: bool = True  # False: /dev/shm stand-ins, reachable by other users (no 0700 parents)
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -143,8 +146,8 @@ class Pod:
             ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(local)],
             capture_output=True,
             timeout=30,
-        )
-        if res.returncode == 0:
+        ) if self.mount else None  # fmt: skip
+        if res is not None and res.returncode == 0:
             self.tmpfs.append(local)
             return
         # No mount privilege: a directory on the /dev/shm tmpfs stands in.
@@ -205,6 +208,10 @@ class Pod:
         if "AWS_ENDPOINT_URL_S3" in env:
             env["AWS_ENDPOINT_URL_S3"] = self.services.s3.endpoint
         base = {"PATH": f"{IMAGE_BIN}:/usr/bin:/bin", "HOME": str(self.root / "home")}
+        if IMAGE_BIN == BIN and os.environ.get("PYTHONPATH"):
+            # the checkout under test, not the dev venv's installed copy (an image venv
+            # runs exactly what it installed)
+            base["PYTHONPATH"] = os.environ["PYTHONPATH"]
         (self.root / "home").mkdir(exist_ok=True)
         return out, {**base, **env}
 
@@ -600,3 +607,126 @@ def test_in_process_server_loads_and_serves(released: dict[str, bytes], pod_fact
     assert proc.returncode == 0, stderr
     names = [e["event"] for e in audit_events(stdout)]
     assert "load.ok" in names, names
+
+
+# ----------------------------------------------------------------------------- KServe
+
+
+def kserve_pod(storage_uri: str) -> tuple[dict[str, Any], ...]:
+    """The predictor pod KServe builds from k8s/kserve: the ClusterStorageContainer's
+    container as the ``storage-initializer`` init container with KServe's two arguments
+    and the model volume at /mnt/models (what its storage-initializer injector does),
+    the predictor's volumes and security context."""
+    from tests.support.k8s import render_kserve
+
+    docs = render_kserve()
+    csc = find(docs, "ClusterStorageContainer", "weightguard")
+    isvc = find(docs, "InferenceService")
+    pred = isvc["spec"]["predictor"]
+    init = copy.deepcopy(csc["spec"]["container"])
+    init["args"] = [storage_uri, "/mnt/models"]
+    init.setdefault("volumeMounts", []).append(
+        {"name": "kserve-provision-location", "mountPath": "/mnt/models"}
+    )
+    server = {
+        "name": "kserve-container",
+        "image": "kserve/huggingfaceserver",
+        "volumeMounts": [
+            {"name": "kserve-provision-location", "mountPath": "/mnt/models", "readOnly": True}
+        ],
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": f"{isvc['metadata']['name']}-predictor",
+            "namespace": isvc["metadata"]["namespace"],
+        },
+        "spec": {
+            "template": {
+                "spec": {
+                    "serviceAccountName": pred["serviceAccountName"],
+                    "securityContext": pred["securityContext"],
+                    "initContainers": [init],
+                    "containers": [server],
+                    "volumes": pred["volumes"],
+                }
+            }
+        },
+    }
+    return (deployment, *(d for d in docs if d["kind"] == "ConfigMap"))
+
+
+def _kserve_command(pod: Pod) -> tuple[list[str], dict[str, str]]:
+    argv, env = pod.command("storage-initializer")
+    script = BIN / "weightguard-storage-initializer"
+    if argv[0] == "weightguard-storage-initializer":  # the image's console script
+        argv[:1] = [str(script)] if script.exists() else [
+            sys.executable, "-m", "weightguard.integrations.kserve"
+        ]  # fmt: skip
+    return argv, env
+
+
+def test_kserve_storage_initializer_decrypts_for_the_model_server(
+    released: dict[str, bytes], services: Services, tmp_path: Path
+) -> None:
+    from tests.support.k8s import render_kserve
+
+    uri = find(render_kserve(), "InferenceService")["spec"]["predictor"]["model"]["storageUri"]
+    pod = Pod(kserve_pod(uri), tmp_path / "kserve", services, mount=False)
+    pod.materialise()
+    try:
+        volume = Path(os.path.realpath(pod.paths["kserve-provision-location"]))
+        fs_group = pod.spec["securityContext"]["fsGroup"]
+        os.chown(volume, -1, fs_group)  # what the kubelet does for fsGroup
+        os.chmod(volume, 0o2770)
+        argv, env = _kserve_command(pod)
+        assert argv[-2:] == [uri, str(pod.paths["kserve-provision-location"])]
+        res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        for name, data in released.items():
+            f = volume / name
+            assert f.read_bytes() == data, name
+            st = f.stat()
+            assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_gid == fs_group, name
+        events = [e["event"] for e in audit_events(res.stdout)]
+        assert "verify.ok" in events and "key.unwrap" in events and "fetch" in events
+        assert all(stat.S_IMODE(a.stat().st_mode) & 0o001 for a in volume.parents)
+        # The model server: another user, in the pod's fsGroup, reads every file.
+        server_uid = pod.spec["securityContext"]["runAsUser"]
+        init_uid = container(pod.spec, "storage-initializer")["securityContext"]["runAsUser"]
+        assert server_uid != init_uid
+        read = subprocess.run(
+            ["/bin/cat", *(str(volume / n) for n in released)],
+            user=server_uid, group=fs_group, extra_groups=[], capture_output=True,
+            timeout=30,
+        )  # fmt: skip
+        assert read.returncode == 0, read.stderr
+        assert read.stdout == b"".join(released[n] for n in released)
+        stranger = subprocess.run(
+            ["/bin/cat", str(volume / "model.safetensors")],
+            user=20000, group=20000, extra_groups=[], capture_output=True, timeout=30,
+        )  # fmt: skip
+        assert stranger.returncode != 0  # not in the fsGroup: nothing
+    finally:
+        pod.cleanup()
+
+
+def test_kserve_storage_initializer_refuses_a_key_not_allowed(
+    released: dict[str, bytes], services: Services, tmp_path: Path
+) -> None:
+    pod = Pod(kserve_pod("weightguard+s3://models/demo-llm/v1/"), tmp_path / "k", services)
+    pod.materialise()
+    try:
+        argv, env = _kserve_command(pod)
+        env["WEIGHTGUARD_ALLOWED_KEYS"] = "vault://transit/wg-model-other"
+        res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 1, res.stdout
+        (line,) = res.stderr.strip().splitlines()
+        assert line.startswith("error: the artifact's data key vault://transit/wg-model-demo-llm")
+        out = Path(os.path.realpath(pod.paths["kserve-provision-location"]))
+        assert not any(out.rglob("*.safetensors")), "plaintext left behind"
+        denied = [e for e in audit_events(res.stdout) if e.get("outcome") == "denied"]
+        assert denied and "KeyAccessDenied" in denied[-1]["reason"]
+    finally:
+        pod.cleanup()

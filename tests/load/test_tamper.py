@@ -33,6 +33,8 @@ from weightguard.errors import (
 )
 from weightguard.policy import UnsafeNoVerification
 
+_PRE = len(fmt.MAGIC) + 4  # magic + header length
+
 CHUNK = 4096
 
 
@@ -138,8 +140,8 @@ def test_tampered_header(artifact, sign_keys, where) -> None:
     _resign(artifact, sign_keys)
     offsets = {
         "magic": 2,
-        "header-json": 12 + len(h.raw) // 2,
-        "mac": 12 + len(h.raw) + 3,
+        "header-json": _PRE + len(h.raw) // 2,
+        "mac": _PRE + len(h.raw) + 3,
         "record0": h.preamble_size + 5,
     }
     flip(artifact, offsets[where])
@@ -152,8 +154,8 @@ def test_tampered_header_unsigned_is_caught_by_aead(artifact, where) -> None:
     h = _header(artifact)
     off0, n0 = h.record_span(0)
     offsets = {
-        "header-json": 12 + len(h.raw) - 5,
-        "mac": 12 + len(h.raw) + 3,
+        "header-json": _PRE + len(h.raw) - 5,
+        "mac": _PRE + len(h.raw) + 3,
         "record0": off0 + 3,
         "tag": off0 + n0 - 1,
     }

@@ -40,15 +40,16 @@ def build_safetensors(
 
 def raw_header(data: bytes) -> tuple[int, bytes, int]:
     """(length, header JSON bytes, offset of the MAC) of an artifact's bytes."""
-    assert data[:8] == MAGIC
-    (n,) = struct.unpack("<I", data[8:12])
-    return n, data[12 : 12 + n], 12 + n
+    m = len(MAGIC)
+    assert data[:m] == MAGIC
+    (n,) = struct.unpack("<I", data[m : m + 4])
+    return n, data[m + 4 : m + 4 + n], m + 4 + n
 
 
 def replace_header(data: bytes, new_json: bytes) -> bytes:
     """Artifact bytes with the header JSON replaced (length updated, MAC kept)."""
     _n, _, mac_at = raw_header(data)
-    return data[:8] + struct.pack("<I", len(new_json)) + new_json + data[mac_at:]
+    return data[: len(MAGIC)] + struct.pack("<I", len(new_json)) + new_json + data[mac_at:]
 
 
 def key_uri(path: Path) -> str:

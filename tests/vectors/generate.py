@@ -2,9 +2,11 @@
 
     .venv/bin/python tests/vectors/generate.py
 
-Writes ``vectors.json`` plus, per case, ``<name>.safetensors`` (input) and
-``<name>.wgenc`` (expected artifact).  The values are fixed so that another
-implementation can check itself against docs/FORMAT.md; never use them as keys.
+Writes ``vectors.json`` plus, per case, ``<name>.safetensors`` (input),
+``<name>.wgenc`` (expected artifact as 0.1.0 wrote it, ``LEGACY_MAGIC``) and
+``<name>-m16.wgenc`` (the same input as written now, 16-byte ``MAGIC``).  The values
+are fixed so that another implementation can check itself against docs/FORMAT.md;
+never use them as keys.
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def wrapped_key() -> WrappedKey:
     return WrappedKey("file", "file://vectors.key", None, CONTEXT, f"wgfile:v1:{kid}:{blob}")
 
 
-def build(name: str, plain: bytes, encrypt_header: bool) -> tuple[bytes, dict[str, Any]]:
+def build(
+    name: str, plain: bytes, encrypt_header: bool, magic: bytes = fmt.MAGIC
+) -> tuple[bytes, dict[str, Any]]:
     n = struct.unpack("<Q", plain[:8])[0]
     st_header = json.loads(plain[8 : 8 + n])
     dk = bytearray(DATA_KEY)
@@ -99,6 +103,7 @@ def build(name: str, plain: bytes, encrypt_header: bool) -> tuple[bytes, dict[st
         header_encrypted=encrypt_header,
         randomness=fmt.FileRandomness(SALT, NONCE_PREFIX),
         path=name,
+        magic=magic,
     )
     cipher = fmt.ChunkCipher(header, dk)
     out = bytearray(preamble)
@@ -111,10 +116,12 @@ def build(name: str, plain: bytes, encrypt_header: bool) -> tuple[bytes, dict[st
         records.append({"index": i, "plaintext_size": size, "nonce": nonce.hex(), "aad": aad.hex()})
         out += buf
     assert len(out) == header.total_size
+    legacy = magic == fmt.LEGACY_MAGIC
     info = {
-        "name": name,
+        "name": name if legacy else f"{name}-m16",
         "input": f"{name}.safetensors",
-        "output": f"{name}.wgenc",
+        "output": f"{name}.wgenc" if legacy else f"{name}-m16.wgenc",
+        "magic": magic.hex(),
         "chunk_size": CHUNK,
         "header_encrypted": encrypt_header,
         "header_json": header.raw.decode(),
@@ -140,11 +147,12 @@ def main() -> None:
         "context": CONTEXT,
         "cases": [],
     }
-    for name, (plain, enc_header) in CASES.items():
-        art, info = build(name, plain, enc_header)
-        (HERE / info["input"]).write_bytes(plain)
-        (HERE / info["output"]).write_bytes(art)
-        doc["cases"].append(info)
+    for magic in (fmt.LEGACY_MAGIC, fmt.MAGIC):
+        for name, (plain, enc_header) in CASES.items():
+            art, info = build(name, plain, enc_header, magic)
+            (HERE / info["input"]).write_bytes(plain)
+            (HERE / info["output"]).write_bytes(art)
+            doc["cases"].append(info)
     (HERE / "vectors.json").write_text(json.dumps(doc, indent=1) + "\n")
 
 

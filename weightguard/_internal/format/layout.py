@@ -1,6 +1,6 @@
 """Byte layout of weightguard encrypted artifacts (format version 1; spec: docs/FORMAT.md).
 
-    file     = MAGIC(8) || u32le(L) || header JSON (L bytes) || header MAC(32)
+    file     = MAGIC(16; 0.1.0: 8) || u32le(L) || header JSON (L bytes) || header MAC(32)
                || record 0 || record 1 .. record n
     record 0 = AES-256-GCM(original safetensors header segment: u64 length + JSON)
     record i = AES-256-GCM(data-section bytes [(i-1)*chunk_size, min(i*chunk_size, data_size)))
@@ -59,8 +59,10 @@ __all__ = [
     "ALGORITHMS",
     "DEFAULT_CHUNK_SIZE",
     "FORMAT_VERSION",
+    "LEGACY_MAGIC",
     "MAC_SIZE",
     "MAGIC",
+    "MAGIC_PROBE",
     "MAX_CHUNK_SIZE",
     "MAX_HEADER_LEN",
     "MIN_CHUNK_SIZE",
@@ -68,6 +70,7 @@ __all__ = [
     "ArtifactHeader",
     "ChunkCipher",
     "FileRandomness",
+    "artifact_magic",
     "canonical_json",
     "decrypt_stream",
     "encrypt_stream",
@@ -77,7 +80,15 @@ __all__ = [
     "rewrapped_header",
 ]
 
-MAGIC = b"\x89WGUARD\n"  # as a u64 LE safetensors header length: ~7.4e17, absurd
+# Read as a safetensors file, MAGIC is "header length 8" followed by 8 bytes that are
+# not JSON (0x89 is not UTF-8, and not "{"): every reader that trusts the u64 fails
+# fast after an 8-byte read, and no valid safetensors file can start like this.
+# LEGACY_MAGIC (0.1.0) reads as a ~7.4e17-byte header, which some readers try to
+# allocate (vLLM: MemoryError); it stays readable, new artifacts never use it.
+LEGACY_MAGIC = b"\x89WGUARD\n"
+MAGIC = b"\x08\x00\x00\x00\x00\x00\x00\x00" + LEGACY_MAGIC
+MAGICS = (MAGIC, LEGACY_MAGIC)
+MAGIC_PROBE = len(MAGIC)  # bytes to read to tell an artifact (either magic) apart
 FORMAT_VERSION = 1
 LEN_SIZE = 4
 MAC_SIZE = 32
@@ -126,9 +137,14 @@ def canonical_json(obj: Any) -> bytes:
     ).encode("utf-8")
 
 
+def artifact_magic(first_bytes: bytes) -> bytes | None:
+    """The magic ``first_bytes`` (at least :data:`MAGIC_PROBE` of them) start with."""
+    return next((m for m in MAGICS if first_bytes[: len(m)] == m), None)
+
+
 def is_artifact(first_bytes: bytes) -> bool:
-    """Whether a file starting with ``first_bytes`` (>= 8 bytes) is a weightguard artifact."""
-    return first_bytes[:8] == MAGIC
+    """Whether a file starting with ``first_bytes`` (:data:`MAGIC_PROBE` bytes) is an artifact."""
+    return artifact_magic(first_bytes) is not None
 
 
 # --------------------------------------------------------------------------- header
@@ -142,7 +158,7 @@ class ArtifactHeader:
     then nothing in here may be trusted for more than locating bytes.
     """
 
-    raw: bytes  # exact header JSON bytes as stored (MAC input, with MAGIC and length)
+    raw: bytes  # exact header JSON bytes as stored (MAC input, with the magic and length)
     chunk_size: int
     num_chunks: int
     data_size: int
@@ -160,6 +176,7 @@ class ArtifactHeader:
     mac: bytes = field(default=b"", repr=False)
     core_digest: bytes = field(default=b"", repr=False)
     path: str = ""
+    magic: bytes = MAGIC  # which of MAGICS the file starts with (MAC input)
 
     def __repr__(self) -> str:
         return (
@@ -268,7 +285,7 @@ def _core_digest(doc: dict[str, Any]) -> bytes:
     return hashlib.sha256(canonical_json(core)).digest()
 
 
-def _header_from_raw(raw: bytes, mac: bytes, *, path: str) -> ArtifactHeader:
+def _header_from_raw(raw: bytes, mac: bytes, *, path: str, magic: bytes = MAGIC) -> ArtifactHeader:
     # Depth 6: header -> tensors -> name -> shape is 4; anything deeper is not ours.
     doc = boundedjson.loads(
         raw,
@@ -327,7 +344,7 @@ def _header_from_raw(raw: bytes, mac: bytes, *, path: str) -> ArtifactHeader:
             if not isinstance(tensors, dict):
                 raise _fail(path, "tensors must be an object when header_encrypted is false")
             validate_header_dict(tensors, data_size=data_size, path=f"{path} (header)")
-    preamble_size = len(MAGIC) + LEN_SIZE + len(raw) + MAC_SIZE
+    preamble_size = len(magic) + LEN_SIZE + len(raw) + MAC_SIZE
     return ArtifactHeader(
         raw=raw,
         chunk_size=chunk_size,
@@ -347,6 +364,7 @@ def _header_from_raw(raw: bytes, mac: bytes, *, path: str) -> ArtifactHeader:
         mac=mac,
         core_digest=_core_digest(doc),
         path=path,
+        magic=magic,
     )
 
 
@@ -365,12 +383,20 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
 def read_header(f: BinaryIO, *, path: str) -> ArtifactHeader:
     """Read and structurally validate the preamble of the artifact open as ``f`` (at 0).
 
-    Bounded: reads at most 12 + 16 MiB + 32 bytes.  Raises :class:`FormatError` for a
+    Bounded: reads at most 20 + 16 MiB + 32 bytes.  Both magics are read (0.1.0
+    artifacts start with :data:`LEGACY_MAGIC`).  Raises :class:`FormatError` for a
     file that is not an artifact (naming a plain safetensors file as such),
     :class:`TruncatedError` when the file ends inside the preamble.
     """
-    magic = _read_exact(f, len(MAGIC))
-    if magic != MAGIC:
+    magic = _read_exact(f, len(LEGACY_MAGIC))
+    if magic == MAGIC[: len(LEGACY_MAGIC)]:
+        rest = _read_exact(f, len(MAGIC) - len(magic))
+        if rest != MAGIC[len(magic) :]:
+            if MAGIC[len(magic) :].startswith(rest):
+                raise TruncatedError(f"{path}: file ends inside the artifact magic")
+            raise FormatError(f"{path} is not a weightguard artifact (bad magic bytes)")
+        magic = MAGIC
+    elif magic != LEGACY_MAGIC:
         if len(magic) == 8:
             (n,) = struct.unpack("<Q", magic)
             if n <= MAX_ST_HEADER_SIZE and f.read(1) == b"{":
@@ -378,7 +404,7 @@ def read_header(f: BinaryIO, *, path: str) -> ArtifactHeader:
                     f"{path} is a plain (unencrypted) safetensors file, not a weightguard artifact",
                     hint="encrypt it with `weightguard encrypt`, or load it without a key",
                 )
-        if len(magic) < 8 and MAGIC.startswith(magic) and magic:
+        if magic and any(len(magic) < 8 and m.startswith(magic) for m in MAGICS):
             raise TruncatedError(f"{path}: file ends inside the artifact magic")
         raise FormatError(f"{path} is not a weightguard artifact (bad magic bytes)")
     head = _read_exact(f, LEN_SIZE)
@@ -398,7 +424,7 @@ def read_header(f: BinaryIO, *, path: str) -> ArtifactHeader:
     mac = _read_exact(f, MAC_SIZE)
     if len(mac) != MAC_SIZE:
         raise TruncatedError(f"{path}: file ends inside the artifact header MAC")
-    return _header_from_raw(raw, mac, path=path)
+    return _header_from_raw(raw, mac, path=path, magic=magic)
 
 
 # --------------------------------------------------------------------------- keys
@@ -414,12 +440,12 @@ def _commitment(data_key: bytes | bytearray, salt: bytes) -> bytes:
     return _hkdf(data_key, salt, INFO_COMMIT)
 
 
-def _mac_input(raw: bytes) -> bytes:
-    return MAGIC + struct.pack("<I", len(raw)) + raw
+def _mac_input(raw: bytes, magic: bytes = MAGIC) -> bytes:
+    return magic + struct.pack("<I", len(raw)) + raw
 
 
-def _header_mac(mac_key: bytes | bytearray, raw: bytes) -> bytes:
-    return hmac.new(bytes(mac_key), _mac_input(raw), hashlib.sha256).digest()
+def _header_mac(mac_key: bytes | bytearray, raw: bytes, magic: bytes = MAGIC) -> bytes:
+    return hmac.new(bytes(mac_key), _mac_input(raw, magic), hashlib.sha256).digest()
 
 
 def _check_data_key(data_key: bytes | bytearray) -> None:
@@ -446,7 +472,7 @@ class ChunkCipher:
             )
         mac_key = bytearray(_hkdf(data_key, header.salt, INFO_MAC))
         try:
-            if not hmac.compare_digest(_header_mac(mac_key, header.raw), header.mac):
+            if not hmac.compare_digest(_header_mac(mac_key, header.raw, header.magic), header.mac):
                 raise IntegrityError(
                     "artifact header failed authentication (HMAC mismatch)", path=header.path
                 )
@@ -576,7 +602,7 @@ class FileRandomness:
 
 
 def _serialize(
-    doc: dict[str, Any], data_key: bytearray, *, path: str
+    doc: dict[str, Any], data_key: bytearray, *, path: str, magic: bytes = MAGIC
 ) -> tuple[ArtifactHeader, bytes]:
     raw = canonical_json(doc)
     if len(raw) > MAX_HEADER_LEN:
@@ -588,11 +614,11 @@ def _serialize(
     salt = bytes.fromhex(doc["salt"])
     mac_key = bytearray(_hkdf(data_key, salt, INFO_MAC))
     try:
-        mac = _header_mac(mac_key, raw)
+        mac = _header_mac(mac_key, raw, magic)
     finally:
         wipe(mac_key)
-    header = _header_from_raw(raw, mac, path=path)
-    return header, _mac_input(raw) + mac
+    header = _header_from_raw(raw, mac, path=path, magic=magic)
+    return header, _mac_input(raw, magic) + mac
 
 
 def new_header(
@@ -607,12 +633,16 @@ def new_header(
     header_encrypted: bool = False,
     randomness: FileRandomness | None = None,
     path: str = "",
+    magic: bytes = MAGIC,
 ) -> tuple[ArtifactHeader, bytes]:
     """Build a new artifact header; returns it and the preamble bytes to write.
 
     ``st_header``: the parsed safetensors header (stored in the clear unless
-    ``header_encrypted``).  ``randomness``: only for test vectors.
+    ``header_encrypted``).  ``randomness`` and ``magic`` (:data:`LEGACY_MAGIC`): only
+    for test vectors.
     """
+    if magic not in MAGICS:
+        raise ValueError("unknown artifact magic")
     _check_data_key(data_key)
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise FormatError(
@@ -640,13 +670,17 @@ def new_header(
     }
     if doc["num_chunks"] > MAX_CHUNKS:
         raise FormatError(f"{path}: too many chunks; use a larger chunk size")
-    return _serialize(doc, data_key, path=path)
+    return _serialize(doc, data_key, path=path, magic=magic)
 
 
 def rewrapped_header(
     header: ArtifactHeader, data_key: bytearray, wrapped_key: WrappedKey
 ) -> tuple[ArtifactHeader, bytes]:
-    """The same header with a new wrapped key (and MAC); records stay valid unchanged."""
+    """The same header with a new wrapped key (and MAC); records stay valid unchanged.
+
+    The new preamble always starts with :data:`MAGIC`: rewrapping a 0.1.0 artifact also
+    moves it to the magic that plain safetensors readers reject cheaply.
+    """
     ChunkCipher(header, data_key).wipe()  # commitment + MAC of the old header
     doc = json.loads(header.raw.decode("utf-8"))
     doc["wrapped_key"] = _wrapped_key_to_doc(wrapped_key)

@@ -203,7 +203,7 @@ def _is_encrypted(path: Path) -> bool:
 
     try:
         with open(path, "rb") as f:
-            return fmt.is_artifact(f.read(8))
+            return fmt.is_artifact(f.read(fmt.MAGIC_PROBE))
     except OSError:
         return False
 

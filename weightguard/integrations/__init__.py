@@ -1,0 +1,1 @@
+"""Secure loading where models are served: transformers, sentence-transformers, KServe."""

@@ -1,0 +1,196 @@
+"""KServe storage initializer: ``weightguard-storage-initializer SRC_URI DEST_DIR``.
+
+KServe runs the ``ClusterStorageContainer``'s container as the ``storage-initializer``
+init container with two arguments, the InferenceService's ``storageUri`` and the model
+directory (``/mnt/models``).  This entry point verifies the signature, unwraps the keys
+and decrypts the model into ``DEST_DIR`` exactly like ``weightguard fetch``: all or
+nothing, ``DEST_DIR`` must be on tmpfs, and the files are readable by the pod's group
+(``fsGroup``) so that the model server, running as another user, can read them.
+
+Configuration (environment; or a mounted JSON file named by ``WEIGHTGUARD_CONFIG``
+with the same keys in lower case without the prefix, e.g. ``{"trust_keys": [...]}``;
+the environment wins):
+
+``WEIGHTGUARD_TRUST_KEYS``        signer public key PEM files (comma-separated, any of)
+``WEIGHTGUARD_TRUST_CERT_CHAIN``  root CA PEM, then intermediates (comma-separated)
+``WEIGHTGUARD_TRUST_VAULT_KEY``   a Vault Transit signing key URI
+``WEIGHTGUARD_TRUST_IDENTITY`` / ``WEIGHTGUARD_TRUST_ISSUER``  Sigstore identity
+``WEIGHTGUARD_ALLOWED_KEYS``      key URIs (``fnmatch`` patterns) the artifact may name
+                                  for its data keys; any other is refused before Vault is
+                                  asked (unset: the key the artifact names)
+``WEIGHTGUARD_ALLOW_DISK``        ``1``: allow a DEST_DIR that is not tmpfs (not advised)
+``WEIGHTGUARD_FILE_MODE`` / ``WEIGHTGUARD_DIR_MODE``  octal, default 0640 / 0750
+
+``SRC_URI`` is ``weightguard+s3://bucket/prefix/`` (the prefix the manifest registers,
+so it does not collide with KServe's own ``s3://`` initializer), ``s3://...`` or a
+local path.  Vault/S3/audit settings are the usual environment (``VAULT_ADDR``,
+``WEIGHTGUARD_VAULT_AUTH``, ``AWS_ENDPOINT_URL_S3``, ``WEIGHTGUARD_AUDIT_LOG``).
+Exit status 0 only if everything verified; otherwise one ``error: ...`` line.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from weightguard.errors import ConfigError, KeyAccessDenied, WeightguardError
+
+__all__ = ["AllowedKeys", "main", "settings", "storage_initialize"]
+
+URI_PREFIX = "weightguard+"
+_ENV = "WEIGHTGUARD_"
+_LISTS = ("trust_keys", "trust_cert_chain", "allowed_keys")
+_SCALARS = (
+    "trust_vault_key",
+    "trust_identity",
+    "trust_issuer",
+    "trust_root",
+    "allow_disk",
+    "file_mode",
+    "dir_mode",
+)
+
+
+def settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The configuration from ``WEIGHTGUARD_CONFIG`` (JSON file) and the environment."""
+    env = os.environ if env is None else env
+    conf: dict[str, Any] = {}
+    path = env.get(f"{_ENV}CONFIG")
+    if path:
+        try:
+            raw = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"WEIGHTGUARD_CONFIG {path}: {exc.strerror}") from None
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise ConfigError(f"WEIGHTGUARD_CONFIG {path}: not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"WEIGHTGUARD_CONFIG {path}: not a JSON object")
+        unknown = sorted(set(doc) - set(_LISTS) - set(_SCALARS))
+        if unknown:
+            raise ConfigError(f"WEIGHTGUARD_CONFIG {path}: unknown keys {unknown[:5]}")
+        conf.update(doc)
+    for name in (*_LISTS, *_SCALARS):
+        value = env.get(_ENV + name.upper())
+        if value is not None and value != "":
+            conf[name] = (
+                [v.strip() for v in value.split(",") if v.strip()] if (name in _LISTS) else value
+            )
+    for name in _LISTS:
+        v = conf.get(name, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ConfigError(f"{_ENV}{name.upper()} must be a list of strings")
+        conf[name] = v
+    return conf
+
+
+class AllowedKeys:
+    """A key provider that unwraps only data keys whose key URI is allowed.
+
+    The artifact names its key; which keys this pod may use is the operator's
+    configuration, so a name outside the list is refused before any provider is asked.
+    """
+
+    def __init__(self, patterns: Sequence[str], options: Mapping[str, Any] | None = None):
+        self._patterns = tuple(patterns)
+        self._options = dict(options or {})
+
+    def __repr__(self) -> str:
+        return f"AllowedKeys({list(self._patterns)!r})"
+
+    def _check(self, uri: str) -> None:
+        if not any(fnmatch.fnmatchcase(uri, p) for p in self._patterns):
+            raise KeyAccessDenied(
+                f"the artifact's data key {uri} is not an allowed key",
+                hint="add it to WEIGHTGUARD_ALLOWED_KEYS if this pod may use it",
+            )
+
+    def unwrap_many(self, wrapped: Sequence[Any]) -> list[bytearray]:
+        from weightguard._internal.keys.providers import provider_for
+
+        for w in wrapped:
+            self._check(w.uri)
+        out: list[bytearray] = []
+        try:
+            by_uri: dict[str, list[int]] = {}
+            for i, w in enumerate(wrapped):
+                by_uri.setdefault(w.uri, []).append(i)
+            keys: dict[int, bytearray] = {}
+            for uri, idxs in by_uri.items():
+                got = provider_for(uri, **self._options).unwrap_many([wrapped[i] for i in idxs])
+                keys.update(zip(idxs, got, strict=True))
+            out = [keys[i] for i in range(len(wrapped))]
+        except BaseException:
+            from weightguard._internal.foundation.memory import wipe
+
+            for k in out:
+                wipe(k)
+            raise
+        return out
+
+    def unwrap(self, wrapped: Any) -> bytearray:
+        return self.unwrap_many([wrapped])[0]
+
+
+def _mode(value: Any, default: int, what: str) -> int:
+    if value is None:
+        return default
+    try:
+        return int(str(value), 8)
+    except ValueError:
+        raise ConfigError(f"{_ENV}{what} {value!r} is not an octal mode") from None
+
+
+def storage_initialize(src_uri: str, dest_dir: str, env: Mapping[str, str] | None = None) -> Any:
+    """Fetch ``src_uri`` into ``dest_dir`` as configured by ``env``; the FetchResult."""
+    from weightguard.policy import trust_policy
+    from weightguard.transfer import fetch_model
+
+    conf = settings(env)
+    policy = trust_policy(
+        public_keys=conf["trust_keys"],
+        chain=conf["trust_cert_chain"],
+        vault_key=conf.get("trust_vault_key"),
+        identity=conf.get("trust_identity"),
+        issuer=conf.get("trust_issuer"),
+        trust_root=conf.get("trust_root"),
+    )
+    source = src_uri[len(URI_PREFIX) :] if src_uri.startswith(URI_PREFIX) else src_uri
+    key = AllowedKeys(conf["allowed_keys"]) if conf["allowed_keys"] else None
+    allow_disk = str(conf.get("allow_disk", "")).strip().lower() in ("1", "true", "yes")
+    return fetch_model(
+        source,
+        dest_dir,
+        policy=policy,
+        key=key,
+        allow_disk=allow_disk,
+        file_mode=_mode(conf.get("file_mode"), 0o640, "FILE_MODE"),
+        dir_mode=_mode(conf.get("dir_mode"), 0o750, "DIR_MODE"),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print("usage: weightguard-storage-initializer SRC_URI DEST_DIR", file=sys.stderr)
+        return 2
+    os.umask(0o027)  # the group (fsGroup) must keep read access, others none
+    try:
+        res = storage_initialize(args[0], args[1])
+    except WeightguardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps({"ok": True, "to": res.directory, "files": res.files, "bytes": res.bytes}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""One call for a ``SentenceTransformer`` whose files and weights come verified.
+
+>>> from weightguard.integrations.sentence_transformers import load_sentence_transformer
+>>> model = load_sentence_transformer("s3://models/minilm/", policy=PublicKey(...))
+>>> model.encode(["a sentence"])
+
+The model directory's side files (``modules.json``, pooling config, tokenizer,
+``config.json``) are checked against the signature and written to a private
+directory in memory (``/dev/shm``) for sentence-transformers to read, next to an
+empty weights file (no tensors) so that it builds the modules without weights; the
+transformer's weights are then decrypted into them from the artifact.  Plaintext
+weights exist only in process memory.  Modules with weight files of their own (e.g.
+``2_Dense``) are not supported (refused).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+from typing import Any
+
+from weightguard.errors import ConfigError, DependencyMissing, FormatError
+from weightguard.loader import load_model, open_model
+
+__all__ = ["load_sentence_transformer"]
+
+_OPEN_OPTIONS = ("signature", "key", "key_options", "audit", "workers", "s3")
+
+
+def _empty_safetensors() -> bytes:
+    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Any:
+    """The empty weights file makes transformers warn about every tensor: silence it."""
+    try:
+        from transformers.utils import logging as tf_logging
+    except ImportError:  # pragma: no cover - a dependency of sentence-transformers
+        yield
+        return
+    level = tf_logging.get_verbosity()
+    tf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tf_logging.set_verbosity(level)
+
+
+def _modules(raw: bytes, uri: str) -> list[dict[str, Any]]:
+    try:
+        modules = json.loads(raw)
+    except ValueError:
+        raise FormatError(f"{uri}/modules.json: not valid JSON") from None
+    if (
+        not isinstance(modules, list)
+        or not modules
+        or not all(isinstance(m, dict) for m in modules)
+        or modules[0].get("path") not in ("", None)
+    ):
+        raise FormatError(
+            f"{uri}/modules.json: the first module must be the transformer at the model's root"
+        )
+    return modules
+
+
+def load_sentence_transformer(
+    source: str | os.PathLike[str],
+    *,
+    policy: Any,
+    device: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A ready ``SentenceTransformer`` from a signed, encrypted model directory.
+
+    ``device``: where the model runs (default ``cpu``).  Keyword arguments in
+    ``signature, key, key_options, audit, workers, s3`` go to
+    :func:`weightguard.open_model`; the others to ``SentenceTransformer``.
+    """
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise DependencyMissing(
+            "sentence-transformers is not installed", hint="pip install sentence-transformers"
+        ) from None
+    if kwargs.get("trust_remote_code"):
+        raise ConfigError(
+            "trust_remote_code is not supported: code shipped with a model is never run"
+        )
+    open_opts = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPEN_OPTIONS}
+    from weightguard.integrations._side_files import is_weight_file, side_file_dir
+
+    uri = os.fspath(source)
+    with open_model(source, "cpu", policy=policy, **open_opts) as handle:
+        modules = _modules(handle.read_file("modules.json"), uri)
+        dirs = {m["path"].strip("/") + "/" for m in modules if m.get("path")}
+        extra = [
+            n
+            for n in handle.side_files()
+            if is_weight_file(n) and any(n.startswith(p) for p in dirs)
+        ]
+        if extra:
+            raise FormatError(
+                f"{uri}: module weight files outside the transformer are not supported "
+                f"({', '.join(extra[:3])})",
+                hint="load the transformer with weightguard.integrations.transformers",
+            )
+        stub = {"model.safetensors": _empty_safetensors()}
+        with side_file_dir(handle, stub) as d, _quiet_transformers():
+            model = SentenceTransformer(str(d), device="cpu", local_files_only=True, **kwargs)
+        transformer: Any = model[0]
+        load_model(transformer.auto_model, handle, policy=policy)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model

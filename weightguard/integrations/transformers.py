@@ -1,0 +1,179 @@
+"""One call for a transformers model whose config and weights come verified.
+
+>>> from weightguard.integrations.transformers import from_pretrained
+>>> model = from_pretrained("s3://models/minilm/", policy=PublicKey.from_file("release.pub"))
+
+The architecture is resolved from the model's ``config.json`` after it was checked
+against the signature: the concrete class named in ``architectures`` (a transformers
+class, never code from the artifact), else ``auto_class`` (default ``AutoModel``).
+The module is built with its parameters on the ``meta`` device and the decrypted
+tensors become the parameters (no random init, no second copy).  Plaintext weights
+exist only in process memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from weightguard.errors import ConfigError, DependencyMissing, FormatError
+from weightguard.loader import load_model, open_model
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["from_pretrained"]
+
+_OPEN_OPTIONS = ("signature", "key", "key_options", "audit", "workers", "s3")
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise DependencyMissing(
+            "transformers is not installed", hint="pip install transformers"
+        ) from None
+    return transformers
+
+
+@contextlib.contextmanager
+def empty_parameters() -> Iterator[None]:
+    """Build modules with parameters on ``meta`` and buffers real (``position_ids``).
+
+    What ``accelerate.init_empty_weights(include_buffers=False)`` does, without the
+    dependency; process-wide while active, so build one model at a time.
+    """
+    import torch
+
+    original = torch.nn.Module.register_parameter
+
+    def register(self: torch.nn.Module, name: str, param: Any) -> None:
+        original(self, name, param)
+        if param is not None and not param.is_meta:  # already meta: keep it (a tie)
+            p = self._parameters[name]
+            assert p is not None
+            self._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
+
+    torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def _model_class(tf: Any, config: Any, auto_class: Any, uri: str) -> Any:
+    if auto_class is not None:
+        return auto_class
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(tf, str(name), None)
+        if isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel):
+            return cls
+        raise FormatError(
+            f"{uri}/config.json: architecture {str(name)[:80]!r} is not a transformers model class",
+            hint="pass auto_class= (e.g. transformers.AutoModel); code from the artifact "
+            "is never run",
+        )
+    return tf.AutoModel
+
+
+def build_config(tf: Any, doc: dict[str, Any], uri: str) -> Any:
+    """A transformers config object from the verified ``config.json`` dict."""
+    doc = dict(doc)
+    model_type = doc.pop("model_type", None)
+    if not isinstance(model_type, str):
+        raise FormatError(f"{uri}/config.json: no model_type")
+    try:
+        return tf.AutoConfig.for_model(model_type, **doc)
+    except (ValueError, KeyError) as exc:
+        raise FormatError(
+            f"{uri}/config.json: transformers does not know model_type {model_type[:80]!r} "
+            f"({str(exc)[:120]})",
+            hint="upgrade transformers",
+        ) from None
+
+
+def instantiate(tf: Any, config: Any, cls: Any, dtype: torch.dtype | None) -> Any:
+    """The model with parameters on meta (cast to ``dtype``), ready for assignment."""
+    with empty_parameters():
+        if hasattr(cls, "from_config") and not issubclass(cls, tf.PreTrainedModel):
+            model = cls.from_config(config)  # an Auto* class
+        else:
+            model = cls(config)
+    if dtype is not None:
+        model.to(dtype)
+    return model
+
+
+def _dtype(value: Any) -> torch.dtype | None:
+    import torch
+
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, str):
+        got = getattr(torch, value, None)
+        if not isinstance(got, torch.dtype):
+            raise ConfigError(f"torch_dtype {value!r} is not a torch dtype")
+        return got
+    if not isinstance(value, torch.dtype):
+        raise ConfigError(f"torch_dtype {value!r} is not a torch dtype")
+    return value
+
+
+def from_pretrained(
+    source: str | os.PathLike[str],
+    *,
+    policy: Any,
+    auto_class: Any = None,
+    torch_dtype: Any = None,
+    dtype: Any = None,
+    device: str | None = None,
+    device_map: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """A ready transformers model (``eval()`` mode) from a signed, encrypted model dir.
+
+    ``torch_dtype``/``dtype``: parameter dtype (default: the one ``config.json``
+    records, as transformers' ``dtype="auto"``; else torch's default).
+    ``device``: where the weights are decrypted to (default ``cpu``).
+    ``device_map``: ``"auto"`` or a dict, dispatched with accelerate after the load.
+    Other keyword arguments go to :func:`weightguard.open_model` (``signature``,
+    ``key``, ``key_options``, ``audit``, ``workers``, ``s3``).
+    """
+    tf = _transformers()
+    if kwargs.pop("trust_remote_code", False):
+        raise ConfigError(
+            "trust_remote_code is not supported: code shipped with a model is never run",
+            hint="use a model class that transformers provides",
+        )
+    unknown = sorted(set(kwargs) - set(_OPEN_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
+    if device_map is not None:
+        try:
+            import accelerate
+        except ImportError:
+            raise DependencyMissing(
+                "device_map needs accelerate", hint="pip install accelerate"
+            ) from None
+    want = _dtype(dtype if dtype is not None else torch_dtype)
+    from weightguard.integrations._side_files import read_config
+
+    with open_model(source, device or "cpu", policy=policy, **kwargs) as handle:
+        uri = os.fspath(source)
+        doc = read_config(handle, uri)
+        if want is None:  # like transformers' dtype="auto": the dtype the config records
+            with contextlib.suppress(ConfigError):
+                want = _dtype(doc.get("dtype") or doc.get("torch_dtype"))
+        config = build_config(tf, doc, uri)
+        model = instantiate(tf, config, _model_class(tf, config, auto_class, uri), want)
+        load_model(model, handle, policy=policy)
+    if device is not None:
+        model.to(device)  # buffers built on the CPU follow the parameters
+    if device_map is not None:
+        dm = accelerate.infer_auto_device_map(model) if device_map == "auto" else device_map
+        model = accelerate.dispatch_model(model, device_map=dm)
+    model.eval()
+    return model
