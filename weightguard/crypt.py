@@ -40,6 +40,7 @@ from weightguard._internal.format.layout import (
     read_header,
     rewrapped_header,
 )
+from weightguard._internal.format.model_dir import is_index_file, is_weight_file
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, read_safetensors_header
 from weightguard._internal.foundation.atomic import PendingFile, atomic_directory, atomic_write
 from weightguard._internal.foundation.memory import wipe
@@ -410,7 +411,7 @@ def _read_index(path: Path) -> Any:
 def _check_index(src_dir: Path, files: Sequence[Path]) -> None:
     present = {p.as_posix() for p in files}
     for rel in files:
-        if not rel.name.endswith(".safetensors.index.json"):
+        if not is_index_file(rel.name):
             continue
         index = _read_index(src_dir / rel)
         try:
@@ -453,7 +454,7 @@ def encrypt_model(
     src_p, dst_p = Path(src_dir), Path(dst_dir)
     files = _model_files(src_p)
     _check_index(src_p, files)
-    shards = [p for p in files if p.name.endswith(".safetensors")]
+    shards = [p for p in files if is_weight_file(p.name)]
     to_encrypt = [p for p in files if p in shards or encrypt_other_files]
     if not shards:
         raise FormatError(f"{src_p} contains no .safetensors files")
@@ -674,7 +675,7 @@ def _model_headers(src_p: Path, files: Sequence[Path]) -> dict[Path, ArtifactHea
     for rel in files:
         with _open_source(src_p / rel) as f:
             if not is_artifact(f.read(MAGIC_PROBE)):
-                if rel.name.endswith(".safetensors"):
+                if is_weight_file(rel.name):
                     raise IntegrityError(
                         "weight file is not a weightguard artifact (damaged or replaced); "
                         "nothing was decrypted",
@@ -685,7 +686,7 @@ def _model_headers(src_p: Path, files: Sequence[Path]) -> dict[Path, ArtifactHea
             headers[rel] = _read_artifact_header(f, src_p / rel)
     present = {p.as_posix() for p in files}
     for rel in files:
-        if not rel.name.endswith(".safetensors.index.json") or rel in headers:
+        if not is_index_file(rel.name) or rel in headers:
             continue  # an encrypted index is checked by its own AEAD when decrypted
         index = _read_index(src_p / rel)
         try:

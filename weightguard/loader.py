@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from weightguard._internal.devices import observe
 from weightguard._internal.devices.pinned import release_pinned_memory
+from weightguard._internal.format.model_dir import top_level_weights
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, TensorInfo
 from weightguard._internal.foundation.extras import require
 from weightguard._internal.foundation.memory import wipe
@@ -211,7 +212,7 @@ def _select_files(loc: Location, signed: Mapping[str, Any] | None) -> list[str]:
                 hint="fetch the whole model directory",
             )
         return shards
-    shards = [n for n in names if n.endswith(".safetensors") and "/" not in n]
+    shards = top_level_weights(names)
     if not shards:
         raise FormatError(
             f"{loc.uri}: no .safetensors files in the model directory",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from weightguard._internal.format.model_dir import is_weight_file
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE
 from weightguard._internal.foundation import boundedjson
 from weightguard._internal.foundation.atomic import atomic_write
@@ -180,7 +181,7 @@ def _file_loader(e: Entry) -> torch.Tensor:
 
 
 def shard_files(directory: Path) -> list[Path]:
-    files = sorted(p for p in directory.rglob("*.safetensors") if p.is_file())
+    files = sorted(p for p in directory.rglob("*") if is_weight_file(p.name) and p.is_file())
     if not files:
         raise WatermarkError(
             f"{directory}: no .safetensors files found",
