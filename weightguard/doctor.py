@@ -33,7 +33,7 @@ from typing import Any, Literal
 from weightguard._internal.foundation.extras import install_command
 from weightguard.errors import WeightguardError
 
-__all__ = ["CHECK_NAMES", "Check", "run_checks", "summarize"]
+__all__ = ["CHECK_NAMES", "Check", "missing_extra", "run_checks", "summarize"]
 
 Status = Literal["ok", "warn", "fail"]
 CHECK_NAMES = ("python", "torch", "cryptography", "vault", "s3", "shm", "audit")
@@ -368,3 +368,11 @@ def summarize(results: list[Check]) -> dict[str, Any]:
         "counts": counts,
         "checks": [r.as_dict() for r in results],
     }
+
+
+def missing_extra(exc: ModuleNotFoundError) -> WeightguardError | None:
+    """The typed error naming the extra to install for an optional dependency's
+    ModuleNotFoundError (None when the module is not one of weightguard's extras)."""
+    from weightguard._internal.foundation.extras import from_import_error
+
+    return from_import_error(exc)

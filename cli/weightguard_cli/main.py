@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except ModuleNotFoundError as exc:  # an extra this command needs is not installed
-        from weightguard._internal.foundation.extras import from_import_error
+        from weightguard.doctor import missing_extra
 
-        missing = from_import_error(exc)
+        missing = missing_extra(exc)
         if missing is None:
             raise
         click.echo(f"error: {missing}", err=True)

@@ -5,6 +5,7 @@ every bad input surfaces as one weightguard error.  Real frameworks, no mocks.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 import zipfile
@@ -60,6 +61,12 @@ def _copy(release: dict[str, Any], tmp_path: Path) -> Path:
     d = tmp_path / "minilm"
     shutil.copytree(release["dir"], d)
     return d
+
+
+@pytest.fixture(autouse=True)
+def _allow_release_key(monkeypatch: pytest.MonkeyPatch, release: dict[str, Any]) -> None:
+    # The artifacts name a dev key file; the caller allows exactly that one (issue 12.2).
+    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", release["key"])
 
 
 @pytest.fixture(scope="module")
@@ -393,6 +400,7 @@ def test_checkpoint_dtype_from_config_and_cast_on_request(tmp_path: Path) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         crypt.encrypt_model(tmp_path / "plain", tmp_path / "enc", f"file://{kek}")
+    os.environ["WEIGHTGUARD_ALLOWED_KEYS"] = f"file://{kek}"  # restored by the fixture
     model = from_pretrained(tmp_path / "enc", policy=UnsafeNoVerification())
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     for n, p in ref.named_parameters():

@@ -662,7 +662,7 @@ def _kserve_command(pod: Pod) -> tuple[list[str], dict[str, str]]:
     script = BIN / "weightguard-storage-initializer"
     if argv[0] == "weightguard-storage-initializer":  # the image's console script
         argv[:1] = [str(script)] if script.exists() else [
-            sys.executable, "-m", "weightguard.integrations.kserve"
+            sys.executable, "-m", "weightguard_cli.storage_initializer"
         ]  # fmt: skip
     return argv, env
 

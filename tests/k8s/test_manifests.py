@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -36,6 +35,7 @@ from tests.support.k8s import (
     pod_spec,
     quantity_bytes,
     render,
+    render_kserve,
     tool,
     volume,
     workload,
@@ -310,11 +310,6 @@ def test_vault_apply_script_lints_clean() -> None:
 # ------------------------------------------------------------------ KServe (k8s/kserve)
 
 
-def render_kserve() -> tuple[dict[str, Any], ...]:
-    """``kubectl kustomize k8s/kserve`` (ClusterStorageContainer, InferenceService, ...)."""
-    return render("../kserve")
-
-
 def test_kserve_renders_and_builtin_kinds_validate_strictly() -> None:
     import kubernetes_validate
 
@@ -340,7 +335,7 @@ def test_kserve_storage_container_contract() -> None:
     assert c["name"] == "storage-initializer"  # the name KServe requires
     assert "args" not in c  # KServe appends SRC_URI DEST_DIR
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts[c["command"][0]] == "weightguard.integrations.kserve:main"
+    assert scripts[c["command"][0]] == "weightguard_cli.storage_initializer:main"
     assert csc["supportedUriFormats"] == [{"prefix": f"{URI_PREFIX}s3://"}]
     isvc = find(docs, "InferenceService")
     assert isvc["spec"]["predictor"]["model"]["storageUri"].startswith(URI_PREFIX)

@@ -51,7 +51,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         crypt.encrypt_model(plain, enc, f"file://{kek}", chunk_size=4096)
     keys = make_sign_keys(base, "release")
     sign(enc, enc / "model.sig", keys)
-    return {"enc": enc, "expected": expected, "keys": keys, "base": base}
+    return {"enc": enc, "expected": expected, "keys": keys, "base": base, "kek": kek}
 
 
 def build_cache(release_dir: Path, cache: Path) -> Path:
@@ -73,6 +73,12 @@ def build_cache(release_dir: Path, cache: Path) -> Path:
         link.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(os.path.relpath(blob, link.parent), link)
     return cache
+
+
+@pytest.fixture(autouse=True)
+def _allow_release_key(monkeypatch: pytest.MonkeyPatch, release: dict[str, Any]) -> None:
+    # The artifacts name a dev key file; the caller allows exactly that one (issue 12.2).
+    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", f"file://{release['kek']}")
 
 
 @pytest.fixture()

@@ -131,14 +131,14 @@ def test_core_signs_verifies_and_audits_without_torch(core: Path, tmp_path: Path
     rc, out, err = cli("audit", "keygen", tmp_path / "audit.key")
     assert rc == 0 and out.startswith("wrote "), err
 
-    rc, out, err = cli("encrypt", model, "-o", "release", "--key", "file://dev.key")
+    rc, out, err = cli("encrypt", model, "-o", "release", "--data-key", "file://dev.key")
     assert rc == 0 and out.startswith("encrypted 1 file(s)"), err
     rc, out, err = cli("inspect", "release/w.safetensors")
     assert rc == 0 and "weightguard artifact v1" in out, err
-    rc, out, err = cli("sign", "release", "--signature", "release/model.sig", "--key", private)
+    rc, out, err = cli("sign", "release", "--signature", "release/model.sig", "--signing-key", private)
     assert rc == 0 and out.startswith("signed 2 file(s) -> release/model.sig"), err
     signer = out.splitlines()[1]
-    rc, out, err = cli("verify", "release", "--signature", "release/model.sig", "--key", public)
+    rc, out, err = cli("verify", "release", "--signature", "release/model.sig", "--trust-key", public)
     assert rc == 0, err
     assert out.splitlines()[0] == "OK: release matches release/model.sig"
     assert signer.split()[-1] in out  # the fingerprint sign printed
@@ -148,7 +148,7 @@ def test_core_signs_verifies_and_audits_without_torch(core: Path, tmp_path: Path
     data = bytearray((tmp_path / "release" / "w.safetensors").read_bytes())
     data[-1] ^= 1
     (tmp_path / "release" / "w.safetensors").write_bytes(bytes(data))
-    rc, out, err = cli("verify", "release", "--signature", sig, "--key", public)
+    rc, out, err = cli("verify", "release", "--signature", sig, "--trust-key", public)
     assert rc == 1 and err.startswith("error: "), out + err
 
     rc, out, err = cli("audit", "verify", tmp_path / "audit.jsonl", "--checkpoint-key",
@@ -177,7 +177,7 @@ def test_core_load_names_the_extra_to_install(core: Path, tmp_path: Path) -> Non
     key = tmp_path / "wm.key"
     key.write_bytes(os.urandom(32))
     res = run([core / "weightguard", "watermark", "embed", model / "w.safetensors",
-               "-o", tmp_path / "marked.safetensors", "--key", key], env=env)  # fmt: skip
+               "-o", tmp_path / "marked.safetensors", "--watermark-key", key], env=env)  # fmt: skip
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1] == (
         f"error: the watermark needs torch, which is not installed {EXTRA_HINT}"

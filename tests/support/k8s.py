@@ -136,3 +136,8 @@ def quantity_bytes(q: str) -> int:
 
 
 # ------------------------------------------------------------------ render + validate
+
+
+def render_kserve() -> tuple[dict[str, Any], ...]:
+    """``kubectl kustomize k8s/kserve`` (ClusterStorageContainer, InferenceService, ...)."""
+    return render("../kserve")

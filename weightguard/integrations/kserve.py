@@ -30,17 +30,15 @@ Exit status 0 only if everything verified; otherwise one ``error: ...`` line.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from weightguard.errors import ConfigError, KeyAccessDenied, WeightguardError
+from weightguard.errors import ConfigError
 
-__all__ = ["AllowedKeys", "main", "settings", "storage_initialize"]
+__all__ = ["URI_PREFIX", "settings", "storage_initialize"]
 
 URI_PREFIX = "weightguard+"
 _ENV = "WEIGHTGUARD_"
@@ -90,54 +88,6 @@ def settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return conf
 
 
-class AllowedKeys:
-    """A key provider that unwraps only data keys whose key URI is allowed.
-
-    The artifact names its key; which keys this pod may use is the operator's
-    configuration, so a name outside the list is refused before any provider is asked.
-    """
-
-    def __init__(self, patterns: Sequence[str], options: Mapping[str, Any] | None = None):
-        self._patterns = tuple(patterns)
-        self._options = dict(options or {})
-
-    def __repr__(self) -> str:
-        return f"AllowedKeys({list(self._patterns)!r})"
-
-    def _check(self, uri: str) -> None:
-        if not any(fnmatch.fnmatchcase(uri, p) for p in self._patterns):
-            raise KeyAccessDenied(
-                f"the artifact's data key {uri} is not an allowed key",
-                hint="add it to WEIGHTGUARD_ALLOWED_KEYS if this pod may use it",
-            )
-
-    def unwrap_many(self, wrapped: Sequence[Any]) -> list[bytearray]:
-        from weightguard._internal.keys.providers import provider_for
-
-        for w in wrapped:
-            self._check(w.uri)
-        out: list[bytearray] = []
-        try:
-            by_uri: dict[str, list[int]] = {}
-            for i, w in enumerate(wrapped):
-                by_uri.setdefault(w.uri, []).append(i)
-            keys: dict[int, bytearray] = {}
-            for uri, idxs in by_uri.items():
-                got = provider_for(uri, **self._options).unwrap_many([wrapped[i] for i in idxs])
-                keys.update(zip(idxs, got, strict=True))
-            out = [keys[i] for i in range(len(wrapped))]
-        except BaseException:
-            from weightguard._internal.foundation.memory import wipe
-
-            for k in out:
-                wipe(k)
-            raise
-        return out
-
-    def unwrap(self, wrapped: Any) -> bytearray:
-        return self.unwrap_many([wrapped])[0]
-
-
 def _mode(value: Any, default: int, what: str) -> int:
     if value is None:
         return default
@@ -162,35 +112,15 @@ def storage_initialize(src_uri: str, dest_dir: str, env: Mapping[str, str] | Non
         trust_root=conf.get("trust_root"),
     )
     source = src_uri[len(URI_PREFIX) :] if src_uri.startswith(URI_PREFIX) else src_uri
-    key = AllowedKeys(conf["allowed_keys"]) if conf["allowed_keys"] else None
     allow_disk = str(conf.get("allow_disk", "")).strip().lower() in ("1", "true", "yes")
     return fetch_model(
         source,
         dest_dir,
         policy=policy,
-        key=key,
+        # The one key rule (keys.providers.choose_key_uri): the artifact's key reference
+        # is used only if this pod's allow-list admits it; a file:// key only if named.
+        allowed_keys=conf["allowed_keys"],
         allow_disk=allow_disk,
         file_mode=_mode(conf.get("file_mode"), 0o640, "FILE_MODE"),
         dir_mode=_mode(conf.get("dir_mode"), 0o750, "DIR_MODE"),
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2:
-        print("usage: weightguard-storage-initializer SRC_URI DEST_DIR", file=sys.stderr)
-        return 2
-    os.umask(0o027)  # the group (fsGroup) must keep read access, others none
-    try:
-        res = storage_initialize(args[0], args[1])
-    except WeightguardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps({"ok": True, "to": res.directory, "files": res.files, "bytes": res.bytes}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
