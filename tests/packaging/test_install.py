@@ -135,10 +135,11 @@ def test_core_signs_verifies_and_audits_without_torch(core: Path, tmp_path: Path
     assert rc == 0 and out.startswith("encrypted 1 file(s)"), err
     rc, out, err = cli("inspect", "release/w.safetensors")
     assert rc == 0 and "weightguard artifact v1" in out, err
-    rc, out, err = cli("sign", "release", "--signature", "release/model.sig", "--signing-key", private)
+    sig_arg = ("--signature", "release/model.sig")
+    rc, out, err = cli("sign", "release", *sig_arg, "--signing-key", private)
     assert rc == 0 and out.startswith("signed 2 file(s) -> release/model.sig"), err
     signer = out.splitlines()[1]
-    rc, out, err = cli("verify", "release", "--signature", "release/model.sig", "--trust-key", public)
+    rc, out, err = cli("verify", "release", *sig_arg, "--trust-key", public)
     assert rc == 0, err
     assert out.splitlines()[0] == "OK: release matches release/model.sig"
     assert signer.split()[-1] in out  # the fingerprint sign printed
