@@ -357,9 +357,10 @@ def s3_release(plain_dir, release, tmp_path, vault_env, s3_env, bucket):  # type
     return f"s3://{bucket}/{name}/", name
 
 
-def test_from_s3_with_openbao_key_equals_plain(s3_release, release, plain_st) -> None:  # type: ignore[no-untyped-def]
+def test_from_s3_with_openbao_key_equals_plain(s3_release, release, plain_st, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from weightguard.integrations.sentence_transformers import load_sentence_transformer
 
+    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", "vault://transit/*")  # the pod's allow-list
     src, _ = s3_release
     model = load_sentence_transformer(src, policy=release["keys"].policy())
     got = model.encode(SENTENCES, convert_to_tensor=True)

@@ -126,8 +126,8 @@ def choose_key_uri(
         return key
     shown = repr(header_uri[:200]) if isinstance(header_uri, str) else "a non-string"
     hint = (
-        "name the key yourself (--key URI, key=...), or allow it with --allow-key PATTERN "
-        f"or {ALLOWED_KEYS_ENV}"
+        "name the key yourself (--data-key URI), or allow the reference with --allow-key "
+        f"PATTERN or {ALLOWED_KEYS_ENV}"
     )
     if (
         not isinstance(header_uri, str)
