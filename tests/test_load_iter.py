@@ -95,7 +95,7 @@ def test_iter_tensors_tampered_record_raises_from_the_iterator(release, sign_key
     audit, sink = memory_audit()
     with loader.open_model(d, policy=sign_keys.policy(), audit=audit) as m:
         seen = []
-        with pytest.raises(IntegrityError, match="model-00002-of-00002.safetensors"):
+        with pytest.raises(IntegrityError, match=r"model-00002-of-00002\.safetensors"):
             for name, _t in m.iter_tensors():
                 seen.append(name)
     assert all(n.startswith("s1.") for n in seen) and seen  # shard 1 came through verified
@@ -113,7 +113,7 @@ def test_side_files_are_the_signed_non_weight_files(release, sign_keys) -> None:
         ]
         assert m.read_side_file("config.json") == b'{"model_type": "bert"}'
         assert m.read_side_file("1_Pooling/config.json") == (b'{"pooling_mode_mean_tokens": true}')
-        with pytest.raises(ConfigError, match="'model.sig' is not a file of the model"):
+        with pytest.raises(ConfigError, match=r"'model\.sig' is not a file of the model"):
             m.read_side_file("model.sig")
         with pytest.raises(ConfigError, match="not a file of the model"):
             m.read_side_file("model-00001-of-00002.safetensors")
