@@ -1,0 +1,5 @@
+"""Secure loading inside the frameworks that serve models (vLLM, transformers, KServe ...).
+
+Each integration is a module of its own, imported only by the framework that uses it, so
+``import weightguard`` never imports a framework.
+"""
