@@ -35,7 +35,7 @@ if [[ ! -f "$venv/.complete" ]]; then
     # torch on its own first, so its pin takes the CPU build on disk before anything asks for
     # a torch of its own.
     "$venv/bin/pip" install -q torch==2.13.0 >&2
-    "$venv/bin/pip" install -q -r requirements-vllm.txt >&2
+    "$venv/bin/pip" install -q --no-deps -r requirements-vllm.txt >&2
     echo "vllm venv built in $(($(date +%s) - start)) s: $venv" >&2
     touch "$venv/.complete"
 fi
