@@ -323,10 +323,11 @@ main()
 
 def _serve(args: list[str], port: int, log: Path) -> subprocess.Popen[str]:
     # output to a file: a pipe nobody reads until the end would fill and stall vLLM
+    cmd = [str(vllm_python()), "-c", _VLLM_CLI, "serve", *args]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
     with log.open("w") as out:
         return subprocess.Popen(
-            [str(vllm_python()), "-c", _VLLM_CLI, "serve", *args, "--host", "127.0.0.1"]
-            + ["--port", str(port)],
+            cmd,
             env=vllm_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
