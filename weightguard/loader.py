@@ -41,14 +41,14 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from weightguard._internal.devices import observe
 from weightguard._internal.devices.pinned import release_pinned_memory
-from weightguard._internal.format.model_dir import top_level_weights
+from weightguard._internal.format.layout.model_dir import top_level_weights
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, TensorInfo
 from weightguard._internal.foundation.extras import require
 from weightguard._internal.foundation.memory import wipe
@@ -700,6 +700,109 @@ class ModelHandle:
     def files(self) -> list[str]:
         return [f.name for f in self._files]
 
+    def iter_tensors(
+        self, names: Iterable[str] | None = None, *, batch_bytes: int = 256 << 20
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(name, tensor)`` for all tensors (or ``names``), a batch at a time.
+
+        For frameworks that take weights one by one (vLLM's ``load_weights``): tensors
+        are grouped file by file, in file order, into batches of at most ``batch_bytes``
+        (a larger tensor is a batch of its own); each batch is one :meth:`load` (read
+        once, verified and decrypted, one ``load.ok`` event) before any of its tensors
+        is yielded, and is dropped as it is consumed, so host memory holds about one
+        batch rather than the whole model.  A failure raises the typed error from the
+        iterator; every tensor yielded before it had passed its checks.
+        """
+        if batch_bytes < 1:
+            raise ConfigError(f"batch_bytes must be positive, not {batch_bytes}")
+        wanted = None if names is None else set(names)
+        if wanted is not None:
+            unknown = sorted(wanted - set(self._where))
+            if unknown:
+                raise ConfigError(
+                    f"{self._ctx.uri}: no tensor named {', '.join(map(repr, unknown[:5]))}",
+                    hint="see .keys() for the names in the model",
+                )
+        for f in self._files:
+            batch: list[str] = []
+            size = 0
+            for t in sorted(f.tensors, key=lambda t: (t.begin, t.name)):
+                if wanted is not None and t.name not in wanted:
+                    continue
+                if batch and size + t.nbytes > batch_bytes:
+                    yield from self._drain(batch)
+                    batch, size = [], 0
+                batch.append(t.name)
+                size += t.nbytes
+            if batch:
+                yield from self._drain(batch)
+
+    def _drain(self, batch: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        loaded = self.load(batch)
+        for name in batch:  # pop, so a consumed tensor is freed once the caller drops it
+            yield name, loaded.pop(name)
+
+    def side_files(self) -> list[str]:
+        """The model directory's other files the signature covers (config, tokenizer ...).
+
+        Names as signed, for :meth:`read_side_file`; empty for a single weight file.
+        Under ``UnsafeNoVerification`` without a signature: every other file, unchecked.
+        """
+        if not self._location.is_dir:
+            return []
+        skip = {*self.files, DIR_SIGNATURE}
+        if self._signed_all is None:
+            return [n for n in self._location.names() if n not in skip] if self._unsafe else []
+        return sorted(n for n in self._signed_all if n not in skip)
+
+    def read_side_file(self, name: str, *, limit: int = 64 << 20) -> bytes:
+        """The bytes of side file ``name``, checked against its signed whole-file digest.
+
+        A mismatch raises :class:`IntegrityError` (audited as ``tamper.detected``); a
+        file the model lacks, :class:`SourceError`; one present but not covered by the
+        signature, :class:`CoverageError`; a weight file, the signature or a name outside
+        the model, :class:`ConfigError`; a file over ``limit`` bytes, :class:`SourceError`.
+        """
+        import hmac
+
+        from weightguard._internal.signing.hashing import whole_hasher
+
+        if self._closed:
+            raise ConfigError("the model handle is closed", hint="open the model again")
+        loc = self._location
+        if not loc.is_dir or name in {*self.files, DIR_SIGNATURE} or ".." in name.split("/"):
+            raise ConfigError(
+                f"{self._ctx.uri}: {name!r} is not a file of the model the signature covers",
+                hint="see .side_files() for the names",
+            )
+        signed = (self._signed_all or {}).get(name)
+        try:
+            if name not in self.side_files():
+                if name not in loc.names():
+                    raise SourceError(
+                        f"{self._ctx.uri}: the model has no {name}",
+                        hint="release the model directory with all its files",
+                    )
+                raise CoverageError(
+                    f"{self._ctx.uri}: the signature does not cover {name}",
+                    hint="re-sign the whole model directory",
+                )
+            data = loc.read_small(name, limit=limit)
+            if signed is not None:
+                h = whole_hasher(signed.resource_algorithm, path=name)
+                h.update(data)
+                if len(data) != signed.size or not hmac.compare_digest(
+                    h.digest(), signed.resource_digest
+                ):
+                    raise IntegrityError(
+                        f"content differs from the signed {signed.resource_algorithm} digest",
+                        path=f"{self._ctx.uri.rstrip('/')}/{name}",
+                    )
+        except WeightguardError as exc:
+            self._deny(exc, 0.0)
+            raise
+        return data
+
     def load(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """Load all tensors, or only ``names`` (reading only the chunks they touch)."""
         if self._closed:
@@ -822,59 +925,6 @@ class ModelHandle:
                 hint="install triton and a C compiler, or pass decrypt_on='cpu'",
             )
         return False, {"decrypt_on": "cpu", "decrypt_fallback": why}
-
-    def side_files(self) -> list[str]:
-        """Names of the non-weight files of a model directory that :meth:`read_file`
-        will return: those the signature covers (every file when loading unverified)."""
-        loc = self._location
-        if not loc.is_dir:
-            return []
-        weights = set(self.files) | {DIR_SIGNATURE, INDEX_NAME}
-        signed = self._signed_all or {}
-        return [n for n in loc.names() if n not in weights and (n in signed or self._unsafe)]
-
-    def read_file(self, name: str, *, limit: int = 64 * 1024 * 1024) -> bytes:
-        """The bytes of a side file (config, tokenizer), checked against the signature.
-
-        A file the signature does not cover is refused (:class:`CoverageError`), unless
-        the model was opened with ``UnsafeNoVerification``; a missing one is a
-        :class:`SourceError`; different bytes are an :class:`IntegrityError`.
-        """
-        import hmac
-
-        from weightguard._internal.signing.hashing import whole_hasher
-
-        if self._closed:
-            raise ConfigError("the model handle is closed", hint="open the model again")
-        loc = self._location
-        if not loc.is_dir:
-            raise ConfigError(f"{self._ctx.uri}: a single model file has no side files")
-        fd = (self._signed_all or {}).get(name)
-        if fd is None and not self._unsafe:
-            if name not in loc.names():
-                raise SourceError(
-                    f"{self._ctx.uri}: the model has no {name}",
-                    hint="release the model directory with all its files",
-                )
-            raise CoverageError(
-                f"{self._ctx.uri}: the signature does not cover {name}",
-                hint="re-sign the whole model directory",
-            )
-        try:
-            data = loc.read_small(name, limit=limit)
-        except SourceError as exc:
-            raise SourceError(f"{self._ctx.uri}: cannot read {name}: {exc.message}") from None
-        if fd is not None:
-            h = whole_hasher(fd.resource_algorithm, path=name)
-            h.update(data)
-            if not hmac.compare_digest(h.digest(), fd.resource_digest):
-                exc2 = IntegrityError(
-                    f"content differs from the signed {fd.resource_algorithm} digest",
-                    path=f"{self._ctx.uri}/{name}",
-                )
-                self._deny(exc2, 0.0)
-                raise exc2
-        return data
 
     def _plain_size(self, name: str) -> int:
         """Size of file ``name`` as the original (decrypted) safetensors file."""

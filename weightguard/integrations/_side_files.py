@@ -1,7 +1,7 @@
 """Verified side files (config, tokenizer) of an opened model, for framework loaders.
 
 Frameworks read configuration from a directory.  The files are checked against the
-signature by :meth:`ModelHandle.read_file` and written, 0600, into a private 0700
+signature by :meth:`ModelHandle.read_side_file` and written, 0600, into a private 0700
 directory on a memory file system when one is available (``/dev/shm``); weights are
 never written there.  The directory is removed when the context exits.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -39,6 +40,24 @@ WEIGHT_SUFFIXES = (
 )  # fmt: skip
 
 
+# The one rule for what a framework is given next to the weights: an allow-list of the
+# formats configs and tokenizers come in (never code, never weights in any format), with
+# safe, shallow names.  The index is left out: the weights come from weightguard.
+SIDE_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
+_NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_SKIP = {"model.safetensors.index.json"}
+
+
+def servable_side_file(name: str) -> bool:
+    parts = name.split("/")
+    return (
+        name not in _SKIP
+        and name.endswith(SIDE_SUFFIXES)
+        and len(parts) <= 3
+        and all(_NAME_PART.fullmatch(p) for p in parts)
+    )
+
+
 def is_weight_file(name: str) -> bool:
     return name.lower().endswith(WEIGHT_SUFFIXES)
 
@@ -50,9 +69,9 @@ def side_file_dir(handle: Any, extra: dict[str, bytes] | None = None) -> Iterato
     d = Path(tempfile.mkdtemp(prefix="weightguard-side-", dir=_scratch_root()))
     try:
         for name in handle.side_files():
-            if is_weight_file(name):
+            if not servable_side_file(name):
                 continue
-            data = handle.read_file(name)
+            data = handle.read_side_file(name)
             target = d / name
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -69,8 +88,8 @@ def side_file_dir(handle: Any, extra: dict[str, bytes] | None = None) -> Iterato
 
 def read_config(handle: Any, uri: str) -> dict[str, Any]:
     """The model's verified ``config.json`` as a dict."""
-    # read_file gives the typed errors: missing (SourceError), unsigned, tampered
-    raw = handle.read_file(CONFIG_NAME)
+    # read_side_file gives the typed errors: missing (SourceError), unsigned, tampered
+    raw = handle.read_side_file(CONFIG_NAME)
     try:
         doc = json.loads(raw)
     except ValueError:

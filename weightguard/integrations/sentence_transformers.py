@@ -96,7 +96,7 @@ def load_sentence_transformer(
 
     uri = os.fspath(source)
     with open_model(source, "cpu", policy=policy, **open_opts) as handle:
-        modules = _modules(handle.read_file("modules.json"), uri)
+        modules = _modules(handle.read_side_file("modules.json"), uri)
         dirs = {m["path"].strip("/") + "/" for m in modules if m.get("path")}
         extra = [
             n
