@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import time
@@ -64,6 +65,26 @@ from weightguard.errors import (
     VerificationError,
     WeightguardError,
 )
+
+# What every load needs is imported with this module, not inside the first call, so the
+# first load_file costs what later ones do; `import weightguard` (the CLI) stays cheap
+# because it does not import this module.  Optional back ends (boto3, hvac, sigstore,
+# model_signing, triton, torch.cuda) still load only when a load uses them.
+_LOAD_MODULES = (
+    "weightguard.audit",
+    "weightguard.policy",
+    "weightguard.signing",
+    "weightguard._internal.format.layout",
+    "weightguard._internal.keys.providers",
+    "weightguard._internal.foundation.cpus",
+    "weightguard._internal.devices.cpu",
+    "weightguard._internal.devices.aes_ctr_triton",
+    "cryptography.hazmat.backends.openssl",  # ECDSA verification imports it on first use
+)
+for _name in _LOAD_MODULES:
+    importlib.import_module(_name)
+with contextlib.suppress(ImportError):  # the default chunk digest; a load reports it missing
+    importlib.import_module("blake3")
 
 if TYPE_CHECKING:
     from types import TracebackType

@@ -1,0 +1,51 @@
+"""First call: the loader's modules load with `weightguard.loader`, not inside the first
+load, and optional back ends stay out until a load uses them (issue 17, item 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# Back ends a local CPU load never needs: S3, Vault, Sigstore, OMS, the GPU kernel.
+OPTIONAL = ("boto3", "botocore", "hvac", "requests", "sigstore", "model_signing", "triton")
+LOAD_NEEDS = (
+    "weightguard.audit",
+    "weightguard.policy",
+    "weightguard.signing",
+    "weightguard._internal.format.layout",
+    "weightguard._internal.keys.providers",
+    "cryptography.hazmat.primitives.ciphers.aead",
+    "cryptography.hazmat.backends.openssl",
+    "blake3",
+)
+
+_PROBE = """
+import json, sys
+import {module}
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def _modules_after(module: str) -> set[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(module=module)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def test_loader_import_brings_what_a_load_needs() -> None:
+    mods = _modules_after("weightguard.loader")
+    assert [m for m in LOAD_NEEDS if m not in mods] == []
+    assert sorted(m for m in mods if m.split(".")[0] in OPTIONAL) == []
+
+
+def test_package_import_does_not_import_the_loader() -> None:
+    mods = _modules_after("weightguard")
+    assert "weightguard.loader" not in mods
+    assert "weightguard.audit" not in mods
+    assert sorted(m for m in mods if m.split(".")[0] in (*OPTIONAL, "torch", "cryptography")) == []
