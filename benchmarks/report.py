@@ -20,7 +20,7 @@ from benchmarks.harness import RESULTS, ROOT
 
 README = ROOT / "benchmarks" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-MODE_ORDER = ("quick", "goals", "full", "gpu")
+MODE_ORDER = ("quick", "goals", "loads", "full", "gpu")
 
 
 def latest_results() -> list[Path]:
@@ -73,6 +73,14 @@ def render_run(res: dict[str, Any], path: Path) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
+        "Trials: each in a fresh Python process"
+        + (
+            ", under `chrt -f 1` (SCHED_FIFO)"
+            if m.get("trials_under_chrt_f1")
+            else ", not under `chrt -f 1` (not permitted or turned off: timings share the cores)"
+        )
+        + "; imports and setup timed apart from the call (`setup` column).",
+        "",
     ]
     micro = res.get("micro") or {}
     figures = [(k, val) for k, val in micro.items() if isinstance(val, float)]
@@ -92,6 +100,7 @@ def render_run(res: dict[str, Any], path: Path) -> str:
         for where, g in goals:
             lines.append(f"| {g['goal']} | {where} | {_goal_value(g)} | {_verdict(g['verdict'])} |")
         lines.append("")
+    lines += ratio_matrix(res)
     lines += [
         "Per case: median wall time of the timed call, spread min-max over the repetitions,",
         "throughput, CPU-seconds (user+sys, children included) per GB, peak RSS of the",
@@ -126,8 +135,9 @@ def render_run(res: dict[str, Any], path: Path) -> str:
             lines += [
                 f"{cache} page cache, {case['reps']} repetitions:",
                 "",
-                "| variant | median | min-max | GB/s | CPU-s/GB | peak RSS MiB (base) | x wg |",
-                "| --- | --- | --- | --- | --- | --- | --- |",
+                "| variant | median | min-max | GB/s | CPU-s/GB | peak RSS MiB (base) | setup "
+                "| x wg |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |",
             ]
             ratios = block.get("ratios_vs_weightguard", {})
             for var in block["variants"]:
@@ -137,7 +147,7 @@ def render_run(res: dict[str, Any], path: Path) -> str:
                     label = f"**{label}**"
                 if s.get("status") != "ok":
                     reason = s.get("reason", s.get("status", ""))[:120].replace("|", "/")
-                    lines.append(f"| {label} | {s.get('status')}: {reason} | | | | | |")
+                    lines.append(f"| {label} | {s.get('status')}: {reason} | | | | | | |")
                     continue
                 gbps = s.get("gbps") if case.get("data_bytes") else None
                 cpg = s.get("cpu_s_per_gb") if case.get("data_bytes") else None
@@ -149,10 +159,44 @@ def render_run(res: dict[str, Any], path: Path) -> str:
                     f"| {label} | {_fmt_s(s['wall_median_s'])} | "
                     f"{_fmt_s(s['wall_min_s'])}-{_fmt_s(s['wall_max_s'])} | {_fmt(gbps)} | "
                     f"{_fmt(cpg)} | {rss:.0f} ({s['base_rss_mib']:.0f}) | "
+                    f"{_fmt_s(s.get('setup_median_s'))} | "
                     f"{'' if ratio is None else f'{ratio:.2f}'} |"
                 )
             lines.append("")
     return "\n".join(lines)
+
+
+def ratio_matrix(res: dict[str, Any]) -> list[str]:
+    """The issue's table: per load case and weightguard variant, anchor time / weightguard
+    time for every anchor (> 1: weightguard is faster), warm page cache."""
+    rows: list[str] = []
+    anchors: list[str] = []
+    for case in res["cases"]:
+        if not case.get("group", "").startswith("load"):
+            continue
+        block = case.get("caches", {}).get("warm", {})
+        for a in block.get("variants", []):
+            if a["side"] == "anchor" and a["label"] not in anchors:
+                anchors.append(a["label"])
+    if not anchors:
+        return []
+    for case in res["cases"]:
+        block = case.get("caches", {}).get("warm", {})
+        for wg, by in block.get("ratios_by_weightguard", {}).items():
+            cells = [f"{by[a]:.2f}" if a in by else "-" for a in anchors]
+            rows.append(
+                f"| {case['name'].removeprefix('load-')} | {wg} | " + " | ".join(cells) + " |"
+            )
+    if not rows:
+        return []
+    return [
+        "Ratios, warm page cache (anchor median / weightguard median; > 1: weightguard faster):",
+        "",
+        "| case | weightguard variant | " + " | ".join(anchors) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in anchors) + " |",
+        *rows,
+        "",
+    ]
 
 
 def render(paths: list[Path]) -> str:
