@@ -485,7 +485,6 @@ def _unwrap_keys(
 ) -> None:
     """One unwrap round trip per provider; build ciphers; wipe the data keys."""
     from weightguard._internal.format import layout as fmt
-    from weightguard._internal.format.safetensors import parse_header_json
     from weightguard._internal.keys import providers as keymod
 
     enc = [f for f in files if f.encrypted]
@@ -520,11 +519,8 @@ def _unwrap_keys(
     for f in enc:  # the (authenticated) original safetensors header, from record 0
         ah = f.header
         off, length = ah.record_span(0)
-        plain = f.cipher.decrypt_st_header(f.head[off : off + length])
-        _, tensors, metadata, _ = parse_header_json(
-            plain[8:], data_size=ah.data_size, path=f.display
-        )
-        f.tensors, f.metadata, f.st_raw = tensors, metadata, plain
+        # decrypted, checked against the artifact header and parsed once
+        f.st_raw, f.tensors, f.metadata = f.cipher.open_st_header(f.head[off : off + length])
 
 
 # --------------------------------------------------------------------------- handle

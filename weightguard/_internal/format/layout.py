@@ -41,6 +41,7 @@ from weightguard._internal.format.safetensors import (
     MAX_HEADER_SIZE as MAX_ST_HEADER_SIZE,
 )
 from weightguard._internal.format.safetensors import (
+    TensorInfo,
     validate_header_dict,
 )
 from weightguard._internal.foundation.memory import wipe
@@ -527,7 +528,16 @@ class ChunkCipher:
     def decrypt_st_header(self, ciphertext: bytes) -> bytes:
         """Decrypt record 0 and check it against the header; returns the original
         safetensors header segment (8-byte length + JSON)."""
+        return self.open_st_header(ciphertext)[0]
+
+    def open_st_header(
+        self, ciphertext: bytes
+    ) -> tuple[bytes, tuple[TensorInfo, ...], dict[str, str] | None]:
+        """:meth:`decrypt_st_header` and its parse, done once: (segment, tensors sorted by
+        offset, metadata); tensors and metadata are empty for non-safetensors content."""
         h = self.header
+        tensors: tuple[TensorInfo, ...] = ()
+        metadata: dict[str, str] | None = None
         out = bytearray(h.st_header_size)
         self.decrypt_record_into(0, memoryview(ciphertext), memoryview(out))
         plain = bytes(out)
@@ -541,7 +551,9 @@ class ChunkCipher:
                 )
             from weightguard._internal.format.safetensors import parse_header_json
 
-            parsed, _, _, _ = parse_header_json(plain[8:], data_size=h.data_size, path=h.path)
+            parsed, tensors, metadata, _ = parse_header_json(
+                plain[8:], data_size=h.data_size, path=h.path
+            )
             if h.tensors is not None and parsed != h.tensors:
                 raise IntegrityError(
                     "decrypted safetensors header differs from the tensor table in the "
@@ -549,7 +561,7 @@ class ChunkCipher:
                     path=h.path,
                     chunk=0,
                 )
-        return plain
+        return plain, tensors, metadata
 
     def gcm_record(self, index: int) -> tuple[bytearray, bytes, bytes]:
         """(AEAD key, 12-byte nonce, AAD) of record ``index``, for decryption on a device.
