@@ -20,6 +20,7 @@ public entry points are in :mod:`weightguard.crypt`, the loader uses
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -160,6 +161,11 @@ class ArtifactHeader:
     mac: bytes = field(default=b"", repr=False)
     core_digest: bytes = field(default=b"", repr=False)
     path: str = ""
+    # ``tensors`` as validated when the header was read (sorted TensorInfo, metadata), so
+    # record 0's copy of the same table is compared, not validated a second time
+    validated: tuple[tuple[TensorInfo, ...], dict[str, str] | None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __repr__(self) -> str:
         return (
@@ -327,6 +333,7 @@ def _header_from_raw(raw: bytes, mac: bytes, *, path: str) -> ArtifactHeader:
     if not isinstance(header_encrypted, bool):
         raise _fail(path, "header_encrypted must be a boolean")
     tensors = doc["tensors"]
+    validated: tuple[tuple[TensorInfo, ...], dict[str, str] | None] | None = None
     if content == "raw":
         st_header_size = _int_field(doc, "st_header_size", 0, 0, path)
         if header_encrypted or tensors is not None:
@@ -339,7 +346,10 @@ def _header_from_raw(raw: bytes, mac: bytes, *, path: str) -> ArtifactHeader:
         else:
             if not isinstance(tensors, dict):
                 raise _fail(path, "tensors must be an object when header_encrypted is false")
-            validate_header_dict(tensors, data_size=data_size, path=f"{path} (header)")
+            infos, meta, _ = validate_header_dict(
+                tensors, data_size=data_size, path=f"{path} (header)"
+            )
+            validated = (infos, meta)
     preamble_size = len(MAGIC) + LEN_SIZE + len(raw) + MAC_SIZE
     return ArtifactHeader(
         raw=raw,
@@ -360,6 +370,7 @@ def _header_from_raw(raw: bytes, mac: bytes, *, path: str) -> ArtifactHeader:
         mac=mac,
         core_digest=_core_digest(doc),
         path=path,
+        validated=validated,
     )
 
 
@@ -551,9 +562,20 @@ class ChunkCipher:
                 )
             from weightguard._internal.format.safetensors import parse_header_json
 
-            parsed, tensors, metadata, _ = parse_header_json(
-                plain[8:], data_size=h.data_size, path=h.path
-            )
+            parsed: Any = None
+            if h.tensors is not None and h.validated is not None:
+                # the clear table was validated when read: compare, do not validate again
+                with contextlib.suppress(UnicodeDecodeError, ValueError, RecursionError):
+                    parsed = json.loads(
+                        plain[8:].decode("utf-8"),
+                        object_pairs_hook=_no_duplicates,
+                        parse_constant=_reject_constant,
+                    )
+                tensors, metadata = h.validated
+            if parsed is None:  # encrypted table (or not JSON: its FormatError)
+                parsed, tensors, metadata, _ = parse_header_json(
+                    plain[8:], data_size=h.data_size, path=h.path
+                )
             if h.tensors is not None and parsed != h.tensors:
                 raise IntegrityError(
                     "decrypted safetensors header differs from the tensor table in the "
