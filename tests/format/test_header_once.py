@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.support.format import build_safetensors, key_uri
+from tests.support.format import build_safetensors, key_uri, raw_header, replace_header
 from weightguard import crypt
 from weightguard._internal.format import layout as fmt
 from weightguard._internal.format import safetensors as st
 from weightguard._internal.keys.providers import provider_for
+from weightguard.errors import FormatError
 
 
 @pytest.mark.parametrize("encrypt_header", [False, True])
@@ -61,3 +63,30 @@ def test_open_st_header_parses_once(
     if not encrypt_header:
         assert header.validated is not None and tensors is header.validated[0]
     assert cipher.decrypt_st_header(blob[off : off + length]) == segment
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda raw: raw[:-1] + b',"version":1}', "duplicate key"),
+        (lambda raw: raw.replace(b'"data_size":5000', b'"data_size":NaN'), "non-standard JSON"),
+        (lambda raw: raw.replace(b'"content":', b'"content" :'), "not in canonical form"),
+        (lambda raw: raw[:-1], "not valid JSON"),
+    ],
+)
+def test_fast_header_parse_still_names_what_is_wrong(
+    tmp_path: Path, edit: Callable[[bytes], bytes], message: str
+) -> None:
+    warnings.simplefilter("ignore", crypt.PlaintextWriteWarning)
+    key = crypt.create_key_file(tmp_path / "dev.key")
+    plain = build_safetensors({"a": ("U8", [5000], os.urandom(5000))}, {})
+    (tmp_path / "m.safetensors").write_bytes(plain)
+    enc = tmp_path / "m.enc"
+    crypt.encrypt_file(tmp_path / "m.safetensors", enc, key_uri(key), chunk_size=4096)
+    data = enc.read_bytes()
+    _, raw, _ = raw_header(data)
+    bad = edit(raw)
+    assert bad != raw
+    (tmp_path / "bad.enc").write_bytes(replace_header(data, bad))
+    with open(tmp_path / "bad.enc", "rb") as f, pytest.raises(FormatError, match=message):
+        fmt.read_header(f, path="bad.enc")
