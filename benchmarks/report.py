@@ -208,6 +208,49 @@ def render(paths: list[Path]) -> str:
     return "\n\n".join(parts)
 
 
+PERFORMANCE = ROOT / "docs" / "performance.md"
+LOADS_BEGIN, LOADS_END = "<!-- loads:begin -->", "<!-- loads:end -->"
+
+
+def render_loads_summary(res: dict[str, Any], path: Path) -> str:
+    """The newest ``--loads`` run as docs/performance.md shows it: ratio table + goals."""
+    meta, m = res["meta"], res["meta"]["machine"]
+    rt = "under `chrt -f 1`" if m.get("trials_under_chrt_f1") else "not under `chrt -f 1`"
+    lines = [
+        f"`make bench-loads` run of {meta['started']}, commit "
+        f"`{meta['git'].get('commit', '')[:10]}`, {m.get('cpu_model')}, "
+        f"{m.get('sched_affinity')} cores, trials {rt}; raw data "
+        f"[`benchmarks/{path.relative_to(ROOT / 'benchmarks')}`]"
+        f"(../benchmarks/{path.relative_to(ROOT / 'benchmarks')}).",
+        "",
+        *ratio_matrix(res),
+    ]
+    goals = [
+        (case["name"], g)
+        for case in res["cases"]
+        for block in case.get("caches", {}).values()
+        for g in block.get("goals", [])
+    ]
+    if goals:
+        lines += ["| goal | case | figure | verdict |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"| {g['goal']} | {n} | {_goal_value(g)} | {_verdict(g['verdict'])} |" for n, g in goals
+        ]
+    return "\n".join(lines)
+
+
+def write_between(doc: Path, begin: str, end: str, body: str) -> bool:
+    if not doc.exists():
+        return False
+    text = doc.read_text()
+    if begin not in text or end not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{body}\n{end}{tail}")
+    return True
+
+
 def write_readme(body: str) -> None:
     text = README.read_text() if README.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
@@ -229,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         write_readme(body)
         print(f"wrote {README.relative_to(ROOT)} from {len(paths)} result file(s)")
+        loads = [p for p in paths if p.name.startswith("loads-")]
+        if loads and write_between(
+            PERFORMANCE,
+            LOADS_BEGIN,
+            LOADS_END,
+            render_loads_summary(json.loads(loads[-1].read_text()), loads[-1]),
+        ):
+            print(f"wrote the loads table into {PERFORMANCE.relative_to(ROOT)}")
     return 0
 
 

@@ -191,7 +191,7 @@ def load(
     if first_call:
 
         def first() -> int:
-            from weightguard.loader import load_file
+            from weightguard import load_file  # the documented entry point
             from weightguard.policy import PublicKey
 
             out = load_file(model, device, policy=PublicKey(pem), signature=sig)

@@ -49,3 +49,28 @@ def test_package_import_does_not_import_the_loader() -> None:
     assert "weightguard.loader" not in mods
     assert "weightguard.audit" not in mods
     assert sorted(m for m in mods if m.split(".")[0] in (*OPTIONAL, "torch", "cryptography")) == []
+
+
+_GC_PROBE = """
+import gc, json
+{setup}
+import weightguard
+seen = []
+gc.callbacks.append(lambda phase, info: phase == "start" and seen.append(info["generation"]))
+from weightguard import load_file
+print(json.dumps({{"enabled": gc.isenabled(), "collections": seen}}))
+"""
+
+
+def test_first_import_pauses_the_collector_and_restores_it() -> None:
+    for setup, enabled in (("", True), ("gc.disable()", False)):
+        proc = subprocess.run(
+            [sys.executable, "-c", _GC_PROBE.format(setup=setup)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(proc.stdout.splitlines()[-1])
+        assert got["enabled"] is enabled
+        assert got["collections"] == []  # none at all while the loader's modules import
