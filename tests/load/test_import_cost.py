@@ -73,4 +73,6 @@ def test_first_import_pauses_the_collector_and_restores_it() -> None:
         assert proc.returncode == 0, proc.stderr
         got = json.loads(proc.stdout.splitlines()[-1])
         assert got["enabled"] is enabled
-        assert got["collections"] == []  # none at all while the loader's modules import
+        # unpaused, the import runs ~30 collections here; paused, at most the one that the
+        # counters start right after the collector is switched back on
+        assert len(got["collections"]) <= 1 and 2 not in got["collections"]
