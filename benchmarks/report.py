@@ -181,6 +181,8 @@ def ratio_matrix(res: dict[str, Any]) -> list[str]:
     if not anchors:
         return []
     for case in res["cases"]:
+        if not case.get("group", "").startswith("load"):
+            continue
         block = case.get("caches", {}).get("warm", {})
         for wg, by in block.get("ratios_by_weightguard", {}).items():
             cells = [f"{by[a]:.2f}" if a in by else "-" for a in anchors]
@@ -225,6 +227,33 @@ def render_loads_summary(res: dict[str, Any], path: Path) -> str:
         "",
         *ratio_matrix(res),
     ]
+    per_core = (res.get("micro") or {}).get("per_core_s_per_gb") or {}
+    stages = [
+        ("page-cache read", "page_cache_read"),
+        ("BLAKE3", "blake3"),
+        ("AES-256-GCM decrypt_into", "aes256gcm_decrypt_into"),
+        ("first touch (MADV_POPULATE_WRITE)", "populate_write"),
+    ]
+    if all(key in per_core for _, key in stages):
+        total = sum(per_core[key] for _, key in stages)
+        lines += [
+            "Per core, same run (`benchmarks.micro`, thread-seconds per GB): "
+            + ", ".join(f"{name} {per_core[key]:.2f}" for name, key in stages)
+            + f"; total {total:.2f}, i.e. {total / 16:.3f} s/GB on 16 workers.",
+            "",
+        ]
+    suites = (res.get("micro") or {}).get("suites") or {}
+    if "blake3+aes256gcm" in suites:
+        lines += [
+            "Cipher suites, same run (`benchmarks.micro --suites`, s/GB, one thread, min): "
+            + ", ".join(
+                f"{k} {suites[k]['min']:.3f}"
+                for k in ("aes256gcm", "aes256ctr", "blake3+aes256gcm", "blake3+aes256ctr")
+            )
+            + f"; v2/v1 signed {suites['v2_over_v1_signed_min']:.2f}, "
+            f"unsigned {suites['v2_over_v1_unsigned_min']:.2f}.",
+            "",
+        ]
     goals = [
         (case["name"], g)
         for case in res["cases"]

@@ -569,12 +569,17 @@ def build_cases(mode: str, sizes: list[int] | None = None) -> list[Case]:
     return cases
 
 
-def _micro() -> dict[str, Any]:
-    """Per-core primitive ceilings (AES-GCM, SHA-256, memcpy, page-cache read)."""
+def _micro(suites_gb: int = 0) -> dict[str, Any]:
+    """Per-core primitive ceilings (AES-GCM, SHA-256, memcpy, page-cache read); with
+    ``suites_gb`` also the cipher-suite comparison (``--loads``)."""
     import subprocess
 
+    extra = ["--suites", str(suites_gb)] if suites_gb else []
     p = subprocess.run(
-        [sys.executable, "-m", "benchmarks.micro"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "benchmarks.micro", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     try:
         micro: dict[str, Any] = json.loads(p.stdout)
@@ -682,7 +687,11 @@ def main(argv: list[str] | None = None) -> int:
         result["cases"] = [c for c in result["cases"] if c["name"] not in names]
         result["meta"].setdefault("appended", []).append(run_meta(mode))
     else:
-        result = {"meta": run_meta(mode), "micro": _micro(), "cases": []}
+        result = {
+            "meta": run_meta(mode),
+            "micro": _micro(8 if mode == "loads" else 0),
+            "cases": [],
+        }
     with _tmp_root() as tmp:
         for c in cases:
             try:
