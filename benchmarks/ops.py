@@ -91,12 +91,23 @@ def read_file(model: str) -> Timed:
 
 
 def st_load(
-    model: str, device: str = "cpu", clone: bool = True, expect: int | None = None
+    model: str,
+    device: str = "cpu",
+    clone: bool = True,
+    expect: int | None = None,
+    threads: int = 0,
 ) -> Timed:
-    """``safetensors.torch.load_file`` (+ clone every tensor on CPU, so pages are really read)."""
+    """``safetensors.torch.load_file`` (+ clone every tensor on CPU, so pages are really read).
+
+    ``threads=1``: torch's intra-op pool limited to one thread (``clone`` of a large tensor
+    is a parallel copy otherwise): the plain load a one-core pod gets.
+    """
     _need_cuda(device)
+    import torch
     from safetensors.torch import load_file
 
+    if threads:
+        torch.set_num_threads(threads)
     files = _files(model)
 
     def run() -> int:
@@ -108,6 +119,31 @@ def st_load(
             out.update(part)
         _sync(device)
         _expect_tensors(out, expect, "safetensors")
+        return _nbytes(out)
+
+    return run
+
+
+def runai_load(model: str, device: str = "cpu", expect: int | None = None) -> Timed:
+    """Run:ai Model Streamer (``runai-model-streamer``): its C++ reader threads stream
+    every tensor of every file; ``owned=True`` (the default) hands each tensor over, so no
+    copy is needed to keep them.  Concurrency is the streamer's default
+    (``RUNAI_STREAMER_CONCURRENCY``)."""
+    _need_cuda(device)
+    try:
+        from runai_model_streamer import SafetensorsStreamer
+    except Exception as exc:
+        raise Unavailable(f"runai-model-streamer does not import here: {exc}") from None
+    files = [str(p) for p in _files(model)]
+
+    def run() -> int:
+        out: dict[str, Any] = {}
+        with SafetensorsStreamer() as streamer:
+            streamer.stream_files(files, device=device)
+            for name, tensor in streamer.get_tensors():
+                out[name] = tensor
+        _sync(device)
+        _expect_tensors(out, expect, "runai streamer")
         return _nbytes(out)
 
     return run
@@ -160,12 +196,17 @@ def tensorizer_prepare(model: str, out: str) -> Path:
     return dst
 
 
-def tensorizer_encrypt(model: str, out_dir: str, preload: bool = True) -> Timed:
+def tensorizer_encrypt(
+    model: str, out_dir: str, preload: bool = True, durable: bool = False
+) -> Timed:
     """tensorizer encrypted serialize (XSalsa20-Poly1305 per chunk, libsodium).
 
     ``preload=True``: the state dict is already in memory (not timed): tensorizer's own
     serialize cost only, the most favourable reading for the anchor.  ``preload=False``:
     file to file, ``safetensors.torch.load_file`` + serialize, like ``weightguard encrypt``.
+    ``durable=True``: ``fsync`` the output inside the timer, as ``weightguard encrypt``
+    does (its atomic write); compare like with like: both durable on disk, or both on tmpfs
+    (``out_dir`` under ``/dev/shm``, where ``fsync`` costs nothing).
     """
     from safetensors.torch import load_file
     from tensorizer import EncryptionParams, TensorSerializer
@@ -187,6 +228,12 @@ def tensorizer_encrypt(model: str, out_dir: str, preload: bool = True) -> Timed:
         s = TensorSerializer(str(dst), encryption=enc)
         s.write_state_dict(sd)
         s.close()
+        if durable:
+            fd = os.open(dst, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return sum(p.stat().st_size for p in files)
 
     return run

@@ -20,7 +20,7 @@ from benchmarks.harness import RESULTS, ROOT
 
 README = ROOT / "benchmarks" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-MODE_ORDER = ("quick", "goals", "full", "gpu")
+MODE_ORDER = ("quick", "goals", "loads", "full", "gpu")
 
 
 def latest_results() -> list[Path]:
@@ -73,6 +73,14 @@ def render_run(res: dict[str, Any], path: Path) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
+        "Trials: each in a fresh Python process"
+        + (
+            ", under `chrt -f 1` (SCHED_FIFO)"
+            if m.get("trials_under_chrt_f1")
+            else ", not under `chrt -f 1` (not permitted or turned off: timings share the cores)"
+        )
+        + "; imports and setup timed apart from the call (`setup` column).",
+        "",
     ]
     micro = res.get("micro") or {}
     figures = [(k, val) for k, val in micro.items() if isinstance(val, float)]
@@ -92,6 +100,7 @@ def render_run(res: dict[str, Any], path: Path) -> str:
         for where, g in goals:
             lines.append(f"| {g['goal']} | {where} | {_goal_value(g)} | {_verdict(g['verdict'])} |")
         lines.append("")
+    lines += ratio_matrix(res)
     lines += [
         "Per case: median wall time of the timed call, spread min-max over the repetitions,",
         "throughput, CPU-seconds (user+sys, children included) per GB, peak RSS of the",
@@ -126,8 +135,9 @@ def render_run(res: dict[str, Any], path: Path) -> str:
             lines += [
                 f"{cache} page cache, {case['reps']} repetitions:",
                 "",
-                "| variant | median | min-max | GB/s | CPU-s/GB | peak RSS MiB (base) | x wg |",
-                "| --- | --- | --- | --- | --- | --- | --- |",
+                "| variant | median | min-max | GB/s | CPU-s/GB | peak RSS MiB (base) | setup "
+                "| x wg |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |",
             ]
             ratios = block.get("ratios_vs_weightguard", {})
             for var in block["variants"]:
@@ -137,7 +147,7 @@ def render_run(res: dict[str, Any], path: Path) -> str:
                     label = f"**{label}**"
                 if s.get("status") != "ok":
                     reason = s.get("reason", s.get("status", ""))[:120].replace("|", "/")
-                    lines.append(f"| {label} | {s.get('status')}: {reason} | | | | | |")
+                    lines.append(f"| {label} | {s.get('status')}: {reason} | | | | | | |")
                     continue
                 gbps = s.get("gbps") if case.get("data_bytes") else None
                 cpg = s.get("cpu_s_per_gb") if case.get("data_bytes") else None
@@ -149,10 +159,46 @@ def render_run(res: dict[str, Any], path: Path) -> str:
                     f"| {label} | {_fmt_s(s['wall_median_s'])} | "
                     f"{_fmt_s(s['wall_min_s'])}-{_fmt_s(s['wall_max_s'])} | {_fmt(gbps)} | "
                     f"{_fmt(cpg)} | {rss:.0f} ({s['base_rss_mib']:.0f}) | "
+                    f"{_fmt_s(s.get('setup_median_s'))} | "
                     f"{'' if ratio is None else f'{ratio:.2f}'} |"
                 )
             lines.append("")
     return "\n".join(lines)
+
+
+def ratio_matrix(res: dict[str, Any]) -> list[str]:
+    """The issue's table: per load case and weightguard variant, anchor time / weightguard
+    time for every anchor (> 1: weightguard is faster), warm page cache."""
+    rows: list[str] = []
+    anchors: list[str] = []
+    for case in res["cases"]:
+        if not case.get("group", "").startswith("load"):
+            continue
+        block = case.get("caches", {}).get("warm", {})
+        for a in block.get("variants", []):
+            if a["side"] == "anchor" and a["label"] not in anchors:
+                anchors.append(a["label"])
+    if not anchors:
+        return []
+    for case in res["cases"]:
+        if not case.get("group", "").startswith("load"):
+            continue
+        block = case.get("caches", {}).get("warm", {})
+        for wg, by in block.get("ratios_by_weightguard", {}).items():
+            cells = [f"{by[a]:.2f}" if a in by else "-" for a in anchors]
+            rows.append(
+                f"| {case['name'].removeprefix('load-')} | {wg} | " + " | ".join(cells) + " |"
+            )
+    if not rows:
+        return []
+    return [
+        "Ratios, warm page cache (anchor median / weightguard median; > 1: weightguard faster):",
+        "",
+        "| case | weightguard variant | " + " | ".join(anchors) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in anchors) + " |",
+        *rows,
+        "",
+    ]
 
 
 def render(paths: list[Path]) -> str:
@@ -162,6 +208,76 @@ def render(paths: list[Path]) -> str:
     for p in paths:
         parts.append(render_run(json.loads(p.read_text()), p))
     return "\n\n".join(parts)
+
+
+PERFORMANCE = ROOT / "docs" / "performance.md"
+LOADS_BEGIN, LOADS_END = "<!-- loads:begin -->", "<!-- loads:end -->"
+
+
+def render_loads_summary(res: dict[str, Any], path: Path) -> str:
+    """The newest ``--loads`` run as docs/performance.md shows it: ratio table + goals."""
+    meta, m = res["meta"], res["meta"]["machine"]
+    rt = "under `chrt -f 1`" if m.get("trials_under_chrt_f1") else "not under `chrt -f 1`"
+    lines = [
+        f"`make bench-loads` run of {meta['started']}, commit "
+        f"`{meta['git'].get('commit', '')[:10]}`, {m.get('cpu_model')}, "
+        f"{m.get('sched_affinity')} cores, trials {rt}; raw data "
+        f"[`benchmarks/{path.relative_to(ROOT / 'benchmarks')}`]"
+        f"(../benchmarks/{path.relative_to(ROOT / 'benchmarks')}).",
+        "",
+        *ratio_matrix(res),
+    ]
+    per_core = (res.get("micro") or {}).get("per_core_s_per_gb") or {}
+    stages = [
+        ("page-cache read", "page_cache_read"),
+        ("BLAKE3", "blake3"),
+        ("AES-256-GCM decrypt_into", "aes256gcm_decrypt_into"),
+        ("first touch (MADV_POPULATE_WRITE)", "populate_write"),
+    ]
+    if all(key in per_core for _, key in stages):
+        total = sum(per_core[key] for _, key in stages)
+        lines += [
+            "Per core, same run (`benchmarks.micro`, thread-seconds per GB): "
+            + ", ".join(f"{name} {per_core[key]:.2f}" for name, key in stages)
+            + f"; total {total:.2f}, i.e. {total / 16:.3f} s/GB on 16 workers.",
+            "",
+        ]
+    suites = (res.get("micro") or {}).get("suites") or {}
+    if "blake3+aes256gcm" in suites:
+        lines += [
+            "Cipher suites, same run (`benchmarks.micro --suites`, s/GB, one thread, min): "
+            + ", ".join(
+                f"{k} {suites[k]['min']:.3f}"
+                for k in ("aes256gcm", "aes256ctr", "blake3+aes256gcm", "blake3+aes256ctr")
+            )
+            + f"; v2/v1 signed {suites['v2_over_v1_signed_min']:.2f}, "
+            f"unsigned {suites['v2_over_v1_unsigned_min']:.2f}.",
+            "",
+        ]
+    goals = [
+        (case["name"], g)
+        for case in res["cases"]
+        for block in case.get("caches", {}).values()
+        for g in block.get("goals", [])
+    ]
+    if goals:
+        lines += ["| goal | case | figure | verdict |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"| {g['goal']} | {n} | {_goal_value(g)} | {_verdict(g['verdict'])} |" for n, g in goals
+        ]
+    return "\n".join(lines)
+
+
+def write_between(doc: Path, begin: str, end: str, body: str) -> bool:
+    if not doc.exists():
+        return False
+    text = doc.read_text()
+    if begin not in text or end not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{body}\n{end}{tail}")
+    return True
 
 
 def write_readme(body: str) -> None:
@@ -185,6 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         write_readme(body)
         print(f"wrote {README.relative_to(ROOT)} from {len(paths)} result file(s)")
+        loads = [p for p in paths if p.name.startswith("loads-")]
+        if loads and write_between(
+            PERFORMANCE,
+            LOADS_BEGIN,
+            LOADS_END,
+            render_loads_summary(json.loads(loads[-1].read_text()), loads[-1]),
+        ):
+            print(f"wrote the loads table into {PERFORMANCE.relative_to(ROOT)}")
     return 0
 
 

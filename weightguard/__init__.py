@@ -26,8 +26,18 @@ def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'weightguard' has no attribute {name!r}")
+    import gc
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    # The loader's import allocates enough to set off a full collection, which after
+    # `import torch` walks torch's millions of objects: 100-200 ms of a first call.  The
+    # collector is paused for the import only; nothing it would free is lost.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        value = getattr(importlib.import_module(module), name)
+    finally:
+        if paused:
+            gc.enable()
     globals()[name] = value
     return value

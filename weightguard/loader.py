@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import importlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -68,6 +69,26 @@ from weightguard.errors import (
     VerificationError,
     WeightguardError,
 )
+
+# What every load needs is imported with this module, not inside the first call, so the
+# first load_file costs what later ones do; `import weightguard` (the CLI) stays cheap
+# because it does not import this module.  Optional back ends (boto3, hvac, sigstore,
+# model_signing, triton, torch.cuda) still load only when a load uses them.
+_LOAD_MODULES = (
+    "weightguard.audit",
+    "weightguard.policy",
+    "weightguard.signing",
+    "weightguard._internal.format.layout",
+    "weightguard._internal.keys.providers",
+    "weightguard._internal.foundation.cpus",
+    "weightguard._internal.devices.cpu",
+    "weightguard._internal.devices.aes_ctr_triton",
+    "cryptography.hazmat.backends.openssl",  # ECDSA verification imports it on first use
+)
+for _name in _LOAD_MODULES:
+    importlib.import_module(_name)
+with contextlib.suppress(ImportError):  # the default chunk digest; a load reports it missing
+    importlib.import_module("blake3")
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -518,7 +539,6 @@ def _unwrap_keys(
 ) -> None:
     """One unwrap round trip per provider; build ciphers; wipe the data keys."""
     from weightguard._internal.format import layout as fmt
-    from weightguard._internal.format.safetensors import parse_header_json
     from weightguard._internal.keys import providers as keymod
 
     enc = [f for f in files if f.encrypted]
@@ -558,11 +578,8 @@ def _unwrap_keys(
     for f in enc:  # the (authenticated) original safetensors header, from record 0
         ah = f.header
         off, length = ah.record_span(0)
-        plain = f.cipher.decrypt_st_header(f.head[off : off + length])
-        _, tensors, metadata, _ = parse_header_json(
-            plain[8:], data_size=ah.data_size, path=f.display
-        )
-        f.tensors, f.metadata, f.st_raw = tensors, metadata, plain
+        # decrypted, checked against the artifact header and parsed once
+        f.st_raw, f.tensors, f.metadata = f.cipher.open_st_header(f.head[off : off + length])
 
 
 # --------------------------------------------------------------------------- handle

@@ -9,7 +9,19 @@ import numpy as np
 import pytest
 
 from benchmarks import models, report
-from benchmarks.harness import Case, Goal, Variant, evaluate_goal, evict, run_case, run_trial
+from benchmarks.harness import (
+    Case,
+    Goal,
+    Variant,
+    _all_ratios,
+    _placeholders,
+    evaluate_goal,
+    evict,
+    realtime_ok,
+    run_case,
+    run_trial,
+    trial_env,
+)
 
 
 def test_plan_has_hundreds_of_mixed_odd_tensors() -> None:
@@ -127,3 +139,59 @@ def test_report_renders_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert readme.read_text() == (
         "# B\n\nintro\n<!-- results:begin -->\nNEW\n<!-- results:end -->\nend\n"
     )
+
+
+def test_trial_times_setup_apart_and_records_scheduling(tmp_path: Path) -> None:
+    f = tmp_path / "data.bin"
+    f.write_bytes(b"\3" * (1 << 20))
+    res = run_trial(
+        Variant("r", "anchor", "benchmarks.ops:read_file", {"model": str(f)}), 60, tmp_path
+    )
+    assert res["status"] == "ok", res
+    assert res["setup_s"] > 0  # importing the op module, outside wall_s
+    assert res["policy"] is realtime_ok()  # SCHED_FIFO exactly when chrt -f 1 is permitted
+
+
+def test_trial_env_caches_bytecode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    env = trial_env()
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    assert env["PYTHONPYCACHEPREFIX"].endswith("benchmarks/work/pycache")
+
+
+def test_placeholders_tmp_and_tmpfs(tmp_path: Path) -> None:
+    shm = tmp_path / "shm"
+    got = _placeholders({"a": "$TMP", "b": "$SHM", "c": 3}, tmp_path, shm)
+    assert got == {"a": str(tmp_path), "b": str(shm), "c": 3}
+    assert _placeholders({"b": "$SHM"}, tmp_path, None) == {"b": str(tmp_path)}
+
+
+def test_every_weightguard_variant_gets_ratios_and_the_matrix_shows_them() -> None:
+    variants = [
+        Variant("st", "anchor", "m:f"),
+        Variant("runai", "anchor", "m:f"),
+        Variant("wg", "weightguard", "m:f"),
+        Variant("wg first", "weightguard-first-call", "m:f"),
+    ]
+    med = {"st": 1.0, "runai": 3.0, "wg": 1.25, "wg first": 2.0}
+    summaries = {k: {"status": "ok", "wall_median_s": v} for k, v in med.items()}
+    by = _all_ratios(variants, summaries)
+    assert by == {"wg": {"st": 0.8, "runai": 2.4}, "wg first": {"st": 0.5, "runai": 1.5}}
+    res = {
+        "cases": [
+            {
+                "name": "load-cpu-m",
+                "group": "load-cpu",
+                "caches": {
+                    "warm": {
+                        "variants": [{"label": v.label, "side": v.side} for v in variants],
+                        "ratios_by_weightguard": by,
+                    }
+                },
+            }
+        ]
+    }
+    table = "\n".join(report.ratio_matrix(res))
+    assert "| case | weightguard variant | st | runai |" in table
+    assert "| cpu-m | wg | 0.80 | 2.40 |" in table
+    assert "| cpu-m | wg first | 0.50 | 1.50 |" in table

@@ -20,6 +20,7 @@ public entry points are in :mod:`weightguard.crypt`, the loader uses
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -41,6 +42,7 @@ from weightguard._internal.format.safetensors import (
     MAX_HEADER_SIZE as MAX_ST_HEADER_SIZE,
 )
 from weightguard._internal.format.safetensors import (
+    TensorInfo,
     validate_header_dict,
 )
 from weightguard._internal.foundation import boundedjson
@@ -177,6 +179,11 @@ class ArtifactHeader:
     core_digest: bytes = field(default=b"", repr=False)
     path: str = ""
     magic: bytes = MAGIC  # which of MAGICS the file starts with (MAC input)
+    # ``tensors`` as validated when the header was read (sorted TensorInfo, metadata), so
+    # record 0's copy of the same table is compared, not validated a second time
+    validated: tuple[tuple[TensorInfo, ...], dict[str, str] | None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __repr__(self) -> str:
         return (
@@ -298,9 +305,13 @@ def _header_from_raw(raw: bytes, mac: bytes, *, path: str, magic: bytes = MAGIC)
         raise _fail(path, "not a JSON object")
     try:
         canonical = canonical_json(doc)
-    except (UnicodeEncodeError, ValueError) as exc:
-        raise _fail(path, f"not encodable canonically ({str(exc)[:80]})") from None
-    if canonical != raw:
+    except (UnicodeEncodeError, ValueError):
+        canonical = b""
+    if canonical != raw:  # (duplicate keys and NaN were refused by the bounded reader)
+        try:
+            canonical_json(doc)
+        except (UnicodeEncodeError, ValueError) as exc:
+            raise _fail(path, f"not encodable canonically ({str(exc)[:80]})") from None
         raise _fail(path, "JSON is not in canonical form (sorted keys, no whitespace)")
     version = doc.get("version")
     if version != FORMAT_VERSION:
@@ -331,6 +342,7 @@ def _header_from_raw(raw: bytes, mac: bytes, *, path: str, magic: bytes = MAGIC)
     if not isinstance(header_encrypted, bool):
         raise _fail(path, "header_encrypted must be a boolean")
     tensors = doc["tensors"]
+    validated: tuple[tuple[TensorInfo, ...], dict[str, str] | None] | None = None
     if content == "raw":
         st_header_size = _int_field(doc, "st_header_size", 0, 0, path)
         if header_encrypted or tensors is not None:
@@ -343,7 +355,10 @@ def _header_from_raw(raw: bytes, mac: bytes, *, path: str, magic: bytes = MAGIC)
         else:
             if not isinstance(tensors, dict):
                 raise _fail(path, "tensors must be an object when header_encrypted is false")
-            validate_header_dict(tensors, data_size=data_size, path=f"{path} (header)")
+            infos, meta, _ = validate_header_dict(
+                tensors, data_size=data_size, path=f"{path} (header)"
+            )
+            validated = (infos, meta)
     preamble_size = len(magic) + LEN_SIZE + len(raw) + MAC_SIZE
     return ArtifactHeader(
         raw=raw,
@@ -365,6 +380,7 @@ def _header_from_raw(raw: bytes, mac: bytes, *, path: str, magic: bytes = MAGIC)
         core_digest=_core_digest(doc),
         path=path,
         magic=magic,
+        validated=validated,
     )
 
 
@@ -541,7 +557,16 @@ class ChunkCipher:
     def decrypt_st_header(self, ciphertext: bytes) -> bytes:
         """Decrypt record 0 and check it against the header; returns the original
         safetensors header segment (8-byte length + JSON)."""
+        return self.open_st_header(ciphertext)[0]
+
+    def open_st_header(
+        self, ciphertext: bytes
+    ) -> tuple[bytes, tuple[TensorInfo, ...], dict[str, str] | None]:
+        """:meth:`decrypt_st_header` and its parse, done once: (segment, tensors sorted by
+        offset, metadata); tensors and metadata are empty for non-safetensors content."""
         h = self.header
+        tensors: tuple[TensorInfo, ...] = ()
+        metadata: dict[str, str] | None = None
         out = bytearray(h.st_header_size)
         self.decrypt_record_into(0, memoryview(ciphertext), memoryview(out))
         plain = bytes(out)
@@ -555,7 +580,21 @@ class ChunkCipher:
                 )
             from weightguard._internal.format.safetensors import parse_header_json
 
-            parsed, _, _, _ = parse_header_json(plain[8:], data_size=h.data_size, path=h.path)
+            parsed: Any = None
+            if h.tensors is not None and h.validated is not None:
+                # the clear table was validated when read: compare, do not validate again
+                with contextlib.suppress(FormatError):
+                    parsed = boundedjson.loads(
+                        plain[8:],
+                        what=f"{h.path}: safetensors header",
+                        max_bytes=len(plain),
+                        max_depth=4,
+                    )
+                tensors, metadata = h.validated
+            if parsed is None:  # encrypted table (or not JSON: its FormatError)
+                parsed, tensors, metadata, _ = parse_header_json(
+                    plain[8:], data_size=h.data_size, path=h.path
+                )
             if h.tensors is not None and parsed != h.tensors:
                 raise IntegrityError(
                     "decrypted safetensors header differs from the tensor table in the "
@@ -563,7 +602,7 @@ class ChunkCipher:
                     path=h.path,
                     chunk=0,
                 )
-        return plain
+        return plain, tensors, metadata
 
     def gcm_record(self, index: int) -> tuple[bytearray, bytes, bytes]:
         """(AEAD key, 12-byte nonce, AAD) of record ``index``, for decryption on a device.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 __all__ = ["cgroup_cpu_limit", "usable_cpus"]
@@ -76,13 +77,27 @@ def cgroup_cpu_limit(
     return min(limits) if limits else None
 
 
+_LIMIT_TTL_S = 5.0
+_limit_cache: tuple[float, float | None] | None = None
+
+
+def _cached_cgroup_limit() -> float | None:
+    """``cgroup_cpu_limit()``, re-read at most every few seconds: reading the cgroup
+    files cost ~1 ms of every load's fixed cost, and a pod's quota changes rarely."""
+    global _limit_cache
+    now = time.monotonic()
+    if _limit_cache is None or now - _limit_cache[0] > _LIMIT_TTL_S:
+        _limit_cache = (now, cgroup_cpu_limit())
+    return _limit_cache[1]
+
+
 def usable_cpus() -> int:
     """Cores this process may actually use (affinity and cgroup quota), at least 1."""
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         n = os.cpu_count() or 1
-    limit = cgroup_cpu_limit()
+    limit = _cached_cgroup_limit()
     if limit is not None:
         n = min(n, max(1, math.ceil(limit)))
     return max(1, n)
