@@ -40,7 +40,7 @@ from weightguard._internal.format.layout import (
     read_header,
     rewrapped_header,
 )
-from weightguard._internal.format.layout.model_dir import is_index_file, is_weight_file
+from weightguard._internal.format.model_dir import is_index_file, is_weight_file
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, read_safetensors_header
 from weightguard._internal.foundation.atomic import PendingFile, atomic_directory, atomic_write
 from weightguard._internal.foundation.memory import wipe

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from weightguard._internal.devices import observe
 from weightguard._internal.devices.pinned import release_pinned_memory
-from weightguard._internal.format.layout.model_dir import top_level_weights
+from weightguard._internal.format.model_dir import top_level_weights
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, TensorInfo
 from weightguard._internal.foundation.extras import require
 from weightguard._internal.foundation.memory import wipe

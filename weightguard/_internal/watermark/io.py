@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from weightguard._internal.format.layout.model_dir import is_weight_file
+from weightguard._internal.format.model_dir import is_weight_file
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE
 from weightguard._internal.foundation import boundedjson
 from weightguard._internal.foundation.atomic import atomic_write
