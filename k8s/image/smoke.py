@@ -76,7 +76,10 @@ def main() -> int:
         sign_model(release, signature, KeySigner.from_file(signing))
         verify_bundle(release, signature, PublicKey.from_file(public))
 
-        loaded = weightguard.load_file(release, "cpu", policy=PublicKey.from_file(public))
+        # the caller names its key (a file:// reference in a header is never taken on trust)
+        loaded = weightguard.load_file(
+            release, "cpu", policy=PublicKey.from_file(public), key=f"file://{key}"
+        )
         _expect(loaded.keys() == original.keys(), f"loaded tensors {sorted(loaded)}")
         for name, tensor in original.items():
             _expect(torch.equal(loaded[name], tensor), f"{name} differs after the load")

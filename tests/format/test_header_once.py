@@ -68,10 +68,10 @@ def test_open_st_header_parses_once(
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda raw: raw[:-1] + b',"version":1}', "duplicate key"),
-        (lambda raw: raw.replace(b'"data_size":5000', b'"data_size":NaN'), "non-standard JSON"),
+        (lambda raw: raw[:-1] + b',"version":1}', "duplicate JSON key"),
+        (lambda raw: raw.replace(b'"data_size":5000', b'"data_size":NaN'), "NaN is not JSON"),
         (lambda raw: raw.replace(b'"content":', b'"content" :'), "not in canonical form"),
-        (lambda raw: raw[:-1], "not valid JSON"),
+        (lambda raw: raw[:-1], "malformed JSON"),
     ],
 )
 def test_fast_header_parse_still_names_what_is_wrong(

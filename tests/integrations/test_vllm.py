@@ -49,6 +49,12 @@ def minilm_dir(dest: Path) -> Path:
 # --------------------------------------------------------------------------- options
 
 
+@pytest.fixture(autouse=True)
+def _allow_file_key(monkeypatch: pytest.MonkeyPatch, file_key: str) -> None:
+    # The artifacts name the dev key file; the caller allows exactly that one (issue 12.2).
+    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+
+
 def test_options_from_config_then_environment(tmp_path) -> None:
     env = {
         "WEIGHTGUARD_TRUST_KEY": "/k/a.pub,/k/b.pub",
@@ -147,7 +153,8 @@ def test_model_dir_check_refuses_unsigned_or_changed_files(local_release, sign_k
             wg_vllm._check_model_dir(handle, src, str(served))
 
 
-def test_key_allow_list_denies_before_any_provider(local_release, sign_keys) -> None:
+def test_key_allow_list_denies_before_any_provider(local_release, sign_keys, monkeypatch) -> None:
+    monkeypatch.delenv("WEIGHTGUARD_ALLOWED_KEYS")  # only the Options' list applies
     audit_path = local_release.parent / "audit.jsonl"
     opts = wg_vllm.Options(
         trust_key=(str(sign_keys.public),),

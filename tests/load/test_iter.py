@@ -27,6 +27,12 @@ from weightguard.errors import ConfigError, IntegrityError, SourceError
 from weightguard.policy import UnsafeNoVerification
 
 
+@pytest.fixture(autouse=True)
+def _allow_file_key(monkeypatch: pytest.MonkeyPatch, file_key: str) -> None:
+    # The artifacts name the dev key file; the caller allows exactly that one (issue 12.2).
+    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+
+
 @pytest.fixture
 def release(tmp_path: Path, file_key: str, sign_keys) -> tuple[Path, dict[str, torch.Tensor]]:
     """Two encrypted shards, an index, config + tokenizer side files, signed."""
