@@ -62,7 +62,9 @@ from weightguard.errors import (
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "KeyProvider",
     "PlaintextWriteWarning",
+    "WrappedKey",
     "create_key_file",
     "decrypt_file",
     "decrypt_model",

@@ -97,7 +97,14 @@ if TYPE_CHECKING:
 
     from weightguard.audit import AuditLog
 
-__all__ = ["ModelHandle", "load_file", "load_model", "open_model", "release_pinned_memory"]
+__all__ = [
+    "ModelHandle",
+    "S3Options",
+    "load_file",
+    "load_model",
+    "open_model",
+    "release_pinned_memory",
+]
 
 INDEX_NAME = "model.safetensors.index.json"
 DIR_SIGNATURE = "model.sig"

@@ -128,7 +128,7 @@ def _vault_error(action: str, uri: str, exc: Exception) -> AuditError:
     )
 
 
-class VaultTransitSigner:
+class TransitCheckpointSigner:
     """Signs with an ed25519 Transit key in Vault/OpenBao (``vault://transit/<name>``).
 
     Only the checkpoint bytes travel to Vault; the private key never enters the pod.
@@ -159,14 +159,14 @@ class VaultTransitSigner:
         return {"alg": "ed25519", "key_id": f"{self.key_id}:v{version}", "value": value}
 
     def __repr__(self) -> str:
-        return f"VaultTransitSigner({self.key_id!r})"
+        return f"TransitCheckpointSigner({self.key_id!r})"
 
 
 def signer_for(spec: str | os.PathLike[str], *, vault_client: Any = None) -> CheckpointSigner:
     """``vault://mount/key`` -> Transit signer; anything else is an Ed25519 PEM key file."""
     text = os.fspath(spec)
     if text.startswith(("vault://", "openbao://", "bao://")):
-        return VaultTransitSigner(text, client=vault_client)
+        return TransitCheckpointSigner(text, client=vault_client)
     if text.startswith("file://"):
         text = text[len("file://") :]
     return Ed25519FileSigner(text)
