@@ -195,7 +195,7 @@ def load(
             from weightguard import load_file  # the documented entry point
             from weightguard.policy import PublicKey
 
-            out = load_file(model, device, policy=PublicKey(pem), signature=sig)
+            out = load_file(model, device, policy=PublicKey(pem), signature=sig, key=key_uri)
             _sync(device)
             _expect_tensors(out, expect, "weightguard")
             return _nbytes(out)
