@@ -9,7 +9,6 @@ never written there.  The directory is removed when the context exits.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from weightguard._internal.foundation import boundedjson
 from weightguard.errors import FormatError
 
 __all__ = ["read_config", "side_file_dir"]
@@ -90,10 +90,8 @@ def read_config(handle: Any, uri: str) -> dict[str, Any]:
     """The model's verified ``config.json`` as a dict."""
     # read_side_file gives the typed errors: missing (SourceError), unsigned, tampered
     raw = handle.read_side_file(CONFIG_NAME)
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise FormatError(f"{uri}/{CONFIG_NAME}: not valid JSON") from None
+    # the one bounded reader: configs hold floats (layer_norm_eps) and some nesting
+    doc = boundedjson.loads(raw, what=f"{uri}/{CONFIG_NAME}", max_bytes=16 << 20, floats=True)
     if not isinstance(doc, dict):
         raise FormatError(f"{uri}/{CONFIG_NAME}: not a JSON object")
     return doc

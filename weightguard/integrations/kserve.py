@@ -30,12 +30,12 @@ Exit status 0 only if everything verified; otherwise one ``error: ...`` line.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from weightguard._internal.foundation import boundedjson
 from weightguard.errors import ConfigError
 
 __all__ = ["URI_PREFIX", "settings", "storage_initialize"]
@@ -64,10 +64,9 @@ def settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             raw = Path(path).read_text()
         except OSError as exc:
             raise ConfigError(f"WEIGHTGUARD_CONFIG {path}: {exc.strerror}") from None
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise ConfigError(f"WEIGHTGUARD_CONFIG {path}: not valid JSON") from None
+        doc = boundedjson.loads(
+            raw, what=f"WEIGHTGUARD_CONFIG {path}", max_bytes=1 << 20, error=ConfigError
+        )
         if not isinstance(doc, dict):
             raise ConfigError(f"WEIGHTGUARD_CONFIG {path}: not a JSON object")
         unknown = sorted(set(doc) - set(_LISTS) - set(_SCALARS))

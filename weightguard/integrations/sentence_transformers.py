@@ -21,6 +21,7 @@ import os
 import struct
 from typing import Any
 
+from weightguard._internal.foundation import boundedjson
 from weightguard.errors import ConfigError, DependencyMissing, FormatError
 from weightguard.loader import load_model, open_model
 
@@ -52,10 +53,7 @@ def _quiet_transformers() -> Any:
 
 
 def _modules(raw: bytes, uri: str) -> list[dict[str, Any]]:
-    try:
-        modules = json.loads(raw)
-    except ValueError:
-        raise FormatError(f"{uri}/modules.json: not valid JSON") from None
+    modules = boundedjson.loads(raw, what=f"{uri}/modules.json", max_bytes=1 << 20, max_depth=4)
     if (
         not isinstance(modules, list)
         or not modules
