@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import threading
 from pathlib import Path
 
+import pytest
+
+import weightguard._internal.audit.sinks as sinks_mod
 from weightguard.audit import AuditLog, generate_checkpoint_key, verify_log
 
 
@@ -85,3 +89,39 @@ def test_concurrent_writers_across_rotation(tmp_path: Path) -> None:
         1 for s in [*segments, path] for x in s.read_bytes().splitlines() if b'"log.rotate"' in x
     )
     assert res.records == 4 * 80 + rotates and rotates == len(segments)
+
+
+def test_a_writer_that_opens_the_new_segment_waits_for_the_rotator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window between naming the new segment and locking it is closed.
+
+    A second writer (its own file description, so its own flock) appends right
+    after the rotator's replace; it must wait for the rotator's record, or both
+    write the same seq.
+    """
+    path = tmp_path / "audit.jsonl"
+    rotator = AuditLog(str(path), max_bytes=1_000, sync="none")
+    other = AuditLog(str(path), sync="none")
+    while not path.exists() or path.stat().st_size < 1_000:
+        rotator.emit("fetch", object={"uri": "s3://m/a"}, bytes=0)
+    real_replace = os.replace
+    late: list[threading.Thread] = []
+
+    def replace_then_race(src: str, dst: str) -> None:
+        real_replace(src, dst)
+        if not late:
+            t = threading.Thread(target=other.emit, args=("fetch",), kwargs={"bytes": 1})
+            late.append(t)
+            t.start()
+            t.join(0.3)  # the late writer gets every chance to slip in
+
+    monkeypatch.setattr(sinks_mod.os, "replace", replace_then_race)
+    rotator.emit("fetch", object={"uri": "s3://m/a"}, bytes=2)
+    late[0].join(10)
+    rotator.close()
+    other.close()
+    res = verify_log(path)
+    assert res.ok, res.describe()
+    seqs = [json.loads(x)["seq"] for x in path.read_bytes().splitlines()]
+    assert seqs == list(range(seqs[0], seqs[0] + 3))  # rotate, rotator's event, the late one

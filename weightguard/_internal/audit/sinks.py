@@ -351,7 +351,8 @@ class FileSink:
             os.fsync(fd)
         segment = f"{self.path}.{state.next_seq - 1:012d}"
         d = os.path.dirname(self.path)
-        tmp = os.path.join(d, f".{os.path.basename(self.path)}.rotate{os.getpid()}")
+        # unique: a crashed rotator's leftover must not block the next one (O_EXCL)
+        tmp = os.path.join(d, f".{os.path.basename(self.path)}.rotate.{uuid.uuid4().hex}")
         body = {
             "v": FORMAT_VERSION,
             "time": utc_now(),
@@ -360,13 +361,17 @@ class FileSink:
             "extra": {"previous_segment": os.path.basename(segment)},
         }
         line = chain_record(body, state)
+        nfd = -1
         try:
-            nfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
-            try:
-                os.write(nfd, line)
-                os.fsync(nfd)
-            finally:
-                os.close(nfd)
+            nfd = os.open(
+                tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode
+            )
+            # Lock the new segment before it gets the log's name: a writer that opens
+            # the name after the replace must wait for us, or it would read our
+            # log.rotate line as the tail and write the seq we are about to write.
+            fcntl.flock(nfd, fcntl.LOCK_EX)
+            os.write(nfd, line)
+            os.fsync(nfd)
             os.link(self.path, segment)
             os.replace(tmp, self.path)
             dfd = os.open(d, os.O_RDONLY)
@@ -375,20 +380,20 @@ class FileSink:
             finally:
                 os.close(dfd)
         except OSError as exc:
+            if nfd >= 0:
+                os.close(nfd)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             self._state = None
             raise _write_error(self.path, exc) from None
-        # keep holding the old file's lock until the new file is locked by us
-        newfd = self._open()
-        fcntl.flock(newfd, fcntl.LOCK_EX)
+        # we held the old file's lock until the new one was locked (and named)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-        self._fd = newfd
-        st = os.fstat(newfd)
+        self._fd = nfd
+        st = os.fstat(nfd)
         self._known = (st.st_ino, st.st_size)
         self._state = state
-        return newfd
+        return nfd
 
     def flush(self) -> None:
         if self._fd is not None and self._unsynced and os.getpid() == self._pid:
