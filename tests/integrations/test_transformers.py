@@ -113,21 +113,52 @@ def test_sentence_transformer_embeddings_equal_plain(
     assert torch.equal(got, want)
 
 
-def test_device_map_auto_needs_accelerate(release: dict[str, Any]) -> None:
+def test_device_map_auto_dispatches_with_accelerate_and_equals_plain(
+    release: dict[str, Any], plain_dir: Path
+) -> None:
+    import transformers
+
     from weightguard.integrations.transformers import from_pretrained
 
-    try:
-        import accelerate  # noqa: F401
-    except ImportError:
-        from weightguard.errors import DependencyMissing
-
-        with pytest.raises(DependencyMissing, match="accelerate"):
-            from_pretrained(release["dir"], policy=release["keys"].policy(), device_map="auto")
-        return
-    model = from_pretrained(  # pragma: no cover - accelerate is not installed here
-        release["dir"], policy=release["keys"].policy(), device_map="auto"
-    )
+    pytest.importorskip("accelerate")  # in the [dev] extra
+    model = from_pretrained(release["dir"], policy=release["keys"].policy(), device_map="auto")
+    ref = transformers.AutoModel.from_pretrained(str(plain_dir), device_map="auto").eval()
+    assert model.hf_device_map == {"": "cpu"}  # no GPU here: accelerate maps it all to cpu
     assert not any(p.is_meta for p in model.parameters())
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    with torch.no_grad():
+        assert torch.equal(
+            model(input_ids=ids).last_hidden_state, ref(input_ids=ids).last_hidden_state
+        )
+    explicit = from_pretrained(
+        release["dir"], policy=release["keys"].policy(), device_map={"": "cpu"}
+    )
+    assert explicit.hf_device_map == {"": "cpu"}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"device_map": {"embeddings": "cpu", "encoder": "disk"}}, "device_map offloads encoder"),
+        ({"device_map": {"": "disk"}}, "offloads <whole model> to disk"),
+        ({"device_map": "balanced-ish"}, "device_map must be 'auto' or a dict"),
+        ({"max_memory": {"cpu": 1}}, "max_memory is used only with device_map='auto'"),
+        # too little memory: accelerate would offload to disk, which is refused
+        ({"device_map": "auto", "max_memory": {"cpu": 1_000_000}}, "inferred device_map"),
+    ],
+)
+def test_device_map_never_offloads_plaintext_to_disk(
+    release: dict[str, Any], options: dict[str, Any], message: str
+) -> None:
+    from weightguard.errors import ConfigError
+    from weightguard.integrations.transformers import from_pretrained
+
+    pytest.importorskip("accelerate")
+    audit, sink = memory_audit()
+    with pytest.raises(ConfigError, match=message) as info:
+        from_pretrained(release["dir"], policy=release["keys"].policy(), audit=audit, **options)
+    assert "plaintext" in str(info.value) or "device_map" in str(info.value)
+    assert sink.events("load.ok") == []  # refused before any weight was decrypted
 
 
 # ------------------------------------------------------------------------ load_model

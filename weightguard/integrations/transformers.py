@@ -14,8 +14,9 @@ exist only in process memory.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from weightguard.errors import ConfigError, DependencyMissing, FormatError
@@ -122,6 +123,33 @@ def _dtype(value: Any) -> torch.dtype | None:
     return value
 
 
+def _refuse_disk_offload(device_map: Mapping[str, Any], what: str) -> None:
+    """Offloading to ``"disk"`` would put decrypted weights in files: never allowed."""
+    on_disk = sorted(str(k) or "<whole model>" for k, v in device_map.items() if v == "disk")
+    if on_disk:
+        raise ConfigError(
+            f"{what} offloads {', '.join(on_disk[:3])} to disk, which would write "
+            "plaintext weights to files",
+            hint="map every module to a GPU or 'cpu'",
+        )
+
+
+def _plan_device_map(
+    accelerate: Any, model: Any, device_map: Any, max_memory: Mapping[Any, Any] | None
+) -> dict[str, Any] | None:
+    if device_map is None:
+        return None
+    if device_map != "auto":
+        return dict(device_map)
+    dm = accelerate.infer_auto_device_map(
+        model,
+        max_memory=dict(max_memory) if max_memory else None,
+        no_split_module_classes=sorted(getattr(model, "_no_split_modules", None) or ()),
+    )
+    _refuse_disk_offload(dm, "the inferred device_map (raise max_memory)")
+    return dict(dm)
+
+
 def from_pretrained(
     source: str | os.PathLike[str],
     *,
@@ -131,6 +159,7 @@ def from_pretrained(
     dtype: Any = None,
     device: str | None = None,
     device_map: Any = None,
+    max_memory: Mapping[Any, Any] | None = None,
     **kwargs: Any,
 ) -> Any:
     """A ready transformers model (``eval()`` mode) from a signed, encrypted model dir.
@@ -138,7 +167,9 @@ def from_pretrained(
     ``torch_dtype``/``dtype``: parameter dtype (default: the one ``config.json``
     records, as transformers' ``dtype="auto"``; else torch's default).
     ``device``: where the weights are decrypted to (default ``cpu``).
-    ``device_map``: ``"auto"`` or a dict, dispatched with accelerate after the load.
+    ``device_map``: ``"auto"`` or a dict, dispatched with accelerate after the load
+    (``max_memory`` goes to ``accelerate.infer_auto_device_map``).  A map that sends
+    any module to ``"disk"`` is refused: accelerate would write plaintext weights there.
     Other keyword arguments go to :func:`weightguard.open_model` (``signature``,
     ``key``, ``key_options``, ``audit``, ``workers``, ``s3``).
     """
@@ -151,9 +182,19 @@ def from_pretrained(
     unknown = sorted(set(kwargs) - set(_OPEN_OPTIONS))
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
+    if max_memory is not None and device_map != "auto":
+        raise ConfigError("max_memory is used only with device_map='auto'")
+    accelerate: Any = None
     if device_map is not None:
+        if device_map != "auto":
+            if not isinstance(device_map, Mapping):
+                raise ConfigError(
+                    f"device_map must be 'auto' or a dict of module name to device, "
+                    f"not {type(device_map).__name__}"
+                )
+            _refuse_disk_offload(device_map, "device_map")
         try:
-            import accelerate
+            accelerate = importlib.import_module("accelerate")
         except ImportError:
             raise DependencyMissing(
                 "device_map needs accelerate", hint="pip install accelerate"
@@ -169,11 +210,13 @@ def from_pretrained(
                 want = _dtype(doc.get("dtype") or doc.get("torch_dtype"))
         config = build_config(tf, doc, uri)
         model = instantiate(tf, config, _model_class(tf, config, auto_class, uri), want)
+        # Planned on the meta model, so a refused map stops before any weight is decrypted.
+        dm = _plan_device_map(accelerate, model, device_map, max_memory)
         load_model(model, handle, policy=policy)
     if device is not None:
         model.to(device)  # buffers built on the CPU follow the parameters
-    if device_map is not None:
-        dm = accelerate.infer_auto_device_map(model) if device_map == "auto" else device_map
+    if dm is not None:
         model = accelerate.dispatch_model(model, device_map=dm)
+        model.hf_device_map = dict(dm)  # what transformers' own device_map load sets
     model.eval()
     return model
