@@ -651,7 +651,7 @@ class ModelHandle:
             self._unsafe = _is_unsafe(policy)
             layout = None
             if loc.local_path is not None:  # HF cache snapshots: links must stay in the repo
-                from weightguard._internal.load.hf_cache import local_layout
+                from weightguard._internal.format.hf_cache import local_layout
 
                 layout = local_layout(loc.local_path, is_dir=loc.is_dir)
             # Signature first: nothing read from the model (index, listing, headers)

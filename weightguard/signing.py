@@ -887,12 +887,21 @@ def verify_bundle(
             "verify_bundle(listing=...) can only check coverage and sizes",
             hint="pass hash_files=False (the loader checks the bytes as it streams them)",
         )
+    unsigned = list(allow_unsigned)
     try:
+        if listing is None and not allow_symlinks:
+            # A Hugging Face cache snapshot verifies as it loads: its links must stay
+            # in the repo's blobs/ (refused otherwise), and then they are followed.
+            from weightguard._internal.format.hf_cache import local_layout
+
+            layout = local_layout(root, is_dir=root.is_dir())
+            allow_symlinks = layout.allow_symlinks
+            unsigned += layout.allow_unsigned
         manifest = _verify(
             root,
             sig_path,
             policy,
-            list(allow_unsigned),
+            unsigned,
             hash_files,
             allow_symlinks,
             sig_data=sig_data,

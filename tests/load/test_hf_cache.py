@@ -174,3 +174,53 @@ def test_snapshot_download_local_dir_layout(release: dict[str, Any], tmp_path: P
     out = tmp_path / "out"
     res = fetch_model(local, out, policy=release["keys"].policy(), allow_disk=True)
     assert not any(".cache" in f for f in res.files)
+
+
+def test_verify_accepts_a_snapshot_without_allow_symlinks(
+    snapshot: Path, release: dict[str, Any]
+) -> None:
+    """`weightguard verify` (and verify_bundle) apply the loader's snapshot rule: links into
+    the repo's blobs/ are followed and every byte hashed, with no --allow-symlinks."""
+    import subprocess
+    import sys
+
+    from weightguard.signing import verify_bundle
+
+    audit, sink = memory_audit()
+    m = verify_bundle(snapshot, snapshot / "model.sig", release["keys"].policy(), audit=audit)
+    assert m.hashed and sorted(m.files) == [
+        "config.json",
+        "model.safetensors",
+        "sub/tokenizer.json",
+    ]
+    assert "verify.ok" in events(sink)
+    env = {**os.environ, "WEIGHTGUARD_AUDIT_LOG": "-"}
+    argv = [sys.executable, "-m", "weightguard_cli", "verify", str(snapshot)]
+    argv += ["--trust-key", str(release["keys"].public)]
+    p = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    # a link out of the repo is refused by verify too, audited as a failed verification
+    evil = snapshot.parents[2] / "elsewhere.json"
+    evil.write_text('{"model_type": "tiny"}')
+    link = snapshot / "config.json"
+    link.unlink()
+    os.symlink(os.path.relpath(evil, link.parent), link)
+    audit, sink = memory_audit()
+    with pytest.raises(VerificationError, match=r"config\.json is a symbolic link leaving"):
+        verify_bundle(snapshot, snapshot / "model.sig", release["keys"].policy(), audit=audit)
+    assert events(sink) == ["verify.failed"]
+    p = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert p.returncode == 1
+    assert "config.json is a symbolic link leaving the Hugging Face cache" in p.stderr
