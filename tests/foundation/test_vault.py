@@ -237,3 +237,84 @@ def test_unknown_auth_method(clean_service_env: pytest.MonkeyPatch) -> None:
     clean_service_env.setenv("WEIGHTGUARD_VAULT_AUTH", "ldap")
     with pytest.raises(ConfigError, match="not a known auth method"):
         vault_client()
+
+
+def _short_lived_approle(
+    openbao: OpenBaoServer, env: pytest.MonkeyPatch, name: str, policy_hcl: str
+) -> None:
+    """AppRole credentials in the environment whose tokens live 2 seconds."""
+    root = openbao.client()
+    openbao.write_policy(name, policy_hcl)
+    root.sys.enable_auth_method("approle", path=name)
+    root.write_data(
+        f"auth/{name}/role/pod",
+        data={"token_policies": [name], "token_ttl": "2s", "token_max_ttl": "2s"},
+    )
+    role_id = root.read(f"auth/{name}/role/pod/role-id")["data"]["role_id"]
+    secret_id = root.write_data(f"auth/{name}/role/pod/secret-id")["data"]["secret_id"]
+    env.setenv("VAULT_ADDR", openbao.addr)
+    env.setenv("WEIGHTGUARD_VAULT_ROLE_ID", role_id)
+    env.setenv("WEIGHTGUARD_VAULT_SECRET_ID", secret_id)
+    env.setenv("WEIGHTGUARD_VAULT_AUTH_MOUNT", name)
+
+
+def test_long_lived_users_log_in_again_when_the_token_expires(
+    openbao: OpenBaoServer,
+    clean_service_env: pytest.MonkeyPatch,
+    new_name: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """A pod outlives its login: the audit checkpoint signer, the KV anchor and the Transit
+    data-key provider log in again on the 403 of an expired token; a client the caller
+    handed in is never replaced (its expiry is a typed, audited failure)."""
+    import time
+
+    from weightguard._internal.keys.providers import VaultTransitProvider
+    from weightguard.audit import AuditLog, VaultKVAnchor, verify_log
+    from weightguard.errors import AuditError
+
+    root = openbao.client()
+    sign_key, data_key, kv = new_name("cp"), new_name("dk"), new_name("kv")
+    root.secrets.transit.create_key(name=sign_key, key_type="ed25519")
+    root.secrets.transit.create_key(name=data_key, derived=True)
+    root.sys.enable_secrets_engine("kv", path=kv, options={"version": "2"})
+    hcl = transit_policy_hcl(data_key) + (
+        f'\npath "transit/sign/{sign_key}" {{ capabilities = ["update"] }}\n'
+        f'path "{kv}/data/*" {{ capabilities = ["create", "read", "update"] }}\n'
+    )
+    _short_lived_approle(openbao, clean_service_env, new_name("pod"), hcl)
+
+    path = tmp_path / "audit.jsonl"
+    anchor_uri = f"vault-kv://{kv}/anchors"
+    log = AuditLog(
+        str(path), signing_key=f"vault://transit/{sign_key}", anchor=anchor_uri, checkpoint_every=2
+    )
+    provider = VaultTransitProvider(f"vault://transit/{data_key}")
+    dk, wrapped = provider.generate("model-a")
+    log.emit("load.ok", object={"uri": "s3://m/a"})
+    log.emit("load.ok", object={"uri": "s3://m/a"})  # checkpoint signed and anchored
+    time.sleep(3)  # every token issued so far has expired
+    assert provider.unwrap(wrapped) == dk
+    log.emit("load.ok", object={"uri": "s3://m/b"})
+    log.emit("load.ok", object={"uri": "s3://m/b"})  # signed and anchored after a new login
+    log.close()
+    anchor = VaultKVAnchor(anchor_uri, client=root)
+    res = verify_log(
+        path, vault_key=f"vault://transit/{sign_key}", anchor=anchor, vault_client=root
+    )
+    assert res.ok, res.describe()
+    assert res.logs[0].checkpoints_verified == res.logs[0].checkpoints >= 2
+    assert res.logs[0].anchored_size is not None and res.logs[0].anchored_size >= 5
+
+    # the caller's own client is theirs to renew: its expiry fails closed, typed
+    given = vault_client()
+    time.sleep(3)
+    mine = AuditLog(
+        str(tmp_path / "b.jsonl"),
+        signing_key=f"vault://transit/{sign_key}",
+        vault_client=given,
+        checkpoint_every=2,
+    )
+    with pytest.raises(AuditError, match=f"Vault Transit sign for vault://transit/{sign_key}"):
+        mine.emit("load.ok")
+        mine.emit("load.ok")

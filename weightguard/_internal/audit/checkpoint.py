@@ -135,17 +135,19 @@ class TransitCheckpointSigner:
     """
 
     def __init__(self, uri: str, *, client: Any = None) -> None:
+        from weightguard._internal.foundation.vault import VaultSession
+
         self.uri = uri
         self.mount, self.name = _parse_vault_uri(uri)
-        self._client = client
+        self._session = VaultSession(client)  # logs in again when its token expires
         self.key_id = f"vault://{self.mount}/{self.name}"
 
     def sign(self, payload: bytes) -> dict[str, str]:
-        client = _vault_client(self._client)
-        self._client = client
         try:
-            resp = client.secrets.transit.sign_data(
-                name=self.name, hash_input=_b64(payload), mount_point=self.mount
+            resp = self._session.call(
+                lambda c: c.secrets.transit.sign_data(
+                    name=self.name, hash_input=_b64(payload), mount_point=self.mount
+                )
             )
             sig = str(resp["data"]["signature"])
         except Exception as exc:  # hvac raises many types; map all to one message
@@ -461,7 +463,9 @@ class VaultKVAnchor:
         self.path = p.path.strip("/")
         if not self.mount:
             raise ConfigError(f"Vault KV URI {uri!r} needs a mount", hint="vault-kv://secret/path")
-        self._client = client
+        from weightguard._internal.foundation.vault import VaultSession
+
+        self._session = VaultSession(client)  # logs in again when its token expires
 
     def _secret_path(self, log_id: str) -> str:
         return f"{self.path}/{log_id}" if self.path else log_id
@@ -469,13 +473,13 @@ class VaultKVAnchor:
     def _read(self, log_id: str) -> tuple[dict[str, Any] | None, int]:
         import hvac.exceptions
 
-        c = _vault_client(self._client)
-        self._client = c
         try:
-            resp = c.secrets.kv.v2.read_secret_version(
-                path=self._secret_path(log_id),
-                mount_point=self.mount,
-                raise_on_deleted_version=True,
+            resp = self._session.call(
+                lambda c: c.secrets.kv.v2.read_secret_version(
+                    path=self._secret_path(log_id),
+                    mount_point=self.mount,
+                    raise_on_deleted_version=True,
+                )
             )
         except hvac.exceptions.InvalidPath:
             return None, 0
@@ -486,6 +490,16 @@ class VaultKVAnchor:
             raise AuditError(f"anchor {self.uri} for log {log_id} is malformed")
         return _parse_anchor(raw.encode(), self.uri), version
 
+    def _write(self, log_id: str, text: str, cas: int) -> None:
+        self._session.call(
+            lambda c: c.secrets.kv.v2.create_or_update_secret(
+                path=self._secret_path(log_id),
+                secret={"signed": text},
+                cas=cas,
+                mount_point=self.mount,
+            )
+        )
+
     def publish(self, signed: dict[str, Any]) -> None:
         cp = signed["checkpoint"]
         for _ in range(8):
@@ -493,12 +507,7 @@ class VaultKVAnchor:
                 current, version = self._read(cp["log"])
                 if current is not None and int(current["checkpoint"]["size"]) >= int(cp["size"]):
                     return  # a newer checkpoint is already anchored
-                self._client.secrets.kv.v2.create_or_update_secret(
-                    path=self._secret_path(cp["log"]),
-                    secret={"signed": canonical(signed).decode()},
-                    cas=version,
-                    mount_point=self.mount,
-                )
+                self._write(cp["log"], canonical(signed).decode(), version)
                 return
             except AuditError:
                 raise
@@ -513,10 +522,10 @@ class VaultKVAnchor:
     def log_ids(self) -> list[str]:
         import hvac.exceptions
 
-        c = _vault_client(self._client)
-        self._client = c
         try:
-            resp = c.secrets.kv.v2.list_secrets(path=self.path, mount_point=self.mount)
+            resp = self._session.call(
+                lambda c: c.secrets.kv.v2.list_secrets(path=self.path, mount_point=self.mount)
+            )
         except hvac.exceptions.InvalidPath:
             return []
         except Exception as exc:

@@ -23,7 +23,9 @@ arguments first, then the environment:
 =================================  =========================================================
 
 ``~/.vault-token`` is never read.  Token files are re-read at every login (projected
-tokens rotate).  Every hvac/requests failure is mapped to :mod:`weightguard.errors`:
+tokens rotate).  Long-lived users (the audit checkpoint signer and anchor, the Transit
+data-key provider) hold a :class:`VaultSession`, which logs in again when Vault refuses
+an expired token.  Every hvac/requests failure is mapped to :mod:`weightguard.errors`:
 unreachable -> :class:`KeyUnavailableError`, refused -> :class:`KeyAccessDenied`, with a
 one-line message that never contains a token, secret_id or JWT.
 """
@@ -31,12 +33,13 @@ one-line message that never contains a token, secret_id or JWT.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from weightguard.errors import (
     ConfigError,
@@ -55,6 +58,7 @@ __all__ = [
     "VAULT_SCHEMES",
     "AuthMethod",
     "VaultAuth",
+    "VaultSession",
     "is_vault_uri",
     "lookup_self",
     "map_vault_error",
@@ -433,6 +437,58 @@ def vault_client(
     client = hvac.Client(url=url, token="", verify=verify, timeout=timeout, namespace=ns)
     _login(client, auth, url)
     return client
+
+
+_T = TypeVar("_T")
+_log = logging.getLogger("weightguard.vault")
+
+
+def _is_forbidden(exc: BaseException) -> bool:
+    try:
+        import hvac.exceptions
+    except ImportError:  # pragma: no cover - hvac is a core dependency
+        return False
+    return isinstance(exc, hvac.exceptions.Forbidden)
+
+
+class VaultSession:
+    """One Vault client for a user that outlives a token (a pod serving for days).
+
+    Tokens from a login (AppRole, JWT, Kubernetes) and Vault Agent sink files expire or
+    rotate.  When Vault answers 403 to a session that logged in itself, it logs in again
+    (re-reading token files) and retries that one call once; a second 403 is the
+    caller's to map (then it is a real denial).  A client the caller handed in is theirs
+    to renew and is never replaced.
+    """
+
+    def __init__(self, client: Any = None, **options: Any) -> None:
+        self._given = client is not None
+        self._client = client
+        self._options = options
+
+    @property
+    def current(self) -> Any:
+        """The client now in use, or None before the first call (for error mapping)."""
+        return self._client
+
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = vault_client(**self._options)
+        return self._client
+
+    def call(self, fn: Callable[[Any], _T]) -> _T:
+        client = self.client()
+        try:
+            return fn(client)
+        except Exception as exc:
+            if self._given or not _is_forbidden(exc):
+                raise
+        _log.info("Vault refused this session's token (expired or revoked); logging in again")
+        self._client = None
+        return fn(self.client())
+
+    def __repr__(self) -> str:
+        return f"VaultSession(logged_in={self._client is not None}, given={self._given})"
 
 
 def _login(client: hvac.Client, auth: VaultAuth, url: str) -> None:

@@ -442,22 +442,23 @@ class VaultTransitProvider(_BaseProvider):
         from weightguard._internal.foundation.vault import parse_vault_uri
 
         self.mount, self.key = parse_vault_uri(uri, what="data key")
-        self._client = client
-        self._client_options = client_options
+        from weightguard._internal.foundation.vault import VaultSession
+
+        # logs in again when its token expires (a provider may outlive a login's TTL)
+        self._session = VaultSession(client, **client_options)
         self._checked_derived = False
 
+    @property
+    def _client(self) -> Any:
+        return self._session.current
+
     def client(self) -> Any:
-        if self._client is None:
-            try:
-                from weightguard._internal.foundation.vault import vault_client
-            except ImportError as exc:  # pragma: no cover - depends on install
-                raise DependencyMissing(f"Vault support is unavailable: {exc}") from None
-            self._client = vault_client(**self._client_options)
-        return self._client
+        return self._session.client()
 
     def _post(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        path = f"/v1/{self.mount}/{op}/{self.key}"
         try:
-            resp = self.client().adapter.post(f"/v1/{self.mount}/{op}/{self.key}", json=payload)
+            resp = self._session.call(lambda c: c.adapter.post(path, json=payload))
         except Exception as exc:
             raise _vault_error(exc, self.uri, op, self._client) from None
         if not isinstance(resp, dict):
@@ -468,7 +469,7 @@ class VaultTransitProvider(_BaseProvider):
         if self._checked_derived:
             return
         try:
-            info = self.client().adapter.get(f"/v1/{self.mount}/keys/{self.key}")
+            info = self._session.call(lambda c: c.adapter.get(f"/v1/{self.mount}/keys/{self.key}"))
         except Exception as exc:
             err = _vault_error(exc, self.uri, "read the key of", self._client)
             if isinstance(err, KeyProviderError) and "path not found" in str(err):
