@@ -44,10 +44,10 @@ def _model_id(model_dir: Path) -> str:
 
 
 _WG_SOURCES = {
-    "sign": ("signing.py", "_internal/oms.py", "_internal/hashing.py"),
-    "encrypt": ("crypt.py", "_internal/format.py", "_internal/keys.py"),
-    "watermark": ("watermark.py", "_internal/wm_scheme.py", "_internal/wm_io.py"),
-    "audit": ("audit.py", "_internal/audit_record.py", "_internal/audit_checkpoint.py"),
+    "sign": ("signing.py", "_internal/signing/oms.py", "_internal/signing/hashing.py"),
+    "encrypt": ("crypt.py", "_internal/format/layout.py", "_internal/keys/providers.py"),
+    "watermark": ("watermark.py", "_internal/watermark/scheme.py", "_internal/watermark/io.py"),
+    "audit": ("audit.py", "_internal/audit/record.py", "_internal/audit/checkpoint.py"),
 }
 
 
@@ -58,8 +58,9 @@ def _fingerprint(*kinds: str) -> str:
     h = hashlib.sha256()
     for kind in kinds:
         for rel in _WG_SOURCES[kind]:
-            p = root / rel
-            h.update(rel.encode() + b"\0" + (p.read_bytes() if p.exists() else b"-"))
+            # A moved module must fail here, not hash as missing: a cache keyed on a
+            # file that no longer exists would never be rebuilt.
+            h.update(rel.encode() + b"\0" + (root / rel).read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -195,3 +195,15 @@ def test_every_weightguard_variant_gets_ratios_and_the_matrix_shows_them() -> No
     assert "| case | weightguard variant | st | runai |" in table
     assert "| cpu-m | wg | 0.80 | 2.40 |" in table
     assert "| cpu-m | wg first | 0.50 | 1.50 |" in table
+
+
+def test_prepared_artifact_fingerprints_name_existing_sources() -> None:
+    """The cache key of prepared artifacts hashes real modules (the re-layout had left it
+    hashing four paths that no longer existed, so the cache would never be rebuilt)."""
+    from benchmarks import prep
+
+    root = Path(prep.__file__).resolve().parent.parent / "weightguard"
+    for kind, rels in prep._WG_SOURCES.items():
+        for rel in rels:
+            assert (root / rel).is_file(), f"{kind}: {rel}"
+    assert len(prep._fingerprint(*prep._WG_SOURCES)) == 16
