@@ -125,3 +125,36 @@ def test_a_writer_that_opens_the_new_segment_waits_for_the_rotator(
     assert res.ok, res.describe()
     seqs = [json.loads(x)["seq"] for x in path.read_bytes().splitlines()]
     assert seqs == list(range(seqs[0], seqs[0] + 3))  # rotate, rotator's event, the late one
+
+
+def test_a_rotation_that_failed_after_linking_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed replace leaves the segment's link behind; the next rotation reuses it
+    instead of failing on it forever (which would stop every later load)."""
+    from weightguard.errors import AuditError
+
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(str(path), max_bytes=1_000, sync="none")
+    while not path.exists() or path.stat().st_size < 1_000:
+        log.emit("fetch", bytes=0)
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def fail_once(src: str, dst: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(sinks_mod.os, "replace", fail_once)
+    with pytest.raises(AuditError):
+        log.emit("fetch", bytes=1)
+    assert len(list(tmp_path.glob("audit.jsonl.*"))) == 1  # the link it left
+    assert not list(tmp_path.glob(".audit.jsonl.rotate*"))  # and no temp file
+    log.emit("fetch", bytes=2)
+    log.close()
+    res = verify_log(path)
+    assert res.ok, res.describe()
+    first = json.loads(path.read_bytes().splitlines()[0])
+    assert first["event"] == "log.rotate"

@@ -372,7 +372,12 @@ class FileSink:
             fcntl.flock(nfd, fcntl.LOCK_EX)
             os.write(nfd, line)
             os.fsync(nfd)
-            os.link(self.path, segment)
+            try:
+                os.link(self.path, segment)
+            except FileExistsError:
+                # left by a rotation that failed after linking: the same file is fine
+                if not os.path.samefile(self.path, segment):
+                    raise
             os.replace(tmp, self.path)
             dfd = os.open(d, os.O_RDONLY)
             try:
