@@ -130,8 +130,8 @@ def test_a_writer_that_opens_the_new_segment_waits_for_the_rotator(
 def test_a_rotation_that_failed_after_linking_is_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A failed replace leaves the segment's link behind; the next rotation reuses it
-    instead of failing on it forever (which would stop every later load)."""
+    """A failed rotation removes the segment link it made; one left by a rotator killed
+    after linking is reused, not an error on every later append (every later load)."""
     from weightguard.errors import AuditError
 
     path = tmp_path / "audit.jsonl"
@@ -150,9 +150,13 @@ def test_a_rotation_that_failed_after_linking_is_retried(
     monkeypatch.setattr(sinks_mod.os, "replace", fail_once)
     with pytest.raises(AuditError):
         log.emit("fetch", bytes=1)
-    assert len(list(tmp_path.glob("audit.jsonl.*"))) == 1  # the link it left
-    assert not list(tmp_path.glob(".audit.jsonl.rotate*"))  # and no temp file
+    assert not list(tmp_path.glob("audit.jsonl.*"))  # its link was removed
+    assert not list(tmp_path.glob(".audit.jsonl.rotate*"))  # and its temp file
+    # a rotator killed between link and replace leaves the link: reused
+    seq = json.loads(path.read_bytes().splitlines()[-1])["seq"]
+    os.link(path, tmp_path / f"audit.jsonl.{seq:012d}")
     log.emit("fetch", bytes=2)
+    assert len(list(tmp_path.glob("audit.jsonl.*"))) == 1
     log.close()
     res = verify_log(path)
     assert res.ok, res.describe()

@@ -362,6 +362,7 @@ class FileSink:
         }
         line = chain_record(body, state)
         nfd = -1
+        linked = False
         try:
             nfd = os.open(
                 tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode
@@ -374,11 +375,13 @@ class FileSink:
             os.fsync(nfd)
             try:
                 os.link(self.path, segment)
+                linked = True
             except FileExistsError:
-                # left by a rotation that failed after linking: the same file is fine
+                # left by a rotator killed after linking: the same file is fine
                 if not os.path.samefile(self.path, segment):
                     raise
             os.replace(tmp, self.path)
+            linked = False  # the segment is the old file's name now, for good
             dfd = os.open(d, os.O_RDONLY)
             try:
                 os.fsync(dfd)
@@ -389,6 +392,9 @@ class FileSink:
                 os.close(nfd)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if linked:  # the current file must not also stay named as a closed segment
+                with contextlib.suppress(OSError):
+                    os.unlink(segment)
             self._state = None
             raise _write_error(self.path, exc) from None
         # we held the old file's lock until the new one was locked (and named)
