@@ -94,8 +94,11 @@ def test_unsigned_log_fails_the_cli_unless_allowed(tmp_path: Path) -> None:
     write_log(log, 3)
     r = run_cli("audit", "verify", str(log))
     assert r.returncode == 1
-    assert r.stdout.startswith("OK: ") and "checkpoints were not verified" in r.stderr
-    assert "--allow-unsigned" in r.stderr
+    assert r.stdout.startswith("UNSIGNED (chain intact, no checkpoint key given): log ")
+    assert not r.stdout.startswith("OK")  # an unsigned chain is never reported as plain OK
+    assert "checkpoints were not verified" in r.stderr and "--allow-unsigned" in r.stderr
+    r = run_cli("audit", "verify", str(log), "--allow-unsigned")
+    assert r.returncode == 0 and r.stdout.startswith("UNSIGNED (chain intact")
     r = run_cli("audit", "verify", str(log), "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["accepted"] is False
     r = run_cli("audit", "verify", str(log), "--allow-unsigned", "--json")

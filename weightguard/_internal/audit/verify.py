@@ -140,7 +140,11 @@ class VerifyResult:
                     f"log {s.log_id}: {s.records} records (seq {s.first_seq}..{s.last_seq}), "
                     f"{cp}{anc}"
                 )
-            return "OK: " + ("; ".join(parts) if parts else "empty log")
+            body = "; ".join(parts) if parts else "empty log"
+            if not self.signed:
+                # Self-consistent is all an unsigned chain shows: never plain "OK".
+                return "UNSIGNED (chain intact, no checkpoint key given): " + body
+            return "OK: " + body
         p = self.problem
         assert p is not None
         where = f" at {p.source}:{p.line}" if p.source and p.line else ""
