@@ -46,7 +46,6 @@ from weightguard._internal.foundation.atomic import PendingFile, atomic_director
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.keys.providers import (
     KeyProvider,
-    WrappedKey,
     choose_key_uri,
     create_key_file,
     provider_for,
@@ -59,6 +58,7 @@ from weightguard.errors import (
     SourceError,
     WeightguardError,
 )
+from weightguard.manifest import WrappedKey
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

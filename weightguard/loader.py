@@ -57,7 +57,7 @@ from weightguard._internal.foundation.names import safe_relative_name
 from weightguard._internal.load.copiers import DEFAULT_RING_BYTES, Copier, copier_for
 from weightguard._internal.load.pipeline import FileJob, Record, digest_matches, run_pipeline
 from weightguard._internal.load.plan import Geometry, Placement, build_tensors, plan
-from weightguard._internal.load.sources import Location, S3Options, Source, open_location
+from weightguard._internal.load.sources import Location, Source, open_location
 from weightguard.errors import (
     ConfigError,
     CoverageError,
@@ -69,6 +69,7 @@ from weightguard.errors import (
     VerificationError,
     WeightguardError,
 )
+from weightguard.manifest import S3Options
 
 # What every load needs is imported with this module, not inside the first call, so the
 # first load_file costs what later ones do; `import weightguard` (the CLI) stays cheap

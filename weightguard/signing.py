@@ -50,6 +50,7 @@ from weightguard.errors import (
     VerificationError,
     WeightguardError,
 )
+from weightguard.manifest import FileDigests, SignedModel, VerifiedManifest
 from weightguard.policy import Policy, vault_key_policy
 from weightguard.verifying import verify_signature
 
@@ -92,107 +93,6 @@ class _Audit(Protocol):
 
 
 # ------------------------------------------------------------------------ results
-
-
-@dataclass(frozen=True)
-class FileDigests:
-    """What the loader checks for one file: ranges ``[0, head)`` then ``stride`` steps.
-
-    ``digests[0]`` covers ``[0, head)``; ``digests[k]`` (k >= 1) covers
-    ``[head + (k-1)*stride, min(head + k*stride, size))``.  ``resource_digest`` is the
-    OMS whole-file digest, computed with ``resource_algorithm`` (``"sha256"`` or
-    ``"blake3"``, the bundle's ``hash_type``).  ``chunked`` is False for files signed
-    without weightguard's chunk digests (e.g. by model_signing): then ``head == size``
-    and the only digest is the whole-file one (``algorithm`` ``sha256-chunked-v1`` or
-    ``blake3-chunked-v1`` to match the resource algorithm).  ``algorithm`` names the
-    chunk digest (``blake3-chunked-v1`` or ``sha256-chunked-v1``), as signed.
-    """
-
-    size: int
-    head: int
-    stride: int
-    digests: tuple[bytes, ...]
-    resource_digest: bytes
-    chunked: bool = True
-    algorithm: str = "sha256-chunked-v1"
-    resource_algorithm: str = "sha256"
-
-    @property
-    def sha256(self) -> bytes:
-        """The whole-file SHA-256 when the bundle's hash type is sha256 (else empty)."""
-        return self.resource_digest if self.resource_algorithm == "sha256" else b""
-
-    def range(self, index: int) -> tuple[int, int]:
-        """(offset, length) of digest ``index``'s byte range."""
-        if index == 0:
-            return 0, self.head
-        start = self.head + (index - 1) * self.stride
-        return start, min(self.stride, self.size - start)
-
-
-@dataclass(frozen=True)
-class VerifiedManifest:
-    """A verified signature: who signed, when, and the digests of every covered file.
-
-    ``files`` is keyed by resource name (POSIX path relative to the model directory;
-    ``"."`` for a single-file model).  ``uncovered`` lists files present but not signed
-    (allowed by the signature's ignore_paths or by ``allow_unsigned``).  ``hashed`` says
-    whether file contents were checked (``hash_files=True``) or only names and sizes.
-    """
-
-    root: Path
-    files: dict[str, FileDigests]
-    signer: str
-    signed_at: datetime | None
-    time_source: str | None
-    uncovered: tuple[str, ...]
-    bundle_digest: str
-    model_name: str
-    kind: str
-    hashed: bool
-    unsafe: bool
-    weightguard_version: str | None
-
-    def path_of(self, name: str) -> Path:
-        """Filesystem path of resource ``name``."""
-        return self.root if name == "." else self.root / name
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "signer": self.signer,
-            "signed_at": self.signed_at.strftime("%Y-%m-%dT%H:%M:%SZ") if self.signed_at else None,
-            "time_source": self.time_source,
-            "kind": self.kind,
-            "model_name": self.model_name,
-            "bundle_sha256": self.bundle_digest,
-            "hashed": self.hashed,
-            "unsafe": self.unsafe,
-            "weightguard_version": self.weightguard_version,
-            "covered": sorted(self.files),
-            "uncovered": list(self.uncovered),
-            "files": {
-                n: {
-                    "size": f.size,
-                    "head": f.head,
-                    "stride": f.stride,
-                    "chunks": len(f.digests),
-                    "digest": f.resource_digest.hex(),
-                    "digest_algorithm": f.resource_algorithm,
-                    "chunked": f.chunked,
-                    "algorithm": f.algorithm,
-                }
-                for n, f in sorted(self.files.items())
-            },
-        }
-
-
-@dataclass(frozen=True)
-class SignedModel:
-    signature: Path
-    signer: str
-    files: dict[str, FileDigests]
-    bundle_digest: str
-    signed_at: datetime
 
 
 # ------------------------------------------------------------------------ signers

@@ -17,7 +17,6 @@ import ctypes
 import ctypes.util
 import hmac
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,6 +25,7 @@ from weightguard._internal.foundation.names import safe_join
 from weightguard._internal.load.push import push_model
 from weightguard._internal.signing.hashing import whole_hasher
 from weightguard.errors import DestinationError, IntegrityError, UnsafeOptionRequired
+from weightguard.manifest import FetchResult
 
 __all__ = ["FetchResult", "fetch_model", "is_memory_fs", "push_model"]
 
@@ -47,13 +47,6 @@ def _fs_type(path: str) -> int | None:
 def is_memory_fs(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` lives on tmpfs or ramfs (statfs f_type)."""
     return _fs_type(os.fspath(path)) in (TMPFS_MAGIC, RAMFS_MAGIC)
-
-
-@dataclass
-class FetchResult:
-    directory: str
-    files: list[str]
-    bytes: int
 
 
 def fetch_model(

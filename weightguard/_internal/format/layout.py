@@ -47,7 +47,6 @@ from weightguard._internal.format.safetensors import (
 )
 from weightguard._internal.foundation import boundedjson
 from weightguard._internal.foundation.memory import wipe
-from weightguard._internal.keys.providers import WrappedKey
 from weightguard.errors import (
     FormatError,
     IntegrityError,
@@ -55,6 +54,7 @@ from weightguard.errors import (
     TruncatedError,
     WrongKeyError,
 )
+from weightguard.manifest import WrappedKey
 
 __all__ = [
     "AAD_LABEL",

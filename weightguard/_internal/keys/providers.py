@@ -29,7 +29,6 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -44,6 +43,7 @@ from weightguard.errors import (
     KeyVersionRetired,
     WrongKeyError,
 )
+from weightguard.manifest import WrappedKey
 
 # Key providers are part of encryption: their messages go where crypt's do.
 _log = logging.getLogger("weightguard.crypt")
@@ -151,17 +151,6 @@ def choose_key_uri(
         f"({', '.join(patterns)[:300] or 'none'})",
         hint=hint,
     )
-
-
-@dataclass(frozen=True)
-class WrappedKey:
-    """A wrapped data key as stored in (and authenticated by) the artifact header."""
-
-    provider: str  # "vault-transit" | "aws-kms" | "file"
-    uri: str  # e.g. vault://transit/models
-    key_version: int | None
-    context: str  # derivation / encryption context (model id), not secret
-    ciphertext: str = field(repr=False)  # provider's wrapped form
 
 
 @runtime_checkable

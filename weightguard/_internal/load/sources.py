@@ -23,18 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from weightguard._internal.foundation.names import safe_join, safe_relative_name
 from weightguard.errors import DependencyMissing, SourceError, TruncatedError
+from weightguard.manifest import RetryPolicy, S3Options
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -51,41 +50,6 @@ __all__ = [
 ]
 
 _MAX_SMALL_FILE = 64 * 1024 * 1024  # index JSON, signature bundles: refuse anything bigger
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries with capped exponential backoff and full jitter."""
-
-    max_attempts: int = 5
-    base_delay_s: float = 0.1
-    max_delay_s: float = 5.0
-
-    def delay(self, attempt: int) -> float:
-        """Sleep before retry number ``attempt`` (1-based)."""
-        cap = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
-        return random.uniform(0, cap)
-
-
-@dataclass(frozen=True)
-class S3Options:
-    """How to reach S3.  Every field is optional; unset ones follow boto3's defaults."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    concurrency: int = 8  # concurrent ranged GETs
-    part_size: int = 8 * 1024 * 1024  # split single large reads into parts of this size
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 30.0
-    client: Any = field(default=None, repr=False)  # a ready boto3 S3 client (tests, custom auth)
-
-    def __repr__(self) -> str:  # never show the client (it holds credentials)
-        return (
-            f"S3Options(endpoint_url={self.endpoint_url!r}, region={self.region!r}, "
-            f"profile={self.profile!r}, concurrency={self.concurrency})"
-        )
 
 
 class Source:
