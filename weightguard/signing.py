@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from weightguard import __version__
+from weightguard._internal.foundation.memory import wipe
 from weightguard.errors import (
     ConfigError,
     CoverageError,
@@ -107,12 +108,6 @@ def _read_secret_file(path: str | os.PathLike[str], what: str) -> bytearray:
         return bytearray(p.read_bytes())
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {p}: {exc.strerror}") from exc
-
-
-def _wipe(buf: bytearray | None) -> None:
-    if buf is not None:
-        for i in range(len(buf)):
-            buf[i] = 0
 
 
 def _load_private_key(pem: bytearray, password: bytes | bytearray | None, what: str) -> Any:
@@ -205,7 +200,7 @@ def create_signing_key(
         with atomic_write(private_path, mode=0o600, overwrite=False) as f:
             f.write(pem)
     finally:
-        _wipe(pem)
+        wipe(pem)
     public = key.public_key()
     try:
         with atomic_write(pub_path, mode=0o644, overwrite=False) as f:
@@ -245,9 +240,9 @@ class KeySigner(Signer):
         try:
             return cls(_load_private_key(pem, pw, f"private key file {path}"))
         finally:
-            _wipe(pem)
+            wipe(pem)
             if isinstance(pw, bytearray):
-                _wipe(pw)
+                wipe(pw)
 
     def describe(self) -> str:
         from weightguard._internal.signing.oms import curve_label, key_fingerprint
