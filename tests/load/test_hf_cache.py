@@ -197,13 +197,11 @@ def test_verify_accepts_a_snapshot_without_allow_symlinks(
     env = {**os.environ, "WEIGHTGUARD_AUDIT_LOG": "-"}
     argv = [sys.executable, "-m", "weightguard_cli", "verify", str(snapshot)]
     argv += ["--trust-key", str(release["keys"].public)]
-    p = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+
+    def cli_verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
+    p = cli_verify()
     assert p.returncode == 0, p.stderr
     # a link out of the repo is refused by verify too, audited as a failed verification
     evil = snapshot.parents[2] / "elsewhere.json"
@@ -215,12 +213,6 @@ def test_verify_accepts_a_snapshot_without_allow_symlinks(
     with pytest.raises(VerificationError, match=r"config\.json is a symbolic link leaving"):
         verify_bundle(snapshot, snapshot / "model.sig", release["keys"].policy(), audit=audit)
     assert events(sink) == ["verify.failed"]
-    p = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    p = cli_verify()
     assert p.returncode == 1
     assert "config.json is a symbolic link leaving the Hugging Face cache" in p.stderr
