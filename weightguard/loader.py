@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hmac
 import importlib
 import os
 import time
@@ -54,6 +53,7 @@ from weightguard._internal.load.copiers import DEFAULT_RING_BYTES, Copier, copie
 from weightguard._internal.load.model_files import (
     ModelFile,
     SignedDigests,
+    check_signed_bytes,
     digests_for,
     open_file,
     select_files,
@@ -515,9 +515,6 @@ class ModelHandle:
         signature, :class:`CoverageError`; a weight file, the signature or a name outside
         the model, :class:`ConfigError`; a file over ``limit`` bytes, :class:`SourceError`.
         """
-
-        from weightguard._internal.signing.hashing import whole_hasher
-
         if self._closed:
             raise ConfigError("the model handle is closed", hint="open the model again")
         loc = self._location
@@ -540,15 +537,7 @@ class ModelHandle:
                 )
             data = loc.read_small(name, limit=limit)
             if signed is not None:
-                h = whole_hasher(signed.resource_algorithm, path=name)
-                h.update(data)
-                if len(data) != signed.size or not hmac.compare_digest(
-                    h.digest(), signed.resource_digest
-                ):
-                    raise IntegrityError(
-                        f"content differs from the signed {signed.resource_algorithm} digest",
-                        path=f"{self._ctx.uri.rstrip('/')}/{name}",
-                    )
+                check_signed_bytes(loc, name, data, signed)
         except WeightguardError as exc:
             self._deny(exc, 0.0)
             raise

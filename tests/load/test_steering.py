@@ -82,7 +82,7 @@ def test_index_rewrite_same_length_local(tmp_path: Path, sign_keys) -> None:  # 
     ):
         loader.load_file(d, policy=sign_keys.policy(), audit=audit)
     _assert_refused(sink)
-    assert last(sink, "tamper.detected")["object"]["file"] == INDEX
+    assert last(sink, "tamper.detected")["object"]["file"] == f"{d}/{INDEX}"
 
 
 def test_index_rewrite_same_length_cli_check(tmp_path: Path, sign_keys, capsys) -> None:  # type: ignore[no-untyped-def]

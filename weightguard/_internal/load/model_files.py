@@ -102,16 +102,16 @@ def select_files(loc: Location, signed: Mapping[str, Any] | None) -> list[str]:
 
 
 def check_signed_bytes(loc: Location, name: str, data: bytes, fd: Any) -> None:
-    """``data`` (read once, then parsed) must be exactly the signed file ``name``."""
+    """``data`` (read once, then used) must be exactly the signed file ``name``: the one
+    check for every small file (index, config, tokenizer) before anything parses it."""
     from weightguard._internal.signing.hashing import whole_hasher
 
     h = whole_hasher(fd.resource_algorithm, path=name)
     h.update(data)
     if len(data) != int(fd.size) or not hmac.compare_digest(h.digest(), fd.resource_digest):
         raise IntegrityError(
-            f"{loc.uri}: {name} differs from the signed {fd.resource_algorithm} digest "
-            "(modified after signing)",
-            path=name,
+            f"{name} differs from the signed {fd.resource_algorithm} digest",
+            path=f"{loc.uri.rstrip('/')}/{name}" if loc.is_dir else loc.uri,
         )
 
 
