@@ -49,7 +49,11 @@ ADV_SCALE ?= 5
 fuzz: $(STAMP)
 	WEIGHTGUARD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) WEIGHTGUARD_FUZZ_RANDOM=1 \
 	  $(BIN)/python -m pytest -q tests/adversarial/test_fuzz_parsers.py
-	WEIGHTGUARD_ADV_SCALE=$(ADV_SCALE) WEIGHTGUARD_ADV_SEED=$$RANDOM \
+	@# make runs recipes with /bin/sh, which has no $$RANDOM (dash: empty): seed from Python,
+	@# printed so a failure can be replayed with ADV_SEED=N.
+	seed=$${ADV_SEED:-$$($(BIN)/python -c 'import secrets; print(secrets.randbelow(1 << 31))')}; \
+	  echo "adversarial seed: $$seed (replay: make fuzz ADV_SEED=$$seed)"; \
+	  WEIGHTGUARD_ADV_SCALE=$(ADV_SCALE) WEIGHTGUARD_ADV_SEED=$$seed \
 	  $(BIN)/python -m pytest -q tests/adversarial -k "not fuzz"
 
 bench: $(STAMP)

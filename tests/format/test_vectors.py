@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from weightguard import crypt
+from weightguard._internal.crypt.encrypt import _encrypt_one
 from weightguard._internal.format.layout import FileRandomness
 from weightguard._internal.keys.providers import WrappedKey
 
@@ -107,7 +108,7 @@ def test_weightguard_reproduces_and_decrypts_vector(name: str, tmp_path: Path) -
     expected = (VECTORS / case["output"]).read_bytes()
     w = json.loads(case["header_json"])["wrapped_key"]
     out = tmp_path / "out.wgenc"
-    header = crypt._encrypt_one(
+    header = _encrypt_one(
         src,
         out,
         bytearray.fromhex(DOC["data_key"]),

@@ -1,0 +1,1 @@
+"""Artifact operations behind :mod:`weightguard.crypt`: encrypt, decrypt, rewrap, inspect."""
