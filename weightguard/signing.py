@@ -23,7 +23,6 @@ and any other unsigned file fails unless ``allow_unsigned`` (or the signature's 
 
 from __future__ import annotations
 
-import abc
 import fnmatch
 import hashlib
 import hmac
@@ -37,15 +36,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from weightguard import __version__
-from weightguard._internal.foundation.memory import wipe
+from weightguard._internal.signing.signers.base import Signer
+from weightguard._internal.signing.signers.certificate import CertificateSigner
+from weightguard._internal.signing.signers.ec_key import KeySigner, create_signing_key
+from weightguard._internal.signing.signers.sigstore import SigstoreSigner
+from weightguard._internal.signing.signers.vault_transit import (
+    VaultTransitSigner,
+    vault_public_keys,
+)
 from weightguard.errors import (
     ConfigError,
     CoverageError,
-    DependencyMissing,
-    DestinationError,
     FormatError,
     IntegrityError,
-    KeyProviderError,
     SourceError,
     UnsafeOptionRequired,
     VerificationError,
@@ -86,384 +89,17 @@ HASH_TYPES = ("sha256", "blake3")
 _CHUNKED_FOR_HASH = {"sha256": "sha256-chunked-v1", "blake3": "blake3-chunked-v1"}
 GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
 _MAX_SIGNATURE_FILE = 64 * 1024 * 1024
-_MAX_KEY_FILE = 1 << 20
 
 
 class _Audit(Protocol):
     def emit(self, event: str, **kwargs: Any) -> None: ...
 
 
-# ------------------------------------------------------------------------ results
-
-
 # ------------------------------------------------------------------------ signers
-
-
-def _read_secret_file(path: str | os.PathLike[str], what: str) -> bytearray:
-    p = Path(path)
-    try:
-        st = p.stat()
-        if st.st_size > _MAX_KEY_FILE:
-            raise ConfigError(f"{what} {p} is larger than 1 MiB; is it really a PEM file?")
-        return bytearray(p.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {p}: {exc.strerror}") from exc
-
-
-def _load_private_key(pem: bytearray, password: bytes | bytearray | None, what: str) -> Any:
-    from cryptography.hazmat.primitives import serialization
-
-    from weightguard._internal.signing.oms import ec_hash
-
-    try:
-        key = serialization.load_pem_private_key(
-            bytes(pem), bytes(password) if password is not None else None
-        )
-    except TypeError as exc:
-        msg = str(exc)
-        if "encrypted" in msg.lower() and password is None:
-            raise ConfigError(
-                f"{what} is encrypted and no password was given",
-                hint="give the environment variable that holds it: --password-env VAR",
-            ) from None
-        raise ConfigError(f"{what}: {msg}") from None
-    except ValueError:
-        raise ConfigError(
-            f"{what} could not be loaded (not a PEM private key, or wrong password)",
-            hint="check the key file and its password",
-        ) from None
-    try:
-        ec_hash(key.public_key(), what)
-    except FormatError as exc:
-        raise ConfigError(exc.message, hint=exc.hint) from None
-    return key
-
-
-class Signer(abc.ABC):
-    """Produces an OMS bundle for a statement payload."""
-
-    @abc.abstractmethod
-    def make_bundle(self, payload: bytes) -> bytes:
-        """Sign the DSSE PAE of ``payload`` and return the bundle JSON bytes."""
-
-    @abc.abstractmethod
-    def describe(self) -> str:
-        """Human description of the signer (never secret)."""
-
-    def check_time(self, when: datetime) -> None:  # noqa: B027 - optional hook
-        """Raise if the signer may not sign at ``when`` (e.g. certificate validity)."""
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.describe()}>"
+# One module per signing method in weightguard._internal.signing.signers (imported above).
 
 
 SIGNING_CURVES = ("P-256", "P-384", "P-521")
-
-
-def create_signing_key(
-    private_path: str | os.PathLike[str],
-    public_path: str | os.PathLike[str] | None = None,
-    *,
-    curve: str = "P-256",
-) -> str:
-    """Write a new EC signing key pair: private PKCS#8 PEM (0600), public PEM
-    (``<private>.pub`` by default, 0644); return the key fingerprint ``sign`` prints.
-
-    Neither file is replaced: an existing path is refused before anything is written.
-    """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from weightguard._internal.foundation.atomic import atomic_write
-    from weightguard._internal.signing.oms import key_fingerprint
-
-    curves: dict[str, ec.EllipticCurve] = {
-        "P-256": ec.SECP256R1(),
-        "P-384": ec.SECP384R1(),
-        "P-521": ec.SECP521R1(),
-    }
-    if curve not in curves:
-        raise ConfigError(f"curve {curve!r} is not supported", hint="use P-256, P-384 or P-521")
-    pub_path = Path(public_path) if public_path is not None else Path(f"{private_path}.pub")
-    for p in (Path(private_path), pub_path):
-        if p.exists():
-            raise DestinationError(f"{p} already exists", hint="choose another path or remove it")
-    key = ec.generate_private_key(curves[curve])
-    pem = bytearray(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    try:
-        with atomic_write(private_path, mode=0o600, overwrite=False) as f:
-            f.write(pem)
-    finally:
-        wipe(pem)
-    public = key.public_key()
-    try:
-        with atomic_write(pub_path, mode=0o644, overwrite=False) as f:
-            f.write(
-                public.public_bytes(
-                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-                )
-            )
-    except BaseException:
-        # A private key whose public half was never written is of no use: remove it.
-        Path(private_path).unlink(missing_ok=True)
-        raise
-    return key_fingerprint(public)
-
-
-def _ec_sign(private_key: Any, data: bytes) -> bytes:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from weightguard._internal.signing.oms import ec_hash
-
-    return bytes(private_key.sign(data, ec.ECDSA(ec_hash(private_key.public_key(), "key"))))
-
-
-class KeySigner(Signer):
-    """EC private key (P-256/384/521, PEM, optionally password-protected)."""
-
-    def __init__(self, private_key: Any) -> None:
-        self._key = private_key
-        self.public_key = private_key.public_key()
-
-    @classmethod
-    def from_file(
-        cls, path: str | os.PathLike[str], password: bytes | bytearray | str | None = None
-    ) -> KeySigner:
-        pem = _read_secret_file(path, "private key file")
-        pw = bytearray(password.encode("utf-8")) if isinstance(password, str) else password
-        try:
-            return cls(_load_private_key(pem, pw, f"private key file {path}"))
-        finally:
-            wipe(pem)
-            if isinstance(pw, bytearray):
-                wipe(pw)
-
-    def describe(self) -> str:
-        from weightguard._internal.signing.oms import curve_label, key_fingerprint
-
-        return f"EC {curve_label(self.public_key)} key {key_fingerprint(self.public_key)}"
-
-    def make_bundle(self, payload: bytes) -> bytes:
-        from weightguard._internal.signing import oms
-
-        sig = _ec_sign(self._key, oms.pae(payload))
-        return oms.encode_bundle(payload, sig, key_hint=oms.key_hint(self.public_key))
-
-
-class CertificateSigner(KeySigner):
-    """EC key + its X.509 certificate + the chain up to (optionally including) the root."""
-
-    def __init__(self, private_key: Any, certificate: Any, chain: Sequence[Any] = ()) -> None:
-        super().__init__(private_key)
-        from weightguard._internal.signing.oms import key_fingerprint
-        from weightguard._internal.signing.x509path import may_sign_code
-
-        if key_fingerprint(certificate.public_key()) != key_fingerprint(self.public_key):
-            raise ConfigError(
-                "the certificate's public key does not match the private key",
-                hint="pass the certificate issued for this key",
-            )
-        if not may_sign_code(certificate):
-            raise ConfigError(
-                "the certificate allows neither digitalSignature nor codeSigning",
-                hint="issue a certificate with KeyUsage digitalSignature or EKU codeSigning",
-            )
-        self.certificate = certificate
-        self.chain = list(chain)
-
-    @classmethod
-    def from_files(
-        cls,
-        key_path: str | os.PathLike[str],
-        cert_path: str | os.PathLike[str],
-        chain_paths: Iterable[str | os.PathLike[str]] = (),
-        password: bytes | bytearray | str | None = None,
-    ) -> CertificateSigner:
-        from cryptography import x509
-
-        key = KeySigner.from_file(key_path, password)._key
-
-        def load(p: str | os.PathLike[str]) -> list[Any]:
-            try:
-                return list(x509.load_pem_x509_certificates(Path(p).read_bytes()))
-            except OSError as exc:
-                raise ConfigError(f"cannot read certificate file {p}: {exc.strerror}") from exc
-            except ValueError as exc:
-                raise ConfigError(f"{p}: no PEM certificate found") from exc
-
-        leaf = load(cert_path)
-        chain = [c for p in chain_paths for c in load(p)]
-        return cls(key, leaf[0], leaf[1:] + chain)
-
-    def describe(self) -> str:
-        return f"certificate {self.certificate.subject.rfc4514_string()}"
-
-    def check_time(self, when: datetime) -> None:
-        c = self.certificate
-        if when < c.not_valid_before_utc:
-            raise ConfigError(
-                f"signing certificate {c.subject.rfc4514_string()} is not valid until "
-                f"{c.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}",
-                hint="wait until it is valid or use a current certificate",
-            )
-        if when > c.not_valid_after_utc:
-            raise ConfigError(
-                f"signing certificate {c.subject.rfc4514_string()} expired at "
-                f"{c.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
-                hint="renew the certificate",
-            )
-
-    def make_bundle(self, payload: bytes) -> bytes:
-        from cryptography.hazmat.primitives import serialization
-
-        from weightguard._internal.signing import oms
-
-        sig = _ec_sign(self._key, oms.pae(payload))
-        ders = [c.public_bytes(serialization.Encoding.DER) for c in [self.certificate, *self.chain]]
-        return oms.encode_bundle(payload, sig, certificates=ders)
-
-
-def vault_public_keys(uri: str, *, client: Any = None) -> list[tuple[int, bytes]]:
-    """[(version, PEM)] of a Transit asymmetric key (all versions still held)."""
-    from weightguard._internal.signing.transit import transit_public_keys
-
-    return transit_public_keys(uri, client=client)
-
-
-class VaultTransitSigner(Signer):
-    """Non-exportable Vault/OpenBao Transit ECDSA key (``vault://<mount>/<key>``).
-
-    The private key never leaves Vault: the PAE is hashed here and Transit signs the
-    prehashed digest (``marshaling_algorithm=asn1``, i.e. DER as OMS requires).
-    Exportable keys are refused unless ``allow_exportable=True``.
-    """
-
-    def __init__(self, uri: str, *, client: Any = None, allow_exportable: bool = False) -> None:
-        from cryptography.hazmat.primitives import serialization
-
-        from weightguard._internal.foundation.vault import vault_errors
-        from weightguard._internal.signing.oms import ec_hash
-        from weightguard._internal.signing.transit import parse_transit_uri, transit_client
-
-        self.uri = uri
-        self._mount, self._name = parse_transit_uri(uri)
-        self._client = transit_client(client)
-        with vault_errors(f"reading the Transit key {uri}", client=self._client):
-            data = self._client.secrets.transit.read_key(name=self._name, mount_point=self._mount)[
-                "data"
-            ]
-        ktype = str(data.get("type", ""))
-        if ktype not in ("ecdsa-p256", "ecdsa-p384", "ecdsa-p521"):
-            raise KeyProviderError(
-                f"Transit key {uri} has type {ktype!r}; OMS signing needs ecdsa-p256 "
-                "(or p384/p521)",
-                hint=f"create one with: vault write {self._mount}/keys/{self._name} "
-                "type=ecdsa-p256",
-            )
-        if data.get("exportable") and not allow_exportable:
-            raise UnsafeOptionRequired(
-                f"Transit key {uri} is exportable: its private key can leave Vault",
-                hint="create a non-exportable Transit key for signing",
-            )
-        self.key_version = int(data.get("latest_version", 0))
-        pem = data["keys"][str(self.key_version)]["public_key"].encode("ascii")
-        self.public_key: Any = serialization.load_pem_public_key(pem)
-        self._hash = ec_hash(self.public_key, f"Transit key {uri}")
-
-    def describe(self) -> str:
-        from weightguard._internal.signing.oms import curve_label, key_fingerprint
-
-        return (
-            f"Vault Transit {self.uri} v{self.key_version} (EC {curve_label(self.public_key)} "
-            f"{key_fingerprint(self.public_key)})"
-        )
-
-    def make_bundle(self, payload: bytes) -> bytes:
-        import base64
-
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        from weightguard._internal.foundation.vault import vault_errors
-        from weightguard._internal.signing import oms
-
-        data = oms.pae(payload)
-        digest = hashlib.new(self._hash.name, data).digest()
-        with vault_errors(f"signing with the Transit key {self.uri}", client=self._client):
-            resp = self._client.secrets.transit.sign_data(
-                name=self._name,
-                hash_input=base64.b64encode(digest).decode("ascii"),
-                key_version=self.key_version,
-                hash_algorithm={"sha256": "sha2-256", "sha384": "sha2-384", "sha512": "sha2-512"}[
-                    self._hash.name
-                ],
-                prehashed=True,
-                marshaling_algorithm="asn1",
-                mount_point=self._mount,
-            )
-        token = str(resp["data"]["signature"])
-        parts = token.split(":")
-        if len(parts) != 3 or parts[0] != "vault":
-            raise KeyProviderError(f"Transit {self.uri} returned an unexpected signature format")
-        sig = base64.b64decode(parts[2])
-        try:  # fail closed: never write a bundle that does not verify
-            self.public_key.verify(sig, data, ec.ECDSA(self._hash))
-        except InvalidSignature:
-            raise KeyProviderError(
-                f"Transit {self.uri} returned a signature that does not verify with its public key",
-                hint="the key may have been rotated during signing; retry",
-            ) from None
-        return oms.encode_bundle(payload, sig, key_hint=oms.key_hint(self.public_key))
-
-
-class SigstoreSigner(Signer):
-    """Sigstore keyless signing (Fulcio certificate + Rekor entry; needs network).
-
-    The OIDC identity token is ``identity_token`` if given, else an ambient CI
-    credential (GitHub Actions, GitLab, Buildkite, cloud workload identity).
-    """
-
-    def __init__(self, identity_token: str | None = None, *, staging: bool = False) -> None:
-        self._token = identity_token
-        self.staging = staging
-
-    def __repr__(self) -> str:
-        token = "<given>" if self._token else "<ambient>"
-        return f"<SigstoreSigner staging={self.staging} token={token}>"
-
-    def describe(self) -> str:
-        return "Sigstore keyless" + (" (staging)" if self.staging else "")
-
-    def make_bundle(self, payload: bytes) -> bytes:
-        try:
-            from sigstore import dsse, oidc
-            from sigstore.errors import Error as SigstoreError
-            from sigstore.models import ClientTrustConfig
-            from sigstore.sign import SigningContext
-        except ImportError:
-            raise DependencyMissing("Sigstore signing needs the sigstore package") from None
-        try:
-            token = self._token or oidc.detect_credential()
-            if not token:
-                raise ConfigError(
-                    "no OIDC identity token for Sigstore signing",
-                    hint="pass --identity-token, or run in CI with an ambient OIDC credential",
-                )
-            config = ClientTrustConfig.staging() if self.staging else ClientTrustConfig.production()
-            ctx = SigningContext.from_trust_config(config)
-            with ctx.signer(oidc.IdentityToken(token)) as signer:
-                bundle = signer.sign_dsse(dsse.Statement(payload))
-        except SigstoreError as exc:
-            raise VerificationError(
-                f"Sigstore signing failed: {exc}", hint="check network access and the token"
-            ) from None
-        return bundle.to_json().encode("utf-8")
 
 
 # ------------------------------------------------------------------------ listing

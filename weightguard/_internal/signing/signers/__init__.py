@@ -1,0 +1,1 @@
+"""The signing methods behind :mod:`weightguard.signing`, one module each."""
