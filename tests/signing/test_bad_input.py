@@ -91,6 +91,22 @@ def test_duplicate_json_keys(signed: dict[str, Any]) -> None:
         _verify(signed)
 
 
+def test_unknown_field_in_a_nested_bundle_object(signed: dict[str, Any]) -> None:
+    """A renamed field below the top level is an edit too (a bit flip at byte 122 of a
+    bundle, "hint" -> "hjnt", was accepted by `make fuzz` with seed 1856215590)."""
+    original = signed["sig"].read_bytes()
+    signed["sig"].write_bytes(original.replace(b'"hint"', b'"hjnt"', 1))
+    with pytest.raises(
+        FormatError, match=r"verificationMaterial\.publicKey: unknown field 'hjnt'"
+    ):
+        _verify(signed)
+    doc = json.loads(original)
+    doc["verificationMaterial"]["publicKey"]["keyDetails"] = "PKIX_ECDSA_P256_SHA_256"
+    signed["sig"].write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match="unknown field 'keyDetails'"):
+        _verify(signed)
+
+
 def test_wrong_media_type(signed: dict[str, Any]) -> None:
     _edit_bundle(
         signed["sig"],

@@ -229,8 +229,9 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
         raise FormatError(f"{path}: messageSignature bundles are not model signatures")
     vm = _obj(doc.get("verificationMaterial"), f"{path}: verificationMaterial")
     env = _obj(doc.get("dsseEnvelope"), f"{path}: dsseEnvelope")
-    # Fields of the Sigstore bundle v0.3 schema only, as protobuf JSON parsers do: a
-    # renamed or smuggled field is an edit, not something to skip over.
+    # Fields of the Sigstore bundle v0.3 schema only, at every level weightguard reads
+    # (as protobuf JSON parsers do): a renamed or smuggled field is an edit, not
+    # something to skip over.
     _known(doc, _BUNDLE_FIELDS, path)
     _known(vm, _VM_FIELDS, f"{path}: verificationMaterial")
     _known(env, _ENVELOPE_FIELDS, f"{path}: dsseEnvelope")
@@ -248,6 +249,7 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
     if present[0] == "publicKey":
         kind = "key"
         pk = _obj(vm["publicKey"], f"{path}: verificationMaterial.publicKey")
+        _known(pk, {"hint"}, f"{path}: verificationMaterial.publicKey")
         h = pk.get("hint")
         if h is not None:
             if not isinstance(h, str) or not _HEX64.fullmatch(h):
@@ -260,6 +262,7 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
         chain = _obj(
             vm["x509CertificateChain"], f"{path}: verificationMaterial.x509CertificateChain"
         )
+        _known(chain, {"certificates"}, f"{path}: verificationMaterial.x509CertificateChain")
         items = _list(
             chain.get("certificates"),
             f"{path}: verificationMaterial.x509CertificateChain.certificates",
@@ -268,11 +271,13 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
         if not items:
             raise FormatError(f"{path}: x509CertificateChain.certificates is empty")
         for i, c in enumerate(items):
-            where = f"{path}: x509CertificateChain.certificates[{i}].rawBytes"
-            certs.append(_b64decode(_obj(c, where).get("rawBytes"), where, max_len=1 << 20))
+            where = f"{path}: x509CertificateChain.certificates[{i}]"
+            _known(_obj(c, where), {"rawBytes"}, where)
+            certs.append(_b64decode(c.get("rawBytes"), f"{where}.rawBytes", max_len=1 << 20))
     else:
         kind = "sigstore"
         c = _obj(vm["certificate"], f"{path}: verificationMaterial.certificate")
+        _known(c, {"rawBytes"}, f"{path}: verificationMaterial.certificate")
         where = f"{path}: verificationMaterial.certificate.rawBytes"
         certs.append(_b64decode(c.get("rawBytes"), where, max_len=1 << 20))
         if not tlog:
