@@ -96,9 +96,7 @@ def test_unknown_field_in_a_nested_bundle_object(signed: dict[str, Any]) -> None
     bundle, "hint" -> "hjnt", was accepted by `make fuzz` with seed 1856215590)."""
     original = signed["sig"].read_bytes()
     signed["sig"].write_bytes(original.replace(b'"hint"', b'"hjnt"', 1))
-    with pytest.raises(
-        FormatError, match=r"verificationMaterial\.publicKey: unknown field 'hjnt'"
-    ):
+    with pytest.raises(FormatError, match=r"verificationMaterial\.publicKey: unknown field 'hjnt'"):
         _verify(signed)
     doc = json.loads(original)
     doc["verificationMaterial"]["publicKey"]["keyDetails"] = "PKIX_ECDSA_P256_SHA_256"
