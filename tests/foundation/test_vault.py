@@ -240,15 +240,26 @@ def test_unknown_auth_method(clean_service_env: pytest.MonkeyPatch) -> None:
 
 
 def _short_lived_approle(
-    openbao: OpenBaoServer, env: pytest.MonkeyPatch, name: str, policy_hcl: str
+    openbao: OpenBaoServer,
+    env: pytest.MonkeyPatch,
+    name: str,
+    policy_hcl: str,
+    *,
+    ttl: str = "2s",
+    secret_id_uses: int = 0,
 ) -> None:
-    """AppRole credentials in the environment whose tokens live 2 seconds."""
+    """AppRole credentials in the environment whose tokens live ``ttl`` (2 seconds)."""
     root = openbao.client()
     openbao.write_policy(name, policy_hcl)
     root.sys.enable_auth_method("approle", path=name)
     root.write_data(
         f"auth/{name}/role/pod",
-        data={"token_policies": [name], "token_ttl": "2s", "token_max_ttl": "2s"},
+        data={
+            "token_policies": [name],
+            "token_ttl": ttl,
+            "token_max_ttl": ttl,
+            "secret_id_num_uses": secret_id_uses,
+        },
     )
     role_id = root.read(f"auth/{name}/role/pod/role-id")["data"]["role_id"]
     secret_id = root.write_data(f"auth/{name}/role/pod/secret-id")["data"]["secret_id"]
@@ -318,3 +329,52 @@ def test_long_lived_users_log_in_again_when_the_token_expires(
     with pytest.raises(AuditError, match=f"Vault Transit sign for vault://transit/{sign_key}"):
         mine.emit("load.ok")
         mine.emit("load.ok")
+
+
+def test_a_valid_token_lacking_a_permission_is_denied_without_a_new_login(
+    openbao: OpenBaoServer,
+    clean_service_env: pytest.MonkeyPatch,
+    new_name: Callable[[str], str],
+) -> None:
+    """A 403 to a token that is still valid is a denial: no second login (the secret_id
+    here allows one use, so a second login would fail differently)."""
+    from weightguard._internal.keys.providers import VaultTransitProvider
+
+    root = openbao.client()
+    mine, other = new_name("dk"), new_name("dk")
+    for k in (mine, other):
+        root.secrets.transit.create_key(name=k, derived=True)
+    _short_lived_approle(
+        openbao,
+        clean_service_env,
+        new_name("pod"),
+        transit_policy_hcl(mine),
+        ttl="10m",
+        secret_id_uses=1,
+    )
+    with pytest.raises(KeyAccessDenied) as err:
+        VaultTransitProvider(f"vault://transit/{other}").generate("model-a")
+    assert "permission denied for the token's policies" in str(err.value)
+    assert "AppRole login" not in str(err.value)
+
+
+def test_a_refused_login_reaches_the_user_as_it_was_worded(
+    openbao: OpenBaoServer,
+    clean_service_env: pytest.MonkeyPatch,
+    new_name: Callable[[str], str],
+) -> None:
+    """The provider passes a typed login error through: no "failed to read the key of
+    with" wrapper, no hint said twice."""
+    from weightguard._internal.keys.providers import VaultTransitProvider
+
+    key = new_name("dk")
+    openbao.client().secrets.transit.create_key(name=key, derived=True)
+    _short_lived_approle(
+        openbao, clean_service_env, new_name("pod"), transit_policy_hcl(key), ttl="10m"
+    )
+    clean_service_env.setenv("WEIGHTGUARD_VAULT_SECRET_ID", "00000000-0000-0000-0000-000000000000")
+    with pytest.raises(KeyAccessDenied) as err:
+        VaultTransitProvider(f"vault://transit/{key}").generate("model-a")
+    msg = str(err.value)
+    assert msg.startswith(f"Vault at {openbao.addr} denied AppRole login at auth/pod-")
+    assert "failed to" not in msg and msg.count("(check") <= 1

@@ -456,9 +456,9 @@ class VaultSession:
 
     Tokens from a login (AppRole, JWT, Kubernetes) and Vault Agent sink files expire or
     rotate.  When Vault answers 403 to a session that logged in itself, it logs in again
-    (re-reading token files) and retries that one call once; a second 403 is the
-    caller's to map (then it is a real denial).  A client the caller handed in is theirs
-    to renew and is never replaced.
+    (re-reading token files) and retries that one call once; a 403 to a token that
+    is still valid (it lacks a permission), or a second 403, is the caller's to map.
+    A client the caller handed in is theirs to renew and is never replaced.
     """
 
     def __init__(self, client: Any = None, **options: Any) -> None:
@@ -483,6 +483,10 @@ class VaultSession:
         except Exception as exc:
             if self._given or not _is_forbidden(exc):
                 raise
+            # A token that is fine and only lacks a permission is a real denial: logging
+            # in again would not help (and would spend an AppRole secret_id use).
+            if _token_state(client)[0] == "valid":
+                raise
         _log.info("Vault refused this session's token (expired or revoked); logging in again")
         self._client = None
         return fn(self.client())
@@ -504,9 +508,7 @@ def _login(client: hvac.Client, auth: VaultAuth, url: str) -> None:
         if not auth.role_id:
             raise ConfigError("AppRole auth needs a role_id")
         mount = auth.mount or "approle"
-        with vault_errors(
-            f"AppRole login at auth/{mount}", addr=url, secrets=(auth.secret_id or "",)
-        ):
+        with _login_errors(f"AppRole login at auth/{mount}", url, (auth.secret_id or "",)):
             client.auth.approle.login(
                 role_id=auth.role_id, secret_id=auth.secret_id, mount_point=mount
             )
@@ -519,18 +521,25 @@ def _login(client: hvac.Client, auth: VaultAuth, url: str) -> None:
         raise ConfigError(f"{auth.method} auth needs a role", hint="set WEIGHTGUARD_VAULT_ROLE")
     mount = auth.mount or auth.method
     operation = f"{auth.method} login as role {auth.role!r} at auth/{mount}"
-    with vault_errors(operation, addr=url, secrets=(jwt,)):
+    with _login_errors(operation, url, (jwt,)):
+        if auth.method == "kubernetes":
+            client.auth.kubernetes.login(role=auth.role, jwt=jwt, mount_point=mount)
+        else:
+            client.auth.jwt.jwt_login(role=auth.role, jwt=jwt, path=mount)
+
+
+@contextlib.contextmanager
+def _login_errors(operation: str, url: str, secrets: tuple[str, ...]) -> Iterator[None]:
+    """A refused login (AppRole, JWT, Kubernetes answer 400) is a denial, worded once;
+    everything else is mapped as any Vault call."""
+    with vault_errors(operation, addr=url, secrets=secrets):
         try:
-            if auth.method == "kubernetes":
-                client.auth.kubernetes.login(role=auth.role, jwt=jwt, mount_point=mount)
-            else:
-                client.auth.jwt.jwt_login(role=auth.role, jwt=jwt, path=mount)
+            yield
         except Exception as exc:
             import hvac.exceptions as hx
 
-            # A refused login comes back as 400 from jwt/kubernetes auth: that is a denial.
             if isinstance(exc, hx.InvalidRequest):
-                detail = _redact(_vault_messages(exc), (jwt,))
+                detail = _redact(_vault_messages(exc), secrets)
                 raise KeyAccessDenied(f"Vault at {url} denied {operation}: {detail}") from None
             raise
 

@@ -41,6 +41,7 @@ from weightguard.errors import (
     KeyProviderError,
     KeyUnavailableError,
     KeyVersionRetired,
+    WeightguardError,
     WrongKeyError,
 )
 from weightguard.manifest import WrappedKey
@@ -395,8 +396,14 @@ _VAULT_OPERATIONS = {
 }
 
 
+class _BatchItemError(KeyProviderError):
+    """The error text Vault returned for one item of a batch request."""
+
+
 def _vault_error(exc: BaseException, uri: str, op: str, client: Any = None) -> Exception:
     """Map an hvac/requests error (or a batch item's error text) to weightguard errors."""
+    if isinstance(exc, WeightguardError) and not isinstance(exc, _BatchItemError):
+        return exc  # already typed and worded (e.g. a refused login): keep it as it is
     text = str(exc).lower()
     if "disallowed by policy" in text or "min_decryption_version" in text:
         return KeyVersionRetired(
@@ -413,7 +420,7 @@ def _vault_error(exc: BaseException, uri: str, op: str, client: Any = None) -> E
             hint="use the key and --context the artifact was encrypted with "
             "(see `weightguard inspect`)",
         )
-    if isinstance(exc, KeyProviderError):
+    if isinstance(exc, _BatchItemError):
         return KeyProviderError(f"Vault failed to {op} with {uri}: {str(exc)[:200]}")
     from weightguard._internal.foundation.vault import map_vault_error
 
@@ -490,7 +497,7 @@ class VaultTransitProvider(_BaseProvider):
             raise KeyProviderError(f"Vault returned a malformed batch {op} result for {uri}")
         for item in results:
             if isinstance(item, dict) and item.get("error"):
-                raise _vault_error(KeyProviderError(str(item["error"])), uri, op)
+                raise _vault_error(_BatchItemError(str(item["error"])), uri, op)
         return results
 
     def wrap_many(self, data_keys: Sequence[bytearray], context: str) -> list[WrappedKey]:
