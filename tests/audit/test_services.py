@@ -176,5 +176,12 @@ def test_vault_signer_unreachable_fails_closed(tmp_path: Path, openbao: OpenBaoS
         checkpoint_every=2,
     )
     log.emit("load.start")
-    with pytest.raises(AuditError, match="Vault Transit sign for vault://transit/nokey failed"):
+    with pytest.raises(
+        AuditError, match="Vault Transit sign for vault://transit/nokey failed"
+    ) as e:
         log.emit("load.ok")
+    # the cause in words, as foundation.vault tells it apart, not only a class name
+    assert f"Vault at {openbao.addr} rejected the token while signing an audit checkpoint" in str(
+        e.value
+    )
+    assert "not-a-valid-token" not in str(e.value)

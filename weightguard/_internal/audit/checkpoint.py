@@ -121,10 +121,25 @@ def _vault_client(client: Any = None) -> Any:
     return vault_client()
 
 
-def _vault_error(action: str, uri: str, exc: Exception) -> AuditError:
+_VAULT_DOING = {  # what map_vault_error says was being done ("... while <doing>")
+    "Transit sign": "signing an audit checkpoint with {uri}",
+    "Transit read-key": "reading the audit checkpoint key {uri}",
+    "KV anchor write": "writing the audit anchor {uri}",
+    "KV anchor list": "listing the audit anchors at {uri}",
+    "KV anchor read": "reading the audit anchor {uri}",
+}
+
+
+def _vault_error(action: str, uri: str, exc: Exception, client: Any = None) -> AuditError:
+    """One AuditError that keeps the cause in words (unreachable, TLS, expired token,
+    missing permission: foundation.vault's mapping), not only its class name."""
+    from weightguard._internal.foundation.vault import map_vault_error
+
+    doing = _VAULT_DOING.get(action, "using {uri} for the audit").format(uri=uri)
+    cause = map_vault_error(exc, doing, client=client)
     return AuditError(
-        f"Vault {action} for {uri} failed ({type(exc).__name__})",
-        hint="check VAULT_ADDR, the token's policy and that the key/path exists",
+        f"Vault {action} for {uri} failed: {cause.message}",
+        hint=cause.hint or "check VAULT_ADDR, the token's policy and that the key/path exists",
     )
 
 
@@ -151,7 +166,7 @@ class TransitCheckpointSigner:
             )
             sig = str(resp["data"]["signature"])
         except Exception as exc:  # hvac raises many types; map all to one message
-            raise _vault_error("Transit sign", self.uri, exc) from None
+            raise _vault_error("Transit sign", self.uri, exc, self._session.current) from None
         # vault:v<version>:<base64>
         try:
             _, ver, value = sig.split(":", 2)
@@ -274,7 +289,7 @@ def load_vault_public_keys(uri: str, *, client: Any = None) -> CheckpointVerifie
         resp = c.secrets.transit.read_key(name=name, mount_point=mount)
         versions = resp["data"]["keys"]
     except Exception as exc:
-        raise _vault_error("Transit read-key", uri, exc) from None
+        raise _vault_error("Transit read-key", uri, exc, c) from None
     keys: dict[str, Any] = {}
     for ver, info in versions.items():
         if isinstance(info, dict) and info.get("public_key"):
@@ -516,7 +531,9 @@ class VaultKVAnchor:
 
                 if isinstance(exc, hvac.exceptions.InvalidRequest) and "check-and-set" in str(exc):
                     continue  # another writer won the race; re-read and retry
-                raise _vault_error("KV anchor write", self.uri, exc) from None
+                raise _vault_error(
+                    "KV anchor write", self.uri, exc, self._session.current
+                ) from None
         raise AuditError(f"Vault KV anchor {self.uri} kept changing; checkpoint not anchored")
 
     def log_ids(self) -> list[str]:
@@ -529,7 +546,7 @@ class VaultKVAnchor:
         except hvac.exceptions.InvalidPath:
             return []
         except Exception as exc:
-            raise _vault_error("KV anchor list", self.uri, exc) from None
+            raise _vault_error("KV anchor list", self.uri, exc, self._session.current) from None
         keys = resp.get("data", {}).get("keys", [])
         return [str(k) for k in keys if isinstance(k, str) and not k.endswith("/")]
 
@@ -539,7 +556,7 @@ class VaultKVAnchor:
         except AuditError:
             raise
         except Exception as exc:
-            raise _vault_error("KV anchor read", self.uri, exc) from None
+            raise _vault_error("KV anchor read", self.uri, exc, self._session.current) from None
 
 
 def _parse_anchor(data: bytes, where: str) -> dict[str, Any]:
