@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from weightguard._internal.audit.record import canonical
+from weightguard._internal.foundation.s3errors import s3_cause
 from weightguard.errors import (
     AuditError,
     ConfigError,
@@ -403,7 +404,7 @@ class S3Anchor:
             )
         except Exception as exc:
             raise AuditError(
-                f"cannot anchor audit checkpoint to {self.uri} ({type(exc).__name__})",
+                f"cannot anchor audit checkpoint to {self.uri} ({s3_cause(exc)})",
                 hint="check the bucket exists with Object Lock enabled and the S3 credentials",
             ) from None
 
@@ -423,7 +424,7 @@ class S3Anchor:
             raise
         except Exception as exc:
             raise AuditError(
-                f"cannot list audit anchor {self.uri} ({type(exc).__name__})",
+                f"cannot list audit anchor {self.uri} ({s3_cause(exc)})",
                 hint="check the S3 endpoint and credentials",
             ) from None
         return out
@@ -454,7 +455,7 @@ class S3Anchor:
             data = resp["Body"].read(MAX_ANCHOR_BYTES + 1)
         except Exception as exc:
             raise AuditError(
-                f"cannot read audit anchor {self.uri} ({type(exc).__name__})",
+                f"cannot read audit anchor {self.uri} ({s3_cause(exc)})",
                 hint="check the S3 endpoint and credentials",
             ) from None
         if len(data) > MAX_ANCHOR_BYTES:

@@ -41,6 +41,7 @@ from weightguard._internal.audit.record import (
     parse_record,
     utc_now,
 )
+from weightguard._internal.foundation.s3errors import s3_cause
 from weightguard.errors import AuditError, ConfigError
 
 SYNC_MODES = ("event", "batch", "none")
@@ -617,7 +618,7 @@ class S3Sink:
             )
         except Exception as exc:
             raise AuditError(
-                f"cannot write audit segment to {self.name} ({type(exc).__name__})",
+                f"cannot write audit segment to {self.name} ({s3_cause(exc)})",
                 hint="check the bucket exists with Object Lock enabled and the S3 "
                 "credentials; the access is refused while it cannot be audited",
             ) from None
@@ -697,7 +698,7 @@ def read_s3_log(uri: str, *, client: Any = None) -> Iterator[tuple[str, int, byt
                     keys.append(k)
     except Exception as exc:
         raise AuditError(
-            f"cannot list audit segments under {uri} ({type(exc).__name__})",
+            f"cannot list audit segments under {uri} ({s3_cause(exc)})",
             hint="check the S3 endpoint, bucket and credentials",
         ) from None
     keys.sort()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE
+from weightguard._internal.foundation.s3errors import REFUSED, error_code
 from weightguard._internal.load.sources import parse_s3_uri
 from weightguard.errors import (
     ConfigError,
@@ -42,15 +42,6 @@ def _refuse_plaintext(path: Path) -> None:
 # off (its reads are retried by sources.py), so uploads get a client of their own.
 _UPLOAD_RETRIES = {"total_max_attempts": 6, "mode": "standard"}  # exponential backoff
 
-_REFUSED = {
-    "AccessDenied": "access denied",
-    "InvalidAccessKeyId": "the access key is not valid",
-    "SignatureDoesNotMatch": "the secret key does not match the access key",
-    "ExpiredToken": "the credentials have expired",
-    "InvalidToken": "the session token is not valid",
-    "NoSuchBucket": "the bucket does not exist",
-}
-
 
 def upload_client(endpoint_url: str | None = None) -> Any:
     """An S3 client for uploads: standard credential chain, retries with backoff."""
@@ -71,16 +62,6 @@ def upload_client(endpoint_url: str | None = None) -> Any:
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=cfg)
 
 
-def _error_code(exc: BaseException) -> str | None:
-    from botocore.exceptions import ClientError
-
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code") or "") or None
-    # S3UploadFailedError only keeps the text: "... An error occurred (Code) when ..."
-    m = re.search(r"An error occurred \(([A-Za-z0-9]+)\)", str(exc))
-    return m.group(1) if m else None
-
-
 def _upload_error(exc: BaseException, rel: str, url: str, endpoint: str | None) -> Exception:
     from botocore.exceptions import EndpointConnectionError, NoCredentialsError
 
@@ -97,10 +78,10 @@ def _upload_error(exc: BaseException, rel: str, url: str, endpoint: str | None) 
         )
     if isinstance(exc, OSError):
         return DestinationError(f"{where} failed: {exc.strerror or type(exc).__name__}")
-    code = _error_code(exc)
-    if code in _REFUSED:
+    code = error_code(exc)
+    if code in REFUSED:
         return DestinationError(
-            f"{where} was refused: {_REFUSED[code]} ({code})",
+            f"{where} was refused: {REFUSED[code]} ({code})",
             hint="check the bucket name, the S3 credentials (standard AWS chain) and "
             "--endpoint-url",
         )
