@@ -141,6 +141,50 @@ def test_several_signatures(signed: dict[str, Any]) -> None:
         _verify(signed)
 
 
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _set_padding_bit(b64: str) -> str:
+    """The same bytes, written with a padding bit set (base64 decoders accept it)."""
+    i = len(b64.rstrip("=")) - 1
+    return b64[:i] + _B64[_B64.index(b64[i]) | 1] + b64[i + 1 :]
+
+
+def test_non_canonical_base64_is_refused(signed: dict[str, Any]) -> None:
+    """Bundle bytes must not change while the bundle stays valid: a set padding bit in
+    the signature or the payload decodes to the same bytes (make fuzz found the
+    signature case accepted, seed 476779977)."""
+    import base64
+
+    payload = json.dumps(payload_of(signed["sig"])).encode()
+    for _ in range(40):  # a padded payload and a padded DER signature (length varies)
+        doc = json.loads(signed["signer"].make_bundle(payload))
+        env = doc["dsseEnvelope"]
+        if env["payload"].endswith("=") and env["signatures"][0]["sig"].endswith("="):
+            break
+        payload += b" "
+    else:  # pragma: no cover - 40 tries without both padded
+        pytest.fail("no padded encoding to test")
+    signed["sig"].write_text(json.dumps(doc))
+    assert _verify(signed).signer  # the canonical bundle verifies
+    for field in ("payload", "sig"):
+        edited = json.loads(json.dumps(doc))
+        holder = (
+            edited["dsseEnvelope"]
+            if field == "payload"
+            else edited["dsseEnvelope"]["signatures"][0]
+        )
+        holder[field] = _set_padding_bit(holder[field])
+        assert base64.b64decode(holder[field]) == base64.b64decode(
+            (doc["dsseEnvelope"] if field == "payload" else doc["dsseEnvelope"]["signatures"][0])[
+                field
+            ]
+        )
+        signed["sig"].write_text(json.dumps(edited))
+        with pytest.raises(FormatError, match=rf"{field}: non-canonical base64"):
+            _verify(signed)
+
+
 def test_no_signature_and_bad_base64(signed: dict[str, Any]) -> None:
     _edit_bundle(signed["sig"], lambda d: d["dsseEnvelope"].update(signatures=[]))
     with pytest.raises(FormatError, match="signatures has 0 entries"):

@@ -47,6 +47,7 @@ from weightguard._internal.audit.record import (
     canonical,
     parse_record,
 )
+from weightguard._internal.foundation.encoding import canonical_b64decode
 from weightguard.errors import AuditError, ConfigError
 
 # A log the writer closed ends with a checkpoint, so by default nothing may be unsigned;
@@ -67,7 +68,6 @@ def _unsigned_fields(rec: dict[str, Any]) -> str:
     must be exactly those the writer derives from it, so no byte of the line can
     change unnoticed (the last checkpoint's line is covered by no later record).
     """
-    import base64
 
     cp, sig = rec.get("checkpoint"), rec.get("sig")
     extra = sorted(set(rec) - _CHECKPOINT_LINE)
@@ -82,13 +82,12 @@ def _unsigned_fields(rec: dict[str, Any]) -> str:
     if not isinstance(sig, dict) or set(sig) != _SIGNATURE:
         return "sig"
     value = sig.get("value")
-    try:
-        if not isinstance(value, str) or (
-            base64.b64encode(base64.b64decode(value, validate=True)).decode() != value
-        ):
-            return "sig.value is not canonical base64"
-    except ValueError:
+    if not isinstance(value, str):
         return "sig.value is not base64"
+    try:
+        canonical_b64decode(value)
+    except ValueError as exc:
+        return f"sig.value: {exc}"
     return ""
 
 

@@ -25,7 +25,6 @@ weightguard adds ``predicate.weightguard`` (signed; ignored by the reference ver
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import re
@@ -34,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from weightguard._internal.foundation import boundedjson
+from weightguard._internal.foundation.encoding import canonical_b64decode
 from weightguard._internal.signing.hashing import (
     CHUNK_ALGORITHMS,
     SHA256_CHUNKED,
@@ -126,9 +126,9 @@ def _b64decode(value: object, where: str, *, max_len: int = MAX_BUNDLE_BYTES) ->
     if len(value) > max_len * 4 // 3 + 4:
         raise FormatError(f"{where}: value too large")
     try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise FormatError(f"{where}: invalid base64") from exc
+        return canonical_b64decode(value)
+    except ValueError as exc:
+        raise FormatError(f"{where}: {exc}") from None
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:
