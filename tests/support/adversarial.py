@@ -86,37 +86,19 @@ class Corpus:
 
 
 def build(root: Path) -> Corpus:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
 
+    from tests.support.load import make_sign_keys
     from weightguard import crypt
     from weightguard._internal.keys.providers import create_key_file
     from weightguard.policy import PublicKey
-    from weightguard.signing import KeySigner, sign_model
+    from weightguard.signing import sign_model
 
     kek = root / "kek.hex"
     create_key_file(kek)
     key_uri = f"file://{kek}"
 
-    def keypair(name: str) -> tuple[Any, Path]:
-        k = ec.generate_private_key(ec.SECP256R1())
-        priv, pub = root / f"{name}.pem", root / f"{name}.pub"
-        priv.write_bytes(
-            k.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        pub.write_bytes(
-            k.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-        return KeySigner.from_file(priv), pub
-
-    signer, pub = keypair("release")
-    attacker, _ = keypair("attacker")
+    release, attacking = make_sign_keys(root, "release"), make_sign_keys(root, "attacker")
+    signer, pub, attacker = release.signer(), release.public, attacking.signer()
     models = []
     plains = []
     for name, seed in (("a", 1), ("b", 100)):

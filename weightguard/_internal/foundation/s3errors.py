@@ -38,10 +38,8 @@ def error_code(exc: BaseException) -> str | None:
 def s3_cause(exc: BaseException) -> str:
     """A short phrase for ``exc``: "access denied (AccessDenied)", "cannot reach the S3
     endpoint", "no S3 credentials found", else the error code or the class name."""
-    try:
-        import botocore.exceptions as bx
-    except ImportError:  # pragma: no cover - boto3 is a core dependency
-        return type(exc).__name__
+    import botocore.exceptions as bx
+
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return "no S3 credentials found"
     if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError):
