@@ -51,6 +51,7 @@ __all__ = [
     "hash_chunks",
     "hash_files",
     "range_count",
+    "whole_digest_size",
     "whole_hasher",
 ]
 
@@ -64,7 +65,9 @@ _TARGET_BLOCK = 16 * 1024 * 1024
 _MAX_BLOCK = 64 * 1024 * 1024
 _SMALL_FILE = 1024 * 1024
 # OMS resource digests (model_signing ``serialization.hash_type`` / resource ``algorithm``).
-WHOLE_ALGORITHMS = ("sha256", "blake3")
+# "blake2b" is model_signing's ``blake2`` (``hashlib.blake2b()``: 64-byte digest, no key,
+# default parameters; model_signing names it "blake2b" in the bundle).
+WHOLE_ALGORITHMS = ("sha256", "blake2b", "blake3")
 # Files at least this big get a multi-threaded whole-file BLAKE3 (same digest) when the
 # machine has at least _BLAKE3_MT_CPUS cores.  On 2 cores it does not help (measured on
 # 1 GiB: 0.52-0.60 s single-threaded vs 0.61-0.68 s with threads): the chunk digests
@@ -118,14 +121,17 @@ def chunk_hasher(algorithm: str, *, path: str | None = None) -> HasherFactory:
 
 
 def whole_hasher(algorithm: str, *, size: int = 0, path: str | None = None) -> Hasher:
-    """A fresh whole-file hasher for an OMS resource digest algorithm (``sha256`` or
-    ``blake3``); ``size`` >= 8 MiB on >= 4 cores gets blake3's internal threads (same
-    digest).
+    """A fresh whole-file hasher for an OMS resource digest algorithm: ``sha256``,
+    ``blake2b`` (model_signing's ``blake2``: ``hashlib.blake2b()``, 64-byte digest) or
+    ``blake3``; ``size`` >= 8 MiB on >= 4 cores gets blake3's internal threads (same
+    digest).  The same functions hash model_signing's ``shards`` (one hasher per shard).
 
     Any other name raises :class:`ConfigError` naming ``path`` and the name.
     """
     if algorithm == "sha256":
         return hashlib.sha256()
+    if algorithm == "blake2b":
+        return hashlib.blake2b()
     if algorithm == "blake3":
         b3: Any = _blake3_factory()
         if size >= _BLAKE3_MT_MIN and (os.cpu_count() or 1) >= _BLAKE3_MT_CPUS:
@@ -137,6 +143,11 @@ def whole_hasher(algorithm: str, *, size: int = 0, path: str | None = None) -> H
         f"supported: {', '.join(WHOLE_ALGORITHMS)}",
         hint="sign with hash type sha256 or blake3",
     )
+
+
+def whole_digest_size(algorithm: str) -> int:
+    """Bytes of an OMS resource digest with ``algorithm`` (64 for blake2b, else 32)."""
+    return 64 if algorithm == "blake2b" else 32
 
 
 def chunk_digest(algorithm: str, data: Any) -> bytes:
