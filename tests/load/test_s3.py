@@ -228,16 +228,33 @@ def _decrypt_token(bao, key_uri: str, ttl: str) -> str:  # type: ignore[no-untyp
     return str(bao.create_token([f"dec-{name}"], ttl=ttl))
 
 
-def test_expired_vault_token_at_load(vault_model, sign_keys, vault_env) -> None:  # type: ignore[no-untyped-def]
+def _wait_expired(bao, tok: str, limit_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the server itself calls ``tok`` expired (a lookup with the root client
+    fails), so the test does not depend on how fast a loaded machine runs the first load."""
     import time
 
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            bao.client().auth.token.lookup(tok)
+        except Exception:  # hvac's Forbidden/InvalidRequest: the token is gone
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"token still valid after {limit_s} s")
+
+
+def test_expired_vault_token_at_load(vault_model, sign_keys, vault_env) -> None:  # type: ignore[no-untyped-def]
     src, expected, uri, _ = vault_model
-    tok = _decrypt_token(vault_env, uri, ttl="2s")
-    opts = {"addr": vault_env.addr, "token": tok}
     audit, sink = memory_audit()
-    got = loader.load_file(src, policy=sign_keys.policy(), audit=audit, key_options=opts)
-    assert_same(got, expected)  # the token works while valid
-    time.sleep(3.5)
+    # The policy works while a token is valid (a long-lived token, so a slow machine cannot
+    # make this half flaky) ...
+    valid = {"addr": vault_env.addr, "token": _decrypt_token(vault_env, uri, ttl="10m")}
+    got = loader.load_file(src, policy=sign_keys.policy(), audit=audit, key_options=valid)
+    assert_same(got, expected)
+    # ... and the same grant in a token the server has expired is refused.
+    tok = _decrypt_token(vault_env, uri, ttl="1s")
+    _wait_expired(vault_env, tok)
+    opts = {"addr": vault_env.addr, "token": tok}
     got = None
     with pytest.raises(KeyAccessDenied) as e:
         got = loader.load_file(src, policy=sign_keys.policy(), audit=audit, key_options=opts)
