@@ -40,17 +40,17 @@ def _model(tmp_path: Path, size: int = 3 * 4096 + 100) -> Path:
 
 
 def test_encrypted_file_is_not_safetensors(tmp_path: Path, keyfile: Path) -> None:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     src = _model(tmp_path)
     dst = tmp_path / "enc.safetensors"
     crypt.encrypt_file(src, dst, key_uri(keyfile), chunk_size=4096)
     assert dst.read_bytes()[: len(MAGIC)] == MAGIC
-    with pytest.raises(Exception, match=r"header too large|HeaderTooLarge|invalid"):
+    with pytest.raises(SafetensorError, match=r"header too large|HeaderTooLarge|invalid"):
         safe_open(str(dst), framework="numpy")
     from safetensors.numpy import load
 
-    with pytest.raises(Exception):
+    with pytest.raises(SafetensorError):
         load(dst.read_bytes())
 
 
