@@ -160,3 +160,39 @@ def test_available_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     assert aes.available("fake") == "no Triton target for 'fake' devices"
     monkeypatch.setenv("CC", "/nonexistent/cc")
     assert aes.available("cuda") == "no C compiler (Triton builds its launcher with one)"
+
+
+def test_tag_checker_h_once_per_cipher_and_no_key_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One load's tag checks derive H once per cipher and hand OpenSSL the cipher's own
+    key buffer (wipeable), never an immutable ``bytes`` copy per record."""
+    from weightguard._internal.devices import gcm_tag
+
+    key = bytearray(os.urandom(32))
+
+    class Cipher_:
+        def gcm_record(self, index: int) -> tuple[bytearray, bytes, bytes]:
+            return key, index.to_bytes(12, "big"), b"aad%d" % index
+
+    seen: list[Any] = []
+    real_cipher = gcm_tag.Cipher
+
+    def spy(algorithm: Any, mode: Any) -> Any:
+        seen.append(algorithm.key)
+        return real_cipher(algorithm, mode)
+
+    monkeypatch.setattr(gcm_tag, "Cipher", spy)
+    derived: list[int] = []
+    real_h = gcm_tag.ghash_key
+    monkeypatch.setattr(gcm_tag, "ghash_key", lambda k: derived.append(1) or real_h(k))
+    c = Cipher_()
+    checker = gcm_tag.TagChecker()
+    for i in range(1, 6):
+        nonce, aad = i.to_bytes(12, "big"), b"aad%d" % i
+        record = bytearray(AESGCM(bytes(key)).encrypt(nonce, b"x" * i, aad))
+        assert checker.matches(c, i, memoryview(record))
+        record[0] ^= 1
+        assert not checker.matches(c, i, memoryview(record))
+    assert len(derived) == 1
+    assert seen and all(k is key for k in seen)
+    checker.clear()
+    assert checker._h == {}

@@ -394,3 +394,34 @@ def test_cuda_pinned_ring_release(tmp_path, file_key, sign_keys) -> None:  # typ
     assert pinned.pinned_bytes() >= pinned.ring_size(3 * CHUNK)
     assert loader.release_pinned_memory() > 0
     assert pinned.pinned_bytes() == 0
+
+
+@pytest.mark.parametrize("decrypt_on", ["auto", "gpu"])
+def test_cuda_ctr_bit_flip_signed_after_edit_is_refused(  # type: ignore[no-untyped-def]
+    tmp_path, file_key, sign_keys, decrypt_on
+) -> None:
+    """Ciphertext edited between encrypt and sign: the digest matches, the GCM tag not."""
+    src = tmp_path / "plain.safetensors"
+    write_st(src, LAYOUT)
+    enc = tmp_path / "enc" / "model.safetensors"
+    enc.parent.mkdir()
+    encrypt(src, enc, file_key, chunk_size=CHUNK)
+    with open(enc, "rb") as f:
+        hdr = fmt.read_header(f, path=str(enc))
+    off, _ = hdr.record_span(1)
+    flip(enc, off + 3)
+    sign(enc, enc.with_name("model.safetensors.sig"), sign_keys)
+    audit, sink = memory_audit()
+    seen: list[memoryview] = []
+    start = _sync_allocated()
+    with (
+        pytest.raises(IntegrityError, match="data record 1 failed authentication"),
+        observing(on_copier=lambda c: seen.extend(c.staging_views())),
+    ):
+        loader.load_file(
+            enc, "cuda:0", policy=sign_keys.policy(), audit=audit, workers=4, decrypt_on=decrypt_on
+        )
+    assert seen and all(zeros(v) for v in seen)
+    assert last(sink, "tamper.detected")["object"]["chunk"] == 1
+    assert "load.ok" not in events(sink)
+    assert _sync_allocated() == start

@@ -450,3 +450,32 @@ def test_gpu_decrypt_mixed_encrypted_and_plain_shards(
     assert fake.violations == []
     assert _ring_zero(seen)
     assert last(sink, "load.ok")["extra"]["decrypt_on"] == "gpu"
+
+
+@pytest.mark.parametrize("decrypt_on", ["auto", "gpu"])
+def test_gpu_decrypt_ctr_bit_flip_signed_after_edit_is_refused(
+    fake, tmp_path, file_key, sign_keys, interpret, decrypt_on
+) -> None:  # type: ignore[no-untyped-def]
+    """CTR is malleable: someone who edits the ciphertext between encrypt and sign (no key
+    needed) flips chosen plaintext bits and the signature covers the edit.  The GCM tag
+    must still gate every record on the device path, as it does on the CPU path."""
+    src = tmp_path / "p.safetensors"
+    write_st(src, LAYOUT)
+    enc = tmp_path / "m" / "model.safetensors"
+    enc.parent.mkdir()
+    encrypt(src, enc, file_key, chunk_size=GPU_CHUNK)
+    with open(enc, "rb") as f:
+        hdr = fmt.read_header(f, path=str(enc))
+    off, _ = hdr.record_span(1)
+    flip(enc, off + 3)  # a chosen plaintext bit of record 1 (the first tensor's bytes)
+    sign(enc, enc.with_name("model.safetensors.sig"), sign_keys)  # signs the edited bytes
+    exc, seen, sink = _fail(enc, "fake", sign_keys.policy(), workers=2, decrypt_on=decrypt_on)
+    assert isinstance(exc, IntegrityError) and exc.chunk == 1
+    assert "data record 1 failed authentication" in exc.message
+    assert last(sink, "tamper.detected")["object"]["chunk"] == 1
+    assert "load.ok" not in events(sink)
+    assert _ring_zero(seen)
+    assert all(int(t.count_nonzero()) == 0 for _, t in fake.allocations)
+    # the CPU path refuses the same file the same way
+    exc, _, _ = _fail(enc, "fake", sign_keys.policy(), workers=2, decrypt_on="cpu")
+    assert isinstance(exc, IntegrityError) and exc.chunk == 1

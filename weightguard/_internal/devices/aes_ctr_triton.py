@@ -2,8 +2,9 @@
 
 A v1 record is AES-256-GCM, whose ciphertext is AES-256-CTR with the counter block
 ``nonce(12) || u32be(c)`` starting at ``c = 2`` (``J0 = nonce || 1`` masks the tag), so
-the device decrypts existing artifacts bit-exactly; the tag or the signed digest is
-checked on the CPU before the ciphertext reaches the device.
+the device decrypts existing artifacts bit-exactly; the record's GCM tag (and its
+signed digest, when signed) is checked on the CPU before the ciphertext reaches the
+device (CTR alone is malleable: the tag is what ties the bytes to the key).
 
 Secrets stay in device memory: the 60-word key schedule is a uint32 device tensor the
 kernel loads (Triton specialises integer arguments and caches compiled kernels, so key

@@ -69,13 +69,15 @@ def digest_matches(
     return hmac.compare_digest(got, expected)
 
 
-def _check_tag(job: FileJob, rec: Record, data: memoryview) -> None:
-    """The GCM tag of a ciphertext record, without decrypting it (device decryption)."""
-    from weightguard._internal.devices.gcm_tag import gcm_tag_matches, ghash_key
+def _check_tag(job: FileJob, rec: Record, data: memoryview, tags: Any) -> None:
+    """The GCM tag of a ciphertext record, without decrypting it (device decryption).
 
+    Checked on EVERY record the device decrypts, signed or not: a signed digest covers
+    whatever ciphertext was signed, and CTR is malleable (an edit made between encrypt
+    and sign flips chosen plaintext bits); only the tag ties the bytes to the key.
+    """
     assert job.cipher is not None
-    key, nonce, aad = job.cipher.gcm_record(rec.index)  # type: ignore[attr-defined]
-    if not gcm_tag_matches(key, ghash_key(key), nonce, aad, data):
+    if not tags.matches(job.cipher, rec.index, data):
         raise IntegrityError(
             f"data record {rec.index} failed authentication (modified, reordered, "
             "duplicated, or taken from another artifact)",
@@ -121,6 +123,11 @@ def run_pipeline(
     stop = threading.Event()
     errors: list[BaseException] = []
     buffers: list[bytearray] = []
+    tags: Any = None  # GCM tags of device-decrypted records (H once per cipher)
+    if copier.decrypts and any(j.cipher is not None for j in jobs):
+        from weightguard._internal.devices.gcm_tag import TagChecker
+
+        tags = TagChecker()
 
     def take() -> tuple[FileJob, Record] | None:
         with lock:
@@ -157,10 +164,8 @@ def run_pipeline(
             out = copier.acquire(worker, rec, ciphertext=True)
             try:
                 job.source.read_into(rec.src_off, out)
-                if rec.digest is not None:
-                    _check(job, rec, out)
-                else:
-                    _check_tag(job, rec, out)
+                _check(job, rec, out)  # the signed digest (when signed), then the tag
+                _check_tag(job, rec, out, tags)
             except BaseException:
                 copier.abandon(worker, out)
                 raise
@@ -203,6 +208,8 @@ def run_pipeline(
         pool.shutdown(wait=True)
         for b in buffers:
             wipe(b)
+        if tags is not None:
+            tags.clear()
     if errors:
         # Prefer the most telling error: integrity over the rest.
         for e in errors:
