@@ -9,7 +9,12 @@ Every byte of the artifact is read once, hashed and compared with the signed
 per-chunk digest before it is used, AEAD-decrypted into the destination (CPU tensors
 directly; CUDA: ciphertext through a pinned staging ring, decrypted on the GPU by a
 Triton kernel so the host never holds plaintext weights, or ``decrypt_on="cpu"``), and
-nothing is returned unless every check passed.  On any failure (tamper,
+nothing is returned unless every check passed.  A model signed by OpenSSF
+model_signing alone (its whole-file or shard digests, sha256 / blake2b / blake3, no
+chunk digests) is verified in the same single read: each file's or shard's digest is
+computed in file order as its records stream by (files and shards in parallel), over
+the released bytes (the ciphertext of an encrypted file), and the load succeeds only
+when all of them matched.  On any failure (tamper,
 signature/policy, key denial, source error, out of memory, KeyboardInterrupt) everything
 written so far is zeroed and freed, an
 audit event is written and one typed error (from :mod:`weightguard.errors`) names the
@@ -437,15 +442,30 @@ class ModelHandle:
                 bytes=nbytes,
                 duration_s=duration,
             )
+        with contextlib.suppress(AttributeError, TypeError):  # audited once (see refuse)
+            exc.__dict__["_weightguard_audited"] = True
+
+    def refuse(self, exc: BaseException) -> None:
+        """Audit ``exc``, a refusal raised by the caller while this handle is open (an
+        integration's own checks of the verified files), as the handle audits its own
+        (``load.denied`` / ``tamper.detected``); an error already audited is skipped."""
+        if not getattr(exc, "_weightguard_audited", False):
+            self._deny(exc, time.monotonic() - self._t0)
 
     def keys(self) -> list[str]:
         """Names of every tensor in the model (sorted)."""
         return sorted(self._where)
 
-    def metadata(self) -> dict[str, str]:
+    def metadata(self) -> dict[str, str] | None:
+        """The header's ``__metadata__``, as ``safetensors.safe_open(...).metadata()``
+        returns it: None when the file has none.  For a model of several files, their
+        entries together (None when none has any)."""
+        found = [f.metadata for f in self._files if f.metadata is not None]
+        if not found:
+            return None
         out: dict[str, str] = {}
-        for f in self._files:
-            out.update(f.metadata or {})
+        for m in found:
+            out.update(m)
         return out
 
     @property
@@ -464,6 +484,10 @@ class ModelHandle:
         is yielded, and is dropped as it is consumed, so host memory holds about one
         batch rather than the whole model.  A failure raises the typed error from the
         iterator; every tensor yielded before it had passed its checks.
+
+        A file signed by whole-file or shard digests (model_signing) is one batch
+        whatever ``batch_bytes``: none of its tensors can be yielded before all of its
+        bytes were hashed, and a second batch would read and hash the file again.
         """
         if batch_bytes < 1:
             raise ConfigError(f"batch_bytes must be positive, not {batch_bytes}")
@@ -481,7 +505,7 @@ class ModelHandle:
             for t in sorted(f.tensors, key=lambda t: (t.begin, t.name)):
                 if wanted is not None and t.name not in wanted:
                     continue
-                if batch and size + t.nbytes > batch_bytes:
+                if batch and size + t.nbytes > batch_bytes and not f.streamed:
                     yield from self._drain(batch)
                     batch, size = [], 0
                 batch.append(t.name)
@@ -544,7 +568,13 @@ class ModelHandle:
         return data
 
     def load(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-        """Load all tensors, or only ``names`` (reading only the chunks they touch)."""
+        """Load all tensors, or only ``names`` (reading only the chunks they touch).
+
+        A file signed without chunk digests (by model_signing: one digest per file or per
+        shard) is read and hashed whole even when only some of its tensors are asked
+        for: nothing of it can be returned before every byte its digests cover was
+        hashed.  Its other records are read and hashed, never copied.
+        """
         if self._closed:
             raise ConfigError("the model handle is closed", hint="open the model again")
         wanted: set[str] | None = None
@@ -592,19 +622,13 @@ class ModelHandle:
                     align=copier.align,
                 )
                 base = len(all_segments)
-                records = [dataclasses.replace(r, seg=r.seg + base) for r in records]
+                records = [
+                    r if r.hash_only else dataclasses.replace(r, seg=r.seg + base)
+                    for r in records
+                ]
                 seg_base.append(base)
                 all_segments.extend(segments)
-                jobs.append(
-                    FileJob(
-                        f.display,
-                        f.source,
-                        records,
-                        segments,
-                        f.cipher,
-                        algorithm=f.geometry.algorithm,
-                    )
-                )
+                jobs.append(f.job(records, segments))
                 placements.append(place)
             nbytes = sum(r.src_len for j in jobs for r in j.records)
             if on_gpu:
@@ -691,10 +715,7 @@ class ModelHandle:
         if segments:
             max_plain = max((r.dst_len for r in records), default=1)
             copier = FileCopier(fd, base=len(st_raw), slot_bytes=max_plain, path=f.display)
-            job = FileJob(
-                f.display, f.source, records, segments, f.cipher, algorithm=f.geometry.algorithm
-            )
-            self._run([job], segments, copier)
+            self._run([f.job(records, segments)], segments, copier)
         return len(st_raw) + sum(segments)
 
     def _run(

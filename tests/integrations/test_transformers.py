@@ -4,6 +4,7 @@ every bad input surfaces as one weightguard error.  Real frameworks, no mocks.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -18,17 +19,24 @@ import torch
 from tests.support.load import flip, last, make_sign_keys, memory_audit, sign
 from weightguard import crypt
 from weightguard.errors import (
+    ConfigError,
     CoverageError,
     FormatError,
     IntegrityError,
     PolicyError,
     SourceError,
+    WeightguardError,
     WrongKeyError,
 )
 from weightguard.loader import load_model
 
-pytest.importorskip("transformers")
-st_mod = pytest.importorskip("sentence_transformers")
+# Checked without importing them (transformers + sentence-transformers take ~30 s to import
+# on a loaded machine; collection must stay fast): imported by the tests that use them.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None
+    or importlib.util.find_spec("sentence_transformers") is None,
+    reason="transformers and sentence-transformers are not installed",
+)
 
 SENTENCES = ["A man is eating food.", "The weights stay encrypted at rest.", "Hello"]
 
@@ -71,6 +79,8 @@ def _allow_release_key(monkeypatch: pytest.MonkeyPatch, release: dict[str, Any])
 
 @pytest.fixture(scope="module")
 def plain_st(plain_dir: Path) -> Any:
+    import sentence_transformers as st_mod
+
     return st_mod.SentenceTransformer(str(plain_dir), device="cpu", local_files_only=True)
 
 
@@ -261,7 +271,7 @@ def _both(d: Path, policy: Any, **kw: Any) -> list[BaseException]:
 
     out = []
     for fn in (from_pretrained, load_sentence_transformer):
-        with pytest.raises(Exception) as ei:
+        with pytest.raises(WeightguardError) as ei:
             fn(d, policy=policy, **kw)
         out.append(ei.value)
     return out
@@ -350,7 +360,9 @@ def test_other_weight_formats_are_never_written_and_module_weights_refused(
     (d / "2_Dense").mkdir()
     (d / "2_Dense" / "model.safetensors").write_bytes(b"x")
     mods = json.loads((d / "modules.json").read_text())
-    mods.append({"idx": 3, "name": "3", "path": "2_Dense", "type": "x"})
+    mods.append(
+        {"idx": 3, "name": "3", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+    )
     (d / "modules.json").write_text(json.dumps(mods))
     sign(d, d / "model.sig", release["keys"])
     with pytest.raises(FormatError, match="module weight files outside the transformer"):
@@ -439,3 +451,148 @@ def test_checkpoint_dtype_from_config_and_cast_on_request(tmp_path: Path) -> Non
         assert torch.equal(model.get_parameter(n), p), n
     f32 = from_pretrained(tmp_path / "enc", policy=UnsafeNoVerification(), dtype="float32")
     assert {p.dtype for p in f32.parameters()} == {torch.float32}
+
+
+# ------------------------------------------- encrypted side files, refusals (issue 22)
+
+
+def _resign(d: Path, keys: Any) -> None:
+    (d / "model.sig").unlink(missing_ok=True)
+    sign(d, d / "model.sig", keys)
+
+
+@pytest.fixture(scope="module")
+def sealed_release(release: dict[str, Any], plain_dir: Path) -> Path:
+    """The same model with every side file encrypted too (--encrypt-other-files)."""
+    enc = release["base"] / "sealed"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        crypt.encrypt_model(plain_dir, enc, release["key"], encrypt_other_files=True)
+    sign(enc, enc / "model.sig", release["keys"])
+    assert crypt.is_encrypted(enc / "config.json") and crypt.is_encrypted(enc / "tokenizer.json")
+    return enc
+
+
+def test_encrypted_side_files_are_decrypted_for_both(
+    release: dict[str, Any], sealed_release: Path, plain_dir: Path, plain_st: Any
+) -> None:
+    import transformers
+
+    from weightguard.integrations.sentence_transformers import load_sentence_transformer
+    from weightguard.integrations.transformers import from_pretrained
+
+    audit, sink = memory_audit()
+    model = from_pretrained(sealed_release, policy=release["keys"].policy(), audit=audit)
+    ref = transformers.AutoModel.from_pretrained(str(plain_dir)).eval()
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    with torch.no_grad():
+        assert torch.equal(
+            model(input_ids=ids).last_hidden_state, ref(input_ids=ids).last_hidden_state
+        )
+    unwraps = [r for r in sink.records if r.get("event") == "key.unwrap"]
+    assert any(r["object"].get("side_files") == ["config.json"] for r in unwraps), unwraps
+    st = load_sentence_transformer(sealed_release, policy=release["keys"].policy())
+    assert torch.equal(
+        st.encode(SENTENCES, convert_to_tensor=True),
+        plain_st.encode(SENTENCES, convert_to_tensor=True),
+    )
+
+
+def test_encrypted_side_file_is_authenticated_not_just_signed(
+    release: dict[str, Any], sealed_release: Path, tmp_path: Path
+) -> None:
+    """A flipped ciphertext byte re-signed (the signature holds) still fails its AEAD tag."""
+    d = tmp_path / "sealed"
+    shutil.copytree(sealed_release, d)
+    cfg = d / "config.json"
+    flip(cfg, cfg.stat().st_size - 20)
+    _resign(d, release["keys"])
+    audit, sink = memory_audit()
+    for exc in _both(d, release["keys"].policy(), audit=audit):
+        assert type(exc) is IntegrityError, repr(exc)
+        assert "config.json" in str(exc) and "failed authentication" in str(exc)
+    assert len(sink.events("tamper.detected")) == 2
+
+
+def test_wrong_key_for_encrypted_side_file(
+    release: dict[str, Any], sealed_release: Path, tmp_path: Path
+) -> None:
+    # the weights' key rule applies to side files too: the caller's key, checked by the
+    # key commitment before any record is opened
+    wrong = tmp_path / "other.hex"
+    crypt.create_key_file(wrong)
+    for exc in _both(sealed_release, release["keys"].policy(), key=f"file://{wrong}"):
+        assert isinstance(exc, WrongKeyError), repr(exc)
+
+
+def _modules_release(release: dict[str, Any], tmp_path: Path, module: dict[str, Any]) -> Path:
+    d = _copy(release, tmp_path)
+    mods = json.loads((d / "modules.json").read_text())
+    mods.append(module)
+    (d / "modules.json").write_text(json.dumps(mods))
+    _resign(d, release["keys"])
+    return d
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        (
+            {"idx": 3, "name": "3", "path": "/etc", "type": "sentence_transformers.models.Dense"},
+            r"module path '/etc' is not a directory inside the model",
+        ),
+        (
+            {"idx": 3, "name": "3", "path": "../x", "type": "sentence_transformers.models.Dense"},
+            r"module path '\.\./x' is not a directory inside the model",
+        ),
+        (
+            {"idx": 3, "name": "3", "path": "3_X", "type": "os.system"},
+            r"module type 'os.system' is not a sentence-transformers module class",
+        ),
+    ],
+)
+def test_signed_modules_json_is_checked_and_the_refusal_audited(
+    release: dict[str, Any], tmp_path: Path, module: dict[str, Any], message: str
+) -> None:
+    from weightguard.integrations.sentence_transformers import load_sentence_transformer
+
+    d = _modules_release(release, tmp_path, module)
+    audit, sink = memory_audit()
+    with pytest.raises(FormatError, match=message):
+        load_sentence_transformer(d, policy=release["keys"].policy(), audit=audit)
+    denied = last(sink, "load.denied")
+    assert denied["outcome"] == "denied" and "FormatError" in denied["reason"]
+    assert sink.events("load.ok") == []
+
+
+def test_a_frameworks_own_refusal_is_a_weightguard_error_and_audited(
+    release: dict[str, Any], tmp_path: Path
+) -> None:
+    """A signed tokenizer.json that the tokenizers library cannot parse: its exception
+    becomes one FormatError naming the framework, audited as load.denied."""
+    from weightguard.integrations.sentence_transformers import load_sentence_transformer
+
+    d = _copy(release, tmp_path)
+    (d / "tokenizer.json").write_text('{"version": "1.0", "model": 7}')
+    _resign(d, release["keys"])
+    audit, sink = memory_audit()
+    with pytest.raises(FormatError, match="sentence-transformers refused the verified") as ei:
+        load_sentence_transformer(d, policy=release["keys"].policy(), audit=audit)
+    assert ei.value.__cause__ is not None and not isinstance(ei.value.__cause__, FormatError)
+    assert "sentence-transformers refused" in last(sink, "load.denied")["reason"]
+
+
+def test_policy_given_as_a_file_name_is_a_clear_error(release: dict[str, Any]) -> None:
+    audit, sink = memory_audit()
+    for exc in _both(release["dir"], str(release["keys"].public), audit=audit):
+        assert type(exc) is ConfigError, repr(exc)
+        assert "policy must be a weightguard.policy object, not the str" in str(exc)
+        assert "PublicKey.from_file" in str(exc)
+    assert len(sink.events("load.denied")) == 2
+
+
+def test_trust_remote_code_is_refused_and_audited(release: dict[str, Any]) -> None:
+    audit, sink = memory_audit()
+    for exc in _both(release["dir"], release["keys"].policy(), audit=audit, trust_remote_code=True):
+        assert type(exc) is ConfigError and "trust_remote_code is not supported" in str(exc)
+    assert len(sink.events("load.denied")) == 2

@@ -18,16 +18,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import struct
 from typing import Any
 
 from weightguard._internal.foundation import boundedjson
-from weightguard.errors import ConfigError, DependencyMissing, FormatError
-from weightguard.loader import load_model, open_model
+from weightguard.errors import ConfigError, DependencyMissing, FormatError, WeightguardError
+from weightguard.loader import load_model
 
 __all__ = ["load_sentence_transformer"]
-
-_OPEN_OPTIONS = ("signature", "key", "key_options", "audit", "workers", "s3")
 
 
 def _empty_safetensors() -> bytes:
@@ -52,17 +51,42 @@ def _quiet_transformers() -> Any:
         tf_logging.set_verbosity(level)
 
 
+# Module classes sentence-transformers itself provides; a modules.json ``type`` naming
+# anything else (another package's class, a module's function) is refused: it is imported.
+_MODULE_TYPE = re.compile(r"sentence_transformers\.(?:[A-Za-z_][A-Za-z0-9_]*\.){0,4}[A-Za-z_]\w*")
+
+
 def _modules(raw: bytes, uri: str) -> list[dict[str, Any]]:
-    modules = boundedjson.loads(raw, what=f"{uri}/modules.json", max_bytes=1 << 20, max_depth=4)
+    """The verified ``modules.json``, each entry checked before sentence-transformers sees
+    it: a module class of sentence-transformers, a path inside the model directory."""
+    from weightguard.integrations._side_files import servable_side_file
+
+    what = f"{uri}/modules.json"
+    modules = boundedjson.loads(raw, what=what, max_bytes=1 << 20, max_depth=4)
     if (
         not isinstance(modules, list)
         or not modules
         or not all(isinstance(m, dict) for m in modules)
         or modules[0].get("path") not in ("", None)
     ):
-        raise FormatError(
-            f"{uri}/modules.json: the first module must be the transformer at the model's root"
-        )
+        raise FormatError(f"{what}: the first module must be the transformer at the model's root")
+    for m in modules:
+        kind, path = m.get("type"), m.get("path", "")
+        if not isinstance(kind, str) or not _MODULE_TYPE.fullmatch(kind):
+            raise FormatError(
+                f"{what}: module type {str(kind)[:120]!r} is not a sentence-transformers "
+                "module class",
+                hint="code shipped with or named by a model is never run",
+            )
+        if not isinstance(path, str):
+            raise FormatError(f"{what}: module path {str(path)[:120]!r} is not a string")
+        # a relative directory of safe names (its files, if any, are the signed side files
+        # written next to it); never absolute, never "..", never outside the model
+        if path and (path.startswith("/") or not servable_side_file(path.rstrip("/") + "/x.json")):
+            raise FormatError(
+                f"{what}: module path {path[:120]!r} is not a directory inside the model",
+                hint="module paths are relative directories of the signed model",
+            )
     return modules
 
 
@@ -76,25 +100,45 @@ def load_sentence_transformer(
     """A ready ``SentenceTransformer`` from a signed, encrypted model directory.
 
     ``device``: where the model runs (default ``cpu``).  Keyword arguments in
-    ``signature, key, key_options, audit, workers, s3`` go to
-    :func:`weightguard.open_model`; the others to ``SentenceTransformer``.
+    ``signature, key, key_options, allowed_keys, audit, workers, s3`` go to
+    :func:`weightguard.open_model`; the others to ``SentenceTransformer``.  Side files
+    the release encrypted (``--encrypt-other-files``) are decrypted in memory.  Every
+    refusal (sentence-transformers' own included) is a :mod:`weightguard.errors` error
+    and is audited.
     """
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise DependencyMissing(
-            "sentence-transformers is not installed", hint="pip install sentence-transformers"
-        ) from None
-    if kwargs.get("trust_remote_code"):
-        raise ConfigError(
-            "trust_remote_code is not supported: code shipped with a model is never run"
-        )
-    open_opts = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPEN_OPTIONS}
-    from weightguard.integrations._side_files import is_weight_file, side_file_dir
+    from weightguard.integrations._side_files import (
+        OPEN_OPTIONS,
+        audit_refusal,
+        check_policy,
+        is_weight_file,
+        opened,
+        refusals,
+        side_file_dir,
+    )
 
     uri = os.fspath(source)
-    with open_model(source, "cpu", policy=policy, **open_opts) as handle:
-        modules = _modules(handle.read_side_file("modules.json"), uri)
+    try:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise DependencyMissing(
+                "sentence-transformers is not installed",
+                hint="pip install sentence-transformers",
+            ) from None
+        check_policy(policy)
+        if kwargs.pop("trust_remote_code", False):
+            raise ConfigError(
+                "trust_remote_code is not supported: code shipped with a model is never run"
+            )
+    except WeightguardError as exc:
+        audit_refusal(kwargs.get("audit"), exc, uri)
+        raise
+    open_opts = {k: kwargs.pop(k) for k in list(kwargs) if k in OPEN_OPTIONS}
+    with (
+        opened(source, "cpu", policy, open_opts) as (handle, side),
+        refusals(handle, uri, "sentence-transformers"),
+    ):
+        modules = _modules(side.read("modules.json"), uri)
         dirs = {m["path"].strip("/") + "/" for m in modules if m.get("path")}
         extra = [
             n
@@ -108,8 +152,10 @@ def load_sentence_transformer(
                 hint="load the transformer with weightguard.integrations.transformers",
             )
         stub = {"model.safetensors": _empty_safetensors()}
-        with side_file_dir(handle, stub) as d, _quiet_transformers():
-            model = SentenceTransformer(str(d), device="cpu", local_files_only=True, **kwargs)
+        with side_file_dir(side, stub) as d, _quiet_transformers():
+            model = SentenceTransformer(
+                str(d), device="cpu", local_files_only=True, trust_remote_code=False, **kwargs
+            )
         transformer: Any = model[0]
         load_model(transformer.auto_model, handle, policy=policy)
     if device is not None:

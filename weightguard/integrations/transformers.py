@@ -19,15 +19,21 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from weightguard.errors import ConfigError, DependencyMissing, FormatError
-from weightguard.loader import load_model, open_model
+from weightguard.errors import ConfigError, DependencyMissing, FormatError, WeightguardError
+from weightguard.integrations._side_files import (
+    OPEN_OPTIONS,
+    audit_refusal,
+    check_policy,
+    opened,
+    read_config,
+    refusals,
+)
+from weightguard.loader import load_model
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["from_pretrained"]
-
-_OPEN_OPTIONS = ("signature", "key", "key_options", "audit", "workers", "s3")
 
 
 def _transformers() -> Any:
@@ -171,17 +177,63 @@ def from_pretrained(
     (``max_memory`` goes to ``accelerate.infer_auto_device_map``).  A map that sends
     any module to ``"disk"`` is refused: accelerate would write plaintext weights there.
     Other keyword arguments go to :func:`weightguard.open_model` (``signature``,
-    ``key``, ``key_options``, ``audit``, ``workers``, ``s3``).
+    ``key``, ``key_options``, ``allowed_keys``, ``audit``, ``workers``, ``s3``).
+    Side files the release encrypted (``--encrypt-other-files``) are decrypted in
+    memory under the same key rule as the weights.  Every refusal is a
+    :mod:`weightguard.errors` error and is audited.
     """
     tf = _transformers()
+    uri = os.fspath(source)
+    try:
+        accelerate, want = _check_options(
+            kwargs, policy, device_map, max_memory, dtype, torch_dtype
+        )
+    except WeightguardError as exc:
+        audit_refusal(kwargs.get("audit"), exc, uri)
+        raise
+    with (
+        opened(source, device or "cpu", policy, kwargs) as (handle, side),
+        refusals(handle, uri, "transformers"),
+    ):
+        doc = read_config(side)
+        if want is None:  # like transformers' dtype="auto": the dtype the config records
+            with contextlib.suppress(ConfigError):
+                want = _dtype(doc.get("dtype") or doc.get("torch_dtype"))
+        config = build_config(tf, doc, uri)
+        model = instantiate(tf, config, _model_class(tf, config, auto_class, uri), want)
+        # Planned on the meta model, so a refused map stops before any weight is decrypted.
+        dm = _plan_device_map(accelerate, model, device_map, max_memory)
+        load_model(model, handle, policy=policy)
+    if device is not None:
+        model.to(device)  # buffers built on the CPU follow the parameters
+    if dm is not None:
+        model = accelerate.dispatch_model(model, device_map=dm)
+        model.hf_device_map = dict(dm)  # what transformers' own device_map load sets
+    model.eval()
+    return model
+
+
+def _check_options(
+    kwargs: dict[str, Any],
+    policy: Any,
+    device_map: Any,
+    max_memory: Mapping[Any, Any] | None,
+    dtype: Any,
+    torch_dtype: Any,
+) -> tuple[Any, torch.dtype | None]:
+    """Refuse what from_pretrained does not do, before anything is opened."""
+    check_policy(policy)
     if kwargs.pop("trust_remote_code", False):
         raise ConfigError(
             "trust_remote_code is not supported: code shipped with a model is never run",
             hint="use a model class that transformers provides",
         )
-    unknown = sorted(set(kwargs) - set(_OPEN_OPTIONS))
+    unknown = sorted(set(kwargs) - set(OPEN_OPTIONS))
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)}",
+            hint="known: " + ", ".join(OPEN_OPTIONS),
+        )
     if max_memory is not None and device_map != "auto":
         raise ConfigError("max_memory is used only with device_map='auto'")
     accelerate: Any = None
@@ -199,24 +251,4 @@ def from_pretrained(
             raise DependencyMissing(
                 "device_map needs accelerate", hint="pip install accelerate"
             ) from None
-    want = _dtype(dtype if dtype is not None else torch_dtype)
-    from weightguard.integrations._side_files import read_config
-
-    with open_model(source, device or "cpu", policy=policy, **kwargs) as handle:
-        uri = os.fspath(source)
-        doc = read_config(handle, uri)
-        if want is None:  # like transformers' dtype="auto": the dtype the config records
-            with contextlib.suppress(ConfigError):
-                want = _dtype(doc.get("dtype") or doc.get("torch_dtype"))
-        config = build_config(tf, doc, uri)
-        model = instantiate(tf, config, _model_class(tf, config, auto_class, uri), want)
-        # Planned on the meta model, so a refused map stops before any weight is decrypted.
-        dm = _plan_device_map(accelerate, model, device_map, max_memory)
-        load_model(model, handle, policy=policy)
-    if device is not None:
-        model.to(device)  # buffers built on the CPU follow the parameters
-    if dm is not None:
-        model = accelerate.dispatch_model(model, device_map=dm)
-        model.hf_device_map = dict(dm)  # what transformers' own device_map load sets
-    model.eval()
-    return model
+    return accelerate, _dtype(dtype if dtype is not None else torch_dtype)
