@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest adversarial fuzz bench bench-full bench-loads bench-gpu clean venv lock vllm-venv
+.PHONY: demo test lint typecheck pytest pytest-slow adversarial fuzz bench bench-full bench-loads bench-gpu clean venv lock vllm-venv
 
 venv: $(STAMP)
 
@@ -34,9 +34,14 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
 
-test: lint typecheck pytest
+# Statistical and end-to-end runs (watermark null distribution and robustness, packaging,
+# long vLLM runs): their own step, so the quick suite reports first.
+pytest-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+test: lint typecheck pytest pytest-slow
 
 # The adversarial suite at its CI size (also part of `make pytest`).
 adversarial: $(STAMP)

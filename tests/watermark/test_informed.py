@@ -16,6 +16,9 @@ from weightguard._internal.watermark import detect as wm_detect
 from weightguard._internal.watermark import io as wm_io
 from weightguard._internal.watermark.keys import WatermarkKey
 
+# Statistical runs (minutes on 2 cores): CI runs them in their own step (make pytest-slow).
+pytestmark = pytest.mark.slow
+
 KEY = b"sentinel-key-material-0123456789"
 ALIGN_FUNCS = [
     wm_align.match_tensors,

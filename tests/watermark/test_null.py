@@ -11,12 +11,16 @@ import hashlib
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from tests.support.watermark import finetune_minilm, minilm, train_mlp, trained_mlp
 from weightguard import watermark as wm
 from weightguard._internal.watermark import detect as wm_detect
 from weightguard._internal.watermark.io import open_source
+
+# Statistical runs (minutes on 2 cores): CI runs them in their own step (make pytest-slow).
+pytestmark = pytest.mark.slow
 
 KEY = b"owner-key-0123456789abcdef012345"
 

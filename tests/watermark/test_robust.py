@@ -14,6 +14,9 @@ from tests.support import watermark as sup
 from weightguard import watermark as wm
 from weightguard._internal.watermark import scheme as wm_scheme
 
+# Statistical runs (minutes on 2 cores): CI runs them in their own step (make pytest-slow).
+pytestmark = pytest.mark.slow
+
 KEY = b"owner-key-0123456789abcdef012345"
 
 
