@@ -15,16 +15,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import hmac
 import os
 from pathlib import Path
 from typing import Any, NoReturn
 
 from weightguard._internal.foundation.atomic import PendingFile, destination_error
-from weightguard._internal.foundation.names import safe_join
+from weightguard._internal.foundation.names import safe_join, unlinked_below
 from weightguard._internal.load.push import push_model
-from weightguard._internal.signing.hashing import whole_hasher
-from weightguard.errors import DestinationError, IntegrityError, UnsafeOptionRequired
+from weightguard.errors import (
+    DestinationError,
+    UnsafeOptionRequired,
+    WeightguardError,
+)
 from weightguard.manifest import FetchResult
 
 __all__ = ["FetchResult", "fetch_model", "is_memory_fs", "push_model"]
@@ -88,16 +90,33 @@ def fetch_model(
 
     def refuse(exc: DestinationError | UnsafeOptionRequired) -> NoReturn:
         # Refused before the loader starts, so its audit events would not say why.
-        audit = options.get("audit")
-        if audit is not None:
+        from weightguard.audit import AuditLog
+
+        given = options.get("audit")
+        own = given is None
+        audit = AuditLog.from_env() if given is None else given
+        try:
             audit.emit(
                 "fetch",
                 outcome="denied",
                 reason=f"{type(exc).__name__}: {exc.message}",
                 object={"uri": str(source), "destination": str(out)},
             )
+        finally:
+            if own:
+                audit.close()
         raise exc
 
+    if out.is_symlink():
+        # The destination is resolved once, by the caller: a link planted there (an
+        # image's /mnt/models, a shared volume) would send the plaintext elsewhere.
+        refuse(
+            DestinationError(
+                f"{out} is a symbolic link (to {os.path.realpath(out)}): the model would be "
+                "written wherever it points",
+                hint="name the real directory",
+            )
+        )
     if out.is_dir() and any(out.iterdir()) and not replace:
         refuse(
             DestinationError(
@@ -129,9 +148,11 @@ def fetch_model(
             # Every file is written unnamed (O_TMPFILE where supported) and only named
             # once the whole model verified: a failure or a SIGKILL midway leaves no
             # plaintext file, complete or partial, under any name.
+            _precheck(handle, out)
             for name in handle.files:
                 target = safe_join(out, name, str(source))
                 _mkdirs(target.parent, out, made_dirs, dir_mode)
+                _contained(target, out, handle)
                 size = handle._plain_size(name)
                 pf = PendingFile(target, mode=file_mode, preallocate=size)
                 pending.append((name, pf))
@@ -191,11 +212,52 @@ def _remove_stale(out: Path, before: list[str], written: list[str]) -> None:
                 (Path(root) / d).rmdir()  # only empty ones go
 
 
+def _precheck(handle: Any, out: Path) -> None:
+    """Before a byte is written: every file this fetch reads is inside the model and
+    every target inside ``out``, by real paths (foundation.names); refusals audited."""
+    loc = handle._location
+    try:
+        names = list(handle.files)
+        if loc.is_dir:
+            names += [n for n in loc.names() if n not in names]
+            for name in names:
+                loc.local_file(name)  # a local file reached through a link: refused
+        for name in names:
+            _contained(safe_join(out, name, loc.uri), out, handle)
+    except WeightguardError as exc:
+        if not isinstance(exc, DestinationError):  # _contained audits its own
+            _audit_denied(handle, out, exc)
+        raise
+
+
+def _audit_denied(handle: Any, out: Path, exc: WeightguardError) -> None:
+    handle._ctx.audit.emit(
+        "fetch",
+        outcome="denied",
+        reason=f"{type(exc).__name__}: {exc.message}",
+        object={"uri": handle._ctx.uri, "destination": str(out)},
+    )
+
+
+def _contained(target: Path, out: Path, handle: Any) -> None:
+    """Refuse (audited) a target whose directory, under ``out``, is reached through a
+    link (one left in ``out`` by an earlier model and kept by ``replace``)."""
+    if unlinked_below(out, target.parent):
+        return
+    exc = DestinationError(
+        f"cannot write {target}: a directory on its way below {out} is a symbolic link "
+        f"(to {os.path.realpath(target.parent)}); nothing was written",
+        hint="remove the link from the destination, or fetch into an empty directory",
+    )
+    _audit_denied(handle, out, exc)
+    raise exc
+
+
 def _mkdirs(d: Path, root: Path, made: list[Path], mode: int = 0o700) -> None:
     """Create ``d`` (``mode``) and missing parents below ``root``, remembering them."""
     missing: list[Path] = []
     p = d
-    while p != root and not p.exists():
+    while p != root and not os.path.lexists(p):
         missing.append(p)
         p = p.parent
     for m in reversed(missing):
@@ -225,15 +287,13 @@ def _copy_other_files(
         if fd is None and not handle._unsafe:
             continue  # not covered by the signature: not copied
         data = loc.read_small(name)
-        if fd is not None:
-            h = whole_hasher(fd.resource_algorithm, path=name)
-            h.update(data)
-            if not hmac.compare_digest(h.digest(), fd.resource_digest):
-                raise IntegrityError(
-                    f"content differs from the signed {fd.resource_algorithm} digest", path=name
-                )
+        if fd is not None:  # whole-file digest, or each shard's (model_signing shards)
+            from weightguard._internal.load.model_files import check_signed_bytes
+
+            check_signed_bytes(loc, name, data, fd)
         target = safe_join(out, name, loc.uri)
         _mkdirs(target.parent, out, made, dir_mode)
+        _contained(target, out, handle)
         pf = PendingFile(target, mode=file_mode)
         pending.append((name, pf))
         try:

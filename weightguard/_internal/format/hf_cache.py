@@ -9,6 +9,16 @@ every link must resolve to a regular file inside the same repo's ``blobs/`` (any
 else is refused before a byte is read), and then the links are followed.  The bytes
 are still checked against the signature like any other file.
 
+Every level of the cache is checked the same way, by resolved real paths
+(:func:`~weightguard._internal.foundation.names.unlinked_below`,
+:func:`~weightguard._internal.foundation.names.real_inside`): the repo directory,
+``snapshots/``, the revision directory and ``blobs/`` must be real directories, not
+symbolic links, or a linked ``blobs/`` (to ``/``, say) would put every target "inside
+blobs".  Only the directory holding the repos (``HF_HUB_CACHE``) may itself be a link.
+The loader's :class:`~weightguard._internal.load.sources.Location` applies the same
+rule to every file it opens, so an unverified load or fetch reads nothing outside the
+model directory or the repo's ``blobs/`` either.
+
 ``snapshot_download(local_dir=...)`` writes real files plus its own bookkeeping under
 ``.cache/huggingface/``; the loader never reads that directory, so it may be unsigned.
 """
@@ -20,9 +30,10 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from weightguard._internal.foundation.names import real_inside, unlinked_below
 from weightguard.errors import VerificationError
 
-__all__ = ["HF_BOOKKEEPING", "Layout", "local_layout"]
+__all__ = ["HF_BOOKKEEPING", "Layout", "local_layout", "snapshot_blobs"]
 
 HF_BOOKKEEPING = ".cache/huggingface"
 
@@ -32,26 +43,55 @@ class Layout:
     allow_symlinks: bool = False
     allow_unsigned: tuple[str, ...] = ()
     repo: Path | None = None  # the hub-cache repo (models--org--name) when in a snapshot
+    blobs: Path | None = None  # the real path of its blobs/ (where links may point)
 
 
 def _snapshot_repo(path: Path) -> Path | None:
     """The repo directory when ``path`` is ``<repo>/snapshots/<rev>`` (or a file in it)."""
     for d in (path, path.parent):
-        if d.parent.name == "snapshots" and (d.parent.parent / "blobs").is_dir():
+        if d.parent.name == "snapshots" and os.path.lexists(d.parent.parent / "blobs"):
             return d.parent.parent
     return None
 
 
+def _check_levels(repo: Path, snap: Path) -> Path:
+    """The real path of ``repo/blobs`` once no level of the repo is a symbolic link."""
+    cache = repo.parent
+    for level, what in (
+        (repo, "the repository directory"),
+        (repo / "snapshots", "snapshots/"),
+        (snap, "the revision directory"),
+        (repo / "blobs", "blobs/"),
+    ):
+        if not unlinked_below(cache, level):
+            raise VerificationError(
+                f"{level}: {what} of a Hugging Face cache repository is (or goes through) "
+                "a symbolic link; refused",
+                hint="only the cache directory itself may be a link; the repo, snapshots/, "
+                "the revision and blobs/ must be real directories",
+            )
+    blobs = repo / "blobs"
+    if not blobs.is_dir():
+        raise VerificationError(f"{blobs}: not a directory; refused")
+    return Path(os.path.realpath(blobs))
+
+
+def snapshot_blobs(path: Path, *, is_dir: bool) -> Path | None:
+    """For a path in a hub-cache snapshot, the real ``blobs/`` its links may point
+    into (after :func:`_check_levels`); ``None`` for any other path."""
+    path = path.absolute()
+    repo = _snapshot_repo(path)
+    if repo is None:
+        return None
+    return _check_levels(repo, path if is_dir else path.parent)
+
+
 def _check_link(link: Path, name: str, blobs: Path) -> None:
-    target = Path(os.path.realpath(link))
-    try:
-        inside = os.path.commonpath([target, blobs]) == str(blobs)
-    except ValueError:
-        inside = False
-    if not inside:
+    target = real_inside(link, (blobs,))
+    if target is None:
         raise VerificationError(
             f"{name} is a symbolic link leaving the Hugging Face cache repository "
-            f"(to {target}); refused",
+            f"(to {os.path.realpath(link)}); refused",
             hint="a snapshot's links must point into the same repo's blobs/ directory",
         )
     try:
@@ -63,19 +103,20 @@ def _check_link(link: Path, name: str, blobs: Path) -> None:
 
 
 def local_layout(path: Path, *, is_dir: bool) -> Layout:
-    """How to verify the local model at ``path``; refuses a snapshot link leaving its repo."""
+    """How to verify the local model at ``path``; refuses a snapshot link leaving its repo
+    and a repo with a linked level."""
     unsigned = (HF_BOOKKEEPING,) if is_dir and (path / HF_BOOKKEEPING).is_dir() else ()
-    repo = _snapshot_repo(path.absolute())
-    if repo is None:
+    blobs = snapshot_blobs(path, is_dir=is_dir)
+    if blobs is None:
         return Layout(allow_unsigned=unsigned)
-    blobs = Path(os.path.realpath(repo / "blobs"))
+    repo = _snapshot_repo(path.absolute())
     if not is_dir:
         if path.is_symlink():
             _check_link(path, path.name, blobs)
         sig = path.parent / f"{path.name}.sig"
         if sig.is_symlink():
             _check_link(sig, sig.name, blobs)
-        return Layout(allow_symlinks=True, allow_unsigned=unsigned, repo=repo)
+        return Layout(allow_symlinks=True, allow_unsigned=unsigned, repo=repo, blobs=blobs)
     for root, dirs, files in os.walk(path):  # does not descend into linked directories
         for entry in (*dirs, *files):
             full = Path(root) / entry
@@ -84,4 +125,4 @@ def local_layout(path: Path, *, is_dir: bool) -> Layout:
                 if full.is_dir():
                     raise VerificationError(f"{rel} is a symbolic link to a directory; refused")
                 _check_link(full, rel, blobs)
-    return Layout(allow_symlinks=True, allow_unsigned=unsigned, repo=repo)
+    return Layout(allow_symlinks=True, allow_unsigned=unsigned, repo=repo, blobs=blobs)

@@ -31,8 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weightguard._internal.foundation.names import safe_join, safe_relative_name
-from weightguard.errors import DependencyMissing, SourceError, TruncatedError
+from weightguard._internal.foundation.names import real_inside, safe_join, safe_relative_name
+from weightguard.errors import DependencyMissing, SourceError, TruncatedError, VerificationError
 from weightguard.manifest import RetryPolicy, S3Options
 
 if TYPE_CHECKING:
@@ -398,6 +398,7 @@ class Location:
         self._client = client
         self.bucket, self.prefix = bucket, prefix
         self._listing = listing
+        self._roots: tuple[Path, ...] | None = None  # where local files may really be
 
     @property
     def is_s3(self) -> bool:
@@ -442,10 +443,28 @@ class Location:
     def _local(self, name: str) -> Path:
         assert self.local_path is not None
         if not self.is_dir:
-            if name != self.local_path.name:
-                return self.local_path.parent / name  # sibling (e.g. model.safetensors.sig)
-            return self.local_path
-        return safe_join(self.local_path, name, self.uri)
+            if name == self.local_path.name:
+                return self.local_path  # what the caller named (a cache link: local_layout)
+            path = self.local_path.parent / safe_relative_name(name, self.uri)  # sibling (.sig)
+        else:
+            path = safe_join(self.local_path, name, self.uri)
+        # Containment by real paths (foundation.names): a name inside the model may not
+        # reach outside it through a link, at any level, verified or not; in a hub-cache
+        # snapshot links may also reach the repo's own blobs/ (format.hf_cache).
+        if self._roots is None:
+            from weightguard._internal.format.hf_cache import snapshot_blobs
+
+            base = self.local_path if self.is_dir else self.local_path.parent
+            blobs = snapshot_blobs(self.local_path, is_dir=self.is_dir)
+            self._roots = (base,) if blobs is None else (base, blobs)
+        if real_inside(path, self._roots) is None:
+            raise VerificationError(
+                f"{self.uri}: {name} resolves outside the model directory "
+                f"(to {os.path.realpath(path)}); refused",
+                hint="a model's files may not be symbolic links (or inside linked "
+                "directories) pointing elsewhere, even when loading without verification",
+            )
+        return path
 
     def _s3_key(self, name: str) -> str:
         safe_relative_name(name, self.uri)
