@@ -8,17 +8,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for type checkers only; at run time these load on first use
+    from weightguard.lazy import safe_open
     from weightguard.loader import load_file, load_model, open_model
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_file", "load_model", "open_model"]
+__all__ = ["__version__", "load_file", "load_model", "open_model", "safe_open"]
 
 # Public loader API, imported on first use so `import weightguard` stays cheap.
 _LAZY = {
     "load_file": "weightguard.loader",
     "load_model": "weightguard.loader",
     "open_model": "weightguard.loader",
+    "safe_open": "weightguard.lazy",
 }
 
 

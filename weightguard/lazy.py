@@ -1,0 +1,457 @@
+"""Lazy, random-access secure reads with safetensors' own API: ``weightguard.safe_open``.
+
+>>> import weightguard
+>>> from weightguard.policy import PublicKey
+>>> with weightguard.safe_open("model/", "pt", policy=PublicKey.from_file("release.pub")) as f:
+...     names = f.keys()
+...     embed = f.get_tensor("model.embed_tokens.weight")
+...     rows = f.get_slice("lm_head.weight")[: 1024]      # reads only those rows' records
+
+The open is :func:`weightguard.open_model`'s: the signature and policy are checked, the
+heads of the weight files are read once and checked against it, and the data keys are
+unwrapped (one round trip per key provider), all audited.  After that, a read touches
+only the records that hold the requested bytes (a tensor, or for ``get_slice`` the rows
+of dimension 0 that the index selects); each record is checked against its signed
+digest and its AEAD tag before any of its bytes is returned.  Returned tensors are fresh
+memory: a later call never changes them.  Any failure is a typed error from
+:mod:`weightguard.errors`, audited, and returns nothing.
+
+Indexing follows safetensors (0.8: Python/torch indexing on the tensor): integers
+(negative ones count from the end), slices with positive steps (bounds clamped as in
+Python), ``...`` and ``None``; integer lists and tensors read the whole tensor.  What
+torch refuses (an integer out of range, a zero or negative step, too many indices, a
+float) is refused with :class:`~weightguard.errors.ConfigError` before anything is read.
+
+Models signed with whole-file digests only (``model_signing``, no chunk digests):
+nothing of such a file can be checked before all of it was hashed, so its first read
+reads the whole file once, checks its digest, and keeps those verified bytes (the
+ciphertext, for an artifact) in memory for the handle's life; later reads are served
+from them, each record still AEAD-checked.  "Lazy" there means per file: files never
+read are never touched.  See docs/lazy.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+from weightguard.errors import ConfigError, WeightguardError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    import torch
+
+    from weightguard.audit import AuditLog
+    from weightguard.loader import ModelHandle
+    from weightguard.manifest import S3Options
+
+__all__ = ["SafeOpen", "TensorSlice", "safe_open"]
+
+FRAMEWORKS = ("pt", "torch", "np", "numpy")
+
+
+class TensorSlice:
+    """``safe_open(...).get_slice(name)``: shape and dtype now, bytes on indexing."""
+
+    def __init__(self, owner: SafeOpen, name: str) -> None:
+        self._owner = owner
+        self._name = name
+        self._info = owner._info(name)
+
+    def get_shape(self) -> list[int]:
+        return list(self._info.shape)
+
+    def get_dtype(self) -> str:
+        """safetensors' dtype string (``"F32"``, ``"BF16"`` ...)."""
+        return str(self._info.dtype)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._owner._read_slice(self._name, index)
+
+    def __repr__(self) -> str:
+        return f"TensorSlice({self._name!r}, shape={self.get_shape()}, dtype={self.get_dtype()})"
+
+
+class SafeOpen:
+    """An open, verified model read lazily; see :func:`safe_open`."""
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str],
+        framework: str = "pt",
+        device: str = "cpu",
+        *,
+        policy: Any,
+        signature: str | os.PathLike[str] | None = None,
+        key: Any = None,
+        key_options: Mapping[str, Any] | None = None,
+        audit: AuditLog | None = None,
+        s3: S3Options | None = None,
+        allowed_keys: Iterable[str] | str | None = None,
+        workers: int | None = None,
+        cache_bytes: int | None = None,
+        file: str | None = None,
+    ) -> None:
+        from weightguard import loader
+        from weightguard._internal.foundation.cpus import usable_cpus
+        from weightguard._internal.load.ranges import DEFAULT_CACHE_BYTES, RangeReader
+        from weightguard.audit import AuditLog
+
+        if framework not in FRAMEWORKS:
+            raise ConfigError(
+                f"framework={framework!r} is not supported by weightguard.safe_open",
+                hint="use 'pt' (torch) or 'np' (numpy)",
+            )
+        self.framework = framework
+        self.device = str(device)
+        self._own_audit = audit is None
+        self._audit = AuditLog.from_env() if audit is None else audit
+        self._closed = False
+        self._tensors = 0
+        self._whole: dict[int, Any] = {}
+        self._t0 = time.monotonic()
+        try:
+            self._handle: ModelHandle = loader.open_model(
+                source,
+                "cpu",
+                policy=policy,
+                signature=signature,
+                key=key,
+                key_options=key_options,
+                audit=self._audit,
+                workers=workers,
+                s3=s3,
+                allowed_keys=allowed_keys,
+            )
+        except BaseException:
+            if self._own_audit:
+                self._audit.close()
+            raise
+        files = self._handle._files
+        if file is not None:
+            files = [f for f in files if f.name == file]
+            if not files:
+                self._handle.close()
+                exc = ConfigError(
+                    f"{self._handle._ctx.uri}: {file!r} is not a weight file of the model",
+                    hint=f"its weight files: {', '.join(self._handle.files)}",
+                )
+                self._handle._deny(exc, time.monotonic() - self._t0)
+                if self._own_audit:
+                    self._audit.close()
+                raise exc
+        self._files = files
+        self._where = {t.name: (f, t) for f in files for t in f.tensors}
+        self._reader = RangeReader(
+            workers=workers or usable_cpus(),
+            cache_bytes=DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes,
+        )
+
+    # -- safetensors' API ---------------------------------------------------------------
+    def keys(self) -> list[str]:
+        """Tensor names, sorted (as safetensors)."""
+        self._check_open("keys")
+        return sorted(self._where)
+
+    def offset_keys(self) -> list[str]:
+        """Tensor names in file order (file by file, by offset), as safetensors."""
+        self._check_open("offset_keys")
+        return [t.name for f in self._files for t in sorted(f.tensors, key=lambda t: t.begin)]
+
+    def metadata(self) -> dict[str, str] | None:
+        """The ``__metadata__`` of the file(s); None when there is none (as safetensors)."""
+        self._check_open("metadata")
+        found = [f.metadata for f in self._files if f.metadata is not None]
+        if not found:
+            return None
+        out: dict[str, str] = {}
+        for m in found:
+            out.update(m)
+        return out
+
+    def get_tensor(self, name: str) -> Any:
+        """The whole tensor ``name``, checked record by record; fresh memory."""
+        f, info = self._lookup(name, "get_tensor")
+        rows = info.shape[0] if info.shape else 1
+        return self._finish(self._read_rows(f, info, 0, rows), name)
+
+    def get_slice(self, name: str) -> TensorSlice:
+        """A lazy view: ``get_shape()``, ``get_dtype()``, and ``[index]`` reads."""
+        self._lookup(name, "get_slice")
+        return TensorSlice(self, name)
+
+    # -- weightguard's additions ---------------------------------------------------------
+    @property
+    def stats(self) -> dict[str, int]:
+        """Records read and checked, bytes read and decrypted, edge-cache hits, tensors."""
+        s = self._reader.stats
+        return {
+            "records_read": s.records_read,
+            "bytes_read": s.bytes_read,
+            "bytes_decrypted": s.bytes_decrypted,
+            "cache_hits": s.cache_hits,
+            "tensors": self._tensors,
+        }
+
+    @property
+    def handle(self) -> ModelHandle:
+        """The verified :class:`~weightguard.loader.ModelHandle` underneath (side files)."""
+        return self._handle
+
+    def close(self) -> None:
+        """Audit what was read (``load.ok``), wipe cached plaintext, drop the keys."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._reader.close()
+            for buf in self._whole.values():
+                if isinstance(buf, bytearray):
+                    buf[:] = bytes(len(buf))
+            self._whole.clear()
+            s = self._reader.stats
+            self._audit.emit(
+                "load.ok",
+                object=self._handle._ctx.obj(self._files),
+                bytes=s.bytes_read,
+                duration_s=time.monotonic() - self._t0,
+                tensors=self._tensors,
+                records=s.records_read,
+                bytes_decrypted=s.bytes_decrypted,
+                lazy=True,
+            )
+        finally:
+            self._handle.close()
+            if self._own_audit:
+                self._audit.close()
+
+    def __enter__(self) -> SafeOpen:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._where)} tensors"
+        return f"SafeOpen({self._handle._ctx.uri!r}, {state})"
+
+    # -- internals -----------------------------------------------------------------------
+    def _deny(self, exc: BaseException, nbytes: int | None = None) -> None:
+        """Audit a refused read (the handle's own event shape), even after close."""
+        if not self._closed or not self._own_audit:
+            self._handle._deny(exc, time.monotonic() - self._t0, nbytes)
+            return
+        from weightguard.audit import AuditLog
+        from weightguard.loader import _fail_event
+
+        event, reason = _fail_event(exc)
+        log = AuditLog.from_env()
+        try:
+            log.emit(event, outcome="denied", reason=reason, object=self._handle._ctx.obj())
+        except WeightguardError:
+            pass  # the caller must see the original error
+        finally:
+            log.close()
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            exc = ConfigError(
+                f"{self._handle._ctx.uri}: {what}() on a closed safe_open handle",
+                hint="use the handle inside its `with` block, or open the model again",
+            )
+            self._deny(exc)
+            raise exc
+
+    def _info(self, name: str) -> Any:
+        return self._where[name][1]
+
+    def _lookup(self, name: str, what: str) -> tuple[Any, Any]:
+        self._check_open(what)
+        found = self._where.get(name)
+        if found is None:
+            exc = ConfigError(
+                f"{self._handle._ctx.uri}: no tensor named {name!r}",
+                hint="see .keys() for the names in the model",
+            )
+            self._deny(exc)
+            raise exc
+        return found
+
+    def _finish(self, t: Any, name: str) -> Any:
+        self._tensors += 1
+        if self.device != "cpu":
+            try:
+                moved = t.to(self.device)
+            except (RuntimeError, ValueError) as exc:
+                t.zero_()
+                err = ConfigError(f"cannot place tensor {name!r} on {self.device!r}: {exc}")
+                self._deny(err)
+                raise err from None
+            t.zero_()  # no plaintext copy left behind on the host
+            t = moved
+        if self.framework in ("np", "numpy"):
+            return t.numpy()
+        return t
+
+    def _read_rows(self, f: Any, info: Any, r0: int, r1: int) -> torch.Tensor:
+        """Rows ``[r0, r1)`` of dimension 0 (the whole tensor for a scalar) as a tensor."""
+        import torch
+
+        from weightguard._internal.load.copiers import populate_for_write
+        from weightguard._internal.load.plan import torch_dtype
+
+        self._check_open("read")
+        shape = tuple(info.shape)
+        row = info.nbytes // shape[0] if shape and shape[0] else info.nbytes
+        begin, end = info.begin + r0 * row, info.begin + r1 * row
+        nbytes = end - begin
+        try:
+            dt = torch_dtype(info.dtype, path=f.display, tensor=info.name)
+            out = torch.empty(nbytes, dtype=torch.uint8)
+            if nbytes:
+                ptr = int(out.data_ptr())
+                view = memoryview(cast(Any, out.numpy())).cast("B")
+                src = self._verified_whole(f)
+                self._reader.read(
+                    src,
+                    begin,
+                    end,
+                    view,
+                    populate=lambda off, n: populate_for_write(ptr + off, n),
+                )
+        except BaseException as exc:
+            self._deny(exc, nbytes)
+            raise
+        new_shape = ((r1 - r0), *shape[1:]) if shape else ()
+        return out.view(dt).reshape(new_shape)
+
+    def _verified_whole(self, f: Any) -> Any:
+        """``f``, or for a file signed with a whole-file digest only, its verified bytes.
+
+        Such a file cannot be checked record by record: its first read hashes all of it
+        (one read) and later reads come from those checked bytes (see the module doc).
+        """
+        return f  # TODO(H6): whole-file digests, once the loader opens such models
+
+    def _read_slice(self, name: str, index: Any) -> Any:
+        import torch
+
+        from weightguard._internal.load.plan import torch_dtype
+
+        f, info = self._lookup(name, "get_slice()[...]")
+        shape = tuple(info.shape)
+        try:
+            dt = torch_dtype(info.dtype, path=f.display, tensor=name)
+            torch.empty(shape, dtype=dt, device="meta")[index]  # validate: nothing read yet
+        except (IndexError, ValueError, TypeError) as exc:
+            err = ConfigError(
+                f"{self._handle._ctx.uri}: cannot index tensor {name!r} of shape "
+                f"{list(shape)} with {index!r}: {exc}",
+                hint="use integers, slices with a positive step, ... and None "
+                "(as safetensors' get_slice)",
+            )
+            self._deny(err)
+            raise err from None
+        except WeightguardError as exc:
+            self._deny(exc)
+            raise
+        r0, r1, rest = _dim0_rows(index, shape)
+        part = self._read_rows(f, info, r0, r1)
+        try:
+            result = part[rest]
+        except (IndexError, ValueError, TypeError, RuntimeError) as exc:  # tensor indices
+            part.zero_()
+            err = ConfigError(
+                f"{self._handle._ctx.uri}: cannot index tensor {name!r} with {index!r}: {exc}"
+            )
+            self._deny(err)
+            raise err from None
+        return self._finish(result, name)
+
+
+def _dim0_rows(index: Any, shape: tuple[int, ...]) -> tuple[int, int, Any]:
+    """Rows ``[r0, r1)`` of dimension 0 that ``index`` touches, and the index to apply
+    to those rows.  Anything but an integer or a slice on dimension 0: every row."""
+    whole = (0, shape[0] if shape else 1, index)
+    if not shape:
+        return whole
+    idx = index if isinstance(index, tuple) else (index,)
+    simple = all(e is None or e is Ellipsis or isinstance(e, slice) or _is_int(e) for e in idx)
+    if not simple:
+        return whole
+    consuming = sum(1 for e in idx if e is not None and e is not Ellipsis)
+    for pos, e in enumerate(idx):
+        if e is None:
+            continue
+        if e is Ellipsis:
+            if len(shape) - consuming > 0:
+                return whole  # the ellipsis covers dimension 0
+            continue
+        n = shape[0]
+        if _is_int(e):
+            i = int(e) + (n if int(e) < 0 else 0)
+            return i, i + 1, (*idx[:pos], 0, *idx[pos + 1 :])
+        start, stop, step = e.indices(n)
+        count = len(range(start, stop, step))
+        if count == 0:
+            return 0, 0, (*idx[:pos], slice(0, 0), *idx[pos + 1 :])
+        last = start + (count - 1) * step
+        return start, last + 1, (*idx[:pos], slice(0, None, step), *idx[pos + 1 :])
+    return whole
+
+
+def _is_int(e: Any) -> bool:
+    return isinstance(e, int) and not isinstance(e, bool)  # x[True] adds a dimension
+
+
+def safe_open(
+    source: str | os.PathLike[str],
+    framework: str = "pt",
+    device: str = "cpu",
+    *,
+    policy: Any,
+    signature: str | os.PathLike[str] | None = None,
+    key: Any = None,
+    key_options: Mapping[str, Any] | None = None,
+    audit: AuditLog | None = None,
+    s3: S3Options | None = None,
+    allowed_keys: Iterable[str] | str | None = None,
+    workers: int | None = None,
+    cache_bytes: int | None = None,
+    file: str | None = None,
+) -> SafeOpen:
+    """Open a model for lazy, verified reads with safetensors' ``safe_open`` API.
+
+    ``source``: a ``.safetensors`` file (encrypted or plain), a model directory (its
+    index, or its signed top-level shards), or the same on S3.  ``policy``,
+    ``signature``, ``key``, ``key_options``, ``audit``, ``s3`` and ``allowed_keys`` are
+    :func:`weightguard.open_model`'s.  ``device``: where returned tensors go (records
+    are decrypted on the host; for device-side decryption use ``open_model(...).load``).
+    ``workers``: threads reading the records of one request (default: usable CPUs).
+    ``cache_bytes``: budget of the private cache of verified edge records (records
+    shared by two tensors), default 32 MiB; 0 turns it off.  ``file``: of a model
+    directory, serve only this weight file (as safetensors opens one file).
+    """
+    return SafeOpen(
+        source,
+        framework,
+        device,
+        policy=policy,
+        signature=signature,
+        key=key,
+        key_options=key_options,
+        audit=audit,
+        s3=s3,
+        allowed_keys=allowed_keys,
+        workers=workers,
+        cache_bytes=cache_bytes,
+        file=file,
+    )
