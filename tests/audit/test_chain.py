@@ -182,17 +182,20 @@ def test_duplicated_line_is_detected(tmp_path: Path) -> None:
     assert res.problem is not None and res.problem.kind == "reordered"
 
 
-def test_cut_mid_record_is_detected_without_anchor(tmp_path: Path) -> None:
+def test_cut_mid_record_is_reported_as_a_crash_without_anchor(tmp_path: Path) -> None:
+    """From the log alone a cut inside the last record is what a killed writer leaves:
+    reported as a crash, never silently (tests/audit/test_crash.py: the anchor and the
+    signed checkpoints still catch cuts that remove records)."""
     log = tmp_path / "a.jsonl"
     write_log(log, 4)
     data = log.read_bytes()
     log.write_bytes(data[:-30])
     res = verify_log(log)
-    assert res.problem is not None and res.problem.kind == "truncated"
-    assert "incomplete" in res.problem.message
-    # a writer refuses to continue a log with a torn tail (fail closed)
-    with pytest.raises(AuditError, match="incomplete record"):
-        AuditLog(str(log)).emit("load.start")
+    assert res.ok and res.crash is not None and res.records == 3
+    assert "incomplete record" in res.crash.message
+    # a writer cuts the torn line off and says so in a log.recover record
+    AuditLog(str(log)).emit("load.start")
+    assert [json.loads(x)["event"] for x in lines(log)][-2:] == ["log.recover", "load.start"]
 
 
 def test_clean_tail_cut_without_anchor_is_not_detectable_and_says_so(

@@ -47,9 +47,21 @@ EVENTS = frozenset(
         "fingerprint",
         "checkpoint",
         "log.rotate",
+        "log.recover",
     }
 )
 OUTCOMES = frozenset({"ok", "denied", "error", "failed", "tamper"})
+
+
+# What a writer killed inside ``write()`` leaves at the end of a file: a non-empty
+# prefix of one canonical record line (``{``, then printable ASCII: canonical JSON
+# escapes everything else), without its newline, at most one record long.
+_TORN_RE = re.compile(rb'\{(?:"[\x20-\x7e]*)?')
+
+
+def torn_fragment(data: bytes) -> bool:
+    """Whether ``data`` (the bytes after a log's last newline) is a crash-torn record."""
+    return 0 < len(data) <= MAX_RECORD_BYTES and _TORN_RE.fullmatch(data) is not None
 
 
 def canonical(obj: Any) -> bytes:

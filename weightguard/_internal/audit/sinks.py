@@ -39,6 +39,7 @@ from weightguard._internal.audit.record import (
     canonical,
     digest,
     parse_record,
+    torn_fragment,
     utc_now,
 )
 from weightguard._internal.foundation.s3errors import s3_cause
@@ -263,11 +264,7 @@ class FileSink:
                 f.seek(size - n)
                 tail = f.read(n)
             if not tail.endswith(b"\n"):
-                raise AuditError(
-                    f"audit log {self.path} ends with an incomplete record",
-                    hint="run `weightguard audit verify` on it, keep it as evidence and "
-                    "start a new log file",
-                )
+                return self._repair_torn_tail(fd, size, tail, whole=n == size)
             lines = tail[:-1].rsplit(b"\n", 1)
             last = lines[-1]
             if len(lines) < 2 and n < size:
@@ -287,6 +284,54 @@ class FileSink:
                 ) from None
         self._state = state
         self._known = (st.st_ino, st.st_size)
+        return state
+
+    def _repair_torn_tail(self, fd: int, size: int, tail: bytes, *, whole: bool) -> ChainState:
+        """Under the lock: the file ends in an incomplete line.
+
+        A writer killed inside its ``write()`` (``kill -9``, OOM kill, power loss)
+        leaves a prefix of one canonical record line: :func:`torn_fragment` says what
+        such a prefix looks like.  It was never acknowledged (``emit`` had not
+        returned), so it is not a record: it is cut off (its length and SHA-256 are
+        kept) and a ``log.recover`` record continuing the chain says so.  Anything
+        else at the end of the file is not ours: refused, fail closed.
+        """
+        cut = tail.rfind(b"\n") + 1
+        frag = tail[cut:]
+        if (cut == 0 and not whole) or not torn_fragment(frag):
+            raise AuditError(
+                f"audit log {self.path} ends with an incomplete line that is not the start "
+                "of an audit record",
+                hint="run `weightguard audit verify` on it, keep it as evidence and "
+                "start a new log file",
+            )
+        try:
+            os.ftruncate(fd, size - len(frag))
+            os.fsync(fd)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from None
+        self._state = None
+        self._known = None
+        state = self._load_tail(fd)
+        body = {
+            "v": FORMAT_VERSION,
+            "time": utc_now(),
+            "event": "log.recover",
+            "outcome": "error",
+            "reason": "the previous writer stopped in the middle of a record (killed or "
+            "crashed); its incomplete last line was removed",
+            "extra": {
+                "torn_bytes": len(frag),
+                "torn_sha256": hashlib.sha256(frag).hexdigest(),
+            },
+        }
+        snapshot = (state.next_seq, state.head, state.last_is_checkpoint)
+        try:
+            self._write(fd, chain_record(body, state), force_sync=True)
+        except BaseException:
+            state.next_seq, state.head, state.last_is_checkpoint = snapshot
+            raise
+        self._state = state
         return state
 
     def _write(self, fd: int, data: bytes, force_sync: bool = False) -> None:
@@ -342,6 +387,34 @@ class FileSink:
             self._write(fd, data, force_sync=True)
             publish(anchor, cp_body)
 
+    def _clear_killed_rotation(self, fd: int, d: str, *, keep: str) -> None:
+        """Under the lock: remove what a rotator killed mid-way left behind.
+
+        No rotation is in progress while we hold the current file's lock, so every
+        ``.<name>.rotate.*`` temp file is a leftover, and a segment name that is a
+        hard link to the current file is a link made by a rotator killed before its
+        replace (the file is not a closed segment: it is still being written).
+        """
+        base = os.path.basename(self.path)
+        try:
+            names = os.listdir(d)
+            st = os.fstat(fd)
+        except OSError:
+            return
+        for name in names:
+            full = os.path.join(d, name)
+            with contextlib.suppress(OSError):
+                if name.startswith(f".{base}.rotate."):
+                    os.unlink(full)
+                elif (
+                    name.startswith(base + ".")
+                    and SEGMENT_RE.search(name[len(base) :])
+                    and full != keep
+                ):
+                    other = os.stat(full)
+                    if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
+                        os.unlink(full)
+
     def _rotate(self, fd: int, state: ChainState, checkpointer: Checkpointer) -> int:
         """Under the lock: close this segment, start the next one continuing the chain."""
         if checkpointer.signer is not None and not state.last_is_checkpoint:
@@ -352,6 +425,7 @@ class FileSink:
             os.fsync(fd)
         segment = f"{self.path}.{state.next_seq - 1:012d}"
         d = os.path.dirname(self.path)
+        self._clear_killed_rotation(fd, d, keep=segment)
         # unique: a crashed rotator's leftover must not block the next one (O_EXCL)
         tmp = os.path.join(d, f".{os.path.basename(self.path)}.rotate.{uuid.uuid4().hex}")
         body = {
@@ -723,4 +797,19 @@ def file_segments(path: str) -> list[str]:
     segs.sort()
     if os.path.exists(path) or not segs:
         segs.append(path)
-    return segs
+    # A rotator killed between its link and its replace leaves a segment name that is a
+    # second name of a later file (the live one): the same records, read once.
+    out: list[str] = []
+    seen: dict[tuple[int, int], int] = {}
+    for seg in segs:
+        try:
+            st = os.stat(seg)
+        except OSError:
+            out.append(seg)
+            continue
+        ident = (st.st_dev, st.st_ino)
+        if ident in seen:
+            out[seen[ident]] = ""
+        seen[ident] = len(out)
+        out.append(seg)
+    return [s for s in out if s]

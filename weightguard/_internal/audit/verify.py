@@ -7,8 +7,10 @@ The verifier reports the *first* broken record and why:
                  record's ``prev``, or the anchored/checkpointed head);
 * ``deleted``    records are missing (sequence gap, or the log starts after 0);
 * ``reordered``  records are out of order or duplicated;
-* ``truncated``  the last line is incomplete, or the log is shorter than its newest
-                 anchored checkpoint;
+* ``truncated``  the log is shorter than its newest anchored checkpoint, or an
+                 incomplete line is not what a crash leaves (not at the very end of
+                 the log, or not the start of a record); a crash's torn last line
+                 is reported in ``crash``, not as a problem;
 * ``bad_checkpoint`` a checkpoint's signature or contents do not verify, or its line
                  holds a field the signature does not determine;
 * ``unsigned``   with a checkpoint key or an anchor: more records than the stated
@@ -46,6 +48,7 @@ from weightguard._internal.audit.record import (
     MAX_RECORD_BYTES,
     canonical,
     parse_record,
+    torn_fragment,
 )
 from weightguard._internal.foundation.encoding import canonical_b64decode
 from weightguard.errors import AuditError, ConfigError
@@ -125,6 +128,8 @@ class VerifyResult:
     warnings: list[str] = field(default_factory=list)
     foreign_lines: int = 0
     signed: bool = False  # checkpoint signatures were checked with a configured key
+    # the log ends in what a writer killed mid-write leaves (docs/audit.md, "Crashes")
+    crash: Problem | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,6 +145,12 @@ class VerifyResult:
                     f"{cp}{anc}"
                 )
             body = "; ".join(parts) if parts else "empty log"
+            if self.crash is not None:
+                body += (
+                    f"; the writer stopped mid-record: an incomplete last line "
+                    f"({self.crash.source}:{self.crash.line}) was not counted (a crash, "
+                    "see docs/audit.md)"
+                )
             if not self.signed:
                 # Self-consistent is all an unsigned chain shows: never plain "OK".
                 return "UNSIGNED (chain intact, no checkpoint key given): " + body
@@ -216,16 +227,21 @@ def verify_lines(
         )
 
     # pass 1: parse (bounded), remember which (log, seq) exist for reorder detection
+    torn: tuple[str, int, bytes] | None = None
     for src, ln, raw in lines:
-        if not raw.endswith(b"\n"):
+        if torn is not None:  # an incomplete line that ends a rotated segment
             return fail(
                 "truncated",
-                "the last line is incomplete: the log was cut off mid-record",
-                src,
-                ln,
+                "the line is incomplete and the log goes on after it (the end of a rotated "
+                "segment was cut off mid-record)",
+                torn[0],
+                torn[1],
                 None,
                 None,
             )
+        if not raw.endswith(b"\n"):
+            torn = (src, ln, raw)
+            continue
         body = raw.rstrip(b"\r\n")
         if not body.strip():
             continue
@@ -252,6 +268,41 @@ def verify_lines(
             )
         buffered.append((src, ln, body, rec))
         present.add((rec["log"], rec["seq"]))
+
+    crash: Problem | None = None
+    if torn is not None:
+        src, ln, raw = torn
+        if src.startswith("s3://"):  # segments are uploaded whole: no writer tears one
+            return fail(
+                "truncated",
+                "the last line of an S3 segment is incomplete: the segment was cut off mid-record",
+                src,
+                ln,
+                None,
+                None,
+            )
+        if torn_fragment(raw):
+            crash = Problem(
+                "crash",
+                f"the last line ({len(raw)} bytes) is an incomplete record: the writer "
+                "stopped in the middle of writing it (killed or crashed). It was never "
+                "acknowledged, is not a record and is not counted; the next writer "
+                "replaces it with a log.recover record",
+                src,
+                ln,
+            )
+            warnings.append(f"{src}:{ln}: {crash.message}")
+        elif allow_foreign:
+            foreign += 1
+        else:
+            return fail(
+                "truncated",
+                "the last line is incomplete and is not the start of an audit record",
+                src,
+                ln,
+                None,
+                None,
+            )
 
     # pass 2: chain
     for src, ln, body, rec in buffered:
@@ -531,6 +582,7 @@ def verify_lines(
         warnings=warnings,
         foreign_lines=foreign,
         signed=verifier is not None,
+        crash=crash,
     )
 
 
