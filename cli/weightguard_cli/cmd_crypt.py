@@ -185,14 +185,15 @@ def decrypt(
     """Decrypt an artifact (or an encrypted model directory) back to plaintext on disk."""
     from weightguard import crypt
 
-    click.echo(f"warning: writing decrypted plaintext weights to {dst}; "
-               "protect and delete them when done", err=True)  # fmt: skip
     with (
         warnings.catch_warnings(),
         _audit(audit_log) as log,
         progress(f"decrypting {src.name}", _tree_size(src), quiet) as prog,
     ):
-        warnings.simplefilter("ignore", crypt.PlaintextWriteWarning)
+        # The library warns once the keys are unwrapped, just before the first plaintext
+        # byte is written: say it then, not before a key that may be refused.
+        warnings.simplefilter("always", crypt.PlaintextWriteWarning)
+        warnings.showwarning = _plaintext_warning
         if src.is_dir():
             res = crypt.decrypt_model(src, dst, key_uri=key_uri, workers=workers,
                                       progress=prog, audit=log,
@@ -202,6 +203,10 @@ def decrypt(
                                      progress=prog, audit=log,
                                      allowed_keys=allow_key)  # fmt: skip
     _print(res, as_json, lambda r: click.echo(f"decrypted {src} -> {dst}"))
+
+
+def _plaintext_warning(message: Warning | str, *_: object, **__: object) -> None:
+    click.echo(f"warning: {message}", err=True)
 
 
 @click.command("rewrap")

@@ -112,3 +112,26 @@ def test_cli_errors_are_one_line(tmp_path: Path, env: Path) -> None:
     res = CliRunner().invoke(cli, ["encrypt", str(bad), "-o", "y", "--data-key", "file://k",
                                    "--chunk-size", "lots"])  # fmt: skip
     assert res.exit_code == 2 and "not a size" in res.output
+
+
+def test_decrypt_warns_of_plaintext_only_once_the_key_is_unwrapped(
+    tmp_path: Path, env: Path
+) -> None:
+    """A refused key writes nothing, so it must not be told 'writing decrypted plaintext'."""
+    key = crypt.create_key_file(tmp_path / "dev.key")
+    other = crypt.create_key_file(tmp_path / "other.key")
+    src = tmp_path / "m.safetensors"
+    src.write_bytes(build_safetensors({"w": ("F32", [64], os.urandom(256))}, None))
+    crypt.encrypt_file(src, tmp_path / "m.enc", f"file://{key}")
+    r = CliRunner()
+    out = tmp_path / "m.dec"
+    res = r.invoke(cli, ["decrypt", str(tmp_path / "m.enc"), "-o", str(out),
+                         "--data-key", f"file://{other}"])  # fmt: skip
+    assert res.exit_code == 1
+    assert "writing decrypted plaintext" not in res.stderr
+    assert not out.exists()
+    res = r.invoke(cli, ["decrypt", str(tmp_path / "m.enc"), "-o", str(out),
+                         "--data-key", f"file://{key}"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert res.stderr.count("writing decrypted plaintext weights") == 1
+    assert out.read_bytes() == src.read_bytes()
