@@ -77,7 +77,7 @@ def _errors(stderr: str) -> list[str]:
 def test_fetches_into_tmpfs_group_readable(release: dict[str, Any], shm: Path) -> None:
     dest = shm / "mnt-models"
     env = {
-        "WEIGHTGUARD_TRUST_KEYS": str(release["keys"].public),
+        "WEIGHTGUARD_TRUST_KEY": str(release["keys"].public),
         "WEIGHTGUARD_ALLOWED_KEYS": f"file://{release['kek']}",
     }
     res = _run(str(release["enc"]), dest, env)
@@ -97,7 +97,7 @@ def test_config_file_and_prefix(release: dict[str, Any], shm: Path) -> None:
     conf.write_text(
         json.dumps(
             {
-                "trust_keys": [str(release["keys"].public)],
+                "trust_key": [str(release["keys"].public)],
                 "allowed_keys": [f"file://{release['kek']}"],
             }
         )
@@ -109,7 +109,7 @@ def test_config_file_and_prefix(release: dict[str, Any], shm: Path) -> None:
 
 def test_key_not_allowed_is_refused_before_unwrap(release: dict[str, Any], shm: Path) -> None:
     env = {
-        "WEIGHTGUARD_TRUST_KEYS": str(release["keys"].public),
+        "WEIGHTGUARD_TRUST_KEY": str(release["keys"].public),
         "WEIGHTGUARD_ALLOWED_KEYS": "vault://transit/wg-model-*",
     }
     res = _run(str(release["enc"]), shm / "out", env)
@@ -143,7 +143,7 @@ def test_bad_input_is_one_error_line_and_nothing_written(
     res = _run(
         str(model),
         shm / "out",
-        {"WEIGHTGUARD_TRUST_KEYS": trust, "WEIGHTGUARD_ALLOWED_KEYS": allow},
+        {"WEIGHTGUARD_TRUST_KEY": trust, "WEIGHTGUARD_ALLOWED_KEYS": allow},
     )
     assert res.returncode == 1, res.stdout
     (line,) = _errors(res.stderr)
@@ -152,7 +152,7 @@ def test_bad_input_is_one_error_line_and_nothing_written(
 
 
 def test_disk_destination_refused(release: dict[str, Any], tmp_path: Path) -> None:
-    env = {"WEIGHTGUARD_TRUST_KEYS": str(release["keys"].public)}
+    env = {"WEIGHTGUARD_TRUST_KEY": str(release["keys"].public)}
     res = _run(str(release["enc"]), tmp_path / "disk", env)
     if res.returncode == 0:  # pragma: no cover - tmp_path is on tmpfs on this machine
         pytest.skip("tmp_path is on a memory file system here")
@@ -163,3 +163,72 @@ def test_usage() -> None:
     from weightguard_cli.storage_initializer import main
 
     assert main(["only-one"]) == 2
+
+
+def test_help_exits_0_and_names_the_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    from weightguard_cli.storage_initializer import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: weightguard-storage-initializer SRC_URI DEST_DIR")
+    assert "WEIGHTGUARD_TRUST_KEY" in out and "WEIGHTGUARD_ALLOWED_KEYS" in out
+
+
+def test_previous_variable_names_work_with_a_deprecation_warning(
+    release: dict[str, Any], shm: Path
+) -> None:
+    env = {
+        "WEIGHTGUARD_TRUST_KEYS": str(release["keys"].public),
+        "WEIGHTGUARD_ALLOWED_KEYS": f"file://{release['kek']}",
+    }
+    res = _run(str(release["enc"]), shm / "out", env)
+    assert res.returncode == 0, res.stderr
+    assert "warning: WEIGHTGUARD_TRUST_KEYS is deprecated: use WEIGHTGUARD_TRUST_KEY" in res.stderr
+    from weightguard.integrations.kserve import settings
+
+    with pytest.warns(FutureWarning, match="'trust_cert_chain' is deprecated: use 'trust_chain'"):
+        conf_file = shm / "conf.json"
+        conf_file.write_text(json.dumps({"trust_cert_chain": ["/ca.pem"]}))
+        assert settings({"WEIGHTGUARD_CONFIG": str(conf_file)})["trust_chain"] == ["/ca.pem"]
+
+
+@pytest.mark.parametrize("case", ["no-anchor", "disk", "key-not-allowed", "not-empty", "unsigned"])
+def test_error_hints_name_only_the_initializers_variables(
+    release: dict[str, Any], shm: Path, tmp_path: Path, case: str
+) -> None:
+    """Issue 20: the initializer's hints named CLI flags (--trust-key, --replace,
+    --allow-disk) it does not have; every option-like word in a hint must now be one of
+    its variables."""
+    import re
+
+    from weightguard.errors import WeightguardError
+    from weightguard.integrations.kserve import VARIABLES, storage_initialize
+
+    env = {
+        "WEIGHTGUARD_TRUST_KEY": str(release["keys"].public),
+        "WEIGHTGUARD_ALLOWED_KEYS": f"file://{release['kek']}",
+        "WEIGHTGUARD_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
+    }
+    src, dest = str(release["enc"]), shm / "out"
+    if case == "no-anchor":
+        del env["WEIGHTGUARD_TRUST_KEY"]
+    elif case == "disk":
+        dest = tmp_path / "disk"  # not tmpfs here (the test below skips where it is)
+    elif case == "key-not-allowed":
+        env["WEIGHTGUARD_ALLOWED_KEYS"] = "vault://transit/*"
+    elif case == "not-empty":
+        dest.mkdir()
+        (dest / "old").write_text("x")
+    else:
+        model = tmp_path / "m"
+        shutil.copytree(release["enc"], model)
+        (model / "model.sig").unlink()
+        src = str(model)
+    with pytest.raises(WeightguardError) as ei:
+        storage_initialize(src, str(dest), env)
+    text = str(ei.value)
+    assert not re.findall(r"(?<![\w-])--[a-z]", text), text
+    named = set(re.findall(r"\bWEIGHTGUARD_[A-Z_]+", text))
+    assert named <= set(VARIABLES), (named, text)
+    if case in ("no-anchor", "disk", "key-not-allowed"):
+        assert named, text  # says which variable to set
