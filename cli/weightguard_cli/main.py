@@ -34,6 +34,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("weightguard_cli.cmd_audit:audit", "Show and verify the access audit log."),
     "watermark": ("weightguard_cli.cmd_watermark:watermark", "Embed or check a keyed watermark."),
     "fingerprint": ("weightguard_cli.cmd_watermark:fingerprint", "Keyless derivation evidence."),
+    "report": ("weightguard_cli.cmd_report:report", "Evidence report for auditors (HTML)."),
+    "bom": ("weightguard_cli.cmd_report:bom", "CycloneDX 1.6 ML-BOM of a release."),
 }
 
 

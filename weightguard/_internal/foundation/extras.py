@@ -25,6 +25,8 @@ EXTRA_OF: dict[str, str] = {
     "safetensors": "torch",
     "transformers": "transformers",
     "vllm": "vllm",
+    "matplotlib": "report",
+    "cyclonedx": "report",
 }
 
 

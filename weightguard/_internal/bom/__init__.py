@@ -1,0 +1,1 @@
+"""The CycloneDX ML-BOM behind :mod:`weightguard.bom` (cyclonedx-python-lib)."""

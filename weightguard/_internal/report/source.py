@@ -1,0 +1,65 @@
+"""Where a report's release comes from: a local directory or file, or an ``s3://``
+prefix copied into a private temporary directory (removed afterwards), so that it is
+verified exactly like a local release: every byte hashed against the signature."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from weightguard._internal.load.sources import make_s3_client, parse_s3_uri
+from weightguard.errors import SourceError
+from weightguard.manifest import S3Options
+
+MAX_OBJECTS = 10_000
+
+
+@contextmanager
+def local_release(uri: str, *, s3: S3Options | None = None) -> Iterator[Path]:
+    """The release as a local path; an s3:// prefix is downloaded first."""
+    if not uri.startswith("s3://"):
+        p = Path(uri)
+        if not p.exists():
+            raise SourceError(f"{uri}: no such file or directory")
+        yield p
+        return
+    bucket, prefix = parse_s3_uri(uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    client = make_s3_client(s3 or S3Options())
+    tmp = Path(tempfile.mkdtemp(prefix="wg-report-"))
+    try:
+        _download(client, uri, bucket, prefix, tmp)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _download(client: Any, uri: str, bucket: str, prefix: str, dest_dir: Path) -> None:
+    try:
+        n = 0
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                n += 1
+                if n > MAX_OBJECTS:
+                    raise SourceError(f"{uri}: more than {MAX_OBJECTS} objects under the prefix")
+                rel = obj["Key"][len(prefix) :]
+                parts = rel.split("/")
+                if not rel or rel.endswith("/") or any(q in ("", ".", "..") for q in parts):
+                    continue
+                dest = dest_dir.joinpath(*parts)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, obj["Key"], os.fspath(dest))
+    except SourceError:
+        raise
+    except Exception as exc:  # botocore errors, in words
+        from weightguard._internal.foundation.s3errors import s3_cause
+
+        raise SourceError(f"{uri}: {s3_cause(exc)}") from exc
+    if n == 0:
+        raise SourceError(f"{uri}: no objects under the prefix")

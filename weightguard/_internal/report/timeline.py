@@ -1,0 +1,118 @@
+"""The access timeline as inline SVG, drawn at generation time by matplotlib (svg
+backend, no pyplot state, no browser).
+
+Groups carry ids so that the page can be checked element by element: one
+``<g id="wg-loads-N">`` per identity whose ``<use>`` markers are its non-empty time
+bins, ``<g id="wg-denied">`` and ``<g id="wg-tamper">`` with one marker per listed
+event.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from datetime import timedelta
+
+from weightguard._internal.foundation.extras import require
+from weightguard._internal.report.access import Listed, Timeline, parse_record_time
+
+MAX_SERIES = 10  # identities drawn one by one; the rest are summed as "(others)"
+_PALETTE = (
+    "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf",
+    "#bcbd22", "#7f7f7f", "#e377c2", "#393b79", "#637939", "#aaaaaa",
+)  # fmt: skip
+
+
+def series_for_plot(tl: Timeline) -> list[tuple[str, dict[int, int]]]:
+    """The identities drawn, busiest first; beyond MAX_SERIES one summed series."""
+    ranked = sorted(tl.series.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+    shown = ranked[:MAX_SERIES]
+    rest = ranked[MAX_SERIES:]
+    if rest:
+        other: dict[int, int] = {}
+        for _, s in rest:
+            for b, c in s.items():
+                other[b] = other.get(b, 0) + c
+        shown.append((f"(others: {len(rest)} identities)", other))
+    return shown
+
+
+def _marks(listed: Sequence[Listed]) -> tuple[list[float], list[int]]:
+    from matplotlib.dates import date2num
+
+    xs: list[float] = []
+    for m in listed:
+        t = parse_record_time(m.time)
+        if t is not None:
+            xs.append(float(date2num(t)))
+    return xs, [0] * len(xs)
+
+
+def timeline_svg(
+    tl: Timeline, denied: Sequence[Listed], tamper: Sequence[Listed], *, title: str
+) -> str:
+    """An ``<svg>`` element (no XML prolog) of loads per bin per identity, with the
+    listed denials and tamper events marked on the time axis."""
+    require("the report's timeline", "matplotlib")
+    import matplotlib
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+    from matplotlib.dates import AutoDateFormatter, AutoDateLocator, date2num
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context(
+        {"svg.fonttype": "none", "svg.hashsalt": "weightguard", "font.size": 9}
+    ):
+        fig = Figure(figsize=(9.5, 3.6), dpi=100)
+        FigureCanvasSVG(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        if tl.start is None:
+            ax.text(0.5, 0.5, "no events", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+        else:
+            half = tl.bin_hours / 2
+            for i, (ident, s) in enumerate(series_for_plot(tl)):
+                bins = sorted(s)
+                xs = [float(date2num(tl.bin_start(b) + timedelta(hours=half))) for b in bins]
+                ax.plot(
+                    xs,
+                    [s[b] for b in bins],
+                    marker="o",
+                    markersize=3,
+                    linewidth=1,
+                    color=_PALETTE[i % len(_PALETTE)],
+                    label=ident,
+                    gid=f"wg-loads-{i}",
+                )
+            for gid, listed, marker, color, label in (
+                ("wg-denied", denied, "v", "#d62728", "denied"),
+                ("wg-tamper", tamper, "X", "#000000", "tamper"),
+            ):
+                xs, ys = _marks(listed)
+                if xs:
+                    ax.plot(
+                        xs,
+                        ys,
+                        linestyle="none",
+                        marker=marker,
+                        markersize=7,
+                        color=color,
+                        label=f"{label} ({len(xs)})",
+                        gid=gid,
+                        clip_on=False,
+                    )
+            locator = AutoDateLocator()
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(AutoDateFormatter(locator))
+            ax.set_ylabel(f"loads per {tl.bin_hours} h")
+            ax.set_ylim(bottom=-0.5)
+            ax.grid(True, alpha=0.3)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+            fig.autofmt_xdate()
+        ax.set_title(title, fontsize=10)
+        fig.subplots_adjust(left=0.07, right=0.72, bottom=0.22, top=0.9)
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "weightguard"})
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg") :]  # inline: no XML prolog or doctype
+    return re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
