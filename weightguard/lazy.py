@@ -350,6 +350,8 @@ class SafeOpen:
         shape = tuple(info.shape)
         try:
             dt = torch_dtype(info.dtype, path=f.display, tensor=name)
+            if isinstance(index, str | bytes):
+                raise TypeError("a string is not an index")
             torch.empty(shape, dtype=dt, device="meta")[index]  # validate: nothing read yet
         except (IndexError, ValueError, TypeError) as exc:
             err = ConfigError(
