@@ -62,7 +62,7 @@ class FileDigests:
     def range(self, index: int) -> tuple[int, int]:
         """(offset, length) of digest ``index``'s byte range."""
         if index == 0:
-            return 0, self.head
+            return 0, min(self.head, self.size)
         start = self.head + (index - 1) * self.stride
         return start, min(self.stride, self.size - start)
 
@@ -175,6 +175,12 @@ class S3Options:
     part_size: int = 8 * 1024 * 1024  # split single large reads into parts of this size
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
+    # Bounds of one prefix listing (ListObjectsV2); past any of them the listing is
+    # refused whole (SourceError): a model is a few thousand files at most.
+    max_list_keys: int = 100_000
+    max_list_pages: int = 1_000
+    max_list_bytes: int = 128 * 1024 * 1024  # response bodies, all pages together
+    list_timeout_s: float = 300.0  # the whole listing, slow bodies included
     client: Any = field(default=None, repr=False)  # a ready boto3 S3 client (tests, custom auth)
 
     def __repr__(self) -> str:  # never show the client (it holds credentials)

@@ -47,6 +47,7 @@ __all__ = [
     "Source",
     "open_location",
     "parse_s3_uri",
+    "s3_list",
 ]
 
 _MAX_SMALL_FILE = 64 * 1024 * 1024  # index JSON, signature bundles: refuse anything bigger
@@ -516,21 +517,92 @@ def _bind(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Callable[[], Any]:
     return lambda: fn(**kwargs)
 
 
-def _s3_list(
-    client: Any, bucket: str, prefix: str, policy: RetryPolicy
-) -> Iterator[dict[str, Any]]:
-    token: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-        if token:
-            kwargs["ContinuationToken"] = token
-        page = _with_retries(
-            policy, f"s3://{bucket}/{prefix}", _bind(client.list_objects_v2, kwargs)
-        )
-        yield from page.get("Contents", [])
-        if not page.get("IsTruncated"):
-            return
-        token = page.get("NextContinuationToken")
+def _list_refused(uri: str, what: str) -> SourceError:
+    return SourceError(
+        f"{uri}: listing refused: {what}",
+        hint="a model is a few thousand files: check the URI (a prefix holding more than "
+        "one model?) and the endpoint (a store that never finishes its answer?)",
+    )
+
+
+def s3_list(client: Any, bucket: str, prefix: str, options: S3Options) -> Iterator[dict[str, Any]]:
+    """Every object under ``prefix`` (ListObjectsV2 pages), within ``options``' bounds.
+
+    A store answering "truncated" forever, a new page of keys every time, one huge page,
+    or a body trickling in byte by byte is refused whole with a :class:`SourceError`
+    once it passes ``max_list_pages``, ``max_list_keys``, ``max_list_bytes`` (response
+    bodies, read by this function in bounded pieces, not by botocore in one go) or
+    ``list_timeout_s``; a truncated page without a new continuation token too.  The one
+    listing of S3 prefixes for the loader, fetch and verify.
+    """
+    uri = f"s3://{bucket}/{prefix}"
+    deadline = time.monotonic() + options.list_timeout_s
+    left = [options.max_list_bytes]
+
+    def late() -> SourceError:
+        return _list_refused(uri, f"not complete after {options.list_timeout_s:g} s")
+
+    def bounded_send(request: Any, **_: Any) -> Any:
+        # botocore would read the whole body into memory before parsing it: send the
+        # request here and read the body in pieces, against the byte and time budget.
+        session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        if session is None:
+            return None  # a client without botocore's HTTP session: page bounds only
+        request.stream_output = True
+        response = session.send(request)
+        raw, parts, ok = response.raw, [], False
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    raise late()
+                piece = raw.read1(64 * 1024) if hasattr(raw, "read1") else raw.read(64 * 1024)
+                if not piece:
+                    break
+                left[0] -= len(piece)
+                if left[0] < 0:
+                    raise _list_refused(
+                        uri, f"more than {options.max_list_bytes} bytes of listing responses"
+                    )
+                parts.append(piece)
+            ok = True
+        finally:
+            if not ok:
+                with contextlib.suppress(Exception):
+                    raw.close()  # drop the connection: the rest of the body is not wanted
+        response._content = b"".join(parts)
+        return response
+
+    events = getattr(getattr(client, "meta", None), "events", None)
+    event, uid = "before-send.s3.ListObjectsV2", f"weightguard-bounded-list-{id(left)}"
+    if events is not None:
+        events.register(event, bounded_send, unique_id=uid)
+    try:
+        token: str | None = None
+        seen: set[str] = set()
+        keys = 0
+        for pages in range(1, options.max_list_pages + 2):
+            if pages > options.max_list_pages:
+                raise _list_refused(uri, f"more than {options.max_list_pages} pages")
+            if time.monotonic() > deadline:
+                raise late()
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = _with_retries(options.retry, uri, _bind(client.list_objects_v2, kwargs))
+            contents = page.get("Contents", [])
+            keys += len(contents)
+            if keys > options.max_list_keys:
+                raise _list_refused(uri, f"more than {options.max_list_keys} keys")
+            yield from contents
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+            if not token or token in seen:
+                raise _list_refused(uri, "a truncated page without a new continuation token")
+            seen.add(token)
+    finally:
+        if events is not None:
+            events.unregister(event, unique_id=uid)
 
 
 def open_location(source: str | os.PathLike[str], *, s3: S3Options | None = None) -> Location:
@@ -562,7 +634,7 @@ def open_location(source: str | os.PathLike[str], *, s3: S3Options | None = None
                     raise
             key = key + "/"
         listing: dict[str, tuple[int, str | None]] = {}
-        for obj in _s3_list(client, bucket, key, options.retry):
+        for obj in s3_list(client, bucket, key, options):
             rel = str(obj["Key"])[len(key) :]
             if rel and not rel.endswith("/"):
                 # A hostile bucket can hold keys like "../../x": refuse the whole listing
