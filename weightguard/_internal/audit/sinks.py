@@ -133,7 +133,9 @@ class Sink(Protocol):
 
     name: str
 
-    def append(self, body: dict[str, Any], checkpointer: Checkpointer) -> None: ...
+    def append(
+        self, body: dict[str, Any], checkpointer: Checkpointer, *, durable: bool = True
+    ) -> None: ...
 
     def checkpoint(self, checkpointer: Checkpointer) -> None: ...
 
@@ -334,14 +336,16 @@ class FileSink:
         self._state = state
         return state
 
-    def _write(self, fd: int, data: bytes, force_sync: bool = False) -> None:
+    def _write(
+        self, fd: int, data: bytes, force_sync: bool = False, *, durable: bool = True
+    ) -> None:
         try:
             written = os.write(fd, data)
             if written != len(data):
                 raise OSError(errno.EIO, "short write")
             self._unsynced += 1
             if (
-                self.sync == "event"
+                (self.sync == "event" and durable)
                 or force_sync
                 or (self.sync == "batch" and self._unsynced >= self.batch_size)
             ):
@@ -355,7 +359,13 @@ class FileSink:
         self._known = (st.st_ino, st.st_size)
 
     # -- Sink API -----------------------------------------------------------------
-    def append(self, body: dict[str, Any], checkpointer: Checkpointer) -> None:
+    def append(
+        self, body: dict[str, Any], checkpointer: Checkpointer, *, durable: bool = True
+    ) -> None:
+        """Append one event.  ``durable=False`` (a step of a load, not its decision):
+        written at once like every event (a process crash keeps it), but with
+        ``sync="event"`` its fsync is left to the next durable event, which makes it
+        durable too (one fsync covers every earlier write of the file)."""
         with self._locked() as fd:
             state = self._load_tail(fd)
             if self.max_bytes and self._known and self._known[1] >= self.max_bytes:
@@ -367,7 +377,7 @@ class FileSink:
                 if checkpointer.due(state):
                     cp_body, to_publish = checkpointer.make(state, self.anchor)
                     data += chain_record(cp_body, state)
-                self._write(fd, data, force_sync=to_publish is not None)
+                self._write(fd, data, force_sync=to_publish is not None, durable=durable)
             except BaseException:
                 if self._state is state:
                     state.next_seq, state.head, state.last_is_checkpoint = snapshot
@@ -533,7 +543,9 @@ class StreamSink:
             err = exc if isinstance(exc, OSError) else OSError(errno.EBADF, "stream closed")
             raise _write_error(self.name, err) from None
 
-    def append(self, body: dict[str, Any], checkpointer: Checkpointer) -> None:
+    def append(
+        self, body: dict[str, Any], checkpointer: Checkpointer, *, durable: bool = True
+    ) -> None:
         with self._lock:
             if os.getpid() != self._pid:
                 self._state = ChainState(new_log_id())
@@ -580,7 +592,9 @@ class MemorySink:
         self._state = ChainState(new_log_id())
         self._lock = threading.Lock()
 
-    def append(self, body: dict[str, Any], checkpointer: Checkpointer) -> None:
+    def append(
+        self, body: dict[str, Any], checkpointer: Checkpointer, *, durable: bool = True
+    ) -> None:
         with self._lock:
             lines = [chain_record(body, self._state)]
             if checkpointer.due(self._state):
@@ -704,7 +718,11 @@ class S3Sink:
             self._buf_first = self._state.next_seq - data.count(b"\n")
         self._buf.append(data)
 
-    def append(self, body: dict[str, Any], checkpointer: Checkpointer) -> None:
+    def append(
+        self, body: dict[str, Any], checkpointer: Checkpointer, *, durable: bool = True
+    ) -> None:
+        # Every event is uploaded as it comes with sync="event", durable or not: an
+        # event buffered in memory would not survive a crash of the process.
         with self._lock:
             if os.getpid() != self._pid:
                 self._state = ChainState(new_log_id())
