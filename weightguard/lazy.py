@@ -23,16 +23,18 @@ torch refuses (an integer out of range, a zero or negative step, too many indice
 float) is refused with :class:`~weightguard.errors.ConfigError` before anything is read.
 
 Models signed with whole-file digests only (``model_signing``, no chunk digests):
-nothing of such a file can be checked before all of it was hashed, so its first read
-reads the whole file once, checks its digest, and keeps those verified bytes (the
-ciphertext, for an artifact) in memory for the handle's life; later reads are served
-from them, each record still AEAD-checked.  "Lazy" there means per file: files never
-read are never touched.  See docs/lazy.md.
+nothing of such a file can be checked before all of it was hashed, so the first read
+of one of its tensors loads the whole file once through the loader's one pass (every
+digest and AEAD tag checked, nothing returned before all matched), keeps the verified
+tensors until :meth:`SafeOpen.close` (then zeroes them) and returns copies.  "Lazy"
+there means per file: a file none of whose tensors is read is never read.  See
+docs/lazy.md.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -111,7 +113,9 @@ class SafeOpen:
         self._audit = AuditLog.from_env() if audit is None else audit
         self._closed = False
         self._tensors = 0
-        self._whole: dict[int, Any] = {}
+        self._whole: dict[str, dict[str, Any]] = {}  # streamed file -> its verified tensors
+        self._whole_bytes = 0
+        self._whole_lock = threading.Lock()
         self._t0 = time.monotonic()
         try:
             self._handle: ModelHandle = loader.open_model(
@@ -154,16 +158,19 @@ class SafeOpen:
     def keys(self) -> list[str]:
         """Tensor names, sorted (as safetensors)."""
         self._check_open("keys")
+        self._verify_streamed(self._files)
         return sorted(self._where)
 
     def offset_keys(self) -> list[str]:
         """Tensor names in file order (file by file, by offset), as safetensors."""
         self._check_open("offset_keys")
+        self._verify_streamed(self._files)
         return [t.name for f in self._files for t in sorted(f.tensors, key=lambda t: t.begin)]
 
     def metadata(self) -> dict[str, str] | None:
         """The ``__metadata__`` of the file(s); None when there is none (as safetensors)."""
         self._check_open("metadata")
+        self._verify_streamed(self._files)
         found = [f.metadata for f in self._files if f.metadata is not None]
         if not found:
             return None
@@ -190,7 +197,7 @@ class SafeOpen:
         s = self._reader.stats
         return {
             "records_read": s.records_read,
-            "bytes_read": s.bytes_read,
+            "bytes_read": s.bytes_read + self._whole_bytes,
             "bytes_decrypted": s.bytes_decrypted,
             "cache_hits": s.cache_hits,
             "tensors": self._tensors,
@@ -208,15 +215,15 @@ class SafeOpen:
         self._closed = True
         try:
             self._reader.close()
-            for buf in self._whole.values():
-                if isinstance(buf, bytearray):
-                    buf[:] = bytes(len(buf))
+            for loaded in self._whole.values():
+                for t in loaded.values():
+                    t.zero_()  # the verified plaintext kept for a streamed file
             self._whole.clear()
             s = self._reader.stats
             self._audit.emit(
                 "load.ok",
                 object=self._handle._ctx.obj(self._files),
-                bytes=s.bytes_read,
+                bytes=s.bytes_read + self._whole_bytes,
                 duration_s=time.monotonic() - self._t0,
                 tensors=self._tensors,
                 records=s.records_read,
@@ -283,6 +290,7 @@ class SafeOpen:
             )
             self._deny(exc)
             raise exc
+        self._verify_streamed([found[0]])
         return found
 
     def _finish(self, t: Any, name: str) -> Any:
@@ -316,12 +324,14 @@ class SafeOpen:
         try:
             dt = torch_dtype(info.dtype, path=f.display, tensor=info.name)
             out = torch.empty(nbytes, dtype=torch.uint8)
-            if nbytes:
+            if getattr(f, "streamed", False):  # whole-file digests: see _streamed
+                whole = self._streamed(f)[info.name].reshape(-1).view(torch.uint8)
+                out.copy_(whole[r0 * row : r1 * row])
+            elif nbytes:
                 ptr = int(out.data_ptr())
                 view = memoryview(cast(Any, out.numpy())).cast("B")
-                src = self._verified_whole(f)
                 self._reader.read(
-                    src,
+                    f,
                     begin,
                     end,
                     view,
@@ -333,13 +343,33 @@ class SafeOpen:
         new_shape = ((r1 - r0), *shape[1:]) if shape else ()
         return out.view(dt).reshape(new_shape)
 
-    def _verified_whole(self, f: Any) -> Any:
-        """``f``, or for a file signed with a whole-file digest only, its verified bytes.
+    def _verify_streamed(self, files: list[Any]) -> None:
+        """Files signed with whole-file digests: their header (names, shapes, dtypes,
+        metadata) is known to be the signed one only once the whole file was checked, so
+        nothing read from it is answered before that."""
+        for f in files:
+            if getattr(f, "streamed", False):
+                try:
+                    self._streamed(f)
+                except BaseException as exc:
+                    self._deny(exc)
+                    raise
 
-        Such a file cannot be checked record by record: its first read hashes all of it
-        (one read) and later reads come from those checked bytes (see the module doc).
+    def _streamed(self, f: Any) -> dict[str, Any]:
+        """The tensors of a file signed with whole-file (or shard) digests only.
+
+        Nothing of such a file can be checked before all of it was hashed, so its first
+        read loads the whole file once through the loader's one pass (every digest and
+        AEAD tag checked, nothing returned before all matched); the verified tensors are
+        kept until :meth:`close` (then zeroed) and every read returns a copy.
         """
-        return f  # TODO(H6): whole-file digests, once the loader opens such models
+        with self._whole_lock:
+            loaded = self._whole.get(f.name)
+            if loaded is None:
+                loaded = self._handle.load([t.name for t in f.tensors])
+                self._whole[f.name] = loaded
+                self._whole_bytes += int(f.source.size)
+            return loaded
 
     def _read_slice(self, name: str, index: Any) -> Any:
         import torch

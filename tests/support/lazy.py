@@ -83,3 +83,12 @@ def record_offset(path: Path, record: int) -> int:
     with open(path, "rb") as f:
         h = fmt.read_header(f, path=str(path))
     return h.record_span(record)[0]
+
+
+def model_signing_sign(model: Path, sig: Path, keys: SignKeys) -> None:
+    """Sign with OpenSSF model_signing itself (whole-file digests, no chunk digests)."""
+    import model_signing
+
+    hc = model_signing.hashing.Config().use_file_serialization(hashing_algorithm="sha256")
+    cfg = model_signing.signing.Config().use_elliptic_key_signer(private_key=keys.private)
+    cfg.set_hashing_config(hc).sign(model, sig)
