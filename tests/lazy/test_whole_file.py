@@ -1,6 +1,6 @@
 """safe_open on models signed by model_signing alone (whole-file digests): the first read
 of a file's tensor verifies the whole file once; later reads are served from it."""
-# ruff: noqa: F811  (pytest fixtures imported from tests.support.load)
+# ruff: noqa: F811, SIM118  (fixtures imported from tests.support.load; SafeOpen is no dict)
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_a_changed_byte_fails_the_first_read(tmp_path: Path, file_key: str, sign
     audit, sink = memory_audit()
     with safe_open(d, policy=sign_keys.policy(), audit=audit) as f:
         for call in (f.keys, f.metadata, lambda: f.get_slice("embed.weight")):
-            with pytest.raises(IntegrityError, match="differs from the signed|does not match"):
+            with pytest.raises(IntegrityError, match=r"differs from the signed|does not match"):
                 call()  # the header's names and shapes are unverified until the file is
         assert "tamper.detected" in events(sink)
     assert last(sink, "load.ok")["extra"]["tensors"] == 0
