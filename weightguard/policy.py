@@ -251,7 +251,10 @@ class ChainRoot(Policy):
 
     ``ca_pem``: PEM (bytes, text or file path) with one or more trusted roots;
     ``intermediates``: extra untrusted intermediates (PEM) used to build the path, in
-    addition to those the bundle carries.  The path is validated by
+    addition to those the bundle carries.  Only a self-signed certificate of
+    ``ca_pem`` is a trust anchor (as in model_signing / OpenSSL); an intermediate CA
+    in it only helps build the path, unless ``allow_intermediate_anchor=True`` makes
+    it an anchor too.  The path is validated by
     ``cryptography.x509.verification`` (RFC 5280: path length, name constraints,
     critical extensions, issuers' key usage) at the signing time: weightguard bundles
     record it (``predicate.weightguard.signed_at``, which must lie in the leaf's
@@ -263,7 +266,10 @@ class ChainRoot(Policy):
         self,
         ca_pem: bytes | str | os.PathLike[str],
         intermediates: Iterable[bytes | str | os.PathLike[str]] = (),
+        *,
+        allow_intermediate_anchor: bool = False,
     ) -> None:
+        self.allow_intermediate_anchor = allow_intermediate_anchor
         self.roots = _load_certs(_read_pem(ca_pem, "CA certificate file"), "CA certificates")
         self.intermediates = [
             c
@@ -275,7 +281,14 @@ class ChainRoot(Policy):
         return "certificate chain to " + ", ".join(_subject(r) for r in self.roots)
 
     def trust_anchors(self) -> Sequence[TrustAnchor]:
-        return (ChainAnchor(tuple(self.roots), tuple(self.intermediates), self.describe()),)
+        return (
+            ChainAnchor(
+                tuple(self.roots),
+                tuple(self.intermediates),
+                self.describe(),
+                allow_intermediate_anchor=self.allow_intermediate_anchor,
+            ),
+        )
 
     def check(self, verified: VerifiedSignature) -> PolicyResult:
         mine = {_cert_fp(r) for r in self.roots}
@@ -494,14 +507,18 @@ def trust_policy(
     trust_root: str | os.PathLike[str] | None = None,
     offline: bool = True,
     unsafe: bool = False,
+    allow_intermediate_anchor: bool = False,
 ) -> Policy:
     """One policy from trust anchors, as the CLI takes them: any of the anchors given.
 
-    ``chain`` is a root CA followed by intermediates.  ``unsafe`` excludes every anchor.
+    ``chain`` is a root CA followed by intermediates; ``allow_intermediate_anchor``
+    lets its first certificate be an intermediate CA.  ``unsafe`` excludes every anchor.
     """
     policies: list[Policy] = [PublicKey.from_file(k) for k in public_keys]
     if chain:
-        policies.append(ChainRoot(chain[0], chain[1:]))
+        policies.append(
+            ChainRoot(chain[0], chain[1:], allow_intermediate_anchor=allow_intermediate_anchor)
+        )
     if vault_key:
         policies.append(vault_key_policy(vault_key))
     if identity or issuer:

@@ -23,19 +23,22 @@ and any other unsigned file fails unless ``allow_unsigned`` (or the signature's 
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import hmac
 import os
 import stat
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from weightguard import __version__
+from weightguard._internal.signing.listing import GIT_PATHS
+from weightguard._internal.signing.listing import Entry as _Entry
+from weightguard._internal.signing.listing import is_weight as _is_weight
+from weightguard._internal.signing.listing import match_prefix as _match_prefix
+from weightguard._internal.signing.listing import walk as _walk
 from weightguard._internal.signing.signers.base import Signer
 from weightguard._internal.signing.signers.certificate import CertificateSigner
 from weightguard._internal.signing.signers.ec_key import KeySigner, create_signing_key
@@ -87,7 +90,6 @@ CHUNK_ALGORITHMS = ("blake3-chunked-v1", "sha256-chunked-v1")
 DEFAULT_HASH_TYPE = "sha256"
 HASH_TYPES = ("sha256", "blake3")
 _CHUNKED_FOR_HASH = {"sha256": "sha256-chunked-v1", "blake3": "blake3-chunked-v1"}
-GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
 _MAX_SIGNATURE_FILE = 64 * 1024 * 1024
 
 
@@ -103,99 +105,8 @@ SIGNING_CURVES = ("P-256", "P-384", "P-521")
 
 
 # ------------------------------------------------------------------------ listing
-
-
-@dataclass(frozen=True)
-class _Entry:
-    name: str
-    path: str
-    size: int
-
-
-def _match_prefix(name: str, prefixes: Iterable[str]) -> bool:
-    for p in prefixes:
-        p = p.strip("/")
-        if p and (name == p or name.startswith(p + "/")):
-            return True
-    return False
-
-
-def _match_pattern(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pat) or _match_prefix(name, [pat]) for pat in patterns)
-
-
-def _is_artifact_file(path: str) -> bool:
-    from weightguard._internal.format.layout import MAGIC_PROBE, is_artifact
-
-    try:
-        with open(path, "rb") as f:
-            first = f.read(MAGIC_PROBE)
-    except OSError:
-        return False
-    return is_artifact(first)
-
-
-def _is_weight(name: str, path: str) -> bool:
-    base = name.rsplit("/", 1)[-1].lower() if name != "." else Path(path).name.lower()
-    if base.endswith((".safetensors", ".index.json")):
-        return True
-    return _is_artifact_file(path)
-
-
-def _is_weight_name(name: str) -> bool:
-    """Weight file by name only (remote listings: the contents cannot be sniffed)."""
-    return name.rsplit("/", 1)[-1].lower().endswith((".safetensors", ".index.json"))
-
-
-def _walk(
-    root: Path, *, skip_dirs: Sequence[str], allow_symlinks: bool, exclude: str | None
-) -> list[_Entry]:
-    """All regular files under ``root`` (names relative, POSIX), refusing odd entries."""
-    from weightguard._internal.signing.oms import validate_resource_name
-
-    out: list[_Entry] = []
-    stack = [("", str(root))]
-    while stack:
-        rel, d = stack.pop()
-        try:
-            it = list(os.scandir(d))
-        except OSError as exc:
-            raise SourceError(f"cannot list {d}: {exc.strerror}") from exc
-        for e in it:
-            name = f"{rel}{e.name}"
-            if exclude is not None and name == exclude:
-                continue
-            if _match_prefix(name, skip_dirs):
-                continue
-            if "\\" in e.name:
-                raise FormatError(
-                    f"{name}: file name contains a backslash, which OMS cannot represent",
-                    hint="rename the file",
-                )
-            validate_resource_name(name, name, single_file_ok=False)
-            if e.is_symlink():
-                if not allow_symlinks:
-                    raise VerificationError(
-                        f"{name} is a symbolic link; refused",
-                        hint="replace it by the file, or allow symlinks explicitly",
-                    )
-                try:
-                    st = os.stat(e.path)
-                except OSError as exc:
-                    raise SourceError(f"{name}: broken symbolic link") from exc
-                if stat.S_ISDIR(st.st_mode):
-                    raise VerificationError(f"{name} is a symbolic link to a directory; refused")
-            else:
-                st = e.stat(follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                stack.append((name + "/", e.path))
-            elif stat.S_ISREG(st.st_mode):
-                out.append(_Entry(name, e.path, st.st_size))
-            else:
-                raise VerificationError(
-                    f"{name} is not a regular file or directory (device, socket or FIFO)"
-                )
-    return out
+# The listing rules (git paths, ignore paths, weight files) live in
+# weightguard._internal.signing.listing, shared by sign_model and verify_bundle.
 
 
 def _layout(entry: _Entry, chunk_size: int) -> tuple[int, int]:
@@ -462,25 +373,6 @@ def verify_bundle(
     return manifest
 
 
-def _listed_entries(listing: Mapping[str, int]) -> tuple[bool, list[_Entry]]:
-    """(single file?, entries) of a remote listing; names validated, sizes bounded."""
-    from weightguard._internal.signing.oms import validate_resource_name
-
-    single = "." in listing
-    if single and len(listing) != 1:
-        raise FormatError("a listing with '.' (single-file model) must have no other names")
-    out: list[_Entry] = []
-    for name, size in listing.items():
-        if not single:
-            if _match_prefix(name, GIT_PATHS):
-                continue
-            validate_resource_name(name, name, single_file_ok=False)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise FormatError(f"{name}: listed size {size!r} is not a byte count")
-        out.append(_Entry(name, "", size))
-    return single, out
-
-
 def _verify(
     root: Path,
     sig_path: Path,
@@ -512,9 +404,16 @@ def _verify(
     result = verify_signature(bundle, policy, path=where)
     st = oms.parse_statement(bundle.payload, path=where)
 
+    from weightguard._internal.signing import listing as lst
+
+    signed_names = set(st.resources)
+    # Git paths: left out, unless the signature covers some (model_signing
+    # --no-ignore-git-paths); then every git path present is compared.
+    signs_git = lst.signs_git_paths(signed_names)
+    skip = () if signs_git else GIT_PATHS
     listed: list[_Entry] | None = None
     if listing is not None:
-        single, listed = _listed_entries(listing)
+        single, listed = lst.listed_entries(listing, skip_git=not signs_git)
     else:
         try:
             root_st = root.lstat()
@@ -523,14 +422,13 @@ def _verify(
         if stat.S_ISLNK(root_st.st_mode) and not allow_symlinks:
             raise VerificationError(f"{root} is a symbolic link; refused")
         single = root.is_file()
-    signed_names = set(st.resources)
     if single != ("." in signed_names):
         raise CoverageError(
             f"{sig_path} signs a {'single file' if '.' in signed_names else 'directory'} "
             f"but {root} is a {'file' if single else 'directory'}"
         )
 
-    ignore = list(GIT_PATHS)
+    ignore = [] if signs_git else list(GIT_PATHS)
     for p in st.ignore_paths:
         q = p.strip("/")
         if q and not q.startswith("/") and ".." not in q.split("/"):
@@ -545,51 +443,53 @@ def _verify(
             exclude = sig_path.resolve().relative_to(root.resolve()).as_posix()
         except ValueError:
             exclude = None
-        present = _walk(root, skip_dirs=GIT_PATHS, allow_symlinks=allow_symlinks, exclude=exclude)
+        present = _walk(root, skip_dirs=skip, allow_symlinks=allow_symlinks, exclude=exclude)
 
-    by_name = {e.name: e for e in present}
-    uncovered: list[str] = []
-    unsigned_weights: list[str] = []
-    extra: list[str] = []
-    for e in present:
-        if e.name in signed_names:
-            continue
-        if _is_weight(e.name, e.path) if e.path else _is_weight_name(e.name):
-            unsigned_weights.append(e.name)
-        elif _match_prefix(e.name, ignore) or _match_pattern(e.name, allow_unsigned):
-            uncovered.append(e.name)
-        else:
-            extra.append(e.name)
-    if unsigned_weights:
-        raise CoverageError(
-            f"weight files not covered by signature {sig_path}: "
-            + ", ".join(sorted(unsigned_weights)),
-            hint="weight files must always be signed; re-sign the whole model",
-        )
-    if extra:
-        raise CoverageError(
-            f"files not covered by signature {sig_path}: " + ", ".join(sorted(extra)),
-            hint="remove them, re-sign the model, or allow them with --allow-unsigned PATTERN",
-        )
-    missing = sorted(n for n in signed_names if n not in by_name)
-    if missing:
-        raise IntegrityError(
-            f"signed files are missing from {root}: " + ", ".join(missing),
-            hint="the model is incomplete; fetch it again",
-        )
+    cov = lst.classify(
+        present,
+        signed_names,
+        ignore_paths=ignore,
+        allow_unsigned=allow_unsigned,
+        signature=str(sig_path),
+        root=str(root),
+        empty_unsigned_ok=st.method == "shards",
+    )
+    by_name = cov.present
+    uncovered = list(cov.uncovered)
     for n, rec in st.chunks.items():
         if by_name[n].size != rec.size:
             raise IntegrityError(
                 f"size is {by_name[n].size} bytes, signed size is {rec.size}", path=n
             )
+    for n, sh in st.shards.items():
+        if by_name[n].size != sh.size:
+            raise IntegrityError(
+                f"size is {by_name[n].size} bytes, signed size is {sh.size} "
+                f"(the end of its last shard)",
+                path=n,
+            )
 
     files: dict[str, FileDigests] = {}
     for n, digest in st.resources.items():
         chunk_rec = st.chunks.get(n)
+        shard_rec = st.shards.get(n)
         if chunk_rec is not None:
             c = chunk_rec
             files[n] = FileDigests(
                 c.size, c.head, c.stride, c.digests, digest, True, c.algorithm, st.hash_type
+            )
+        elif shard_rec is not None:
+            # model_signing shards: digests[k] is the plain hash of shard k, i.e. of
+            # FileDigests.range(k) with head == stride == shard_size.
+            files[n] = FileDigests(
+                shard_rec.size,
+                shard_rec.shard_size,
+                shard_rec.shard_size,
+                shard_rec.digests,
+                b"",
+                False,
+                _CHUNKED_FOR_HASH.get(st.hash_type, "sha256-chunked-v1"),
+                st.hash_type,
             )
         else:
             # No chunk record (e.g. signed by model_signing): the one "chunk" is the whole
@@ -602,7 +502,7 @@ def _verify(
                 (digest,),
                 digest,
                 False,
-                _CHUNKED_FOR_HASH[st.hash_type],
+                _CHUNKED_FOR_HASH.get(st.hash_type, "sha256-chunked-v1"),
                 st.hash_type,
             )
 
@@ -612,12 +512,26 @@ def _verify(
         # file.  Both are checked so that no bundle passes here and fails the reference
         # verifier, or the other way round (a signer can sign chunk digests that
         # disagree with its resource digests).
+        from weightguard._internal.signing.hashing import hash_ranges
+
+        whole = {n: f for n, f in files.items() if n not in st.shards}
         jobs = [
             HashJob(n, by_name[n].path, f.size, f.head, f.stride, f.algorithm, st.hash_type)
-            for n, f in files.items()
+            for n, f in whole.items()
         ]
         got = run_hash(jobs)
-        for n in sorted(files, key=oms.resource_sort_key):
+        sharded = hash_ranges([(n, by_name[n].path, files[n]) for n in st.shards], st.hash_type)
+        for n in sorted(st.shards, key=oms.resource_sort_key):
+            for k, (want, have) in enumerate(zip(files[n].digests, sharded[n], strict=True)):
+                if not hmac.compare_digest(want, have):
+                    start, length = files[n].range(k)
+                    raise IntegrityError(
+                        f"content differs from the signed {st.hash_type} digest of shard "
+                        f"[{start}, {start + length})",
+                        path=n,
+                        chunk=k,
+                    )
+        for n in sorted(whole, key=oms.resource_sort_key):
             f, h = files[n], got[n]
             if f.chunked:
                 for k, (want, have) in enumerate(zip(f.digests, h.digests, strict=True)):

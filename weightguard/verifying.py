@@ -10,7 +10,8 @@ steps 1 to 5; ``signing.verify_bundle`` then runs 6 to 8 on the statement)::
        none proves nothing and is refused, unless it is ``UnsafeNoVerification``.
     3. Prove: the DSSE signature must verify cryptographically under at least one
        anchor -- a key-signed bundle with a configured public key; a certificate bundle
-       with its leaf's key after the leaf chains to a configured root by RFC 5280 path
+       with its leaf's key after the leaf chains to a configured self-signed root
+       (an intermediate CA only with ``allow_intermediate_anchor``) by RFC 5280 path
        validation (``cryptography.x509.verification``: path length, name constraints,
        critical extensions, issuer key usage) and the leaf may sign code; a Sigstore
        bundle by sigstore-python (Fulcio chain, SCT, transparency log, identity).
@@ -84,6 +85,8 @@ class ChainAnchor:
     roots: tuple[Any, ...]
     intermediates: tuple[Any, ...]
     description: str
+    # A root that is not self-signed (an intermediate CA) ends a path only if allowed.
+    allow_intermediate_anchor: bool = False
 
 
 @dataclass(frozen=True)
@@ -299,7 +302,13 @@ class Verifier:
                 f"leaf certificate {_subject(leaf)} allows neither digitalSignature nor codeSigning"
             )
         try:
-            chain = verify_path(leaf, pool, anchor.roots, when)
+            chain = verify_path(
+                leaf,
+                pool,
+                anchor.roots,
+                when,
+                allow_intermediate_anchor=anchor.allow_intermediate_anchor,
+            )
         except PathError as exc:
             return (
                 f"{anchor.description}: no path from {_subject(leaf)} to a trusted root "

@@ -4,7 +4,8 @@
     def cmd(..., **opts): policy = policy_from_options(opts)
 
 The options arrive as keyword arguments named keys, cert_chain, vault_key, identity,
-issuer, offline, trust_root, unsafe_no_verification.  Importing this module is cheap.
+issuer, offline, trust_root, unsafe_no_verification,
+trust_intermediate.  Importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ TRUST_KEYS = (
     "offline",
     "trust_root",
     "unsafe_no_verification",
+    "trust_intermediate",
 )
 
 
@@ -63,6 +65,13 @@ def trust_options(f: F) -> F:
             help="Trusted root CA PEM; further files are intermediates.",
         ),
         renamed("--cert-chain", "--trust-chain", "cert_chain", multiple=True, type=pem),
+        click.option(
+            "--trust-intermediate",
+            "trust_intermediate",
+            is_flag=True,
+            help="Let --trust-chain's first certificate be an intermediate CA trusted as "
+            "the anchor (default: only a self-signed root is, as in model_signing).",
+        ),
         click.option("--vault-key", metavar="URI", help="Vault Transit signing key trusted."),
         click.option("--identity", help="Sigstore certificate identity (email or URI)."),
         click.option("--issuer", help="Sigstore OIDC issuer URL."),
@@ -102,6 +111,7 @@ def policy_from_options(opts: Mapping[str, Any]) -> Any:
             trust_root=opts["trust_root"],
             offline=opts["offline"],
             unsafe=opts["unsafe_no_verification"],
+            allow_intermediate_anchor=opts.get("trust_intermediate", False),
         )
     except ConfigError as exc:  # the options themselves are wrong: a usage error
         raise click.UsageError(str(exc)) from None

@@ -225,7 +225,7 @@ def test_fetch_refuses_unsafe_name_before_writing(tmp_path: Path, capsys) -> Non
 
 @pytest.mark.parametrize(
     "name",
-    ["../x", "a/../b", "/etc/passwd", "C:evil", "a\\b", "a\x00b", "a\nb", "a//b", "", "./a",
+    ["../x", "a/../b", "/etc/passwd", "a\\b", "a\x00b", "a\nb", "a//b", "", "./a",
      "a/", "\x7f", "a\x85b"],
 )  # fmt: skip
 def test_unsafe_names_refused(name: str) -> None:

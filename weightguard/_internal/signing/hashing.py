@@ -50,6 +50,7 @@ __all__ = [
     "chunk_hasher",
     "hash_chunks",
     "hash_files",
+    "hash_ranges",
     "range_count",
     "whole_digest_size",
     "whole_hasher",
@@ -479,3 +480,54 @@ def hash_files(jobs: Sequence[HashJob], *, workers: int | None = None) -> dict[s
             for fut in cf.as_completed(futs):
                 out[futs[fut].name] = fut.result()
     return out
+
+
+def _hash_range(name: str, path: str, size: int, start: int, length: int, algorithm: str) -> bytes:
+    h = whole_hasher(algorithm, path=name)
+    block = min(max(length, 1), _TARGET_BLOCK)
+    buf = memoryview(_BUFFERS.get(block, 1)[0])
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise SourceError(f"{name}: cannot open for hashing: {exc.strerror}") from exc
+    try:
+        if os.fstat(fd).st_size != size:
+            raise SourceError(
+                f"{name}: file changed size while being hashed",
+                hint="do not modify the model while signing or verifying it",
+            )
+        pos, end = start, start + length
+        while pos < end:
+            view = _pread_exact(fd, buf[: min(block, end - pos)], pos, name)
+            h.update(view)
+            pos += len(view)
+    finally:
+        os.close(fd)
+    return h.digest()
+
+
+def hash_ranges(
+    files: Sequence[tuple[str, str, Any]], algorithm: str, *, workers: int | None = None
+) -> dict[str, tuple[bytes, ...]]:
+    """The plain ``algorithm`` digest of each byte range ``fd.range(k)`` of each
+    ``(name, path, fd)`` (``fd`` a :class:`weightguard.manifest.FileDigests` without
+    chunk digests: model_signing's ``shards``), ranges hashed in parallel."""
+    whole_hasher(algorithm)  # unknown names fail before any read
+    tasks = [
+        (name, path, fd.size, *fd.range(k), k)
+        for name, path, fd in files
+        for k in range(len(fd.digests))
+    ]
+    out: dict[str, list[bytes]] = {name: [b""] * len(fd.digests) for name, _, fd in files}
+    if not tasks:
+        return {n: tuple(v) for n, v in out.items()}
+    n_workers = min(len(tasks), workers or max(1, os.cpu_count() or 1))
+    with cf.ThreadPoolExecutor(max_workers=n_workers) as pool:
+        futs = {
+            pool.submit(_hash_range, name, path, size, start, length, algorithm): (name, k)
+            for name, path, size, start, length, k in tasks
+        }
+        for fut in cf.as_completed(futs):
+            name, k = futs[fut]
+            out[name][k] = fut.result()
+    return {n: tuple(v) for n, v in out.items()}

@@ -11,10 +11,22 @@ Byte-level facts (checked against model-signing 1.1.1):
   one subject whose sha256 = SHA-256 of the concatenated raw resource digests in listed
   order; resources sorted by POSIX path parts; a single-file model has one resource ``.``.
 * Key hint: hex SHA-256 of the PEM SubjectPublicKeyInfo text of the public key.
-* ``serialization.hash_type`` ``sha256`` or ``blake3`` (model_signing >= 1.1.0); every
+  model_signing 0.3.1 .. 1.0.1 wrote ``publicKey`` as ``{"rawBytes": base64(PEM SPKI),
+  "keyDetails": "PKIX_ECDSA_P<n>_SHA_<m>"}`` instead (no hint, no ``tlogEntries``,
+  ``keyid: null``); both are verified against the configured key (see ``Evidence``).
+* v0.2.0 signed the DSSE payload with a broken PAE (:func:`pae_compat`; certificate
+  bundles with SHA-256 whatever the curve) and a predicate ``Digests/v0.1`` whose
+  subjects are the files; model_signing 1.1.1 still verifies both, and so does
+  weightguard.
+* ``serialization.hash_type`` ``sha256``, ``blake2b`` (model_signing's ``blake2``:
+  ``hashlib.blake2b()``, 64-byte digests) or ``blake3`` (model_signing >= 1.1.0); every
   resource's ``algorithm`` is the same name and its ``digest`` the hex whole-file digest
   (BLAKE3: 32-byte default output, as ``blake3.blake3(max_threads=AUTO)`` computes it).
   The subject digest is SHA-256 either way.
+* ``serialization.method`` ``files`` (one resource per file) or ``shards`` (``shard_size``;
+  one resource per shard, named ``<path>:<start>:<end>``; a file of size ``n`` has the
+  shards ``[k*s, min((k+1)*s, n))``, an empty file none).  Parsed strictly: decimal
+  offsets without sign or leading zeros, shards that tile each file exactly.
 
 weightguard adds ``predicate.weightguard`` (signed; ignored by the reference verifier):
 ``{"version", "signed_at"?, "files": {name: {"algorithm", "size", "head", "stride",
@@ -49,12 +61,15 @@ __all__ = [
     "STATEMENT_TYPE",
     "Bundle",
     "ChunkRecord",
+    "ShardRecord",
     "Statement",
     "build_statement",
     "encode_bundle",
     "key_hint",
     "pae",
+    "pae_compat",
     "parse_bundle",
+    "parse_shard_name",
     "parse_statement",
     "resource_sort_key",
     "subject_digest",
@@ -65,6 +80,9 @@ BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
+# model_signing v0.2.0's predicate: the files are the statement's subjects.
+PREDICATE_TYPE_V02 = "https://model_signing/Digests/v0.1"
+V02_MODEL_NAME = "compat-undefined-not-present"  # model_signing's name for such models
 WG_VERSION_FIELD = "weightguard"
 
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
@@ -75,12 +93,27 @@ MAX_FILE_SIZE = 1 << 50
 MIN_STRIDE = 16
 MAX_STRIDE = 1 << 30
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX128 = re.compile(r"[0-9a-f]{128}")
+_OFFSET = re.compile(r"0|[1-9][0-9]{0,17}")
+MAX_SHARD_SIZE = 1 << 50
+# publicKey.keyDetails as model_signing 0.3.1 .. 1.0.1 wrote it, by curve.
+KEY_DETAILS = {
+    "secp256r1": "PKIX_ECDSA_P256_SHA_256",
+    "secp384r1": "PKIX_ECDSA_P384_SHA_384",
+    "secp521r1": "PKIX_ECDSA_P521_SHA_512",
+}
 
 
 def pae(payload: bytes, payload_type: str = PAYLOAD_TYPE) -> bytes:
     """DSSE v1 pre-authentication encoding (what is actually signed)."""
     t = payload_type.encode("utf-8")
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def pae_compat(payload: bytes, payload_type: str = PAYLOAD_TYPE) -> bytes:
+    """The PAE model_signing v0.2.0 signed (its bug: ``"DSSEV1"`` and the payload's
+    Python ``repr``); model_signing >= 1.0 still verifies such signatures."""
+    return f"DSSEV1 {len(payload_type)} {payload_type} {len(payload)} {payload!r}".encode()
 
 
 def key_hint(public_key: Any) -> str:
@@ -189,6 +222,9 @@ class Bundle:
     payload: bytes
     signature: bytes
     document: dict[str, Any] = field(repr=False)
+    # model_signing 0.3.1 .. 1.0.1 key bundles: publicKey.rawBytes (PEM) and keyDetails
+    key_pem: bytes | None = None
+    key_details: str | None = None
 
     @property
     def digest(self) -> str:
@@ -246,17 +282,50 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
         )
     tlog = vm.get("tlogEntries", [])
     _list(tlog, f"{path}: verificationMaterial.tlogEntries", 16)
+    key_pem: bytes | None = None
+    key_details: str | None = None
+    if present[0] != "certificate":
+        # Key and certificate bundles: weightguard (like model_signing) verifies no
+        # transparency log entry or timestamp for them, so none may be there: an
+        # unverified field would be a second encoding of the same signature.
+        if tlog:
+            raise FormatError(
+                f"{path}: verificationMaterial.tlogEntries must be empty in a "
+                f"{present[0]} bundle (nothing there is verified)",
+                hint="only Sigstore keyless bundles carry transparency log entries",
+            )
+        if "timestampVerificationData" in vm:
+            raise FormatError(
+                f"{path}: verificationMaterial.timestampVerificationData in a "
+                f"{present[0]} bundle (nothing there is verified)"
+            )
     if present[0] == "publicKey":
         kind = "key"
-        pk = _obj(vm["publicKey"], f"{path}: verificationMaterial.publicKey")
-        _known(pk, {"hint"}, f"{path}: verificationMaterial.publicKey")
-        h = pk.get("hint")
-        if h is not None:
+        pkw = f"{path}: verificationMaterial.publicKey"
+        pk = _obj(vm["publicKey"], pkw)
+        # Two shapes: {"hint"} (model_signing >= 1.1) or {"rawBytes", "keyDetails"}
+        # (0.3.1 .. 1.0.1); each field is checked against the verifying key.
+        if "hint" in pk:
+            _known(pk, {"hint"}, pkw)
+            h = pk["hint"]
             if not isinstance(h, str) or not _HEX64.fullmatch(h):
-                raise FormatError(
-                    f"{path}: verificationMaterial.publicKey.hint is not a hex SHA-256"
-                )
+                raise FormatError(f"{pkw}.hint is not a hex SHA-256")
             hint = h
+        else:
+            _known(pk, {"rawBytes", "keyDetails"}, pkw)
+            if set(pk) != {"rawBytes", "keyDetails"}:
+                raise FormatError(
+                    f"{pkw} must hold either hint, or rawBytes and keyDetails "
+                    f"(found {sorted(pk) or 'none'})"
+                )
+            key_pem = _b64decode(pk["rawBytes"], f"{pkw}.rawBytes", max_len=1 << 16)
+            kd = pk["keyDetails"]
+            if kd not in KEY_DETAILS.values():
+                raise FormatError(
+                    f"{pkw}.keyDetails is {str(kd)[:64]!r}; expected one of "
+                    + ", ".join(sorted(KEY_DETAILS.values()))
+                )
+            key_details = str(kd)
     elif present[0] == "x509CertificateChain":
         kind = "x509"
         chain = _obj(
@@ -300,6 +369,13 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
         )
     sig_obj = _obj(sigs[0], f"{path}: dsseEnvelope.signatures[0]")
     _known(sig_obj, {"sig", "keyid"}, f"{path}: dsseEnvelope.signatures[0]")
+    # keyid: "" (model_signing >= 1.1), null (0.2 .. 1.0) or absent (Sigstore); a value
+    # would be an unverified claim.
+    if sig_obj.get("keyid") not in ("", None):
+        raise FormatError(
+            f"{path}: dsseEnvelope.signatures[0].keyid must be empty "
+            "(weightguard does not use or verify key ids)"
+        )
     sig = _b64decode(sig_obj.get("sig"), f"{path}: dsseEnvelope.signatures[0].sig", max_len=4096)
     if not sig:
         raise FormatError(f"{path}: dsseEnvelope.signatures[0].sig is empty")
@@ -313,6 +389,8 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
         payload=payload,
         signature=sig,
         document=doc,
+        key_pem=key_pem,
+        key_details=key_details,
     )
 
 
@@ -360,6 +438,16 @@ class ChunkRecord:
 
 
 @dataclass(frozen=True)
+class ShardRecord:
+    """One file of a ``shards`` statement: ``digests[k]`` covers
+    ``[k*shard_size, min((k+1)*shard_size, size))``."""
+
+    size: int
+    shard_size: int
+    digests: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class Statement:
     model_name: str
     subject_sha256: bytes
@@ -370,6 +458,10 @@ class Statement:
     signed_at: datetime | None  # signer's claim (weightguard bundles only)
     chunks: dict[str, ChunkRecord]
     hash_type: str = "sha256"  # serialization.hash_type == every resource's algorithm
+    # "files": resources[name] is the file's digest.  "shards": resources[name] is b""
+    # and shards[name] holds the file's shard digests (model_signing file_shard).
+    method: str = "files"
+    shards: dict[str, ShardRecord] = field(default_factory=dict)
 
 
 def build_statement(
@@ -434,12 +526,108 @@ def _parse_time(value: object, where: str) -> datetime:
     return t.replace(tzinfo=UTC)
 
 
+def _hash_name(value: object, shard_size: int, where: str) -> str:
+    """serialization.hash_type: sha256 | blake2b | blake3, or (model_signing 0.3, shards)
+    ``<hash>-sharded-<shard_size>``; returns the plain name."""
+    if shard_size and isinstance(value, str) and value.endswith(f"-sharded-{shard_size}"):
+        value = value[: -len(f"-sharded-{shard_size}")]
+        if value == "blake3":
+            value = None  # model_signing never shards BLAKE3
+    if value not in WHOLE_ALGORITHMS:
+        raise FormatError(
+            f"{where}.hash_type is {str(value)[:64]!r}; "
+            f"supported: {', '.join(repr(a) for a in WHOLE_ALGORITHMS)}",
+            hint="re-sign with hash type sha256, blake2 or blake3",
+        )
+    return str(value)
+
+
+def _digest_hex(value: object, algorithm: str, where: str) -> bytes:
+    if algorithm == "blake2b":
+        if not isinstance(value, str) or not _HEX128.fullmatch(value):
+            raise FormatError(
+                f"{where}: expected 128 lowercase hex characters (a BLAKE2b-512 digest)"
+            )
+        return bytes.fromhex(value)
+    return _hex32(value, where)
+
+
+def parse_shard_name(name: object, where: str) -> tuple[str, int, int]:
+    """``(path, start, end)`` of a ``shards`` resource name ``<path>:<start>:<end>``.
+
+    As model_signing reads it (exactly three ``:``-separated parts, so a path with
+    ``:`` cannot be a shard), but stricter: offsets are plain decimals (no sign, no
+    leading zero, no spaces or ``_``) with ``start < end``.
+    """
+    if not isinstance(name, str):
+        raise FormatError(f"{where}: a shard name must be a string")
+    parts = name.split(":")
+    if len(parts) != 3:
+        raise FormatError(
+            f"{where}: shard name {name[:200]!r} is not <path>:<start>:<end> "
+            "(a path containing ':' cannot be signed by shards)"
+        )
+    for part in parts[1:]:
+        if not _OFFSET.fullmatch(part):
+            raise FormatError(
+                f"{where}: shard name {name[:200]!r}: offset {part[:32]!r} is not a decimal"
+            )
+    start, end = int(parts[1]), int(parts[2])
+    if not start < end <= MAX_FILE_SIZE:
+        raise FormatError(f"{where}: shard name {name[:200]!r}: empty or inverted range")
+    return validate_resource_name(parts[0], f"{where}"), start, end
+
+
+def _check_tiling(name: str, ranges: list[tuple[int, int]], shard_size: int, where: str) -> int:
+    """The file's size if ``ranges`` (sorted) are exactly model_signing's shards of it."""
+    size = ranges[-1][1]
+    for k, (start, end) in enumerate(ranges):
+        want = (k * shard_size, min((k + 1) * shard_size, size))
+        if (start, end) != want:
+            raise FormatError(
+                f"{where}: shards of {name!r} do not tile the file: shard {k} is "
+                f"[{start}, {end}), expected [{want[0]}, {want[1]}) for shard_size "
+                f"{shard_size} (gap, overlap or wrong size)"
+            )
+    return size
+
+
+def _parse_v02(doc: dict[str, Any], w: str) -> Statement:
+    """model_signing v0.2.0's statement: each subject is a file and its SHA-256."""
+    subjects = _list(doc.get("subject"), f"{w}.subject", MAX_RESOURCES)
+    if not subjects:
+        raise FormatError(f"{w}.subject is empty")
+    resources: dict[str, bytes] = {}
+    for i, sub in enumerate(subjects):
+        sw = f"{w}.subject[{i}]"
+        so = _obj(sub, sw)
+        name = validate_resource_name(so.get("name"), f"{sw}.name")
+        if name in resources:
+            raise FormatError(f"{sw}.name {name!r} is listed twice")
+        resources[name] = _hex32(_obj(so.get("digest"), f"{sw}.digest").get("sha256"), sw)
+    if "." in resources and len(resources) != 1:
+        raise FormatError(f"{w}.subject: '.' (single-file model) mixed with others")
+    return Statement(
+        model_name=V02_MODEL_NAME,
+        subject_sha256=b"",
+        resources=resources,
+        allow_symlinks=False,
+        ignore_paths=(),
+        wg_version=None,
+        signed_at=None,
+        chunks={},
+        hash_type="sha256",
+    )
+
+
 def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
     """Strictly parse the in-toto statement of an OMS bundle (after signature check)."""
     w = f"{path}: payload"
     doc = _obj(_loads(payload, w), w)
     if doc.get("_type") != STATEMENT_TYPE:
         raise FormatError(f"{w}._type is {doc.get('_type')!r}, expected {STATEMENT_TYPE!r}")
+    if doc.get("predicateType") == PREDICATE_TYPE_V02:
+        return _parse_v02(doc, w)
     if doc.get("predicateType") != PREDICATE_TYPE:
         raise FormatError(
             f"{w}.predicateType is {doc.get('predicateType')!r}, expected {PREDICATE_TYPE!r}"
@@ -454,19 +642,27 @@ def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
 
     pred = _obj(doc.get("predicate"), f"{w}.predicate")
     ser = _obj(pred.get("serialization"), f"{w}.predicate.serialization")
-    if ser.get("method") != "files":
+    method = ser.get("method")
+    if method not in ("files", "shards"):
         raise FormatError(
-            f"{w}.predicate.serialization.method is {ser.get('method')!r}; "
-            "only 'files' is supported",
+            f"{w}.predicate.serialization.method is {str(method)[:64]!r}; "
+            "supported: 'files', 'shards'",
             hint="sign with file serialization (the model_signing default)",
         )
-    hash_type = ser.get("hash_type")
-    if hash_type not in WHOLE_ALGORITHMS:
-        raise FormatError(
-            f"{w}.predicate.serialization.hash_type is {str(hash_type)[:64]!r}; "
-            f"supported: {', '.join(repr(a) for a in WHOLE_ALGORITHMS)}",
-            hint="re-sign with hash type sha256 or blake3 (files serialization)",
-        )
+    shard_size = 0
+    if method == "shards":
+        # protobuf Struct numbers: model_signing writes shard_size as 1000.0
+        raw_size = ser.get("shard_size")
+        if isinstance(raw_size, float) and raw_size.is_integer():
+            raw_size = int(raw_size)
+        shard_size = _int(raw_size, f"{w}.predicate.serialization.shard_size", 1, MAX_SHARD_SIZE)
+    hash_type = _hash_name(ser.get("hash_type"), shard_size, f"{w}.predicate.serialization")
+    # Resource algorithm: the hash type, or (shards) "<hash>-sharded-<shard_size>" as
+    # model_signing 0.3 .. 1.1 name it; one name for every resource.
+    resource_algorithms = {hash_type}
+    if method == "shards":
+        resource_algorithms.add(f"{hash_type}-sharded-{shard_size}")
+    first_algorithm: object = None
     allow_symlinks = ser.get("allow_symlinks")
     if not isinstance(allow_symlinks, bool):
         raise FormatError(f"{w}.predicate.serialization.allow_symlinks must be a boolean")
@@ -479,25 +675,46 @@ def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
 
     items = _list(pred.get("resources"), f"{w}.predicate.resources", MAX_RESOURCES)
     resources: dict[str, bytes] = {}
+    listed: list[bytes] = []
+    shard_ranges: dict[str, dict[tuple[int, int], bytes]] = {}
     for i, r in enumerate(items):
         rw = f"{w}.predicate.resources[{i}]"
         ro = _obj(r, rw)
-        name = validate_resource_name(ro.get("name"), f"{rw}.name")
-        if ro.get("algorithm") != hash_type:
+        algorithm = ro.get("algorithm")
+        if i == 0:
+            first_algorithm = algorithm
+        if algorithm not in resource_algorithms or algorithm != first_algorithm:
             raise FormatError(
-                f"{rw}.algorithm is {str(ro.get('algorithm'))[:64]!r}, expected {hash_type!r} "
-                "(the serialization.hash_type)"
+                f"{rw}.algorithm is {str(algorithm)[:64]!r}, expected "
+                + " or ".join(repr(a) for a in sorted(resource_algorithms))
+                + " (the serialization.hash_type), the same for every resource"
             )
+        digest = _digest_hex(ro.get("digest"), hash_type, f"{rw}.digest")
+        listed.append(digest)
+        if method == "shards":
+            name, start, end = parse_shard_name(ro.get("name"), f"{rw}.name")
+            per_file = shard_ranges.setdefault(name, {})
+            if (start, end) in per_file:
+                raise FormatError(f"{rw}.name {ro.get('name')!r} is listed twice")
+            per_file[(start, end)] = digest
+            resources[name] = b""
+            continue
+        name = validate_resource_name(ro.get("name"), f"{rw}.name")
         if name in resources:
             raise FormatError(f"{rw}.name {name!r} is listed twice")
-        resources[name] = _hex32(ro.get("digest"), f"{rw}.digest")
+        resources[name] = digest
     if "." in resources and len(resources) != 1:
         raise FormatError(f"{w}.predicate.resources: '.' (single-file model) mixed with others")
-    if subject_digest(list(resources.values())) != subject_sha:
+    if subject_digest(listed) != subject_sha:
         raise FormatError(
             f"{w}.subject[0].digest.sha256 does not match the listed resources",
             hint="the statement is inconsistent; it was not produced by a correct signer",
         )
+    shards: dict[str, ShardRecord] = {}
+    for name, per_file in shard_ranges.items():
+        ranges = sorted(per_file)
+        size = _check_tiling(name, ranges, shard_size, f"{w}.predicate.resources")
+        shards[name] = ShardRecord(size, shard_size, tuple(per_file[r] for r in ranges))
 
     wg_version: str | None = None
     signed_at: datetime | None = None
@@ -541,6 +758,8 @@ def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
                 digests=tuple(_hex32(d, f"{fw}.digests[{k}]") for k, d in enumerate(dl)),
                 algorithm=str(algorithm),
             )
+    if chunks and method != "files":
+        raise FormatError(f"{w}.predicate.weightguard: chunk digests with {method} serialization")
     return Statement(
         model_name=model_name,
         subject_sha256=subject_sha,
@@ -550,7 +769,9 @@ def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
         wg_version=wg_version,
         signed_at=signed_at,
         chunks=chunks,
-        hash_type=str(hash_type),
+        hash_type=hash_type,
+        method=str(method),
+        shards=shards,
     )
 
 
@@ -635,6 +856,7 @@ class Evidence:
     def verify_with_key(self, public_key: Any, *, check_hint: bool = True) -> str | None:
         """None if the DSSE signature verifies with ``public_key``, else the reason."""
         from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
         fp = key_fingerprint(public_key)
@@ -654,18 +876,56 @@ class Evidence:
                     f"({curve_label(public_key)})",
                     hint="the model was signed with a different key",
                 )
+            if check_hint:
+                self._check_embedded_key(public_key, fp)
             check_der_signature(self.bundle.signature, public_key, where)
-            try:
-                public_key.verify(self.bundle.signature, pae(self.bundle.payload), ec.ECDSA(algo))
-            except InvalidSignature:
+            # model_signing's order: the DSSE PAE, then v0.2.0's broken one (certificate
+            # bundles of that release hashed with SHA-256 whatever the curve).
+            compat_algo = hashes.SHA256() if self.bundle.kind == "x509" else algo
+            for message, h in (
+                (pae(self.bundle.payload), algo),
+                (pae_compat(self.bundle.payload), compat_algo),
+            ):
+                try:
+                    public_key.verify(self.bundle.signature, message, ec.ECDSA(h))
+                    break
+                except InvalidSignature:
+                    continue
+            else:
                 raise FormatError(
                     f"{where} does not verify with key {fp} ({curve_label(public_key)})",
                     hint="wrong key, or the signed statement was modified",
-                ) from None
+                )
         except FormatError as exc:
             reason = exc.message
         self._key_results[cache_key] = reason
         return reason
+
+    def _check_embedded_key(self, public_key: Any, fp: str) -> None:
+        """publicKey.rawBytes / keyDetails (model_signing 0.3.1 .. 1.0.1) must describe
+        the verifying key: model_signing drops them unread, weightguard refuses a bundle
+        whose unsigned key material says something else."""
+        from cryptography.hazmat.primitives import serialization
+
+        b = self.bundle
+        where = f"{self.path}: verificationMaterial.publicKey"
+        if b.key_pem is not None:
+            try:
+                embedded = serialization.load_pem_public_key(b.key_pem)
+            except (ValueError, TypeError) as exc:
+                raise FormatError(f"{where}.rawBytes is not a PEM public key") from exc
+            if key_fingerprint(embedded) != fp:
+                raise FormatError(
+                    f"{self.path} was signed with another key, not {fp} "
+                    f"({curve_label(public_key)})",
+                    hint="the model was signed with a different key",
+                )
+        if b.key_details is not None:
+            want = KEY_DETAILS.get(getattr(getattr(public_key, "curve", None), "name", ""))
+            if b.key_details != want:
+                raise FormatError(
+                    f"{where}.keyDetails is {b.key_details!r}, but key {fp} needs {want!r}"
+                )
 
     def leaf_certificate(self) -> Any:
         from cryptography import x509

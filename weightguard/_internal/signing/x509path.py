@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+
 MAX_CHAIN_DEPTH = 8
 
 
@@ -57,10 +59,45 @@ def _leaf_policy() -> Any:
     )
 
 
+def is_self_signed(cert: Any) -> bool:
+    """A root: issued by itself and its signature verifies with its own key."""
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def split_anchors(
+    roots: Sequence[Any], *, allow_intermediate_anchor: bool
+) -> tuple[list[Any], list[Any]]:
+    """(trust anchors, untrusted helpers) from the certificates a caller trusts.
+
+    As OpenSSL (and so model_signing) does by default, only a self-signed root is a
+    trust anchor: a CA certificate issued by another one may help build the path but
+    cannot end it.  ``allow_intermediate_anchor`` makes every given certificate an
+    anchor (OpenSSL's ``X509_V_FLAG_PARTIAL_CHAIN``).
+    """
+    if allow_intermediate_anchor:
+        return list(roots), []
+    anchors = [r for r in roots if is_self_signed(r)]
+    return anchors, [r for r in roots if not is_self_signed(r)]
+
+
 def verify_path(
-    leaf: Any, untrusted: Sequence[Any], roots: Sequence[Any], when: datetime
+    leaf: Any,
+    untrusted: Sequence[Any],
+    roots: Sequence[Any],
+    when: datetime,
+    *,
+    allow_intermediate_anchor: bool = False,
 ) -> list[Any]:
-    """The validated chain ``[leaf, ..., root]`` at ``when``; raises :class:`PathError`."""
+    """The validated chain ``[leaf, ..., root]`` at ``when``; raises :class:`PathError`.
+
+    Only self-signed ``roots`` are anchors unless ``allow_intermediate_anchor``
+    (:func:`split_anchors`)."""
     from cryptography.x509.verification import (
         ExtensionPolicy,
         PolicyBuilder,
@@ -70,6 +107,17 @@ def verify_path(
 
     if not roots:
         raise PathError("no trusted root configured")
+    anchors, helpers = split_anchors(roots, allow_intermediate_anchor=allow_intermediate_anchor)
+    if not anchors:
+        raise PathError(
+            "the trusted chain holds no self-signed root, only intermediate CA "
+            + ", ".join(subject_of(r) for r in roots)
+            + "; an intermediate is a trust anchor only when allowed explicitly "
+            "(allow_intermediate_anchor=True, CLI --trust-intermediate), as "
+            "model_signing (OpenSSL) refuses it"
+        )
+    roots = anchors
+    untrusted = [*untrusted, *helpers]
     builder = (
         PolicyBuilder()
         .store(Store(list(roots)))
