@@ -59,6 +59,7 @@ from weightguard._internal.load.model_files import (
     ModelFile,
     SignedDigests,
     check_signed_bytes,
+    check_streamed,
     digests_for,
     open_file,
     select_files,
@@ -76,6 +77,7 @@ from weightguard.errors import (
     UnsafeOptionRequired,
     VerificationError,
     WeightguardError,
+    WrongKeyError,
 )
 from weightguard.manifest import S3Options
 
@@ -398,20 +400,31 @@ class ModelHandle:
             names = select_files(loc, self._signed_all)
             if self._signed_all is not None:
                 signed = digests_for(loc, names, self._signed_all)
-            for name in names:
-                self._files.append(open_file(loc, name, signed[name] if signed else None))
-            if signed is not None:
-                self._ctx.audit.emit("verify.ok", object=self._ctx.obj(self._files))
-            _unwrap_keys(self._files, key, key_options, self._ctx, allowed_keys)
-            self._where: dict[str, ModelFile] = {}
-            for f in self._files:
-                for t in f.tensors:
-                    if t.name in self._where:
-                        raise FormatError(
-                            f"{loc.uri}: tensor {t.name!r} is in both "
-                            f"{self._where[t.name].name} and {f.name}"
-                        )
-                    self._where[t.name] = f
+            try:
+                for name in names:
+                    self._files.append(open_file(loc, name, signed[name] if signed else None))
+                if signed is not None:
+                    self._ctx.audit.emit("verify.ok", object=self._ctx.obj(self._files))
+                _unwrap_keys(self._files, key, key_options, self._ctx, allowed_keys)
+                self._where: dict[str, ModelFile] = {}
+                for f in self._files:
+                    for t in f.tensors:
+                        if t.name in self._where:
+                            raise FormatError(
+                                f"{loc.uri}: tensor {t.name!r} is in both "
+                                f"{self._where[t.name].name} and {f.name}"
+                            )
+                        self._where[t.name] = f
+            except (FormatError, WrongKeyError) as exc:
+                # A file checked by whole-file digests is parsed before it is checked:
+                # tampered (IntegrityError), or signed as it is (this error stands).
+                for name in names if signed is not None else ():
+                    if signed is not None and signed[name].units is not None:
+                        try:
+                            check_streamed(loc, name, signed[name])
+                        except IntegrityError as tamper:
+                            raise tamper from exc
+                raise
         except BaseException as exc:
             self._deny(exc, time.monotonic() - self._t0)
             self.close()
@@ -623,8 +636,7 @@ class ModelHandle:
                 )
                 base = len(all_segments)
                 records = [
-                    r if r.hash_only else dataclasses.replace(r, seg=r.seg + base)
-                    for r in records
+                    r if r.hash_only else dataclasses.replace(r, seg=r.seg + base) for r in records
                 ]
                 seg_base.append(base)
                 all_segments.extend(segments)

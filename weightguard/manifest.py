@@ -35,14 +35,24 @@ __all__ = [
 class FileDigests:
     """What the loader checks for one file: ranges ``[0, head)`` then ``stride`` steps.
 
-    ``digests[0]`` covers ``[0, head)``; ``digests[k]`` (k >= 1) covers
-    ``[head + (k-1)*stride, min(head + k*stride, size))``.  ``resource_digest`` is the
-    OMS whole-file digest, computed with ``resource_algorithm`` (``"sha256"`` or
-    ``"blake3"``, the bundle's ``hash_type``).  ``chunked`` is False for files signed
-    without weightguard's chunk digests (e.g. by model_signing): then ``head == size``
-    and the only digest is the whole-file one (``algorithm`` ``sha256-chunked-v1`` or
-    ``blake3-chunked-v1`` to match the resource algorithm).  ``algorithm`` names the
-    chunk digest (``blake3-chunked-v1`` or ``sha256-chunked-v1``), as signed.
+    ``digests[0]`` covers ``[0, min(head, size))``; ``digests[k]`` (k >= 1) covers
+    ``[head + (k-1)*stride, min(head + k*stride, size))`` (:meth:`range`).
+    ``resource_digest`` is the OMS whole-file digest, computed with ``resource_algorithm``
+    (``"sha256"``, ``"blake2b"`` or ``"blake3"``: the bundle's hash type; hashers only from
+    ``weightguard._internal.signing.hashing.whole_hasher``).  ``algorithm`` names the
+    weightguard chunk digest (``blake3-chunked-v1`` or ``sha256-chunked-v1``), as signed.
+
+    ``chunked`` is False for files signed without weightguard's chunk digests (by
+    model_signing): then ``digests[k]`` is the plain ``resource_algorithm`` hash of byte
+    range ``range(k)``, and the ranges tile the file:
+
+    * ``files`` serialization: ``head == size``, one digest (the whole file);
+    * ``shards`` serialization: ``head == stride == shard_size``, one digest per shard
+      (a file smaller than a shard: one digest of the whole file; an empty file: one
+      digest of no bytes).
+
+    The loader hashes each such range in file order as the load's one read streams by
+    (weightguard._internal.load.stream_digests); ``algorithm`` is then not used.
     """
 
     size: int

@@ -137,6 +137,9 @@ class Copier:
     align: int = 0
 
     def worker_context(self) -> contextlib.AbstractContextManager[Any]:
+    #: ``acquire``'s memory keeps what was written into it, unchanged, until ``finish``
+    #: (the final tensors): a streamed digest may hash a plain record from there
+    keeps_output: bool = False
         """Entered by each worker thread around all its work (the device to use)."""
         return contextlib.nullcontext()
 
@@ -173,6 +176,8 @@ class CpuCopier(Copier):
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
+    keeps_output = True
+
         self._backend = get_backend("cpu")
         self._ref = self._backend.resolve(device)
         self._bufs: list[Any] = []

@@ -4,6 +4,14 @@ each one's head read once, checked against the signature, then parsed.
 Nothing read from the model chooses anything before it matched the signature: the
 index is checked as bytes before it is parsed, and without an index the set of weight
 files is the signed one, never what a listing happens to show (issue 12.1).
+
+A weight file signed without weightguard's chunk digests (by model_signing: a whole-file
+digest, ``files`` serialization, or one per shard, ``shards``) cannot have its head
+checked before the rest of it was read: its head is read once, parsed (bounded, strict)
+only to place the records, and hashed with the rest in the load's one pass
+(:mod:`weightguard._internal.load.stream_digests`); nothing is returned before every
+digest of the file matched.  Its size was checked against the signature first, so the
+header can only place bytes inside memory of the signed size.
 """
 
 from __future__ import annotations
@@ -17,19 +25,22 @@ from typing import Any
 from weightguard._internal.format.model_dir import top_level_weights
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, TensorInfo
 from weightguard._internal.foundation.names import safe_relative_name
-from weightguard._internal.load.pipeline import digest_matches
+from weightguard._internal.load.pipeline import FileJob, Record, digest_matches
 from weightguard._internal.load.plan import Geometry
 from weightguard._internal.load.sources import Location, Source
-from weightguard.errors import CoverageError, FormatError, IntegrityError, VerificationError
+from weightguard._internal.load.stream_digests import StreamCheck
+from weightguard.errors import CoverageError, FormatError, IntegrityError
 
 __all__ = [
     "INDEX_NAME",
     "ModelFile",
     "SignedDigests",
     "check_signed_bytes",
+    "check_streamed",
     "digests_for",
     "open_file",
     "select_files",
+    "signed_ranges",
 ]
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -49,8 +60,34 @@ class ModelFile:
     header_digest: str
     header: Any = None  # ArtifactHeader for encrypted files
     cipher: Any = None  # ChunkCipher once the key was unwrapped
-    head: bytes = b""  # the verified bytes [0, data_offset) of an artifact
+    # the bytes [0, data_offset) of an artifact, verified unless streamed; of a streamed
+    # plain file, its header segment (hashed first in each load)
+    head: bytes = b""
     st_raw: bytes = b""  # the original safetensors header segment (u64 length + JSON)
+
+    @property
+    def streamed(self) -> bool:
+        """Checked by whole-file / shard digests: every load reads the whole file."""
+        return self.geometry.units is not None
+
+    def job(self, records: list[Record], segments: list[int]) -> FileJob:
+        """The pipeline job for ``records`` of this file (with a fresh in-order digest
+        check when the file is streamed: ``records`` must then be all of them)."""
+        g = self.geometry
+        stream = None
+        if g.units is not None:
+            stream = StreamCheck(
+                self.display, self.source.size, g.units, g.unit_algorithm, self.head
+            )
+        return FileJob(
+            self.display,
+            self.source,
+            records,
+            segments,
+            self.cipher,
+            algorithm=g.algorithm,
+            stream=stream,
+        )
 
 
 def select_files(loc: Location, signed: Mapping[str, Any] | None) -> list[str]:
@@ -101,18 +138,52 @@ def select_files(loc: Location, signed: Mapping[str, Any] | None) -> list[str]:
     return shards
 
 
+def signed_ranges(fd: Any, path: str) -> tuple[tuple[int, int, bytes], ...]:
+    """``(offset, length, digest)`` of each whole-file or shard digest of a file signed
+    without chunk digests (``fd.chunked`` False): ``fd.digests[k]`` covers
+    ``fd.range(k)``.  They must tile ``[0, size)`` exactly, else :class:`IntegrityError`."""
+    size = int(fd.size)
+    out: list[tuple[int, int, bytes]] = []
+    pos = 0
+    for k, digest in enumerate(fd.digests):
+        off, length = fd.range(k)
+        length = min(length, size - off)  # a shard larger than the file: the file
+        if off != pos or length < 0 or (length == 0 and size != 0) or off + length > size:
+            raise IntegrityError(
+                f"signed digest {k} covers bytes {off}-{off + length}, which do not follow "
+                f"on from {pos} within the signed size {size}",
+                path=path,
+            )
+        out.append((int(off), int(length), bytes(digest)))
+        pos = off + length
+    if pos != size or not out:
+        raise IntegrityError(
+            f"the signed digests cover {pos} bytes, the signed size is {size}", path=path
+        )
+    return tuple(out)
+
+
 def check_signed_bytes(loc: Location, name: str, data: bytes, fd: Any) -> None:
     """``data`` (read once, then used) must be exactly the signed file ``name``: the one
-    check for every small file (index, config, tokenizer) before anything parses it."""
+    check for every small file (index, config, tokenizer) before anything parses it.
+
+    The whole-file digest, or (model_signing's ``shards``) each shard's digest."""
     from weightguard._internal.signing.hashing import whole_hasher
 
-    h = whole_hasher(fd.resource_algorithm, path=name)
-    h.update(data)
-    if len(data) != int(fd.size) or not hmac.compare_digest(h.digest(), fd.resource_digest):
-        raise IntegrityError(
-            f"{name} differs from the signed {fd.resource_algorithm} digest",
-            path=f"{loc.uri.rstrip('/')}/{name}" if loc.is_dir else loc.uri,
-        )
+    path = f"{loc.uri.rstrip('/')}/{name}" if loc.is_dir else loc.uri
+    alg = str(fd.resource_algorithm)
+    if getattr(fd, "chunked", True):
+        ranges: tuple[tuple[int, int, bytes], ...] = ((0, len(data), fd.resource_digest),)
+    else:
+        ranges = signed_ranges(fd, path)
+    ok = len(data) == int(fd.size)
+    view = memoryview(data)
+    for off, length, digest in ranges:
+        h = whole_hasher(alg, size=length, path=name)
+        h.update(view[off : off + length])
+        ok = hmac.compare_digest(h.digest(), digest) and ok
+    if not ok:
+        raise IntegrityError(f"{name} differs from the signed {alg} digest", path=path)
 
 
 @dataclass(frozen=True)
@@ -122,12 +193,19 @@ class SignedDigests:
     stride: int
     digests: tuple[bytes, ...]
     algorithm: str  # chunk digest algorithm named in the signed record
+    # signed without chunk digests: (offset, length, digest) of the whole-file or shard
+    # digests, hashed in file order during the load (``unit_algorithm``: the OMS hash)
+    units: tuple[tuple[int, int, bytes], ...] | None = None
+    unit_algorithm: str = ""
 
 
 def digests_for(
     loc: Location, files: list[str], signed: Mapping[str, Any]
 ) -> dict[str, SignedDigests]:
-    """The signed chunk digests of each weight file (every one must have them)."""
+    """What each weight file is checked against: its signed chunk digests, or, signed
+    without them (model_signing), its whole-file or shard digests (``units``)."""
+    from weightguard._internal.signing.hashing import whole_hasher
+
     out: dict[str, SignedDigests] = {}
     for name in files:
         fd = signed.get(name if loc.is_dir else ".")
@@ -137,11 +215,12 @@ def digests_for(
                 hint="re-sign the whole model directory",
             )
         if not getattr(fd, "chunked", True):
-            raise VerificationError(
-                f"{loc.uri}: the signature of {name} has no chunk digests (signed by "
-                "another tool), so it cannot be checked in one pass",
-                hint="sign the model with `weightguard sign`",
-            )
+            path = f"{loc.uri.rstrip('/')}/{name}" if loc.is_dir else loc.uri
+            alg = str(fd.resource_algorithm)
+            whole_hasher(alg, path=path)  # an algorithm this weightguard has, or refused now
+            units = signed_ranges(fd, path)
+            out[name] = SignedDigests(int(fd.size), int(fd.size), int(fd.size), (), "", units, alg)
+            continue
         out[name] = SignedDigests(
             int(fd.size),
             int(fd.head),
@@ -152,23 +231,59 @@ def digests_for(
     return out
 
 
-class _SourceReader:
-    """A minimal read-only file object over a Source (for header parsers)."""
+def check_streamed(loc: Location, name: str, signed: SignedDigests) -> None:
+    """Read file ``name`` once, in order, and check its whole-file or shard digests
+    (raises :class:`IntegrityError` when it differs).
 
-    def __init__(self, source: Source, prefix: bytes = b"") -> None:
+    Only for a failure: a streamed file whose head did not parse (or whose key did not
+    fit) is either tampered (this raises) or signed as it is (the caller's error stands).
+    """
+    assert signed.units is not None
+    src = loc.open(name)
+    try:
+        if src.size != signed.size:
+            raise IntegrityError(
+                f"file is {src.size} bytes but the signature says {signed.size}", path=src.name
+            )
+        check = StreamCheck(src.name, src.size, signed.units, signed.unit_algorithm)
+        check.begin()
+        buf = bytearray(max(1, min(_PLAIN_UNSIGNED_CHUNK, src.size)))
+        off = 0
+        while off < src.size:  # in order: each piece is hashed before the buffer is reused
+            view = memoryview(buf)[: min(len(buf), src.size - off)]
+            src.read_into(off, view)
+            check.feed(off, view)
+            off += len(view)
+        check.finish()
+    finally:
+        src.close()
+
+
+class _Growing:
+    """The file's first bytes, read once in order as parsers ask for more: what the
+    header is parsed from is exactly what a streamed digest hashes (a file object)."""
+
+    def __init__(self, source: Source, first: int) -> None:
         self._src = source
         self._pos = 0
-        self._prefix = prefix
+        self.buf = bytearray(source.read(0, min(first, source.size)))
+
+    def upto(self, end: int) -> bytes:
+        """Bytes ``[0, end)`` (``end`` within the file), reading only what is missing."""
+        have = len(self.buf)
+        if end > have:
+            self.buf += self._src.read(have, end - have)
+        return bytes(self.buf[:end])
 
     def read(self, n: int = -1) -> bytes:
         if n < 0:
             n = self._src.size - self._pos
         n = max(0, min(n, self._src.size - self._pos))
-        if self._pos + n <= len(self._prefix):
-            data = self._prefix[self._pos : self._pos + n]
-        else:
-            data = self._src.read(self._pos, n)
-        self._pos += len(data)
+        end = self._pos + n
+        if end > len(self.buf):
+            self.upto(end)
+        data = bytes(self.buf[self._pos : end])
+        self._pos = end
         return data
 
     def fileno(self) -> int:  # pragma: no cover - parsers must be given the size
@@ -176,37 +291,48 @@ class _SourceReader:
 
 
 def open_file(loc: Location, name: str, signed: SignedDigests | None) -> ModelFile:
-    """Read a file's head once, check it against the signature, parse it."""
+    """Read a file's head once, check it against the signature, parse it.
+
+    Signed with chunk digests: the head is checked before it is parsed.  Signed with
+    whole-file or shard digests (``signed.units``): the head is parsed and kept, and
+    hashed with the rest of the file by every load (see the module's docstring).
+    """
     from weightguard._internal.format import layout as fmt
     from weightguard._internal.format.safetensors import parse_header_json
 
     src = loc.open(name)
     display = src.name
+    streamed = signed is not None and signed.units is not None
+    chunked = signed if signed is not None and not streamed else None
     try:
-        if signed is not None:
-            if src.size != signed.size:
-                raise IntegrityError(
-                    f"file is {src.size} bytes but the signature says {signed.size}",
-                    path=display,
-                )
-            head_len = signed.head
+        if signed is not None and src.size != signed.size:
+            raise IntegrityError(
+                f"file is {src.size} bytes but the signature says {signed.size}",
+                path=display,
+            )
+        grow: _Growing | None = None
+        if chunked is not None:
+            head_len = chunked.head
             if not 8 <= head_len <= min(src.size, MAX_HEADER_SIZE + fmt.MAX_HEADER_LEN + 1024):
                 raise IntegrityError(f"signed head length {head_len} is implausible", path=display)
             head = src.read(0, head_len)
-            if not signed.digests or not digest_matches(
-                head, signed.digests[0], signed.algorithm, path=display
+            if not chunked.digests or not digest_matches(
+                head, chunked.digests[0], chunked.algorithm, path=display
             ):
                 raise IntegrityError(
                     "header bytes do not match the signed digest", path=display, chunk=0
                 )
         else:
-            head = src.read(0, min(src.size, _PROBE))
+            grow = _Growing(src, _PROBE)
+            head = bytes(grow.buf)
         if len(head) < 8:
             raise FormatError(f"{display}: {src.size} bytes is too small for a model file")
         header_digest = "sha256:" + hashlib.sha256(head).hexdigest()
+        units = signed.units if signed is not None else None
+        unit_algorithm = signed.unit_algorithm if signed is not None else ""
         if fmt.is_artifact(head):
-            reader = _SourceReader(src, head) if signed is None else _BytesReader(head)
-            ah = fmt.read_header(reader, path=display)  # type: ignore[arg-type]
+            reader: Any = grow if grow is not None else _BytesReader(head)
+            ah = fmt.read_header(reader, path=display)
             if ah.content != "safetensors":
                 raise FormatError(
                     f"{display}: artifact holds a {ah.content!r} file, not safetensors",
@@ -219,20 +345,22 @@ def open_file(loc: Location, name: str, signed: SignedDigests | None) -> ModelFi
                     path=display,
                 )
             stride = ah.chunk_size + fmt.TAG_SIZE
-            if signed is not None:
-                if signed.head != ah.data_offset or (signed.stride != stride and ah.num_chunks > 1):
+            if chunked is not None:
+                if chunked.head != ah.data_offset or (
+                    chunked.stride != stride and ah.num_chunks > 1
+                ):
                     raise IntegrityError(
                         "signed chunk layout does not match the artifact", path=display
                     )
-                if len(signed.digests) != ah.num_chunks + 1:
+                if len(chunked.digests) != ah.num_chunks + 1:
                     raise IntegrityError(
-                        f"signature has {len(signed.digests)} digests, artifact has "
+                        f"signature has {len(chunked.digests)} digests, artifact has "
                         f"{ah.num_chunks + 1} records",
                         path=display,
                     )
             else:
-                head_end = ah.data_offset
-                head = head[:head_end] if len(head) >= head_end else src.read(0, head_end)
+                assert grow is not None
+                head = grow.upto(ah.data_offset)
             geo = Geometry(
                 display,
                 ah.data_offset,
@@ -241,8 +369,10 @@ def open_file(loc: Location, name: str, signed: SignedDigests | None) -> ModelFi
                 fmt.TAG_SIZE,
                 ah.data_size,
                 ah.num_chunks,
-                signed.digests if signed else None,
-                signed.algorithm if signed else "sha256-chunked-v1",
+                chunked.digests if chunked else None,
+                chunked.algorithm if chunked else "sha256-chunked-v1",
+                units,
+                unit_algorithm,
             )
             return ModelFile(
                 name, display, src, True, geo, (), None, header_digest, header=ah, head=head
@@ -253,20 +383,21 @@ def open_file(loc: Location, name: str, signed: SignedDigests | None) -> ModelFi
             raise FormatError(
                 f"{display}: not a safetensors file or a weightguard artifact (header length {n})"
             )
-        if signed is not None:
-            if signed.head != 8 + n:
+        if chunked is not None:
+            if chunked.head != 8 + n:
                 raise IntegrityError(
                     "signed head does not match the safetensors header", path=display
                 )
-            raw_json = head[8 : 8 + n]
+            st_raw = head[: 8 + n]
         else:
-            raw_json = head[8 : 8 + n] if len(head) >= 8 + n else src.read(8, n)
+            assert grow is not None
+            st_raw = grow.upto(8 + n)
         data_size = src.size - 8 - n
-        _, tensors, metadata, _ = parse_header_json(raw_json, data_size=data_size, path=display)
-        if signed is not None:
-            chunk = signed.stride
+        _, tensors, metadata, _ = parse_header_json(st_raw[8:], data_size=data_size, path=display)
+        if chunked is not None:
+            chunk = chunked.stride
             num = (data_size + chunk - 1) // chunk if chunk > 0 else 0
-            if chunk <= 0 or len(signed.digests) != num + 1:
+            if chunk <= 0 or len(chunked.digests) != num + 1:
                 raise IntegrityError(
                     "signed chunk digests do not match the file's size", path=display
                 )
@@ -281,8 +412,10 @@ def open_file(loc: Location, name: str, signed: SignedDigests | None) -> ModelFi
             0,
             data_size,
             num,
-            signed.digests if signed else None,
-            signed.algorithm if signed else "sha256-chunked-v1",
+            chunked.digests if chunked else None,
+            chunked.algorithm if chunked else "sha256-chunked-v1",
+            units,
+            unit_algorithm,
         )
         return ModelFile(
             name,
@@ -293,7 +426,8 @@ def open_file(loc: Location, name: str, signed: SignedDigests | None) -> ModelFi
             tensors,
             metadata,
             header_digest,
-            st_raw=head[: 8 + n] if len(head) >= 8 + n else head[:8] + raw_json,
+            head=st_raw if streamed else b"",
+            st_raw=st_raw,
         )
     except BaseException:
         src.close()

@@ -150,7 +150,6 @@ def _load_direct(handle: Any, file: Any, dsts: dict[str, Any]) -> None:
     import torch
 
     from weightguard._internal.load.copiers import _np_view
-    from weightguard._internal.load.pipeline import FileJob
 
     records, segments, place = plan(file.geometry, file.tensors, set(dsts))
     targets: list[list[tuple[int, int, memoryview]]] = [[] for _ in segments]
@@ -159,9 +158,7 @@ def _load_direct(handle: Any, file: Any, dsts: dict[str, Any]) -> None:
         targets[p.seg].append((p.offset, p.info.nbytes, _np_view(raw)))
     for t in targets:
         t.sort(key=lambda x: x[0])
-    job = FileJob(
-        file.display, file.source, records, segments, file.cipher, algorithm=file.geometry.algorithm
-    )
+    job = file.job(records, segments)
     slot = max((r.dst_len for r in records), default=1)
     with torch.no_grad():
         handle._run([job], segments, ParamCopier(targets, slot))
@@ -223,6 +220,8 @@ def load_into_module(module: torch.nn.Module, handle: Any, *, strict: bool) -> N
             if not names:
                 continue
             direct = {n: own[n] for n in names if _direct_ok(own[n], infos[n], handle.device)}
+            if f.streamed and len(direct) < len(names):
+                direct = {}  # whole-file digests: one load (one read) for the whole file
             if direct:
                 _load_direct(handle, f, direct)
             names = [n for n in names if n not in direct]

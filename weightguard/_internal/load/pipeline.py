@@ -8,6 +8,15 @@ the signed digest BEFORE they are used, then
 AEAD-decrypted (or, for plain safetensors, taken as they are) into the copier's
 destination.  The first failure stops every worker; the caller then discards what was
 written (see :mod:`weightguard._internal.load.copiers`).
+
+A file signed without chunk digests (model_signing's whole-file or shard digests) has a
+:class:`~weightguard._internal.load.stream_digests.StreamCheck` (``FileJob.stream``):
+its records are read, decrypted and placed in parallel like the others, and each hands
+its source bytes to the in-order hasher, from the destination when the copier keeps
+them there (a plain file on the CPU), else from a held read buffer that goes back to a
+bounded pool once hashed.  Held buffers are handed out in dispatch order (file order),
+so the piece a hasher waits for never waits for a buffer.  The load succeeds only when
+every such digest matched.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from typing import Any, Protocol
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.load.copiers import Copier
 from weightguard._internal.load.sources import Source
+from weightguard._internal.load.stream_digests import StreamCheck
 from weightguard._internal.signing.hashing import SHA256_CHUNKED, chunk_hasher
 from weightguard.errors import IntegrityError
 
@@ -44,6 +54,8 @@ class Record:
     # (offset in the record's plaintext, offset in the segment, length) of each wanted
     # tensor's bytes, when the copier places tensors at aligned offsets
     pieces: tuple[tuple[int, int, int], ...] = ()
+    # read and hashed for the file's streamed digest only (no wanted tensor in it)
+    hash_only: bool = False
 
 
 @dataclass
@@ -55,6 +67,7 @@ class FileJob:
     cipher: RecordCipher | None = None  # None: plaintext records
     bytes_read: int = field(default=0)
     algorithm: str = SHA256_CHUNKED  # chunk digest algorithm of the signed record
+    stream: StreamCheck | None = None  # whole-file / shard digests, checked in file order
 
 
 def digest_matches(
@@ -100,6 +113,8 @@ class _Stop(Exception):
 
 
 BeforeRecord = Callable[[FileJob, Record], None]
+# Bytes of held read buffers (streamed digests) at most, beyond two buffers.
+_HELD_BYTES = 256 * 1024 * 1024
 
 
 def run_pipeline(
@@ -114,11 +129,19 @@ def run_pipeline(
     Raises the first failure (``BaseException`` included: a ``KeyboardInterrupt``
     in the caller's thread or injected in a worker stops all workers first).
     """
+    for j in jobs:  # each streamed file's head, read and parsed when it was opened
+        if j.stream is not None:
+            j.stream.begin()
     items: list[tuple[FileJob, Record]] = [(j, r) for j in jobs for r in j.records]
     if not items:
+        for j in jobs:
+            if j.stream is not None:
+                j.stream.finish()
         return
     max_ct = max(r.src_len for _, r in items)
+    n = max(1, min(workers, len(items)))
     lock = threading.Lock()
+    cond = threading.Condition(lock)
     state: dict[str, Any] = {"next": 0}
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -129,16 +152,47 @@ def run_pipeline(
 
         tags = TagChecker()
 
-    def take() -> tuple[FileJob, Record] | None:
-        with lock:
-            i = state["next"]
-            if i >= len(items) or stop.is_set():
-                return None
-            state["next"] = i + 1
-            return items[i]
+    def needs_held(job: FileJob, rec: Record) -> bool:
+        return job.stream is not None and (
+            rec.hash_only or job.cipher is not None or not copier.keeps_output
+        )
+
+    # Held read buffers hold bytes as stored in the file (ciphertext, or a plain file's
+    # bytes), never decrypted plaintext.
+    held_size = max((r.src_len for j, r in items if needs_held(j, r)), default=0)
+    held_limit = max(2, min(2 * n + 2, _HELD_BYTES // max(1, held_size)))
+    held_all: list[bytearray] = []
+    held_free: list[bytearray] = []
+
+    def give_back(buf: bytearray) -> None:
+        with cond:
+            held_free.append(buf)
+            cond.notify()
+
+    def take() -> tuple[FileJob, Record, bytearray | None] | None:
+        with cond:
+            while True:
+                i = state["next"]
+                if i >= len(items) or stop.is_set():
+                    return None
+                job, rec = items[i]
+                held: bytearray | None = None
+                if needs_held(job, rec):
+                    if held_free:
+                        held = held_free.pop()
+                    elif len(held_all) < held_limit:
+                        held = bytearray(held_size)
+                        held_all.append(held)
+                    else:  # every buffer waits for a piece an earlier record brings
+                        cond.wait(0.05)
+                        continue
+                state["next"] = i + 1
+                return job, rec, held
 
     def work(worker: int) -> None:
-        host_ct = not copier.decrypts and any(j.cipher is not None for j in jobs)
+        host_ct = not copier.decrypts and any(
+            j.cipher is not None and j.stream is None for j in jobs
+        )
         buf = bytearray(max_ct) if host_ct else bytearray()
         with lock:
             buffers.append(buf)
@@ -149,10 +203,13 @@ def run_pipeline(
                     item = take()
                     if item is None:
                         return
-                    job, rec = item
+                    job, rec, held = item
                     if before_record is not None:
                         before_record(job, rec)
-                    _one(worker, job, rec, mv)
+                    if job.stream is not None:
+                        _one_streamed(worker, job, rec, held)
+                    else:
+                        _one(worker, job, rec, mv)
         except BaseException as exc:
             with lock:
                 errors.append(exc)
@@ -192,7 +249,55 @@ def run_pipeline(
             copier.commit(worker, rec, out)
         job.bytes_read += rec.src_len  # approximate under races; for stats only
 
-    n = max(1, min(workers, len(items)))
+    def _one_streamed(worker: int, job: FileJob, rec: Record, held: bytearray | None) -> None:
+        """A record of a file checked by whole-file / shard digests: used like any
+        other, and its source bytes handed to the file's in-order hasher."""
+        assert job.stream is not None
+        if held is None:  # plain, into memory that keeps it: hashed from there
+            out = copier.acquire(worker, rec)
+            try:
+                job.source.read_into(rec.src_off, out)
+            except BaseException:
+                copier.abandon(worker, out)
+                raise
+            copier.commit(worker, rec, out)
+            job.stream.feed(rec.src_off, out)
+            job.bytes_read += rec.src_len
+            return
+        src = memoryview(held)[: rec.src_len]
+        try:
+            job.source.read_into(rec.src_off, src)
+            if not rec.hash_only:
+                _place(worker, job, rec, src)
+        except BaseException:
+            give_back(held)
+            raise
+        job.stream.feed(rec.src_off, src, lambda: give_back(held))
+        job.bytes_read += rec.src_len
+
+    def _place(worker: int, job: FileJob, rec: Record, src: memoryview) -> None:
+        """Source bytes ``src`` of a record (already read) into the copier."""
+        if job.cipher is not None and copier.decrypts:
+            _check_tag(job, rec, src, tags)
+            out = copier.acquire(worker, rec, ciphertext=True)
+            try:
+                out[:] = src
+            except BaseException:
+                copier.abandon(worker, out)
+                raise
+            copier.commit(worker, rec, out, job.cipher)
+            return
+        out = copier.acquire(worker, rec)
+        try:
+            if job.cipher is not None:
+                job.cipher.decrypt_record_into(rec.index, src, out)
+            else:
+                out[:] = src
+        except BaseException:
+            copier.abandon(worker, out)
+            raise
+        copier.commit(worker, rec, out)
+
     pool = cf.ThreadPoolExecutor(max_workers=n, thread_name_prefix="wg-load")
     futures = [pool.submit(work, w) for w in range(n)]
     try:
@@ -210,9 +315,18 @@ def run_pipeline(
             wipe(b)
         if tags is not None:
             tags.clear()
+        if errors:
+            for j in jobs:
+                if j.stream is not None:
+                    j.stream.clear()
+        held_all.clear()
+        held_free.clear()
     if errors:
         # Prefer the most telling error: integrity over the rest.
         for e in errors:
             if isinstance(e, IntegrityError):
                 raise e
         raise errors[0]
+    for j in jobs:  # every whole-file / shard digest was hashed whole and matched
+        if j.stream is not None:
+            j.stream.finish()

@@ -31,6 +31,11 @@ class Geometry:
     num_chunks: int
     digests: tuple[bytes, ...] | None  # index k -> signed digest of record k (0 = head)
     algorithm: str = SHA256_CHUNKED  # chunk digest algorithm of ``digests``
+    # Signed without chunk digests (model_signing): (file offset, length, digest) of each
+    # whole-file or shard digest, checked in file order as the records stream by
+    # (pipeline.StreamCheck); every record of the file is then read, whatever is wanted.
+    units: tuple[tuple[int, int, bytes], ...] | None = None
+    unit_algorithm: str = ""  # the OMS hash of ``units`` (see hashing.whole_hasher)
 
     def span(self, k: int) -> tuple[int, int, int, int]:
         """(src_off, src_len, data_off, data_len) of record ``k`` (1-based)."""
@@ -54,8 +59,13 @@ def plan(
     ``align`` 0 keeps the file's layout in each segment (records land contiguously);
     otherwise every wanted tensor starts at an ``align``-byte offset of its segment and
     each record carries the pieces to copy (:func:`_aligned`).
+
+    A file checked by whole-file or shard digests (``geo.units``) is read whole even for
+    a subset: the records no wanted tensor touches are ``hash_only`` (read and hashed,
+    never copied anywhere), in file order among the others.
     """
     wanted = [t for t in tensors if names is None or t.name in names]
+    hash_only: list[int] = []
     if names is None:
         chunks = list(range(1, geo.num_chunks + 1))
     else:
@@ -64,6 +74,8 @@ def plan(
             if t.end > t.begin:
                 needed.update(range(t.begin // geo.chunk + 1, (t.end - 1) // geo.chunk + 2))
         chunks = sorted(needed)
+        if geo.units is not None:
+            hash_only = [k for k in range(1, geo.num_chunks + 1) if k not in needed]
     # Contiguous runs of chunks -> segments.
     runs: list[list[int]] = []
     for k in chunks:
@@ -90,6 +102,11 @@ def plan(
             end = data_off + n
         segments.append(end - start)
         seg_ranges.append((start, end))
+    for k in hash_only:
+        src_off, src_len, _, _ = geo.span(k)
+        records.append(Record(k, src_off, src_len, -1, 0, 0, None, hash_only=True))
+    if hash_only:
+        records.sort(key=lambda r: r.index)
     placements: dict[str, Placement] = {}
     for t in wanted:
         if t.end == t.begin:
@@ -137,6 +154,9 @@ def _aligned(
             new_place[name] = p
     out: list[Record] = []
     for r in records:
+        if r.hash_only:
+            out.append(r)
+            continue
         d0 = seg_ranges[r.seg][0] + r.dst_off  # data-section offset of the record
         d1 = d0 + r.dst_len
         pieces = []

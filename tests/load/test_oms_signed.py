@@ -1,0 +1,376 @@
+"""Models signed by OpenSSF model_signing alone (whole-file or shard digests, no
+weightguard chunk digests) load through every entry point, verified in the one read that
+fills the tensors; any changed byte is one IntegrityError naming the file, audited, with
+nothing returned and the memory written so far zeroed.
+
+Two sources of signatures: real model_signing bundles (its Python API, ``files``
+serialization), and manifests built here for what the bundle parser may not read yet
+(``shards``, blake2b): the loader sees the same ``FileDigests`` either way (contract in
+``weightguard.manifest.FileDigests``).
+"""
+# ruff: noqa: F811  (pytest fixtures imported from tests.support.load)
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.support.load import (
+    MODEL_LAYOUT,
+    assert_same,
+    encrypt,
+    events,
+    file_key,  # noqa: F401 - fixture
+    flip,
+    last,
+    make_sign_keys,
+    memory_audit,
+    write_st,
+    zeros,
+)
+from weightguard import loader, signing
+from weightguard._internal.load import copiers, model_files
+from weightguard._internal.load.copiers import _np_view
+from weightguard.errors import FormatError, IntegrityError
+from weightguard.manifest import FileDigests, VerifiedManifest
+from weightguard.policy import PublicKey
+from weightguard.transfer import fetch_model
+
+SMALL = 1000  # plain records in these tests (8 MiB by default): many per file
+
+
+@pytest.fixture(autouse=True)
+def _small_records(monkeypatch: pytest.MonkeyPatch, file_key: str) -> None:
+    monkeypatch.setattr(model_files, "_PLAIN_UNSIGNED_CHUNK", SMALL)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return make_sign_keys(tmp_path_factory.mktemp("omskeys"), "release")
+
+
+def _model(d: Path, key: str | None, *, two: bool = True) -> dict[str, torch.Tensor]:
+    """A model directory: two weight files and a config (encrypted with ``key``)."""
+    d.mkdir(parents=True)
+    plain = d.parent / f"{d.name}-plain"
+    plain.mkdir()
+    expected = write_st(plain / "a.safetensors", MODEL_LAYOUT, seed=1)
+    if two:
+        expected |= write_st(plain / "b.safetensors", [("b.w", "F32", (50, 33))], seed=2)
+    for p in sorted(plain.iterdir()):
+        if key is None:
+            shutil.copy(p, d / p.name)
+        else:
+            encrypt(p, d / p.name, key, chunk_size=4096)
+    (d / "config.json").write_text('{"hidden": 8}')
+    return expected
+
+
+def _ms_sign(model: Path, sig: Path, keys: Any, alg: str = "sha256") -> None:
+    """Sign with model_signing itself (files serialization)."""
+    import model_signing
+
+    hc = model_signing.hashing.Config().use_file_serialization(hashing_algorithm=alg)
+    cfg = model_signing.signing.Config().use_elliptic_key_signer(private_key=keys.private)
+    cfg.set_hashing_config(hc).sign(model, sig)
+
+
+def _hash(alg: str, data: bytes) -> bytes:
+    if alg == "blake3":
+        from blake3 import blake3
+
+        return blake3(data).digest()
+    return hashlib.new(alg, data).digest()
+
+
+def _digests(root: Path, alg: str, shard: int | None) -> dict[str, FileDigests]:
+    """FileDigests as the bundle parser gives them for a model_signing bundle."""
+    paths = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.is_file())
+    out: dict[str, FileDigests] = {}
+    for p in paths:
+        if p.name == "model.sig":
+            continue
+        data = p.read_bytes()
+        size = len(data)
+        name = "." if root.is_file() else p.name
+        if shard is None:
+            ds = (_hash(alg, data),)
+            out[name] = FileDigests(size, size, size, ds, ds[0], False, "", alg)
+        else:
+            ds = tuple(_hash(alg, data[o : o + shard]) for o in range(0, max(size, 1), shard))
+            out[name] = FileDigests(size, shard, shard, ds, ds[0], False, "", alg)
+    return out
+
+
+def _fake_bundle(monkeypatch: pytest.MonkeyPatch, root: Path, alg: str, shard: int | None) -> None:
+    """verify_bundle answers a manifest of ``root`` as signed now (signature not read)."""
+    files = _digests(root, alg, shard)
+
+    def verify_bundle(*_a: Any, **_k: Any) -> VerifiedManifest:
+        return VerifiedManifest(
+            root, dict(files), "test", datetime.now(), None, (), "sha256:00", "m", "key",
+            False, False, None,
+        )  # fmt: skip
+
+    monkeypatch.setattr(signing, "verify_bundle", verify_bundle)
+    sig = root / "model.sig" if root.is_dir() else root.with_name(root.name + ".sig")
+    sig.write_text("{}")
+
+
+def _load(path: Path, policy: Any, **kw: Any) -> tuple[Any, Any, list[Any]]:
+    """load_file with an in-memory audit; (tensors or the error, sink, CPU buffers)."""
+    audit, sink = memory_audit()
+    bufs: list[Any] = []
+    real = copiers.CpuCopier.allocate
+
+    def allocate(self: Any, sizes: list[int]) -> None:
+        real(self, sizes)
+        bufs.extend(self._bufs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(copiers.CpuCopier, "allocate", allocate)
+        try:
+            got: Any = loader.load_file(path, policy=policy, audit=audit, workers=4, **kw)
+        except IntegrityError as exc:
+            got = exc
+    return got, sink, bufs
+
+
+# ------------------------------------------------------------------ real model_signing
+
+
+@pytest.mark.parametrize("alg", ["sha256", "blake3"])
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_model_signing_bundle_loads_through_every_entry_point(
+    tmp_path: Path, keys: Any, file_key: str, alg: str, encrypted: bool
+) -> None:
+    d = tmp_path / "m"
+    expected = _model(d, file_key if encrypted else None)
+    _ms_sign(d, d / "model.sig", keys, alg)
+    audit, sink = memory_audit()
+    got = loader.load_file(d, policy=keys.policy(), audit=audit, workers=3)
+    assert_same(got, expected)
+    assert events(sink)[-1] == "load.ok"
+    whole = last(sink, "load.ok")["bytes"]
+    # a subset: the whole file is read and hashed, only the subset returned
+    with loader.open_model(d, policy=keys.policy(), audit=audit) as h:
+        part = h.load(["w.f16", "b.w"])
+        assert_same(part, {k: expected[k] for k in ("w.f16", "b.w")})
+        assert last(sink, "load.ok")["bytes"] == whole
+        # iter_tensors: one batch per file, whatever batch_bytes
+        loads = len(events(sink))
+        it = dict(h.iter_tensors(batch_bytes=64))
+        assert_same(it, expected)
+        assert events(sink)[loads:].count("load.ok") == 2
+        assert h.metadata() == {"format": "pt"}
+        assert h.read_side_file("config.json") == b'{"hidden": 8}'
+    # into a module: parameters allocated (in place) and one on meta (assigned)
+    m2 = _Holder(expected)
+    loader.load_model(m2, d, policy=keys.policy(), audit=audit)
+    assert_same(dict(m2.state_dict()), expected)
+    # fetch (and the KServe initializer, which calls it): the plaintext files
+    out = tmp_path / "out"
+    fetch_model(d, out, policy=keys.policy(), allow_disk=True, audit=audit)
+    assert (out / "config.json").read_bytes() == b'{"hidden": 8}'
+    assert_same(loader.load_file(out / "a.safetensors", policy=_unsafe()), _only(expected, "a"))
+
+
+class _Holder(torch.nn.Module):
+    """A module with one buffer per tensor of the model (dotted names: submodules),
+    half allocated (decrypted into in place), half on meta (assigned)."""
+
+    def __init__(self, expected: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        for i, (name, t) in enumerate(expected.items()):
+            owner: torch.nn.Module = self
+            *path, leaf = name.split(".")
+            for part in path:
+                if not hasattr(owner, part):
+                    owner.add_module(part, torch.nn.Module())
+                owner = getattr(owner, part)
+            dev = "meta" if i % 2 else "cpu"
+            owner.register_buffer(leaf, torch.zeros(t.shape, dtype=t.dtype, device=dev))
+
+
+def _only(expected: dict[str, torch.Tensor], which: str) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in expected.items() if (k == "b.w") == (which == "b")}
+
+
+def _unsafe() -> Any:
+    from weightguard.policy import UnsafeNoVerification
+
+    return UnsafeNoVerification()
+
+
+def test_model_signing_single_file(tmp_path: Path, keys: Any) -> None:
+    f = tmp_path / "model.safetensors"
+    expected = write_st(f, MODEL_LAYOUT)
+    _ms_sign(f, tmp_path / "model.safetensors.sig", keys)
+    assert_same(loader.load_file(f, policy=keys.policy()), expected)
+    flip(f, f.stat().st_size // 2)
+    got, sink, bufs = _load(f, keys.policy())
+    assert isinstance(got, IntegrityError) and got.path == str(f)
+    assert "differs from the signed sha256 digest" in got.message
+    assert last(sink, "tamper.detected")["object"]["file"] == str(f)
+    assert bufs and all(zeros(_np_view(b)) for b in bufs)
+
+
+def test_model_signing_wrong_key_is_refused(tmp_path: Path, keys: Any) -> None:
+    from weightguard.errors import VerificationError
+
+    d = tmp_path / "m"
+    _model(d, None, two=False)
+    _ms_sign(d, d / "model.sig", keys)
+    other = make_sign_keys(tmp_path, "other")
+    with pytest.raises(VerificationError):
+        loader.load_file(d, policy=PublicKey.from_file(other.public))
+
+
+# ------------------------------------------------------------------ files and shards
+
+
+@pytest.mark.parametrize("alg", ["sha256", "blake2b", "blake3"])
+@pytest.mark.parametrize("shard", [None, 777, 4096], ids=["files", "shards777", "shards4k"])
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_files_and_shards_load_equal(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    keys: Any,
+    file_key: str,
+    alg: str,
+    shard: int | None,
+    encrypted: bool,
+) -> None:
+    d = tmp_path / "m"
+    expected = _model(d, file_key if encrypted else None)
+    _fake_bundle(monkeypatch, d, alg, shard)
+    got, sink, _ = _load(d, keys.policy())
+    assert not isinstance(got, BaseException), got
+    assert_same(got, expected)
+    assert "tamper.detected" not in events(sink)
+
+
+def _positions(path: Path, encrypted: bool) -> dict[str, int]:
+    size = path.stat().st_size
+    n = int.from_bytes(path.read_bytes()[:8], "little")
+    return {
+        "first": 0,
+        "header": 30 if encrypted else 8 + n // 2,
+        # plain: a header that still parses ("pt" -> "pu"), found out by the digest
+        "metadata": 30 if encrypted else path.read_bytes().index(b'"pt"') + 2,
+        "middle": size // 2,
+        "last": size - 1,
+    }
+
+
+@pytest.mark.parametrize("where", ["first", "header", "metadata", "middle", "last"])
+@pytest.mark.parametrize("shard", [None, 777], ids=["files", "shards"])
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_one_changed_byte_is_an_integrity_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    keys: Any,
+    file_key: str,
+    where: str,
+    shard: int | None,
+    encrypted: bool,
+) -> None:
+    d = tmp_path / "m"
+    _model(d, file_key if encrypted else None)
+    _fake_bundle(monkeypatch, d, "sha256", shard)
+    target = d / "a.safetensors"
+    flip(target, _positions(target, encrypted)[where])
+    got, sink, bufs = _load(d, keys.policy())
+    assert isinstance(got, IntegrityError), got
+    assert got.path == str(target)
+    denied = last(sink, "tamper.detected")
+    assert denied["object"]["file"] == str(target) and denied["outcome"] == "denied"
+    assert "load.ok" not in events(sink)
+    assert all(zeros(_np_view(b)) for b in bufs)
+
+
+def test_shard_mismatch_names_the_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: Any
+) -> None:
+    d = tmp_path / "m"
+    _model(d, None)
+    _fake_bundle(monkeypatch, d, "blake2b", 1000)
+    flip(d / "b.safetensors", 2500)
+    got, _, _ = _load(d, keys.policy())
+    assert isinstance(got, IntegrityError)
+    assert got.path == str(d / "b.safetensors")
+    assert "shard 3 of 7 (bytes 2000-3000) differs from the signed blake2b digest" in got.message
+
+
+def test_partial_load_hashes_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: Any, file_key: str
+) -> None:
+    """A tensor far from the changed byte is still refused: the whole file is hashed."""
+    d = tmp_path / "m"
+    expected = _model(d, file_key)
+    _fake_bundle(monkeypatch, d, "sha256", None)
+    a = d / "a.safetensors"
+    audit, sink = memory_audit()
+    with loader.open_model(d, policy=keys.policy(), audit=audit) as h:
+        h.load(["odd.bytes"] + [k for k in expected if k != "b.w"])
+        whole = last(sink, "load.ok")["bytes"]
+        assert_same(h.load(["scalar"]), {"scalar": expected["scalar"]})
+        assert last(sink, "load.ok")["bytes"] == whole
+    # change the last byte (a tag of the last record); ask for the first tensor only
+    flip(a, a.stat().st_size - 1)
+    with (
+        loader.open_model(d, policy=keys.policy(), audit=audit) as h,
+        pytest.raises(IntegrityError, match="differs from the signed sha256 digest") as info,
+    ):
+        h.load(["odd.bytes"])
+    assert info.value.path == str(a)
+    assert last(sink, "tamper.detected")["object"]["file"] == str(a)
+
+
+def test_signed_malformed_file_is_a_format_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: Any
+) -> None:
+    """A header that does not parse is a FormatError when the bytes ARE the signed ones
+    (the signer signed a broken file), an IntegrityError when they are not."""
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "a.safetensors").write_bytes((10**6).to_bytes(8, "little") + b"{}")
+    _fake_bundle(monkeypatch, d, "sha256", None)
+    with pytest.raises(FormatError, match="not a safetensors file"):
+        loader.load_file(d, policy=keys.policy())
+
+
+def test_empty_data_section_and_empty_file_shards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: Any
+) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    expected = write_st(d / "a.safetensors", [("e", "F32", (0,))])
+    _fake_bundle(monkeypatch, d, "sha256", 4096)
+    assert_same(loader.load_file(d, policy=keys.policy()), expected)
+
+
+def test_metadata_is_what_safe_open_returns(tmp_path: Path) -> None:
+    import json
+    import struct
+
+    from safetensors import safe_open
+
+    f = tmp_path / "m.safetensors"
+    hj = json.dumps({"x": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}).encode()
+    f.write_bytes(struct.pack("<Q", len(hj)) + hj + b"\x07")
+    with safe_open(str(f), "pt") as st:
+        want = st.metadata()
+    with loader.open_model(f, policy=_unsafe()) as h:
+        assert h.metadata() == want is None
+    g = tmp_path / "g.safetensors"
+    write_st(g, [("y", "U8", (2,))])
+    with safe_open(str(g), "pt") as st, loader.open_model(g, policy=_unsafe()) as h:
+        assert h.metadata() == st.metadata() == {"format": "pt"}
