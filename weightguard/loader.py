@@ -692,7 +692,7 @@ class ModelHandle:
                     hint="load to 'cuda[:N]', or pass decrypt_on='cpu'",
                 )
             return False, {"decrypt_on": "cpu"}
-        why = aes.available(kind)
+        why = aes.available(self.device)  # compiles + launches the kernel once there
         if why is None:
             return True, {"decrypt_on": "gpu"}
         if self._decrypt_on == "gpu":

@@ -30,23 +30,30 @@ def _interpret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(params=aes.TABLE_MODES)
+def tables_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both table variants: through shared memory (tl.gather) and global loads."""
+    monkeypatch.setenv("WEIGHTGUARD_AES_TABLES", request.param)
+    assert aes.table_mode() == request.param
+    return str(request.param)
+
+
 def _u32(words: list[int]) -> torch.Tensor:
     return torch.tensor(words, dtype=torch.int64).to(torch.uint32)
 
 
 def _ctr_decrypt(key: bytes, nonce: bytes, data: bytes) -> bytes:
     j0 = nonce + b"\x00\x00\x00\x01"
-    buf = (
-        torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        if data
-        else torch.empty(0, dtype=torch.uint8)
-    )
+    n = len(data)
+    buf = torch.full(((n + 3) // 4 * 4 + 8,), 0x5A, dtype=torch.uint8)  # whole words + guard
+    buf[:n] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if n else buf[:0]
     ctr = _u32([int.from_bytes(j0[i : i + 4], "big") for i in range(0, 16, 4)])
-    aes.ctr_decrypt(buf, ctr, _u32(aes.expand_key(key)), aes.tables("cpu"))
-    return bytes(buf.numpy())
+    aes.ctr_decrypt(buf, ctr, _u32(aes.expand_key(key)), aes.tables("cpu"), n)
+    assert bytes(buf[(n + 3) // 4 * 4 :].numpy()) == b"\x5a" * 8  # nothing past the words
+    return bytes(buf[:n].numpy())
 
 
-def test_fips197_aes256_block() -> None:
+def test_fips197_aes256_block(tables_mode: str) -> None:
     """FIPS-197 C.3: the kernel's keystream for one counter block is AES-256(block)."""
     key = bytes(range(32))
     block = bytes.fromhex("00112233445566778899aabbccddeeff")
@@ -74,7 +81,7 @@ def test_kernel_equals_gcm_ciphertext(n: int) -> None:
     assert _ctr_decrypt(key, nonce, ct) == pt
 
 
-def test_every_vector_record() -> None:
+def test_every_vector_record(tables_mode: str) -> None:
     """Every record of every committed vector: kernel output == AES-GCM decryption."""
     checked = 0
     for case in DOC["cases"]:
@@ -132,7 +139,7 @@ def test_round_keys_are_a_tensor_argument() -> None:
     import inspect
 
     src = inspect.getsource(aes.ctr_decrypt)
-    assert "round_keys, tabs, n, BLOCKS=blocks" in src
+    assert "data, ctr, round_keys, tabs, n, BLOCKS=blocks" in src
     seen: list[Any] = []
 
     class Spy:
@@ -151,7 +158,7 @@ def test_round_keys_are_a_tensor_argument() -> None:
     ((args, kw),) = seen
     assert args[2] is rk
     assert all(isinstance(a, torch.Tensor) for a in args[:4]) and args[4] == 32
-    assert set(kw) == {"BLOCKS"}
+    assert set(kw) == {"BLOCKS", "SHARED"}
 
 
 def test_available_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -196,3 +203,57 @@ def test_tag_checker_h_once_per_cipher_and_no_key_copies(monkeypatch: pytest.Mon
     assert seen and all(k is key for k in seen)
     checker.clear()
     assert checker._h == {}
+
+
+def test_keystream_is_aes_ctr_with_gcm_counter_layout(tables_mode: str) -> None:
+    """Keystream == cryptography's AES-256-CTR from nonce || 2 (GCM's first data block),
+    over several programs' worth of blocks; and GCM's inc32 wraps in the low 32 bits."""
+    key, nonce = os.urandom(32), os.urandom(12)
+    n = 16 * 300 + 7
+    enc = Cipher(algorithms.AES(key), modes.CTR(nonce + b"\x00\x00\x00\x02")).encryptor()
+    want = enc.update(bytes(n)) + enc.finalize()
+    assert _ctr_decrypt(key, nonce, bytes(n)) == want
+    # J0's low word at 2^32 - 3: blocks use ...fffffffe, ...ffffffff, ...00000000, ...
+    j0 = nonce + (2**32 - 3).to_bytes(4, "big")
+    ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    blocks = [nonce + ((2**32 - 2 + i) % 2**32).to_bytes(4, "big") for i in range(5)]
+    want = ecb.update(b"".join(blocks))
+    buf = torch.zeros(80, dtype=torch.uint8)
+    ctr = _u32([int.from_bytes(j0[i : i + 4], "big") for i in range(0, 16, 4)])
+    aes.ctr_decrypt(buf, ctr, _u32(aes.expand_key(key)), aes.tables("cpu"))
+    assert bytes(buf.numpy()) == want
+
+
+def test_block_offsets_are_64_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program whose first block index is >= 2^31 (a record >= 32 GiB) writes past
+    the data start, never below it: with 32-bit offsets pid * BLOCKS wraps negative.
+    The interpreter's program id is shifted so that pid * BLOCKS == 2^32 - BLOCKS."""
+    from triton.runtime import interpreter
+
+    buf = torch.full((4096,), 0x5A, dtype=torch.uint8)
+    data = buf[2048:2112]  # 64 bytes = 4 blocks: the interpreter runs BLOCKS = 4
+    shift = 2**32 // 4 - 1
+    real = interpreter.InterpreterBuilder.create_get_program_id
+
+    def shifted(self: Any, axis: int) -> Any:
+        h = real(self, axis)
+        h.data = (h.data + shift).astype("int32")  # still an int32 program id
+        return h
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_get_program_id", shifted)
+    rk = _u32(aes.expand_key(bytes(32)))
+    aes.ctr_decrypt(data, _u32([0, 0, 0, 1]), rk, aes.tables("cpu"))
+    assert int((buf != 0x5A).sum()) == 0, "a program far into the record wrote near its start"
+
+
+def test_n_is_not_specialised_and_offsets_widen_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One compiled variant whatever the record size (Triton specialises integers on
+    == 1 and % 16 by default); the program id is widened before it is multiplied."""
+    import inspect
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    k = aes._kernel.__wrapped__(False)  # the compiled (non-interpreted) JITFunction
+    assert [p.name for p in k.params if p.do_not_specialize] == ["n"]
+    src = inspect.getsource(k.fn)
+    assert "pid = tl.program_id(0).to(tl.int64)" in src
+    assert "blk = pid * BLOCKS" in src

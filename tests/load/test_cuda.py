@@ -425,3 +425,116 @@ def test_cuda_ctr_bit_flip_signed_after_edit_is_refused(  # type: ignore[no-unty
     assert last(sink, "tamper.detected")["object"]["chunk"] == 1
     assert "load.ok" not in events(sink)
     assert _sync_allocated() == start
+
+
+# --------------------------------------------------------------------------- issue 24 fixes
+
+
+def test_cuda_kernel_one_compiled_variant_whatever_the_sizes(tmp_path, file_key, sign_keys) -> None:  # type: ignore[no-untyped-def]
+    """Warm-up once in the caller's thread; record sizes 1, 16k, odd: one variant."""
+    from weightguard._internal.devices import aes_ctr_triton as aes
+
+    layout = [("one", "U8", (1,)), ("mid", "U8", (16384,)), ("odd", "U8", (12347,))]
+    _, enc, expected = _model(tmp_path, file_key, sign_keys, layout=layout, chunk=CHUNK)
+    got, _, sink = _load(enc, "cuda:0", sign_keys.policy(), workers=8, decrypt_on="auto")
+    assert_same(got, expected)
+    assert last(sink, "load.ok")["extra"]["decrypt_on"] == "gpu"
+    assert aes._warm[("cuda", 0, aes.table_mode())] is None
+    k = aes._kernel(False)
+    cache = k.device_caches[0][0]
+    assert len(cache) == 1, f"{len(cache)} compiled variants"
+
+
+def test_cuda_kernel_64_bit_offsets() -> None:
+    """A 32 GiB + 64 byte record: the last blocks (index >= 2^31) are right, nothing
+    below the buffer is written."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from weightguard._internal.devices import aes_ctr_triton as aes
+
+    n = (32 << 30) + 64
+    free, _ = torch.cuda.mem_get_info(0)
+    if free < n + (2 << 30):
+        pytest.skip(f"needs {n + (2 << 30)} bytes of free GPU memory, has {free}")
+    key, nonce = os.urandom(32), os.urandom(12)
+    buf = torch.zeros(n + 4096, dtype=torch.uint8, device="cuda:0")
+    data = buf[4096:]
+    j0 = nonce + b"\x00\x00\x00\x01"
+    ctr = (
+        torch.tensor(
+            [int.from_bytes(j0[i : i + 4], "big") for i in range(0, 16, 4)], dtype=torch.int64
+        )
+        .to(torch.uint32)
+        .cuda()
+    )
+    rk = torch.tensor(aes.expand_key(key), dtype=torch.int64).to(torch.uint32).cuda()
+    aes.ctr_decrypt(data, ctr, rk, aes.tables("cuda:0"))
+    torch.cuda.synchronize()
+    assert int(buf[:4096].count_nonzero()) == 0
+    last_blocks = range(n // 16 - 4, n // 16)
+    ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    want = ecb.update(b"".join(nonce + ((2 + b) % 2**32).to_bytes(4, "big") for b in last_blocks))
+    assert bytes(data[-64:].cpu().numpy()) == want
+    del buf, data
+    torch.cuda.empty_cache()
+
+
+def test_cuda_ring_rules(tmp_path, file_key, sign_keys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No event waited on under the copier's lock, ciphertext slots never zeroed one by
+    one, the ring wiped once per load."""
+    import threading
+
+    from weightguard._internal.load import copiers
+    from weightguard._internal.load.copiers import StagingCopier
+
+    made: list[Any] = []
+    init = StagingCopier.__init__
+    monkeypatch.setattr(
+        StagingCopier, "__init__", lambda self, *a, **k: (init(self, *a, **k), made.append(self))[0]
+    )
+    waits: list[bool] = []
+    sync = torch.cuda.Event.synchronize
+
+    def spy_sync(self: Any) -> None:
+        if threading.current_thread().name.startswith("wg-load"):
+            waits.append(any(c._cond._is_owned() for c in made))
+        sync(self)
+
+    monkeypatch.setattr(torch.cuda.Event, "synchronize", spy_sync)
+    zeroed: list[bool] = []
+    zero_slot = StagingCopier._zero_slot
+    monkeypatch.setattr(
+        StagingCopier,
+        "_zero_slot",
+        lambda self, slot: (zeroed.append(slot.plain), zero_slot(self, slot))[1],
+    )
+    wiped: list[int] = []
+    wipe = copiers.wipe
+    monkeypatch.setattr(copiers, "wipe", lambda b: (wiped.append(len(b)), wipe(b))[1])
+    _, enc, expected = _model(tmp_path, file_key, sign_keys)
+    got, seen, _ = _load(
+        enc, "cuda:0", sign_keys.policy(), workers=8, ring_bytes=2 * CHUNK, decrypt_on="gpu"
+    )
+    assert_same(got, expected)
+    assert not any(waits)
+    assert zeroed and not any(zeroed)
+    assert wiped.count(made[0].ring_bytes) == 1
+    assert seen and all(zeros(v) for v in seen)
+
+
+def test_cuda_oom_uploading_tables_is_device_error(
+    tmp_path, file_key, sign_keys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    _, enc, _ = _model(tmp_path, file_key, sign_keys)
+    real = torch.empty
+
+    def empty(*a: Any, **k: Any) -> Any:
+        if a and a[0] == 5120 and str(k.get("device", "")).startswith("cuda"):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 5120 bytes")
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    audit, sink = memory_audit()
+    with pytest.raises(DeviceError, match="out of memory on cuda:0 allocating 5120 bytes"):
+        loader.load_file(enc, "cuda:0", policy=sign_keys.policy(), audit=audit, decrypt_on="gpu")
+    assert last(sink, "load.denied")["reason"].startswith("DeviceError: out of memory")

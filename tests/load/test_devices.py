@@ -9,6 +9,7 @@ failure that skips the wipe or the audit event."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,12 @@ def _allow_file_key(monkeypatch: pytest.MonkeyPatch, file_key: str) -> None:
 
 
 @pytest.fixture
-def fake() -> FakeBackend:
+def fake() -> Iterator[FakeBackend]:
     b = fake_device()
     pinned_pool.release_pinned_memory()  # contexts are counted from a cold pool
     b.reset(devices=2, delay=0.001)
-    return b
+    yield b
+    b.reset()  # capacity, injected failures: nothing leaks into other files' tests
 
 
 @pytest.fixture
@@ -479,3 +481,148 @@ def test_gpu_decrypt_ctr_bit_flip_signed_after_edit_is_refused(
     # the CPU path refuses the same file the same way
     exc, _, _ = _fail(enc, "fake", sign_keys.policy(), workers=2, decrypt_on="cpu")
     assert isinstance(exc, IntegrityError) and exc.chunk == 1
+
+
+# --------------------------------------------------------------------------- review fixes
+# (issue 24: each through the fake device; the CUDA versions are in test_cuda.py)
+
+
+@pytest.fixture
+def live_copiers(monkeypatch: pytest.MonkeyPatch) -> list[StagingCopier]:
+    made: list[StagingCopier] = []
+    real = StagingCopier.__init__
+
+    def init(self: StagingCopier, *a: Any, **k: Any) -> None:
+        real(self, *a, **k)
+        made.append(self)
+
+    monkeypatch.setattr(StagingCopier, "__init__", init)
+    return made
+
+
+def test_ring_slots_zeroed_outside_the_lock_and_ciphertext_not_at_all(
+    fake, model, gmodel, sign_keys, interpret, live_copiers, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    calls: list[tuple[bool, bool]] = []  # (held plaintext, copier lock held)
+    real = StagingCopier._zero_slot
+
+    def spy(self: StagingCopier, slot: Any) -> None:
+        calls.append((slot.plain, self._cond._is_owned()))  # type: ignore[attr-defined]
+        real(self, slot)
+
+    monkeypatch.setattr(StagingCopier, "_zero_slot", spy)
+    enc, expected = model
+    got, _, _ = _load(enc, "fake", sign_keys.policy(), workers=3, ring_bytes=3 * CHUNK)
+    assert_same(got, expected)
+    assert any(plain for plain, _ in calls), "host-decrypted slots are zeroed when reclaimed"
+    assert not any(locked for _, locked in calls), "slot zeroed under the copier's lock"
+    calls.clear()
+    genc, gexpected = gmodel
+    got, seen, _ = _load(genc, "fake", sign_keys.policy(), workers=3, decrypt_on="gpu")
+    assert_same(got, gexpected)
+    assert calls and not any(plain for plain, _ in calls), "a ciphertext-only slot was zeroed"
+    assert _ring_zero(seen)  # the end-of-load wipe still leaves the ring zero
+
+
+@pytest.mark.parametrize("decrypt_on", ["cpu", "gpu"])
+def test_ring_wiped_once_per_load(
+    fake, gmodel, sign_keys, interpret, monkeypatch, decrypt_on
+) -> None:  # type: ignore[no-untyped-def]
+    from weightguard._internal.load import copiers
+
+    wiped: list[int] = []
+    real = copiers.wipe
+
+    def spy(buf: Any) -> None:
+        wiped.append(len(buf))
+        real(buf)
+
+    monkeypatch.setattr(copiers, "wipe", spy)
+    enc, expected = gmodel
+    got, seen, _ = _load(enc, "fake", sign_keys.policy(), workers=2, decrypt_on=decrypt_on)
+    assert_same(got, expected)
+    assert wiped.count(seen[0].ring_bytes) == 1  # finish() wipes; close() has nothing left
+    assert _ring_zero(seen)
+
+
+def test_acquire_waits_on_device_events_without_the_lock(
+    fake, model, sign_keys, live_copiers, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    waits: list[tuple[str, bool]] = []
+    real = FakeEvent.synchronize
+
+    def spy(self: FakeEvent) -> None:
+        held = any(c._cond._is_owned() for c in live_copiers)  # type: ignore[attr-defined]
+        waits.append((threading.current_thread().name, held))
+        real(self)
+
+    monkeypatch.setattr(FakeEvent, "synchronize", spy)
+    fake.delay = 0.005  # copies lag: 2 slots for 4 workers, acquire must wait on events
+    enc, expected = model
+    got, _, _ = _load(enc, "fake", sign_keys.policy(), workers=4, ring_bytes=2 * CHUNK)
+    assert_same(got, expected)
+    in_workers = [held for name, held in waits if name.startswith("wg-load")]
+    assert in_workers, "the test never made a worker wait for a slot's copy"
+    assert not any(in_workers), "a worker waited on a device event holding the copier's lock"
+
+
+def test_kernel_compiled_once_before_the_workers(
+    fake, gmodel, sign_keys, interpret, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from weightguard._internal.devices import aes_ctr_triton as aes
+
+    monkeypatch.setattr(aes, "_warm", {})
+    launches: list[tuple[str, int]] = []
+    real = aes.ctr_decrypt
+
+    def spy(data: Any, *a: Any) -> None:
+        n = a[3] if len(a) > 3 else int(data.numel())
+        launches.append((threading.current_thread().name, n))
+        real(data, *a)
+
+    monkeypatch.setattr(aes, "ctr_decrypt", spy)
+    enc, expected = gmodel
+    for _ in range(2):
+        got, _, sink = _load(enc, "fake", sign_keys.policy(), workers=3, decrypt_on="auto")
+        assert_same(got, expected)
+        assert last(sink, "load.ok")["extra"]["decrypt_on"] == "gpu"
+    # one warm-up launch (the FIPS-197 block), in the caller's thread, before any worker;
+    # the second load compiles nothing again
+    assert launches[0] == (threading.current_thread().name, 16)
+    assert [n for _, n in launches].count(16) == 1
+    assert all(not name.startswith("wg-load") for name, _ in launches)  # kernels: streams
+
+
+def test_broken_kernel_falls_back_on_auto_and_refuses_gpu(
+    fake, model, sign_keys, interpret, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from weightguard._internal.devices import aes_ctr_triton as aes
+
+    monkeypatch.setattr(aes, "_warm", {})
+
+    def broken(index: Any) -> None:
+        raise RuntimeError("failed to build the launcher\nsecond line")
+
+    monkeypatch.setattr(aes, "_fips197_check", broken)
+    enc, expected = model
+    got, _, sink = _load(enc, "fake", sign_keys.policy(), decrypt_on="auto")
+    assert_same(got, expected)
+    why = "the AES kernel does not compile or run here (RuntimeError: failed to build the launcher)"
+    extra = last(sink, "load.ok")["extra"]
+    assert (extra["decrypt_on"], extra["decrypt_fallback"]) == ("cpu", why)
+    exc, _, _ = _fail(enc, "fake", sign_keys.policy(), decrypt_on="gpu")
+    assert isinstance(exc, DeviceError) and exc.message == f"cannot decrypt on the device: {why}"
+
+
+def test_oom_uploading_aes_tables_is_device_error(fake, gmodel, sign_keys, interpret) -> None:  # type: ignore[no-untyped-def]
+    enc, _ = gmodel
+    fake.capacity = 4096  # less than the 5 KiB of tables
+    exc, seen, sink = _fail(enc, "fake", sign_keys.policy(), decrypt_on="gpu")
+    assert isinstance(exc, DeviceError)
+    assert exc.message.startswith("out of memory on fake:0 allocating 5120 bytes")
+    assert last(sink, "load.denied")["reason"].startswith("DeviceError: out of memory")
+    assert _ring_zero(seen)

@@ -9,11 +9,13 @@ fastsafetensors' copier registry):
   :class:`~weightguard._internal.devices.DeviceBackend` (the seam tests drive with a fake
   asynchronous device): a record goes into a slot of a page-locked host ring;
   ``commit`` enqueues its copies on the worker's stream and records an event; a slot is
-  reused only once its event completed, and is zeroed as soon as it is reclaimed and
-  when the load ends (success or failure).  Host memory stays bounded by the ring
-  whatever the model size.  Tensors sit at ``backend.align``-byte offsets (256 on CUDA:
-  cuBLASLt's fp8 and vectorised kernels need aligned pointers), gaps are zero.  With
-  ``decrypt=True`` the slot holds CIPHERTEXT (checked on the CPU), decrypted on the
+  reused only once its event completed.  A slot that held plaintext is zeroed as soon
+  as it is reclaimed (outside the copier's lock); one that held only ciphertext is not
+  (the whole ring is wiped once when the load ends, success or failure).  Host memory
+  stays bounded by the ring whatever the model size.  Tensors sit at
+  ``backend.align``-byte offsets (256 on CUDA: cuBLASLt's fp8 and vectorised kernels
+  need aligned pointers), gaps are zero.  With ``decrypt=True`` the slot holds
+  CIPHERTEXT (its signed digest and GCM tag checked on the CPU), decrypted on the
   device by the AES-CTR kernel (:mod:`weightguard._internal.devices.aes_ctr_triton`).
 
 Protocol, per record (called from worker threads, each inside ``worker_context()``):
@@ -135,11 +137,11 @@ class Copier:
     decrypts: bool = False
     #: bytes of alignment the planner must give every tensor (0: keep the file layout)
     align: int = 0
-
-    def worker_context(self) -> contextlib.AbstractContextManager[Any]:
     #: ``acquire``'s memory keeps what was written into it, unchanged, until ``finish``
     #: (the final tensors): a streamed digest may hash a plain record from there
     keeps_output: bool = False
+
+    def worker_context(self) -> contextlib.AbstractContextManager[Any]:
         """Entered by each worker thread around all its work (the device to use)."""
         return contextlib.nullcontext()
 
@@ -174,10 +176,10 @@ class Copier:
 class CpuCopier(Copier):
     """Plaintext straight into the final CPU tensors."""
 
-    def __init__(self, device: str = "cpu") -> None:
-        self.device = device
     keeps_output = True
 
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
         self._backend = get_backend("cpu")
         self._ref = self._backend.resolve(device)
         self._bufs: list[Any] = []
@@ -230,6 +232,7 @@ class _Slot:
     tensor: Any  # uint8 host tensor (page-locked for CUDA)
     view: memoryview
     event: Any = None  # the device event of the copy reading it, None when idle
+    plain: bool = False  # holds plaintext (zeroed when reclaimed); else only ciphertext
 
 
 class StagingCopier(Copier):
@@ -284,6 +287,7 @@ class StagingCopier(Copier):
         self._ready: Any = None  # event: the device buffers may be written from side streams
         self._closed = False
         self._ring_clean = True
+        self._ring_dirty = False  # written since the last wipe (the ring is wiped once)
 
     def worker_context(self) -> contextlib.AbstractContextManager[Any]:
         return self._b.using(self._ref)
@@ -294,10 +298,23 @@ class StagingCopier(Copier):
         from weightguard._internal.devices import aes_ctr_triton as aes
 
         torch = self._torch
+        # Compile and launch the kernel once, in this thread, before any worker exists.
+        why = aes.warm_up(None if aes.interpreting() else self._ref.index)
+        if why is not None:
+            from weightguard.errors import DeviceError
+
+            raise DeviceError(
+                f"cannot decrypt on the device: {why}",
+                hint="install triton and a C compiler, or pass decrypt_on='cpu'",
+            )
         with self._b.using(self._ref):
-            dev = self._b.torch_device(self._ref)
             if self._tables is None:
-                self._tables = aes.tables(dev)
+                # through the backend: an OOM here is a DeviceError like any other
+                tabs = self._b.alloc(self._ref, 4 * 1280)
+                host = aes.tables_host().view(torch.uint8)
+                self._b.copy_async(tabs, host, self._b.current_stream(self._ref))
+                self._b.synchronize(self._ref)
+                self._tables = tabs.view(torch.uint32)
             for c in ciphers:
                 if id(c) in self._keys:
                     continue
@@ -341,37 +358,59 @@ class StagingCopier(Copier):
         return s
 
     # -- ring -----------------------------------------------------------------------
-    def _reclaim_done(self) -> None:
-        """Move slots whose copy finished back to the free list, zeroed (lock held)."""
+    def _take_done(self) -> list[_Slot]:
+        """Take the slots whose copy finished out of the pending queue (lock held)."""
+        done: list[_Slot] = []
         still: deque[_Slot] = deque()
         while self._pending:
             slot = self._pending.popleft()
             if slot.event is None or slot.event.query():
                 slot.event = None
-                slot.tensor.zero_()
-                self._free.append(slot)
+                done.append(slot)
             else:
                 still.append(slot)
         self._pending = still
+        return done
+
+    def _zero_slot(self, slot: _Slot) -> None:
+        """Zero a reclaimed slot that held plaintext (never under the lock)."""
+        if slot.plain:
+            slot.tensor.zero_()
+            slot.plain = False
 
     def acquire(self, worker: int, rec: Record, ciphertext: bool = False) -> memoryview:
+        # Host work (zeroing, waiting on a device event) happens without the lock: the
+        # other workers keep taking and committing slots meanwhile.
+        slot: _Slot | None = None
+        while slot is None:
+            with self._cond:
+                done = self._take_done()
+                if not done:
+                    if self._free:
+                        slot = self._free.popleft()
+                    elif self._pending:
+                        slot = self._pending.popleft()  # the oldest copy: waited on below
+                    else:
+                        self._cond.wait(0.05)  # every slot is being filled by a worker
+                        continue
+                self._ring_dirty = True
+            if done:
+                slot = done.pop()
+                for d in done:
+                    self._zero_slot(d)
+                if done:
+                    with self._cond:
+                        self._free.extend(done)
+                        self._cond.notify_all()
+        ev, slot.event = slot.event, None
+        if ev is not None:
+            ev.synchronize()
+        self._zero_slot(slot)
+        slot.plain = not ciphertext
+        view = slot.view[_CT : _CT + rec.src_len] if ciphertext else slot.view[: rec.dst_len]
         with self._cond:
-            while True:
-                self._reclaim_done()
-                if self._free:
-                    slot = self._free.popleft()
-                    break
-                if self._pending:
-                    slot = self._pending.popleft()
-                    if slot.event is not None:
-                        slot.event.synchronize()
-                    slot.event = None
-                    slot.tensor.zero_()
-                    break
-                self._cond.wait(0.05)  # every slot is being filled by another worker
-            view = slot.view[_CT : _CT + rec.src_len] if ciphertext else slot.view[: rec.dst_len]
             self._by_view[id(view)] = slot
-            return view
+        return view
 
     def _pieces(self, rec: Record) -> tuple[tuple[int, int, int], ...]:
         return rec.pieces if self.align else ((0, rec.dst_off, rec.dst_len),)
@@ -415,17 +454,20 @@ class StagingCopier(Copier):
         n = _CT + rec.src_len
         self._b.copy_async(scratch[:n], slot.tensor[:n], stream)
         ctr = scratch[:16].view(torch.uint32)
-        data = scratch[_CT : _CT + rec.dst_len]
+        # whole 32-bit words: up to 3 bytes of the tag after the plaintext are clobbered
+        data = scratch[_CT : _CT + (rec.dst_len + 3) // 4 * 4]
         rk = self._keys[id(cipher)].view(torch.uint32)
-        self._b.launch(stream, aes.ctr_decrypt, data, ctr, rk, self._tables)
+        self._b.launch(stream, aes.ctr_decrypt, data, ctr, rk, self._tables, rec.dst_len)
         return scratch
 
     def abandon(self, worker: int, out: memoryview) -> None:
         with self._cond:
             slot = self._by_view.pop(id(out), None)
-            if slot is not None:
-                slot.tensor.zero_()
-                slot.event = None
+        if slot is not None:
+            slot.tensor.zero_()  # whatever it held (a failed record: zeroed at once)
+            slot.plain = False
+            slot.event = None
+            with self._cond:
                 self._free.append(slot)
                 self._cond.notify()
 
@@ -443,13 +485,17 @@ class StagingCopier(Copier):
             finally:
                 # Every kernel that read the key schedules has finished (or the device
                 # failed, and the wipe is best effort): zero them after the last kernel.
-                if self._keys or self._scratch:
+                # (The tables are public; zeroed too, so no device memory of the load
+                # keeps anything.)
+                if self._keys or self._scratch or self._tables is not None:
                     cur = self._b.current_stream(self._ref)
-                    for t in (*self._keys.values(), *self._scratch.values()):
+                    tabs = () if self._tables is None else (self._tables,)
+                    for t in (*self._keys.values(), *self._scratch.values(), *tabs):
                         self._b.zero_async(t, cur)
                     self._b.synchronize(self._ref)
                     self._keys.clear()
                     self._scratch.clear()
+                    self._tables = None
         except BaseException:
             self._ring_clean = False
             raise
@@ -457,12 +503,16 @@ class StagingCopier(Copier):
             with self._cond:
                 for slot in self._slots:
                     slot.event = None
+                    slot.plain = False
                 self._pending.clear()
                 self._free = deque(self._slots)
+                dirty, self._ring_dirty = self._ring_dirty, False
+            if dirty:  # once per load: close() after finish() has nothing left to wipe
                 try:
                     wipe(_np_view(self._ring))
                 except BaseException:
                     self._ring_clean = False
+                    self._ring_dirty = True
                     raise
 
     def finish(self) -> list[Any]:
