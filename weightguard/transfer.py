@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from weightguard._internal.foundation.atomic import PendingFile, destination_error
 from weightguard._internal.foundation.names import safe_join, unlinked_below
-from weightguard._internal.load.push import push_model
+from weightguard._internal.load import push as _push
 from weightguard.errors import (
     DestinationError,
     UnsafeOptionRequired,
@@ -300,3 +300,65 @@ def _copy_other_files(
             pf.file.write(data)
         except OSError as exc:
             raise destination_error(exc, target) from None
+
+
+def push_model(
+    directory: str | os.PathLike[str],
+    destination: str,
+    *,
+    endpoint_url: str | None = None,
+    client: Any = None,
+    progress: Any = None,
+    replace: bool = False,
+    audit: Any = None,
+) -> dict[str, Any]:
+    """Upload a release directory under ``destination`` (``s3://bucket/prefix``), audited.
+
+    A prefix that already holds objects is refused unless ``replace=True`` (then it
+    holds exactly the new release afterwards).  Writes one ``push`` event to ``audit``
+    (an :class:`~weightguard.audit.AuditLog`; default: from the environment): the
+    destination, files, bytes and what was replaced, or the refusal and why.
+    """
+    import time
+
+    from weightguard.audit import AuditLog
+
+    log = AuditLog.from_env() if audit is None else audit
+    obj = {"uri": destination, "path": os.fspath(directory)}
+    t0 = time.monotonic()
+    try:
+        res = _push.push_model(
+            directory,
+            destination,
+            endpoint_url=endpoint_url,
+            client=client,
+            progress=progress,
+            replace=replace,
+        )
+    except WeightguardError as exc:
+        with contextlib.suppress(WeightguardError):  # the caller must see the original error
+            log.emit(
+                "push",
+                outcome="denied",
+                reason=f"{type(exc).__name__}: {exc.message}",
+                object=obj,
+                duration_s=time.monotonic() - t0,
+                replace=replace,
+            )
+        if audit is None:
+            log.close()
+        raise
+    try:
+        log.emit(
+            "push",
+            object={**obj, "uri": res["destination"]},
+            bytes=res["bytes"],
+            duration_s=time.monotonic() - t0,
+            files=len(res["files"]),
+            replaced=res["replaced"],
+            removed=len(res["removed"]),
+        )
+    finally:
+        if audit is None:
+            log.close()
+    return res

@@ -155,21 +155,46 @@ def fetch(
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.argument("destination")
 @click.option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS).")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Overwrite a DESTINATION that already holds objects: afterwards it holds exactly "
+    "this release (its other objects are removed). Without it such a push is refused.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @quiet_option
+@audit_option
 def push(
-    directory: str, destination: str, endpoint_url: str | None, as_json: bool, quiet: bool
+    directory: str,
+    destination: str,
+    endpoint_url: str | None,
+    replace: bool,
+    as_json: bool,
+    quiet: bool,
+    audit_log: str | None,
 ) -> None:
     """Upload a released model DIRECTORY to DESTINATION (s3://bucket/prefix), multipart,
-    retrying failed requests with backoff."""
+    retrying failed requests with backoff.  A DESTINATION that already holds a release
+    is refused unless --replace.  Audited (event `push`)."""
+    from weightguard.audit import AuditLog
     from weightguard.transfer import push_model
 
     size = sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
-    with progress(f"pushing {directory}", size, quiet) as advance:
-        res = push_model(directory, destination, endpoint_url=endpoint_url, progress=advance)
+    with AuditLog.open(audit_log) as audit, progress(f"pushing {directory}", size, quiet) as adv:
+        res = push_model(
+            directory,
+            destination,
+            endpoint_url=endpoint_url,
+            progress=adv,
+            replace=replace,
+            audit=audit,
+        )
     if as_json:
         click.echo(json.dumps(res))
     else:
-        click.echo(f"ok: {len(res['files'])} files, {res['bytes']} bytes to {destination}")
+        replaced = f" (replaced {res['replaced']} objects)" if res["replaced"] else ""
+        click.echo(
+            f"ok: {len(res['files'])} files, {res['bytes']} bytes to {destination}{replaced}"
+        )
         if not any(Path(directory, n).suffix == ".sig" for n in os.listdir(directory)):
             click.echo("warning: no signature (.sig) in the directory", err=True)

@@ -9,6 +9,7 @@ overload; the upload, its retries and the stored bytes are real.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -141,3 +143,63 @@ def test_push_retries_slow_down_and_uploads_every_byte(
     assert flaky.refused == 2  # two 503s were answered, and retried
     got = s3.client().get_object(Bucket=bucket, Key="v1/weights.bin")["Body"].read()
     assert got == payload
+
+
+def _push(rel: Path, dest: str, log: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "weightguard_cli", "push", str(rel), dest,
+         "--audit-log", str(log), *extra],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+
+
+def _events(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in log.read_bytes().splitlines() if b'"push"' in x]
+
+
+def test_push_is_audited_and_never_overwrites_a_release_silently(
+    s3_env: SeaweedS3Server, bucket: str, tmp_path: Path
+) -> None:
+    c = s3_env.client()
+    log = tmp_path / "audit.jsonl"
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "weights.bin").write_bytes(b"release one")
+    (v1 / "model.sig").write_text('{"one": 1}')
+    dest = f"s3://{bucket}/llm/v1"
+    r = _push(v1, dest, log)
+    assert r.returncode == 0, r.stderr
+    ev = _events(log)
+    assert len(ev) == 1 and ev[0]["outcome"] == "ok" and ev[0]["bytes"] == 21
+    assert ev[0]["object"]["uri"] == f"{dest}/" and ev[0]["extra"]["files"] == 2
+    assert ev[0]["extra"]["replaced"] == 0
+
+    # a second push to the same prefix: refused, nothing sent, the refusal audited
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "shard.bin").write_bytes(b"release two")
+    (v2 / "model.sig").write_text('{"two": 2}')
+    r = _push(v2, dest, log)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith(f"error: {dest}/ already holds a release (2 objects: ")
+    assert "model.sig, weights.bin); nothing was uploaded" in r.stderr
+    assert "pass --replace" in r.stderr
+    assert c.get_object(Bucket=bucket, Key="llm/v1/model.sig")["Body"].read() == b'{"one": 1}'
+    assert "Contents" not in c.list_objects_v2(Bucket=bucket, Prefix="llm/v1/shard")
+    ev = _events(log)
+    assert ev[-1]["outcome"] == "denied" and "already holds a release" in ev[-1]["reason"]
+    # a prefix that only starts the same way is another release
+    assert _push(v2, f"s3://{bucket}/llm/v10", log).returncode == 0
+
+    # --replace: the prefix then holds exactly the new release
+    r = _push(v2, dest, log, "--replace")
+    assert r.returncode == 0, r.stderr
+    assert "(replaced 2 objects)" in r.stdout
+    keys = sorted(o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix="llm/v1/")["Contents"])
+    assert keys == ["llm/v1/model.sig", "llm/v1/shard.bin"]
+    assert c.get_object(Bucket=bucket, Key="llm/v1/model.sig")["Body"].read() == b'{"two": 2}'
+    ev = _events(log)[-1]
+    assert ev["outcome"] == "ok" and ev["extra"]["replaced"] == 2 and ev["extra"]["removed"] == 1
+    from weightguard.audit import verify_log
+
+    assert verify_log(log).ok

@@ -62,10 +62,12 @@ def upload_client(endpoint_url: str | None = None) -> Any:
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=cfg)
 
 
-def _upload_error(exc: BaseException, rel: str, url: str, endpoint: str | None) -> Exception:
+def _upload_error(
+    exc: BaseException, rel: str, url: str, endpoint: str | None, *, where: str | None = None
+) -> Exception:
     from botocore.exceptions import EndpointConnectionError, NoCredentialsError
 
-    where = f"upload of {rel} to {url}"
+    where = where or f"upload of {rel} to {url}"
     if isinstance(exc, NoCredentialsError):
         return DestinationError(
             f"{where}: no S3 credentials found",
@@ -91,6 +93,36 @@ def _upload_error(exc: BaseException, rel: str, url: str, endpoint: str | None) 
     )
 
 
+# At most this many existing keys are listed (and, with replace, removed) under a
+# release prefix: a release is a handful of files; more means the wrong prefix.
+MAX_EXISTING = 10_000
+
+
+def _existing(s3: Any, bucket: str, prefix: str, url: str, endpoint: str | None) -> list[str]:
+    """Keys already under ``prefix`` (bounded)."""
+    keys: list[str] = []
+    token: str | None = None
+    try:
+        while True:
+            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+            if token:
+                kw["ContinuationToken"] = token
+            page = s3.list_objects_v2(**kw)
+            keys += [o["Key"] for o in page.get("Contents", [])]
+            token = page.get("NextContinuationToken")
+            if len(keys) > MAX_EXISTING:
+                raise DestinationError(
+                    f"{url} already holds more than {MAX_EXISTING} objects",
+                    hint="push each release to a prefix of its own (s3://bucket/model/v2)",
+                )
+            if not page.get("IsTruncated") or not token:
+                return keys
+    except DestinationError:
+        raise
+    except Exception as exc:
+        raise _upload_error(exc, "", url, endpoint, where=f"listing {url}") from None
+
+
 def push_model(
     directory: str | os.PathLike[str],
     destination: str,
@@ -98,11 +130,15 @@ def push_model(
     endpoint_url: str | None = None,
     client: Any = None,
     progress: Callable[[int], None] | None = None,
+    replace: bool = False,
 ) -> dict[str, Any]:
     """Upload every file of ``directory`` (dot files excepted) under ``destination``.
 
     ``progress(n)`` is called with bytes sent as they go.  Plain unsigned safetensors
-    files are refused before anything is sent.
+    files are refused before anything is sent.  A destination that already holds
+    objects is refused (DestinationError) unless ``replace``: then the new files are
+    uploaded and every object under the prefix that is not one of them is removed, so
+    the prefix holds exactly the new release.  The result says what was replaced.
     """
     from boto3.exceptions import Boto3Error
     from boto3.s3.transfer import TransferConfig
@@ -112,6 +148,7 @@ def push_model(
     bucket, prefix = parse_s3_uri(destination)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
+    url = f"s3://{bucket}/{prefix}"
     todo: list[tuple[Path, str]] = []
     for p in sorted(root.rglob("*")):
         if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
@@ -123,6 +160,16 @@ def push_model(
         raise ConfigError(f"{root}: nothing to upload")
     s3 = client or upload_client(endpoint_url)
     endpoint = str(getattr(getattr(s3, "meta", None), "endpoint_url", "") or "") or None
+    before = _existing(s3, bucket, prefix, url, endpoint)
+    if before and not replace:
+        shown = ", ".join(k[len(prefix) :] for k in before[:3])
+        more = f" and {len(before) - 3} more" if len(before) > 3 else ""
+        raise DestinationError(
+            f"{url} already holds a release ({len(before)} objects: {shown}{more}); "
+            "nothing was uploaded",
+            hint="push to a new prefix (s3://bucket/model/v2), or pass --replace "
+            "(replace=True) to overwrite it: the prefix then holds exactly this release",
+        )
     cfg = TransferConfig(
         multipart_threshold=64 * 1024 * 1024,
         multipart_chunksize=64 * 1024 * 1024,
@@ -138,4 +185,27 @@ def push_model(
             raise _upload_error(exc, rel, f"s3://{bucket}/{key}", endpoint) from None
         files.append(rel)
         total += p.stat().st_size
-    return {"destination": f"s3://{bucket}/{prefix}", "files": files, "bytes": total}
+    stale = sorted(set(before) - {prefix + rel for rel in files})
+    for i in range(0, len(stale), 1000):  # what the replaced release had and this one has not
+        batch = stale[i : i + 1000]
+        try:
+            resp = s3.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+            )
+        except (Boto3Error, ClientError, BotoCoreError) as exc:
+            where = f"removing the replaced release's files under {url}"
+            raise _upload_error(exc, "", url, endpoint, where=where) from None
+        if resp.get("Errors"):
+            e = resp["Errors"][0]
+            raise DestinationError(
+                f"{url}: the new release is uploaded but {len(resp['Errors'])} file(s) of the "
+                f"replaced one could not be removed (first: {e.get('Key')}: {e.get('Code')})",
+                hint="remove them by hand: the prefix mixes two releases until then",
+            )
+    return {
+        "destination": url,
+        "files": files,
+        "bytes": total,
+        "replaced": len(before) if before else 0,
+        "removed": stale,
+    }
