@@ -2,8 +2,10 @@
 
 Byte flips and truncation of the bundle, structural edits, edits of the signed
 statement (not re-signed, or re-signed with a key the policy does not trust), hostile
-JSON (deep nesting, Infinity, huge integers, duplicate keys) and the valid bundle of
-another model by the same signer.
+JSON (deep nesting, Infinity, huge integers, duplicate keys), the valid bundle of
+another model by the same signer, and canonical-form edits: a field or element added
+to (or dropped from) the unsigned parts that would not change the verdict -- the same
+signature under another bundle digest is refused too (issue 22, "bundle malleability").
 """
 
 from __future__ import annotations
@@ -197,6 +199,84 @@ def _same_document(data: bytes, raw: bytes) -> bool:
         return bool(json.loads(data) == json.loads(raw))
     except (ValueError, RecursionError):  # not JSON, or hostile nesting: a mutation
         return False
+
+
+def _trusted_pem_b64(c: Corpus) -> str:
+    key = serialization.load_pem_private_key((c.root / "release.pem").read_bytes(), None)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(pem).decode()
+
+
+def _vm(d: Doc) -> Doc:
+    return d["verificationMaterial"]  # type: ignore[no-any-return]
+
+
+def _sig0(d: Doc) -> Doc:
+    return d["dsseEnvelope"]["signatures"][0]  # type: ignore[no-any-return]
+
+
+# Edits of a valid key bundle that leave the signature valid and the statement the same.
+CANONICAL: list[tuple[str, Callable[[Doc, Corpus], None]]] = [
+    ("tlogEntries [{x: 1}]", lambda d, c: _vm(d).update(tlogEntries=[{"x": 1}])),
+    ("tlogEntries [{}]", lambda d, c: _vm(d).update(tlogEntries=[{}])),
+    ("timestampVerificationData {}", lambda d, c: _vm(d).update(timestampVerificationData={})),
+    (
+        "timestampVerificationData rfc3161Timestamps []",
+        lambda d, c: _vm(d).update(timestampVerificationData={"rfc3161Timestamps": []}),
+    ),
+    ("keyid set", lambda d, c: _sig0(d).update(keyid="release")),
+    ("keyid a number", lambda d, c: _sig0(d).update(keyid=0)),
+    ("publicKey hint removed", lambda d, c: _vm(d)["publicKey"].pop("hint")),
+    (
+        "publicKey rawBytes next to the hint",
+        lambda d, c: _vm(d)["publicKey"].update(rawBytes=_trusted_pem_b64(c)),
+    ),
+    (
+        "publicKey keyDetails next to the hint",
+        lambda d, c: _vm(d)["publicKey"].update(keyDetails="PKIX_ECDSA_P256_SHA_256"),
+    ),
+    (
+        "publicKey rawBytes + keyDetails instead of the hint, wrong curve",
+        lambda d, c: _vm(d).update(
+            publicKey={"rawBytes": _trusted_pem_b64(c), "keyDetails": "PKIX_ECDSA_P384_SHA_384"}
+        ),
+    ),
+    ("unknown top-level field", lambda d, c: d.update(x=1)),
+    ("unknown verificationMaterial field", lambda d, c: _vm(d).update(x=1)),
+    ("unknown dsseEnvelope field", lambda d, c: d["dsseEnvelope"].update(x=1)),
+    ("unknown signature field", lambda d, c: _sig0(d).update(x=1)),
+    ("messageSignature added", lambda d, c: d.update(messageSignature={})),
+    (
+        "a certificate next to the key",
+        lambda d, c: _vm(d).update(certificate={"rawBytes": base64.b64encode(b"x").decode()}),
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "edit"), [pytest.param(w, e, id=w) for w, e in CANONICAL])
+def test_canonical_form_only(what: str, edit: Any, corpus: Corpus, work: Path) -> None:
+    """An edit of the unsigned parts that keeps the signature valid is still refused,
+    by verify and by the signed loader (a malleable bundle gets a new digest in the
+    audit log for the same signature)."""
+    raw = (corpus.a / "model.sig").read_bytes()
+    d = corpus.copy(corpus.a, work / "m")
+    doc = json.loads(raw)
+    edit(doc, corpus)
+    assert doc != json.loads(raw)
+    (d / "model.sig").write_text(json.dumps(doc))
+    tally = Tally()
+    expect_refusal(
+        tally, what, lambda audit: verify_bundle(d, d / "model.sig", corpus.policy, audit=audit)
+    )
+    expect_refusal(
+        tally,
+        what,
+        lambda audit: loader.load_file(d, "cpu", policy=corpus.policy, audit=audit, workers=1),
+    )
+    shutil.rmtree(d)
+    tally.check()
 
 
 N_VERIFY = 400

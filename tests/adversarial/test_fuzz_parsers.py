@@ -251,6 +251,58 @@ def test_fuzz_statement(data: bytes) -> None:
         oms.parse_statement(data, path="m.sig")
 
 
+# Older and other shapes model_signing wrote (tests/vectors/oms): the seeds are real
+# signatures, so the mutations start from every branch the parser has for them.
+OMS_VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "oms"
+OLD_BUNDLES = [
+    (OMS_VECTORS / p).read_bytes()
+    for p in (
+        "ms-0.3.1/key-shards-sha256/model.sig",  # publicKey rawBytes + keyDetails, keyid null
+        "ms-1.0.1/cert-shards-sha256/model.sig",  # no tlogEntries, '-sharded-' names
+        "ms-1.1.1/key-shards-blake2/model.sig",  # 128-hex digests, float shard_size
+        "historical/v0.2.0-certificate/model.sig",  # Digests/v0.1 predicate
+    )
+]
+
+
+@FUZZ
+@given(st.sampled_from(OLD_BUNDLES).flatmap(inputs))
+def test_fuzz_older_bundle_shapes(data: bytes) -> None:
+    try:
+        b = oms.parse_bundle(data, path="m.sig")
+    except FormatError:
+        return
+    with contextlib.suppress(FormatError):
+        oms.parse_statement(b.payload, path="m.sig")
+
+
+@FUZZ
+@given(
+    st.sampled_from([json.loads(b)["dsseEnvelope"]["payload"] for b in OLD_BUNDLES])
+    .map(base64.b64decode)
+    .flatmap(inputs)
+)
+def test_fuzz_older_statements(data: bytes) -> None:
+    """Shard manifests (names, tiling, sizes) and the v0.2 subject list."""
+    with contextlib.suppress(FormatError):
+        oms.parse_statement(data, path="m.sig")
+
+
+@FUZZ
+@given(
+    st.one_of(
+        st.text(alphabet="ab:/.0123456789-+_ \x00", max_size=40),
+        st.sampled_from(["a:0:1", "a:0:01", "a:+0:1", "a:1:1", "a:b:0:1", ".:0:5", ":0:1"]),
+    )
+)
+def test_fuzz_shard_name(name: str) -> None:
+    try:
+        path, start, end = oms.parse_shard_name(name, "r")
+    except FormatError:
+        return
+    assert f"{path}:{start}:{end}" == name and 0 <= start < end
+
+
 # ----------------------------------------------------------------------------- index
 
 INDEX = json.dumps(
