@@ -415,6 +415,7 @@ def _access(
     max_unsigned_tail: int,
     progress: Progress | None,
     on_verified: Callable[[str, int], None] | None,
+    on_verifying: Callable[[str], None] | None = None,
 ) -> Access:
     from weightguard.audit import read_records, verify_log
 
@@ -423,6 +424,8 @@ def _access(
     any_summarised = False
     for src in logs:
         anc = anchor if anchor is not None else (src if src.startswith("s3://") else None)
+        if on_verifying is not None:
+            on_verifying(src)
         try:
             res = verify_log(
                 src,
@@ -672,6 +675,7 @@ def build_report(
     trust_args: Sequence[str] = (),
     progress: Progress | None = None,
     on_verified: Callable[[str, int], None] | None = None,
+    on_verifying: Callable[[str], None] | None = None,
 ) -> Evidence:
     """Gather the evidence on ``release`` (directory, file or ``s3://`` prefix).
 
@@ -683,7 +687,8 @@ def build_report(
     commitment (no data key is needed).  ``trust_args`` are the CLI options that
     express ``policy``, repeated in the commands that reproduce each check.
     ``progress(n)`` is called as records are counted; ``on_verified(log, records)``
-    once a log verified, before its records are counted.
+    once a log verified, before its records are counted; ``on_verifying(log)`` before
+    each log's verification.
     """
     if checkpoint_key is not None and checkpoint_vault_key is not None:
         raise ConfigError("give a checkpoint key file or a Vault checkpoint key, not both")
@@ -710,6 +715,7 @@ def build_report(
         max_unsigned_tail=max_unsigned_tail,
         progress=progress,
         on_verified=on_verified,
+        on_verifying=on_verifying,
     )
     ev = Evidence(
         release=rel,

@@ -58,9 +58,12 @@ def _shown(quiet: bool) -> bool:
 
 
 @contextmanager
-def progress(label: str, total: int | None, quiet: bool) -> Iterator[Callable[[int], None]]:
-    """A progress bar of ``total`` bytes (a spinner with elapsed time when unknown);
-    yields ``advance(n)``, safe to call from worker threads."""
+def progress(
+    label: str, total: int | None, quiet: bool, *, unit: str = "bytes"
+) -> Iterator[Callable[[int], None]]:
+    """A progress bar of ``total`` bytes (``unit="records"``: a count of records; a
+    spinner with elapsed time when unknown); yields ``advance(n)``, safe to call from
+    worker threads."""
     if not _shown(quiet):
         yield lambda n: None
         return
@@ -68,6 +71,7 @@ def progress(label: str, total: int | None, quiet: bool) -> Iterator[Callable[[i
     from rich.progress import (
         BarColumn,
         DownloadColumn,
+        MofNCompleteColumn,
         Progress,
         SpinnerColumn,
         TextColumn,
@@ -76,7 +80,9 @@ def progress(label: str, total: int | None, quiet: bool) -> Iterator[Callable[[i
     )
 
     columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
-    if total:
+    if total and unit == "records":
+        columns += [BarColumn(), MofNCompleteColumn(), TextColumn("records")]
+    elif total:
         columns += [BarColumn(), DownloadColumn(), TransferSpeedColumn()]
     columns.append(TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:

@@ -160,20 +160,26 @@ def report(
     policy = policy_from_options(trust)
     state: dict[str, Any] = {}
 
-    def on_verified(log: str, records: int) -> None:
-        bar = state.get("bar")
-        if bar is not None:
-            bar.__exit__(None, None, None)
-        cm = progress(f"counting {log}", records, quiet)
-        state["bar"] = cm
+    def show(label: str, total: int | None) -> None:
+        """One display at a time: a spinner while verifying, a bar while counting."""
+        close()
+        cm = progress(label, total, quiet, unit="records")
         state["advance"] = cm.__enter__()
+        state["bar"] = cm
+
+    def close() -> None:
+        cm = state.pop("bar", None)
+        state.pop("advance", None)
+        if cm is not None:
+            cm.__exit__(None, None, None)
 
     def advance(n: int) -> None:
         if "advance" in state:
             state["advance"](n)
 
     try:
-        with _audit(audit_log) as audit, activity(f"verifying {release}", quiet):
+        with _audit(audit_log) as audit:
+            show(f"verifying {release}", None)
             ev = build_report(
                 release,
                 policy,
@@ -190,11 +196,11 @@ def report(
                 audit=audit,
                 trust_args=_trust_args(trust),
                 progress=advance,
-                on_verified=on_verified,
+                on_verified=lambda log, n: show(f"counting {log}", n),
+                on_verifying=lambda log: show(f"verifying {log}", None),
             )
     finally:
-        if state.get("bar") is not None:
-            state["bar"].__exit__(None, None, None)
+        close()
     md = None if no_markdown else str(Path(output).with_suffix(".md"))
     html_path, md_path = write_report(ev, output, md)
     if as_json:

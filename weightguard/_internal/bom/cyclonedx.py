@@ -47,7 +47,7 @@ def _props(pairs: Sequence[tuple[str, Any]]) -> list[Any]:
 
 
 def _ref(kind: str, name: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "-._:" else "-" for c in name)
+    safe = "".join(c if c.isalnum() or c in "-._:/@" else "-" for c in name)
     return f"{kind}:{safe}"
 
 
