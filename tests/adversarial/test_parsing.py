@@ -293,3 +293,119 @@ def test_bundle_fields_outside_the_schema_are_refused() -> None:
         parse_bundle(json.dumps(doc).encode(), path="m.sig")
     del doc["extra"]
     assert parse_bundle(json.dumps(doc).encode(), path="m.sig").key_hint == "ab" * 32
+
+
+# ------------------------------------------------------------------------ huge headers
+# Issue 22: a 68 MB safetensors header of 1M tensors (under the 100 MB cap) took 104 s
+# and +750 MB to parse, an unsafe load of it 90 s.  A header names at most
+# MAX_TENSORS tensors, counted on the raw bytes before any JSON parse (docs/FORMAT.md).
+
+
+def _huge_header(n: int) -> bytes:
+    parts = [f'"t{i}":{{"dtype":"U8","shape":[1],"data_offsets":[{i},{i + 1}]}}' for i in range(n)]
+    return ("{" + ",".join(parts) + "}").encode()
+
+
+@pytest.fixture(scope="module")
+def huge_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    n = 1_000_000
+    head = _huge_header(n)
+    assert 60_000_000 < len(head) < 100_000_000  # the issue's ~68 MB, under the cap
+    p = tmp_path_factory.mktemp("huge") / "huge.safetensors"
+    with open(p, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        f.write(b"\0" * n)
+    return p
+
+
+def test_a_million_tensor_header_is_refused_fast(huge_file: Path) -> None:
+    import time
+
+    from weightguard._internal.format.safetensors import MAX_TENSORS, read_safetensors_header
+
+    t0 = time.monotonic()
+    with open(huge_file, "rb") as f, pytest.raises(FormatError) as exc:
+        read_safetensors_header(f, path=str(huge_file))
+    took = time.monotonic() - t0
+    assert f"names 1000000 tensors, over the limit of {MAX_TENSORS}" in exc.value.message
+    assert took < 2.0, f"refusal took {took:.2f} s"
+
+
+def test_a_million_tensor_header_unsafe_load_and_encrypt_refuse_fast(
+    huge_file: Path, tmp_path: Path
+) -> None:
+    import time
+
+    sink = MemorySink()
+    t0 = time.monotonic()
+    with pytest.raises(FormatError, match="names 1000000 tensors, over the limit"):
+        loader.load_file(huge_file, policy=UnsafeNoVerification(), audit=AuditLog(sink))
+    assert time.monotonic() - t0 < 4.0
+    assert any(r.get("event") == "load.denied" for r in sink.records)
+    key = crypt.create_key_file(tmp_path / "k.hex")
+    t0 = time.monotonic()
+    with pytest.raises(FormatError, match="names 1000000 tensors, over the limit"):
+        crypt.encrypt_file(huge_file, tmp_path / "e", f"file://{key}")
+    assert time.monotonic() - t0 < 4.0
+    assert not (tmp_path / "e").exists()
+
+
+def test_the_bound_itself_parses_in_time() -> None:
+    """A header of exactly MAX_TENSORS tensors is accepted, and parsed in linear time."""
+    import time
+
+    from weightguard._internal.format.safetensors import MAX_TENSORS
+
+    head = _huge_header(MAX_TENSORS)
+    t0 = time.monotonic()
+    _, tensors, _, end = parse_header_json(head, data_size=MAX_TENSORS, path="bound")
+    took = time.monotonic() - t0
+    assert len(tensors) == MAX_TENSORS and end == MAX_TENSORS
+    assert took < 10.0, f"{MAX_TENSORS} tensors took {took:.1f} s"  # ~1.5 s here (2 cores)
+    with pytest.raises(FormatError, match=f"names {MAX_TENSORS + 1} tensors"):
+        parse_header_json(_huge_header(MAX_TENSORS + 1), data_size=None, path="over")
+
+
+def test_artifact_header_tensor_table_is_bounded_before_parsing() -> None:
+    """The artifact header's clear tensor table (up to 16 MiB) is counted the same way,
+    before its JSON is parsed or its MAC checked."""
+    import io
+
+    from weightguard._internal.format.safetensors import MAX_TENSORS
+
+    table = _huge_header(MAX_TENSORS + 1)
+    raw = b'{"tensors":' + table + b"}"
+    assert len(raw) <= fmt.MAX_HEADER_LEN
+    blob = fmt.MAGIC + struct.pack("<I", len(raw)) + raw + b"\0" * fmt.MAC_SIZE
+    with pytest.raises(FormatError, match=r"\(artifact header\): safetensors header names"):
+        fmt.read_header(io.BytesIO(blob), path="a.safetensors")
+
+
+@pytest.mark.parametrize("encrypt_header", [True, False])
+def test_decrypted_header_is_bounded_before_parsing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encrypt_header: bool
+) -> None:
+    """An artifact of 12 tensors read by a weightguard whose bound is 8: the encrypted
+    header is counted after decryption (the clear table already in the artifact
+    header), before any JSON parse; the load is refused and audited."""
+    from weightguard._internal.format import safetensors as st
+
+    head = _huge_header(12)
+    src = tmp_path / "m.safetensors"
+    src.write_bytes(struct.pack("<Q", len(head)) + head + b"\0" * 12)
+    key = crypt.create_key_file(tmp_path / "k.hex")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        crypt.encrypt_file(
+            src, tmp_path / "e.safetensors", f"file://{key}", encrypt_header=encrypt_header
+        )
+    monkeypatch.setattr(st, "MAX_TENSORS", 8)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", f"file://{key}")
+    sink = MemorySink()
+    where = "e.safetensors: " if encrypt_header else r"\(artifact header\): "
+    with pytest.raises(FormatError, match=where + "safetensors header names 12 tensors"):
+        loader.load_file(
+            tmp_path / "e.safetensors", policy=UnsafeNoVerification(), audit=AuditLog(sink)
+        )
+    assert any(r.get("event") == "load.denied" for r in sink.records)

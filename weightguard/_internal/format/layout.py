@@ -43,6 +43,7 @@ from weightguard._internal.format.safetensors import (
 )
 from weightguard._internal.format.safetensors import (
     TensorInfo,
+    tensor_count_bound,
     validate_header_dict,
 )
 from weightguard._internal.foundation import boundedjson
@@ -293,6 +294,8 @@ def _core_digest(doc: dict[str, Any]) -> bytes:
 
 
 def _header_from_raw(raw: bytes, mac: bytes, *, path: str, magic: bytes = MAGIC) -> ArtifactHeader:
+    # A clear tensor table names at most MAX_TENSORS tensors: counted before parsing.
+    tensor_count_bound(raw, path=f"{path} (artifact header)")
     # Depth 6: header -> tensors -> name -> shape is 4; anything deeper is not ours.
     doc = boundedjson.loads(
         raw,
@@ -581,6 +584,7 @@ class ChunkCipher:
             from weightguard._internal.format.safetensors import parse_header_json
 
             parsed: Any = None
+            tensor_count_bound(plain[8:], path=h.path)  # before any JSON parse of it
             if h.tensors is not None and h.validated is not None:
                 # the clear table was validated when read: compare, do not validate again
                 with contextlib.suppress(FormatError):

@@ -10,26 +10,38 @@ JSON is an object with no duplicate keys, every dtype is known, shapes are lists
 non-negative integers, ``end - begin`` equals the tensor's byte size, and the tensors
 tile the data section exactly (sorted by offset, no gap, no overlap, ending at its
 end).  Errors are :class:`FormatError` naming the file and the tensor.
+
+A header names at most :data:`MAX_TENSORS` tensors (a bound the safetensors library does
+not have; docs/FORMAT.md says why): the count is taken from the raw bytes before the
+JSON is parsed, so a 100 MB header of a million tiny tensors is refused in milliseconds
+instead of costing minutes and gigabytes in every consumer.
+
+:data:`DTYPES` is the one dtype table (safetensors 0.8's: bits per element and the
+torch dtype, where torch has one); :func:`torch_shape` is the storage shape torch uses
+(``F4`` packs two elements per byte: ``float4_e2m1fn_x2``, last dimension halved).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from weightguard._internal.foundation import boundedjson
 from weightguard.errors import FormatError, TruncatedError
 
 __all__ = [
+    "DTYPES",
     "DTYPE_BITS",
     "MAX_HEADER_SIZE",
+    "MAX_TENSORS",
     "SafetensorsHeader",
     "TensorInfo",
     "parse_header_json",
     "read_safetensors_header",
+    "tensor_count_bound",
+    "torch_shape",
     "validate_header_dict",
 ]
 
@@ -37,33 +49,74 @@ __all__ = [
 MAX_HEADER_SIZE = 100_000_000
 MAX_RANK = 64
 
-# Bits per element of every dtype safetensors (0.4 .. 0.8) can write.
-DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8,
-    "U8": 8,
-    "I8": 8,
-    "F8_E5M2": 8,
-    "F8_E4M3": 8,
-    "F8_E8M0": 8,
-    "I16": 16,
-    "U16": 16,
-    "F16": 16,
-    "BF16": 16,
-    "I32": 32,
-    "U32": 32,
-    "F32": 32,
-    "C64": 64,
-    "I64": 64,
-    "U64": 64,
-    "F64": 64,
-    "F4": 4,
-    "F6_E2M3": 6,
-    "F6_E3M2": 6,
+# Tensors one header may name.  The largest published checkpoints keep a few thousand
+# tensors per file (sharded); 131,072 leaves a wide margin and bounds the per-tensor
+# work of every consumer (docs/FORMAT.md).
+MAX_TENSORS = 131_072
+
+# Every dtype safetensors 0.8 reads and writes (its Rust ``Dtype`` enum): bits per
+# element and the torch dtype's attribute name (None: torch has no such type).
+DTYPES: dict[str, tuple[int, str | None]] = {
+    "BOOL": (8, "bool"),
+    "F4": (4, "float4_e2m1fn_x2"),  # two per byte; torch's shape halves the last dim
+    "F6_E2M3": (6, None),
+    "F6_E3M2": (6, None),
+    "U8": (8, "uint8"),
+    "I8": (8, "int8"),
+    "F8_E5M2": (8, "float8_e5m2"),
+    "F8_E4M3": (8, "float8_e4m3fn"),
+    "F8_E8M0": (8, "float8_e8m0fnu"),
+    "F8_E4M3FNUZ": (8, "float8_e4m3fnuz"),
+    "F8_E5M2FNUZ": (8, "float8_e5m2fnuz"),
+    "I16": (16, "int16"),
+    "U16": (16, "uint16"),
+    "F16": (16, "float16"),
+    "BF16": (16, "bfloat16"),
+    "I32": (32, "int32"),
+    "U32": (32, "uint32"),
+    "F32": (32, "float32"),
+    "C64": (64, "complex64"),
+    "F64": (64, "float64"),
+    "I64": (64, "int64"),
+    "U64": (64, "uint64"),
 }
+# Bits per element of every dtype safetensors can write.
+DTYPE_BITS: dict[str, int] = {name: bits for name, (bits, _) in DTYPES.items()}
+_TENSOR_KEY = b'"data_offsets"'
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+def torch_shape(dtype: str, shape: tuple[int, ...], *, where: str) -> tuple[int, ...]:
+    """The shape torch gives a tensor stored as ``dtype``/``shape`` (as safetensors does:
+    ``F4`` is ``float4_e2m1fn_x2``, two elements per item, so the last dimension halves
+    and must be even)."""
+    if dtype != "F4":
+        return shape
+    if not shape or shape[-1] % 2:
+        raise FormatError(
+            f"{where}: an F4 tensor of shape {list(shape)} has no torch form "
+            "(float4_e2m1fn_x2 needs an even last dimension)",
+            hint="safetensors' own torch loader refuses it too",
+        )
+    return (*shape[:-1], shape[-1] // 2)
+
+
+def tensor_count_bound(raw_json: bytes | bytearray | memoryview, *, path: str) -> None:
+    """Refuse a header naming more than :data:`MAX_TENSORS` tensors, before parsing it.
+
+    Every tensor entry has a ``"data_offsets"`` key and the pattern cannot occur inside
+    another JSON string (its quotes would be escaped), so the count of the pattern is an
+    upper bound of the tensors, taken at memory speed."""
+    data = raw_json if isinstance(raw_json, bytes | bytearray) else bytes(raw_json)
+    n = data.count(_TENSOR_KEY)
+    if n > MAX_TENSORS:
+        raise FormatError(
+            f"{path}: safetensors header names {n} tensors, over the limit of {MAX_TENSORS}",
+            hint="split the model into shards (e.g. save_torch_state_dict with "
+            "max_shard_size); see docs/FORMAT.md",
+        )
+
+
+class TensorInfo(NamedTuple):  # a tuple: a million are made in a second, not five
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -94,8 +147,7 @@ class SafetensorsHeader:
         )
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+_ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 
 
 def parse_header_json(
@@ -107,6 +159,7 @@ def parse_header_json(
     header); the tensors must cover it exactly.  Returns ``(header, tensors sorted by
     offset, metadata, data_size)``.
     """
+    tensor_count_bound(raw_json, path=path)
     # Depth 3 is the format (header -> tensor -> shape); a little slack for a clear
     # schema error instead of a depth error on near-misses.
     header = boundedjson.loads(
@@ -127,8 +180,17 @@ def validate_header_dict(
     """Validate a parsed safetensors header; see :func:`parse_header_json`."""
     if not isinstance(header, dict):
         raise FormatError(f"{path}: safetensors header is not a JSON object")
+    if len(header) > MAX_TENSORS + 1:
+        raise FormatError(
+            f"{path}: safetensors header names {len(header)} tensors, over the limit of "
+            f"{MAX_TENSORS}",
+            hint="split the model into shards; see docs/FORMAT.md",
+        )
     metadata: dict[str, str] | None = None
     tensors: list[TensorInfo] = []
+    append, bits_of, keys = tensors.append, DTYPE_BITS.get, _ENTRY_KEYS
+    # One pass, exact type checks (``type(x) is int`` also excludes bool): this loop
+    # runs once per tensor of every file, so it stays free of per-element generators.
     for name, entry in header.items():
         if name == "__metadata__":
             if not isinstance(entry, dict) or not all(
@@ -137,33 +199,36 @@ def validate_header_dict(
                 raise FormatError(f"{path}: __metadata__ must map strings to strings")
             metadata = entry
             continue
-        where = f"{path}: tensor {name[:200]!r}"
-        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise FormatError(f"{where} must have exactly dtype, shape and data_offsets")
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-            raise FormatError(f"{where} has unknown dtype {str(dtype)[:40]!r}")
-        if (
-            not isinstance(shape, list)
-            or len(shape) > MAX_RANK
-            or not all(_is_int(d) and d >= 0 for d in shape)
-        ):
-            raise FormatError(f"{where} has an invalid shape")
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(_is_int(o) and o >= 0 for o in offsets)
-            or offsets[0] > offsets[1]
-        ):
-            raise FormatError(f"{where} has invalid data_offsets")
-        bits = math.prod(shape) * DTYPE_BITS[dtype]
-        if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
+        if type(entry) is not dict or entry.keys() != keys:
             raise FormatError(
-                f"{where}: data_offsets span {offsets[1] - offsets[0]} bytes but dtype "
-                f"{dtype} and shape {shape} need {bits / 8:g}"
+                f"{path}: tensor {name[:200]!r} must have exactly dtype, shape and data_offsets"
             )
-        tensors.append(TensorInfo(name, dtype, tuple(shape), offsets[0], offsets[1]))
-    tensors.sort(key=lambda t: (t.begin, t.end))
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        bits = bits_of(dtype) if type(dtype) is str else None
+        if bits is None:
+            raise FormatError(
+                f"{path}: tensor {name[:200]!r} has unknown dtype {str(dtype)[:40]!r}"
+            )
+        if type(shape) is not list or len(shape) > MAX_RANK:
+            raise FormatError(f"{path}: tensor {name[:200]!r} has an invalid shape")
+        count = 1
+        for d in shape:
+            if type(d) is not int or d < 0:
+                raise FormatError(f"{path}: tensor {name[:200]!r} has an invalid shape")
+            count *= d
+        if type(offsets) is not list or len(offsets) != 2:
+            raise FormatError(f"{path}: tensor {name[:200]!r} has invalid data_offsets")
+        begin, end = offsets
+        if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
+            raise FormatError(f"{path}: tensor {name[:200]!r} has invalid data_offsets")
+        bits *= count
+        if bits % 8 or bits // 8 != end - begin:
+            raise FormatError(
+                f"{path}: tensor {name[:200]!r}: data_offsets span {end - begin} bytes but "
+                f"dtype {dtype} and shape {shape} need {bits / 8:g}"
+            )
+        append(TensorInfo(name, dtype, tuple(shape), begin, end))
+    tensors.sort(key=lambda t: (t.begin, t.end))  # (begin, end): items 3 and 4
     cursor = 0
     for t in tensors:
         if t.begin != cursor:

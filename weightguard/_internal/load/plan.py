@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from weightguard._internal.format.safetensors import TensorInfo
+from weightguard._internal.format.safetensors import DTYPES, TensorInfo, torch_shape
 from weightguard._internal.load.pipeline import Record
 from weightguard._internal.signing.hashing import SHA256_CHUNKED
 from weightguard.errors import DeviceError, FormatError, IntegrityError
@@ -170,31 +170,11 @@ def _aligned(
     return out, sizes, new_place
 
 
-_DTYPES = {
-    "BOOL": "bool",
-    "U8": "uint8",
-    "I8": "int8",
-    "I16": "int16",
-    "U16": "uint16",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I32": "int32",
-    "U32": "uint32",
-    "F32": "float32",
-    "C64": "complex64",
-    "I64": "int64",
-    "U64": "uint64",
-    "F64": "float64",
-    "F8_E5M2": "float8_e5m2",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E8M0": "float8_e8m0fnu",
-}
-
-
 def torch_dtype(name: str, *, path: str, tensor: str) -> Any:
+    """The torch dtype of safetensors dtype ``name`` (the one table: format.safetensors)."""
     import torch
 
-    attr = _DTYPES.get(name)
+    attr = DTYPES[name][1] if name in DTYPES else None
     dt = getattr(torch, attr, None) if attr else None
     if dt is None:
         raise FormatError(
@@ -224,8 +204,13 @@ def build_tensors(
             dt = torch_dtype(info.dtype, path=path, tensor=name)
             known = dtypes[info.dtype] = (dt, dt.itemsize)
         dt, itemsize = known
+        shape = (  # F4: two per byte, last dim halved (format.safetensors.torch_shape)
+            info.shape
+            if info.dtype != "F4"
+            else torch_shape(info.dtype, info.shape, where=f"{path}: tensor {name!r}")
+        )
         if p.seg < 0:
-            out[name] = torch.empty(info.shape, dtype=dt, device=device)
+            out[name] = torch.empty(shape, dtype=dt, device=device)
             continue
         seg = segs[p.seg]
         ptr = bases.get(p.seg)
@@ -244,5 +229,5 @@ def build_tensors(
             aligned.copy_(raw)
             raw.zero_()  # no second plaintext copy left behind in the segment buffer
             raw = aligned
-        out[name] = raw.view(dt).view(info.shape)
+        out[name] = raw.view(dt).view(shape)
     return out
