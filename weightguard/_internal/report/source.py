@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from weightguard._internal.load.sources import make_s3_client, parse_s3_uri
+from weightguard._internal.load.sources import make_s3_client, parse_s3_uri, s3_list
 from weightguard.errors import SourceError
 from weightguard.manifest import S3Options
 
@@ -43,18 +43,19 @@ def local_release(uri: str, *, s3: S3Options | None = None) -> Iterator[Path]:
 def _download(client: Any, uri: str, bucket: str, prefix: str, dest_dir: Path) -> None:
     try:
         n = 0
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                n += 1
-                if n > MAX_OBJECTS:
-                    raise SourceError(f"{uri}: more than {MAX_OBJECTS} objects under the prefix")
-                rel = obj["Key"][len(prefix) :]
-                parts = rel.split("/")
-                if not rel or rel.endswith("/") or any(q in ("", ".", "..") for q in parts):
-                    continue
-                dest = dest_dir.joinpath(*parts)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, obj["Key"], os.fspath(dest))
+        # the loader's bounded listing (pages, keys, bytes, time); no endless pagination
+        listing = s3_list(client, bucket, prefix, S3Options(max_list_keys=MAX_OBJECTS))
+        for obj in listing:
+            n += 1
+            if n > MAX_OBJECTS:
+                raise SourceError(f"{uri}: more than {MAX_OBJECTS} objects under the prefix")
+            rel = obj["Key"][len(prefix) :]
+            parts = rel.split("/")
+            if not rel or rel.endswith("/") or any(q in ("", ".", "..") for q in parts):
+                continue
+            dest = dest_dir.joinpath(*parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, obj["Key"], os.fspath(dest))
     except SourceError:
         raise
     except Exception as exc:  # botocore errors, in words
