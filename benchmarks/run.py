@@ -9,6 +9,9 @@
 - ``--goals``: only the cases that carry an issue goal, on the 1 GiB model (one file and
   4 shards), warm cache, 3 repetitions (split it with ``--only`` + ``--append`` to keep
   each invocation short).
+- ``--oms``: issue 21's load goal alone: secure load of a plain model signed by
+  model_signing (its default: files, sha256) against ``model_signing verify`` on it, one
+  file and 4 shards (256 MiB unless ``--sizes``), 5 repetitions, warm.
 
 Results go to ``benchmarks/results/<mode>-<UTC time>.json``; then
 ``python -m benchmarks.report`` rewrites the table in ``benchmarks/README.md``.
@@ -43,6 +46,8 @@ MODES: dict[str, dict[str, Any]] = {
     # loads: issue 17's table: the three models, every load anchor, first call next to
     # pre-imported, encrypt like with like; 7 repetitions, warm (make bench-loads)
     "loads": {"sizes": [256, 1024], "shard_size": 256, "reps": 7, "load_caches": ("warm",)},
+    # oms: issue 21's goal: load a model_signing-signed model vs model_signing verify alone
+    "oms": {"sizes": [256], "shard_size": 256, "reps": 5, "load_caches": ("warm",)},
 }
 
 
@@ -395,6 +400,64 @@ def load_cases(
     ]
 
 
+def oms_load_cases(model_dir: Path, reps: int, p: prep.Prepared) -> list[Case]:
+    """Issue 21: a plain model signed by model_signing alone (its defaults: ``files``
+    serialization, SHA-256), loaded securely (every file's digest computed in the read
+    that fills the tensors) against ``model_signing verify`` alone on the same files."""
+    files = models.weight_files(model_dir)
+    nbytes = models.model_bytes(model_dir)
+    shards = len(files) > 1
+    d = str(model_dir)
+    sig = p.ms_sig.get(d, "")
+    anchor = "model_signing API verify"
+    variants = [
+        Variant(
+            anchor,
+            "anchor",
+            "benchmarks.ops:ms_verify_api",
+            {"model": d, "pub": p.signing["pub"], "sig": sig},
+        ),
+        Variant(
+            "weightguard load_file (model_signing bundle)",
+            "weightguard",
+            "benchmarks.wg_ops:load",
+            {
+                "model": d,
+                "device": "cpu",
+                "expect": prep.tensor_count(model_dir),
+                "pub": p.signing["pub"],
+                "sig": sig,
+                "key_uri": "",
+                "audit_dir": "$TMP",
+                "prep_error": None if sig else "no model_signing bundle",
+            },
+        ),
+    ]
+    goal = (
+        Goal("faster than model_signing verify alone (> 1.0x)", anchor=anchor, min_ratio=1.0)
+        if shards
+        else Goal(
+            "<= 1.1x the time of model_signing verify alone (>= 0.91x)",
+            anchor=anchor,
+            min_ratio=1 / 1.1,
+        )
+    )
+    what = f"{len(files)} shards" if shards else "one file"
+    return [
+        Case(
+            name=f"load-oms-{model_dir.name}",
+            title=f"secure load of a {_size_label(nbytes)} plain model signed by "
+            f"model_signing ({what}; files, sha256) vs model_signing verify",
+            group="loads",
+            data_bytes=nbytes,
+            inputs=[str(f) for f in files],
+            reps=reps,
+            variants=variants,
+            goals=[goal],
+        )
+    ]
+
+
 def s3_cases(model_dir: Path, reps: int, p: prep.Prepared) -> list[Case]:
     nbytes = models.model_bytes(model_dir)
     d = str(model_dir)
@@ -529,6 +592,15 @@ def build_cases(mode: str, sizes: list[int] | None = None) -> list[Case]:
         cases += load_cases(minilm, reps, p, ("warm",))
         p.save()
         return cases
+    if mode == "oms":
+        for m in (
+            models.synthetic(cfg["sizes"][0]),
+            models.synthetic(cfg["shard_size"], shards=4),
+        ):
+            p.prepare_signing(m)
+            cases += oms_load_cases(m, reps, p)
+        p.save()
+        return cases
     quick = mode in ("quick", "goals")
     if mode == "goals":
         m = models.synthetic(cfg["sizes"][0])
@@ -638,6 +710,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument(
         "--loads", action="store_true", help="issue 17: the three models, 7 reps (make bench-loads)"
     )
+    g.add_argument(
+        "--oms",
+        action="store_true",
+        help="issue 21: load of a model_signing-signed model vs model_signing verify",
+    )
     ap.add_argument("--only", default="", help="comma-separated substrings of case names")
     ap.add_argument("--reps", type=int, default=0, help="override the repetitions")
     ap.add_argument("--out", default="", help="result file (default benchmarks/results/...)")
@@ -654,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         help="add the cases to the newest result of this mode (runs split with --only)",
     )
     args = ap.parse_args(argv)
-    mode = next(m for m in ("quick", "full", "gpu", "goals", "loads") if getattr(args, m))
+    mode = next(m for m in ("quick", "full", "gpu", "goals", "loads", "oms") if getattr(args, m))
     if mode == "gpu" and not args.dry_run:
         err = prep.cuda_problem()
         if err:

@@ -74,10 +74,16 @@ def _model(d: Path, key: str | None, *, two: bool = True) -> dict[str, torch.Ten
 
 
 def _ms_sign(model: Path, sig: Path, keys: Any, alg: str = "sha256") -> None:
-    """Sign with model_signing itself (files serialization)."""
+    """Sign with model_signing itself: ``alg`` is ``sha256`` / ``blake2`` / ``blake3``
+    (files serialization) or ``shards-<alg>`` (shards of 4096 bytes)."""
     import model_signing
 
-    hc = model_signing.hashing.Config().use_file_serialization(hashing_algorithm=alg)
+    if alg.startswith("shards-"):
+        hc = model_signing.hashing.Config().use_shard_serialization(
+            hashing_algorithm=alg.split("-", 1)[1], shard_size=4096
+        )
+    else:
+        hc = model_signing.hashing.Config().use_file_serialization(hashing_algorithm=alg)
     cfg = model_signing.signing.Config().use_elliptic_key_signer(private_key=keys.private)
     cfg.set_hashing_config(hc).sign(model, sig)
 
@@ -146,7 +152,7 @@ def _load(path: Path, policy: Any, **kw: Any) -> tuple[Any, Any, list[Any]]:
 # ------------------------------------------------------------------ real model_signing
 
 
-@pytest.mark.parametrize("alg", ["sha256", "blake3"])
+@pytest.mark.parametrize("alg", ["sha256", "shards-blake2"])
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
 def test_model_signing_bundle_loads_through_every_entry_point(
     tmp_path: Path, keys: Any, file_key: str, alg: str, encrypted: bool
@@ -207,6 +213,24 @@ def _unsafe() -> Any:
     from weightguard.policy import UnsafeNoVerification
 
     return UnsafeNoVerification()
+
+
+@pytest.mark.parametrize("alg", ["blake2", "blake3", "shards-sha256"])
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_model_signing_hashes_and_serializations(
+    tmp_path: Path, keys: Any, file_key: str, alg: str, encrypted: bool
+) -> None:
+    d = tmp_path / "m"
+    expected = _model(d, file_key if encrypted else None)
+    _ms_sign(d, d / "model.sig", keys, alg)
+    assert_same(loader.load_file(d, policy=keys.policy(), workers=3), expected)
+    b = d / "b.safetensors"
+    flip(b, b.stat().st_size - 5000)
+    got, sink, bufs = _load(d, keys.policy())
+    assert isinstance(got, IntegrityError) and got.path == str(b)
+    assert last(sink, "tamper.detected")["object"]["file"] == str(b)
+    assert "load.ok" not in events(sink)
+    assert all(zeros(_np_view(x)) for x in bufs)
 
 
 def test_model_signing_single_file(tmp_path: Path, keys: Any) -> None:
@@ -374,3 +398,26 @@ def test_metadata_is_what_safe_open_returns(tmp_path: Path) -> None:
     write_st(g, [("y", "U8", (2,))])
     with safe_open(str(g), "pt") as st, loader.open_model(g, policy=_unsafe()) as h:
         assert h.metadata() == st.metadata() == {"format": "pt"}
+
+
+def test_model_signing_model_on_s3(
+    tmp_path: Path, keys: Any, file_key: str, s3_env: Any, bucket: str
+) -> None:
+    """Ranged GETs of S3 objects, hashed in file order as they arrive: an encrypted model
+    signed by model_signing in shards, then one object replaced by a changed copy."""
+    d = tmp_path / "m"
+    expected = _model(d, file_key)
+    _ms_sign(d, d / "model.sig", keys, "shards-sha256")
+    client = s3_env.client()
+    for p in d.iterdir():
+        client.upload_file(str(p), bucket, f"rel/{p.name}")
+    src = f"s3://{bucket}/rel/"
+    assert_same(loader.load_file(src, policy=keys.policy(), workers=4), expected)
+    a = d / "a.safetensors"
+    flip(a, a.stat().st_size // 3)
+    client.upload_file(str(a), bucket, "rel/a.safetensors")
+    audit, sink = memory_audit()
+    with pytest.raises(IntegrityError) as info:
+        loader.load_file(src, policy=keys.policy(), audit=audit)
+    assert info.value.path == f"{src}a.safetensors"
+    assert last(sink, "tamper.detected")["object"]["file"] == f"{src}a.safetensors"
