@@ -241,3 +241,31 @@ def test_kserve_initializer_refuses_a_linked_destination(
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     denied = [r for r in records if r.get("event") == "fetch" and r.get("outcome") == "denied"]
     assert denied and "symbolic link" in denied[0]["reason"], records
+
+
+def test_encrypt_refuses_a_side_file_linked_outside(corpus: Corpus, work: Path) -> None:
+    """A staging directory with a planted link would put the target into the release."""
+    from weightguard import crypt
+    from weightguard.errors import SourceError
+
+    plain = work / "plain"
+    shutil.copytree(corpus.root / "a-plain", plain)
+    (plain / "tokenizer.json").symlink_to(_secret(work))
+    with pytest.raises(SourceError, match=r"tokenizer\.json is a symbolic link leading outside"):
+        crypt.encrypt_model(plain, work / "enc", corpus.key_uri)
+    assert not (work / "enc").exists()
+
+
+def test_push_refuses_a_file_linked_outside(corpus: Corpus, work: Path) -> None:
+    from weightguard.errors import SourceError
+    from weightguard.transfer import push_model
+
+    release = corpus.copy(corpus.a, work / "rel")
+    (release / "notes.txt").symlink_to(_secret(work))
+
+    class NoClient:  # refused before any request
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"S3 was called ({name})")
+
+    with pytest.raises(SourceError, match=r"notes\.txt is a symbolic link leading outside"):
+        push_model(release, "s3://bucket/model/", client=NoClient())

@@ -18,6 +18,7 @@ from weightguard._internal.format.layout import (
     read_header,
 )
 from weightguard._internal.foundation.memory import wipe
+from weightguard._internal.foundation.names import real_inside
 from weightguard._internal.keys.providers import (
     KeyProvider,
     choose_key_uri,
@@ -97,6 +98,12 @@ def model_files(src_dir: Path) -> list[Path]:
         for name in sorted(names):
             p = Path(root, name)
             if p.is_file() and not name.endswith(".wgtmp"):  # skip our own temp files
+                if real_inside(p, (src_dir,)) is None:  # foundation.names: by real paths
+                    raise SourceError(
+                        f"{p} is a symbolic link leading outside {src_dir} "
+                        f"(to {os.path.realpath(p)}); refused",
+                        hint="copy the file into the model directory",
+                    )
                 files.append(p.relative_to(src_dir))
     return files
 

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE
+from weightguard._internal.foundation.names import real_inside
 from weightguard._internal.foundation.s3errors import REFUSED, error_code
 from weightguard._internal.load.sources import parse_s3_uri
 from weightguard.errors import (
     ConfigError,
     DependencyMissing,
     DestinationError,
+    SourceError,
 )
 
 __all__ = ["push_model", "upload_client"]
@@ -153,6 +155,12 @@ def push_model(
     for p in sorted(root.rglob("*")):
         if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
             continue
+        if real_inside(p, (root,)) is None:  # foundation.names: by real paths
+            raise SourceError(
+                f"{p} is a symbolic link leading outside {root} (to {os.path.realpath(p)}); "
+                "nothing was uploaded",
+                hint="copy the file into the release directory",
+            )
         if p.suffix == ".safetensors":
             _refuse_plaintext(p)
         todo.append((p, p.relative_to(root).as_posix()))
