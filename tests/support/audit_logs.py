@@ -32,15 +32,29 @@ class Expected:
     identities: set[str] = field(default_factory=set)
 
 
+class _Clock:
+    """Replaces the writer's clock: ``step_s`` apart (busier by day with ``diurnal``),
+    and a jump of ``gap`` once ``jump()`` is called."""
+
+    def __init__(self, step_s: float, diurnal: bool) -> None:
+        self.t = START
+        self.step = step_s
+        self.diurnal = diurnal
+
+    def now(self) -> str:
+        step = self.step
+        if self.diurnal:
+            step *= 0.45 if 8 <= self.t.hour < 20 else 2.2
+        self.t += _dt.timedelta(seconds=step)
+        return self.t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def jump(self, seconds: float) -> None:
+        self.t += _dt.timedelta(seconds=seconds)
+
+
 @contextmanager
-def _clock(step_s: float) -> Iterator[None]:
-    t = [START]
-
-    def now() -> str:
-        t[0] += _dt.timedelta(seconds=step_s)
-        return t[0].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-    with mock.patch.object(audit, "utc_now", now):
+def _clock(clock: _Clock) -> Iterator[None]:
+    with mock.patch.object(audit, "utc_now", clock.now):
         yield
 
 
@@ -52,18 +66,20 @@ def write_log(
     span_days: float = 14.0,
     pods: int = 6,
     gap_after: int | None = None,
+    diurnal: bool = False,
 ) -> Expected:
     """Write ``events`` access events (load.start/key.unwrap/load.ok per load, a denial
     every 997th load, a tamper event every 4999th, a rewrap once a week) to ``path``,
     checkpoints signed with the Ed25519 ``key``.  ``gap_after``: after that many events
-    the clock jumps two days (a gap the report must show)."""
+    the clock jumps two days (a gap the report must show); ``diurnal``: busier by day."""
     exp = Expected()
     step = span_days * 86400.0 / max(events, 1)
     log = audit.AuditLog(
         os.fspath(path), signing_key=os.fspath(key), sync="none", checkpoint_interval_s=1e9
     )
     sas = ["inference", "batch-eval", "canary"]
-    with _clock(step), log:
+    clock = _Clock(step, diurnal)
+    with _clock(clock), log:
         n = 0
         i = 0
         while n < events:
@@ -80,8 +96,7 @@ def write_log(
             exp.identities.add(ident)
             obj = {"uri": URI, "key_id": "vault://transit/models", "key_version": 2}
             if gap_after is not None and n <= gap_after < n + 3:
-                with mock.patch.object(audit, "utc_now", lambda: "2026-11-20T00:00:00.000000Z"):
-                    pass
+                clock.jump(2 * 86400)
             if i % 997 == 996:
                 log.emit(
                     "load.denied",

@@ -147,11 +147,11 @@ class AccessStats:
             self.last = t
         prev = self._prev_time
         if prev is not None and t > prev:
-            item = ((t - prev).total_seconds(), _iso(prev), _iso(t))
+            gap = (t - prev).total_seconds()
             if len(self.gaps) < MAX_GAPS:
-                heapq.heappush(self.gaps, item)
-            elif item > self.gaps[0]:
-                heapq.heapreplace(self.gaps, item)
+                heapq.heappush(self.gaps, (gap, _iso(prev), _iso(t)))
+            elif gap > self.gaps[0][0]:  # formatted only when kept
+                heapq.heapreplace(self.gaps, (gap, _iso(prev), _iso(t)))
         self._prev_time = t
 
     @staticmethod

@@ -71,12 +71,14 @@ def timeline_svg(
             ax.set_axis_off()
         else:
             half = tl.bin_hours / 2
+            # every bin on the line (a silent bin is a 0, so gaps show), a marker only
+            # where the identity loaded: one <use> per non-empty bin
+            xs = [float(date2num(tl.bin_start(b) + timedelta(hours=half))) for b in range(tl.bins)]
             for i, (ident, s) in enumerate(series_for_plot(tl)):
-                bins = sorted(s)
-                xs = [float(date2num(tl.bin_start(b) + timedelta(hours=half))) for b in bins]
                 ax.plot(
                     xs,
-                    [s[b] for b in bins],
+                    [s.get(b, 0) for b in range(tl.bins)],
+                    markevery=sorted(s),
                     marker="o",
                     markersize=3,
                     linewidth=1,
