@@ -255,7 +255,12 @@ def _verify_signature(
                 listing = {".": loc.size_of(loc.names()[0])}
             sig: bytes | Path = sig_bytes if sig_bytes is not None else sig_path
             manifest = signing.verify_bundle(
-                loc.uri, sig, policy, hash_files=False, listing=listing
+                loc.uri,
+                sig,
+                policy,
+                hash_files=False,
+                listing=listing,
+                cosignatures=signing.remote_cosignatures(loc, policy),  # CoSigned policies
             )
     except IntegrityError as exc:
         if exc.path in (None, "."):  # name the model the user gave

@@ -47,6 +47,7 @@ __all__ = [
     "AnyOf",
     "CertificateIdentity",
     "ChainRoot",
+    "CoSigned",
     "KeyFingerprint",
     "Policy",
     "PolicyResult",
@@ -469,6 +470,48 @@ class AnyOf(Policy):
         return _fail(*reasons)
 
 
+class CoSigned(Policy):
+    """Several signatures on one release: each policy satisfied by a bundle of its own.
+
+    A release carries its primary bundle (``model.sig``, what ``model_signing verify``
+    checks) and co-signatures beside it in ``model.sig.d/<name>.sig`` (``weightguard
+    sign --co-sign NAME``; for a single file ``<file>.sig`` and ``<file>.sig.d/``).
+    :func:`weightguard.signing.verify_bundle` (and so ``weightguard verify`` and the
+    loader) gives every policy here a different bundle that it accepts, or refuses;
+    and every bundle used must sign the same files with the same digests::
+
+        policy = CoSigned(PublicKey.from_file("release.pub"),
+                          PublicKey.from_file("security.pub"))
+
+    One bundle carries one signature: applied to a single bundle (``check``) it
+    refuses unless it names only one policy.
+    """
+
+    def __init__(self, *policies: Policy) -> None:
+        if not policies:
+            raise ConfigError("CoSigned needs at least one policy")
+        if any(isinstance(p, CoSigned | UnsafeNoVerification) for p in policies):
+            raise ConfigError("CoSigned takes signer policies (not CoSigned or unsafe ones)")
+        self.policies: Sequence[Policy] = policies
+
+    def describe(self) -> str:
+        return (
+            "each of (" + "; ".join(p.describe() for p in self.policies) + "), by a "
+            "signature of its own"
+        )
+
+    def trust_anchors(self) -> Sequence[TrustAnchor]:
+        return _union(self.policies)
+
+    def check(self, verified: VerifiedSignature) -> PolicyResult:
+        if len(self.policies) == 1:
+            return self.policies[0].check(verified)
+        return _fail(
+            f"{len(self.policies)} signatures are required ({self.describe()}) and one "
+            "bundle carries one; verify the release with weightguard.signing.verify_bundle"
+        )
+
+
 class UnsafeNoVerification(Policy):
     """UNSAFE: accept the bundle without checking who signed it.
 
@@ -508,11 +551,14 @@ def trust_policy(
     offline: bool = True,
     unsafe: bool = False,
     allow_intermediate_anchor: bool = False,
+    require_all: bool = False,
 ) -> Policy:
     """One policy from trust anchors, as the CLI takes them: any of the anchors given.
 
     ``chain`` is a root CA followed by intermediates; ``allow_intermediate_anchor``
     lets its first certificate be an intermediate CA.  ``unsafe`` excludes every anchor.
+    ``require_all`` (``--require-all``): every anchor must have signed the release, each
+    with a bundle of its own (:class:`CoSigned`).
     """
     policies: list[Policy] = [PublicKey.from_file(k) for k in public_keys]
     if chain:
@@ -539,4 +585,12 @@ def trust_policy(
             "(--trust-chain), "
             "a Vault Transit key (--vault-key) or a Sigstore --identity and --issuer",
         )
+    if require_all:
+        if len(policies) < 2:
+            raise ConfigError(
+                "requiring every signer needs at least two trust anchors",
+                hint="name each required signer (--trust-key release.pub --trust-key "
+                "security.pub --require-all)",
+            )
+        return CoSigned(*policies)
     return policies[0] if len(policies) == 1 else AnyOf(*policies)

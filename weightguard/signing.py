@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Iterable, Mapping
@@ -58,15 +60,17 @@ from weightguard.errors import (
     WeightguardError,
 )
 from weightguard.manifest import FileDigests, SignedModel, VerifiedManifest
-from weightguard.policy import Policy, vault_key_policy
+from weightguard.policy import CoSigned, Policy, vault_key_policy
 from weightguard.verifying import verify_signature
 
 __all__ = [
     "CHUNK_ALGORITHMS",
+    "COSIGN_SUFFIX",
     "DEFAULT_CHUNK_ALGORITHM",
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_HASH_TYPE",
     "HASH_TYPES",
+    "PRIMARY_SIGNATURE",
     "CertificateSigner",
     "FileDigests",
     "KeySigner",
@@ -75,7 +79,9 @@ __all__ = [
     "SigstoreSigner",
     "VaultTransitSigner",
     "VerifiedManifest",
+    "cosignature_path",
     "create_signing_key",
+    "remote_cosignatures",
     "sign_model",
     "vault_key_policy",
     "vault_public_keys",
@@ -133,6 +139,171 @@ def _layout(entry: _Entry, chunk_size: int) -> tuple[int, int]:
     return size, chunk_size
 
 
+# ------------------------------------------------------------------------ co-signing
+
+#: A directory release's primary bundle, and the suffix of the folder beside a bundle
+#: that holds its co-signatures (``model.sig.d/<name>.sig``).
+PRIMARY_SIGNATURE = "model.sig"
+COSIGN_SUFFIX = ".d"
+MAX_COSIGNATURES = 16
+_COSIGN_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def cosignature_path(signature: str | os.PathLike[str], name: str) -> Path:
+    """Where co-signature ``name`` of the bundle ``signature`` goes: ``<sig>.d/<name>.sig``."""
+    if not _COSIGN_NAME.match(name) or name.endswith(".sig"):
+        raise ConfigError(
+            f"co-signature name {name[:70]!r} must be 1-64 of a-z 0-9 . _ - "
+            "(e.g. security), without .sig"
+        )
+    return Path(os.fspath(signature) + COSIGN_SUFFIX) / f"{name}.sig"
+
+
+def remote_cosignatures(loc: Any, policy: Policy) -> dict[str, bytes] | None:
+    """The co-signatures of a release that is not on local disk (``model.sig.d/*.sig``
+    under an S3 prefix), read only when ``policy`` needs them (:class:`CoSigned`)."""
+    if not isinstance(policy, CoSigned) or not getattr(loc, "is_dir", False):
+        return None
+    prefix = PRIMARY_SIGNATURE + COSIGN_SUFFIX + "/"
+    names = sorted(
+        n
+        for n in loc.names()
+        if n.startswith(prefix) and n.endswith(".sig") and "/" not in n[len(prefix) :]
+    )
+    if len(names) > MAX_COSIGNATURES:
+        raise FormatError(f"{loc.uri}: more than {MAX_COSIGNATURES} co-signatures")
+    return {n: bytes(loc.read_small(n, limit=_MAX_SIGNATURE_FILE)) for n in names}
+
+
+def _contents(m: VerifiedManifest) -> dict[str, tuple[int, str, bytes]]:
+    return {n: (f.size, f.resource_algorithm, f.resource_digest) for n, f in m.files.items()}
+
+
+def _local_cosignatures(sig_path: Path) -> dict[str, bytes]:
+    d = Path(str(sig_path) + COSIGN_SUFFIX)
+    if not d.is_dir() or d.is_symlink():
+        return {}
+    names = sorted(p.name for p in d.iterdir() if p.name.endswith(".sig"))
+    if len(names) > MAX_COSIGNATURES:
+        raise FormatError(f"{d}: more than {MAX_COSIGNATURES} co-signatures")
+    out = {}
+    for n in names:
+        p = d / n
+        if p.is_symlink() or not p.is_file():
+            raise VerificationError(f"{p}: a co-signature must be a regular file")
+        out[f"{sig_path.name}{COSIGN_SUFFIX}/{n}"] = _read_signature(p)
+    return out
+
+
+def _verify_cosigned(
+    model: str | os.PathLike[str],
+    signature: str | os.PathLike[str] | bytes,
+    policy: CoSigned,
+    cosignatures: Mapping[str, bytes] | None,
+    audit: _Audit | None,
+    **kw: Any,
+) -> VerifiedManifest:
+    """Every policy of ``policy`` accepted by a bundle of its own, all signing the same."""
+    t0 = time.monotonic()
+    primary: str | Path | bytes
+    if isinstance(signature, bytes | bytearray):
+        primary, label = bytes(signature), PRIMARY_SIGNATURE
+    else:
+        primary, label = Path(signature), Path(signature).name
+    try:
+        if cosignatures is None:
+            cosignatures = {} if isinstance(primary, bytes) else _local_cosignatures(primary)
+        if len(cosignatures) > MAX_COSIGNATURES:
+            raise FormatError(f"more than {MAX_COSIGNATURES} co-signatures")
+        candidates: list[tuple[str, Any]] = [(label, primary), *cosignatures.items()]
+        hash_files = kw.pop("hash_files", True)
+        accepted: dict[tuple[int, int], VerifiedManifest] = {}
+        why: dict[int, list[str]] = {}
+        for i, sub in enumerate(policy.policies):
+            for j, (name, sig) in enumerate(candidates):
+                try:
+                    accepted[i, j] = verify_bundle(model, sig, sub, hash_files=False, **kw)
+                except WeightguardError as exc:
+                    why.setdefault(i, []).append(f"{name}: {exc.message}")
+        match = _match_signers(len(policy.policies), len(candidates), accepted)
+        if match is None:
+            unmet = [
+                p.describe()
+                for i, p in enumerate(policy.policies)
+                if not any((i, j) in accepted for j in range(len(candidates)))
+            ] or ["two required signers share one signature"]
+            raise VerificationError(
+                f"{model}: the release is not signed by every required signer: "
+                f"{'; '.join(unmet)} (looked at "
+                f"{', '.join(n for n, _ in candidates)})",
+                hint="each required signer adds a co-signature: weightguard sign "
+                "--co-sign NAME ...",
+            )
+        used = [accepted[i, j] for i, j in enumerate(match)]
+        first = used[0]
+        digests = _contents(first)
+        for i, m in enumerate(used[1:], 1):
+            other = _contents(m)
+            if other != digests:
+                diff = sorted(set(other.items()) ^ set(digests.items()))
+                raise VerificationError(
+                    f"{model}: {candidates[match[i]][0]} and {candidates[match[0]][0]} sign "
+                    f"different contents (first difference: {diff[0][0]})",
+                    hint="every signer signs the same release: re-sign after the last change",
+                )
+        if hash_files:  # every byte once, against the (identical) signed digests
+            first = verify_bundle(
+                model, candidates[match[0]][1], policy.policies[0], hash_files=True, **kw
+            )
+    except WeightguardError as exc:
+        if audit is not None:
+            audit.emit(
+                "verify.failed",
+                outcome="denied",
+                reason=exc.message,
+                object={"uri": str(model), "signature": label},
+            )
+        raise
+    import dataclasses
+
+    result = dataclasses.replace(first, signer="; ".join(m.signer for m in used))
+    if audit is not None:
+        audit.emit(
+            "verify.ok",
+            object={
+                "uri": str(model),
+                "signature": label,
+                "digest": result.bundle_digest,
+                "signer": result.signer,
+            },
+            duration_s=time.monotonic() - t0,
+            hashed=result.hashed,
+            bundles=[candidates[j][0] for j in match],
+            bundle_digests=[m.bundle_digest for m in used],
+        )
+    return result
+
+
+def _match_signers(
+    n_policies: int, n_bundles: int, accepted: Mapping[tuple[int, int], Any]
+) -> list[int] | None:
+    """A different bundle for every policy (a small bipartite matching), or None."""
+    match: list[int] = []
+
+    def place(i: int, taken: set[int]) -> bool:
+        if i == n_policies:
+            return True
+        for j in range(n_bundles):
+            if j not in taken and (i, j) in accepted:
+                match.append(j)
+                if place(i + 1, taken | {j}):
+                    return True
+                match.pop()
+        return False
+
+    return match if place(0, set()) else None
+
+
 # ------------------------------------------------------------------------ signing
 
 
@@ -147,8 +318,18 @@ def sign_model(
     chunk_algorithm: str = DEFAULT_CHUNK_ALGORITHM,
     hash_type: str = DEFAULT_HASH_TYPE,
     audit: _Audit | None = None,
+    replace: bool | None = None,
 ) -> SignedModel:
     """Hash ``model`` (file or directory) and write an OMS bundle to ``signature``.
+
+    An existing ``signature`` is never replaced silently: ``replace=False`` (what
+    ``weightguard sign`` passes without ``--replace``) refuses with ConfigError,
+    ``replace=True`` replaces it, and the default replaces it with a warning on the
+    ``weightguard.signing`` logger.  A second signer adds a co-signature beside the primary bundle
+    instead, in ``<signature>.d/<name>.sig`` (:func:`cosignature_path`); a directory's
+    bundles leave ``model.sig`` and ``model.sig.d/`` out of what they sign (recorded
+    in ``ignore_paths``), so each verifies with the others present, with
+    ``model_signing verify`` too.
 
     ``ignore_paths``: relative paths left out of the signature (recorded in it, as
     model_signing does); weight files cannot be ignored.  ``chunk_size``: stride of the
@@ -175,6 +356,20 @@ def sign_model(
         )
     root = Path(model)
     sig_path = Path(signature)
+    exists = sig_path.exists() or sig_path.is_symlink()
+    if exists and replace is None:
+        logging.getLogger("weightguard.signing").warning(
+            "replacing the existing signature %s (pass replace=True to say so, or add a "
+            "co-signature beside it: weightguard.signing.cosignature_path)",
+            sig_path,
+        )
+    elif exists and not replace:
+        raise ConfigError(
+            f"{sig_path} already exists: weightguard never replaces a signature silently",
+            hint="add yours beside it with --co-sign NAME (written to "
+            f"{sig_path}{COSIGN_SUFFIX}/NAME.sig), or replace it with --replace "
+            "(sign_model(replace=True))",
+        )
     try:
         st = root.lstat()
     except OSError as exc:
@@ -183,6 +378,8 @@ def sign_model(
         raise VerificationError(f"{root} is a symbolic link; refused")
     single = root.is_file()
     ignored = list(GIT_PATHS)
+    if not single:  # the release's signatures: every bundle leaves them all out
+        ignored += [PRIMARY_SIGNATURE, PRIMARY_SIGNATURE + COSIGN_SUFFIX]
     for p in ignore_paths:
         q = p.replace(os.sep, "/").strip("/")
         if not q or q.startswith("/") or ".." in q.split("/"):
@@ -193,7 +390,8 @@ def sign_model(
         try:
             rel = sig_path.resolve().relative_to(root.resolve())
             exclude = rel.as_posix()
-            ignored.append(exclude)
+            if not _match_prefix(exclude, ignored):
+                ignored.append(exclude)
         except ValueError:
             pass
     if single:
@@ -300,6 +498,7 @@ def verify_bundle(
     allow_symlinks: bool = False,
     audit: _Audit | None = None,
     listing: Mapping[str, int] | None = None,
+    cosignatures: Mapping[str, bytes] | None = None,
 ) -> VerifiedManifest:
     """Verify ``signature`` for ``model`` under ``policy``; return the signed digests.
 
@@ -315,7 +514,23 @@ def verify_bundle(
     listing of a model that is not on the local disk (an S3 prefix): ``{name: size}``
     with names relative POSIX paths (``{".": size}`` for a single-file model, then
     ``model`` is only a display name).  The signature itself must not be in it.
+
+    A :class:`~weightguard.policy.CoSigned` policy needs a bundle of its own for each
+    of its policies: the primary ``signature`` and its co-signatures
+    (``<signature>.d/*.sig`` on disk, or ``cosignatures``: ``{name: bytes}``).
     """
+    if isinstance(policy, CoSigned):
+        return _verify_cosigned(
+            model,
+            signature,
+            policy,
+            cosignatures,
+            audit,
+            allow_unsigned=allow_unsigned,
+            hash_files=hash_files,
+            allow_symlinks=allow_symlinks,
+            listing=listing,
+        )
     t0 = time.monotonic()
     root = Path(model)
     if isinstance(signature, bytes | bytearray):

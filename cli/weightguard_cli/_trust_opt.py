@@ -73,6 +73,13 @@ def trust_options(f: F) -> F:
             "the anchor (default: only a self-signed root is, as in model_signing).",
         ),
         click.option("--vault-key", metavar="URI", help="Vault Transit signing key trusted."),
+        click.option(
+            "--require-all",
+            "require_all",
+            is_flag=True,
+            help="Every trust anchor given must have signed, each with a signature of its "
+            "own (model.sig and the co-signatures in model.sig.d/), instead of any one.",
+        ),
         click.option("--identity", help="Sigstore certificate identity (email or URI)."),
         click.option("--issuer", help="Sigstore OIDC issuer URL."),
         click.option(
@@ -112,6 +119,7 @@ def policy_from_options(opts: Mapping[str, Any]) -> Any:
             offline=opts["offline"],
             unsafe=opts["unsafe_no_verification"],
             allow_intermediate_anchor=opts.get("trust_intermediate", False),
+            require_all=opts.get("require_all", False),
         )
     except ConfigError as exc:  # the options themselves are wrong: a usage error
         raise click.UsageError(str(exc)) from None

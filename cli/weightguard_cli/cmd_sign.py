@@ -104,6 +104,18 @@ _PEM = click.Path(exists=True, dir_okay=False)
     help="OMS whole-file digest (hash_type): sha256 (every model_signing verifier, CLI "
     "included) or blake3 (~2x less CPU; weightguard and the model_signing >= 1.1 API).",
 )
+@click.option(
+    "--co-sign",
+    "co_sign",
+    metavar="NAME",
+    help="Add a signature beside the existing one (release team + security team): "
+    "written to model.sig.d/NAME.sig (<file>.sig.d/ for a file); model.sig stays as is.",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Overwrite an existing signature file (without it, sign refuses to).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @quiet_option
 @audit_option
@@ -123,17 +135,23 @@ def sign(
     chunk_size: int,
     chunk_digest: str,
     hash_type: str,
+    co_sign: str | None,
+    replace: bool,
     as_json: bool,
     quiet: bool,
     audit_log: str | None,
 ) -> None:
-    """Sign MODEL (file or directory, plain or encrypted) as an OMS bundle."""
+    """Sign MODEL (file or directory, plain or encrypted) as an OMS bundle.
+
+    An existing signature is never replaced silently: add a second one with
+    --co-sign NAME, or overwrite with --replace."""
     from weightguard.signing import (
         CertificateSigner,
         KeySigner,
         Signer,
         SigstoreSigner,
         VaultTransitSigner,
+        cosignature_path,
         sign_model,
     )
 
@@ -157,6 +175,14 @@ def sign(
         signer = SigstoreSigner(identity_token, staging=sigstore_staging)
     if signature is None:
         signature = _default_signature(model)
+    if co_sign is not None:
+        if not os.path.isfile(signature):
+            raise ConfigError(
+                f"--co-sign adds a signature beside {signature}, which does not exist",
+                hint="sign the release first (without --co-sign)",
+            )
+        signature = str(cosignature_path(signature, co_sign))
+        os.makedirs(os.path.dirname(signature), exist_ok=True)
     with _audit(audit_log) as audit, activity(f"signing {model}", quiet):
         result = sign_model(
             model,
@@ -168,6 +194,7 @@ def sign(
             chunk_algorithm=f"{chunk_digest}-chunked-v1",
             hash_type=hash_type,
             audit=audit,
+            replace=replace,  # False unless --replace: an existing bundle is refused
         )
     if as_json:
         click.echo(
