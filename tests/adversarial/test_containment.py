@@ -129,7 +129,12 @@ def test_linked_level_of_the_hf_cache_is_refused(corpus: Corpus, work: Path, lev
     repo, snap = _cache(corpus.a, work)
     LEVELS[level](repo, snap, work)
     tally = Tally()
-    for name, run in _consumers(corpus, snap, work / "out").items():
+    consumers = _consumers(corpus, snap, work / "out")
+    shard = snap / "model-00001-of-00002.safetensors"  # one file of the snapshot, named
+    consumers["unverified single file"] = lambda audit: loader.load_file(
+        shard, policy=UnsafeNoVerification(), audit=audit
+    )
+    for name, run in consumers.items():
         exc = expect_refusal(tally, f"{level}/{name}", run)
         assert isinstance(exc, VerificationError), (name, exc)
         assert "symbolic link" in exc.message, exc.message
