@@ -729,7 +729,7 @@ class ModelHandle:
         done = 0
         while done < len(st_raw):
             done += os.pwrite(fd, st_raw[done:], done)
-        if segments:
+        if segments or f.streamed:  # a streamed file's head is checked even without data
             max_plain = max((r.dst_len for r in records), default=1)
             copier = FileCopier(fd, base=len(st_raw), slot_bytes=max_plain, path=f.display)
             self._run([f.job(records, segments)], segments, copier)

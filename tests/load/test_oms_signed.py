@@ -13,6 +13,7 @@ serialization), and manifests built here for what the bundle parser may not read
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -421,3 +422,163 @@ def test_model_signing_model_on_s3(
         loader.load_file(src, policy=keys.policy(), audit=audit)
     assert info.value.path == f"{src}a.safetensors"
     assert last(sink, "tamper.detected")["object"]["file"] == f"{src}a.safetensors"
+
+
+# ------------------------------------------------------------------ device path (fake GPU)
+
+
+@pytest.fixture
+def fake() -> Any:
+    from tests.support.fake_device import fake_device
+    from weightguard._internal.devices import pinned as pinned_pool
+
+    b = fake_device()
+    pinned_pool.release_pinned_memory()
+    b.reset(devices=1, delay=0.001)
+    yield b
+    b.reset()
+
+
+@pytest.mark.parametrize(
+    "encrypted,decrypt_on",
+    [(False, "auto"), (True, "cpu"), (True, "gpu")],
+    ids=["plain", "encrypted-host-decrypt", "encrypted-device-decrypt"],
+)
+def test_device_load_of_model_signing_model(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    keys: Any,
+    file_key: str,
+    fake: Any,
+    encrypted: bool,
+    decrypt_on: str,
+) -> None:
+    """Through the staging ring (its slots are reused, so the digest is fed from held
+    read buffers): equal, then one changed byte refused with the device memory zeroed."""
+    from weightguard._internal.devices.observe import observing
+
+    if decrypt_on == "gpu":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    d = tmp_path / "m"
+    expected = _model(d, file_key if encrypted else None, two=False)
+    _ms_sign(d, d / "model.sig", keys, "shards-sha256")
+    got = loader.load_file(d, "fake", policy=keys.policy(), workers=3, decrypt_on=decrypt_on)
+    assert_same(got, expected)
+    del got
+    a = d / "a.safetensors"
+    flip(a, a.stat().st_size // 2)
+    audit, sink = memory_audit()
+    seen: list[Any] = []
+    before = len(fake.allocations)
+    with observing(on_copier=seen.append), pytest.raises(IntegrityError) as info:
+        loader.load_file(
+            d, "fake", policy=keys.policy(), workers=3, decrypt_on=decrypt_on, audit=audit
+        )
+    assert info.value.path == str(a)
+    assert last(sink, "tamper.detected")["object"]["file"] == str(a)
+    assert seen and all(zeros(v) for c in seen for v in c.staging_views())
+    assert all(int(t.count_nonzero()) == 0 for _, t in fake.allocations[before:])
+
+
+# ------------------------------------------------------------------ frameworks
+
+
+@pytest.mark.skipif(
+    any(
+        importlib.util.find_spec(m) is None
+        for m in ("transformers", "sentence_transformers", "all_minilm_l6_v2")
+    ),
+    reason="transformers, sentence-transformers or the MiniLM package is not installed",
+)
+def test_transformers_and_sentence_transformers_from_model_signing_shards(
+    tmp_path: Path, keys: Any
+) -> None:
+    """all-MiniLM-L6-v2 signed by model_signing in 1 MiB shards (config, tokenizer and
+    weights alike): both one-call loaders give the plain model's outputs."""
+    import zipfile
+
+    import all_minilm_l6_v2
+    import sentence_transformers
+    import transformers
+
+    from weightguard.integrations.sentence_transformers import load_sentence_transformer
+    from weightguard.integrations.transformers import from_pretrained
+
+    d = tmp_path / "minilm"
+    with zipfile.ZipFile(Path(all_minilm_l6_v2.__file__).parent / "model.zip") as zf:
+        zf.extractall(d)
+    import model_signing
+
+    hc = model_signing.hashing.Config().use_shard_serialization(shard_size=1 << 20)
+    cfg = model_signing.signing.Config().use_elliptic_key_signer(private_key=keys.private)
+    cfg.set_hashing_config(hc).sign(d, d / "model.sig")
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    model = from_pretrained(d, policy=keys.policy())
+    ref = transformers.AutoModel.from_pretrained(str(d)).eval()
+    with torch.no_grad():
+        got, want = model(input_ids=ids).last_hidden_state, ref(input_ids=ids).last_hidden_state
+    assert torch.equal(got, want)
+    st = load_sentence_transformer(d, policy=keys.policy())
+    plain = sentence_transformers.SentenceTransformer(str(d), device="cpu")
+    text = ["The weights were signed by model_signing."]
+    assert torch.equal(
+        st.encode(text, convert_to_tensor=True), plain.encode(text, convert_to_tensor=True)
+    )
+
+
+def test_cli_load_of_model_signing_model(
+    tmp_path: Path, keys: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``weightguard load`` (and the fetch/KServe paths share its loader): ok, then one
+    changed byte is one line naming the file, exit 1, tamper.detected in the log."""
+    import json
+
+    from weightguard_cli.main import main
+
+    d = tmp_path / "m"
+    _model(d, None)
+    _ms_sign(d, d / "model.sig", keys, "shards-blake2")
+    log = tmp_path / "audit.jsonl"
+    argv = ["load", str(d), "--trust-key", str(keys.public), "--audit-log", str(log)]
+
+    def run() -> tuple[int, str, str]:
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, out, err = run()
+    assert code == 0, err
+    assert out.startswith("ok: 9 tensors, ")
+    flip(d / "b.safetensors", 100)
+    code, out, err = run()
+    assert code == 1 and out == ""
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert f"{d / 'b.safetensors'}" in err and "blake2b digest" in err
+    last_event = json.loads(log.read_text().splitlines()[-1])
+    assert last_event["event"] == "tamper.detected"
+
+
+@pytest.mark.parametrize("shard", [None, 64], ids=["files", "shards"])
+def test_header_only_file_is_still_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: Any, shard: int | None
+) -> None:
+    """No data records at all: the header (hashed at the start of every load) is still
+    checked, by load_file and by fetch."""
+    d = tmp_path / "m"
+    d.mkdir()
+    f = d / "a.safetensors"
+    write_st(f, [("e", "F32", (0, 3))])
+    _fake_bundle(monkeypatch, d, "sha256", shard)
+    assert loader.load_file(d, policy=keys.policy())["e"].shape == (0, 3)
+    flip(f, f.read_bytes().index(b'"pt"') + 2)
+    with pytest.raises(IntegrityError, match="differs from the signed sha256 digest"):
+        loader.load_file(d, policy=keys.policy())
+    out = tmp_path / "out"
+    with pytest.raises(IntegrityError, match="differs from the signed sha256 digest"):
+        fetch_model(d, out, policy=keys.policy(), allow_disk=True)
+    assert not out.exists()
