@@ -351,3 +351,40 @@ ANCHOR = b'{"checkpoint": {"log": "4f0c", "size": 10, "head": "sha256:00"}, "sig
 def test_fuzz_anchor(data: bytes) -> None:
     with contextlib.suppress(VerificationError):
         _parse_anchor(data, "s3://b/anchor")
+
+
+_NAMES = st.text(
+    alphabet=st.sampled_from(['"', "\\", "d", "a", "t", "_", "o", "f", "s", "e", ":", "{"]),
+    max_size=40,
+) | st.sampled_from(["data_offsets", '"data_offsets"', 'x"data_offsets"y', "\\"])
+
+
+@FUZZ
+@given(
+    names=st.lists(_NAMES, max_size=8, unique=True),
+    meta=st.dictionaries(_NAMES, _NAMES, max_size=3),
+)
+def test_fuzz_tensor_count_is_an_upper_bound(names: list[str], meta: dict[str, str]) -> None:
+    """The pre-parse count of '"data_offsets"' is never below the tensors the header
+    really names, whatever the names and metadata hold (quotes, backslashes, the key
+    itself): the bound can refuse early but never let a larger header through."""
+    from weightguard._internal.format import safetensors as stf
+
+    doc: dict[str, Any] = {
+        n: {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]}
+        for i, n in enumerate(n for n in names if n != "__metadata__")
+    }
+    if meta:
+        doc["__metadata__"] = meta
+    raw = json.dumps(doc, ensure_ascii=False).encode()
+    _, tensors, _, _ = parse_header_json(raw, data_size=None, path="fuzz")
+    assert raw.count(b'"data_offsets"') >= len(tensors)
+    if len(tensors) > 1:
+        old = stf.MAX_TENSORS
+        try:
+            stf.MAX_TENSORS = len(tensors) - 1
+            with contextlib.suppress(FormatError):
+                parse_header_json(raw, data_size=None, path="fuzz")
+                raise AssertionError("a header over the bound was parsed")
+        finally:
+            stf.MAX_TENSORS = old
