@@ -56,6 +56,14 @@ class _Task:
     out_off: int  # where [lo, hi) goes in the caller's buffer
 
 
+def _uninitialized(n: int) -> Any:
+    """A writable byte buffer of ``n`` bytes, not zero-filled first (every byte is
+    written before it is read: a record read, or decrypted, whole)."""
+    import numpy as np
+
+    return np.empty(n, dtype=np.uint8)
+
+
 class RangeReader:
     """Reads checked byte ranges of model files; owns a small pool and an edge cache."""
 
@@ -64,10 +72,10 @@ class RangeReader:
         self.cache_bytes = max(0, int(cache_bytes))
         self.stats = ReadStats()
         self._lock = threading.Lock()
-        self._cache: OrderedDict[tuple[Any, int], bytearray] = OrderedDict()
+        self._cache: OrderedDict[tuple[Any, int], Any] = OrderedDict()
         self._cached = 0
         self._pool: cf.ThreadPoolExecutor | None = None
-        self._ct_free: list[bytearray] = []
+        self._ct_free: list[Any] = []
         self._closed = False
 
     # -- the one operation --------------------------------------------------------------
@@ -162,7 +170,7 @@ class RangeReader:
         dst = out[t.out_off : t.out_off + (t.hi - t.lo)]
         if full and populate is not None:
             populate(t.out_off, t.n)
-        plain: bytearray | None = None
+        plain: Any = None
         try:
             if f.cipher is not None:
                 buf = self._take_ct(t.src_len)
@@ -173,7 +181,7 @@ class RangeReader:
                     if full:
                         f.cipher.decrypt_record_into(t.k, ct, dst)
                     else:
-                        plain = bytearray(t.n)
+                        plain = _uninitialized(t.n)
                         f.cipher.decrypt_record_into(t.k, ct, memoryview(plain))
                 finally:
                     self._give_ct(buf)
@@ -183,7 +191,7 @@ class RangeReader:
                     f.source.read_into(t.src_off, dst)
                     self._check(f, t, dst, digest)
                 else:
-                    plain = bytearray(t.n)
+                    plain = _uninitialized(t.n)
                     f.source.read_into(t.src_off, plain)
                     self._check(f, t, plain, digest)
                 decrypted = 0
@@ -191,7 +199,7 @@ class RangeReader:
                 dst[:] = memoryview(plain)[t.lo - t.data_off : t.hi - t.data_off]
         except BaseException:
             if plain is not None:
-                wipe(plain)
+                wipe(memoryview(plain))
             raise
         with self._lock:
             self.stats.records_read += 1
@@ -200,15 +208,15 @@ class RangeReader:
             if plain is not None:
                 self._keep((t.key, t.k), plain)
 
-    def _take_ct(self, n: int) -> bytearray:
+    def _take_ct(self, n: int) -> Any:
         """A reusable ciphertext buffer of at least ``n`` bytes (ciphertext is not secret)."""
         with self._lock:
             for i, b in enumerate(self._ct_free):
                 if len(b) >= n:
                     return self._ct_free.pop(i)
-        return bytearray(n)
+        return _uninitialized(n)
 
-    def _give_ct(self, buf: bytearray) -> None:
+    def _give_ct(self, buf: Any) -> None:
         with self._lock:
             if len(self._ct_free) <= self.workers:
                 self._ct_free.append(buf)
@@ -218,23 +226,21 @@ class RangeReader:
         if digest is None:
             return
         if not digest_matches(data, digest, f.geometry.algorithm, path=f.display):
-            if isinstance(data, bytearray):
-                wipe(data)
             raise IntegrityError(
                 "chunk digest does not match the signed digest", path=f.display, chunk=t.k
             )
 
-    def _keep(self, key: tuple[Any, int], plain: bytearray) -> None:
+    def _keep(self, key: tuple[Any, int], plain: Any) -> None:
         """Cache a verified edge record (lock held); evict the oldest past the budget."""
         if len(plain) > self.cache_bytes or key in self._cache:
-            wipe(plain)
+            wipe(memoryview(plain))
             return
         self._cache[key] = plain
         self._cached += len(plain)
         while self._cached > self.cache_bytes:
             _, old = self._cache.popitem(last=False)
             self._cached -= len(old)
-            wipe(old)
+            wipe(memoryview(old))
 
     def close(self) -> None:
         """Stop the pool and wipe the cached plaintext.  Idempotent."""
@@ -248,4 +254,4 @@ class RangeReader:
             self._pool.shutdown(wait=True)
             self._pool = None
         for buf in cache.values():
-            wipe(buf)
+            wipe(memoryview(buf))

@@ -1,0 +1,456 @@
+"""Lazy reads (issue 23): ``weightguard.safe_open`` against safetensors and CryptoTensors.
+
+    python -m benchmarks.lazy                 # 256 MiB model, 5 repetitions (~2 min here)
+    python -m benchmarks.lazy --size-mib 1024 --reps 7
+
+Cases, every trial in a fresh Python process (imports before the timer), variants
+alternating (repetition r runs them rotated by r), warm page cache:
+
+* ``one-tensor``: open + one ~4 MiB tensor.  safetensors ``safe_open`` + ``get_tensor``
+  on the plain file; CryptoTensors 0.2.3 (encrypted + Ed25519-signed, keys given
+  directly); weightguard ``safe_open`` on the signed, encrypted artifact (signature and
+  policy, key unwrap from a key file, audit events to a file with fsync, the tensor's
+  records checked and decrypted), with its open split by stage.
+* ``half-rows``: the same, ``get_slice(name)[: rows // 2]``.
+* ``full``: every tensor.  weightguard ``safe_open`` + ``get_tensor`` of each (in
+  ``keys()`` order) against weightguard ``load_file`` (goal: within 10 %), and
+  safetensors ``load_file`` + ``clone()`` (plain) for scale.
+
+Counts, not times (one process):
+
+* ``quarter-slice``: records read by ``get_slice`` of a quarter of a 64 MiB tensor's rows
+  (goal: <= records / 4 + 1).
+* ``tp4``: bytes decrypted per rank when each of 4 ranks reads what vLLM's tensor-parallel
+  rules give it on a Llama-shaped model (column-parallel q/k/v/gate/up, vocab-parallel
+  embedding and lm_head: their dim-0 rows; row-parallel o/down and the norms: whole),
+  through ``safe_open``/``get_slice``.  This applies vLLM's sharding rules; it does not
+  run vLLM (the vLLM loader still reads every weight on every rank: issue 23 item 3).
+
+Results: ``benchmarks/results/lazy-<time>.json`` and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / "work" / "lazy"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def prepare(size_mib: int) -> dict[str, Any]:
+    """Plain model, weightguard artifact (+ signature, keys), CryptoTensors copy."""
+    from benchmarks.models import synthetic
+
+    model = synthetic(size_mib) / "model.safetensors"
+    d = WORK / f"m{size_mib}"
+    stamp = d / "prepared.json"
+    if stamp.exists():
+        return dict(json.loads(stamp.read_text()))
+    d.mkdir(parents=True, exist_ok=True)
+    from weightguard.crypt import create_key_file, encrypt_file
+    from weightguard.signing import KeySigner, create_signing_key, sign_model
+
+    kek = d / "kek.hex"
+    if not kek.exists():
+        create_key_file(kek)
+    priv, pub = d / "release.pem", d / "release.pub"
+    if not priv.exists():
+        create_signing_key(priv, pub)
+    rel = d / "release"
+    rel.mkdir(exist_ok=True)
+    art = rel / "model.safetensors"
+    encrypt_file(model, art, f"file://{kek}")
+    sign_model(art, rel / "model.safetensors.sig", KeySigner.from_file(priv))
+    info: dict[str, Any] = {
+        "plain": str(model),
+        "artifact": str(art),
+        "kek": f"file://{kek}",
+        "pub": str(pub),
+        "audit": str(d / "audit.jsonl"),
+    }
+    info["tensor"], info["tensor_bytes"], info["rows"] = _pick(model, 4.2 * (1 << 20))
+    info["cryptotensors"] = _cryptotensors(model, d)
+    stamp.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def _pick(path: Path, target: float) -> tuple[str, int, int]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        best = min(
+            (
+                (abs(_nbytes(f.get_slice(k)) - target), k, _nbytes(f.get_slice(k)))
+                for k in f.keys()  # noqa: SIM118 - not a dict
+                if len(f.get_slice(k).get_shape()) == 2
+            ),
+        )
+        return best[1], best[2], f.get_slice(best[1]).get_shape()[0]
+
+
+def _nbytes(s: Any) -> int:
+    n = {"F32": 4, "F16": 2, "BF16": 2}.get(s.get_dtype(), 1)
+    for x in s.get_shape():
+        n *= x
+    return n
+
+
+def _cryptotensors(model: Path, d: Path) -> dict[str, Any] | str:
+    """An encrypted + signed CryptoTensors copy, and its decryption config."""
+    try:
+        import cryptotensors
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptotensors.torch import save_file
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        return f"unavailable ({exc})"
+    sk = Ed25519PrivateKey.generate()
+    raw = serialization.Encoding.Raw
+    priv = sk.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    pub = sk.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+    enc = {"kty": "oct", "alg": "aes256gcm", "kid": "enc", "k": _b64(os.urandom(32))}
+    sig = {"kty": "okp", "alg": "ed25519", "kid": "sig", "private": _b64(priv), "public": _b64(pub)}
+    out = d / "cryptotensors.safetensors"
+    cfg = cryptotensors.SerializeCryptoConfig(enc_key=enc, sign_key=sig).to_dict()
+    save_file(load_file(str(model)), str(out), config=cfg)
+    verify = {k: v for k, v in sig.items() if k != "private"}
+    return {"path": str(out), "config": {"enc_key": enc, "sign_key": verify}}
+
+
+# --------------------------------------------------------------------------- trials
+
+
+def _setup(variant: str, info: dict[str, Any]) -> Any:
+    """Imports and inputs outside the timer; returns the timed callable."""
+    import torch
+
+    name, rows = info["tensor"], info["rows"]
+    if variant.startswith("safetensors"):
+        import safetensors
+        import safetensors.torch
+
+        plain = info["plain"]
+
+        def st_one() -> Any:
+            with safetensors.safe_open(plain, "pt") as f:
+                return f.get_tensor(name)
+
+        def st_half() -> Any:
+            with safetensors.safe_open(plain, "pt") as f:
+                return f.get_slice(name)[: rows // 2]
+
+        def st_full() -> Any:
+            return {k: v.clone() for k, v in safetensors.torch.load_file(plain).items()}
+
+        return {"one": st_one, "half": st_half, "full": st_full}[variant.split(":")[1]]
+    if variant.startswith("cryptotensors"):
+        import cryptotensors
+
+        ct = info["cryptotensors"]
+
+        def ct_one() -> Any:
+            with cryptotensors.safe_open(ct["path"], "pt", config=ct["config"]) as f:
+                return f.get_tensor(name)
+
+        def ct_half() -> Any:
+            with cryptotensors.safe_open(ct["path"], "pt", config=ct["config"]) as f:
+                return f.get_slice(name)[: rows // 2]
+
+        return {"one": ct_one, "half": ct_half}[variant.split(":")[1]]
+    os.environ["WEIGHTGUARD_ALLOWED_KEYS"] = info["kek"]
+    os.environ["WEIGHTGUARD_AUDIT_LOG"] = info["audit"]
+    import importlib
+
+    import weightguard
+    import weightguard.lazy
+    import weightguard.loader
+    from weightguard.policy import PublicKey
+
+    # imports before the timer, as for the anchors (the first call imports these lazily)
+    for mod in (
+        "cryptography.hazmat.primitives.serialization",
+        "weightguard._internal.signing.oms",
+        "weightguard._internal.load.ranges",
+        "weightguard._internal.format.hf_cache",
+        "numpy",
+    ):
+        importlib.import_module(mod)
+
+    art, pub = info["artifact"], info["pub"]
+    stages: dict[str, float] = {}
+
+    def wg_one() -> Any:
+        t0 = time.perf_counter()
+        policy = PublicKey.from_file(pub)
+        t1 = time.perf_counter()
+        f = weightguard.safe_open(art, policy=policy)
+        t2 = time.perf_counter()
+        with f:
+            t = f.get_tensor(name)
+            t3 = time.perf_counter()
+        t4 = time.perf_counter()
+        stages.update(policy=t1 - t0, open=t2 - t1, read=t3 - t2, close=t4 - t3)
+        return t
+
+    def wg_half() -> Any:
+        with weightguard.safe_open(art, policy=PublicKey.from_file(pub)) as f:
+            return f.get_slice(name)[: rows // 2]
+
+    def wg_full() -> Any:
+        with weightguard.safe_open(art, policy=PublicKey.from_file(pub)) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+
+    def wg_load_file() -> Any:
+        return weightguard.load_file(art, policy=PublicKey.from_file(pub))
+
+    fn = {"one": wg_one, "half": wg_half, "full": wg_full, "load_file": wg_load_file}[
+        variant.split(":")[1]
+    ]
+    fn.stages = stages  # type: ignore[attr-defined]
+    del torch
+    return fn
+
+
+def trial(variant: str, info_path: str) -> None:
+    """Child process: set up, time one call, print a JSON line."""
+    info = json.loads(Path(info_path).read_text())
+    fn = _setup(variant, info)
+    t0 = time.perf_counter()
+    out = fn()
+    wall = time.perf_counter() - t0
+    n = len(out) if isinstance(out, dict) else 1
+    print(
+        json.dumps(
+            {"variant": variant, "wall_s": wall, "tensors": n, "stages": getattr(fn, "stages", {})}
+        )
+    )
+
+
+def _run(variant: str, info_path: Path) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONPYCACHEPREFIX": str(ROOT / "benchmarks" / "work" / "pycache"),
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.lazy", "--trial", variant, str(info_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
+    )
+    if res.returncode != 0:
+        return {"variant": variant, "error": res.stderr.strip().splitlines()[-1:]}
+    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+# --------------------------------------------------------------------------- counts
+
+
+def quarter_slice(work: Path) -> dict[str, Any]:
+    """Records read by a quarter-rows slice of a 64 MiB tensor (signed + encrypted)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from weightguard import safe_open
+    from weightguard.crypt import create_key_file, encrypt_file
+    from weightguard.policy import UnsafeNoVerification
+
+    work.mkdir(parents=True, exist_ok=True)
+    plain, art, kek = work / "q.plain", work / "q.safetensors", work / "q-kek.hex"
+    if not kek.exists():
+        create_key_file(kek)
+    g = torch.Generator().manual_seed(1)
+    big = torch.randn(4096, 4096, generator=g)
+    save_file({"a": torch.ones(3), "big": big}, str(plain))
+    encrypt_file(plain, art, f"file://{kek}")
+    os.environ["WEIGHTGUARD_ALLOWED_KEYS"] = f"file://{kek}"
+    with safe_open(art, policy=UnsafeNoVerification(), cache_bytes=0) as f:
+        part = f.get_slice("big")[1024:2048]
+        assert torch.equal(part, big[1024:2048])
+        st = f.stats
+    records = (64 << 20) // (4 << 20)
+    return {
+        "records_in_tensor": records,
+        "records_read": st["records_read"],
+        "goal": records // 4 + 1,
+        "met": st["records_read"] <= records // 4 + 1,
+    }
+
+
+LLAMA = {"hidden": 2048, "inter": 5632, "kv": 256, "layers": 3, "vocab": 8192}
+
+
+def tp4(work: Path, tp: int = 4, chunk: int = 4 << 20) -> dict[str, Any]:
+    """Bytes decrypted per rank at tensor-parallel ``tp`` under vLLM's sharding rules,
+    on an artifact of ``chunk``-byte records."""
+    import torch
+    from safetensors.torch import save_file
+
+    from weightguard import safe_open
+    from weightguard.crypt import create_key_file, encrypt_file
+    from weightguard.policy import UnsafeNoVerification
+
+    h, i, kv, n, v = (LLAMA[k] for k in ("hidden", "inter", "kv", "layers", "vocab"))
+    shapes = {
+        "model.embed_tokens.weight": (v, h),
+        "lm_head.weight": (v, h),
+        "model.norm.weight": (h,),
+    }
+    for layer in range(n):
+        p = f"model.layers.{layer}."
+        shapes |= {
+            p + "self_attn.q_proj.weight": (h, h),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.o_proj.weight": (h, h),
+            p + "mlp.gate_proj.weight": (i, h),
+            p + "mlp.up_proj.weight": (i, h),
+            p + "mlp.down_proj.weight": (h, i),
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+        }
+    work.mkdir(parents=True, exist_ok=True)
+    plain, kek = work / "llama.plain", work / "l-kek.hex"
+    art = work / f"llama-{chunk >> 10}k.safetensors"
+    if not kek.exists():
+        create_key_file(kek)
+    if not art.exists():
+        if not plain.exists():
+            g = torch.Generator().manual_seed(2)
+            weights = {k: torch.randn(s, generator=g).to(torch.bfloat16) for k, s in shapes.items()}
+            save_file(weights, str(plain))
+        encrypt_file(plain, art, f"file://{kek}", chunk_size=chunk)
+    os.environ["WEIGHTGUARD_ALLOWED_KEYS"] = f"file://{kek}"
+    column = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "embed_tokens", "lm_head")
+    total = sum(2 * torch.Size(s).numel() for s in shapes.values())
+    per_rank = []
+    for rank in range(tp):
+        with safe_open(art, policy=UnsafeNoVerification()) as f:
+            for name in f.keys():  # noqa: SIM118 - not a dict
+                if any(c in name for c in column):
+                    rows = f.get_slice(name).get_shape()[0]
+                    f.get_slice(name)[rank * rows // tp : (rank + 1) * rows // tp]
+                else:
+                    f.get_tensor(name)
+            per_rank.append(f.stats["bytes_decrypted"])
+    worst = max(per_rank) / total
+    return {
+        "model_bytes": total,
+        "tp": tp,
+        "bytes_decrypted_per_rank": per_rank,
+        "fraction_worst_rank": round(worst, 3),
+        "goal": 0.55,
+        "met": worst <= 0.55,
+        "shape": LLAMA,
+        "record_bytes": chunk,
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+CASES = {
+    "one-tensor": ["safetensors:one", "cryptotensors:one", "weightguard:one"],
+    "half-rows": ["safetensors:half", "cryptotensors:half", "weightguard:half"],
+    "full": ["weightguard:full", "weightguard:load_file", "safetensors:full"],
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--only", default="", help="comma-separated case names")
+    ap.add_argument("--trial", nargs=2, metavar=("VARIANT", "INFO"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.trial:
+        trial(*args.trial)
+        return
+    info = prepare(args.size_mib)
+    info_path = WORK / f"m{args.size_mib}" / "prepared.json"
+    have_ct = isinstance(info["cryptotensors"], dict)
+    cases = {k: v for k, v in CASES.items() if not args.only or k in args.only.split(",")}
+    results: dict[str, Any] = {
+        "size_mib": args.size_mib,
+        "tensor": info["tensor"],
+        "tensor_bytes": info["tensor_bytes"],
+        "reps": args.reps,
+        "cases": {},
+    }
+    for case, variants in cases.items():
+        variants = [v for v in variants if have_ct or not v.startswith("cryptotensors")]
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        for r in range(args.reps):
+            for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
+                runs[v].append(_run(v, info_path))
+        results["cases"][case] = {v: _summary(rs) for v, rs in runs.items()}
+    if not args.only or "counts" in args.only.split(","):
+        results["quarter_slice"] = quarter_slice(WORK / "counts")
+        results["tp4"] = tp4(WORK / "counts")
+        results["tp4_1mib_records"] = tp4(WORK / "counts", chunk=1 << 20)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"lazy-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.write_text(json.dumps(results, indent=1))
+    _print(results)
+    print(f"\nwrote {out.relative_to(ROOT)}")
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if "wall_s" in r]
+    if not ok:
+        return {"error": runs[0].get("error")}
+    walls = sorted(r["wall_s"] for r in ok)
+    out: dict[str, Any] = {
+        "median_ms": round(1000 * statistics.median(walls), 2),
+        "min_ms": round(1000 * walls[0], 2),
+        "max_ms": round(1000 * walls[-1], 2),
+    }
+    if ok[0].get("stages"):
+        out["stages_median_ms"] = {
+            k: round(1000 * statistics.median(r["stages"][k] for r in ok), 2)
+            for k in ok[0]["stages"]
+        }
+    return out
+
+
+def _print(res: dict[str, Any]) -> None:
+    print(
+        f"model {res['size_mib']} MiB, tensor {res['tensor']} "
+        f"({res['tensor_bytes'] / (1 << 20):.1f} MiB), {res['reps']} reps, fresh processes"
+    )
+    for case, vs in res["cases"].items():
+        print(f"\n{case}:")
+        for v, s in vs.items():
+            if "error" in s:
+                print(f"  {v:24} error {s['error']}")
+                continue
+            extra = f"  stages {s['stages_median_ms']}" if "stages_median_ms" in s else ""
+            print(f"  {v:24} {s['median_ms']:9.2f} ms  ({s['min_ms']}-{s['max_ms']}){extra}")
+    for key in ("quarter_slice", "tp4", "tp4_1mib_records"):
+        if key in res:
+            print(f"\n{key}: {json.dumps(res[key])}")
+
+
+if __name__ == "__main__":
+    main()
