@@ -29,7 +29,7 @@ from weightguard.errors import (
 )
 from weightguard.manifest import FetchResult
 
-__all__ = ["FetchResult", "fetch_model", "is_memory_fs", "push_model"]
+__all__ = ["FetchResult", "fetch_model", "is_memory_fs", "push_model", "verify_release"]
 
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
@@ -362,3 +362,80 @@ def push_model(
         if audit is None:
             log.close()
     return res
+
+
+def verify_release(
+    uri: str,
+    policy: Any,
+    *,
+    signature: str | os.PathLike[str] | None = None,
+    allow_unsigned: Any = (),
+    audit: Any = None,
+    s3: Any = None,
+    workdir: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Verify a release in S3 as an auditor does: no data key, nothing decrypted.
+
+    ``uri`` is ``s3://bucket/prefix/`` (a directory release with its ``model.sig`` and
+    co-signatures in ``model.sig.d/``) or ``s3://bucket/key`` (one file and its
+    ``<key>.sig``).  Its objects -- ciphertext, as released -- are copied once (bounded
+    listing, ranged GETs) into a private temporary directory (``workdir``, default the
+    system's), verified there by :func:`weightguard.signing.verify_bundle` with every
+    byte hashed, and removed.  ``signature`` is a local bundle to use instead of the
+    released one.  Audited as ``verify.ok`` / ``verify.failed`` with ``uri``.  Returns
+    the :class:`~weightguard.manifest.VerifiedManifest` (its ``root`` is gone).
+    """
+    import shutil
+    import tempfile
+    import time
+
+    from weightguard import signing
+    from weightguard._internal.load.sources import open_location
+
+    t0 = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="wg-verify-", dir=workdir))  # mode 0700
+    try:
+        try:
+            loc = open_location(uri, s3=s3)
+            names = list(loc.names())
+            if not loc.is_dir and signature is None:
+                names.append(names[0] + ".sig")
+            for name in names:
+                target = safe_join(tmp, name, uri)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with loc.open(name) as src, open(target, "xb") as out:
+                    off = 0
+                    while off < src.size:
+                        n = min(8 << 20, src.size - off)
+                        out.write(src.read(off, n))
+                        off += n
+            model = tmp if loc.is_dir else tmp / names[0]
+            if signature is not None:
+                sig = Path(signature)
+            else:
+                sig = tmp / signing.PRIMARY_SIGNATURE if loc.is_dir else tmp / names[1]
+            manifest = signing.verify_bundle(model, sig, policy, allow_unsigned=allow_unsigned)
+        except WeightguardError as exc:
+            # name what the auditor gave, not the temporary copy
+            exc.message = exc.message.replace(str(tmp), uri.rstrip("/"))
+            if isinstance(getattr(exc, "path", None), str):
+                exc.path = exc.path.replace(str(tmp), uri.rstrip("/"))  # type: ignore[attr-defined]
+            if audit is not None:
+                audit.emit(
+                    "verify.failed",
+                    outcome="denied",
+                    reason=exc.message,
+                    object={"uri": uri},
+                )
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if audit is not None:
+        audit.emit(
+            "verify.ok",
+            object={"uri": uri, "digest": manifest.bundle_digest, "signer": manifest.signer},
+            duration_s=time.monotonic() - t0,
+            hashed=manifest.hashed,
+            files=len(manifest.files),
+        )
+    return manifest

@@ -217,7 +217,7 @@ def sign(
 
 
 @click.command("verify")
-@click.argument("model", type=click.Path(exists=True, path_type=str))
+@click.argument("model")
 @click.option(
     "--signature",
     type=click.Path(dir_okay=False),
@@ -245,10 +245,24 @@ def verify(
     audit_log: str | None,
     **trust: Any,
 ) -> None:
-    """Verify MODEL against its signature and a trust policy."""
+    """Verify MODEL (a file, a directory, or a release in S3: s3://bucket/prefix/)
+    against its signature and a trust policy.  Needs no data key: nothing is decrypted.
+    An S3 release is copied (as released, encrypted) into a temporary directory,
+    verified byte for byte there, and removed."""
     from weightguard.signing import verify_bundle
 
     policy = policy_from_options(trust)
+    if model.startswith("s3://"):
+        from weightguard.transfer import verify_release
+
+        with _audit(audit_log) as audit, activity(f"verifying {model}", quiet):
+            m = verify_release(
+                model, policy, signature=signature, allow_unsigned=allow_unsigned, audit=audit
+            )
+        _report(model, signature or "the released signature", m, as_json)
+        return
+    if not os.path.exists(model):
+        raise click.BadParameter(f"{model!r} does not exist", param_hint="'MODEL'")
     if signature is None:
         signature = _default_signature(model)
         if not os.path.isfile(signature):  # the same words as load and fetch
@@ -268,6 +282,10 @@ def verify(
             allow_symlinks=allow_symlinks,
             audit=audit,
         )
+    _report(model, signature, m, as_json)
+
+
+def _report(model: str, signature: str, m: Any, as_json: bool) -> None:
     if as_json:
         out: dict[str, Any] = {"verified": True, **m.to_dict()}
         click.echo(json.dumps(out, indent=2))

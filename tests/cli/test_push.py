@@ -203,3 +203,68 @@ def test_push_is_audited_and_never_overwrites_a_release_silently(
     from weightguard.audit import verify_log
 
     assert verify_log(log).ok
+
+
+def test_an_auditor_verifies_an_s3_release_without_the_data_key(
+    s3_env: SeaweedS3Server, bucket: str, tmp_path: Path
+) -> None:
+    """`weightguard verify s3://bucket/prefix/`: the released ciphertext is checked byte
+    for byte against the signatures with no data key anywhere (the key file is gone)."""
+    from tests.support.load import MODEL_LAYOUT, encrypt, write_st
+    from tests.support.signing import write_key
+    from weightguard._internal.keys.providers import create_key_file
+    from weightguard.audit import AuditLog, MemorySink
+    from weightguard.signing import KeySigner, cosignature_path, sign_model
+    from weightguard.transfer import push_model
+
+    kek = tmp_path / "kek.hex"
+    create_key_file(kek)
+    rel = tmp_path / "release"
+    rel.mkdir()
+    write_st(tmp_path / "plain.safetensors", MODEL_LAYOUT)
+    encrypt(tmp_path / "plain.safetensors", rel / "model.safetensors", f"file://{kek}")
+    (rel / "config.json").write_text('{"hidden": 64}')
+    for who in ("release", "security"):
+        write_key(tmp_path, who)
+    sign_model(rel, rel / "model.sig", KeySigner.from_file(tmp_path / "release.pem"))
+    cosig = cosignature_path(rel / "model.sig", "security")
+    cosig.parent.mkdir()
+    sign_model(rel, cosig, KeySigner.from_file(tmp_path / "security.pem"))
+    dest = f"s3://{bucket}/llm/v1/"
+    push_model(rel, dest, audit=AuditLog(MemorySink()))
+    kek.unlink()  # the auditor has no data key; neither does anything here
+
+    log = tmp_path / "audit.jsonl"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+    env["TMPDIR"] = str(scratch)
+
+    def verify(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "weightguard_cli", "verify", dest, "--audit-log", str(log),
+             "--trust-key", str(tmp_path / "release.pub"), *extra],
+            env=env, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+
+    r = verify()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"OK: {dest} matches the released signature")
+    assert "  config.json" in r.stdout and "  model.safetensors" in r.stdout
+    r = verify("--trust-key", str(tmp_path / "security.pub"), "--require-all")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1].count(";") == 1  # both signers
+    ok = [json.loads(x) for x in log.read_bytes().splitlines()]
+    assert [e["event"] for e in ok] == ["verify.ok", "verify.ok"]
+    assert ok[0]["object"]["uri"] == dest and ok[0]["extra"]["hashed"] is True
+
+    # one flipped ciphertext byte in the bucket: refused, naming the release
+    c = s3_env.client()
+    data = bytearray(c.get_object(Bucket=bucket, Key="llm/v1/model.safetensors")["Body"].read())
+    data[-100] ^= 1
+    c.put_object(Bucket=bucket, Key="llm/v1/model.safetensors", Body=bytes(data))
+    r = verify()
+    assert r.returncode == 1
+    assert "model.safetensors" in r.stderr and str(scratch) not in r.stderr
+    assert json.loads(log.read_bytes().splitlines()[-1])["event"] == "verify.failed"
+    assert list(scratch.iterdir()) == []  # the temporary copies are gone
