@@ -582,3 +582,32 @@ def test_header_only_file_is_still_checked(
     with pytest.raises(IntegrityError, match="differs from the signed sha256 digest"):
         fetch_model(d, out, policy=keys.policy(), allow_disk=True)
     assert not out.exists()
+
+
+def test_kserve_initializer_fetches_model_signing_release(
+    tmp_path: Path, keys: Any, file_key: str
+) -> None:
+    """KServe's storage initializer (fetch): an encrypted release signed by model_signing
+    in shards comes out as the original files; a changed byte leaves nothing behind."""
+    from weightguard.integrations.kserve import storage_initialize
+
+    d = tmp_path / "m"
+    _model(d, file_key)
+    _ms_sign(d, d / "model.sig", keys, "shards-sha256")
+    env = {
+        "WEIGHTGUARD_TRUST_KEY": str(keys.public),
+        "WEIGHTGUARD_ALLOWED_KEYS": file_key,
+        "WEIGHTGUARD_ALLOW_DISK": "1",
+        "WEIGHTGUARD_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
+    }
+    out = tmp_path / "out"
+    storage_initialize(str(d), str(out), env)
+    plain = tmp_path / "m-plain"
+    for name in ("a.safetensors", "b.safetensors"):
+        assert (out / name).read_bytes() == (plain / name).read_bytes()
+    assert (out / "config.json").read_bytes() == b'{"hidden": 8}'
+    flip(d / "b.safetensors", 40)  # in the artifact header
+    out2 = tmp_path / "out2"
+    with pytest.raises(IntegrityError):
+        storage_initialize(str(d), str(out2), env)
+    assert not out2.exists()
