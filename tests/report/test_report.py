@@ -342,3 +342,41 @@ def test_identity_counter_is_per_service_account(release: Release) -> None:
         if r["event"] == "load.ok"
     )
     assert dict(c) == release.expected.loads
+
+
+def test_hostile_identities_are_text(release: Release, tmp_path: Path) -> None:
+    """Names from the log are data: escaped in HTML and SVG, no TeX, no hidden label."""
+    log = tmp_path / "hostile.jsonl"
+    names = ["<script>alert(1)</script>", "x$\\frac{$y", "a|b`c"]
+    with audit.AuditLog(str(log), signing_key=str(release.checkpoint_pub)[: -len(".pub")]) as a:
+        for n in names:
+            a.emit(
+                "load.ok",
+                object={"uri": "m"},
+                subject={"k8s_namespace": "ns", "k8s_service_account": n},
+            )
+        a.emit("load.ok", object={"uri": "m"}, subject={"user": "_u", "host": "h"})
+    ev = _report(release, access_logs=[log])
+    assert ev.access.verdict == "OK"
+    page, md = write_report(ev, tmp_path / "h.html", tmp_path / "h.md")
+    html = page.read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "x$\\frac{$y" in html and "_u@h" in ev.access.timeline_svg
+    assert "a\\|b`c" in md.read_text()
+    assert ev.access.timeline_points["loads"] == 4
+
+
+def test_two_logs_one_broken(release: Release, tmp_path: Path) -> None:
+    """The verified log is counted, the broken one is named and left out."""
+    lines = release.log.read_bytes().splitlines(keepends=True)
+    del lines[100]
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(b"".join(lines))
+    ev = _report(release, access_logs=[release.log, cut])
+    ok, bad = ev.access.logs
+    assert (ok.verdict, ok.summarised) == ("OK", True)
+    assert (bad.verdict, bad.summarised) == ("BROKEN", False)
+    assert bad.text.startswith("BROKEN (deleted)")
+    assert ev.access.stats.events == release.expected.events  # the good log only, once
+    assert ev.access.verdict == "UNVERIFIABLE" and ev.verdict == "FAIL"
+    assert ev.headline[2][2] == f"UNVERIFIABLE log(s), not summarised: {cut} (BROKEN)"

@@ -61,7 +61,13 @@ def timeline_svg(
     from matplotlib.figure import Figure
 
     with matplotlib.rc_context(
-        {"svg.fonttype": "none", "svg.hashsalt": "weightguard", "font.size": 9}
+        # text.parse_math off: a "$" in an identity is text, not TeX to parse
+        {
+            "svg.fonttype": "none",
+            "svg.hashsalt": "weightguard",
+            "font.size": 9,
+            "text.parse_math": False,
+        }
     ):
         fig = Figure(figsize=(9.5, 3.6), dpi=100)
         FigureCanvasSVG(fig)
@@ -83,7 +89,7 @@ def timeline_svg(
                     markersize=3,
                     linewidth=1,
                     color=_PALETTE[i % len(_PALETTE)],
-                    label=ident,
+                    label=_label(ident),
                     gid=f"wg-loads-{i}",
                 )
             for gid, listed, marker, color, label in (
@@ -118,3 +124,8 @@ def timeline_svg(
     svg = buf.getvalue()
     svg = svg[svg.index("<svg") :]  # inline: no XML prolog or doctype
     return re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
+
+
+def _label(text: str) -> str:
+    """A legend label shown as written: matplotlib hides labels starting with "_"."""
+    return "\u2009" + text if text.startswith("_") else text
