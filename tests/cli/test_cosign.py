@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.services import SeaweedS3Server
 from tests.support.signing import make_model, model_signing, write_key
 from weightguard.errors import ConfigError, VerificationError
 from weightguard.policy import CoSigned, PublicKey
@@ -161,3 +162,41 @@ def test_the_loader_requires_every_signer(tmp_path: Path) -> None:
     got = loader.load_file(model, policy=policy, audit=audit)
     assert torch.equal(got["w"], torch.arange(12, dtype=torch.float32))
     assert sink.events("load.ok")[-1]["object"]["signer"].count(";") == 1
+
+
+def test_the_loader_requires_every_signer_of_a_release_in_s3(
+    s3_env: SeaweedS3Server, bucket: str, tmp_path: Path
+) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.support.load import memory_audit
+    from weightguard import loader
+    from weightguard.audit import AuditLog, MemorySink
+    from weightguard.transfer import push_model
+
+    model = tmp_path / "m"
+    model.mkdir()
+    save_file({"w": torch.arange(6, dtype=torch.float32)}, str(model / "model.safetensors"))
+    for who in ("release", "security"):
+        write_key(tmp_path, who)
+    sign_model(model, model / "model.sig", KeySigner.from_file(tmp_path / "release.pem"))
+    (model / "model.sig.d").mkdir()
+    sign_model(
+        model,
+        model / "model.sig.d" / "security.sig",
+        KeySigner.from_file(tmp_path / "security.pem"),
+    )
+    push_model(model, f"s3://{bucket}/m/", audit=AuditLog(MemorySink()))
+    policy = CoSigned(
+        PublicKey.from_file(tmp_path / "release.pub"),
+        PublicKey.from_file(tmp_path / "security.pub"),
+    )
+    audit, sink = memory_audit()
+    got = loader.load_file(f"s3://{bucket}/m/", policy=policy, audit=audit)
+    assert torch.equal(got["w"], torch.arange(6, dtype=torch.float32))
+    assert sink.events("load.ok")[-1]["object"]["signer"].count(";") == 1
+    s3_env.client().delete_object(Bucket=bucket, Key="m/model.sig.d/security.sig")
+    with pytest.raises(VerificationError, match="not signed by every required signer"):
+        loader.load_file(f"s3://{bucket}/m/", policy=policy, audit=audit)
+    assert sink.events("load.denied")
