@@ -289,7 +289,7 @@ def _kernel(interpret: bool) -> Any:
         kw = (kw >> 24) | ((kw >> 8) & 0xFF00) | ((kw << 8) & 0xFF0000) | (kw << 24)
         wptr = data_ptr.to(tl.pointer_type(tl.uint32))
         woff = blk[:, None] * 4 + col[None, :]
-        mask = woff < (n + 3) // 4
+        mask = woff < (n.to(tl.int64) + 3) // 4  # 64-bit: n + 3 must not wrap
         x = tl.load(wptr + woff, mask=mask, other=0)
         tl.store(wptr + woff, x ^ kw, mask=mask)
 
