@@ -402,7 +402,7 @@ def test_push_bad_credentials_is_one_line(
     r = wg("push", "enc", f"s3://{bucket}/rel", env=env)
     assert r.rc == 1
     assert r.err == [
-        f"error: upload of config.json to s3://{bucket}/rel/config.json was refused: the "
+        f"error: listing s3://{bucket}/rel/ was refused: the "  # push's first request
         "secret key does not match the access key (SignatureDoesNotMatch) (check the "
         "bucket name, the S3 credentials (standard AWS chain) and --endpoint-url)"
     ]
