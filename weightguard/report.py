@@ -466,8 +466,13 @@ def _access(
                 progress(4096)
         if progress is not None:
             progress(n % 4096)
-        expected = {s.log_id: (s.records, s.last_seq) for s in res.logs}
-        got = {log: (follower.counts[log], follower.last_seq(log)) for log in follower.counts}
+        # the same number of records, the same last one (its digest commits to all
+        # before it through the chain): exactly the records that verified
+        expected = {s.log_id: (s.records, s.last_seq, s.head) for s in res.logs}
+        got = {
+            log: (follower.counts[log], follower.last_seq(log), follower.head(log))
+            for log in follower.counts
+        }
         if follower.broken is not None or got != expected:
             lv.verdict = "CHANGED"
             lv.text = (

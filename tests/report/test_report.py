@@ -380,3 +380,19 @@ def test_two_logs_one_broken(release: Release, tmp_path: Path) -> None:
     assert ev.access.stats.events == release.expected.events  # the good log only, once
     assert ev.access.verdict == "UNVERIFIABLE" and ev.verdict == "FAIL"
     assert ev.headline[2][2] == f"UNVERIFIABLE log(s), not summarised: {cut} (BROKEN)"
+
+
+def test_last_record_changed_after_verification(
+    release: Release, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last record has no successor to chain it: its digest is compared too."""
+    real = audit.read_records
+    total = sum(1 for _ in real(release.log, include_checkpoints=True))
+
+    def swapped(*a: Any, **kw: Any) -> Any:
+        for i, rec in enumerate(real(*a, **kw)):
+            yield {**rec, "time": "2026-01-01T00:00:00.000000Z"} if i == total - 1 else rec
+
+    monkeypatch.setattr(audit, "read_records", swapped)
+    (lv,) = _report(release).access.logs
+    assert lv.verdict == "CHANGED" and "(different records)" in lv.text

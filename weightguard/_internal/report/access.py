@@ -306,6 +306,11 @@ class ChainFollower:
         got = self._last.get(log)
         return got[0] if got else None
 
+    def head(self, log: str) -> str | None:
+        """Digest of the last record of ``log`` (what verification reports as its head)."""
+        got = self._last.get(log)
+        return got[1] if got else None
+
 
 def canonical(obj: Any) -> bytes:
     """The audit log's canonical encoding (docs/audit.md: sorted keys, no whitespace,
