@@ -73,6 +73,7 @@ from weightguard.errors import (
     DeviceError,
     FormatError,
     IntegrityError,
+    KeyAccessDenied,
     SourceError,
     UnsafeOptionRequired,
     VerificationError,
@@ -277,14 +278,23 @@ def _verify_signature(
     )
 
 
+Differs = Callable[[list[ModelFile], BaseException], None]
+
+
 def _unwrap_keys(
     files: list[ModelFile],
     key: Any,
     key_options: Mapping[str, Any] | None,
     ctx: _Ctx,
     allowed_keys: Iterable[str] | str | None = None,
+    differs: Differs | None = None,
 ) -> None:
-    """One unwrap round trip per provider; build ciphers; wipe the data keys."""
+    """One unwrap round trip per provider; build ciphers; wipe the data keys.
+
+    ``differs(files, exc)`` raises :class:`IntegrityError` when one of ``files`` (whose
+    header was used before its whole-file digest could be checked) differs from its
+    signature; called before a refusal the header's content may have caused stands.
+    """
     from weightguard._internal.format import layout as fmt
     from weightguard._internal.keys import providers as keymod
 
@@ -296,9 +306,14 @@ def _unwrap_keys(
         if key is not None and not isinstance(key, str):  # a provider object: caller's own
             uri = f.header.wrapped_key.uri
         else:
-            uri = keymod.choose_key_uri(
-                f.header.wrapped_key.uri, key=key, allowed=allowed_keys, where=f.display
-            )
+            try:
+                uri = keymod.choose_key_uri(
+                    f.header.wrapped_key.uri, key=key, allowed=allowed_keys, where=f.display
+                )
+            except (ConfigError, KeyAccessDenied) as exc:  # the key reference it names
+                if differs is not None:
+                    differs([f], exc)
+                raise
         groups.setdefault(uri, []).append(f)
     t0 = time.monotonic()
     for uri, group in groups.items():
@@ -307,9 +322,19 @@ def _unwrap_keys(
             provider = keymod.provider_for(uri, **dict(key_options or {}))
         data_keys: list[bytearray] = []
         try:
-            data_keys = provider.unwrap_many([f.header.wrapped_key for f in group])
+            try:
+                data_keys = provider.unwrap_many([f.header.wrapped_key for f in group])
+            except WrongKeyError as exc:  # a wrong key, or a changed wrapped key
+                if differs is not None:
+                    differs(group, exc)
+                raise
             for f, dk in zip(group, data_keys, strict=True):
-                f.cipher = fmt.ChunkCipher(f.header, dk)
+                try:
+                    f.cipher = fmt.ChunkCipher(f.header, dk)
+                except WrongKeyError as exc:  # key commitment: wrong key, or changed header
+                    if differs is not None:
+                        differs([f], exc)
+                    raise
         finally:
             for dk in data_keys:
                 wipe(dk)
@@ -405,31 +430,47 @@ class ModelHandle:
             names = select_files(loc, self._signed_all)
             if self._signed_all is not None:
                 signed = digests_for(loc, names, self._signed_all)
-            try:
+
+            # A file checked by whole-file digests is parsed (and an artifact's key
+            # reference used) before its digest can be checked: when that refuses the
+            # load, the file is hashed to say whether it was changed (IntegrityError)
+            # or signed as it is (the refusal stands).
+            def differs(names: list[str], exc: BaseException) -> None:
                 for name in names:
-                    self._files.append(open_file(loc, name, signed[name] if signed else None))
-                if signed is not None:
-                    self._ctx.audit.emit("verify.ok", object=self._ctx.obj(self._files))
-                _unwrap_keys(self._files, key, key_options, self._ctx, allowed_keys)
-                self._where: dict[str, ModelFile] = {}
-                for f in self._files:
-                    for t in f.tensors:
-                        if t.name in self._where:
-                            raise FormatError(
-                                f"{loc.uri}: tensor {t.name!r} is in both "
-                                f"{self._where[t.name].name} and {f.name}"
-                            )
-                        self._where[t.name] = f
-            except (FormatError, WrongKeyError) as exc:
-                # A file checked by whole-file digests is parsed before it is checked:
-                # tampered (IntegrityError), or signed as it is (this error stands).
-                for name in names if signed is not None else ():
-                    if signed is not None and signed[name].units is not None:
+                    sd = signed.get(name) if signed is not None else None
+                    if sd is not None and sd.units is not None:
                         try:
-                            check_streamed(loc, name, signed[name])
+                            check_streamed(loc, name, sd)
                         except IntegrityError as tamper:
                             raise tamper from exc
-                raise
+
+            for name in names:
+                try:
+                    self._files.append(open_file(loc, name, signed[name] if signed else None))
+                except FormatError as exc:
+                    differs([name], exc)
+                    raise
+            if signed is not None:
+                self._ctx.audit.emit("verify.ok", object=self._ctx.obj(self._files))
+            _unwrap_keys(
+                self._files,
+                key,
+                key_options,
+                self._ctx,
+                allowed_keys,
+                lambda fs, exc: differs([f.name for f in fs], exc),
+            )
+            self._where: dict[str, ModelFile] = {}
+            for f in self._files:
+                for t in f.tensors:
+                    if t.name in self._where:
+                        both = [self._where[t.name].name, f.name]
+                        dup = FormatError(
+                            f"{loc.uri}: tensor {t.name!r} is in both {both[0]} and {f.name}"
+                        )
+                        differs(both, dup)
+                        raise dup
+                    self._where[t.name] = f
         except BaseException as exc:
             self._deny(exc, time.monotonic() - self._t0)
             self.close()

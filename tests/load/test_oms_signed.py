@@ -611,3 +611,51 @@ def test_kserve_initializer_fetches_model_signing_release(
     with pytest.raises(IntegrityError):
         storage_initialize(str(d), str(out2), env)
     assert not out2.exists()
+
+
+@pytest.mark.parametrize(
+    "field,delta",
+    [("commitment", 14), ("wrapped-key", 40), ("key-uri", 2)],
+)
+def test_changed_artifact_header_field_is_an_integrity_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    keys: Any,
+    file_key: str,
+    field: str,
+    delta: int,
+) -> None:
+    """An artifact header is used (its key reference, wrapped key, commitment) before a
+    whole-file digest can be checked: the refusal it causes (key not allowed, key does
+    not unwrap, commitment) is told apart from a signed header by hashing the file."""
+    d = tmp_path / "m"
+    _model(d, file_key, two=False)
+    _fake_bundle(monkeypatch, d, "sha256", None)
+    a = d / "a.safetensors"
+    raw = a.read_bytes()
+    marker = {
+        "commitment": b'"commitment":"',
+        "wrapped-key": b'"ciphertext":"',
+        "key-uri": b"file://",
+    }[field]
+    flip(a, raw.index(marker) + delta)
+    audit, sink = memory_audit()
+    with pytest.raises(IntegrityError, match="differs from the signed sha256 digest") as info:
+        loader.load_file(d, policy=keys.policy(), audit=audit)
+    assert info.value.path == str(a)
+    assert last(sink, "tamper.detected")["object"]["file"] == str(a)
+
+
+def test_wrong_key_for_an_unchanged_file_stays_a_key_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: Any, file_key: str
+) -> None:
+    from weightguard._internal.keys.providers import create_key_file
+    from weightguard.errors import WrongKeyError
+
+    d = tmp_path / "m"
+    _model(d, file_key, two=False)
+    _fake_bundle(monkeypatch, d, "sha256", None)
+    other = tmp_path / "other.hex"
+    create_key_file(other)
+    with pytest.raises(WrongKeyError):
+        loader.load_file(d, policy=keys.policy(), key=f"file://{other}")
