@@ -359,7 +359,8 @@ def _all_ratios(
 
 def run_case(case: Case, tmp_root: Path, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"== {case.name}: {case.title}")
-    load_before = os.getloadavg()[0]
+    before = load_check(log)
+    load_before = before["loadavg"][0]
     ctx = case.setup() if case.setup else None
     per_cache: dict[str, Any] = {}
     try:
@@ -432,6 +433,7 @@ def run_case(case: Case, tmp_root: Path, log: Callable[[str], None]) -> dict[str
         "notes": case.notes,
         # 1-minute load average before/after: on a shared machine, > cores means contention
         "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        **({"load_warning": before["warning"]} if "warning" in before else {}),
         "caches": per_cache,
     }
 
@@ -494,7 +496,72 @@ def _cpu_quota() -> float | None:
         return None
 
 
+# CPU flags that bound the figures (AES-GCM, SHA-256, BLAKE3, first touch): recorded with
+# every result so a figure is read against the CPU it ran on.
+CPU_FLAGS = (
+    "aes",
+    "vaes",
+    "pclmulqdq",
+    "vpclmulqdq",
+    "sha_ni",
+    "avx",
+    "avx2",
+    "avx512f",
+    "avx512vl",
+    "avx512bw",
+    "bmi2",
+    "hypervisor",
+)
+
+
+def _cpu_flags() -> list[str]:
+    """The CPU's flags of :data:`CPU_FLAGS` that are present (``/proc/cpuinfo``; ARM's
+    ``Features`` line too)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key = line.split(":", 1)[0].strip()
+            if key in ("flags", "Features"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in CPU_FLAGS if f in have] + sorted(
+                    f for f in have if key == "Features" and f not in CPU_FLAGS
+                )
+    except OSError:
+        pass
+    return []
+
+
+def usable_cores() -> float:
+    """Cores this process may use: affinity, bounded by a cgroup CPU quota."""
+    n: float = len(os.sched_getaffinity(0))
+    quota = _cpu_quota()
+    return min(n, quota) if quota else n
+
+
+def load_check(log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The load average against the usable cores, and a warning when it exceeds them
+    (other work shares the cores: read the ratios and CPU-seconds, not absolute times).
+
+    The one place the harness checks the machine's load: every result's metadata
+    (:func:`machine_info`), every case (:func:`run_case`) and ``benchmarks.stages`` /
+    ``benchmarks.lazy`` go through it."""
+    la = os.getloadavg()
+    cores = usable_cores()
+    out: dict[str, Any] = {"loadavg": [round(x, 2) for x in la], "cores": cores}
+    if la[0] > cores:
+        out["warning"] = (
+            f"load average {la[0]:.2f} exceeds the {cores:g} usable cores: other work shares "
+            "them, wall times are inflated (compare ratios and CPU-seconds of the same run)"
+        )
+        if log is None:
+            print(f"WARNING: {out['warning']}", file=sys.stderr, flush=True)
+        else:
+            log(f"   WARNING: {out['warning']}")
+    return out
+
+
 def machine_info() -> dict[str, Any]:
+    """CPU model and flags, cores, kernel, memory, load average (with the warning of
+    :func:`load_check`), GPU: recorded with every result."""
     mem = 0
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -506,9 +573,12 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "cpu_count": os.cpu_count(),
         "sched_affinity": len(os.sched_getaffinity(0)),
         "cgroup_cpu_quota": _cpu_quota(),
+        "kernel": platform.release(),
+        **load_check(),
         "mem_total_gib": round(mem / 2**30, 1),
         "gpu": None,
         "trials_under_chrt_f1": realtime_ok(),

@@ -391,7 +391,10 @@ def main(argv: list[str] | None = None) -> None:
     info_path = WORK / f"m{args.size_mib}" / "prepared.json"
     have_ct = isinstance(info["cryptotensors"], dict)
     cases = {k: v for k, v in CASES.items() if not args.only or k in args.only.split(",")}
+    from benchmarks.harness import machine_info
+
     results: dict[str, Any] = {
+        "machine": machine_info(),  # CPU model + flags, cores, kernel, load average
         "size_mib": args.size_mib,
         "tensor": info["tensor"],
         "tensor_bytes": info["tensor_bytes"],

@@ -230,7 +230,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--suites", type=int, default=0, help="GB per suite for the cipher choice")
     args = ap.parse_args()
+    from benchmarks.harness import machine_info
+
     res = measure()
+    res["machine"] = machine_info()  # CPU model + flags, cores, kernel, load average
     if args.suites:
         res["suites"] = suites(args.suites)
     json.dump(res, sys.stdout, indent=1)

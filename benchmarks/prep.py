@@ -177,12 +177,21 @@ class Prepared:
 
     # -- loads
     def prepare_load(self, model_dir: Path) -> None:
-        from benchmarks import ops, wg_ops
+        from benchmarks import ops
 
         d = str(model_dir)
         out = PREP / _model_id(model_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.tensorizer[d] = str(ops.tensorizer_prepare(d, str(out / "model.tensors")))
+        self.prepare_encrypted(model_dir)
+
+    def prepare_encrypted(self, model_dir: Path) -> dict[str, Any]:
+        """The encrypted + signed copy alone (``benchmarks.stages`` needs nothing else)."""
+        from benchmarks import wg_ops
+
+        d = str(model_dir)
+        out = PREP / _model_id(model_dir)
+        out.mkdir(parents=True, exist_ok=True)
         enc = out / "encrypted"
         info: dict[str, Any] = {"dir": "", "sig": ""}
         try:
@@ -200,6 +209,7 @@ class Prepared:
             info["error"] = _err(exc)
             print(f"   prep: weightguard encrypt/sign of {model_dir.name}: {info['error']}")
         self.wg_models[d] = info
+        return info
 
     # -- watermark / audit
     def prepare_watermark(self, model_dir: Path) -> None:

@@ -66,6 +66,13 @@ def render_run(res: dict[str, Any], path: Path) -> str:
         f"Machine: {m.get('cpu_model')}, {m.get('sched_affinity')} usable cores, "
         f"{m.get('mem_total_gib')} GiB RAM"
         + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU")
+        + (f", flags {' '.join(m['cpu_flags'])}" if m.get("cpu_flags") else "")
+        + (f", kernel {m['kernel']}" if m.get("kernel") else "")
+        + (
+            f", load average {' / '.join(f'{x:.2f}' for x in m['loadavg'])} at the start"
+            if m.get("loadavg")
+            else ""
+        )
         + f"; Python {m.get('python')}. Commit `{meta['git'].get('commit', '')[:10]}`"
         + (" (+ uncommitted changes)" if meta["git"].get("dirty") else "")
         + f". Raw data: [`{path.relative_to(ROOT / 'benchmarks')}`]"
@@ -131,6 +138,8 @@ def render_run(res: dict[str, Any], path: Path) -> str:
         if case.get("loadavg"):
             la = case["loadavg"]
             lines += [f"Machine load average (1 min) before/after: {la[0]:.1f} / {la[1]:.1f}.", ""]
+        if case.get("load_warning"):
+            lines += [f"**Warning**: {case['load_warning']}.", ""]
         for cache, block in case["caches"].items():
             lines += [
                 f"{cache} page cache, {case['reps']} repetitions:",

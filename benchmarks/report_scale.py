@@ -117,11 +117,14 @@ def main() -> None:
     if a.stage:
         _stage(a.stage, json.loads(a.paths))
         return
+    from benchmarks.harness import machine_info
+
     paths = _prepare(Path(a.dir), a.events)
     out: dict[str, object] = {
         "events": a.events,
         "log_bytes": os.path.getsize(paths["log"]),
         "cpu": os.cpu_count(),
+        "machine": machine_info(),  # CPU model + flags, cores, kernel, load average
     }
     env = {**os.environ, "WEIGHTGUARD_AUDIT_LOG": str(Path(a.dir) / "own.jsonl")}
     for stage in a.stages.split(","):

@@ -207,3 +207,69 @@ def test_prepared_artifact_fingerprints_name_existing_sources() -> None:
         for rel in rels:
             assert (root / rel).is_file(), f"{kind}: {rel}"
     assert len(prep._fingerprint(*prep._WG_SOURCES)) == 16
+
+
+def test_results_record_the_machine_and_warn_when_the_load_exceeds_the_cores(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import harness
+
+    monkeypatch.setattr(harness, "usable_cores", lambda: 2)
+    monkeypatch.setattr(harness.os, "getloadavg", lambda: (1.5, 1.0, 0.5))
+    m = harness.machine_info()
+    assert m["cpu_model"] and m["kernel"] and m["cores"] == 2
+    assert m["loadavg"] == [1.5, 1.0, 0.5] and "warning" not in m
+    assert isinstance(m["cpu_flags"], list)  # the CPU_FLAGS present, e.g. aes, avx2
+    assert "WARNING" not in capsys.readouterr().err
+    monkeypatch.setattr(harness.os, "getloadavg", lambda: (7.25, 6.0, 4.0))
+    m = harness.machine_info()
+    assert m["warning"].startswith("load average 7.25 exceeds the 2 usable cores")
+    assert "WARNING: load average 7.25 exceeds" in capsys.readouterr().err
+    logged: list[str] = []
+    assert "warning" in harness.load_check(logged.append)
+    assert logged and "exceeds the 2 usable cores" in logged[0]
+
+
+def test_every_case_records_the_load_and_its_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import harness
+
+    f = tmp_path / "data.bin"
+    f.write_bytes(b"\4" * 4096)
+    monkeypatch.setattr(harness, "usable_cores", lambda: 1)
+    monkeypatch.setattr(harness.os, "getloadavg", lambda: (3.0, 2.0, 1.0))
+    case = Case(
+        name="t",
+        title="t",
+        group="t",
+        data_bytes=4096,
+        inputs=[str(f)],
+        reps=1,
+        variants=[Variant("w", "weightguard", "benchmarks.ops:read_file", {"model": str(f)})],
+    )
+    logged: list[str] = []
+    out = run_case(case, tmp_path, logged.append)
+    assert out["loadavg"] == [3.0, 3.0]
+    assert out["load_warning"].startswith("load average 3.00 exceeds the 1 usable cores")
+    assert any("WARNING: load average 3.00" in line for line in logged)
+    res = {
+        "meta": {
+            "mode": "quick",
+            "started": "2026-01-01T00:00:00Z",
+            "machine": {
+                "cpu_model": "cpu",
+                "cpu_flags": ["aes", "vaes"],
+                "kernel": "6.1.0",
+                "loadavg": [3.0, 2.0, 1.0],
+                "sched_affinity": 1,
+                "mem_total_gib": 1,
+            },
+            "versions": {},
+            "git": {"commit": "abc", "dirty": False},
+        },
+        "cases": [out],
+    }
+    text = report.render_run(res, report.RESULTS / "quick-test-render.json")
+    assert "flags aes vaes, kernel 6.1.0, load average 3.00 / 2.00 / 1.00" in text
+    assert "**Warning**: load average 3.00 exceeds" in text
