@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,14 @@ def test_available_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     assert aes.available("fake") == "no Triton target for 'fake' devices"
     monkeypatch.setenv("CC", "/nonexistent/cc")
     assert aes.available("cuda") == "no C compiler (Triton builds its launcher with one)"
+    assert aes.available("cuda:1") == "no C compiler (Triton builds its launcher with one)"
+    monkeypatch.setenv("CC", sys.executable)  # any executable: the headers are checked next
+    import sysconfig
+
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"include": "/nonexistent/include"})
+    assert aes.available("cuda") == (
+        "no Python.h in /nonexistent/include (install the Python development headers)"
+    )
 
 
 def test_tag_checker_h_once_per_cipher_and_no_key_copies(monkeypatch: pytest.MonkeyPatch) -> None:
