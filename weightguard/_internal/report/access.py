@@ -55,7 +55,7 @@ def parse_record_time(text: Any) -> datetime | None:
     if not isinstance(text, str):
         return None
     try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        t = datetime.fromisoformat(text)  # Python >= 3.11 reads the trailing "Z"
     except ValueError:
         return None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
