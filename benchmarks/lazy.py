@@ -13,8 +13,9 @@ alternating (repetition r runs them rotated by r), warm page cache:
   records checked and decrypted), with its open split by stage.
 * ``half-rows``: the same, ``get_slice(name)[: rows // 2]``.
 * ``full``: every tensor.  weightguard ``safe_open`` + ``get_tensor`` of each (in
-  ``keys()`` order) against weightguard ``load_file`` (goal: within 10 %), and
-  safetensors ``load_file`` + ``clone()`` (plain) for scale.
+  ``keys()`` order, one call at a time) and ``safe_open(...).get_tensors()`` against
+  weightguard ``load_file`` (goal: within 10 %), and safetensors ``load_file`` +
+  ``clone()`` (plain) for scale.
 
 Counts, not times (one process):
 
@@ -218,12 +219,20 @@ def _setup(variant: str, info: dict[str, Any]) -> Any:
         with weightguard.safe_open(art, policy=PublicKey.from_file(pub)) as f:
             return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
 
+    def wg_get_tensors() -> Any:
+        with weightguard.safe_open(art, policy=PublicKey.from_file(pub)) as f:
+            return f.get_tensors()
+
     def wg_load_file() -> Any:
         return weightguard.load_file(art, policy=PublicKey.from_file(pub))
 
-    fn = {"one": wg_one, "half": wg_half, "full": wg_full, "load_file": wg_load_file}[
-        variant.split(":")[1]
-    ]
+    fn = {
+        "one": wg_one,
+        "half": wg_half,
+        "full": wg_full,
+        "get_tensors": wg_get_tensors,
+        "load_file": wg_load_file,
+    }[variant.split(":")[1]]
     fn.stages = stages  # type: ignore[attr-defined]
     del torch
     return fn
@@ -373,7 +382,12 @@ def tp4(work: Path, tp: int = 4, chunk: int = 4 << 20) -> dict[str, Any]:
 CASES = {
     "one-tensor": ["safetensors:one", "cryptotensors:one", "weightguard:one"],
     "half-rows": ["safetensors:half", "cryptotensors:half", "weightguard:half"],
-    "full": ["weightguard:full", "weightguard:load_file", "safetensors:full"],
+    "full": [
+        "weightguard:full",
+        "weightguard:get_tensors",
+        "weightguard:load_file",
+        "safetensors:full",
+    ],
 }
 
 

@@ -191,6 +191,20 @@ class SafeOpen:
         return TensorSlice(self, name)
 
     # -- weightguard's additions ---------------------------------------------------------
+    def get_tensors(self, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """Many tensors at once (default: all): every record they touch read once, in
+        parallel, through the loader's one pass (as :func:`weightguard.load_file`).
+
+        Tensors of one call may share an allocation (disjoint bytes); none is shared
+        with another call or changed by one.
+        """
+        self._check_open("get_tensors")
+        wanted = sorted(self._where) if names is None else list(names)
+        for name in wanted:
+            self._lookup(name, "get_tensors")
+        loaded = self._handle.load(wanted)  # audited by the loader (load.ok / denied)
+        return {k: self._finish(v, k) for k, v in loaded.items()}
+
     @property
     def stats(self) -> dict[str, int]:
         """Records read and checked, bytes read and decrypted, edge-cache hits, tensors."""

@@ -185,3 +185,19 @@ def test_directory_from_s3(tmp_path: Path, file_key: str, sign_keys, s3_env, buc
         assert torch.equal(f.get_slice(name)[100:110], expected[name][100:110])
         assert torch.equal(f.get_tensor("s2.ids"), expected["s2.ids"])
         assert 0 < f.stats["records_read"] < 10
+
+
+def test_get_tensors_reads_many_at_once(tmp_path: Path, file_key: str, sign_keys) -> None:
+    d, expected = release_dir(tmp_path / "rel", file_key, sign_keys)
+    audit, sink = memory_audit()
+    with safe_open(d, policy=sign_keys.policy(), audit=audit) as f:
+        every = f.get_tensors()
+        some = f.get_tensors(["s1.ids", "s2.embed.weight"])
+        every["s1.ids"].fill_(0)  # another call's tensors are untouched
+        assert torch.equal(some["s1.ids"], expected["s1.ids"])
+    assert_same(
+        {k: v for k, v in every.items() if k != "s1.ids"},
+        {k: v for k, v in expected.items() if k != "s1.ids"},
+    )
+    assert sorted(some) == ["s1.ids", "s2.embed.weight"]
+    assert events(sink).count("load.ok") == 3  # two loads, then the close

@@ -341,16 +341,14 @@ def _load_file(filename: Any, device: Any = "cpu") -> dict[str, Any]:
 
 
 def _read_all(f: SafeOpen, device: str) -> dict[str, Any]:
-    """Every tensor of ``f``, read in file order (each record once)."""
-    out: dict[str, Any] = {}
-    try:
-        for name in f.offset_keys():
-            t = f.get_tensor(name)
-            out[name] = t if device == f.device else t.to(device)
-    except BaseException:
-        for t in out.values():
-            with contextlib.suppress(Exception):
-                t.zero_()
-        out.clear()
-        raise
+    """Every tensor of ``f``: each record read once, in parallel (``get_tensors``)."""
+    out = f.get_tensors()
+    if device != f.device:
+        try:
+            out = {k: v.to(device) for k, v in out.items()}
+        except BaseException:
+            for t in out.values():
+                with contextlib.suppress(Exception):
+                    t.zero_()
+            raise
     return {k: out[k] for k in sorted(out)}
