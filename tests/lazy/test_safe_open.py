@@ -90,8 +90,9 @@ def test_metadata_is_none_without_metadata(tmp_path: Path, file_key: str, sign_k
         assert f.metadata() is None
 
 
-def test_directory_with_index(tmp_path: Path, file_key: str, sign_keys) -> None:
-    d, expected = release_dir(tmp_path / "rel", file_key, sign_keys)
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_directory_with_index(tmp_path: Path, file_key: str, sign_keys, encrypted: bool) -> None:
+    d, expected = release_dir(tmp_path / "rel", file_key if encrypted else None, sign_keys)
     with safe_open(d, policy=sign_keys.policy()) as f:
         assert f.keys() == sorted(expected)
         assert f.metadata() == {"format": "pt"}

@@ -183,7 +183,9 @@ def _install(st: Any, st_torch: Any) -> None:
     targets = [st, st_torch] + [m for m in list(sys.modules.values()) if m is not None]
     seen: set[int] = set()
     for module in targets:
-        if id(module) in seen or getattr(module, "__name__", "") == __name__:
+        mod_name = str(getattr(module, "__name__", ""))
+        # weightguard's own modules and safetensors' native module are left alone
+        if id(module) in seen or mod_name.startswith(("weightguard", "safetensors._")):
             continue
         seen.add(id(module))
         try:
