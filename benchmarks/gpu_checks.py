@@ -637,8 +637,9 @@ def step_load(dry: bool, nbytes: int, budget: float) -> dict[str, Any]:
                 continue
             if p.returncode != 0:
                 res[what] = {"error": p.stderr.strip()[-1500:]}
-                continue
-            res[what] = json.loads(p.stdout.strip().splitlines()[-1])
+            else:
+                res[what] = json.loads(p.stdout.strip().splitlines()[-1])
+            print(json.dumps(res), flush=True)  # partial result: kept if the step is cut
     st, wg = res.get("safetensors", {}), res.get("gpu", {})
     if "second_s" in st and "second_s" in wg:
         res["secure_gpu_vs_safetensors"] = st["second_s"] / wg["second_s"]
@@ -782,6 +783,13 @@ def orchestrate(dry: bool, out_dir: Path, wheels: Path, site: Path) -> int:
             entry["status"] = "timeout"
             err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
             entry["stderr"] = err[-2000:]
+            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            for line in reversed(out.strip().splitlines()):  # the step's last partial result
+                try:
+                    entry["result"] = json.loads(line)
+                    break
+                except ValueError:
+                    continue
         except Exception as exc:
             entry["status"] = "failed"
             entry["error"] = f"{type(exc).__name__}: {str(exc)[:1000]}"
