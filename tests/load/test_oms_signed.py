@@ -659,3 +659,34 @@ def test_wrong_key_for_an_unchanged_file_stays_a_key_error(
     create_key_file(other)
     with pytest.raises(WrongKeyError):
         loader.load_file(d, policy=keys.policy(), key=f"file://{other}")
+
+
+# ------------------------------------------------------------------ interop vectors
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "oms"
+LOADABLE = sorted(
+    p
+    for p in VECTORS.glob("ms-*/key-*")
+    if p.is_dir() and not p.name.startswith("key-ignore")  # listing cases, not loads
+)
+
+
+@pytest.mark.parametrize("case", LOADABLE, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_interop_vector_loads_and_its_changed_copy_does_not(case: Path, tmp_path: Path) -> None:
+    """Every key-signed vector a released model_signing wrote (tests/vectors/oms): the
+    loader gives safetensors' tensors; one changed weight byte is an IntegrityError."""
+    from safetensors.torch import load_file as st_load
+
+    model = tmp_path / "model"
+    if (case / "model").is_dir():
+        shutil.copytree(case / "model", model)
+    else:
+        shutil.copy(case / "model", model)
+    weights = model / "model.safetensors" if model.is_dir() else model
+    policy = PublicKey.from_file(VECTORS / "keys" / "key-pub.pem")
+    sig = case / "model.sig"
+    assert_same(loader.load_file(model, policy=policy, signature=sig), st_load(str(weights)))
+    flip(weights, weights.stat().st_size - 1)
+    with pytest.raises(IntegrityError, match="differs from the signed") as info:
+        loader.load_file(model, policy=policy, signature=sig)
+    assert info.value.path == str(weights)
