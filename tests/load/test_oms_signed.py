@@ -182,6 +182,9 @@ def test_model_signing_bundle_loads_through_every_entry_point(
     m2 = _Holder(expected)
     loader.load_model(m2, d, policy=keys.policy(), audit=audit)
     assert_same(dict(m2.state_dict()), expected)
+    m3 = _Holder(expected, meta=False)  # every tensor allocated: decrypted into in place
+    loader.load_model(m3, d, policy=keys.policy(), audit=audit)
+    assert_same(dict(m3.state_dict()), expected)
     # fetch (and the KServe initializer, which calls it): the plaintext files
     out = tmp_path / "out"
     fetch_model(d, out, policy=keys.policy(), allow_disk=True, audit=audit)
@@ -193,7 +196,7 @@ class _Holder(torch.nn.Module):
     """A module with one buffer per tensor of the model (dotted names: submodules),
     half allocated (decrypted into in place), half on meta (assigned)."""
 
-    def __init__(self, expected: dict[str, torch.Tensor]) -> None:
+    def __init__(self, expected: dict[str, torch.Tensor], *, meta: bool = True) -> None:
         super().__init__()
         for i, (name, t) in enumerate(expected.items()):
             owner: torch.nn.Module = self
@@ -202,7 +205,7 @@ class _Holder(torch.nn.Module):
                 if not hasattr(owner, part):
                     owner.add_module(part, torch.nn.Module())
                 owner = getattr(owner, part)
-            dev = "meta" if i % 2 else "cpu"
+            dev = "meta" if meta and i % 2 else "cpu"
             owner.register_buffer(leaf, torch.zeros(t.shape, dtype=t.dtype, device=dev))
 
 
