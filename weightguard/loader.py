@@ -364,6 +364,11 @@ class ModelHandle:
     data keys in one round trip per key provider and keeps the AEAD ciphers until
     :meth:`close` (use it as a context manager).  :meth:`load` reads only the records
     the requested tensors touch.
+
+    A file signed by model_signing alone (whole-file or shard digests, no weightguard
+    chunk digests) is the exception: its header is parsed at opening and checked, with
+    every other byte of it, by each :meth:`load` that touches it, which reads and hashes
+    the whole file (see :meth:`load`).
     """
 
     def __init__(
