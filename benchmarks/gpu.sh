@@ -12,7 +12,7 @@
 # With the workplace's device tool:
 #   run(command="bash benchmarks/gpu.sh run", carry=["benchmarks/work/wheels"], timeout_s=560)
 # The steps and the JSON are described in benchmarks/gpu_checks.py; the result is
-# $OUT/result.json (and benchmarks/results/gpu-run-<stamp>.json for `run`).
+# $OUT/result.json (benchmarks/work/gpu-out/result.json without $OUT).
 # Exit status: 0 all steps ok, 1 a step failed, 3 the machine lacks something (the JSON
 # says what), 4 no python3 at all.
 set -uo pipefail

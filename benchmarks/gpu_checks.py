@@ -698,7 +698,6 @@ def orchestrate(dry: bool, out_dir: Path, wheels: Path, site: Path) -> int:
     mode = "dry-run" if dry else "run"
     t0 = time.monotonic()
     deadline = t0 + DEADLINE[mode]
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "mode": mode,
@@ -708,8 +707,6 @@ def orchestrate(dry: bool, out_dir: Path, wheels: Path, site: Path) -> int:
         "steps": {},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = ROOT / "benchmarks" / "results"
-    copy = results / f"gpu-{mode}-{stamp}.json" if not dry else None
 
     def write() -> None:
         doc["updated"] = _now()
@@ -719,9 +716,6 @@ def orchestrate(dry: bool, out_dir: Path, wheels: Path, site: Path) -> int:
         tmp = out_dir / "result.json.tmp"
         tmp.write_text(text)
         os.replace(tmp, out_dir / "result.json")
-        if copy is not None:
-            results.mkdir(parents=True, exist_ok=True)
-            copy.write_text(text)
 
     env_py = dict(os.environ)
     env_py["PYTHONPATH"] = os.pathsep.join(
