@@ -429,7 +429,8 @@ class StagingCopier(Copier):
         for so, do, ln in self._pieces(rec):
             b.copy_async(seg[do : do + ln], src[base + so : base + so + ln], stream)
         if cipher is not None:
-            b.zero_async(src[: _CT + rec.dst_len], stream)  # plaintext in the scratch slot
+            # plaintext in the scratch slot (and the keystream-XORed tag bytes of its last word)
+            b.zero_async(src[: _CT + (rec.dst_len + 3) // 4 * 4], stream)
         ev = b.event()
         ev.record(stream)
         slot.event = ev
