@@ -137,7 +137,8 @@ def _key_policy(pub: str) -> Any:
 
 def sign_cli(model: str, key: str, out_dir: str) -> Timed:
     sig = Path(out_dir) / "model.sig"
-    return _cli(["sign", model, "--signature", str(sig), "--signing-key", key], model)
+    # each timed run writes the same bundle again: say so (sign refuses otherwise)
+    return _cli(["sign", model, "--signature", str(sig), "--signing-key", key, "--replace"], model)
 
 
 def verify_cli(model: str, pub: str, sig: str) -> Timed:
