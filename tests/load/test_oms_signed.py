@@ -144,7 +144,8 @@ def _load(path: Path, policy: Any, **kw: Any) -> tuple[Any, Any, list[Any]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(copiers.CpuCopier, "allocate", allocate)
         try:
-            got: Any = loader.load_file(path, policy=policy, audit=audit, workers=4, **kw)
+            kw.setdefault("workers", 4)
+            got: Any = loader.load_file(path, policy=policy, audit=audit, **kw)
         except IntegrityError as exc:
             got = exc
     return got, sink, bufs
@@ -693,3 +694,30 @@ def test_interop_vector_loads_and_its_changed_copy_does_not(case: Path, tmp_path
     with pytest.raises(IntegrityError, match="differs from the signed") as info:
         loader.load_file(model, policy=policy, signature=sig)
     assert info.value.path == str(weights)
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_random_single_byte_changes_are_all_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: Any, file_key: str, encrypted: bool
+) -> None:
+    """Seeded sweep: random shard sizes (or one digest per file), random workers, a
+    random byte of a random weight file changed: always one IntegrityError naming it."""
+    import random
+
+    rng = random.Random(2112)
+    d = tmp_path / "m"
+    _model(d, file_key if encrypted else None)
+    pristine = {p.name: p.read_bytes() for p in d.glob("*.safetensors")}
+    for _ in range(12):
+        shard = rng.choice([None, 97, 999, 4096, 65536])
+        _fake_bundle(monkeypatch, d, rng.choice(["sha256", "blake2b", "blake3"]), shard)
+        name = rng.choice(sorted(pristine))
+        offset = rng.randrange(len(pristine[name]))
+        flip(d / name, offset)
+        got, sink, bufs = _load(d, keys.policy(), workers=rng.choice([1, 2, 5]))
+        where = f"{name}@{offset} shard={shard}"
+        assert isinstance(got, IntegrityError), where
+        assert got.path == str(d / name), where
+        assert last(sink, "tamper.detected")["object"]["file"] == str(d / name), where
+        assert all(zeros(_np_view(b)) for b in bufs), where
+        (d / name).write_bytes(pristine[name])
