@@ -564,8 +564,53 @@ def _headline(ev: Evidence) -> None:
         )  # fmt: skip
         lines.append(("Access", level, words))
     ev.headline = lines
+    ev.answers = _answers(ev)
     levels = [lvl for _, lvl, _ in lines]
     ev.verdict = FAIL if FAIL in levels else ATTENTION if ATTENTION in levels else PASS
+
+
+def _answers(ev: Evidence) -> list[tuple[str, str]]:
+    """The four questions an auditor comes with, answered in one line each."""
+    p, acc = ev.provenance, ev.access
+    st = acc.stats
+    if p.verdict == "PASS":
+        who = p.signer or "unknown"
+        who += f", at {p.signed_at} ({p.time_source})" if p.signed_at else ", time unknown"
+        intact = f"yes: {len(p.files)} file(s) match their signed digests"
+    else:
+        who = "not established: the signature did not verify under the policy"
+        intact = "NOT shown: " + p.summary
+    if st is None:
+        loaded = (
+            "not shown: no verified audit log"
+            if acc.verdict != "UNVERIFIABLE"
+            else "not shown: the audit log does not verify"
+        )
+        denied = loaded
+    else:
+        span = (
+            f" between {st.first:%Y-%m-%d %H:%M} and {st.last:%Y-%m-%d %H:%M} UTC"
+            if st.first and st.last
+            else ""
+        )
+        top = ", ".join(f"{i} ({n:,})" for i, n in st.loads_by_identity.most_common(3))
+        loaded = f"{st.loads:,} loads by {len(st.loads_by_identity)} identities{span}: {top}"
+        if len(st.loads_by_identity) > 3:
+            loaded += ", ..."
+        denied = (
+            f"{st.denied_total:,} denial(s) and {st.tamper_total:,} tamper event(s), listed below"
+            if st.denied_total or st.tamper_total
+            else "nothing was denied and no tampering was found"
+        )
+        if acc.verdict == "UNSIGNED":
+            loaded += " (UNSIGNED log)"
+            denied += " (UNSIGNED log)"
+    return [
+        ("Who signed it?", who),
+        ("Is it intact?", intact),
+        ("Who loaded it, and when?", loaded),
+        ("Was anything denied or tampered with?", denied),
+    ]
 
 
 def _commands(

@@ -70,7 +70,20 @@ def test_provenance_protection_and_access_from_verification(release: Release) ->
     assert dict(st.loads_by_identity) == exp.loads
     assert (st.denied_total, st.tamper_total) == (exp.denied, exp.tamper)
     assert st.events == exp.events
+    # rotation history from the rewrap events
+    assert st.rotations_total == exp.rewraps >= 1
+    assert st.rotations[0].object.endswith(
+        "key=vault://transit/models@v2 (was vault://transit/models@v1)"
+    )
     assert ev.verdict == "ATTENTION"  # a denial is worth reading
+    # the four questions, answered in the verdict box
+    q = dict(ev.answers)
+    assert q["Who signed it?"].startswith(p.signer + ", at ")
+    assert q["Is it intact?"] == "yes: 3 file(s) match their signed digests"
+    assert q["Who loaded it, and when?"].startswith(f"{sum(exp.loads.values()):,} loads by 3 ")
+    assert q["Was anything denied or tampered with?"] == (
+        f"{exp.denied} denial(s) and {exp.tamper} tamper event(s), listed below"
+    )
     html = write_report(ev, release.path.parent / "r.html", release.path.parent / "r.md")
     page = html[0].read_text()
     key_hex = release.data_key.read_text().strip()
@@ -115,6 +128,9 @@ def test_wrong_trust_key_fails_and_shows_no_signer(release: Release, tmp_path: P
     assert "does not satisfy the policy" in ev.provenance.summary
     assert ev.provenance.signer is None and ev.provenance.files == []
     assert ev.verdict == "FAIL"
+    assert dict(ev.answers)["Who signed it?"] == (
+        "not established: the signature did not verify under the policy"
+    )
     assert ev.headline[2] == (
         "Access",
         "ATTENTION",

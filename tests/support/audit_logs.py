@@ -69,7 +69,7 @@ def write_log(
     diurnal: bool = False,
 ) -> Expected:
     """Write ``events`` access events (load.start/key.unwrap/load.ok per load, a denial
-    every 997th load, a tamper event every 4999th, a rewrap once a week) to ``path``,
+    every 997th load, a tamper event every 4999th, a rewrap every 1000 rounds) to ``path``,
     checkpoints signed with the Ed25519 ``key``.  ``gap_after``: after that many events
     the clock jumps two days (a gap the report must show); ``diurnal``: busier by day."""
     exp = Expected()
@@ -82,6 +82,7 @@ def write_log(
     with _clock(clock), log:
         n = 0
         i = 0
+        version = 1
         while n < events:
             p = i % pods
             sa = sas[p % len(sas)]
@@ -94,10 +95,20 @@ def write_log(
             }
             ident = f"serving/{sa}"
             exp.identities.add(ident)
-            obj = {"uri": URI, "key_id": "vault://transit/models", "key_version": 2}
+            obj = {"uri": URI, "key_id": "vault://transit/models", "key_version": version}
             if gap_after is not None and n <= gap_after < n + 3:
                 clock.jump(2 * 86400)
-            if i % 997 == 996:
+            if i % 1000 == 500:  # the release job rotates the key: a rewrap of the headers
+                log.emit(
+                    "rewrap",
+                    object={**obj, "key_provider": "vault-transit", "key_version": version + 1},
+                    subject={"user": "release-bot", "host": "ci-1"},
+                    previous={"key_id": "vault://transit/models", "key_version": version},
+                )
+                version += 1
+                exp.rewraps += 1
+                n += 1
+            elif i % 997 == 996:
                 log.emit(
                     "load.denied",
                     outcome="denied",

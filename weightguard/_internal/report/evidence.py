@@ -133,6 +133,7 @@ class Evidence:
     access: Access
     verdict: str = FAIL
     headline: list[tuple[str, str, str]] = field(default_factory=list)  # (area, level, words)
+    answers: list[tuple[str, str]] = field(default_factory=list)  # (question, answer)
     commands: list[tuple[str, str]] = field(default_factory=list)  # (check, command)
 
     def to_dict(self) -> dict[str, Any]:

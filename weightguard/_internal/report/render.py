@@ -24,6 +24,7 @@ code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font
 word-break:break-all}
 .verdict{border-radius:6px;padding:14px 18px;margin:16px 0;border:2px solid}
 .verdict h2{border:0;margin:0 0 8px;padding:0}
+.answers{margin:10px 0 0;background:rgba(255,255,255,.6)}.answers th{width:260px;background:none}
 .PASS{background:#e6f4ea;border-color:#2da44e}.ATTENTION{background:#fff8c5;border-color:#bf8700}
 .FAIL{background:#ffebe9;border-color:#cf222e}
 .tag{display:inline-block;font-weight:700;border-radius:4px;padding:0 6px;margin-right:6px;
@@ -112,7 +113,12 @@ def render_html(ev: Evidence) -> str:
     ]
     for area, level, words in ev.headline:
         o.append(f"<li>{_tag(level)}<b>{_e(area)}:</b> {_e(words)}</li>")
-    o.append("</ul></section>")
+    o.append("</ul>")
+    if ev.answers:
+        o.append('<table class="answers">')
+        o += [f"<tr><th>{_e(q)}</th><td>{_e(a)}</td></tr>" for q, a in ev.answers]
+        o.append("</table>")
+    o.append("</section>")
 
     # ------------------------------------------------------------ provenance
     o.append('<section id="provenance"><h2>Provenance</h2>')
@@ -380,6 +386,7 @@ def render_markdown(ev: Evidence) -> str:
         "",
     ]
     o += [f"- **{area}: {level}** - {_m(words)}" for area, level, words in ev.headline]
+    o += ["", *_mtable(("question", "answer"), ev.answers)] if ev.answers else []
     o += ["", "## Provenance", "", f"**{p.verdict}**: {_m(p.summary)}", ""]
     o += _mtable(
         ("", ""),
