@@ -285,9 +285,9 @@ def verify_lines(
             crash = Problem(
                 "crash",
                 f"the last line ({len(raw)} bytes) is an incomplete record: the writer "
-                "stopped in the middle of writing it (killed or crashed). It was never "
-                "acknowledged, is not a record and is not counted; the next writer "
-                "replaces it with a log.recover record",
+                "stopped in the middle of writing it (killed or crashed; or a live "
+                "writer is writing it now). It was never acknowledged, is not a record "
+                "and is not counted; the next writer replaces it with a log.recover record",
                 src,
                 ln,
             )
