@@ -90,3 +90,65 @@ def test_verification_refuses_a_file_whose_size_changed(tmp_path: Path) -> None:
     job = HashJob("f.bin", str(p), 400_000, 1000, 16 * 1024, algorithm=BLAKE3_CHUNKED)
     with pytest.raises(SourceError, match=r"f\.bin: file size changed"):
         hash_chunks([job], workers=2)
+
+
+@pytest.mark.parametrize("mode", ["split", "together", "read"])
+@pytest.mark.parametrize(
+    ("algorithm", "whole"), [(SHA256_CHUNKED, "sha256"), (BLAKE3_CHUNKED, "blake3")]
+)
+def test_mapped_hashing_matches_reference(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch, mode: str, algorithm: str, whole: str
+) -> None:
+    """Signing's one pass over a mapping: chunk digests on other cores while this one
+    computes the whole-file digest ("split"), both digests step by step on one core
+    ("together"), or read into buffers where mapping fails ("read"): the same digests."""
+    monkeypatch.setattr(hashing, "_STEP", 10_000)  # steps straddle every chunk boundary
+    monkeypatch.setattr(hashing, "_TARGET_BLOCK", 64 * 1024)
+    monkeypatch.setattr(hashing, "_SPLIT_MIN", 1 if mode == "split" else 1 << 40)
+    if mode == "read":
+
+        def refuse(*_a: object, **_k: object) -> None:
+            raise OSError("no mapping here")
+
+        monkeypatch.setattr(hashing.mmap, "mmap", refuse)
+    data = [os.urandom(n) for n in (1_500_001, 700_000, 3)]
+    jobs = []
+    for i, d in enumerate(data):
+        (tmp_path / f"f{i}").write_bytes(d)
+        jobs.append(HashJob(f"f{i}", str(tmp_path / f"f{i}"), len(d), 70_001, 16 * 1024,
+                            algorithm=algorithm, whole=whole))  # fmt: skip
+    calls: list[bool] = []
+    real = hashing._hash_mapped
+
+    def spy(job, mapped, pool):  # type: ignore[no-untyped-def]
+        calls.append(pool is not None)
+        return real(job, mapped, pool)
+
+    monkeypatch.setattr(hashing, "_hash_mapped", spy)
+    got = hash_files(jobs, workers=4 if mode == "split" else 2)  # split: fewer files than cores
+    assert calls == {"split": [True, True], "together": [False, False], "read": []}[mode]
+    for i, d in enumerate(data):
+        assert (got[f"f{i}"].whole, got[f"f{i}"].digests) == _reference(
+            d, 70_001, 16 * 1024, algorithm, whole
+        )
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_file_changed_while_hashed_is_refused(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch, split: bool
+) -> None:
+    """Same size, new content or times while it is hashed: refused, never signed."""
+    p = tmp_path / "f.bin"
+    p.write_bytes(os.urandom(1_000_000))
+    monkeypatch.setattr(hashing, "_SPLIT_MIN", 1 if split else 1 << 40)
+    real = hashing._hash_mapped
+
+    def touched(job, mapped, pool):  # type: ignore[no-untyped-def]
+        out = real(job, mapped, pool)
+        os.utime(p, ns=(1, 1))
+        return out
+
+    monkeypatch.setattr(hashing, "_hash_mapped", touched)
+    job = HashJob("f.bin", str(p), 1_000_000, 1000, 16 * 1024, algorithm=BLAKE3_CHUNKED)
+    with pytest.raises(SourceError, match=r"f\.bin: file changed while being hashed"):
+        hash_files([job], workers=2)
