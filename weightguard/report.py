@@ -245,7 +245,7 @@ def _provenance(
     prov.proofs = proofs
     prov.files = [
         CoveredFile(
-            name=release if n == "." else n,
+            name=root.name if n == "." else n,
             size=f.size,
             digest_algorithm=f.resource_algorithm,
             digest=f.resource_digest.hex(),

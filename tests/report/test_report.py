@@ -412,3 +412,21 @@ def test_last_record_changed_after_verification(
     monkeypatch.setattr(audit, "read_records", swapped)
     (lv,) = _report(release).access.logs
     assert lv.verdict == "CHANGED" and "(different records)" in lv.text
+
+
+def test_single_file_release(release: Release, tmp_path: Path) -> None:
+    from tests.support.load import sign
+    from weightguard import crypt
+    from weightguard.bom import build_bom
+
+    art = tmp_path / "one.wg"
+    crypt.encrypt_file(release.path.parent / "plain" / "model.safetensors", art,
+                       f"file://{release.data_key}")  # fmt: skip
+    sign(art, tmp_path / "one.wg.sig", release.keys)
+    ev = build_report(art.resolve(), release.keys.policy())
+    assert ev.provenance.verdict == "PASS"
+    assert [(f.name, f.encrypted) for f in ev.provenance.files] == [("one.wg", True)]
+    assert ev.provenance.base_model is None
+    assert dict(ev.answers)["Is it intact?"] == "yes: 1 file(s) match their signed digests"
+    bom = json.loads(build_bom(art, release.keys.policy()))
+    assert bom["metadata"]["component"]["externalReferences"][0]["url"] == "one.wg.sig"
