@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hmac
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -132,7 +133,13 @@ def run_pipeline(
     for j in jobs:  # each streamed file's head, read and parsed when it was opened
         if j.stream is not None:
             j.stream.begin()
-    items: list[tuple[FileJob, Record]] = [(j, r) for j in jobs for r in j.records]
+    # Streamed files' records take turns, each file's in file order (what keeps the held
+    # buffers deadlock-free): every file's hasher has bytes to hash from the start.
+    items: list[tuple[FileJob, Record]] = [
+        (j, r) for j in jobs if j.stream is None for r in j.records
+    ]
+    lanes = [[(j, r) for r in j.records] for j in jobs if j.stream is not None]
+    items += [x for turn in itertools.zip_longest(*lanes) for x in turn if x is not None]
     if not items:
         for j in jobs:
             if j.stream is not None:
