@@ -14,9 +14,10 @@ A file signed without chunk digests (model_signing's whole-file or shard digests
 its records are read, decrypted and placed in parallel like the others, and each hands
 its source bytes to the in-order hasher, from the destination when the copier keeps
 them there (a plain file on the CPU), else from a held read buffer that goes back to a
-bounded pool once hashed.  Held buffers are handed out in dispatch order (file order),
-so the piece a hasher waits for never waits for a buffer.  The load succeeds only when
-every such digest matched.
+bounded pool once hashed.  Held buffers are handed out in dispatch order, and each
+file's records are dispatched in file order (files take turns), so the piece a hasher
+waits for was dispatched before any later piece of its file: it never waits for a
+buffer.  The load succeeds only when every such digest matched.
 """
 
 from __future__ import annotations
