@@ -91,8 +91,8 @@ def _cert(c: Any) -> Certificate:
     return Certificate(
         subject=c.subject.rfc4514_string(),
         issuer=c.issuer.rfc4514_string(),
-        not_before=c.not_valid_before_utc.strftime("%Y-%m-%d"),
-        not_after=c.not_valid_after_utc.strftime("%Y-%m-%d"),
+        not_before=c.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        not_after=c.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         sha256=c.fingerprint(hashes.SHA256()).hex(),
     )
 

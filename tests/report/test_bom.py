@@ -101,3 +101,42 @@ def test_cli_bom_to_a_file(release: Release, tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert p.stderr.strip() == f"wrote {out} (CycloneDX 1.6, validated)"
     _official(out.read_text())
+
+
+def test_certificate_chain_in_report_and_bom(release: Release, tmp_path: Path) -> None:
+    import shutil
+
+    from cryptography import x509
+
+    from tests.support.signing import write_chain
+    from weightguard.policy import ChainRoot
+    from weightguard.report import build_report
+    from weightguard.signing import CertificateSigner, sign_model
+
+    ch = write_chain(tmp_path, "acme-")
+    model = tmp_path / "model"
+    shutil.copytree(release.path, model)
+    (model / "model.sig").unlink()
+    signer = CertificateSigner.from_files(
+        ch["leaf_key"], ch["leaf_cert"], [ch["intermediate"]], None
+    )
+    sign_model(model, model / "model.sig", signer)
+    policy = ChainRoot(str(ch["root"]))
+    ev = build_report(model, policy)
+    (proof,) = ev.provenance.proofs
+    assert [(c.subject, c.issuer) for c in proof.chain] == [
+        ("CN=acme-signer", "CN=acme-intermediate"),
+        ("CN=acme-intermediate", "CN=acme-root"),
+        ("CN=acme-root", "CN=acme-root"),
+    ]
+    leaf = x509.load_pem_x509_certificate(ch["leaf_cert"].read_bytes())
+    assert proof.chain[0].not_after == leaf.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = build_bom(model, policy)
+    _official(text)
+    certs = {
+        c["name"]: c["cryptoProperties"]["certificateProperties"]
+        for c in json.loads(text)["components"]
+        if c.get("cryptoProperties", {}).get("assetType") == "certificate"
+    }
+    assert certs["CN=acme-signer"]["issuerName"] == "CN=acme-intermediate"
+    assert certs["CN=acme-signer"]["notValidAfter"] == leaf.not_valid_after_utc.isoformat()

@@ -143,7 +143,6 @@ def build(
                                 issuer_name=c.issuer,
                                 not_valid_before=_dt.datetime.fromisoformat(c.not_before),
                                 not_valid_after=_dt.datetime.fromisoformat(c.not_after),
-                                signature_algorithm_ref=sig_alg_ref,
                                 certificate_format="X.509",
                             ),
                         ),
