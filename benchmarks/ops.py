@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -163,6 +164,82 @@ def fastsafetensors_load(model: str, device: str = "cpu", expect: int | None = N
             out = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
         _sync(device)
         _expect_tensors(out, expect, "fastsafetensors")
+        return _nbytes(out)
+
+    return run
+
+
+# ------------------------------------------------------------------ CryptoTensors anchor
+
+
+def _b64(b: bytes) -> str:
+    import base64
+
+    return base64.b64encode(b).decode()
+
+
+def cryptotensors_prepare(model: str, out: str) -> Path:
+    """Untimed: every weight file of ``model`` as CryptoTensors writes it, AES-256-GCM
+    encrypted and Ed25519-signed (its ``SerializeCryptoConfig``), into ``out`` with the
+    decryption config (data key + public key) in ``out/config.json``; cached."""
+    try:
+        import cryptotensors
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptotensors.torch import save_file
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise Unavailable(f"cryptotensors does not import here: {exc}") from None
+    dst = Path(out)
+    if (dst / "config.json").exists():
+        return dst
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    sk = Ed25519PrivateKey.generate()
+    raw = serialization.Encoding.Raw
+    priv = sk.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    pub = sk.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+    enc = {"kty": "oct", "alg": "aes256gcm", "kid": "enc", "k": _b64(os.urandom(32))}
+    sig = {
+        "kty": "okp",
+        "alg": "ed25519",
+        "kid": "sig",
+        "private": _b64(priv),
+        "public": _b64(pub),
+    }
+    cfg = cryptotensors.SerializeCryptoConfig(enc_key=enc, sign_key=sig).to_dict()
+    for p in _files(model):
+        save_file(load_file(str(p)), str(tmp / p.name), config=cfg)
+    public = {k: v for k, v in sig.items() if k != "private"}
+    (tmp / "config.json").write_text(json.dumps({"enc_key": enc, "sign_key": public}))
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+    return dst
+
+
+def cryptotensors_load(model: str, device: str = "cpu", expect: int | None = None) -> Timed:
+    """CryptoTensors' full load: ``cryptotensors.safe_open(config=...)`` and
+    ``get_tensor`` of every tensor of every file (its signature checked, AES-256-GCM
+    decrypted into tensors of their own), the keys given in the config."""
+    _need_cuda(device)
+    try:
+        import cryptotensors
+    except ImportError as exc:
+        raise Unavailable(f"cryptotensors does not import here: {exc}") from None
+    if not model:
+        raise Unavailable("no CryptoTensors copy was prepared")
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    files = [str(p) for p in _files(model)]
+
+    def run() -> int:
+        out: dict[str, Any] = {}
+        for path in files:
+            with cryptotensors.safe_open(path, "pt", device=device, config=cfg) as f:
+                for k in f.keys():  # noqa: SIM118 (not a dict)
+                    out[k] = f.get_tensor(k)
+        _sync(device)
+        _expect_tensors(out, expect, "cryptotensors")
         return _nbytes(out)
 
     return run

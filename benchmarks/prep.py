@@ -103,6 +103,7 @@ class Prepared:
     ms_sig: dict[str, str] = field(default_factory=dict)  # model dir -> model_signing bundle
     wg_sig: dict[str, str] = field(default_factory=dict)  # model dir -> weightguard bundle
     tensorizer: dict[str, str] = field(default_factory=dict)  # model dir -> .tensors
+    cryptotensors: dict[str, str] = field(default_factory=dict)  # model dir -> copy dir
     wg_models: dict[str, dict[str, Any]] = field(default_factory=dict)  # encrypted + signed
     watermarked: dict[str, Any] = field(default_factory=dict)
     audit: dict[str, Any] = field(default_factory=dict)
@@ -183,6 +184,11 @@ class Prepared:
         out = PREP / _model_id(model_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.tensorizer[d] = str(ops.tensorizer_prepare(d, str(out / "model.tensors")))
+        try:
+            self.cryptotensors[d] = str(ops.cryptotensors_prepare(d, str(out / "cryptotensors")))
+        except Exception as exc:  # optional anchor: its variant reports "unavailable"
+            self.cryptotensors[d] = ""
+            print(f"   prep: CryptoTensors copy of {model_dir.name}: {_err(exc)}", flush=True)
         self.prepare_encrypted(model_dir)
 
     def prepare_encrypted(self, model_dir: Path) -> dict[str, Any]:

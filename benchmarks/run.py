@@ -263,6 +263,7 @@ def load_cases(
     d = str(model_dir)
     n = prep.tensor_count(model_dir)
     tz = p.tensorizer.get(d, "")
+    ct = p.cryptotensors.get(d, "")
     wg = p.wg_models.get(d, {})
     variants = [
         Variant(
@@ -303,6 +304,15 @@ def load_cases(
             {"model": d, "device": device, "expect": n},
         )
     )
+    if device == "cpu":
+        variants.append(
+            Variant(
+                "CryptoTensors (encrypted + signed)",
+                "anchor",
+                "benchmarks.ops:cryptotensors_load",
+                {"model": ct, "device": device, "expect": n},
+            )
+        )
     variants.append(
         Variant(
             "weightguard load_file (signed + encrypted)",
@@ -351,6 +361,7 @@ def load_cases(
         )
     )
     inputs = [str(f) for f in files] + ([tz] if tz else []) + ([wg["dir"]] if wg.get("dir") else [])
+    inputs += [ct] if ct else []
     goals = [
         Goal(
             ">= 1.0x safetensors load_file" + (" + clone" if device == "cpu" else ""),
@@ -368,6 +379,11 @@ def load_cases(
             ),
             Goal(">= 2x tensorizer encrypted", anchor=variants[1].label, min_ratio=2.0),
             Goal(">= 2x Run:ai streamer", anchor="Run:ai streamer", min_ratio=2.0),
+            Goal(
+                ">= 1.2x CryptoTensors full load",
+                anchor="CryptoTensors (encrypted + signed)",
+                min_ratio=1.2,
+            ),
         ]
     else:
         goals.append(
@@ -394,7 +410,8 @@ def load_cases(
             notes=(
                 "weightguard verifies the signature (EC P-256 policy), checks every chunk "
                 "digest and AES-256-GCM-decrypts; safetensors/fastsafetensors check nothing; "
-                "tensorizer decrypts (XSalsa20-Poly1305)"
+                "tensorizer decrypts (XSalsa20-Poly1305); CryptoTensors checks its Ed25519 "
+                "header signature and AES-256-GCM-decrypts"
             ),
         )
     ]

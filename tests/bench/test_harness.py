@@ -273,3 +273,26 @@ def test_every_case_records_the_load_and_its_warning(
     text = report.render_run(res, report.RESULTS / "quick-test-render.json")
     assert "flags aes vaes, kernel 6.1.0, load average 3.00 / 2.00 / 1.00" in text
     assert "**Warning**: load average 3.00 exceeds" in text
+
+
+def test_cryptotensors_anchor_loads_every_tensor_and_is_a_load_goal(tmp_path: Path) -> None:
+    pytest.importorskip("cryptotensors")
+    from benchmarks import ops, prep, run
+
+    model = models.synthetic(4, root=tmp_path)
+    ct = ops.cryptotensors_prepare(str(model), str(tmp_path / "ct"))
+    assert ops.cryptotensors_prepare(str(model), str(tmp_path / "ct")) == ct  # cached
+    raw = (ct / "model.safetensors").read_bytes()
+    assert raw != (model / "model.safetensors").read_bytes()  # encrypted
+    n = prep.tensor_count(model)
+    v = Variant(
+        "ct", "anchor", "benchmarks.ops:cryptotensors_load", {"model": str(ct), "expect": n}
+    )
+    res = run_trial(v, 120, tmp_path)
+    assert res["status"] == "ok", res
+    assert res["bytes"] == sum(t.nbytes for t in models.plan_tensors(4))
+    p = prep.Prepared(signing={"pub": "k.pem"}, cryptotensors={str(model): str(ct)})
+    (case,) = run.load_cases(model, 1, p, ("warm",))
+    (ctv,) = [x for x in case.variants if x.op == "benchmarks.ops:cryptotensors_load"]
+    assert ctv.params["model"] == str(ct) and str(ct) in case.inputs
+    assert any(g.anchor == ctv.label and g.min_ratio == 1.2 for g in case.goals)
