@@ -315,6 +315,9 @@ class _PinnedView:
     def __exit__(self, *exc: object) -> None:
         return None
 
+    def close(self) -> None:
+        return None  # its owner closes it
+
 
 def _safe_open(filename: Any, framework: str = "pt", device: Any = "cpu", **kwargs: Any) -> Any:
     """``safetensors.safe_open`` while the drop-in is on (``backend=`` etc. ignored)."""
