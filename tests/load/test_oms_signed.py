@@ -35,7 +35,7 @@ from tests.support.load import (
     write_st,
     zeros,
 )
-from weightguard import loader, signing
+from weightguard import loader, verifying
 from weightguard._internal.load import copiers, model_files
 from weightguard._internal.load.copiers import _np_view
 from weightguard.errors import FormatError, IntegrityError
@@ -126,7 +126,7 @@ def _fake_bundle(monkeypatch: pytest.MonkeyPatch, root: Path, alg: str, shard: i
             False, False, None,
         )  # fmt: skip
 
-    monkeypatch.setattr(signing, "verify_bundle", verify_bundle)
+    monkeypatch.setattr(verifying, "verify_bundle", verify_bundle)
     sig = root / "model.sig" if root.is_dir() else root.with_name(root.name + ".sig")
     sig.write_text("{}")
 
@@ -721,3 +721,40 @@ def test_random_single_byte_changes_are_all_refused(
         assert last(sink, "tamper.detected")["object"]["file"] == str(d / name), where
         assert all(zeros(_np_view(b)) for b in bufs), where
         (d / name).write_bytes(pristine[name])
+
+
+def test_held_buffers_never_deadlock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: Any, file_key: str
+) -> None:
+    """Two held read buffers for 8 workers, records finishing in a shuffled order
+    (random delays), two files in shards: the load completes and is equal."""
+    import random
+    import threading
+    import time
+
+    from weightguard._internal.devices.observe import observing
+    from weightguard._internal.load import pipeline
+
+    monkeypatch.setattr(pipeline, "_HELD_BYTES", 1)  # the pool's floor: two buffers
+    d = tmp_path / "m"
+    expected = _model(d, file_key)
+    _fake_bundle(monkeypatch, d, "sha256", 5000)
+    rng = random.Random(7)
+    lock = threading.Lock()
+
+    def jitter(_name: str, _index: int) -> None:
+        with lock:
+            delay = rng.random() * 0.004
+        time.sleep(delay)
+
+    done: list[Any] = []
+
+    def run() -> None:
+        with observing(before_record=jitter):
+            done.append(loader.load_file(d, policy=keys.policy(), workers=8))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the load did not finish (deadlock)"
+    assert_same(done[0], expected)
