@@ -212,3 +212,19 @@ def test_default_bounds_admit_a_large_honest_listing(
     options = _options(server.url)
     got = list(s3_list(make_s3_client(options), "b", "m/", options))
     assert len(got) == 12_007 and server.requests == 13
+
+
+def test_push_refuses_a_listing_that_repeats_itself(
+    serve: Callable[[Behaviour], _Server], tmp_path: Any
+) -> None:
+    """push lists the destination prefix first (an existing release is not overwritten):
+    a store repeating its continuation token is refused, not listed forever."""
+    from weightguard.errors import DestinationError
+    from weightguard.transfer import push_model
+
+    server = serve(same_token)
+    (tmp_path / "config.json").write_text("{}")
+    t0 = time.monotonic()
+    with pytest.raises(DestinationError, match=r"listing s3://b/m/ does not end"):
+        push_model(tmp_path, "s3://b/m/", endpoint_url=server.url)
+    assert time.monotonic() - t0 < 10 and server.requests == 2

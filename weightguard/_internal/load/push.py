@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from weightguard.errors import (
     DestinationError,
     SourceError,
 )
+from weightguard.manifest import S3Options
 
 __all__ = ["push_model", "upload_client"]
 
@@ -104,21 +106,32 @@ def _existing(s3: Any, bucket: str, prefix: str, url: str, endpoint: str | None)
     """Keys already under ``prefix`` (bounded)."""
     keys: list[str] = []
     token: str | None = None
+    bounds = S3Options()  # the loader's listing bounds (sources.s3_list): pages and time
+    deadline = time.monotonic() + bounds.list_timeout_s
     try:
-        while True:
+        for _ in range(bounds.max_list_pages):
             kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
             if token:
                 kw["ContinuationToken"] = token
             page = s3.list_objects_v2(**kw)
             keys += [o["Key"] for o in page.get("Contents", [])]
-            token = page.get("NextContinuationToken")
             if len(keys) > MAX_EXISTING:
                 raise DestinationError(
                     f"{url} already holds more than {MAX_EXISTING} objects",
                     hint="push each release to a prefix of its own (s3://bucket/model/v2)",
                 )
-            if not page.get("IsTruncated") or not token:
+            new = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not new:
                 return keys
+            if new == token or time.monotonic() > deadline:
+                break  # a store that repeats itself or never finishes: refused below
+            token = new
+        raise DestinationError(
+            f"listing {url} does not end (a repeated continuation token, more than "
+            f"{bounds.max_list_pages} pages or {bounds.list_timeout_s:g} s); nothing was "
+            "uploaded",
+            hint="check the endpoint: the store answers 'truncated' without end",
+        )
     except DestinationError:
         raise
     except Exception as exc:
