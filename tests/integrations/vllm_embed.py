@@ -34,6 +34,7 @@ def main() -> None:
         enforce_eager=True,
         max_model_len=256,
         **kwargs,
+        **spec.get("llm", {}),
     )
     out = llm.embed(spec["texts"])
     embeddings = [list(o.outputs.embedding) for o in out]

@@ -113,6 +113,8 @@ class SideFiles:
         self._key_options = dict(key_options or {})
         self._allowed = allowed_keys
         self._audit = audit
+        self._stored: dict[str, bytes] = {}
+        self._plain: dict[str, bytes] = {}  # decrypted side files (small: configs)
 
     def names(self) -> list[str]:
         """The signed side files a framework is given (see :func:`servable_side_file`)."""
@@ -125,11 +127,28 @@ class SideFiles:
         """``{name: plaintext}``: each verified, decrypted where it was encrypted."""
         from weightguard._internal.format.layout import MAGIC_PROBE, is_artifact
 
-        stored = {n: self.handle.read_side_file(n) for n in names}
-        sealed = {n: d for n, d in stored.items() if is_artifact(d[:MAGIC_PROBE])}
+        out: dict[str, bytes] = {}
+        sealed: dict[str, bytes] = {}
+        for n in names:
+            if n in self._plain:
+                out[n] = self._plain[n]
+                continue
+            data = self.stored(n)
+            if is_artifact(data[:MAGIC_PROBE]):
+                sealed[n] = data
+            else:
+                out[n] = data
         if sealed:
-            stored.update(self._decrypt(sealed))
-        return stored
+            opened = self._decrypt(sealed)
+            self._plain.update(opened)
+            out.update(opened)
+        return out
+
+    def stored(self, name: str) -> bytes:
+        """The bytes of ``name`` as released (checked against the signature; read once)."""
+        if name not in self._stored:
+            self._stored[name] = self.handle.read_side_file(name)
+        return self._stored[name]
 
     def _decrypt(self, sealed: dict[str, bytes]) -> dict[str, bytes]:
         from weightguard._internal.format.layout import ChunkCipher, read_header
@@ -290,6 +309,7 @@ def audit_refusal(audit: Any, exc: WeightguardError, uri: str) -> None:
     finally:
         if audit is None:
             log.close()
+    exc.__dict__["_weightguard_audited"] = True
 
 
 def check_policy(policy: Any) -> None:

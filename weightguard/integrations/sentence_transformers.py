@@ -123,7 +123,7 @@ def load_sentence_transformer(
         except ImportError:
             raise DependencyMissing(
                 "sentence-transformers is not installed",
-                hint="pip install sentence-transformers",
+                hint="pip install 'weightguard-ml[sentence-transformers]'",
             ) from None
         check_policy(policy)
         if kwargs.pop("trust_remote_code", False):

@@ -18,22 +18,36 @@ Installing weightguard registers the loader in every vLLM process through the
 * Any failure (tampered record, wrong signer, key denied, missing side file) raises the
   one typed :mod:`weightguard.errors` error, is audited, and the engine does not start.
 
-Options, in ``model_loader_extra_config`` or else the environment (for pods):
+Options, in ``model_loader_extra_config`` or else the environment (for pods); the names
+are the integrations' one vocabulary (:mod:`weightguard.integrations._settings`, the same
+as the KServe initializer's):
 
-==================  ===============================  ======================================
-key                 environment variable             meaning
-==================  ===============================  ======================================
-source              WEIGHTGUARD_SOURCE               model to load (default: vLLM's model)
-trust_key           WEIGHTGUARD_TRUST_KEY            signer public key PEM file(s)
-cert_chain          WEIGHTGUARD_CERT_CHAIN           root CA PEM, then intermediates
-vault_key           WEIGHTGUARD_VAULT_KEY            trusted Vault Transit signing key
-allowed_keys        WEIGHTGUARD_ALLOWED_KEYS         data-key URI patterns (``vault://transit/*``)
-audit_log           WEIGHTGUARD_AUDIT_LOG            audit destination (path, ``-``, ``s3://``)
-batch_mib           WEIGHTGUARD_BATCH_MIB            weights decrypted at a time (default 256)
-unsafe_no_verification  (none: config only)          UNSAFE: do not check who signed
-==================  ===============================  ======================================
+=======================  ===============================  ================================
+key                      environment variable             meaning
+=======================  ===============================  ================================
+source                   WEIGHTGUARD_SOURCE               model to load (default: vLLM's)
+trust_key                WEIGHTGUARD_TRUST_KEY            signer public key PEM file(s)
+trust_chain              WEIGHTGUARD_TRUST_CHAIN          root CA PEM, then intermediates
+trust_vault_key          WEIGHTGUARD_TRUST_VAULT_KEY      trusted Vault Transit signing key
+trust_identity           WEIGHTGUARD_TRUST_IDENTITY       Sigstore certificate identity
+trust_issuer             WEIGHTGUARD_TRUST_ISSUER         Sigstore OIDC issuer
+trust_root               WEIGHTGUARD_TRUST_ROOT           Sigstore trusted_root.json
+allowed_keys             WEIGHTGUARD_ALLOWED_KEYS         data-key URI patterns
+audit_log                WEIGHTGUARD_AUDIT_LOG            audit destination (path, -, s3://)
+batch_mib                WEIGHTGUARD_BATCH_MIB            weights decrypted at a time (256)
+unsafe_no_verification   (none: config only)              UNSAFE: do not check who signed
+=======================  ===============================  ================================
 
-Lists are JSON lists in the config, comma-separated in the environment.
+Lists are JSON lists in the config, comma-separated in the environment.  The previous
+release's ``cert_chain`` / ``vault_key`` (``WEIGHTGUARD_CERT_CHAIN``,
+``WEIGHTGUARD_VAULT_KEY``) are still read, with a deprecation warning.
+
+What vLLM reads is what was signed: the model directory vLLM is given is the private one
+holding the verified side files (decrypted when the release encrypted them with
+``--encrypt-other-files``); ``trust_remote_code``, a separate ``--tokenizer``,
+``--hf-config-path`` or a ``--generation-config`` directory (files the signature does not
+cover) are refused; and before any weight is loaded every file in the directory vLLM
+uses, dot-files and ``*.py`` included, is compared with the signed contents.
 """
 
 from __future__ import annotations
@@ -44,32 +58,37 @@ import functools
 import hmac
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weightguard.errors import ConfigError, FormatError, IntegrityError
-from weightguard.integrations._side_files import servable_side_file
+from weightguard.errors import ConfigError, FormatError, IntegrityError, WeightguardError
+from weightguard.integrations import _settings
+from weightguard.integrations._side_files import (
+    SideFiles,
+    audit_refusal,
+    refusals,
+)
 
 __all__ = ["LOAD_FORMAT", "Options", "prepare_model_dir", "register"]
 
 LOAD_FORMAT = "weightguard"
 
-_ENV = {
-    "source": "WEIGHTGUARD_SOURCE",
-    "trust_key": "WEIGHTGUARD_TRUST_KEY",
-    "cert_chain": "WEIGHTGUARD_CERT_CHAIN",
-    "vault_key": "WEIGHTGUARD_VAULT_KEY",
-    "allowed_keys": "WEIGHTGUARD_ALLOWED_KEYS",
-    "audit_log": "WEIGHTGUARD_AUDIT_LOG",
-    "batch_mib": "WEIGHTGUARD_BATCH_MIB",
-}
+_KEYS = (
+    "source",
+    *_settings.TRUST,
+    "allowed_keys",
+    "audit_log",
+    "batch_mib",
+)
+_ENV = {k: _settings.env_name(k) for k in _KEYS}
 _CONFIG_ONLY = ("unsafe_no_verification",)
-
-# What vLLM reads besides weights: configs, tokenizers, chat templates.  An allow-list of
-# suffixes, so a weight in any other format (.bin, .pt, .onnx ...) never lands on disk.
+_SIGNATURE = "model.sig"
+# How a hint names a setting here: the config key and its variable.
+_NAMES = {k: f"{k} / {_ENV[k]}" for k in (*_settings.TRUST, "allowed_keys", "audit_log")}
 
 
 def _hint() -> str:
@@ -78,24 +97,17 @@ def _hint() -> str:
     )
 
 
-def _as_list(value: Any, key: str) -> tuple[str, ...]:
-    if value is None or value == "":
-        return ()
-    if isinstance(value, str):
-        return tuple(p.strip() for p in value.split(",") if p.strip())
-    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ConfigError(f"weightguard option {key!r} must be a string or a list of strings")
-
-
 @dataclass(frozen=True)
 class Options:
     """The loader's options, from ``model_loader_extra_config`` and then the environment."""
 
     source: str | None = None
     trust_key: tuple[str, ...] = ()
-    cert_chain: tuple[str, ...] = ()
-    vault_key: str | None = None
+    trust_chain: tuple[str, ...] = ()
+    trust_vault_key: str | None = None
+    trust_identity: str | None = None
+    trust_issuer: str | None = None
+    trust_root: str | None = None
     allowed_keys: tuple[str, ...] = ()
     audit_log: str | None = None
     batch_mib: int = 256
@@ -107,16 +119,15 @@ class Options:
     ) -> Options:
         extra = dict(extra or {})
         env = os.environ if env is None else env
-        unknown = sorted(set(extra) - set(_ENV) - set(_CONFIG_ONLY))
+        unknown = sorted(set(extra) - set(_KEYS) - set(_CONFIG_ONLY) - set(_settings.RENAMED))
         if unknown:
             raise ConfigError(
                 f"unknown weightguard option(s) in model_loader_extra_config: {', '.join(unknown)}",
-                hint="known: " + ", ".join([*_ENV, *_CONFIG_ONLY]),
+                hint="known: " + ", ".join([*_KEYS, *_CONFIG_ONLY]),
             )
 
         def get(key: str) -> Any:
-            value = extra.get(key)
-            return env.get(_ENV[key]) if value is None else value
+            return _settings.lookup(extra, env, key)
 
         def one(key: str) -> str | None:
             value = get(key)
@@ -138,30 +149,27 @@ class Options:
             raise ConfigError("weightguard option 'unsafe_no_verification' must be true or false")
         return cls(
             source=one("source"),
-            trust_key=_as_list(get("trust_key"), "trust_key"),
-            cert_chain=_as_list(get("cert_chain"), "cert_chain"),
-            vault_key=one("vault_key"),
-            allowed_keys=_as_list(get("allowed_keys"), "allowed_keys"),
+            trust_key=_settings.as_list(get("trust_key"), "trust_key"),
+            trust_chain=_settings.as_list(get("trust_chain"), "trust_chain"),
+            trust_vault_key=one("trust_vault_key"),
+            trust_identity=one("trust_identity"),
+            trust_issuer=one("trust_issuer"),
+            trust_root=one("trust_root"),
+            allowed_keys=_settings.as_list(get("allowed_keys"), "allowed_keys"),
             audit_log=one("audit_log"),
             batch_mib=batch_mib,
             unsafe_no_verification=unsafe,
         )
 
     def policy(self) -> Any:
-        from weightguard.policy import trust_policy
-
+        anchors = {k: getattr(self, k) for k in _settings.TRUST}
         try:
-            return trust_policy(
-                public_keys=self.trust_key,
-                chain=self.cert_chain,
-                vault_key=self.vault_key,
-                unsafe=self.unsafe_no_verification,
-            )
+            return _settings.policy_from(anchors, unsafe=self.unsafe_no_verification)
         except ConfigError as exc:
-            if not (self.trust_key or self.cert_chain or self.vault_key):
+            if not any(anchors.values()) and not self.unsafe_no_verification:
                 raise ConfigError(
-                    "the weightguard loader needs a trust anchor (trust_key, cert_chain or "
-                    "vault_key)",
+                    "the weightguard loader needs a trust anchor (trust_key, trust_chain, "
+                    "trust_vault_key or trust_identity with trust_issuer)",
                     hint=_hint(),
                 ) from None
             raise ConfigError(exc.message, hint=_hint()) from None
@@ -172,8 +180,10 @@ class Options:
         return AuditLog.open(self.audit_log)
 
     @contextlib.contextmanager
-    def open(self, source: str) -> Iterator[Any]:
-        """Open and verify ``source``: a :class:`~weightguard.loader.ModelHandle`."""
+    def open(self, source: str) -> Iterator[tuple[Any, SideFiles]]:
+        """Open and verify ``source``: its :class:`~weightguard.loader.ModelHandle` and
+        :class:`SideFiles`.  Every error in the block is a weightguard error, audited
+        once, its hint in this loader's words (its options, never a CLI flag)."""
         from weightguard.loader import open_model
 
         audit = self.audit()
@@ -187,27 +197,48 @@ class Options:
                 allowed_keys=self.allowed_keys or None,
                 audit=audit,
             ) as handle:
-                yield handle
+                side = SideFiles(
+                    handle, source, allowed_keys=self.allowed_keys or None, audit=audit
+                )
+                with refusals(handle, source, "vLLM"):
+                    yield handle, side
+        except WeightguardError as exc:
+            raise _retold(exc) from None
         finally:
+            audit.close()
+
+
+def _retold(exc: WeightguardError) -> WeightguardError:
+    return _settings.retold(exc, _NAMES, _hint())
+
+
+def _refused(exc: WeightguardError, options: Options | None, source: str) -> None:
+    """Audit a refusal raised before the model was opened (once)."""
+    if getattr(exc, "_weightguard_audited", False):
+        return
+    audit = None
+    with contextlib.suppress(WeightguardError):
+        audit = options.audit() if options is not None else None
+    try:
+        audit_refusal(audit, exc, source)
+    finally:
+        if audit is not None:
             audit.close()
 
 
 # --------------------------------------------------------------------------- side files
 
 
-def _servable(name: str) -> bool:
-    return servable_side_file(name)
-
-
-def _side_files(handle: Any, source: str) -> dict[str, bytes]:
-    """The signed side files vLLM reads, each checked against its signed digest."""
-    names = [n for n in handle.side_files() if _servable(n)]
+def _side_files(side: SideFiles, source: str) -> dict[str, bytes]:
+    """The signed side files vLLM reads, each checked against its signed digest and
+    decrypted when the release encrypted it."""
+    names = side.names()
     if "config.json" not in names:
         raise FormatError(
             f"{source}: the signed model has no config.json, which vLLM needs",
             hint="sign the whole model directory (config and tokenizer files with the weights)",
         )
-    return {n: handle.read_side_file(n) for n in names}
+    return side.read_many(names)
 
 
 def prepare_model_dir(source: str, options: Options, dest: str | os.PathLike[str]) -> list[str]:
@@ -217,8 +248,8 @@ def prepare_model_dir(source: str, options: Options, dest: str | os.PathLike[str
     written.  On failure nothing is left in ``dest``.
     """
     out = Path(dest)
-    with options.open(source) as handle:
-        files = _side_files(handle, source)
+    with options.open(source) as (_, side):
+        files = _side_files(side, source)
     written: list[Path] = []
     try:
         for name, data in files.items():
@@ -236,37 +267,73 @@ def prepare_model_dir(source: str, options: Options, dest: str | os.PathLike[str
     return sorted(files)
 
 
-def _check_model_dir(handle: Any, source: str, model_dir: str) -> None:
-    """What vLLM read its config from must be exactly the signed side files.
+def _files_under(root: Path) -> list[str]:
+    """Every entry vLLM could read under ``root`` (dot-files included), relative; a link
+    to a directory is refused (what it holds is not this directory's)."""
+    found: list[str] = []
+    for top, dirs, files in os.walk(root):
+        for d in dirs:
+            if os.path.islink(os.path.join(top, d)):
+                raise IntegrityError(
+                    "vLLM's model directory holds a link to a directory",
+                    path=os.path.join(top, d),
+                    hint="serve from the signed model only",
+                )
+        found += [os.path.relpath(os.path.join(top, f), root) for f in files]
+    return sorted(p.replace(os.sep, "/") for p in found)
 
-    With :func:`register`'s hook it is the directory weightguard wrote; a user who points
-    vLLM at a directory of their own gets it checked here before any weight is loaded.
+
+def _check_model_dir(handle: Any, side: SideFiles, source: str, model_dir: str) -> None:
+    """What vLLM reads must be exactly what was signed.
+
+    With :func:`register`'s hook the model directory is the private one weightguard
+    wrote; a user who points vLLM at a directory of their own gets it checked here,
+    before any weight is loaded: every file in it (dot-files, ``*.py`` and other
+    names included) must be a signed file whose contents equal the signed ones (as
+    stored, or as decrypted), the signature itself, or, only when the directory is the
+    source itself, one of the weight files weightguard streams and verifies.
     """
-    signed = _side_files(handle, source)
     root = Path(model_dir)
     if not root.is_dir():
         raise ConfigError(
             f"vLLM's model path {model_dir} is not a directory",
             hint="give the weightguard source as the model, or as 'source' with a directory",
         )
-    present = {
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and servable_side_file(p.relative_to(root).as_posix())
-    }
-
-    for name in sorted(present | {"config.json"}):
-        want = signed.get(name)
+    is_source = os.path.isdir(source) and os.path.realpath(source) == os.path.realpath(root)
+    signed = set(handle.side_files())
+    differ: dict[str, bytes] = {}
+    for name in sorted(set(_files_under(root)) | {"config.json"}):
         path = root / name
-        if want is None:
+        if name == _SIGNATURE:
+            continue  # the signature itself (vLLM does not read it)
+        if name in handle.files:
+            if is_source:
+                continue  # the weights: streamed from here and verified record by record
+            raise IntegrityError(
+                "vLLM's model directory holds weight files; with --load-format "
+                "weightguard the weights come from the source",
+                path=str(path),
+                hint="give the weightguard source as the model, or serve from an empty directory",
+            )
+        if name not in signed:
             raise IntegrityError(
                 "vLLM's model directory holds a file the signature does not cover",
                 path=str(path),
                 hint="serve from the signed model only",
             )
-        got = path.read_bytes() if path.is_file() else b""
-        if not hmac.compare_digest(got, want):
-            raise IntegrityError("differs from the signed file of the same name", path=str(path))
+        try:
+            st = os.stat(path)  # follows a link to a file: what vLLM would read
+            got = path.read_bytes() if stat.S_ISREG(st.st_mode) else b""
+        except FileNotFoundError:
+            got = b""
+        if not hmac.compare_digest(got, side.stored(name)):
+            differ[name] = got  # as released: no; as decrypted (one unwrap for all)?
+    plain = side.read_many(differ)
+    for name, got in differ.items():
+        if not hmac.compare_digest(got, plain[name]):
+            raise IntegrityError(
+                "differs from the signed file of the same name", path=str(root / name)
+            )
 
 
 # --------------------------------------------------------------------------- vLLM hooks
@@ -279,21 +346,54 @@ def _private_dir() -> str:
     return d
 
 
+def _refuse_unsigned_inputs(args: Any, source: str) -> None:
+    """vLLM options that would make it read code or files the signature does not cover."""
+    if getattr(args, "trust_remote_code", False):
+        raise ConfigError(
+            "trust_remote_code is not supported with --load-format weightguard: code "
+            "shipped with a model is never run",
+            hint="drop --trust-remote-code; serve an architecture vLLM implements",
+        )
+    same = (None, "", str(args.model), source)
+    for flag, attr in (("--tokenizer", "tokenizer"), ("--hf-config-path", "hf_config_path")):
+        value = getattr(args, attr, None)
+        if value not in same:
+            raise ConfigError(
+                f"{flag} {str(value)[:200]!r} is not the weightguard source: vLLM would "
+                "read files the signature does not cover",
+                hint=f"drop {flag}; sign the tokenizer and config files with the model",
+            )
+    gen = getattr(args, "generation_config", "auto")
+    if gen not in ("auto", "vllm", *same):
+        raise ConfigError(
+            f"--generation-config {str(gen)[:200]!r} is a directory the signature does not cover",
+            hint="use 'auto' (the signed generation_config.json) or 'vllm'",
+        )
+
+
 def _prepare_engine_args(args: Any) -> None:
     """Point vLLM at verified side files before it reads any config."""
     extra = dict(args.model_loader_extra_config or {})
     if extra.get("source") and getattr(args, "_weightguard_dir", None) == args.model:
         return  # already prepared (create_engine_config may run more than once)
-    options = Options.from_config(extra)
-    source = options.source or str(args.model)
-    d = _private_dir()
+    options: Options | None = None
+    source = str(extra.get("source") or args.model)
     try:
-        prepare_model_dir(source, options, d)
-    except BaseException:
-        shutil.rmtree(d, ignore_errors=True)
-        raise
-    if args.tokenizer in (None, args.model):
-        args.tokenizer = d
+        options = Options.from_config(extra)
+        source = options.source or str(args.model)
+        _refuse_unsigned_inputs(args, source)
+        d = _private_dir()
+        try:
+            prepare_model_dir(source, options, d)
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+    except WeightguardError as exc:
+        _refused(exc, options, source)
+        raise _retold(exc) from None
+    args.tokenizer = d
+    if getattr(args, "hf_config_path", None):
+        args.hf_config_path = d
     if not args.served_model_name:
         args.served_model_name = str(args.model)
     extra["source"] = source
@@ -319,6 +419,23 @@ def _patch_engine_args() -> None:
     setattr(EngineArgs, "create_engine_config", create_engine_config)  # noqa: B010
 
 
+def _check_engine_config(model_config: Any) -> None:
+    """In the engine process: the same refusals, on the config vLLM actually uses."""
+    if getattr(model_config, "trust_remote_code", False):
+        raise ConfigError(
+            "trust_remote_code is not supported with --load-format weightguard: code "
+            "shipped with a model is never run",
+            hint="drop --trust-remote-code; serve an architecture vLLM implements",
+        )
+    tokenizer = getattr(model_config, "tokenizer", None)
+    if tokenizer not in (None, "", str(model_config.model)):
+        raise ConfigError(
+            f"vLLM's tokenizer path {str(tokenizer)[:200]!r} is not the verified model "
+            "directory: vLLM would read files the signature does not cover",
+            hint="drop --tokenizer; sign the tokenizer files with the model",
+        )
+
+
 def _loader_class() -> type:
     from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 
@@ -336,20 +453,30 @@ def _loader_class() -> type:
             with self.options.open(self._source(model_config)):
                 pass  # opening verifies the signature and unwraps the keys
 
+        def weights(self, handle: Any, model: Any) -> Iterator[tuple[str, Any]]:
+            """The ``(name, tensor)`` stream ``model.load_weights`` takes: every tensor,
+            a batch of ``batch_mib`` at a time.  The seam for partial reads (e.g. only
+            this tensor-parallel rank's slices): override or replace this."""
+            return handle.iter_tensors(batch_bytes=self.options.batch_mib << 20)
+
         def load_weights(self, model: Any, model_config: Any) -> None:
             source = self._source(model_config)
-            with self.options.open(source) as handle:
-                _check_model_dir(handle, source, str(model_config.model))
-                batch = self.options.batch_mib << 20
-                loaded = model.load_weights(handle.iter_tensors(batch_bytes=batch))
-            if loaded is not None:
-                missing = sorted({n for n, _ in model.named_parameters()} - set(loaded))
-                if missing:
-                    raise FormatError(
-                        f"{source}: the signed model has no weights for "
-                        f"{', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""),
-                        hint="serve it with the architecture it was released for",
-                    )
+            try:
+                _check_engine_config(model_config)
+            except WeightguardError as exc:
+                _refused(exc, self.options, source)
+                raise _retold(exc) from None
+            with self.options.open(source) as (handle, side):
+                _check_model_dir(handle, side, source, str(model_config.model))
+                loaded = model.load_weights(self.weights(handle, model))
+                if loaded is not None:
+                    missing = sorted({n for n, _ in model.named_parameters()} - set(loaded))
+                    if missing:
+                        raise FormatError(
+                            f"{source}: the signed model has no weights for "
+                            f"{', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""),
+                            hint="serve it with the architecture it was released for",
+                        )
 
     return WeightguardModelLoader
 
