@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from weightguard.errors import ConfigError, WeightguardError
@@ -110,6 +110,7 @@ class SafeOpen:
         self.framework = framework
         self.device = str(device)
         self._own_audit = audit is None
+        self._own_handle = True
         self._audit = AuditLog.from_env() if audit is None else audit
         self._closed = False
         self._tensors = 0
@@ -153,6 +154,60 @@ class SafeOpen:
             workers=workers or usable_cpus(),
             cache_bytes=DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes,
         )
+
+    @classmethod
+    def over(
+        cls,
+        handle: ModelHandle,
+        *,
+        workers: int | None = None,
+        cache_bytes: int | None = None,
+    ) -> SafeOpen:
+        """Lazy reads on an already opened, verified :class:`~weightguard.loader.ModelHandle`
+        (framework loaders that opened the model themselves).  Reads are audited in the
+        handle's log; :meth:`close` writes the ``load.ok`` summary and leaves the handle
+        (and its log) open for its owner."""
+        from weightguard._internal.foundation.cpus import usable_cpus
+        from weightguard._internal.load.ranges import DEFAULT_CACHE_BYTES, RangeReader
+
+        if handle._closed:
+            raise ConfigError("the model handle is closed", hint="open the model again")
+        self = cls.__new__(cls)
+        self.framework = "pt"
+        self.device = "cpu"
+        self._own_audit = False
+        self._own_handle = False
+        self._audit = handle._ctx.audit
+        self._closed = False
+        self._tensors = 0
+        self._whole = {}
+        self._whole_bytes = 0
+        self._whole_lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self._handle = handle
+        self._files = list(handle._files)
+        self._where = {t.name: (f, t) for f in self._files for t in f.tensors}
+        self._reader = RangeReader(
+            workers=workers or usable_cpus(),
+            cache_bytes=DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes,
+        )
+        return self
+
+    def lazy_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, Any]]:
+        """``(name, tensor)`` pairs whose bytes are read only when used, in file order.
+
+        Each tensor is a :class:`torch.Tensor` (a subclass) with the checkpoint's shape
+        and dtype.  ``tensor.narrow(0, start, length)`` reads, checks and decrypts only
+        the records holding those rows (what a tensor-parallel rank's column-parallel
+        weight loader asks for); any other use reads the whole tensor once, checked,
+        and works on that.  Errors are the typed, audited errors of :meth:`get_tensor`.
+        """
+        self._check_open("lazy_tensors")
+        wanted = None if names is None else set(names)
+        for name in self.offset_keys():
+            if wanted is None or name in wanted:
+                f, info = self._lookup(name, "lazy_tensors")
+                yield name, _lazy_class()(self, f, info)
 
     # -- safetensors' API ---------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -245,7 +300,8 @@ class SafeOpen:
                 lazy=True,
             )
         finally:
-            self._handle.close()
+            if self._own_handle:
+                self._handle.close()
             if self._own_audit:
                 self._audit.close()
 
@@ -456,6 +512,82 @@ def _dim0_rows(index: Any, shape: tuple[int, ...]) -> tuple[int, int, Any]:
 
 def _is_int(e: Any) -> bool:
     return isinstance(e, int) and not isinstance(e, bool)  # x[True] adds a dimension
+
+
+_LAZY_CLASS: Any = None
+
+
+def _lazy_class() -> Any:
+    """The lazy tensor type, built on first use (torch is imported only then)."""
+    global _LAZY_CLASS
+    if _LAZY_CLASS is not None:
+        return _LAZY_CLASS
+    import torch
+    from torch.utils._pytree import tree_map
+
+    from weightguard._internal.load.plan import torch_dtype
+
+    class LazyTensor(torch.Tensor):
+        """A checkpoint tensor not read yet: shape and dtype now; ``narrow(0, ...)``
+        reads only those rows; anything else reads (once) and uses the whole tensor."""
+
+        _wg: tuple[Any, Any, Any]
+        _wg_full: Any
+
+        @staticmethod
+        def __new__(cls, owner: SafeOpen, f: Any, info: Any) -> Any:
+            dt = torch_dtype(info.dtype, path=f.display, tensor=info.name)
+            t = torch.Tensor._make_wrapper_subclass(
+                cls, tuple(info.shape), dtype=dt, device=torch.device("cpu")
+            )
+            t._wg = (owner, f, info)
+            t._wg_full = None
+            return t
+
+        def _wg_all(self) -> Any:
+            if self._wg_full is None:
+                owner, f, info = self._wg
+                rows = info.shape[0] if info.shape else 1
+                self._wg_full = owner._finish(owner._read_rows(f, info, 0, rows), info.name)
+            return self._wg_full
+
+        def __repr__(self, *args: Any, **kwargs: Any) -> str:  # type: ignore[override]
+            info = self._wg[2]
+            return f"LazyTensor({info.name!r}, shape={list(info.shape)}, dtype={info.dtype})"
+
+        @classmethod
+        def __torch_function__(
+            cls, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            kwargs = kwargs or {}
+            if func in (torch.Tensor.narrow, torch.narrow) and args and isinstance(args[0], cls):
+                params = [
+                    *args[1:],
+                    *(kwargs[k] for k in ("dim", "start", "length") if k in kwargs),
+                ]
+                self = args[0]
+                owner, f, info = self._wg
+                if len(params) == 3 and self._wg_full is None and info.shape:
+                    dim, start, length = (int(p) for p in params)
+                    n = info.shape[0]
+                    start = start + n if start < 0 else start
+                    if dim in (0, -len(info.shape)) and start >= 0 and 0 <= length <= n - start:
+                        part = owner._read_rows(f, info, start, start + length)
+                        return owner._finish(part, info.name)
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs)
+
+        @classmethod
+        def __torch_dispatch__(  # type: ignore[override]
+            cls, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            def real(x: Any) -> Any:
+                return x._wg_all() if isinstance(x, cls) else x
+
+            return func(*tree_map(real, args), **tree_map(real, kwargs or {}))
+
+    _LAZY_CLASS = LazyTensor
+    return LazyTensor
 
 
 def safe_open(
