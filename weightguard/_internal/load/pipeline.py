@@ -172,6 +172,13 @@ def run_pipeline(
     held_all: list[bytearray] = []
     held_free: list[bytearray] = []
 
+    def halt() -> None:
+        """Stop taking records, and stop every hasher at its next piece."""
+        stop.set()
+        for j in jobs:
+            if j.stream is not None:
+                j.stream.clear()
+
     def give_back(buf: bytearray) -> None:
         with cond:
             held_free.append(buf)
@@ -221,7 +228,7 @@ def run_pipeline(
         except BaseException as exc:
             with lock:
                 errors.append(exc)
-            stop.set()
+            halt()
 
     def _one(worker: int, job: FileJob, rec: Record, mv: memoryview) -> None:
         if job.cipher is not None and copier.decrypts:
@@ -313,7 +320,7 @@ def run_pipeline(
         while pending:  # short waits so a KeyboardInterrupt reaches this thread
             _, pending = cf.wait(pending, timeout=0.1)
     except BaseException:
-        stop.set()
+        halt()
         cf.wait(futures)
         raise
     finally:
@@ -324,9 +331,7 @@ def run_pipeline(
         if tags is not None:
             tags.clear()
         if errors:
-            for j in jobs:
-                if j.stream is not None:
-                    j.stream.clear()
+            halt()
         held_all.clear()
         held_free.clear()
     if errors:

@@ -78,6 +78,7 @@ class StreamCheck:
         self.name = name
         self.algorithm = algorithm
         self._lock = threading.Lock()
+        self._stopped = False
         self._ranges: list[_Range] = []
         pos = 0
         for i, (off, length, digest) in enumerate(units):
@@ -109,6 +110,8 @@ class StreamCheck:
         in order now.  Raises :class:`IntegrityError` when a range completed and differs."""
         end = offset + len(data)
         hit = [r for r in self._ranges if r.start < end and offset < r.end]
+        if self._stopped:
+            hit = []
         if not hit:
             if release is not None:
                 release()
@@ -128,7 +131,7 @@ class StreamCheck:
     def _drain(self, r: _Range) -> None:
         while True:
             with self._lock:
-                if r.busy:
+                if r.busy or self._stopped:
                     return  # the worker hashing this range takes the piece when it gets there
                 piece = r.pending.pop(r.cursor, None)
                 if piece is None:
@@ -172,7 +175,9 @@ class StreamCheck:
             )
 
     def clear(self) -> None:
-        """Drop every held reference (after a failure: nothing more is hashed)."""
+        """Stop: nothing more is hashed (a hasher stops at its next piece) and every held
+        reference is dropped (after a failure anywhere in the load)."""
         with self._lock:
+            self._stopped = True
             for r in self._ranges:
                 r.pending.clear()
