@@ -107,7 +107,7 @@ def sign(model: str, key: str, out_dir: str, name: str = "model.sig") -> Timed:
     signer = signing.KeySigner.from_file(key)
 
     def run() -> int:
-        signing.sign_model(model, sig, signer)
+        signing.sign_model(model, sig, signer, replace=True)  # a prepared copy is re-signed
         if not sig.exists():
             raise RuntimeError("sign_model wrote no signature")
         return _size(model)

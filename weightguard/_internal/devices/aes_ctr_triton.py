@@ -32,7 +32,6 @@ import contextlib
 import functools
 import os
 import shutil
-import sysconfig
 import threading
 from typing import Any
 
@@ -306,6 +305,8 @@ def _toolchain() -> str | None:
     cc = os.environ.get("CC")
     if not any(shutil.which(c) for c in ([cc] if cc else ["cc", "gcc", "clang"])):
         return "no C compiler (Triton builds its launcher with one)"
+    import sysconfig  # here, not at import: it costs 40-130 ms on the loader's import
+
     inc = sysconfig.get_paths().get("include") or ""
     if not os.path.exists(os.path.join(inc, "Python.h")):
         return f"no Python.h in {inc or '?'} (install the Python development headers)"

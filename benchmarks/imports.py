@@ -1,0 +1,178 @@
+"""First call: what ``import weightguard.loader`` adds to ``import torch, safetensors``, and
+what a process's first secure load costs against its later ones.
+
+    python -m benchmarks.imports [--reps 7] [--model all-MiniLM-L6-v2]
+
+Every trial is a fresh interpreter under ``-X importtime`` (bytecode cached, as
+``benchmarks.run`` trials), the two variants alternating:
+
+- ``anchor``: ``import torch, safetensors, safetensors.torch`` (what every anchor imports);
+- ``weightguard``: the same, then ``import weightguard.loader``, then two secure loads of
+  the signed + encrypted model (``--model``; made under ``benchmarks/work/prep`` when
+  missing): the first and the second ``load_file`` are timed apart.
+
+Reported (medians): the imports' wall and CPU time in each variant and the difference (the
+loader's import cost above torch + safetensors; goal <= 30 ms), the modules
+``-X importtime`` charges to weightguard's imports (cumulative, top ones), and the first
+and second load (``weightguard.loader`` imports what every load needs eagerly, so the
+first load costs what later ones do: import + first load is what a process pays).
+Writes ``benchmarks/results/imports-<stamp>.json`` with the machine (load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import RESULTS, ROOT, load_check, machine_info, trial_env
+
+GOAL_MS = 30.0
+ANCHOR = "import torch, safetensors, safetensors.torch"
+_ROW = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)")
+
+_CHILD = """
+import json, os, sys, time
+t0, c0 = time.perf_counter(), time.process_time()
+{anchor}
+t1, c1 = time.perf_counter(), time.process_time()
+out = {{"anchor_s": t1 - t0, "anchor_cpu_s": c1 - c0}}
+if {wg}:
+    import weightguard.loader
+    t2, c2 = time.perf_counter(), time.process_time()
+    out["weightguard_s"] = t2 - t1
+    out["weightguard_cpu_s"] = c2 - c1
+    from weightguard.policy import PublicKey
+    enc, sig, pub, key = json.loads(sys.argv[1])
+    os.environ["WEIGHTGUARD_AUDIT_LOG"] = sys.argv[2]
+    for k in ("first_load_s", "second_load_s"):
+        t = time.perf_counter()
+        res = weightguard.loader.load_file(
+            enc, "cpu", policy=PublicKey(open(pub, "rb").read()), signature=sig, key=key
+        )
+        out[k] = time.perf_counter() - t
+        out["tensors"] = len(res)
+        del res
+print("@@IMPORTS@@" + json.dumps(out))
+"""
+
+
+def parse_importtime(stderr: str) -> dict[str, float]:
+    """Cumulative milliseconds of each top-level import (``-X importtime``) and of each
+    module imported while a top-level ``weightguard*`` import ran (its whole subtree)."""
+    rows = []
+    for line in stderr.splitlines():
+        m = _ROW.match(line)
+        if m:
+            rows.append((int(m[2]) / 1000, len(m[3]), m[4]))
+    out: dict[str, float] = {}
+    for i, (cum, depth, name) in enumerate(rows):
+        if depth != 1:
+            continue
+        out[name] = cum
+        if name.startswith("weightguard"):
+            j = i - 1  # children come before their parent
+            while j >= 0 and rows[j][1] > 1:
+                if rows[j][1] == 3:  # direct children
+                    out[f"{name} <- {rows[j][2]}"] = rows[j][0]
+                j -= 1
+    return out
+
+
+def _trial(wg: bool, spec: list[str], audit: str) -> dict[str, Any]:
+    code = _CHILD.format(anchor=ANCHOR, wg=wg)
+    p = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code, json.dumps(spec), audit],
+        cwd=ROOT,
+        env=trial_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = next((x for x in p.stdout.splitlines() if x.startswith("@@IMPORTS@@")), None)
+    if line is None:
+        raise RuntimeError(f"trial failed ({p.returncode}): {p.stderr[-2000:]}")
+    res: dict[str, Any] = json.loads(line[len("@@IMPORTS@@") :])
+    res["importtime_ms"] = parse_importtime(p.stderr)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--model", default="all-MiniLM-L6-v2")
+    ap.add_argument("--out", default="", help="result file (default benchmarks/results/...)")
+    args = ap.parse_args(argv)
+    from benchmarks.stages import _prepared
+
+    enc, sig, pub, key = _prepared(args.model)
+    spec = [str(enc), str(sig), str(pub), key]
+    audit = str(RESULTS.parent / "work" / "imports-audit.jsonl")
+    meta = machine_info()
+    trials: dict[str, list[dict[str, Any]]] = {"anchor": [], "weightguard": []}
+    for r in range(args.reps):
+        for wg in (r % 2 == 1, r % 2 == 0):  # alternating: neither always first
+            trials["weightguard" if wg else "anchor"].append(_trial(wg, spec, audit))
+    Path(audit).unlink(missing_ok=True)
+
+    def med(variant: str, key: str) -> float:
+        return statistics.median(t[key] for t in trials[variant]) * 1e3
+
+    modules: dict[str, list[float]] = collections.defaultdict(list)
+    for t in trials["weightguard"]:
+        for name, ms in t["importtime_ms"].items():
+            if name.startswith("weightguard"):
+                modules[name].append(ms)
+    top = sorted(((n, statistics.median(v)) for n, v in modules.items()), key=lambda kv: -kv[1])[
+        :15
+    ]
+    anchor_ms, with_wg = med("anchor", "anchor_s"), med("weightguard", "anchor_s")
+    added = med("weightguard", "weightguard_s")
+    added_cpu = med("weightguard", "weightguard_cpu_s")
+    result = {
+        "machine": meta,
+        "reps": args.reps,
+        "model": args.model,
+        "tensors": trials["weightguard"][0]["tensors"],
+        "anchor_imports_ms": anchor_ms,
+        "anchor_imports_in_weightguard_trials_ms": with_wg,
+        "anchor_imports_cpu_ms": med("anchor", "anchor_cpu_s"),
+        "weightguard_loader_import_ms": added,
+        "weightguard_loader_import_cpu_ms": added_cpu,
+        "goal_ms": GOAL_MS,
+        "verdict": "pass" if added <= GOAL_MS else "miss",
+        "verdict_cpu": "pass" if added_cpu <= GOAL_MS else "miss",
+        "first_load_ms": med("weightguard", "first_load_s"),
+        "second_load_ms": med("weightguard", "second_load_s"),
+        "importtime_top_ms": dict(top),
+        "loadavg_after": load_check()["loadavg"],
+        "trials": trials,
+    }
+    print(f"{ANCHOR}: {anchor_ms:.0f} ms (in the weightguard trials {with_wg:.0f} ms)")
+    print(
+        f"import weightguard.loader on top: {added:.0f} ms wall, {added_cpu:.0f} ms CPU "
+        f"(goal <= {GOAL_MS:.0f} ms: {result['verdict']} / CPU {result['verdict_cpu']})"
+    )
+    print(
+        f"first load_file {result['first_load_ms']:.0f} ms, second "
+        f"{result['second_load_ms']:.0f} ms ({args.model}, {result['tensors']} tensors)"
+    )
+    for name, ms in top:
+        print(f"   {ms:7.1f} ms  {name}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = Path(args.out) if args.out else RESULTS / f"imports-{stamp}.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
