@@ -89,7 +89,7 @@ from weightguard.manifest import S3Options
 _LOAD_MODULES = (
     "weightguard.audit",
     "weightguard.policy",
-    "weightguard.signing",
+    "weightguard.verifying",
     "weightguard._internal.format.layout",
     "weightguard._internal.keys.providers",
     "weightguard._internal.foundation.cpus",
@@ -206,7 +206,7 @@ def _verify_signature(
 
     ``optional`` (the unsafe policy): a missing default signature means "unverified".
     """
-    from weightguard import signing
+    from weightguard import verifying
 
     if signature is None and optional:
         default = DIR_SIGNATURE if loc.is_dir else f"{loc.names()[0]}.sig"
@@ -239,7 +239,7 @@ def _verify_signature(
             sig_path = Path()
     try:
         if loc.local_path is not None:
-            manifest = signing.verify_bundle(
+            manifest = verifying.verify_bundle(
                 loc.local_path,
                 sig_path,
                 policy,
@@ -255,13 +255,13 @@ def _verify_signature(
             else:
                 listing = {".": loc.size_of(loc.names()[0])}
             sig: bytes | Path = sig_bytes if sig_bytes is not None else sig_path
-            manifest = signing.verify_bundle(
+            manifest = verifying.verify_bundle(
                 loc.uri,
                 sig,
                 policy,
                 hash_files=False,
                 listing=listing,
-                cosignatures=signing.remote_cosignatures(loc, policy),  # CoSigned policies
+                cosignatures=verifying.remote_cosignatures(loc, policy),  # CoSigned policies
             )
     except IntegrityError as exc:
         if exc.path in (None, "."):  # name the model the user gave

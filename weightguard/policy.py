@@ -1,6 +1,7 @@
 """Composable verification policies for model signatures: they name trust, then narrow.
 
-A policy does two things, in this order (see :mod:`weightguard.verifying`):
+A policy does two things, in this order (see :mod:`weightguard.verifying`; the data they
+exchange is in :mod:`weightguard.trust`):
 ``trust_anchors()`` names the trust material the caller configured (public keys, CA
 roots, Sigstore identities), with which the verifier proves the signature
 cryptographically; then ``check(verified)`` narrows: it sees only what was proven and
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from weightguard.errors import ConfigError, FormatError
-from weightguard.verifying import (
+from weightguard.trust import (
     ChainAnchor,
     FingerprintAnchor,
     KeyAnchor,
@@ -161,7 +162,7 @@ class PublicKey(Policy):
     def __init__(self, pem: bytes | str, *, label: str | None = None) -> None:
         from cryptography.hazmat.primitives import serialization
 
-        from weightguard._internal.signing.oms import ec_hash, key_fingerprint
+        from weightguard._internal.signing.signers.base import ec_hash, key_fingerprint
 
         data = pem.encode("ascii") if isinstance(pem, str) else pem
         try:
@@ -184,7 +185,7 @@ class PublicKey(Policy):
         return cls(_read_pem(path, "public key file"), label=str(path))
 
     def describe(self) -> str:
-        from weightguard._internal.signing.oms import curve_label
+        from weightguard._internal.signing.signers.base import curve_label
 
         lab = f" ({self.label})" if self.label else ""
         return f"EC {curve_label(self.key)} key {self.fingerprint}{lab}"
@@ -531,11 +532,10 @@ class UnsafeNoVerification(Policy):
 
 def vault_key_policy(uri: str, *, client: Any = None) -> Policy:
     """A policy accepting signatures by any version of a Transit key (public keys fetched)."""
-    from weightguard._internal.signing.transit import transit_public_keys
+    from weightguard._internal.signing.signers.vault_transit import vault_public_keys
 
     keys = [
-        PublicKey(pem, label=f"{uri} v{ver}")
-        for ver, pem in transit_public_keys(uri, client=client)
+        PublicKey(pem, label=f"{uri} v{ver}") for ver, pem in vault_public_keys(uri, client=client)
     ]
     return keys[0] if len(keys) == 1 else AnyOf(*keys)
 

@@ -380,7 +380,7 @@ def verify_release(
     co-signatures in ``model.sig.d/``) or ``s3://bucket/key`` (one file and its
     ``<key>.sig``).  Its objects -- ciphertext, as released -- are copied once (bounded
     listing, ranged GETs) into a private temporary directory (``workdir``, default the
-    system's), verified there by :func:`weightguard.signing.verify_bundle` with every
+    system's), verified there by :func:`weightguard.verifying.verify_bundle` with every
     byte hashed, and removed.  ``signature`` is a local bundle to use instead of the
     released one.  Audited as ``verify.ok`` / ``verify.failed`` with ``uri``.  Returns
     the :class:`~weightguard.manifest.VerifiedManifest` (its ``root`` is gone).
@@ -389,7 +389,7 @@ def verify_release(
     import tempfile
     import time
 
-    from weightguard import signing
+    from weightguard import verifying
     from weightguard._internal.load.sources import open_location
 
     t0 = time.monotonic()
@@ -413,8 +413,8 @@ def verify_release(
             if signature is not None:
                 sig = Path(signature)
             else:
-                sig = tmp / signing.PRIMARY_SIGNATURE if loc.is_dir else tmp / names[1]
-            manifest = signing.verify_bundle(model, sig, policy, allow_unsigned=allow_unsigned)
+                sig = tmp / verifying.PRIMARY_SIGNATURE if loc.is_dir else tmp / names[1]
+            manifest = verifying.verify_bundle(model, sig, policy, allow_unsigned=allow_unsigned)
         except WeightguardError as exc:
             # name what the auditor gave, not the temporary copy
             exc.message = exc.message.replace(str(tmp), uri.rstrip("/"))

@@ -1,7 +1,7 @@
-"""The verifier proves; the policy narrows.
+"""Verification of a model signature, in one place: the verifier proves, the policy narrows.
 
-A bundle is accepted in this order, written down once (:func:`verify_signature` runs
-steps 1 to 5; ``signing.verify_bundle`` then runs 6 to 8 on the statement)::
+:func:`verify_bundle` accepts a bundle in this order, written down once here and run
+in this order by :func:`_verify` (steps 2 to 5 are :func:`verify_signature`)::
 
     1. Parse the bundle (structure and sizes bounded; nothing in it is trusted yet).
     2. Collect the trust material the caller configured: the policy's
@@ -15,6 +15,8 @@ steps 1 to 5; ``signing.verify_bundle`` then runs 6 to 8 on the statement)::
        validation (``cryptography.x509.verification``: path length, name constraints,
        critical extensions, issuer key usage) and the leaf may sign code; a Sigstore
        bundle by sigstore-python (Fulcio chain, SCT, transparency log, identity).
+       Each signing method's proof sits beside its signer
+       (``_internal/signing/signers/{ec_key,certificate,sigstore}.py``).
     4. Establish the signing time from what step 3 proved: the transparency log's
        integrated time, else the signer's signed claim (never in the future, inside
        the leaf's validity), else the leaf's notBefore (as model-signing does); the
@@ -23,27 +25,66 @@ steps 1 to 5; ``signing.verify_bundle`` then runs 6 to 8 on the statement)::
        can refuse what was proven; it cannot accept what was not, because it only
        runs after step 3 succeeded and only sees proofs.
     6. Parse the signed statement (only the verified payload is parsed).
-    7. Coverage: every weight file signed, nothing signed missing, sizes as signed.
+    7. Coverage: every weight file signed, nothing signed missing, sizes as signed
+       (the listing rules: ``_internal/signing/listing.py``).
     8. Content: every byte against the signed chunk digests and the OMS resource
-       digests (or, for the loader, each chunk as it streams).
+       digests (or, for the loader, each chunk as it streams: ``hash_files=False``).
 
 ``UnsafeNoVerification`` is the one way past step 3: it yields a result marked
-``unsafe`` whose signer is ``UNVERIFIED``.
+``unsafe`` whose signer is ``UNVERIFIED``.  A :class:`~weightguard.policy.CoSigned`
+policy runs steps 1 to 7 once per required signer, each on a bundle of its own, then
+step 8 once.  The trust data (anchors, proofs) is in :mod:`weightguard.trust`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+import dataclasses
+import hmac
+import os
+import re
+import stat
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from weightguard.errors import FormatError, PolicyError
+from weightguard._internal.signing import listing as lst
+from weightguard._internal.signing import oms
+from weightguard._internal.signing.hashing import DEFAULT_STRIDE
+from weightguard.errors import (
+    ConfigError,
+    CoverageError,
+    FormatError,
+    IntegrityError,
+    PolicyError,
+    SourceError,
+    UnsafeOptionRequired,
+    VerificationError,
+    WeightguardError,
+)
+from weightguard.manifest import FileDigests, VerifiedManifest
+from weightguard.policy import CoSigned, Policy
+from weightguard.trust import (
+    ChainAnchor,
+    FingerprintAnchor,
+    KeyAnchor,
+    NarrowingResult,
+    Proof,
+    SigstoreAnchor,
+    TrustAnchor,
+    UnsafeAnchor,
+    VerifiedSignature,
+)
 
 if TYPE_CHECKING:
-    from weightguard._internal.signing.oms import Bundle, Evidence
+    from collections.abc import Iterable
+
+    from weightguard._internal.signing.oms import Bundle, Statement
 
 __all__ = [
+    "COSIGN_SUFFIX",
+    "PRIMARY_SIGNATURE",
     "ChainAnchor",
     "FingerprintAnchor",
     "KeyAnchor",
@@ -54,108 +95,136 @@ __all__ = [
     "UnsafeAnchor",
     "VerifiedSignature",
     "Verifier",
+    "cosignature_path",
+    "remote_cosignatures",
+    "verify_bundle",
     "verify_signature",
 ]
 
-
-# ------------------------------------------------------------------ trust material
-
-
-@dataclass(frozen=True)
-class KeyAnchor:
-    """A trusted EC public key (key-signed bundles, or a certificate leaf holding it)."""
-
-    key: Any
-    fingerprint: str
-    description: str
-
-
-@dataclass(frozen=True)
-class FingerprintAnchor:
-    """A pinned key fingerprint: the bundle's leaf certificate must hold that key."""
-
-    fingerprint: str
-    description: str
+#: A directory release's primary bundle, and the suffix of the folder beside a bundle
+#: that holds its co-signatures (``model.sig.d/<name>.sig``).
+PRIMARY_SIGNATURE = "model.sig"
+COSIGN_SUFFIX = ".d"
+MAX_COSIGNATURES = 16
+MAX_SIGNATURE_FILE = 64 * 1024 * 1024
+_COSIGN_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# The chunk digest algorithm that checks a file with the plain hash of the bundle's
+# hash type (files signed without weightguard's chunk digests).
+_CHUNKED_FOR_HASH = {"sha256": "sha256-chunked-v1", "blake3": "blake3-chunked-v1"}
 
 
-@dataclass(frozen=True)
-class ChainAnchor:
-    """Trusted X.509 roots, plus untrusted intermediates to build the path with."""
-
-    roots: tuple[Any, ...]
-    intermediates: tuple[Any, ...]
-    description: str
-    # A root that is not self-signed (an intermediate CA) ends a path only if allowed.
-    allow_intermediate_anchor: bool = False
+class _Audit(Protocol):
+    def emit(self, event: str, **kwargs: Any) -> None: ...
 
 
-@dataclass(frozen=True)
-class SigstoreAnchor:
-    """A Sigstore identity and OIDC issuer; ``trusted_root()`` loads the root of trust."""
-
-    identity: str
-    issuer: str
-    trusted_root: Callable[[], Any] = field(compare=False)
-    description: str = ""
+# ------------------------------------------------------------------ steps 2 to 5
 
 
-@dataclass(frozen=True)
-class UnsafeAnchor:
-    """No trust: the caller explicitly skips signature verification."""
+class _Unproven(Exception):
+    """An anchor that does not apply to this bundle (its reason, for messages)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
-TrustAnchor = KeyAnchor | FingerprintAnchor | ChainAnchor | SigstoreAnchor | UnsafeAnchor
+class Verifier:
+    """Proves a bundle's signature under trust anchors (steps 2 to 4 above)."""
+
+    def __init__(self, anchors: Iterable[TrustAnchor]) -> None:
+        self.anchors = tuple(anchors)
+
+    def verify(self, bundle: Bundle, *, path: str) -> VerifiedSignature:
+        """Every anchor that proves the signature; refuses when none does."""
+        proofs: list[Proof] = []
+        failures: list[tuple[TrustAnchor, str]] = []
+        proving = [a for a in self.anchors if not isinstance(a, UnsafeAnchor)]
+        for anchor in proving:
+            try:
+                proofs.append(_prove(anchor, bundle, path))
+            except (FormatError, _Unproven) as exc:
+                failures.append((anchor, exc.message))
+        if proofs:
+            return VerifiedSignature(bundle, path, tuple(proofs), failures=tuple(failures))
+        if any(isinstance(a, UnsafeAnchor) for a in self.anchors):
+            return VerifiedSignature(bundle, path, (), unsafe=True, failures=tuple(failures))
+        reasons = [r for _, r in failures]
+        if not proving:
+            reasons.append(
+                "the policy names no trust anchor (public key, key fingerprint, CA root "
+                "or Sigstore identity): a policy only narrows what a trust anchor proved"
+            )
+        raise PolicyError(
+            f"signature {path} does not satisfy the policy: " + "; ".join(dict.fromkeys(reasons))
+        )
 
 
-@dataclass(frozen=True)
-class Proof:
-    """What one anchor proved about the bundle's signature.
+def _prove(anchor: TrustAnchor, bundle: Bundle, path: str) -> Proof:
+    """What ``anchor`` proves about ``bundle``; FormatError / _Unproven say why not."""
+    from weightguard._internal.signing.signers import certificate, ec_key, sigstore
+    from weightguard._internal.signing.signers.base import key_fingerprint
 
-    ``key_fingerprint``: the key the DSSE signature verified with; ``chain``: the
-    validated path ``[leaf, ..., root]`` (certificate bundles under a
-    :class:`ChainAnchor`); ``signed_at`` / ``time_source``: the established signing
-    time (``transparency-log`` | ``signer-claim`` | ``certificate``).
-    """
+    kind = bundle.kind
+    if isinstance(anchor, KeyAnchor):
+        if kind == "sigstore":
+            raise _Unproven(f"{anchor.description}: bundle is a Sigstore keyless signature")
+        if kind == "x509":
+            leaf_key = certificate.leaf_certificate(bundle, path=path).public_key()
+            if key_fingerprint(leaf_key) != anchor.fingerprint:
+                raise _Unproven(f"{anchor.description}: the leaf certificate holds a different key")
+        ec_key.prove_key(bundle, anchor.key, path=path, check_hint=kind == "key")
+        claimed = oms.claimed_signing_time(bundle.payload, path=path)
+        source = "signer-claim" if claimed else None
+        return Proof(anchor, anchor.description, anchor.fingerprint, (), claimed, source)
+    if isinstance(anchor, FingerprintAnchor):
+        if kind == "key":
+            raise _Unproven(
+                f"{anchor.description}: key-signed bundles do not carry the key; "
+                "use PublicKey(pem) for them"
+            )
+        key = certificate.leaf_certificate(bundle, path=path).public_key()
+        if key_fingerprint(key) != anchor.fingerprint:
+            raise _Unproven(f"{anchor.description}: signing key is {key_fingerprint(key)}")
+        ec_key.prove_key(bundle, key, path=path, check_hint=False)
+        return Proof(anchor, f"key {anchor.fingerprint}", anchor.fingerprint)
+    if isinstance(anchor, ChainAnchor):
+        if kind != "x509":
+            raise _Unproven(f"{anchor.description}: bundle is not signed with an X.509 chain")
+        got = certificate.prove_chain(
+            bundle,
+            path=path,
+            roots=anchor.roots,
+            intermediates=anchor.intermediates,
+            allow_intermediate_anchor=anchor.allow_intermediate_anchor,
+            description=anchor.description,
+        )
+        fp = key_fingerprint(got.chain[0].public_key())
+        source = "signer-claim" if got.claimed_at else None
+        return Proof(anchor, got.signer, fp, got.chain, got.claimed_at, source)
+    if isinstance(anchor, SigstoreAnchor):
+        desc = anchor.description or f"Sigstore identity {anchor.identity}"
+        if kind != "sigstore":
+            raise _Unproven(f"{desc}: bundle is not a Sigstore keyless signature")
+        cert, when = sigstore.prove_sigstore(
+            bundle,
+            path=path,
+            identity=anchor.identity,
+            issuer=anchor.issuer,
+            trusted_root=anchor.trusted_root(),
+        )
+        signer = f"{anchor.identity} (issuer {anchor.issuer})"
+        source = "transparency-log" if when else None
+        return Proof(anchor, signer, key_fingerprint(cert.public_key()), (), when, source)
+    raise _Unproven(f"unknown trust anchor {type(anchor).__name__}")
 
-    anchor: TrustAnchor
-    signer: str
-    key_fingerprint: str | None
-    chain: tuple[Any, ...] = ()
-    signed_at: datetime | None = None
-    time_source: str | None = None
 
-
-@dataclass(frozen=True)
-class VerifiedSignature:
-    """The verifier's output and the only thing a policy sees.
-
-    ``proofs`` is never empty unless ``unsafe`` (``UnsafeNoVerification``).
-    ``failures`` says, per anchor that proved nothing, why (for messages);
-    ``bundle`` / ``path`` are there for messages too.  Everything a policy may rely
-    on is in ``proofs``.
-    """
-
-    bundle: Bundle
-    path: str
-    proofs: tuple[Proof, ...]
-    unsafe: bool = False
-    failures: tuple[tuple[TrustAnchor, str], ...] = ()
-
-    def failure_of(self, anchors: Iterable[TrustAnchor]) -> list[str]:
-        """Why these anchors proved nothing."""
-        wanted = list(anchors)
-        return [reason for a, reason in self.failures if a in wanted]
-
-
-@dataclass(frozen=True)
-class NarrowingResult:
-    """What :func:`verify_signature` returns: the proofs and the policy's verdict."""
-
-    verified: VerifiedSignature
-    signer: str
-    signed_at: datetime | None
-    time_source: str | None
-    unsafe: bool
+def _best_time(proofs: Sequence[Proof]) -> tuple[datetime | None, str | None]:
+    rank = {"transparency-log": 0, "signer-claim": 1, "certificate": 2}
+    timed = sorted(
+        (p for p in proofs if p.signed_at is not None),
+        key=lambda p: rank.get(p.time_source or "", 3),
+    )
+    return (timed[0].signed_at, timed[0].time_source) if timed else (None, None)
 
 
 class _Narrowing(Protocol):
@@ -168,195 +237,9 @@ class _Narrowing(Protocol):
     def describe(self) -> str: ...
 
 
-# ------------------------------------------------------------------ the verifier
-
-
-def _subject(cert: Any) -> str:
-    from weightguard._internal.signing.x509path import subject_of
-
-    return subject_of(cert)
-
-
-class Verifier:
-    """Proves a bundle's signature under trust anchors (steps 1 to 4 above)."""
-
-    def __init__(self, anchors: Iterable[TrustAnchor]) -> None:
-        self.anchors = tuple(anchors)
-
-    def verify(self, evidence: Evidence) -> VerifiedSignature:
-        """Every anchor that proves the signature; refuses when none does."""
-        proofs: list[Proof] = []
-        failures: list[tuple[TrustAnchor, str]] = []
-        proving = [a for a in self.anchors if not isinstance(a, UnsafeAnchor)]
-        for anchor in proving:
-            got = self._prove(anchor, evidence)
-            if isinstance(got, Proof):
-                proofs.append(got)
-            else:
-                failures.append((anchor, got))
-        reasons = [r for _, r in failures]
-        if proofs:
-            return VerifiedSignature(
-                evidence.bundle, evidence.path, tuple(proofs), failures=tuple(failures)
-            )
-        if any(isinstance(a, UnsafeAnchor) for a in self.anchors):
-            return VerifiedSignature(
-                evidence.bundle, evidence.path, (), unsafe=True, failures=tuple(failures)
-            )
-        if not proving:
-            reasons.append(
-                "the policy names no trust anchor (public key, key fingerprint, CA root "
-                "or Sigstore identity): a policy only narrows what a trust anchor proved"
-            )
-        raise PolicyError(
-            f"signature {evidence.path} does not satisfy the policy: "
-            + "; ".join(dict.fromkeys(reasons))
-        )
-
-    def _prove(self, anchor: TrustAnchor, ev: Evidence) -> Proof | str:
-        try:
-            if isinstance(anchor, KeyAnchor):
-                return self._prove_key(anchor, ev)
-            if isinstance(anchor, FingerprintAnchor):
-                return self._prove_fingerprint(anchor, ev)
-            if isinstance(anchor, ChainAnchor):
-                return self._prove_chain(anchor, ev)
-            if isinstance(anchor, SigstoreAnchor):
-                return self._prove_sigstore(anchor, ev)
-        except FormatError as exc:
-            return exc.message
-        return f"unknown trust anchor {type(anchor).__name__}"
-
-    @staticmethod
-    def _prove_key(anchor: KeyAnchor, ev: Evidence) -> Proof | str:
-        from weightguard._internal.signing.oms import key_fingerprint
-
-        kind = ev.bundle.kind
-        if kind == "sigstore":
-            return f"{anchor.description}: bundle is a Sigstore keyless signature"
-        if kind == "x509" and key_fingerprint(ev.leaf_certificate().public_key()) != (
-            anchor.fingerprint
-        ):
-            return f"{anchor.description}: the leaf certificate holds a different key"
-        reason = ev.verify_with_key(anchor.key, check_hint=kind == "key")
-        if reason:
-            return reason
-        claimed = ev.claimed_signing_time()
-        return Proof(
-            anchor,
-            anchor.description,
-            anchor.fingerprint,
-            signed_at=claimed,
-            time_source="signer-claim" if claimed else None,
-        )
-
-    @staticmethod
-    def _prove_fingerprint(anchor: FingerprintAnchor, ev: Evidence) -> Proof | str:
-        from weightguard._internal.signing.oms import key_fingerprint
-
-        if ev.bundle.kind == "key":
-            return (
-                f"{anchor.description}: key-signed bundles do not carry the key; "
-                "use PublicKey(pem) for them"
-            )
-        key = ev.leaf_certificate().public_key()
-        if key_fingerprint(key) != anchor.fingerprint:
-            return f"{anchor.description}: signing key is {key_fingerprint(key)}"
-        reason = ev.verify_with_key(key, check_hint=False)
-        if reason:
-            return reason
-        return Proof(anchor, f"key {anchor.fingerprint}", anchor.fingerprint)
-
-    @staticmethod
-    def _prove_chain(anchor: ChainAnchor, ev: Evidence) -> Proof | str:
-        from weightguard._internal.signing.oms import key_fingerprint
-        from weightguard._internal.signing.x509path import PathError, may_sign_code, verify_path
-
-        if ev.bundle.kind != "x509":
-            return f"{anchor.description}: bundle is not signed with an X.509 chain"
-        leaf = ev.leaf_certificate()
-        pool = ev.chain_certificates() + list(anchor.intermediates)
-        # The signature first: only then is the signer's claimed signing time its own.
-        reason = ev.verify_with_key(leaf.public_key(), check_hint=False)
-        if reason:
-            return reason
-        claimed = ev.claimed_signing_time()
-        if claimed is not None:
-            when, source = claimed, "signer-claim"
-            if claimed > datetime.now(UTC):
-                return f"{ev.path}: signed_at {claimed:%Y-%m-%dT%H:%M:%SZ} is in the future"
-        else:
-            when, source = leaf.not_valid_before_utc, "certificate"
-        if when < leaf.not_valid_before_utc:
-            return (
-                f"leaf certificate {_subject(leaf)} was not yet valid at signing time "
-                f"{when:%Y-%m-%dT%H:%M:%SZ} (valid from {leaf.not_valid_before_utc:%Y-%m-%d})"
-            )
-        if when > leaf.not_valid_after_utc:
-            return (
-                f"leaf certificate {_subject(leaf)} had expired at signing time "
-                f"{when:%Y-%m-%dT%H:%M:%SZ} (valid until {leaf.not_valid_after_utc:%Y-%m-%d})"
-            )
-        if not may_sign_code(leaf):
-            return (
-                f"leaf certificate {_subject(leaf)} allows neither digitalSignature nor codeSigning"
-            )
-        try:
-            chain = verify_path(
-                leaf,
-                pool,
-                anchor.roots,
-                when,
-                allow_intermediate_anchor=anchor.allow_intermediate_anchor,
-            )
-        except PathError as exc:
-            return (
-                f"{anchor.description}: no path from {_subject(leaf)} to a trusted root "
-                f"({', '.join(_subject(r) for r in anchor.roots)}): {exc}"
-            )
-        issuer = _subject(chain[1]) if len(chain) > 1 else _subject(chain[0])
-        return Proof(
-            anchor,
-            f"certificate {_subject(leaf)} (issued by {issuer})",
-            key_fingerprint(leaf.public_key()),
-            chain=tuple(chain),
-            signed_at=claimed,
-            time_source=source if claimed else None,
-        )
-
-    @staticmethod
-    def _prove_sigstore(anchor: SigstoreAnchor, ev: Evidence) -> Proof | str:
-        from weightguard._internal.signing.oms import key_fingerprint
-
-        desc = anchor.description or f"Sigstore identity {anchor.identity}"
-        if ev.bundle.kind != "sigstore":
-            return f"{desc}: bundle is not a Sigstore keyless signature"
-        cert, when, source = ev.verify_sigstore(
-            anchor.identity, anchor.issuer, anchor.trusted_root()
-        )
-        return Proof(
-            anchor,
-            f"{anchor.identity} (issuer {anchor.issuer})",
-            key_fingerprint(cert.public_key()),
-            signed_at=when,
-            time_source=source if when else None,
-        )
-
-
-def _best_time(proofs: Sequence[Proof]) -> tuple[datetime | None, str | None]:
-    rank = {"transparency-log": 0, "signer-claim": 1, "certificate": 2}
-    timed = sorted(
-        (p for p in proofs if p.signed_at is not None),
-        key=lambda p: rank.get(p.time_source or "", 3),
-    )
-    return (timed[0].signed_at, timed[0].time_source) if timed else (None, None)
-
-
 def verify_signature(bundle: Bundle, policy: _Narrowing, *, path: str) -> NarrowingResult:
     """Steps 2 to 5: prove ``bundle`` under ``policy``'s anchors, then let it narrow."""
-    from weightguard._internal.signing.oms import Evidence
-
-    verified = Verifier(policy.trust_anchors()).verify(Evidence(bundle, path=path))
+    verified = Verifier(policy.trust_anchors()).verify(bundle, path=path)
     result = policy.check(verified)
     if not getattr(result, "ok", False):
         reasons = tuple(getattr(result, "reasons", ()) or ("refused",))
@@ -373,3 +256,465 @@ def verify_signature(bundle: Bundle, policy: _Narrowing, *, path: str) -> Narrow
         time_source=source,
         unsafe=verified.unsafe,
     )
+
+
+# ------------------------------------------------------------------ the whole order
+
+
+def verify_bundle(
+    model: str | os.PathLike[str],
+    signature: str | os.PathLike[str] | bytes,
+    policy: Policy,
+    *,
+    allow_unsigned: Iterable[str] = (),
+    hash_files: bool = True,
+    allow_symlinks: bool = False,
+    audit: _Audit | None = None,
+    listing: Mapping[str, int] | None = None,
+    cosignatures: Mapping[str, bytes] | None = None,
+) -> VerifiedManifest:
+    """Verify ``signature`` for ``model`` under ``policy``; return the signed digests.
+
+    Checks, in order: bundle structure, the policy (which verifies the signature), the
+    statement, coverage (every weight file signed; other unsigned files only if the
+    signature's ignore_paths or ``allow_unsigned`` glob patterns allow them; nothing
+    signed is missing; sizes), then -- with ``hash_files`` -- every byte (whole-file
+    digest and chunk digests).  ``hash_files=False`` is for the secure loader, which
+    checks each chunk against ``files[name].digests`` as it streams.
+
+    ``signature`` is a path, or the bundle's bytes (e.g. fetched from S3).
+    ``listing`` (with ``hash_files=False`` only) checks coverage and sizes against a
+    listing of a model that is not on the local disk (an S3 prefix): ``{name: size}``
+    with names relative POSIX paths (``{".": size}`` for a single-file model, then
+    ``model`` is only a display name).  The signature itself must not be in it.
+
+    A :class:`~weightguard.policy.CoSigned` policy needs a bundle of its own for each
+    of its policies: the primary ``signature`` and its co-signatures
+    (``<signature>.d/*.sig`` on disk, or ``cosignatures``: ``{name: bytes}``).
+    """
+    if isinstance(policy, CoSigned):
+        return _verify_cosigned(
+            model,
+            signature,
+            policy,
+            cosignatures,
+            audit,
+            allow_unsigned=allow_unsigned,
+            hash_files=hash_files,
+            allow_symlinks=allow_symlinks,
+            listing=listing,
+        )
+    t0 = time.monotonic()
+    root = Path(model)
+    if isinstance(signature, bytes | bytearray):
+        sig_data: bytes | None = bytes(signature)
+        sig_path = Path(f"{os.fspath(model)}:signature")
+    else:
+        sig_data = None
+        sig_path = Path(signature)
+    if listing is not None and hash_files:
+        raise ConfigError(
+            "verify_bundle(listing=...) can only check coverage and sizes",
+            hint="pass hash_files=False (the loader checks the bytes as it streams them)",
+        )
+    unsigned = list(allow_unsigned)
+    try:
+        if listing is None and not allow_symlinks:
+            # A Hugging Face cache snapshot verifies as it loads: its links must stay
+            # in the repo's blobs/ (refused otherwise), and then they are followed.
+            from weightguard._internal.format.hf_cache import local_layout
+
+            layout = local_layout(root, is_dir=root.is_dir())
+            allow_symlinks = layout.allow_symlinks
+            unsigned += layout.allow_unsigned
+        manifest = _verify(
+            root,
+            sig_path,
+            policy,
+            unsigned,
+            hash_files,
+            allow_symlinks,
+            sig_data=sig_data,
+            listing=listing,
+        )
+    except WeightguardError as exc:
+        _audit_failed(audit, exc, root, str(sig_path))
+        raise
+    if audit is not None:
+        audit.emit(
+            "verify.ok",
+            object={
+                "uri": str(root),
+                "signature": str(sig_path),
+                "digest": manifest.bundle_digest,
+                "signer": manifest.signer,
+            },
+            duration_s=time.monotonic() - t0,
+            hashed=manifest.hashed,
+        )
+    return manifest
+
+
+def _audit_failed(
+    audit: _Audit | None, exc: WeightguardError, model: object, signature: str
+) -> None:
+    if audit is not None:
+        audit.emit(
+            "verify.failed",
+            outcome="denied",
+            reason=exc.message,
+            object={"uri": str(model), "signature": signature},
+        )
+
+
+def _verify(
+    root: Path,
+    sig_path: Path,
+    policy: Policy,
+    allow_unsigned: list[str],
+    hash_files: bool,
+    allow_symlinks: bool,
+    *,
+    sig_data: bytes | None = None,
+    listing: Mapping[str, int] | None = None,
+) -> VerifiedManifest:
+    """Steps 1 to 8, in order: nothing of the statement is believed before step 5."""
+    if policy is None or not isinstance(policy, Policy):
+        raise UnsafeOptionRequired(
+            "a verification policy is required",
+            hint="pass e.g. PublicKey.from_file(...); to skip, pass UnsafeNoVerification()",
+        )
+    where = str(sig_path)
+    if sig_data is None:
+        sig_data = read_signature(sig_path)
+    elif len(sig_data) > MAX_SIGNATURE_FILE:
+        raise FormatError(f"{where}: signature larger than {MAX_SIGNATURE_FILE} bytes")
+    bundle = oms.parse_bundle(sig_data, path=where)  # 1
+    result = verify_signature(bundle, policy, path=where)  # 2 to 5
+    st = oms.parse_statement(bundle.payload, path=where)  # 6
+    cov = _coverage(root, sig_path, st, allow_unsigned, allow_symlinks, listing)  # 7
+    files = _signed_digests(st, cov.present)
+    if hash_files:  # 8 (else the loader checks each chunk as it streams)
+        _check_content(st, files, cov.present)
+    return VerifiedManifest(
+        root=root,
+        files=files,
+        signer=result.signer,
+        signed_at=result.signed_at,
+        time_source=result.time_source,
+        uncovered=tuple(sorted(cov.uncovered)),
+        bundle_digest=bundle.digest,
+        model_name=st.model_name,
+        kind=bundle.kind,
+        hashed=hash_files,
+        unsafe=result.unsafe,
+        weightguard_version=st.wg_version,
+    )
+
+
+def read_signature(path: Path) -> bytes:
+    """A signature file's bytes (bounded: :data:`MAX_SIGNATURE_FILE`)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SIGNATURE_FILE + 1)
+    except OSError as exc:
+        raise SourceError(f"cannot read signature {path}: {exc.strerror}") from exc
+    if len(data) > MAX_SIGNATURE_FILE:
+        raise FormatError(f"{path}: signature file larger than {MAX_SIGNATURE_FILE} bytes")
+    return data
+
+
+def _coverage(
+    root: Path,
+    sig_path: Path,
+    st: Statement,
+    allow_unsigned: list[str],
+    allow_symlinks: bool,
+    listing: Mapping[str, int] | None,
+) -> lst.Coverage:
+    """Step 7: what is present against what is signed (names, then sizes)."""
+    signed_names = set(st.resources)
+    # Git paths: left out, unless the signature covers some (model_signing
+    # --no-ignore-git-paths); then every git path present is compared.
+    signs_git = lst.signs_git_paths(signed_names)
+    listed: list[lst.Entry] | None = None
+    if listing is not None:
+        single, listed = lst.listed_entries(listing, skip_git=not signs_git)
+    else:
+        try:
+            root_st = root.lstat()
+        except OSError as exc:
+            raise SourceError(f"{root}: cannot access: {exc.strerror}") from exc
+        if stat.S_ISLNK(root_st.st_mode) and not allow_symlinks:
+            raise VerificationError(f"{root} is a symbolic link; refused")
+        single = root.is_file()
+    if single != ("." in signed_names):
+        raise CoverageError(
+            f"{sig_path} signs a {'single file' if '.' in signed_names else 'directory'} "
+            f"but {root} is a {'file' if single else 'directory'}"
+        )
+    ignore = [] if signs_git else list(lst.GIT_PATHS)
+    for p in st.ignore_paths:
+        q = p.strip("/")
+        if q and not q.startswith("/") and ".." not in q.split("/"):
+            ignore.append(q)
+    if listed is not None:
+        present = listed
+    elif single:
+        present = [lst.Entry(".", str(root), root.stat().st_size)]
+    else:
+        try:
+            exclude: str | None = sig_path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            exclude = None
+        skip = () if signs_git else lst.GIT_PATHS
+        present = lst.walk(root, skip_dirs=skip, allow_symlinks=allow_symlinks, exclude=exclude)
+    cov = lst.classify(
+        present,
+        signed_names,
+        ignore_paths=ignore,
+        allow_unsigned=allow_unsigned,
+        signature=str(sig_path),
+        root=str(root),
+        empty_unsigned_ok=st.method == "shards",
+    )
+    by_name = cov.present
+    for n, rec in st.chunks.items():
+        if by_name[n].size != rec.size:
+            raise IntegrityError(
+                f"size is {by_name[n].size} bytes, signed size is {rec.size}", path=n
+            )
+    for n, sh in st.shards.items():
+        if by_name[n].size != sh.size:
+            raise IntegrityError(
+                f"size is {by_name[n].size} bytes, signed size is {sh.size} "
+                f"(the end of its last shard)",
+                path=n,
+            )
+    return cov
+
+
+def _signed_digests(st: Statement, by_name: Mapping[str, lst.Entry]) -> dict[str, FileDigests]:
+    """What the loader checks per file, from the statement (after step 7)."""
+    files: dict[str, FileDigests] = {}
+    plain = _CHUNKED_FOR_HASH.get(st.hash_type, "sha256-chunked-v1")
+    for n, digest in st.resources.items():
+        c = st.chunks.get(n)
+        sh = st.shards.get(n)
+        if c is not None:
+            files[n] = FileDigests(
+                c.size, c.head, c.stride, c.digests, digest, True, c.algorithm, st.hash_type
+            )
+        elif sh is not None:
+            # model_signing shards: digests[k] is the plain hash of shard k, i.e. of
+            # FileDigests.range(k) with head == stride == shard_size.
+            files[n] = FileDigests(
+                sh.size, sh.shard_size, sh.shard_size, sh.digests, b"", False, plain, st.hash_type
+            )
+        else:
+            # No chunk record (e.g. signed by model_signing): the one "chunk" is the whole
+            # file, checked with the resource's own function (the loader does the same).
+            size = by_name[n].size
+            files[n] = FileDigests(
+                size, size, DEFAULT_STRIDE, (digest,), digest, False, plain, st.hash_type
+            )
+    return files
+
+
+def _check_content(
+    st: Statement, files: Mapping[str, FileDigests], by_name: Mapping[str, lst.Entry]
+) -> None:
+    """Step 8: every file's OMS resource digest (what model_signing checks) AND, where
+    signed, every chunk digest (what the loader checks), from one read of each file.
+
+    Both, so that no bundle passes here and fails the reference verifier, or the other
+    way round (a signer can sign chunk digests that disagree with its resource digests).
+    """
+    from weightguard._internal.signing.hashing import HashJob, hash_files, hash_ranges
+
+    whole = {n: f for n, f in files.items() if n not in st.shards}
+    jobs = [
+        HashJob(n, by_name[n].path, f.size, f.head, f.stride, f.algorithm, st.hash_type)
+        for n, f in whole.items()
+    ]
+    got = hash_files(jobs)
+    sharded = hash_ranges([(n, by_name[n].path, files[n]) for n in st.shards], st.hash_type)
+    for n in sorted(st.shards, key=oms.resource_sort_key):
+        for k, (want, have) in enumerate(zip(files[n].digests, sharded[n], strict=True)):
+            if not hmac.compare_digest(want, have):
+                start, length = files[n].range(k)
+                raise IntegrityError(
+                    f"content differs from the signed {st.hash_type} digest of shard "
+                    f"[{start}, {start + length})",
+                    path=n,
+                    chunk=k,
+                )
+    for n in sorted(whole, key=oms.resource_sort_key):
+        f, h = files[n], got[n]
+        if f.chunked:
+            for k, (want, have) in enumerate(zip(f.digests, h.digests, strict=True)):
+                if not hmac.compare_digest(want, have):
+                    raise IntegrityError("content differs from the signed digest", path=n, chunk=k)
+        if not hmac.compare_digest(f.resource_digest, h.whole):
+            raise IntegrityError(
+                f"content differs from the signed {st.hash_type.upper()} digest", path=n
+            )
+
+
+# ------------------------------------------------------------------ co-signatures
+
+
+def cosignature_path(signature: str | os.PathLike[str], name: str) -> Path:
+    """Where co-signature ``name`` of the bundle ``signature`` goes: ``<sig>.d/<name>.sig``."""
+    if not _COSIGN_NAME.match(name) or name.endswith(".sig"):
+        raise ConfigError(
+            f"co-signature name {name[:70]!r} must be 1-64 of a-z 0-9 . _ - "
+            "(e.g. security), without .sig"
+        )
+    return Path(os.fspath(signature) + COSIGN_SUFFIX) / f"{name}.sig"
+
+
+def remote_cosignatures(loc: Any, policy: Policy) -> dict[str, bytes] | None:
+    """The co-signatures of a release that is not on local disk (``model.sig.d/*.sig``
+    under an S3 prefix), read only when ``policy`` needs them (:class:`CoSigned`)."""
+    if not isinstance(policy, CoSigned) or not getattr(loc, "is_dir", False):
+        return None
+    prefix = PRIMARY_SIGNATURE + COSIGN_SUFFIX + "/"
+    names = sorted(
+        n
+        for n in loc.names()
+        if n.startswith(prefix) and n.endswith(".sig") and "/" not in n[len(prefix) :]
+    )
+    if len(names) > MAX_COSIGNATURES:
+        raise FormatError(f"{loc.uri}: more than {MAX_COSIGNATURES} co-signatures")
+    return {n: bytes(loc.read_small(n, limit=MAX_SIGNATURE_FILE)) for n in names}
+
+
+def _contents(m: VerifiedManifest) -> dict[str, tuple[int, str, bytes]]:
+    return {n: (f.size, f.resource_algorithm, f.resource_digest) for n, f in m.files.items()}
+
+
+def _local_cosignatures(sig_path: Path) -> dict[str, bytes]:
+    d = Path(str(sig_path) + COSIGN_SUFFIX)
+    if not d.is_dir() or d.is_symlink():
+        return {}
+    names = sorted(p.name for p in d.iterdir() if p.name.endswith(".sig"))
+    if len(names) > MAX_COSIGNATURES:
+        raise FormatError(f"{d}: more than {MAX_COSIGNATURES} co-signatures")
+    out = {}
+    for n in names:
+        p = d / n
+        if p.is_symlink() or not p.is_file():
+            raise VerificationError(f"{p}: a co-signature must be a regular file")
+        out[f"{sig_path.name}{COSIGN_SUFFIX}/{n}"] = read_signature(p)
+    return out
+
+
+def _verify_cosigned(
+    model: str | os.PathLike[str],
+    signature: str | os.PathLike[str] | bytes,
+    policy: CoSigned,
+    cosignatures: Mapping[str, bytes] | None,
+    audit: _Audit | None,
+    **kw: Any,
+) -> VerifiedManifest:
+    """Every policy of ``policy`` accepted by a bundle of its own, all signing the same."""
+    t0 = time.monotonic()
+    primary: str | Path | bytes
+    if isinstance(signature, bytes | bytearray):
+        primary, label = bytes(signature), PRIMARY_SIGNATURE
+    else:
+        primary, label = Path(signature), Path(signature).name
+    try:
+        if cosignatures is None:
+            cosignatures = {} if isinstance(primary, bytes) else _local_cosignatures(primary)
+        if len(cosignatures) > MAX_COSIGNATURES:
+            raise FormatError(f"more than {MAX_COSIGNATURES} co-signatures")
+        candidates: list[tuple[str, Any]] = [(label, primary), *cosignatures.items()]
+        hash_files = kw.pop("hash_files", True)
+        match, used = _required_signers(model, policy, candidates, kw)
+        first = used[0]
+        digests = _contents(first)
+        for i, m in enumerate(used[1:], 1):
+            other = _contents(m)
+            if other != digests:
+                diff = sorted(set(other.items()) ^ set(digests.items()))
+                raise VerificationError(
+                    f"{model}: {candidates[match[i]][0]} and {candidates[match[0]][0]} sign "
+                    f"different contents (first difference: {diff[0][0]})",
+                    hint="every signer signs the same release: re-sign after the last change",
+                )
+        if hash_files:  # every byte once, against the (identical) signed digests
+            first = verify_bundle(
+                model, candidates[match[0]][1], policy.policies[0], hash_files=True, **kw
+            )
+    except WeightguardError as exc:
+        _audit_failed(audit, exc, model, label)
+        raise
+    result = dataclasses.replace(first, signer="; ".join(m.signer for m in used))
+    if audit is not None:
+        audit.emit(
+            "verify.ok",
+            object={
+                "uri": str(model),
+                "signature": label,
+                "digest": result.bundle_digest,
+                "signer": result.signer,
+            },
+            duration_s=time.monotonic() - t0,
+            hashed=result.hashed,
+            bundles=[candidates[j][0] for j in match],
+            bundle_digests=[m.bundle_digest for m in used],
+        )
+    return result
+
+
+def _required_signers(
+    model: str | os.PathLike[str],
+    policy: CoSigned,
+    candidates: list[tuple[str, Any]],
+    kw: Mapping[str, Any],
+) -> tuple[list[int], list[VerifiedManifest]]:
+    """A different bundle accepted by each of ``policy``'s policies (steps 1 to 7 for
+    each pair): (the bundle index per policy, their manifests); refuses otherwise."""
+    accepted: dict[tuple[int, int], VerifiedManifest] = {}
+    for i, sub in enumerate(policy.policies):
+        for j, (_name, sig) in enumerate(candidates):
+            try:
+                accepted[i, j] = verify_bundle(model, sig, sub, hash_files=False, **kw)
+            except WeightguardError:
+                continue
+    match = _match_signers(len(policy.policies), len(candidates), accepted)
+    if match is None:
+        unmet = [
+            p.describe()
+            for i, p in enumerate(policy.policies)
+            if not any((i, j) in accepted for j in range(len(candidates)))
+        ] or ["two required signers share one signature"]
+        raise VerificationError(
+            f"{model}: the release is not signed by every required signer: "
+            f"{'; '.join(unmet)} (looked at "
+            f"{', '.join(n for n, _ in candidates)})",
+            hint="each required signer adds a co-signature: weightguard sign --co-sign NAME ...",
+        )
+    return match, [accepted[i, j] for i, j in enumerate(match)]
+
+
+def _match_signers(
+    n_policies: int, n_bundles: int, accepted: Mapping[tuple[int, int], Any]
+) -> list[int] | None:
+    """A different bundle for every policy (a small bipartite matching), or None."""
+    match: list[int] = []
+
+    def place(i: int, taken: set[int]) -> bool:
+        if i == n_policies:
+            return True
+        for j in range(n_bundles):
+            if j not in taken and (i, j) in accepted:
+                match.append(j)
+                if place(i + 1, taken | {j}):
+                    return True
+                match.pop()
+        return False
+
+    return match if place(0, set()) else None

@@ -12,7 +12,7 @@ OPTIONAL = ("boto3", "botocore", "hvac", "requests", "sigstore", "model_signing"
 LOAD_NEEDS = (
     "weightguard.audit",
     "weightguard.policy",
-    "weightguard.signing",
+    "weightguard.verifying",
     "weightguard._internal.format.layout",
     "weightguard._internal.keys.providers",
     "cryptography.hazmat.primitives.ciphers.aead",

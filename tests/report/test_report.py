@@ -35,7 +35,7 @@ def _records(log: Path) -> list[dict[str, Any]]:
 
 
 def test_provenance_protection_and_access_from_verification(release: Release) -> None:
-    from weightguard._internal.signing.oms import key_fingerprint
+    from weightguard._internal.signing.signers.base import key_fingerprint
     from weightguard.policy import PublicKey
 
     ev = _report(release, watermark_key=f"file://{release.watermark_key}")

@@ -207,7 +207,7 @@ def test_policy_composition_on_vectors() -> None:
     # certificate bundle: root AND leaf-key fingerprint
     from cryptography import x509
 
-    from weightguard._internal.signing.oms import key_fingerprint
+    from weightguard._internal.signing.signers.base import key_fingerprint
 
     leaf = x509.load_pem_x509_certificate((KEYS / "signing-key-cert.pem").read_bytes())
     fp = key_fingerprint(leaf.public_key())

@@ -13,7 +13,8 @@ Byte-level facts (checked against model-signing 1.1.1):
 * Key hint: hex SHA-256 of the PEM SubjectPublicKeyInfo text of the public key.
   model_signing 0.3.1 .. 1.0.1 wrote ``publicKey`` as ``{"rawBytes": base64(PEM SPKI),
   "keyDetails": "PKIX_ECDSA_P<n>_SHA_<m>"}`` instead (no hint, no ``tlogEntries``,
-  ``keyid: null``); both are verified against the configured key (see ``Evidence``).
+  ``keyid: null``); both are verified against the configured key
+  (``signers.ec_key.prove_key``).
 * v0.2.0 signed the DSSE payload with a broken PAE (:func:`pae_compat`; certificate
   bundles with SHA-256 whatever the curve) and a predicate ``Digests/v0.1`` whose
   subjects are the files; model_signing 1.1.1 still verifies both, and so does
@@ -64,6 +65,7 @@ __all__ = [
     "ShardRecord",
     "Statement",
     "build_statement",
+    "claimed_signing_time",
     "encode_bundle",
     "key_hint",
     "pae",
@@ -775,213 +777,14 @@ def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
     )
 
 
-# ---------------------------------------------------------------- verification evidence
+def claimed_signing_time(payload: bytes, *, path: str) -> datetime | None:
+    """``predicate.weightguard.signed_at`` of a statement payload, or None if absent.
 
-_CURVE_HASH = {"secp256r1": "sha256", "secp384r1": "sha384", "secp521r1": "sha512"}
-_CURVE_NAME = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
-
-
-def ec_hash(public_key: Any, where: str) -> Any:
-    """The hash model-signing pairs with an EC key (by curve); refuse anything else."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    if not isinstance(public_key, ec.EllipticCurvePublicKey):
-        # The class name would say "Ed25519PublicKey" even about a private key file.
-        kind = type(public_key).__name__.removesuffix("PublicKey") or "unknown"
-        raise FormatError(
-            f"{where} holds an {kind} key, not an EC (ECDSA) key",
-            hint="OMS signatures use ECDSA P-256, P-384 or P-521 keys; create one with "
-            "`weightguard keys create --signing-key FILE`",
-        )
-    name = _CURVE_HASH.get(public_key.curve.name)
-    if name is None:
-        raise FormatError(
-            f"{where}: unsupported curve {public_key.curve.name}",
-            hint="use an ECDSA P-256, P-384 or P-521 key",
-        )
-    algos: dict[str, hashes.HashAlgorithm] = {
-        "sha256": hashes.SHA256(),
-        "sha384": hashes.SHA384(),
-        "sha512": hashes.SHA512(),
-    }
-    return algos[name]
-
-
-def curve_label(public_key: Any) -> str:
-    return _CURVE_NAME.get(getattr(getattr(public_key, "curve", None), "name", ""), "?")
-
-
-def key_fingerprint(public_key: Any) -> str:
-    """``sha256:<hex>`` of the DER SubjectPublicKeyInfo (weightguard's key fingerprint)."""
-    from cryptography.hazmat.primitives import serialization
-
-    der = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "sha256:" + hashlib.sha256(der).hexdigest()
-
-
-def check_der_signature(sig: bytes, public_key: Any, where: str) -> None:
-    """Refuse anything that is not a strict DER ECDSA signature (raw r||s included)."""
-    from cryptography.hazmat.primitives.asymmetric.utils import (
-        decode_dss_signature,
-        encode_dss_signature,
-    )
-
-    coord = (public_key.curve.key_size + 7) // 8
+    Only meaningful once the signature over ``payload`` verified (the signer's claim).
+    """
     try:
-        r, s = decode_dss_signature(sig)
-        ok = encode_dss_signature(r, s) == sig
-    except ValueError:
-        ok = False
-    if not ok:
-        looks_raw = len(sig) == 2 * coord
-        raise FormatError(
-            f"{where} is not a DER-encoded ECDSA signature"
-            + (f" (it looks like a raw r||s value of {len(sig)} bytes)" if looks_raw else ""),
-            hint="OMS/model-signing signatures are ASN.1 DER; re-sign with a conforming signer",
-        )
-
-
-class Evidence:
-    """What a policy can learn from one parsed bundle; crypto results are cached."""
-
-    def __init__(self, bundle: Bundle, *, path: str) -> None:
-        self.bundle = bundle
-        self.path = path
-        self._key_results: dict[str, str | None] = {}
-        self._sigstore: dict[str, Any] = {}
-
-    def verify_with_key(self, public_key: Any, *, check_hint: bool = True) -> str | None:
-        """None if the DSSE signature verifies with ``public_key``, else the reason."""
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        fp = key_fingerprint(public_key)
-        cache_key = f"{fp}:{check_hint}"
-        if cache_key in self._key_results:
-            return self._key_results[cache_key]
-        where = f"{self.path}: dsseEnvelope.signatures[0].sig"
-        reason: str | None = None
-        try:
-            algo = ec_hash(public_key, f"{self.path}: verification key {fp}")
-            hint = self.bundle.key_hint
-            if check_hint and hint is not None and hint != key_hint(public_key):
-                # The hint is model-signing's hash of the PEM text: shown, it would look
-                # like a fingerprint in another format than the one `sign` prints.
-                raise FormatError(
-                    f"{self.path} was signed with another key, not {fp} "
-                    f"({curve_label(public_key)})",
-                    hint="the model was signed with a different key",
-                )
-            if check_hint:
-                self._check_embedded_key(public_key, fp)
-            check_der_signature(self.bundle.signature, public_key, where)
-            # model_signing's order: the DSSE PAE, then v0.2.0's broken one (certificate
-            # bundles of that release hashed with SHA-256 whatever the curve).
-            compat_algo = hashes.SHA256() if self.bundle.kind == "x509" else algo
-            for message, h in (
-                (pae(self.bundle.payload), algo),
-                (pae_compat(self.bundle.payload), compat_algo),
-            ):
-                try:
-                    public_key.verify(self.bundle.signature, message, ec.ECDSA(h))
-                    break
-                except InvalidSignature:
-                    continue
-            else:
-                raise FormatError(
-                    f"{where} does not verify with key {fp} ({curve_label(public_key)})",
-                    hint="wrong key, or the signed statement was modified",
-                )
-        except FormatError as exc:
-            reason = exc.message
-        self._key_results[cache_key] = reason
-        return reason
-
-    def _check_embedded_key(self, public_key: Any, fp: str) -> None:
-        """publicKey.rawBytes / keyDetails (model_signing 0.3.1 .. 1.0.1) must describe
-        the verifying key: model_signing drops them unread, weightguard refuses a bundle
-        whose unsigned key material says something else."""
-        from cryptography.hazmat.primitives import serialization
-
-        b = self.bundle
-        where = f"{self.path}: verificationMaterial.publicKey"
-        if b.key_pem is not None:
-            try:
-                embedded = serialization.load_pem_public_key(b.key_pem)
-            except (ValueError, TypeError) as exc:
-                raise FormatError(f"{where}.rawBytes is not a PEM public key") from exc
-            if key_fingerprint(embedded) != fp:
-                raise FormatError(
-                    f"{self.path} was signed with another key, not {fp} "
-                    f"({curve_label(public_key)})",
-                    hint="the model was signed with a different key",
-                )
-        if b.key_details is not None:
-            want = KEY_DETAILS.get(getattr(getattr(public_key, "curve", None), "name", ""))
-            if b.key_details != want:
-                raise FormatError(
-                    f"{where}.keyDetails is {b.key_details!r}, but key {fp} needs {want!r}"
-                )
-
-    def leaf_certificate(self) -> Any:
-        from cryptography import x509
-
-        if not self.bundle.certificates:
-            raise FormatError(f"{self.path}: bundle carries no certificate")
-        try:
-            return x509.load_der_x509_certificate(self.bundle.certificates[0])
-        except ValueError as exc:
-            raise FormatError(
-                f"{self.path}: leaf certificate (certificates[0]) is not valid DER X.509"
-            ) from exc
-
-    def chain_certificates(self) -> list[Any]:
-        from cryptography import x509
-
-        out = []
-        for i, der in enumerate(self.bundle.certificates[1:], start=1):
-            try:
-                out.append(x509.load_der_x509_certificate(der))
-            except ValueError as exc:
-                raise FormatError(
-                    f"{self.path}: x509CertificateChain.certificates[{i}] is not valid DER X.509"
-                ) from exc
-        return out
-
-    def claimed_signing_time(self) -> datetime | None:
-        """``predicate.weightguard.signed_at`` (only meaningful once the signature verified)."""
-        try:
-            doc = _loads(self.bundle.payload, f"{self.path}: payload")
-            t = doc["predicate"][WG_VERSION_FIELD]["signed_at"]
-        except (FormatError, KeyError, TypeError):
-            return None
-        return _parse_time(t, f"{self.path}: payload.predicate.weightguard.signed_at")
-
-    def verify_sigstore(
-        self, identity: str, issuer: str, trusted_root: Any
-    ) -> tuple[Any, datetime | None, str]:
-        """Verify with sigstore-python (chain to Fulcio, SCT, tlog, TSA) and the identity."""
-        from sigstore.errors import Error as SigstoreError
-        from sigstore.models import Bundle as SBundle
-        from sigstore.verify import Verifier, policy
-
-        try:
-            sb = SBundle.from_json(self.bundle.raw)
-        except (SigstoreError, ValueError) as exc:
-            raise FormatError(f"{self.path}: not a valid Sigstore bundle: {exc}") from exc
-        verifier = Verifier(trusted_root=trusted_root)
-        try:
-            ptype, payload = verifier.verify_dsse(
-                sb, policy.Identity(identity=identity, issuer=issuer)
-            )
-        except SigstoreError as exc:
-            raise FormatError(f"{self.path}: Sigstore verification failed: {exc}") from exc
-        if ptype != PAYLOAD_TYPE or payload != self.bundle.payload:
-            raise FormatError(f"{self.path}: Sigstore-verified payload differs from the envelope")
-        t = sb.log_entry._inner.integrated_time
-        when = datetime.fromtimestamp(t, tz=UTC) if t else None
-        return sb.signing_certificate, when, "transparency-log" if when else "none"
+        doc = _loads(payload, f"{path}: payload")
+        t = doc["predicate"][WG_VERSION_FIELD]["signed_at"]
+    except (FormatError, KeyError, TypeError):
+        return None
+    return _parse_time(t, f"{path}: payload.predicate.weightguard.signed_at")

@@ -1,19 +1,25 @@
-"""Signing with an EC key and its X.509 certificate chain (the bundle carries the chain;
-verifiers check it with ``ChainRoot`` through ``cryptography.x509.verification``)."""
+"""Signing with an EC key and its X.509 certificate chain (the bundle carries the chain),
+and the proof a verifier runs with trusted roots (:func:`prove_chain`: the signature,
+the signing time, then the RFC 5280 path through ``cryptography.x509.verification``)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from weightguard._internal.signing.signers.base import ec_sign
-from weightguard._internal.signing.signers.ec_key import KeySigner
+from weightguard._internal.signing.signers.base import ec_sign, key_fingerprint
+from weightguard._internal.signing.signers.ec_key import KeySigner, prove_key
 from weightguard.errors import (
     ConfigError,
+    FormatError,
 )
+
+if TYPE_CHECKING:
+    from weightguard._internal.signing.oms import Bundle
 
 
 class CertificateSigner(KeySigner):
@@ -21,7 +27,6 @@ class CertificateSigner(KeySigner):
 
     def __init__(self, private_key: Any, certificate: Any, chain: Sequence[Any] = ()) -> None:
         super().__init__(private_key)
-        from weightguard._internal.signing.oms import key_fingerprint
         from weightguard._internal.signing.x509path import may_sign_code
 
         if key_fingerprint(certificate.public_key()) != key_fingerprint(self.public_key):
@@ -87,3 +92,103 @@ class CertificateSigner(KeySigner):
         sig = ec_sign(self._key, oms.pae(payload))
         ders = [c.public_bytes(serialization.Encoding.DER) for c in [self.certificate, *self.chain]]
         return oms.encode_bundle(payload, sig, certificates=ders)
+
+
+# ------------------------------------------------------------------------ verification
+
+
+def leaf_certificate(bundle: Bundle, *, path: str) -> Any:
+    """The bundle's first certificate (the signer's), parsed."""
+    from cryptography import x509
+
+    if not bundle.certificates:
+        raise FormatError(f"{path}: bundle carries no certificate")
+    try:
+        return x509.load_der_x509_certificate(bundle.certificates[0])
+    except ValueError as exc:
+        raise FormatError(
+            f"{path}: leaf certificate (certificates[0]) is not valid DER X.509"
+        ) from exc
+
+
+def chain_certificates(bundle: Bundle, *, path: str) -> list[Any]:
+    """The bundle's other certificates (untrusted: material to build a path with)."""
+    from cryptography import x509
+
+    out = []
+    for i, der in enumerate(bundle.certificates[1:], start=1):
+        try:
+            out.append(x509.load_der_x509_certificate(der))
+        except ValueError as exc:
+            raise FormatError(
+                f"{path}: x509CertificateChain.certificates[{i}] is not valid DER X.509"
+            ) from exc
+    return out
+
+
+@dataclass(frozen=True)
+class ChainProof:
+    """What :func:`prove_chain` proved: the validated path ``[leaf, ..., root]``, who
+    that is in words, and the signer's claimed signing time (None: none claimed)."""
+
+    chain: tuple[Any, ...]
+    signer: str
+    claimed_at: datetime | None
+
+
+def prove_chain(
+    bundle: Bundle,
+    *,
+    path: str,
+    roots: Sequence[Any],
+    intermediates: Sequence[Any],
+    allow_intermediate_anchor: bool,
+    description: str,
+) -> ChainProof:
+    """Step 3 and 4 for a certificate bundle under trusted ``roots``; FormatError if not.
+
+    The signature first (only then is the signer's claimed time its own), then the
+    signing time (the claim, never in the future, else the leaf's notBefore) inside
+    the leaf's validity, the leaf's key usage, then the path at that time.
+    """
+    from weightguard._internal.signing import oms
+    from weightguard._internal.signing.x509path import (
+        PathError,
+        may_sign_code,
+        subject_of,
+        verify_path,
+    )
+
+    leaf = leaf_certificate(bundle, path=path)
+    pool = chain_certificates(bundle, path=path) + list(intermediates)
+    prove_key(bundle, leaf.public_key(), path=path, check_hint=False)
+    claimed = oms.claimed_signing_time(bundle.payload, path=path)
+    if claimed is not None and claimed > datetime.now(UTC):
+        raise FormatError(f"{path}: signed_at {claimed:%Y-%m-%dT%H:%M:%SZ} is in the future")
+    when = claimed if claimed is not None else leaf.not_valid_before_utc
+    subject = subject_of(leaf)
+    if when < leaf.not_valid_before_utc:
+        raise FormatError(
+            f"leaf certificate {subject} was not yet valid at signing time "
+            f"{when:%Y-%m-%dT%H:%M:%SZ} (valid from {leaf.not_valid_before_utc:%Y-%m-%d})"
+        )
+    if when > leaf.not_valid_after_utc:
+        raise FormatError(
+            f"leaf certificate {subject} had expired at signing time "
+            f"{when:%Y-%m-%dT%H:%M:%SZ} (valid until {leaf.not_valid_after_utc:%Y-%m-%d})"
+        )
+    if not may_sign_code(leaf):
+        raise FormatError(
+            f"leaf certificate {subject} allows neither digitalSignature nor codeSigning"
+        )
+    try:
+        chain = verify_path(
+            leaf, pool, roots, when, allow_intermediate_anchor=allow_intermediate_anchor
+        )
+    except PathError as exc:
+        raise FormatError(
+            f"{description}: no path from {subject} to a trusted root "
+            f"({', '.join(subject_of(r) for r in roots)}): {exc}"
+        ) from None
+    issuer = subject_of(chain[1]) if len(chain) > 1 else subject_of(chain[0])
+    return ChainProof(tuple(chain), f"certificate {subject} (issued by {issuer})", claimed)

@@ -1,22 +1,31 @@
-"""Signing with an EC private key file (PEM), and creating such a key pair."""
+"""Signing with an EC private key file (PEM), creating such a key pair, and the proof a
+verifier runs with a trusted EC public key (:func:`prove_key`)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.signing.signers.base import (
     Signer,
+    check_der_signature,
+    curve_label,
+    ec_hash,
     ec_sign,
+    key_fingerprint,
     load_private_key,
     read_secret_file,
 )
 from weightguard.errors import (
     ConfigError,
     DestinationError,
+    FormatError,
 )
+
+if TYPE_CHECKING:
+    from weightguard._internal.signing.oms import Bundle
 
 
 def create_signing_key(
@@ -34,7 +43,6 @@ def create_signing_key(
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from weightguard._internal.foundation.atomic import atomic_write
-    from weightguard._internal.signing.oms import key_fingerprint
 
     curves: dict[str, ec.EllipticCurve] = {
         "P-256": ec.SECP256R1(),
@@ -96,8 +104,6 @@ class KeySigner(Signer):
                 wipe(pw)
 
     def describe(self) -> str:
-        from weightguard._internal.signing.oms import curve_label, key_fingerprint
-
         return f"EC {curve_label(self.public_key)} key {key_fingerprint(self.public_key)}"
 
     def make_bundle(self, payload: bytes) -> bytes:
@@ -105,3 +111,75 @@ class KeySigner(Signer):
 
         sig = ec_sign(self._key, oms.pae(payload))
         return oms.encode_bundle(payload, sig, key_hint=oms.key_hint(self.public_key))
+
+
+# ------------------------------------------------------------------------ verification
+
+
+def prove_key(bundle: Bundle, public_key: Any, *, path: str, check_hint: bool) -> None:
+    """Step 3 with an EC public key: the bundle's DSSE signature verifies with it.
+
+    ``check_hint`` (key-signed bundles): the bundle's unsigned key material
+    (``publicKey.hint``, or ``rawBytes`` / ``keyDetails`` of model_signing 0.3.1 ..
+    1.0.1) must describe this key.  Raises FormatError saying why it does not verify.
+    """
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from weightguard._internal.signing import oms
+
+    fp = key_fingerprint(public_key)
+    where = f"{path}: dsseEnvelope.signatures[0].sig"
+    algo = ec_hash(public_key, f"{path}: verification key {fp}")
+    if check_hint:
+        _check_key_material(bundle, public_key, fp, path=path)
+    check_der_signature(bundle.signature, public_key, where)
+    # model_signing's order: the DSSE PAE, then v0.2.0's broken one (certificate
+    # bundles of that release hashed with SHA-256 whatever the curve).
+    compat_algo = hashes.SHA256() if bundle.kind == "x509" else algo
+    for message, h in (
+        (oms.pae(bundle.payload), algo),
+        (oms.pae_compat(bundle.payload), compat_algo),
+    ):
+        try:
+            public_key.verify(bundle.signature, message, ec.ECDSA(h))
+            return
+        except InvalidSignature:
+            continue
+    raise FormatError(
+        f"{where} does not verify with key {fp} ({curve_label(public_key)})",
+        hint="wrong key, or the signed statement was modified",
+    )
+
+
+def _check_key_material(bundle: Bundle, public_key: Any, fp: str, *, path: str) -> None:
+    """publicKey.hint, or rawBytes / keyDetails (model_signing 0.3.1 .. 1.0.1), must
+    describe the verifying key: model_signing drops rawBytes / keyDetails unread,
+    weightguard refuses a bundle whose unsigned key material says something else."""
+    from cryptography.hazmat.primitives import serialization
+
+    from weightguard._internal.signing.oms import KEY_DETAILS, key_hint
+
+    # The hint is model-signing's hash of the PEM text: shown, it would look like a
+    # fingerprint in another format than the one `sign` prints.
+    other_key = FormatError(
+        f"{path} was signed with another key, not {fp} ({curve_label(public_key)})",
+        hint="the model was signed with a different key",
+    )
+    if bundle.key_hint is not None and bundle.key_hint != key_hint(public_key):
+        raise other_key
+    where = f"{path}: verificationMaterial.publicKey"
+    if bundle.key_pem is not None:
+        try:
+            embedded = serialization.load_pem_public_key(bundle.key_pem)
+        except (ValueError, TypeError) as exc:
+            raise FormatError(f"{where}.rawBytes is not a PEM public key") from exc
+        if key_fingerprint(embedded) != fp:
+            raise other_key
+    if bundle.key_details is not None:
+        want = KEY_DETAILS.get(getattr(getattr(public_key, "curve", None), "name", ""))
+        if bundle.key_details != want:
+            raise FormatError(
+                f"{where}.keyDetails is {bundle.key_details!r}, but key {fp} needs {want!r}"
+            )

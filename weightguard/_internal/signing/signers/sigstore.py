@@ -1,13 +1,21 @@
-"""Sigstore keyless signing (OIDC identity, Fulcio certificate, Rekor entry)."""
+"""Sigstore keyless signing (OIDC identity, Fulcio certificate, Rekor entry), and the
+proof a verifier runs with a trusted identity (:func:`prove_sigstore`, by sigstore-python)."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from weightguard._internal.signing.signers.base import Signer
 from weightguard.errors import (
     ConfigError,
     DependencyMissing,
+    FormatError,
     VerificationError,
 )
+
+if TYPE_CHECKING:
+    from weightguard._internal.signing.oms import Bundle
 
 
 class SigstoreSigner(Signer):
@@ -52,3 +60,34 @@ class SigstoreSigner(Signer):
                 f"Sigstore signing failed: {exc}", hint="check network access and the token"
             ) from None
         return bundle.to_json().encode("utf-8")
+
+
+# ------------------------------------------------------------------------ verification
+
+
+def prove_sigstore(
+    bundle: Bundle, *, path: str, identity: str, issuer: str, trusted_root: Any
+) -> tuple[Any, datetime | None]:
+    """Step 3 and 4 for a Sigstore bundle: sigstore-python verifies the chain to
+    Fulcio, the SCT, the transparency log entry and the identity.  Returns the signing
+    certificate and the log's integrated time (None if it has none); FormatError if not.
+    """
+    from sigstore.errors import Error as SigstoreError
+    from sigstore.models import Bundle as SBundle
+    from sigstore.verify import Verifier, policy
+
+    from weightguard._internal.signing.oms import PAYLOAD_TYPE
+
+    try:
+        sb = SBundle.from_json(bundle.raw)
+    except (SigstoreError, ValueError) as exc:
+        raise FormatError(f"{path}: not a valid Sigstore bundle: {exc}") from exc
+    verifier = Verifier(trusted_root=trusted_root)
+    try:
+        ptype, payload = verifier.verify_dsse(sb, policy.Identity(identity=identity, issuer=issuer))
+    except SigstoreError as exc:
+        raise FormatError(f"{path}: Sigstore verification failed: {exc}") from exc
+    if ptype != PAYLOAD_TYPE or payload != bundle.payload:
+        raise FormatError(f"{path}: Sigstore-verified payload differs from the envelope")
+    t = sb.log_entry._inner.integrated_time
+    return sb.signing_certificate, (datetime.fromtimestamp(t, tz=UTC) if t else None)

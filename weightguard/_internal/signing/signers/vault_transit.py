@@ -1,22 +1,58 @@
-"""Signing with a non-exportable Vault/OpenBao Transit key: only the digest travels."""
+"""Signing with a non-exportable Vault/OpenBao Transit key: only the digest travels.
+
+A verifier needs no secret: it trusts the key's public versions
+(:func:`vault_public_keys`, what ``policy.vault_key_policy`` builds its anchors from)
+and proves the signature as for any EC key (``ec_key.prove_key``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any
 
-from weightguard._internal.signing.signers.base import Signer
+from weightguard._internal.signing.signers.base import Signer, curve_label, ec_hash, key_fingerprint
 from weightguard.errors import (
     KeyProviderError,
     UnsafeOptionRequired,
 )
 
 
+def parse_transit_uri(uri: str) -> tuple[str, str]:
+    """``vault://<mount>/<key>`` -> (mount, key name) (the one Vault URI rule)."""
+    from weightguard._internal.foundation.vault import parse_vault_uri
+
+    return parse_vault_uri(uri, what="Transit key")
+
+
+def transit_client(client: Any) -> Any:
+    if client is not None:
+        return client
+    from weightguard._internal.foundation.vault import vault_client
+
+    return vault_client()
+
+
 def vault_public_keys(uri: str, *, client: Any = None) -> list[tuple[int, bytes]]:
     """[(version, PEM)] of a Transit asymmetric key (all versions still held)."""
-    from weightguard._internal.signing.transit import transit_public_keys
+    from weightguard._internal.foundation.vault import vault_errors
 
-    return transit_public_keys(uri, client=client)
+    mount, name = parse_transit_uri(uri)
+    c = transit_client(client)
+    with vault_errors(f"reading the Transit key {uri}", client=c):
+        data = c.secrets.transit.read_key(name=name, mount_point=mount)["data"]
+    if not str(data.get("type", "")).startswith("ecdsa-"):
+        raise KeyProviderError(
+            f"Transit key {uri} has type {data.get('type')!r}; signing needs an ecdsa-p256 key",
+            hint=f"create it with: vault write {mount}/keys/{name} type=ecdsa-p256",
+        )
+    out = []
+    for ver, info in sorted(data.get("keys", {}).items(), key=lambda kv: int(kv[0])):
+        pem = info.get("public_key") if isinstance(info, dict) else None
+        if pem:
+            out.append((int(ver), pem.encode("ascii")))
+    if not out:
+        raise KeyProviderError(f"Transit key {uri} exposes no public key")
+    return out
 
 
 class VaultTransitSigner(Signer):
@@ -31,8 +67,6 @@ class VaultTransitSigner(Signer):
         from cryptography.hazmat.primitives import serialization
 
         from weightguard._internal.foundation.vault import vault_errors
-        from weightguard._internal.signing.oms import ec_hash
-        from weightguard._internal.signing.transit import parse_transit_uri, transit_client
 
         self.uri = uri
         self._mount, self._name = parse_transit_uri(uri)
@@ -60,8 +94,6 @@ class VaultTransitSigner(Signer):
         self._hash = ec_hash(self.public_key, f"Transit key {uri}")
 
     def describe(self) -> str:
-        from weightguard._internal.signing.oms import curve_label, key_fingerprint
-
         return (
             f"Vault Transit {self.uri} v{self.key_version} (EC {curve_label(self.public_key)} "
             f"{key_fingerprint(self.public_key)})"
