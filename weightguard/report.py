@@ -20,6 +20,7 @@ the ``report`` extra (matplotlib draws the timeline, cyclonedx-python-lib the BO
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -217,6 +218,7 @@ def _provenance(
     release: str,
     sig_data: bytes | None,
     sig_display: str,
+    sig_path: str,
     policy: Any,
     allow_unsigned: Sequence[str],
     audit: Any,
@@ -228,8 +230,18 @@ def _provenance(
     if sig_data is None:
         prov.summary = f"no signature found (looked for {sig_display}): provenance unknown"
         return prov, None
+    unsigned = list(allow_unsigned)
+    inside: str | None = None
+    if root.is_dir():
+        # as `weightguard verify` does: the bundle itself is never a file it must cover
+        with contextlib.suppress(ValueError):  # a bundle outside the directory
+            inside = Path(sig_path).resolve().relative_to(root.resolve()).as_posix()
+        if inside is not None:
+            import glob
+
+            unsigned.append(glob.escape(inside))
     try:
-        m = verify_bundle(root, sig_data, policy, allow_unsigned=allow_unsigned, audit=audit)
+        m = verify_bundle(root, sig_data, policy, allow_unsigned=unsigned, audit=audit)
         proofs = _proofs(sig_data, sig_display, policy)
     except WeightguardError as exc:
         prov.summary = f"verification failed: {exc}"
@@ -254,7 +266,7 @@ def _provenance(
         )
         for n, f in sorted(m.files.items())
     ]
-    sig_name = Path(sig_display).name
+    sig_name = inside or Path(sig_display).name
     prov.uncovered = [
         (
             n,
@@ -691,7 +703,7 @@ def release_evidence(
                 sig_data = f.read(64 * 1024 * 1024 + 1)
         elif signature is not None:
             raise SourceError(f"signature {sig} not found")
-        prov, manifest = _provenance(root, rel, sig_data, sig, policy, unsigned, audit)
+        prov, manifest = _provenance(root, rel, sig_data, sig, sig_local, policy, unsigned, audit)
         prot = _protection(
             root,
             manifest,

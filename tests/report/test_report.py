@@ -430,3 +430,17 @@ def test_single_file_release(release: Release, tmp_path: Path) -> None:
     assert dict(ev.answers)["Is it intact?"] == "yes: 1 file(s) match their signed digests"
     bom = json.loads(build_bom(art, release.keys.policy()))
     assert bom["metadata"]["component"]["externalReferences"][0]["url"] == "one.wg.sig"
+
+
+def test_signature_inside_but_not_in_its_ignore_paths(release: Release, tmp_path: Path) -> None:
+    """As `weightguard verify`: the bundle in the directory is never a file to cover."""
+    from tests.support.load import sign
+
+    model = tmp_path / "m"
+    shutil.copytree(release.path, model)
+    (model / "model.sig").unlink()
+    sign(model, tmp_path / "outside.sig", release.keys)  # its ignore_paths name no model.sig
+    shutil.move(tmp_path / "outside.sig", model / "model.sig")
+    ev = build_report(model, release.keys.policy())
+    assert ev.provenance.verdict == "PASS", ev.provenance.summary
+    assert ev.provenance.uncovered == [("model.sig", "the signature bundle itself")]
