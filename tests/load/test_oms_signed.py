@@ -35,7 +35,7 @@ from tests.support.load import (
     write_st,
     zeros,
 )
-from weightguard import loader, verifying
+from weightguard import loader, signing, verifying
 from weightguard._internal.load import copiers, model_files
 from weightguard._internal.load.copiers import _np_view
 from weightguard.errors import FormatError, IntegrityError
@@ -126,7 +126,9 @@ def _fake_bundle(monkeypatch: pytest.MonkeyPatch, root: Path, alg: str, shard: i
             False, False, None,
         )  # fmt: skip
 
+    # wherever the loader looks it up (signing re-exports verifying's)
     monkeypatch.setattr(verifying, "verify_bundle", verify_bundle)
+    monkeypatch.setattr(signing, "verify_bundle", verify_bundle)
     sig = root / "model.sig" if root.is_dir() else root.with_name(root.name + ".sig")
     sig.write_text("{}")
 
