@@ -216,3 +216,41 @@ def test_verify_accepts_a_snapshot_without_allow_symlinks(
     p = cli_verify()
     assert p.returncode == 1
     assert "config.json is a symbolic link leaving the Hugging Face cache" in p.stderr
+
+
+def test_cli_unverified_fetch_never_copies_through_a_linked_blobs(
+    release: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 22's reproduction: the repo's ``blobs/`` links to ``/`` and ``config.json``
+    to a token file through it; ``weightguard fetch --unsafe-no-verification`` copied the
+    token into the output as config.json.  Now refused, nothing written, token nowhere."""
+    import subprocess
+    import sys
+
+    cache = build_cache(release["enc"], tmp_path / "hub")
+    snap = Path(hf.snapshot_download(REPO_ID, cache_dir=cache, local_files_only=True))
+    token = tmp_path / "var" / "run" / "secrets" / "token"
+    token.parent.mkdir(parents=True)
+    token.write_text("hvs.not-a-real-token")
+    repo = snap.parents[1]
+    real = tmp_path / "realblobs"
+    (repo / "blobs").rename(real)
+    os.symlink("/", repo / "blobs")
+    for link in [p for p in snap.rglob("*") if p.is_symlink()]:
+        depth = len(link.relative_to(snap).parts) + 1
+        target = real / os.path.basename(os.readlink(link))
+        link.unlink()
+        os.symlink("../" * depth + "blobs" + str(target), link)
+    (snap / "config.json").unlink()
+    os.symlink("../../blobs" + str(token), snap / "config.json")
+    (snap / "model.sig").unlink()  # an unsigned model, fetched unverified
+    out = tmp_path / "out"
+    env = {**os.environ, "WEIGHTGUARD_AUDIT_LOG": "-"}
+    argv = [sys.executable, "-m", "weightguard_cli", "fetch", str(snap), "-o", str(out)]
+    argv += ["--unsafe-no-verification", "--allow-disk"]
+    p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "blobs/ of a Hugging Face cache repository is (or goes through) a symbolic link" in (
+        p.stderr
+    )
+    assert not out.exists()
