@@ -596,3 +596,26 @@ def test_trust_remote_code_is_refused_and_audited(release: dict[str, Any]) -> No
     for exc in _both(release["dir"], release["keys"].policy(), audit=audit, trust_remote_code=True):
         assert type(exc) is ConfigError and "trust_remote_code is not supported" in str(exc)
     assert len(sink.events("load.denied")) == 2
+
+
+@pytest.mark.parametrize("case", ["unsigned-file", "no-signature", "key-not-allowed"])
+def test_hints_name_keyword_arguments_not_cli_options(
+    release: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Issue 20: from_pretrained said "allow them with --allow-unsigned PATTERN"; a hint
+    names only what the function takes."""
+    import re
+
+    d = _copy(release, tmp_path)
+    if case == "unsigned-file":
+        (d / "notes.txt").write_text("added after signing")
+    elif case == "no-signature":
+        (d / "model.sig").unlink()
+    else:
+        monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", "vault://transit/*")
+    for exc in _both(d, release["keys"].policy()):
+        assert not re.findall(r"(?<![\w-])--[a-z]", str(exc)), str(exc)
+        if case == "key-not-allowed":
+            assert "allowed_keys=" in str(exc), str(exc)
+        if case == "no-signature":
+            assert "signature=" in str(exc), str(exc)

@@ -144,7 +144,8 @@ _CLAUSES = re.compile(r",\s*or\s+|;\s*|,\s*(?=give |pass |use |set )")
 
 def retold(exc: WeightguardError, names: Mapping[str, str], fallback: str) -> WeightguardError:
     """``exc`` with its hint in the integration's words: each CLI option it names becomes
-    ``names[setting]`` (how the integration spells that setting); a clause naming an
+    ``names[option]`` or ``names[setting]`` (how the integration spells the option, or the
+    setting :data:`CLI_OPTIONS` maps it to); a clause naming an
     option the integration lacks is dropped; nothing left -> ``fallback``.  In place
     (type, path and chunk kept); returns ``exc``."""
     hint = exc.hint
@@ -155,10 +156,9 @@ def retold(exc: WeightguardError, names: Mapping[str, str], fallback: str) -> We
 
         def swap(m: re.Match[str]) -> str:
             opt, _, meta = m.group(0).partition(" ")
-            setting = CLI_OPTIONS.get(opt)
-            if setting is None or setting not in names:
+            spelled = names.get(opt) or names.get(CLI_OPTIONS.get(opt, ""))
+            if spelled is None:
                 raise KeyError(opt)
-            spelled = names[setting]
             return f"{spelled}={meta}" if meta and spelled.startswith(PREFIX) else spelled
 
         try:
@@ -170,3 +170,23 @@ def retold(exc: WeightguardError, names: Mapping[str, str], fallback: str) -> We
         kept.append(new.strip())
     exc.hint = ", or ".join(k for k in kept if k) or fallback
     return exc
+
+
+# How the Python entry points (from_pretrained, load_sentence_transformer) spell what a
+# hint names as a CLI option: their keyword arguments.
+PYTHON_NAMES = {
+    "--signature": "signature=",
+    "--data-key": "key=",
+    "--allow-key": "allowed_keys=[...]",
+    "--trust-key": "policy=PublicKey.from_file(...)",
+    "--key": "policy=PublicKey.from_file(...)",
+    "--trust-chain": "policy=ChainRoot(...)",
+    "--cert-chain": "policy=ChainRoot(...)",
+    "--vault-key": "policy=vault_key_policy(...)",
+    "--identity": "policy=SigstoreIdentity(...)",
+    "--issuer": "policy=SigstoreIdentity(...)",
+    "--trust-root": "SigstoreIdentity(trust_root=...)",
+    "--unsafe-no-verification": "policy=UnsafeNoVerification()",
+    "--audit-log": "audit=",
+}
+PYTHON_FALLBACK = "see the function's keyword arguments (policy=, signature=, key=, allowed_keys=)"

@@ -334,6 +334,7 @@ def opened(
     here.
     """
     from weightguard.audit import AuditLog
+    from weightguard.integrations._settings import PYTHON_FALLBACK, PYTHON_NAMES, retold
     from weightguard.loader import open_model
 
     opts = dict(options)
@@ -353,6 +354,9 @@ def opened(
                     audit=log,
                 ),
             )
+    except WeightguardError as exc:
+        # hints name the function's keyword arguments, never a CLI option it lacks
+        raise retold(exc, PYTHON_NAMES, PYTHON_FALLBACK) from None
     finally:
         if own:
             log.close()
