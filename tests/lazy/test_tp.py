@@ -25,6 +25,7 @@ from weightguard.errors import ConfigError, IntegrityError
 from weightguard.lazy import SafeOpen
 
 H, INTER, KV, LAYERS, VOCAB = 256, 704, 64, 2, 512
+HEADS = 8  # head size 32: k/v projections hold KV // 32 = 2 heads
 COLUMN = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "embed_tokens", "lm_head")
 ROW = ("o_proj", "down_proj")
 

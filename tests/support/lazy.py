@@ -92,3 +92,21 @@ def model_signing_sign(model: Path, sig: Path, keys: SignKeys) -> None:
     hc = model_signing.hashing.Config().use_file_serialization(hashing_algorithm="sha256")
     cfg = model_signing.signing.Config().use_elliptic_key_signer(private_key=keys.private)
     cfg.set_hashing_config(hc).sign(model, sig)
+
+
+def vllm_python() -> Path | None:
+    """The pinned vLLM venv's python (``make vllm-venv``), or None when it is absent."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run(
+        ["bash", str(root / "scripts" / "vllm-venv.sh"), "--path"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    venv = Path(res.stdout.strip())
+    py = venv / "bin" / "python"
+    if res.returncode != 0 or not (venv / ".complete").is_file() or not py.exists():
+        return None
+    return py
