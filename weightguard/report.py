@@ -138,6 +138,42 @@ def _proofs(sig_data: bytes, where: str, policy: Any) -> list[SignerProof]:
     return out
 
 
+def _sub_policies(policy: Any) -> Sequence[Any] | None:
+    """The policies of a co-signed policy (``--require-all``), else None."""
+    from weightguard import policy as pol
+
+    cosigned = getattr(pol, "CoSigned", None)
+    if cosigned is not None and isinstance(policy, cosigned):
+        return list(policy.policies)
+    return None
+
+
+def _cosigned_proofs(
+    primary: bytes, where: str, sig_path: Path, policies: Sequence[Any]
+) -> list[SignerProof]:
+    """The proofs of every bundle (primary and co-signatures) that one of ``policies``
+    accepts; verify_bundle already required each policy to have a bundle of its own."""
+    bundles = [(where, primary)]
+    d = Path(f"{sig_path}.d")
+    if d.is_dir() and not d.is_symlink():
+        for p in sorted(d.glob("*.sig"))[:16]:
+            if p.is_file() and not p.is_symlink() and p.stat().st_size <= 64 * 1024 * 1024:
+                bundles.append((str(p), p.read_bytes()))
+    out: list[SignerProof] = []
+    seen: set[tuple[str, str | None]] = set()
+    for label, data in bundles:
+        for sub in policies:
+            try:
+                got = _proofs(data, label, sub)
+            except WeightguardError:
+                continue
+            for proof in got:
+                if (proof.signer, proof.key_fingerprint) not in seen:
+                    seen.add((proof.signer, proof.key_fingerprint))
+                    out.append(proof)
+    return out
+
+
 def _key_algorithm(proof: Any, bundle: Any) -> str | None:
     """``ECDSA P-256`` etc.: the signing key's algorithm, from the proven material."""
     key = getattr(proof.anchor, "key", None)
@@ -241,8 +277,13 @@ def _provenance(
 
             unsigned.append(glob.escape(inside))
     try:
-        m = verify_bundle(root, sig_data, policy, allow_unsigned=unsigned, audit=audit)
-        proofs = _proofs(sig_data, sig_display, policy)
+        cosigned = _sub_policies(policy)
+        if cosigned is None:
+            m = verify_bundle(root, sig_data, policy, allow_unsigned=unsigned, audit=audit)
+            proofs = _proofs(sig_data, sig_display, policy)
+        else:  # each signer by a bundle of its own: the primary and <sig>.d/*.sig
+            m = verify_bundle(root, sig_path, policy, allow_unsigned=unsigned, audit=audit)
+            proofs = _cosigned_proofs(sig_data, sig_display, Path(sig_path), cosigned)
     except WeightguardError as exc:
         prov.summary = f"verification failed: {exc}"
         return prov, None

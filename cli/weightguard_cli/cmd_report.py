@@ -29,20 +29,24 @@ def _audit(spec: str | None) -> Iterator[Any]:
 
 
 def _trust_args(trust: dict[str, Any]) -> list[str]:
-    """The trust options as given, for the commands that reproduce each check."""
+    """The trust options as given, for the commands that reproduce each check (read
+    from the command's own options, so every trust option is repeated as spelled)."""
     out: list[str] = []
-    for k in trust.get("keys") or ():
-        out += ["--trust-key", k]
-    for c in trust.get("cert_chain") or ():
-        out += ["--trust-chain", c]
-    for opt, name in (("--vault-key", "vault_key"), ("--identity", "identity"),
-                      ("--issuer", "issuer"), ("--trust-root", "trust_root")):  # fmt: skip
-        if trust.get(name):
-            out += [opt, trust[name]]
-    if trust.get("identity") and not trust.get("offline", True):
-        out.append("--online")
-    if trust.get("unsafe_no_verification"):
-        out.append("--unsafe-no-verification")
+    for p in click.get_current_context().command.params:
+        if not isinstance(p, click.Option) or p.hidden or p.name not in trust:
+            continue
+        value = trust[p.name]
+        if p.is_flag and p.secondary_opts:  # --offline/--online
+            if value != p.default:
+                out.append(p.opts[0] if value else p.secondary_opts[0])
+        elif p.is_flag:
+            if value:
+                out.append(p.opts[0])
+        elif p.multiple:
+            for v in value or ():
+                out += [p.opts[0], str(v)]
+        elif value is not None:
+            out += [p.opts[0], str(value)]
     return out
 
 

@@ -444,3 +444,39 @@ def test_signature_inside_but_not_in_its_ignore_paths(release: Release, tmp_path
     ev = build_report(model, release.keys.policy())
     assert ev.provenance.verdict == "PASS", ev.provenance.summary
     assert ev.provenance.uncovered == [("model.sig", "the signature bundle itself")]
+
+
+def test_co_signed_release_with_require_all(release: Release, tmp_path: Path) -> None:
+    """Two signers, each by a bundle of its own (--require-all): both shown, and the
+    reproduce command repeats every trust option as given."""
+    from weightguard.signing import cosignature_path, sign_model
+
+    model = tmp_path / "m"
+    shutil.copytree(release.path, model)
+    security = make_sign_keys(tmp_path, "security")
+    co = cosignature_path(model / "model.sig", "security")
+    co.parent.mkdir()
+    sign_model(model, co, security.signer())
+    env = {**os.environ, "WEIGHTGUARD_AUDIT_LOG": str(tmp_path / "own.jsonl")}
+    args = ["report", str(model), "--trust-key", str(release.keys.public),
+            "--trust-key", str(security.public), "--require-all",
+            "-o", str(tmp_path / "r.html"), "--json"]  # fmt: skip
+    p = subprocess.run([sys.executable, "-m", "weightguard_cli", *args],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    prov = doc["provenance"]
+    assert prov["verdict"] == "PASS", prov["summary"]
+    assert len(prov["proofs"]) == 2
+    verify_cmd = next(c for w, c in doc["commands"] if w.startswith("provenance"))
+    assert verify_cmd.endswith(
+        f"--trust-key {release.keys.public} --trust-key {security.public} --require-all"
+    )
+    v = subprocess.run([sys.executable, "-m", "weightguard_cli", *verify_cmd.split()[1:]],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)  # fmt: skip
+    assert v.returncode == 0, v.stderr
+    # one signer missing: not every anchor signed
+    (co).unlink()
+    p = subprocess.run([sys.executable, "-m", "weightguard_cli", *args],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)  # fmt: skip
+    assert p.returncode == 1 and json.loads(p.stdout)["provenance"]["verdict"] == "FAIL"
