@@ -152,11 +152,10 @@ class StreamCheck:
         ok = hmac.compare_digest(r.hasher.digest(), r.digest)
         r.done = True
         if not ok:
-            what = (
-                "the file"
-                if len(self._ranges) == 1
-                else f"shard {r.index + 1} of " + (f"{len(self._ranges)} (bytes {r.start}-{r.end})")
-            )
+            n = len(self._ranges)
+            what = "the file"
+            if n > 1:
+                what = f"shard {r.index + 1} of {n} (bytes {r.start}-{r.end})"
             raise IntegrityError(
                 f"content of {what} differs from the signed {self.algorithm} digest",
                 path=self.name,
