@@ -12,8 +12,10 @@ serialization), and manifests built here for what the bundle parser may not read
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import itertools
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -763,3 +765,63 @@ def test_held_buffers_never_deadlock(
     t.join(60)
     assert not t.is_alive(), "the load did not finish (deadlock)"
     assert_same(done[0], expected)
+
+
+# ------------------------------------------------------------------ the in-order hasher
+
+
+def _hand_over(data: bytes, units: list[Any], head: bytes, seed: int) -> list[BaseException]:
+    """Feed ``data`` after ``head`` to a StreamCheck in random pieces, in a random order,
+    from 4 threads; the errors raised.  Every piece must be released once hashed."""
+    import random
+    import threading
+
+    from weightguard._internal.load.stream_digests import StreamCheck
+
+    rng = random.Random(seed)
+    check = StreamCheck("f", len(data), units, "sha256", head)
+    cuts = sorted({len(head), len(data), *(rng.randrange(len(head), len(data)) for _ in range(40))})
+    pieces = [(a, memoryview(data)[a:b]) for a, b in itertools.pairwise(cuts)]
+    rng.shuffle(pieces)
+    released: list[int] = []
+    errors: list[BaseException] = []
+
+    def hand(batch: list[tuple[int, memoryview]]) -> None:
+        for off, view in batch:
+            try:
+                check.feed(off, view, functools.partial(released.append, off))
+            except IntegrityError as exc:
+                errors.append(exc)
+
+    try:
+        check.begin()
+    except IntegrityError as exc:
+        errors.append(exc)
+    threads = [threading.Thread(target=hand, args=(pieces[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if not errors:
+        check.finish()
+        assert sorted(released) == sorted(a for a, _ in pieces)
+    return errors
+
+
+@pytest.mark.parametrize("shard", [None, 1, 333, 4096])
+def test_stream_check_hashes_pieces_in_order_whatever_order_they_come(shard: int | None) -> None:
+    """Pieces of random sizes handed over in a random order from several threads: the
+    digests match (every piece released once hashed); a changed byte is refused."""
+    import random
+
+    data = bytes(random.Random(5).randrange(256) for _ in range(10_000))
+    step = shard or len(data)
+    units = [
+        (o, min(step, len(data) - o), hashlib.sha256(data[o : o + step]).digest())
+        for o in range(0, len(data), step)
+    ]
+    assert _hand_over(data, units, data[:17], seed=step) == []
+    changed = bytearray(data[:17])
+    changed[3] ^= 1
+    errors = _hand_over(data, units, bytes(changed), seed=step)
+    assert errors and all(isinstance(e, IntegrityError) and e.path == "f" for e in errors)
