@@ -202,3 +202,16 @@ def test_get_tensors_reads_many_at_once(tmp_path: Path, file_key: str, sign_keys
     )
     assert sorted(some) == ["s1.ids", "s2.embed.weight"]
     assert events(sink).count("load.ok") == 3  # two loads, then the close
+
+
+def test_concurrent_reads_from_threads(tmp_path: Path, file_key: str, sign_keys) -> None:
+    # transformers 5 materialises get_slice objects from a thread pool
+    from concurrent.futures import ThreadPoolExecutor
+
+    d, expected = release_dir(tmp_path / "rel", file_key, sign_keys)
+    with safe_open(d, policy=sign_keys.policy(), workers=2) as f:
+        names = f.keys() * 3
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda n: (n, f.get_slice(n)[...]), names))
+    for name, t in got:
+        assert torch.equal(t, expected[name]), name
