@@ -7,13 +7,16 @@ Every trial is a fresh interpreter under ``-X importtime`` (bytecode cached, as
 ``benchmarks.run`` trials), the two variants alternating:
 
 - ``anchor``: ``import torch, safetensors, safetensors.torch`` (what every anchor imports);
-- ``weightguard``: the same, then ``import weightguard.loader``, then two secure loads of
+- ``weightguard``: the same, then ``from weightguard import load_file`` (the documented
+  entry point: it imports ``weightguard.loader`` with the cyclic garbage collector
+  paused, so the import does not set off a full collection over torch's objects), then
+  two secure loads of
   the signed + encrypted model (``--model``; made under ``benchmarks/work/prep`` when
   missing): the first and the second ``load_file`` are timed apart.
 
 Reported (medians): the imports' wall and CPU time in each variant and the difference (the
 loader's import cost above torch + safetensors; goal <= 30 ms), the modules
-``-X importtime`` charges to weightguard's imports (cumulative, top ones), and the first
+``-X importtime`` charges to the imports after the anchors' (cumulative, top ones), and the first
 and second load (``weightguard.loader`` imports what every load needs eagerly, so the
 first load costs what later ones do: import + first load is what a process pays).
 Writes ``benchmarks/results/imports-<stamp>.json`` with the machine (load average).
@@ -45,7 +48,7 @@ t0, c0 = time.perf_counter(), time.process_time()
 t1, c1 = time.perf_counter(), time.process_time()
 out = {{"anchor_s": t1 - t0, "anchor_cpu_s": c1 - c0}}
 if {wg}:
-    import weightguard.loader
+    from weightguard import load_file  # the documented entry point
     t2, c2 = time.perf_counter(), time.process_time()
     out["weightguard_s"] = t2 - t1
     out["weightguard_cpu_s"] = c2 - c1
@@ -54,7 +57,7 @@ if {wg}:
     os.environ["WEIGHTGUARD_AUDIT_LOG"] = sys.argv[2]
     for k in ("first_load_s", "second_load_s"):
         t = time.perf_counter()
-        res = weightguard.loader.load_file(
+        res = load_file(
             enc, "cpu", policy=PublicKey(open(pub, "rb").read()), signature=sig, key=key
         )
         out[k] = time.perf_counter() - t
@@ -64,19 +67,22 @@ print("@@IMPORTS@@" + json.dumps(out))
 """
 
 
-def parse_importtime(stderr: str) -> dict[str, float]:
-    """Cumulative milliseconds of each top-level import (``-X importtime``) and of each
-    module imported while a top-level ``weightguard*`` import ran (its whole subtree)."""
+def parse_importtime(stderr: str, after: str = "safetensors.torch") -> dict[str, float]:
+    """Cumulative milliseconds ``-X importtime`` charges to each top-level import made
+    after the anchors' (``after``: the last of them), to their total (``"(total)"``), and
+    to the direct children of each top-level ``weightguard*`` import."""
     rows = []
     for line in stderr.splitlines():
         m = _ROW.match(line)
         if m:
             rows.append((int(m[2]) / 1000, len(m[3]), m[4]))
-    out: dict[str, float] = {}
+    start = max((i for i, r in enumerate(rows) if r[1] == 1 and r[2] == after), default=-1)
+    out: dict[str, float] = {"(total)": 0.0}
     for i, (cum, depth, name) in enumerate(rows):
-        if depth != 1:
+        if depth != 1 or i <= start:
             continue
-        out[name] = cum
+        out[name] = out.get(name, 0.0) + cum
+        out["(total)"] += cum
         if name.startswith("weightguard"):
             j = i - 1  # children come before their parent
             while j >= 0 and rows[j][1] > 1:
@@ -128,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     modules: dict[str, list[float]] = collections.defaultdict(list)
     for t in trials["weightguard"]:
         for name, ms in t["importtime_ms"].items():
-            if name.startswith("weightguard"):
-                modules[name].append(ms)
+            modules[name].append(ms)
     top = sorted(((n, statistics.median(v)) for n, v in modules.items()), key=lambda kv: -kv[1])[
         :15
     ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,56 @@ def _fmt(x: float | None, nd: int = 2) -> str:
 
 def _verdict(v: str) -> str:
     return {"pass": "**pass**", "miss": "**MISS**"}.get(v, v)
+
+
+# The sources each case group's figures depend on: a verdict measured at a commit before
+# one of them changed is shown as stale (the figure no longer describes the code).
+GROUP_SOURCES = {
+    "sign": ("weightguard/signing.py", "weightguard/_internal/signing"),
+    "verify": (
+        "weightguard/signing.py",
+        "weightguard/verifying.py",
+        "weightguard/_internal/signing",
+    ),
+    "encrypt": (
+        "weightguard/crypt.py",
+        "weightguard/_internal/crypt",
+        "weightguard/_internal/format",
+    ),
+    "load": ("weightguard/loader.py", "weightguard/_internal/load", "weightguard/_internal/format"),
+}
+
+
+def stale_since(commit: str, case: str) -> str:
+    """Why a figure of ``case`` measured at ``commit`` no longer describes the code
+    (``""``: still current): commits since to the sources of the case's group."""
+    group = next((g for g in GROUP_SOURCES if case.startswith(g)), None)
+    if group is None or not commit:
+        return ""
+    try:
+        p = subprocess.run(
+            ["git", "rev-list", "--count", f"{commit}..HEAD", "--", *GROUP_SOURCES[group]],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    if p.returncode != 0:
+        return f"commit {commit[:10]} is not in this repository"
+    n = int(p.stdout.strip() or 0)
+    return f"{n} later commits to the {group} path" if n else ""
+
+
+def _goal_row(g: dict[str, Any], where: str, case: str, commit: str) -> str:
+    verdict = _verdict(g["verdict"])
+    if g["verdict"] == "n/a" and g.get("why"):
+        verdict = "n/a (not measured in this run: the variant failed or did not run)"
+    stale = stale_since(commit, case) if g["verdict"] in ("pass", "miss") else ""
+    if stale:
+        verdict = f"{verdict}, stale ({stale}: re-measure)"
+    return f"| {g['goal']} | {where} | {_goal_value(g)} | {verdict} |"
 
 
 def _goal_value(g: dict[str, Any]) -> str:
@@ -102,10 +153,11 @@ def render_run(res: dict[str, Any], path: Path) -> str:
         for cache, block in case.get("caches", {}).items():
             for g in block.get("goals", []):
                 goals.append((f"{case['name']} ({cache})", g))
+    commit = meta["git"].get("commit", "")
     if goals:
         lines += ["| goal | case | figure | verdict |", "| --- | --- | --- | --- |"]
         for where, g in goals:
-            lines.append(f"| {g['goal']} | {where} | {_goal_value(g)} | {_verdict(g['verdict'])} |")
+            lines.append(_goal_row(g, where, where, commit))
         lines.append("")
     lines += ratio_matrix(res)
     lines += [
@@ -269,11 +321,10 @@ def render_loads_summary(res: dict[str, Any], path: Path) -> str:
         for block in case.get("caches", {}).values()
         for g in block.get("goals", [])
     ]
+    commit = meta["git"].get("commit", "")
     if goals:
         lines += ["| goal | case | figure | verdict |", "| --- | --- | --- | --- |"]
-        lines += [
-            f"| {g['goal']} | {n} | {_goal_value(g)} | {_verdict(g['verdict'])} |" for n, g in goals
-        ]
+        lines += [_goal_row(g, n, n, commit) for n, g in goals]
     return "\n".join(lines)
 
 
@@ -298,6 +349,98 @@ def write_readme(body: str) -> None:
     README.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
 
 
+SIGNVERIFY_BEGIN, SIGNVERIFY_END = "<!-- signverify:begin -->", "<!-- signverify:end -->"
+IMPORTS_BEGIN, IMPORTS_END = "<!-- imports:begin -->", "<!-- imports:end -->"
+
+
+def _machine_line(m: dict[str, Any]) -> str:
+    la = m.get("loadavg") or []
+    return (
+        f"{m.get('cpu_model')} ({' '.join(m.get('cpu_flags') or []) or 'flags not recorded'}), "
+        f"{m.get('cores', m.get('sched_affinity'))} usable cores, kernel {m.get('kernel', '?')}, "
+        f"load average {' / '.join(f'{x:.2f}' for x in la) or '?'} at the start"
+        + (" (**busy: more runnable threads than cores**)" if m.get("warning") else "")
+    )
+
+
+def _raw(path: Path) -> str:
+    rel = path.relative_to(ROOT / "benchmarks")
+    return f"[`benchmarks/{rel}`](../benchmarks/{rel})"
+
+
+def render_signverify(res: dict[str, Any], path: Path) -> str:
+    """``benchmarks.signverify``'s newest run as docs/performance.md shows it."""
+    lines = [
+        f"`python -m benchmarks.signverify --reps {res['reps']}"
+        + (f" --before {res['before']}" if res.get("before") else "")
+        + f"`: {_machine_line(res['machine'])}; raw data {_raw(path)}. Ratio = "
+        "model_signing median / weightguard median (> 1: weightguard faster), wall and CPU "
+        "time (user + system, every thread), same process, variants alternating.",
+        "",
+        "| model | weightguard | median | CPU | x model_signing (wall) | x model_signing (CPU) "
+        "| load average |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, m in res["models"].items():
+        la = m["loadavg_before_after"]
+        for k, r in m["ratio_model_signing_over_weightguard"].items():
+            med = m["median"][k]
+            lines.append(
+                f"| {name} | {k.removeprefix('weightguard ')} | {_fmt_s(med['wall_s'])} | "
+                f"{_fmt_s(med['cpu_s'])} | {r['wall']:.2f} | {r['cpu']:.2f} | "
+                f"{la[0]:.1f} -> {la[1]:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def render_imports(res: dict[str, Any], path: Path) -> str:
+    """``benchmarks.imports``' newest run as docs/performance.md shows it."""
+    top = list(res["importtime_top_ms"].items())[:8]
+    return "\n".join(
+        [
+            f"`python -m benchmarks.imports --reps {res['reps']}` ({res['model']}, "
+            f"{res['tensors']} tensors): {_machine_line(res['machine'])}; raw data "
+            f"{_raw(path)}.",
+            "",
+            "| measured (median of fresh interpreters, alternating) | ms |",
+            "| --- | --- |",
+            f"| `import torch, safetensors, safetensors.torch` (wall) | "
+            f"{res['anchor_imports_ms']:.0f} |",
+            "| `import weightguard.loader` on top (wall) | "
+            f"{res['weightguard_loader_import_ms']:.0f} "
+            f"(goal <= {res['goal_ms']:.0f}: {_verdict(res['verdict'])}) |",
+            f"| `import weightguard.loader` on top (CPU) | "
+            f"{res['weightguard_loader_import_cpu_ms']:.0f} "
+            f"(goal <= {res['goal_ms']:.0f}: {_verdict(res['verdict_cpu'])}) |",
+            f"| first `load_file` in the process | {res['first_load_ms']:.0f} |",
+            f"| second `load_file` | {res['second_load_ms']:.0f} |",
+            "",
+            "Largest imports under it (`-X importtime`, cumulative ms, median): "
+            + ", ".join(f"{n.split(' <- ')[-1]} {ms:.1f}" for n, ms in top)
+            + ".",
+        ]
+    )
+
+
+def write_performance(paths: list[Path] | None = None) -> list[str]:
+    """Rewrite docs/performance.md's generated blocks from the newest result of each
+    kind (or those among ``paths``); returns what was written."""
+    done = []
+    kinds = (
+        ("loads", LOADS_BEGIN, LOADS_END, render_loads_summary),
+        ("signverify", SIGNVERIFY_BEGIN, SIGNVERIFY_END, render_signverify),
+        ("imports", IMPORTS_BEGIN, IMPORTS_END, render_imports),
+    )
+    for kind, begin, end, fn in kinds:
+        files = [p for p in (paths or []) if p.name.startswith(f"{kind}-")]
+        files = files or sorted(RESULTS.glob(f"{kind}-*.json"))
+        if files and write_between(
+            PERFORMANCE, begin, end, fn(json.loads(files[-1].read_text()), files[-1])
+        ):
+            done.append(f"{kind} ({files[-1].name})")
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="render benchmark results")
     ap.add_argument("files", nargs="*", type=Path)
@@ -310,14 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         write_readme(body)
         print(f"wrote {README.relative_to(ROOT)} from {len(paths)} result file(s)")
-        loads = [p for p in paths if p.name.startswith("loads-")]
-        if loads and write_between(
-            PERFORMANCE,
-            LOADS_BEGIN,
-            LOADS_END,
-            render_loads_summary(json.loads(loads[-1].read_text()), loads[-1]),
-        ):
-            print(f"wrote the loads table into {PERFORMANCE.relative_to(ROOT)}")
+        for what in write_performance(paths):
+            print(f"wrote {PERFORMANCE.relative_to(ROOT)}: {what}")
     return 0
 
 

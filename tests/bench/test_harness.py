@@ -296,3 +296,96 @@ def test_cryptotensors_anchor_loads_every_tensor_and_is_a_load_goal(tmp_path: Pa
     (ctv,) = [x for x in case.variants if x.op == "benchmarks.ops:cryptotensors_load"]
     assert ctv.params["model"] == str(ct) and str(ct) in case.inputs
     assert any(g.anchor == ctv.label and g.min_ratio == 1.2 for g in case.goals)
+
+
+def test_verdicts_measured_before_the_code_changed_are_stale() -> None:
+    import subprocess
+
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=report.ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    first = subprocess.run(
+        ["git", "rev-list", "--max-parents=0", "HEAD"],
+        cwd=report.ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.split()[0]
+    assert report.stale_since(head, "verify-synthetic-256mib (warm)") == ""
+    assert "later commits to the sign path" in report.stale_since(first, "sign-x")
+    assert report.stale_since("f" * 40, "load-cpu-x").endswith("not in this repository")
+    assert report.stale_since(first, "startup-help") == ""  # no sources named: not judged
+    g = {"goal": ">= 1.0x", "verdict": "pass", "ratio": 2.96}
+    row = report._goal_row(g, "verify-m (warm)", "verify-m (warm)", first)
+    assert row.startswith("| >= 1.0x | verify-m (warm) | 2.96x | **pass**, stale (")
+    failed = {"goal": "g", "verdict": "n/a", "why": "KeyAccessDenied: ..."}
+    assert "not measured in this run" in report._goal_row(failed, "load-m", "load-m", head)
+
+
+def test_performance_blocks_are_generated_from_the_newest_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machine = {
+        "cpu_model": "Xeon",
+        "cpu_flags": ["avx512f"],
+        "cores": 2,
+        "kernel": "6.1",
+        "loadavg": [3.0, 2.0, 1.0],
+        "warning": "busy",
+    }
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "signverify-20260101T000000Z.json").write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "reps": 3,
+                "before": "abc",
+                "models": {
+                    "m": {
+                        "loadavg_before_after": [3.0, 2.5],
+                        "median": {"weightguard sign": {"wall_s": 0.2, "cpu_s": 0.25}},
+                        "ratio_model_signing_over_weightguard": {
+                            "weightguard sign": {"wall": 1.1, "cpu": 0.9}
+                        },
+                    }
+                },
+            }
+        )
+    )
+    (results / "imports-20260101T000000Z.json").write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "reps": 3,
+                "model": "m",
+                "tensors": 5,
+                "anchor_imports_ms": 1500.0,
+                "weightguard_loader_import_ms": 80.0,
+                "weightguard_loader_import_cpu_ms": 60.0,
+                "goal_ms": 30.0,
+                "verdict": "miss",
+                "verdict_cpu": "miss",
+                "first_load_ms": 90.0,
+                "second_load_ms": 91.0,
+                "importtime_top_ms": {"(total)": 80.0, "weightguard.trust": 6.0},
+            }
+        )
+    )
+    doc = tmp_path / "performance.md"
+    doc.write_text(
+        "a\n<!-- signverify:begin -->\nold\n<!-- signverify:end -->\n"
+        "b\n<!-- imports:begin -->\nold\n<!-- imports:end -->\nc\n"
+    )
+    monkeypatch.setattr(report, "PERFORMANCE", doc)
+    monkeypatch.setattr(report, "RESULTS", results)
+    monkeypatch.setattr(report, "ROOT", tmp_path.parent)
+    monkeypatch.setattr(report, "_raw", lambda p: p.name)
+    done = report.write_performance()
+    assert [d.split()[0] for d in done] == ["signverify", "imports"]
+    text = doc.read_text()
+    assert "old" not in text and text.startswith("a\n") and text.endswith("c\n")
+    assert "| m | sign | 200 ms | 250 ms | 1.10 | 0.90 | 3.0 -> 2.5 |" in text
+    assert "Xeon (avx512f), 2 usable cores, kernel 6.1, load average 3.00" in text
+    assert "**busy: more runnable threads than cores**" in text
+    assert "on top (CPU) | 60 (goal <= 30: **MISS**) |" in text
+    assert "first `load_file` in the process | 90 |" in text
