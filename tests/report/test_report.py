@@ -480,3 +480,20 @@ def test_co_signed_release_with_require_all(release: Release, tmp_path: Path) ->
     p = subprocess.run([sys.executable, "-m", "weightguard_cli", *args],
                        capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)  # fmt: skip
     assert p.returncode == 1 and json.loads(p.stdout)["provenance"]["verdict"] == "FAIL"
+
+
+def test_many_pods_and_identities_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ephemeral pods by the thousand: counted one by one up to a cap, then as (other)."""
+    from weightguard._internal.report import access
+
+    monkeypatch.setattr(access, "MAX_KEYS", 50)
+    monkeypatch.setattr(access, "MAX_IDENTITIES", 5)
+    st = access.AccessStats()
+    for i in range(300):
+        st.add({"event": "load.ok", "outcome": "ok", "time": "2026-01-01T00:00:00Z", "seq": i,
+                "subject": {"k8s_namespace": "ns", "k8s_service_account": f"sa{i}",
+                            "k8s_pod": f"pod-{i}", "k8s_node": "n"}})  # fmt: skip
+    assert len(st.loads_by_pod) == 51 and st.loads_by_pod[access.OTHER] == 250
+    assert len(st.loads_by_identity) == 51 and sum(st.loads_by_identity.values()) == 300
+    assert len(st.hourly) == 6 and sum(st.hourly[access.OTHER].values()) == 295
+    assert st.loads == 300

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-#: identities tracked one by one; the rest count as OTHER (bounded memory)
+#: identities with their own timeline; the rest share OTHER's (bounded memory)
 MAX_IDENTITIES = 64
+#: distinct identities, pods or nodes counted one by one; beyond, they count as OTHER
+MAX_KEYS = 10_000
 #: events listed one by one per kind (denials, tamper, rotations); the rest are counted
 MAX_LISTED = 200
 #: largest silences between consecutive events kept
@@ -45,6 +47,13 @@ def identity_of(subject: Any) -> str:
     if subject.get("vault_role"):
         return f"role:{subject['vault_role']}"
     return f"{subject.get('user', subject.get('uid', '?'))}@{subject.get('host', '?')}"
+
+
+def _bump(counter: Counter[str], key: str, n: int = 1) -> None:
+    """Count ``key``, or OTHER once MAX_KEYS distinct keys are counted."""
+    if key not in counter and len(counter) >= MAX_KEYS:
+        key = OTHER
+    counter[key] += n
 
 
 def _hour(t: datetime) -> int:
@@ -107,8 +116,8 @@ class AccessStats:
             return
         self.events += 1
         outcome = str(rec.get("outcome", ""))
-        self.by_event[event] += 1
-        self.by_outcome[outcome] += 1
+        _bump(self.by_event, event)
+        _bump(self.by_outcome, outcome)
         subject = rec.get("subject")
         ident = identity_of(subject)
         t = parse_record_time(rec.get("time"))
@@ -117,10 +126,10 @@ class AccessStats:
         else:
             self._see_time(t)
         if event == LOAD_OK and outcome == "ok":
-            self.loads_by_identity[ident] += 1
+            _bump(self.loads_by_identity, ident)
             sub = subject if isinstance(subject, dict) else {}
-            self.loads_by_pod[str(sub.get("k8s_pod") or sub.get("host") or "?")] += 1
-            self.loads_by_node[str(sub.get("k8s_node") or sub.get("host") or "?")] += 1
+            _bump(self.loads_by_pod, str(sub.get("k8s_pod") or sub.get("host") or "?"))
+            _bump(self.loads_by_node, str(sub.get("k8s_node") or sub.get("host") or "?"))
             if t is not None:
                 key = ident
                 if key not in self.hourly and len(self.hourly) >= MAX_IDENTITIES:
@@ -128,7 +137,7 @@ class AccessStats:
                 self.hourly.setdefault(key, Counter())[_hour(t)] += 1
         if outcome in DENIED_OUTCOMES:
             self.denied_total += 1
-            self.denied_by_identity[ident] += 1
+            _bump(self.denied_by_identity, ident)
             if len(self.denied) < MAX_LISTED:
                 self.denied.append(self._listed(rec, ident, log))
         if event in TAMPER_EVENTS or outcome in TAMPER_OUTCOMES:
@@ -193,7 +202,8 @@ class AccessStats:
             (self.loads_by_pod, other.loads_by_pod),
             (self.loads_by_node, other.loads_by_node),
         ):
-            mine.update(theirs)
+            for key, n in theirs.items():
+                _bump(mine, key, n)
         for ident, counts in other.hourly.items():
             key = ident
             if key not in self.hourly and len(self.hourly) >= MAX_IDENTITIES:

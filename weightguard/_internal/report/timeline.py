@@ -34,7 +34,7 @@ def series_for_plot(tl: Timeline) -> list[tuple[str, dict[int, int]]]:
         for _, s in rest:
             for b, c in s.items():
                 other[b] = other.get(b, 0) + c
-        shown.append((f"(others: {len(rest)} identities)", other))
+        shown.append(("(all other identities)", other))
     return shown
 
 
