@@ -7,7 +7,10 @@
 - the CLI imports only public modules (no ``_internal``);
 - no import cycles between modules, counting imports inside functions too (a lazy
   import is still a dependency), but not ``if TYPE_CHECKING:`` blocks;
-- the runtime package never imports the test infrastructure.
+- the runtime package never imports the test infrastructure;
+- public modules import only public modules of a lower rank (:data:`PUBLIC_RANKS`):
+  verification (``verifying``) sits below signing and the loader, so the loader never
+  reaches verification through ``signing``; a new public module needs a rank here.
 """
 
 from __future__ import annotations
@@ -17,7 +20,35 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # Public modules that hold only data types / the error hierarchy: the bottom layer.
-DATA_MODULES = {"weightguard.errors", "weightguard.manifest"}
+DATA_MODULES = {"weightguard.errors", "weightguard.manifest", "weightguard.trust"}
+# The public modules' order: each imports only modules of a lower rank (0: data).
+PUBLIC_RANKS = {
+    "weightguard.errors": 0,
+    "weightguard.manifest": 0,
+    "weightguard.trust": 0,  # trust anchors and proofs (data shared by policy/verifying)
+    "weightguard.fingerprint": 0,
+    "weightguard.integrations": 0,  # the package's __init__: docs and a version check
+    "weightguard.audit": 1,
+    "weightguard.doctor": 1,
+    "weightguard.crypt": 1,
+    "weightguard.policy": 1,
+    "weightguard.verifying": 2,  # the one front of verification
+    "weightguard.integrations._settings": 2,
+    "weightguard.signing": 3,  # signs; re-exports verify_bundle for its callers
+    "weightguard.loader": 3,  # verifies through verifying, never through signing
+    "weightguard.lazy": 4,
+    "weightguard.transfer": 4,
+    "weightguard.watermark": 4,
+    "weightguard.report": 5,
+    "weightguard.integrations._side_files": 5,
+    "weightguard.integrations.safetensors": 5,
+    "weightguard.integrations.kserve": 5,
+    "weightguard.bom": 6,
+    "weightguard.integrations.peft": 6,
+    "weightguard.integrations.sentence_transformers": 6,
+    "weightguard.integrations.transformers": 6,
+    "weightguard.integrations.vllm": 6,
+}
 
 
 def _module_name(path: Path) -> str:
@@ -35,13 +66,14 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def _imports(path: Path, module: str) -> set[str]:
+def _imports(path: Path, module: str, *, type_checking: bool = False) -> set[str]:
+    """What ``module`` imports; ``type_checking``: ``if TYPE_CHECKING:`` blocks too."""
     tree = ast.parse(path.read_text())
     found: set[str] = set()
     is_pkg = path.name == "__init__.py"
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
+        if isinstance(node, ast.If) and _is_type_checking(node) and not type_checking:
             for child in node.orelse:
                 visit(child)
             return
@@ -65,15 +97,15 @@ def _imports(path: Path, module: str) -> set[str]:
     return found
 
 
-def _graph() -> dict[str, set[str]]:
+def _graph(*, type_checking: bool = False) -> dict[str, set[str]]:
     files = list((ROOT / "weightguard").rglob("*.py")) + list(
         (ROOT / "cli" / "weightguard_cli").rglob("*.py")
     )
     mods = {_module_name(p): p for p in files}
     graph: dict[str, set[str]] = {}
     for name, path in mods.items():
-        deps = {d for d in _imports(path, name) if d in mods and d != name}
-        graph[name] = deps
+        found = _imports(path, name, type_checking=type_checking)
+        graph[name] = {d for d in found if d in mods and d != name}
     return graph
 
 
@@ -120,8 +152,7 @@ def test_cli_imports_only_public_api() -> None:
     assert bad == []
 
 
-def test_no_import_cycles() -> None:
-    graph = _graph()
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     # The package root only re-exports lazily (PEP 562 __getattr__); edges into it
     # (`from weightguard import __version__`) are not module dependencies.
     graph = {m: {d for d in deps if d != "weightguard"} for m, deps in graph.items()}
@@ -142,7 +173,36 @@ def test_no_import_cycles() -> None:
     for mod in sorted(graph):
         if mod not in state:
             dfs(mod, [])
-    assert cycles == []
+    return cycles
+
+
+def test_no_import_cycles() -> None:
+    assert _cycles(_graph()) == []
+
+
+def test_no_import_cycles_even_through_type_annotations() -> None:
+    """``if TYPE_CHECKING:`` imports too: two modules that need each other's types
+    share a third (e.g. the loader's Record in _internal/load/records.py)."""
+    assert _cycles(_graph(type_checking=True)) == []
+
+
+def test_every_public_module_has_a_rank() -> None:
+    public = {m for m in _graph() if _layer(m) in ("public", "data")}
+    assert sorted(public - set(PUBLIC_RANKS)) == [], "give the new module a PUBLIC_RANKS entry"
+    assert sorted(set(PUBLIC_RANKS) - public) == [], "remove the entry of a module that is gone"
+
+
+def test_public_modules_import_only_lower_ranks() -> None:
+    """No upward (or sideways) import between public modules: e.g. the loader verifies
+    through ``weightguard.verifying``, not ``weightguard.signing`` (same rank)."""
+    bad = [
+        f"{m} (rank {PUBLIC_RANKS[m]}) imports {d} (rank {PUBLIC_RANKS[d]})"
+        for m, deps in _graph().items()
+        if m in PUBLIC_RANKS
+        for d in sorted(deps)
+        if d in PUBLIC_RANKS and PUBLIC_RANKS[d] >= PUBLIC_RANKS[m]
+    ]
+    assert bad == []
 
 
 def test_runtime_never_imports_test_infrastructure() -> None:

@@ -40,7 +40,7 @@ from weightguard._internal.devices import pinned as pinned_pool
 from weightguard._internal.foundation.memory import wipe
 
 if TYPE_CHECKING:
-    from weightguard._internal.load.pipeline import Record
+    from weightguard._internal.load.records import Record
 
 __all__ = [
     "DEFAULT_RING_BYTES",

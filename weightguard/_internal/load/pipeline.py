@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.load.copiers import Copier
+from weightguard._internal.load.records import Record
 from weightguard._internal.load.sources import Source
 from weightguard._internal.load.stream_digests import StreamCheck
 from weightguard._internal.signing.hashing import SHA256_CHUNKED, chunk_hasher
@@ -42,22 +43,6 @@ __all__ = ["FileJob", "Record", "RecordCipher", "digest_matches", "run_pipeline"
 
 class RecordCipher(Protocol):
     def decrypt_record_into(self, index: int, ciphertext: memoryview, out: memoryview) -> None: ...
-
-
-@dataclass(frozen=True)
-class Record:
-    index: int  # chunk index: signed digest index and AEAD record index
-    src_off: int  # offset in the source file
-    src_len: int  # bytes read from the source (ciphertext incl. tag, or plaintext)
-    seg: int  # destination segment of the file
-    dst_off: int  # offset inside the segment
-    dst_len: int  # plaintext bytes
-    digest: bytes | None  # signed chunk digest of the source bytes; None only when unsafe
-    # (offset in the record's plaintext, offset in the segment, length) of each wanted
-    # tensor's bytes, when the copier places tensors at aligned offsets
-    pieces: tuple[tuple[int, int, int], ...] = ()
-    # read and hashed for the file's streamed digest only (no wanted tensor in it)
-    hash_only: bool = False
 
 
 @dataclass
