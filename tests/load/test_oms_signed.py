@@ -59,8 +59,11 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return make_sign_keys(tmp_path_factory.mktemp("omskeys"), "release")
 
 
-def _model(d: Path, key: str | None, *, two: bool = True) -> dict[str, torch.Tensor]:
-    """A model directory: two weight files and a config (encrypted with ``key``)."""
+def _model(
+    d: Path, key: str | None, *, two: bool = True, index: bool = False
+) -> dict[str, torch.Tensor]:
+    """A model directory: two weight files and a config (encrypted with ``key``), and
+    with ``index`` a ``model.safetensors.index.json``."""
     d.mkdir(parents=True)
     plain = d.parent / f"{d.name}-plain"
     plain.mkdir()
@@ -73,17 +76,24 @@ def _model(d: Path, key: str | None, *, two: bool = True) -> dict[str, torch.Ten
         else:
             encrypt(p, d / p.name, key, chunk_size=4096)
     (d / "config.json").write_text('{"hidden": 8}')
+    if index:
+        import json
+
+        where = {k: "b.safetensors" if k == "b.w" else "a.safetensors" for k in expected}
+        (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": where}))
     return expected
 
 
-def _ms_sign(model: Path, sig: Path, keys: Any, alg: str = "sha256") -> None:
+def _ms_sign(
+    model: Path, sig: Path, keys: Any, alg: str = "sha256", shard_size: int = 4096
+) -> None:
     """Sign with model_signing itself: ``alg`` is ``sha256`` / ``blake2`` / ``blake3``
-    (files serialization) or ``shards-<alg>`` (shards of 4096 bytes)."""
+    (files serialization) or ``shards-<alg>`` (shards of ``shard_size`` bytes)."""
     import model_signing
 
     if alg.startswith("shards-"):
         hc = model_signing.hashing.Config().use_shard_serialization(
-            hashing_algorithm=alg.split("-", 1)[1], shard_size=4096
+            hashing_algorithm=alg.split("-", 1)[1], shard_size=shard_size
         )
     else:
         hc = model_signing.hashing.Config().use_file_serialization(hashing_algorithm=alg)
@@ -825,3 +835,29 @@ def test_stream_check_hashes_pieces_in_order_whatever_order_they_come(shard: int
     changed[3] ^= 1
     errors = _hand_over(data, units, bytes(changed), seed=step)
     assert errors and all(isinstance(e, IntegrityError) and e.path == "f" for e in errors)
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_sharded_index_and_side_files(
+    tmp_path: Path, keys: Any, file_key: str, encrypted: bool
+) -> None:
+    """Shards of 64 bytes: the index and config are checked shard by shard before they
+    are parsed; a changed index byte is an IntegrityError naming the index, audited."""
+    d = tmp_path / "m"
+    expected = _model(d, file_key if encrypted else None, index=True)
+    _ms_sign(d, d / "model.sig", keys, "shards-sha256", shard_size=64)
+    audit, sink = memory_audit()
+    with loader.open_model(d, policy=keys.policy(), audit=audit) as h:
+        assert_same(h.load(), expected)
+        assert h.read_side_file("config.json") == b'{"hidden": 8}'
+    out = tmp_path / "out"
+    fetch_model(d, out, policy=keys.policy(), allow_disk=True, audit=audit)
+    assert (out / "model.safetensors.index.json").read_bytes() == (
+        d / "model.safetensors.index.json"
+    ).read_bytes()
+    index = d / "model.safetensors.index.json"
+    flip(index, index.stat().st_size - 3)
+    with pytest.raises(IntegrityError, match="differs from the signed sha256 digest") as info:
+        loader.load_file(d, policy=keys.policy(), audit=audit)
+    assert info.value.path == str(index)
+    assert last(sink, "tamper.detected")["object"]["file"] == str(index)
