@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{ANCHOR}: {anchor_ms:.0f} ms (in the weightguard trials {with_wg:.0f} ms)")
     print(
-        f"import weightguard.loader on top: {added:.0f} ms wall, {added_cpu:.0f} ms CPU "
+        f"from weightguard import load_file on top: {added:.0f} ms wall, {added_cpu:.0f} ms CPU "
         f"(goal <= {GOAL_MS:.0f} ms: {result['verdict']} / CPU {result['verdict_cpu']})"
     )
     print(

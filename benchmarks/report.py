@@ -406,10 +406,10 @@ def render_imports(res: dict[str, Any], path: Path) -> str:
             "| --- | --- |",
             f"| `import torch, safetensors, safetensors.torch` (wall) | "
             f"{res['anchor_imports_ms']:.0f} |",
-            "| `import weightguard.loader` on top (wall) | "
+            "| `from weightguard import load_file` on top (wall) | "
             f"{res['weightguard_loader_import_ms']:.0f} "
             f"(goal <= {res['goal_ms']:.0f}: {_verdict(res['verdict'])}) |",
-            f"| `import weightguard.loader` on top (CPU) | "
+            "| `from weightguard import load_file` on top (CPU) | "
             f"{res['weightguard_loader_import_cpu_ms']:.0f} "
             f"(goal <= {res['goal_ms']:.0f}: {_verdict(res['verdict_cpu'])}) |",
             f"| first `load_file` in the process | {res['first_load_ms']:.0f} |",

@@ -153,8 +153,9 @@ def signing_cases(model_dir: Path, reps: int, p: prep.Prepared, cli: bool) -> li
     shards = len(files) > 1
     what = f"{len(files)} shards" if shards else "one file"
     size = _size_label(nbytes)
-    min_ratio = 1.6 if shards else 1.0
-    goal_text = ">= 1.6x model_signing" if shards else "no slower than model_signing (>= 1.0x)"
+    # issue 21: >= 1.0x on one file and on 4 shards (was >= 1.6x on shards, issue 12)
+    min_ratio = 1.0
+    goal_text = "no slower than model_signing (>= 1.0x)"
     d = str(model_dir)
     keys = p.signing
     sign_v = [
@@ -222,7 +223,16 @@ def signing_cases(model_dir: Path, reps: int, p: prep.Prepared, cli: bool) -> li
     out = []
     for kind, variants in (("sign", sign_v), ("verify", verify_v)):
         api_anchor = variants[0].label
-        goals = [Goal(f"{kind}: {goal_text} (API)", anchor=api_anchor, min_ratio=min_ratio)]
+        goals = [
+            Goal(f"{kind}: {goal_text} (API)", anchor=api_anchor, min_ratio=min_ratio),
+            # on a busy machine wall time is a share of the cores: CPU time judges the work
+            Goal(
+                f"{kind}: {goal_text} (API, CPU time)",
+                anchor=api_anchor,
+                min_ratio=min_ratio,
+                metric="cpu_s",
+            ),
+        ]
         if cli:
             goals.append(
                 Goal(
