@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests.vectors.oms import restore_untracked
 from tests.vectors.oms.tamper import SINGLE_FILE_TAMPERS, TAMPERS
 from weightguard.errors import WeightguardError
 from weightguard.policy import ChainRoot, Policy, PublicKey, SigstoreIdentity
@@ -109,6 +110,7 @@ def _copy(v: Vector, tmp: Path, tamper: str) -> tuple[Path, Path]:
         shutil.copy2(v.model, model)
     else:
         shutil.copytree(v.model, model, ignore=shutil.ignore_patterns("model.sig"))
+        restore_untracked(v.model.parent, model)
     if tamper != "original":
         TAMPERS[tamper](model)
     return model, sig

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.support.signing import make_model, model_signing, write_key
+from tests.vectors.oms import restore_untracked
 from weightguard._internal.signing import oms
 from weightguard.errors import CoverageError, FormatError, IntegrityError, PolicyError
 from weightguard.policy import ChainRoot, PublicKey
@@ -32,6 +33,7 @@ def _copy(case: str, tmp: Path) -> tuple[Path, Path]:
     src = OMS / case
     shutil.copytree(src / "model", tmp / "model")
     shutil.copy2(src / "model.sig", tmp / "model.sig")
+    restore_untracked(src, tmp / "model")
     return tmp / "model", tmp / "model.sig"
 
 
