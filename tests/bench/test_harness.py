@@ -389,3 +389,19 @@ def test_performance_blocks_are_generated_from_the_newest_results(
     assert "**busy: more runnable threads than cores**" in text
     assert "on top (CPU) | 60 (goal <= 30: **MISS**) |" in text
     assert "first `load_file` in the process | 90 |" in text
+
+
+def test_sign_and_verify_goals_are_one_x_on_shards_in_wall_and_cpu_time(tmp_path: Path) -> None:
+    from benchmarks import prep, run
+
+    model = models.synthetic(4, shards=4, root=tmp_path)
+    p = prep.Prepared(signing={"priv": "k.pem", "pub": "k.pub.pem"})
+    cases = run.signing_cases(model, 1, p, cli=False)
+    assert [c.name.split("-")[0] for c in cases] == ["sign", "verify"]
+    for c in cases:
+        assert {(g.min_ratio, g.metric) for g in c.goals} == {(1.0, "wall_s"), (1.0, "cpu_s")}
+    ok = {"status": "ok", "wall_median_s": 1.0, "cpu_median_s": 1.0}
+    wg = {"status": "ok", "wall_median_s": 0.9, "cpu_median_s": 1.1}
+    cpu_goal = next(g for g in cases[0].goals if g.metric == "cpu_s")
+    res = evaluate_goal(cpu_goal, {cpu_goal.anchor or "": ok, "wg": wg}, "wg")
+    assert res["verdict"] == "miss" and round(res["ratio"], 2) == 0.91
