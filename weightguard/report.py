@@ -458,6 +458,53 @@ def _watermark(
 # ------------------------------------------------------------------------ access
 
 
+def _count(src: str, res: Any, progress: Progress | None) -> tuple[AccessStats, str | None]:
+    """Count a verified log's records, re-chaining them as they stream by: the figures
+    are of exactly the chain that verified, even if the file changed since.  Returns
+    the statistics and, when the records read are not those that verified, why."""
+    from weightguard.audit import read_records
+
+    one = AccessStats()
+    follower = ChainFollower()
+    n = 0
+    for rec in read_records(src, include_checkpoints=True):
+        if not follower.follow(rec):
+            break
+        one.add(rec, log=str(rec.get("log", ""))[:8])
+        n += 1
+        if progress is not None and n % 4096 == 0:
+            progress(4096)
+    if progress is not None:
+        progress(n % 4096)
+    # the same number of records, the same last one (its digest commits to all before
+    # it through the chain): exactly the records that verified
+    expected = {s.log_id: (s.records, s.last_seq, s.head) for s in res.logs}
+    got = {
+        log: (follower.counts[log], follower.last_seq(log), follower.head(log))
+        for log in follower.counts
+    }
+    if follower.broken is not None or got != expected:
+        return one, follower.broken or "different records"
+    return one, None
+
+
+def _timeline(acc: Access) -> None:
+    from weightguard._internal.report.timeline import series_for_plot, timeline_svg
+
+    st = acc.stats
+    assert st is not None
+    tl = st.timeline()
+    acc.bin_hours = tl.bin_hours
+    acc.timeline_svg = timeline_svg(
+        tl, st.denied, st.tamper, title=f"loads per identity per {tl.bin_hours} h (UTC)"
+    )
+    acc.timeline_points = {
+        "loads": sum(len(s) for _, s in series_for_plot(tl)),
+        "denied": len(st.denied),
+        "tamper": len(st.tamper),
+    }
+
+
 def _access(
     logs: Sequence[str],
     *,
@@ -470,11 +517,12 @@ def _access(
     on_verified: Callable[[str, int], None] | None,
     on_verifying: Callable[[str], None] | None = None,
 ) -> Access:
-    from weightguard.audit import read_records, verify_log
+    """Each log verified as `weightguard audit verify` does; only those that verify
+    are counted."""
+    from weightguard.audit import verify_log
 
     acc = Access()
     stats = AccessStats()
-    any_summarised = False
     for src in logs:
         anc = anchor if anchor is not None else (src if src.startswith("s3://") else None)
         if on_verifying is not None:
@@ -494,10 +542,9 @@ def _access(
         if not res.ok:
             acc.logs.append(LogVerdict(src, "BROKEN", res.describe(), list(res.warnings)))
             continue
-        verdict = "OK" if res.signed else "UNSIGNED"
         lv = LogVerdict(
             src,
-            verdict,
+            "OK" if res.signed else "UNSIGNED",
             res.describe(),
             list(res.warnings),
             [vars(s).copy() for s in res.logs],
@@ -505,67 +552,26 @@ def _access(
         acc.logs.append(lv)
         if on_verified is not None:
             on_verified(src, res.records)
-        # Count the verified records, re-chaining them as they stream by: the figures
-        # are of exactly the chain that verified, even if the file changed since.
-        one = AccessStats()
-        follower = ChainFollower()
-        n = 0
-        for rec in read_records(src, include_checkpoints=True):
-            if not follower.follow(rec):
-                break
-            one.add(rec, log=str(rec.get("log", ""))[:8])
-            n += 1
-            if progress is not None and n % 4096 == 0:
-                progress(4096)
-        if progress is not None:
-            progress(n % 4096)
-        # the same number of records, the same last one (its digest commits to all
-        # before it through the chain): exactly the records that verified
-        expected = {s.log_id: (s.records, s.last_seq, s.head) for s in res.logs}
-        got = {
-            log: (follower.counts[log], follower.last_seq(log), follower.head(log))
-            for log in follower.counts
-        }
-        if follower.broken is not None or got != expected:
+        one, changed = _count(src, res, progress)
+        if changed is not None:
             lv.verdict = "CHANGED"
             lv.text = (
-                "the log changed between its verification and the count ("
-                + (follower.broken or "different records")
-                + "): not summarised; verify it again"
+                f"the log changed between its verification and the count ({changed}): "
+                "not summarised; verify it again"
             )
             continue
         lv.summarised = True
         stats.merge(one)
-        any_summarised = True
-    if any_summarised:
         acc.stats = stats
     verdicts = {lv.verdict for lv in acc.logs}
     if not acc.logs:
         acc.verdict = "NONE"
     elif verdicts - {"OK", "UNSIGNED"}:
         acc.verdict = "UNVERIFIABLE"
-    elif "UNSIGNED" in verdicts:
-        acc.verdict = "UNSIGNED"
     else:
-        acc.verdict = "OK"
+        acc.verdict = "UNSIGNED" if "UNSIGNED" in verdicts else "OK"
     if acc.stats is not None:
-        from weightguard._internal.report.timeline import timeline_svg
-
-        tl = acc.stats.timeline()
-        acc.bin_hours = tl.bin_hours
-        acc.timeline_svg = timeline_svg(
-            tl,
-            acc.stats.denied,
-            acc.stats.tamper,
-            title=f"loads per identity per {tl.bin_hours} h (UTC)",
-        )
-        from weightguard._internal.report.timeline import series_for_plot
-
-        acc.timeline_points = {
-            "loads": sum(len(s) for _, s in series_for_plot(tl)),
-            "denied": len(acc.stats.denied),
-            "tamper": len(acc.stats.tamper),
-        }
+        _timeline(acc)
     return acc
 
 

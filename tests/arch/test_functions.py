@@ -46,7 +46,6 @@ ALLOWED: dict[str, str] = {
     "weightguard/transfer.py::fetch_model": (
         "to split with the thin loader (signature location, one S3 module; issue 20 item 3)"
     ),
-    "weightguard/report.py::_access": "to split: the access statistics pass of the report",
     "weightguard/loader.py::ModelHandle.__init__": (
         "to split with the thin loader: a frozen options object (issue 20 item 3)"
     ),
