@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from weightguard import __version__
 from weightguard._internal.signing.hashing import CHUNK_ALGORITHMS, DEFAULT_CHUNK_ALGORITHM
@@ -53,7 +53,6 @@ from weightguard.errors import (
     CoverageError,
     SourceError,
     VerificationError,
-    WeightguardError,
 )
 from weightguard.manifest import FileDigests, SignedModel, VerifiedManifest
 from weightguard.policy import vault_key_policy
@@ -67,6 +66,9 @@ from weightguard.verifying import (
     remote_cosignatures,
     verify_bundle,
 )
+
+if TYPE_CHECKING:
+    from weightguard._internal.signing.oms import ChunkRecord
 
 __all__ = [
     "CHUNK_ALGORITHMS",
@@ -180,9 +182,56 @@ def sign_model(
     """
     from weightguard._internal.foundation.atomic import atomic_write_bytes
     from weightguard._internal.signing import oms
-    from weightguard._internal.signing.hashing import HashJob, chunk_hasher, hash_files
 
     t0 = time.monotonic()
+    _check_settings(model, chunk_size, chunk_algorithm, hash_type)
+    root = Path(model)
+    sig_path = Path(signature)
+    _check_replace(sig_path, replace)
+    entries, ignored, name = _entries_to_sign(root, sig_path, ignore_paths, allow_symlinks)
+    chunks, resources = _digests(entries, chunk_size, chunk_algorithm, hash_type)
+    now = datetime.now(UTC).replace(microsecond=0)
+    signer.check_time(now)
+    payload = oms.build_statement(
+        name,
+        resources,
+        allow_symlinks=allow_symlinks,
+        ignore_paths=ignored,
+        chunks=chunks,
+        version=__version__,
+        signed_at=now,
+        hash_type=hash_type,
+    )
+    bundle = signer.make_bundle(payload)
+    atomic_write_bytes(sig_path, bundle)
+    files = {
+        n: FileDigests(
+            c.size, c.head, c.stride, c.digests, resources[n], True, c.algorithm, hash_type
+        )
+        for n, c in chunks.items()
+    }
+    digest = hashlib.sha256(bundle).hexdigest()
+    if audit is not None:
+        audit.emit(
+            "sign",
+            object={
+                "uri": str(root),
+                "signature": str(sig_path),
+                "digest": digest,
+                "signer": signer.describe(),
+            },
+            bytes=sum(e.size for e in entries),
+            duration_s=time.monotonic() - t0,
+        )
+    return SignedModel(sig_path, signer.describe(), files, digest, now)
+
+
+def _check_settings(
+    model: str | os.PathLike[str], chunk_size: int, chunk_algorithm: str, hash_type: str
+) -> None:
+    """Refuse bad settings before anything is hashed."""
+    from weightguard._internal.signing.hashing import chunk_hasher
+
     if not 4096 <= chunk_size <= (1 << 30):
         raise ConfigError(f"chunk size {chunk_size} outside 4 KiB .. 1 GiB")
     chunk_hasher(chunk_algorithm, path=str(model))  # unknown names fail before hashing
@@ -191,8 +240,10 @@ def sign_model(
             f"hash type {str(hash_type)[:64]!r} is not supported; use one of "
             f"{', '.join(HASH_TYPES)}"
         )
-    root = Path(model)
-    sig_path = Path(signature)
+
+
+def _check_replace(sig_path: Path, replace: bool | None) -> None:
+    """An existing signature is replaced only when asked (None: with a warning)."""
     exists = sig_path.exists() or sig_path.is_symlink()
     if exists and replace is None:
         logging.getLogger("weightguard.signing").warning(
@@ -207,6 +258,12 @@ def sign_model(
             f"{sig_path}{COSIGN_SUFFIX}/NAME.sig), or replace it with --replace "
             "(sign_model(replace=True))",
         )
+
+
+def _entries_to_sign(
+    root: Path, sig_path: Path, ignore_paths: Iterable[str], allow_symlinks: bool
+) -> tuple[list[_Entry], list[str], str]:
+    """(the files to sign, the ignore paths to record, the model name)."""
     try:
         st = root.lstat()
     except OSError as exc:
@@ -253,6 +310,15 @@ def sign_model(
         name = root.resolve().name
         if not entries:
             raise SourceError(f"{root}: no files to sign")
+    return entries, ignored, name
+
+
+def _digests(
+    entries: list[_Entry], chunk_size: int, chunk_algorithm: str, hash_type: str
+) -> tuple[dict[str, ChunkRecord], dict[str, bytes]]:
+    """One read of each file: (chunk records, whole-file resource digests)."""
+    from weightguard._internal.signing import oms
+    from weightguard._internal.signing.hashing import HashJob, hash_files
 
     jobs = []
     layouts: dict[str, tuple[int, int]] = {}
@@ -261,8 +327,6 @@ def sign_model(
         layouts[e.name] = (head, stride)
         jobs.append(HashJob(e.name, e.path, e.size, head, stride, chunk_algorithm, hash_type))
     hashes = hash_files(jobs)
-    now = datetime.now(UTC).replace(microsecond=0)
-    signer.check_time(now)
     resources = {e.name: hashes[e.name].whole for e in entries}
     chunks = {
         e.name: oms.ChunkRecord(
@@ -274,38 +338,4 @@ def sign_model(
         )
         for e in entries
     }
-    payload = oms.build_statement(
-        name,
-        resources,
-        allow_symlinks=allow_symlinks,
-        ignore_paths=ignored,
-        chunks=chunks,
-        version=__version__,
-        signed_at=now,
-        hash_type=hash_type,
-    )
-    bundle = signer.make_bundle(payload)
-    try:
-        atomic_write_bytes(sig_path, bundle)
-    except WeightguardError:
-        raise
-    files = {
-        n: FileDigests(
-            c.size, c.head, c.stride, c.digests, resources[n], True, c.algorithm, hash_type
-        )
-        for n, c in chunks.items()
-    }
-    digest = hashlib.sha256(bundle).hexdigest()
-    if audit is not None:
-        audit.emit(
-            "sign",
-            object={
-                "uri": str(root),
-                "signature": str(sig_path),
-                "digest": digest,
-                "signer": signer.describe(),
-            },
-            bytes=sum(e.size for e in entries),
-            duration_s=time.monotonic() - t0,
-        )
-    return SignedModel(sig_path, signer.describe(), files, digest, now)
+    return chunks, resources

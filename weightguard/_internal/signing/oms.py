@@ -274,88 +274,7 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
     _known(vm, _VM_FIELDS, f"{path}: verificationMaterial")
     _known(env, _ENVELOPE_FIELDS, f"{path}: dsseEnvelope")
 
-    hint: str | None = None
-    certs: list[bytes] = []
-    present = [k for k in ("publicKey", "x509CertificateChain", "certificate") if k in vm]
-    if len(present) != 1:
-        raise FormatError(
-            f"{path}: verificationMaterial must hold exactly one of publicKey, "
-            f"x509CertificateChain, certificate (found {present or 'none'})"
-        )
-    tlog = vm.get("tlogEntries", [])
-    _list(tlog, f"{path}: verificationMaterial.tlogEntries", 16)
-    key_pem: bytes | None = None
-    key_details: str | None = None
-    if present[0] != "certificate":
-        # Key and certificate bundles: weightguard (like model_signing) verifies no
-        # transparency log entry or timestamp for them, so none may be there: an
-        # unverified field would be a second encoding of the same signature.
-        if tlog:
-            raise FormatError(
-                f"{path}: verificationMaterial.tlogEntries must be empty in a "
-                f"{present[0]} bundle (nothing there is verified)",
-                hint="only Sigstore keyless bundles carry transparency log entries",
-            )
-        if "timestampVerificationData" in vm:
-            raise FormatError(
-                f"{path}: verificationMaterial.timestampVerificationData in a "
-                f"{present[0]} bundle (nothing there is verified)"
-            )
-    if present[0] == "publicKey":
-        kind = "key"
-        pkw = f"{path}: verificationMaterial.publicKey"
-        pk = _obj(vm["publicKey"], pkw)
-        # Two shapes: {"hint"} (model_signing >= 1.1) or {"rawBytes", "keyDetails"}
-        # (0.3.1 .. 1.0.1); each field is checked against the verifying key.
-        if "hint" in pk:
-            _known(pk, {"hint"}, pkw)
-            h = pk["hint"]
-            if not isinstance(h, str) or not _HEX64.fullmatch(h):
-                raise FormatError(f"{pkw}.hint is not a hex SHA-256")
-            hint = h
-        else:
-            _known(pk, {"rawBytes", "keyDetails"}, pkw)
-            if set(pk) != {"rawBytes", "keyDetails"}:
-                raise FormatError(
-                    f"{pkw} must hold either hint, or rawBytes and keyDetails "
-                    f"(found {sorted(pk) or 'none'})"
-                )
-            key_pem = _b64decode(pk["rawBytes"], f"{pkw}.rawBytes", max_len=1 << 16)
-            kd = pk["keyDetails"]
-            if kd not in KEY_DETAILS.values():
-                raise FormatError(
-                    f"{pkw}.keyDetails is {str(kd)[:64]!r}; expected one of "
-                    + ", ".join(sorted(KEY_DETAILS.values()))
-                )
-            key_details = str(kd)
-    elif present[0] == "x509CertificateChain":
-        kind = "x509"
-        chain = _obj(
-            vm["x509CertificateChain"], f"{path}: verificationMaterial.x509CertificateChain"
-        )
-        _known(chain, {"certificates"}, f"{path}: verificationMaterial.x509CertificateChain")
-        items = _list(
-            chain.get("certificates"),
-            f"{path}: verificationMaterial.x509CertificateChain.certificates",
-            MAX_CERTS,
-        )
-        if not items:
-            raise FormatError(f"{path}: x509CertificateChain.certificates is empty")
-        for i, c in enumerate(items):
-            where = f"{path}: x509CertificateChain.certificates[{i}]"
-            _known(_obj(c, where), {"rawBytes"}, where)
-            certs.append(_b64decode(c.get("rawBytes"), f"{where}.rawBytes", max_len=1 << 20))
-    else:
-        kind = "sigstore"
-        c = _obj(vm["certificate"], f"{path}: verificationMaterial.certificate")
-        _known(c, {"rawBytes"}, f"{path}: verificationMaterial.certificate")
-        where = f"{path}: verificationMaterial.certificate.rawBytes"
-        certs.append(_b64decode(c.get("rawBytes"), where, max_len=1 << 20))
-        if not tlog:
-            raise FormatError(
-                f"{path}: Sigstore keyless bundle without tlogEntries",
-                hint="a keyless signature must carry its transparency log entry",
-            )
+    kind, hint, certs, key_pem, key_details = _parse_material(vm, path)
 
     payload_type = _str(env.get("payloadType"), f"{path}: dsseEnvelope.payloadType")
     if payload_type != PAYLOAD_TYPE:
@@ -394,6 +313,106 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
         key_pem=key_pem,
         key_details=key_details,
     )
+
+
+def _parse_material(
+    vm: dict[str, Any], path: str
+) -> tuple[str, str | None, list[bytes], bytes | None, str | None]:
+    """``verificationMaterial``: (kind, key hint, DER certificates leaf first, PEM key
+    and keyDetails of model_signing 0.3.1 .. 1.0.1 key bundles)."""
+    hint: str | None = None
+    certs: list[bytes] = []
+    present = [k for k in ("publicKey", "x509CertificateChain", "certificate") if k in vm]
+    if len(present) != 1:
+        raise FormatError(
+            f"{path}: verificationMaterial must hold exactly one of publicKey, "
+            f"x509CertificateChain, certificate (found {present or 'none'})"
+        )
+    tlog = vm.get("tlogEntries", [])
+    _list(tlog, f"{path}: verificationMaterial.tlogEntries", 16)
+    key_pem: bytes | None = None
+    key_details: str | None = None
+    if present[0] != "certificate":
+        # Key and certificate bundles: weightguard (like model_signing) verifies no
+        # transparency log entry or timestamp for them, so none may be there: an
+        # unverified field would be a second encoding of the same signature.
+        if tlog:
+            raise FormatError(
+                f"{path}: verificationMaterial.tlogEntries must be empty in a "
+                f"{present[0]} bundle (nothing there is verified)",
+                hint="only Sigstore keyless bundles carry transparency log entries",
+            )
+        if "timestampVerificationData" in vm:
+            raise FormatError(
+                f"{path}: verificationMaterial.timestampVerificationData in a "
+                f"{present[0]} bundle (nothing there is verified)"
+            )
+    if present[0] == "publicKey":
+        kind = "key"
+        hint, key_pem, key_details = _parse_public_key(
+            vm["publicKey"], f"{path}: verificationMaterial.publicKey"
+        )
+    elif present[0] == "x509CertificateChain":
+        kind = "x509"
+        chain = _obj(
+            vm["x509CertificateChain"], f"{path}: verificationMaterial.x509CertificateChain"
+        )
+        _known(chain, {"certificates"}, f"{path}: verificationMaterial.x509CertificateChain")
+        items = _list(
+            chain.get("certificates"),
+            f"{path}: verificationMaterial.x509CertificateChain.certificates",
+            MAX_CERTS,
+        )
+        if not items:
+            raise FormatError(f"{path}: x509CertificateChain.certificates is empty")
+        for i, c in enumerate(items):
+            where = f"{path}: x509CertificateChain.certificates[{i}]"
+            _known(_obj(c, where), {"rawBytes"}, where)
+            certs.append(_b64decode(c.get("rawBytes"), f"{where}.rawBytes", max_len=1 << 20))
+    else:
+        kind = "sigstore"
+        c = _obj(vm["certificate"], f"{path}: verificationMaterial.certificate")
+        _known(c, {"rawBytes"}, f"{path}: verificationMaterial.certificate")
+        where = f"{path}: verificationMaterial.certificate.rawBytes"
+        certs.append(_b64decode(c.get("rawBytes"), where, max_len=1 << 20))
+        if not tlog:
+            raise FormatError(
+                f"{path}: Sigstore keyless bundle without tlogEntries",
+                hint="a keyless signature must carry its transparency log entry",
+            )
+    return kind, hint, certs, key_pem, key_details
+
+
+def _parse_public_key(value: object, pkw: str) -> tuple[str | None, bytes | None, str | None]:
+    """``publicKey``: (hint, rawBytes PEM, keyDetails); exactly one shape is present."""
+    pk = _obj(value, pkw)
+    hint: str | None = None
+    key_pem: bytes | None = None
+    key_details: str | None = None
+    # Two shapes: {"hint"} (model_signing >= 1.1) or {"rawBytes", "keyDetails"}
+    # (0.3.1 .. 1.0.1); each field is checked against the verifying key.
+    if "hint" in pk:
+        _known(pk, {"hint"}, pkw)
+        h = pk["hint"]
+        if not isinstance(h, str) or not _HEX64.fullmatch(h):
+            raise FormatError(f"{pkw}.hint is not a hex SHA-256")
+        hint = h
+    else:
+        _known(pk, {"rawBytes", "keyDetails"}, pkw)
+        if set(pk) != {"rawBytes", "keyDetails"}:
+            raise FormatError(
+                f"{pkw} must hold either hint, or rawBytes and keyDetails "
+                f"(found {sorted(pk) or 'none'})"
+            )
+        key_pem = _b64decode(pk["rawBytes"], f"{pkw}.rawBytes", max_len=1 << 16)
+        kd = pk["keyDetails"]
+        if kd not in KEY_DETAILS.values():
+            raise FormatError(
+                f"{pkw}.keyDetails is {str(kd)[:64]!r}; expected one of "
+                + ", ".join(sorted(KEY_DETAILS.values()))
+            )
+        key_details = str(kd)
+    return hint, key_pem, key_details
 
 
 def encode_bundle(
@@ -643,12 +662,55 @@ def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
     subject_sha = _hex32(sdig.get("sha256"), f"{w}.subject[0].digest.sha256")
 
     pred = _obj(doc.get("predicate"), f"{w}.predicate")
-    ser = _obj(pred.get("serialization"), f"{w}.predicate.serialization")
+    ser = _parse_serialization(pred, w)
+    resources, listed, shard_ranges = _parse_resources(pred, ser, w)
+    if subject_digest(listed) != subject_sha:
+        raise FormatError(
+            f"{w}.subject[0].digest.sha256 does not match the listed resources",
+            hint="the statement is inconsistent; it was not produced by a correct signer",
+        )
+    shards: dict[str, ShardRecord] = {}
+    for name, per_file in shard_ranges.items():
+        ranges = sorted(per_file)
+        size = _check_tiling(name, ranges, ser.shard_size, f"{w}.predicate.resources")
+        shards[name] = ShardRecord(size, ser.shard_size, tuple(per_file[r] for r in ranges))
+    wg_version, signed_at, chunks = _parse_weightguard(pred, resources, w)
+    if chunks and ser.method != "files":
+        raise FormatError(
+            f"{w}.predicate.weightguard: chunk digests with {ser.method} serialization"
+        )
+    return Statement(
+        model_name=model_name,
+        subject_sha256=subject_sha,
+        resources=resources,
+        allow_symlinks=ser.allow_symlinks,
+        ignore_paths=ser.ignore_paths,
+        wg_version=wg_version,
+        signed_at=signed_at,
+        chunks=chunks,
+        hash_type=ser.hash_type,
+        method=ser.method,
+        shards=shards,
+    )
+
+
+@dataclass(frozen=True)
+class _Serialization:
+    method: str  # "files" | "shards"
+    shard_size: int  # 0 for "files"
+    hash_type: str
+    resource_algorithms: frozenset[str]  # what every resource's "algorithm" may say
+    allow_symlinks: bool
+    ignore_paths: tuple[str, ...]
+
+
+def _parse_serialization(pred: dict[str, Any], w: str) -> _Serialization:
+    sw = f"{w}.predicate.serialization"
+    ser = _obj(pred.get("serialization"), sw)
     method = ser.get("method")
     if method not in ("files", "shards"):
         raise FormatError(
-            f"{w}.predicate.serialization.method is {str(method)[:64]!r}; "
-            "supported: 'files', 'shards'",
+            f"{sw}.method is {str(method)[:64]!r}; supported: 'files', 'shards'",
             hint="sign with file serialization (the model_signing default)",
         )
     shard_size = 0
@@ -657,43 +719,53 @@ def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
         raw_size = ser.get("shard_size")
         if isinstance(raw_size, float) and raw_size.is_integer():
             raw_size = int(raw_size)
-        shard_size = _int(raw_size, f"{w}.predicate.serialization.shard_size", 1, MAX_SHARD_SIZE)
-    hash_type = _hash_name(ser.get("hash_type"), shard_size, f"{w}.predicate.serialization")
+        shard_size = _int(raw_size, f"{sw}.shard_size", 1, MAX_SHARD_SIZE)
+    hash_type = _hash_name(ser.get("hash_type"), shard_size, sw)
     # Resource algorithm: the hash type, or (shards) "<hash>-sharded-<shard_size>" as
     # model_signing 0.3 .. 1.1 name it; one name for every resource.
     resource_algorithms = {hash_type}
     if method == "shards":
         resource_algorithms.add(f"{hash_type}-sharded-{shard_size}")
-    first_algorithm: object = None
     allow_symlinks = ser.get("allow_symlinks")
     if not isinstance(allow_symlinks, bool):
-        raise FormatError(f"{w}.predicate.serialization.allow_symlinks must be a boolean")
-    ignore_raw = _list(
-        ser.get("ignore_paths", []), f"{w}.predicate.serialization.ignore_paths", 4096
-    )
-    ignore_paths = tuple(
-        _str(p, f"{w}.predicate.serialization.ignore_paths[{i}]") for i, p in enumerate(ignore_raw)
+        raise FormatError(f"{sw}.allow_symlinks must be a boolean")
+    ignore_raw = _list(ser.get("ignore_paths", []), f"{sw}.ignore_paths", 4096)
+    ignore_paths = tuple(_str(p, f"{sw}.ignore_paths[{i}]") for i, p in enumerate(ignore_raw))
+    return _Serialization(
+        str(method),
+        shard_size,
+        hash_type,
+        frozenset(resource_algorithms),
+        allow_symlinks,
+        ignore_paths,
     )
 
+
+def _parse_resources(
+    pred: dict[str, Any], ser: _Serialization, w: str
+) -> tuple[dict[str, bytes], list[bytes], dict[str, dict[tuple[int, int], bytes]]]:
+    """(resource digest by file -- b"" for sharded files --, every digest in listed
+    order, shard digests by file and byte range)."""
     items = _list(pred.get("resources"), f"{w}.predicate.resources", MAX_RESOURCES)
     resources: dict[str, bytes] = {}
     listed: list[bytes] = []
     shard_ranges: dict[str, dict[tuple[int, int], bytes]] = {}
+    first_algorithm: object = None
     for i, r in enumerate(items):
         rw = f"{w}.predicate.resources[{i}]"
         ro = _obj(r, rw)
         algorithm = ro.get("algorithm")
         if i == 0:
             first_algorithm = algorithm
-        if algorithm not in resource_algorithms or algorithm != first_algorithm:
+        if algorithm not in ser.resource_algorithms or algorithm != first_algorithm:
             raise FormatError(
                 f"{rw}.algorithm is {str(algorithm)[:64]!r}, expected "
-                + " or ".join(repr(a) for a in sorted(resource_algorithms))
+                + " or ".join(repr(a) for a in sorted(ser.resource_algorithms))
                 + " (the serialization.hash_type), the same for every resource"
             )
-        digest = _digest_hex(ro.get("digest"), hash_type, f"{rw}.digest")
+        digest = _digest_hex(ro.get("digest"), ser.hash_type, f"{rw}.digest")
         listed.append(digest)
-        if method == "shards":
+        if ser.method == "shards":
             name, start, end = parse_shard_name(ro.get("name"), f"{rw}.name")
             per_file = shard_ranges.setdefault(name, {})
             if (start, end) in per_file:
@@ -707,73 +779,59 @@ def parse_statement(payload: bytes, *, path: str = "signature") -> Statement:
         resources[name] = digest
     if "." in resources and len(resources) != 1:
         raise FormatError(f"{w}.predicate.resources: '.' (single-file model) mixed with others")
-    if subject_digest(listed) != subject_sha:
-        raise FormatError(
-            f"{w}.subject[0].digest.sha256 does not match the listed resources",
-            hint="the statement is inconsistent; it was not produced by a correct signer",
-        )
-    shards: dict[str, ShardRecord] = {}
-    for name, per_file in shard_ranges.items():
-        ranges = sorted(per_file)
-        size = _check_tiling(name, ranges, shard_size, f"{w}.predicate.resources")
-        shards[name] = ShardRecord(size, shard_size, tuple(per_file[r] for r in ranges))
+    return resources, listed, shard_ranges
 
+
+def _parse_weightguard(
+    pred: dict[str, Any], resources: dict[str, bytes], w: str
+) -> tuple[str | None, datetime | None, dict[str, ChunkRecord]]:
+    """``predicate.weightguard``: (version, signed_at, chunk records), if present."""
     wg_version: str | None = None
     signed_at: datetime | None = None
     chunks: dict[str, ChunkRecord] = {}
-    if WG_VERSION_FIELD in pred:
-        ww = f"{w}.predicate.weightguard"
-        wg = _obj(pred[WG_VERSION_FIELD], ww)
-        wg_version = _str(wg.get("version"), f"{ww}.version")
-        if "signed_at" in wg:
-            signed_at = _parse_time(wg["signed_at"], f"{ww}.signed_at")
-        files = _obj(wg.get("files"), f"{ww}.files")
-        if len(files) > MAX_RESOURCES:
-            raise FormatError(f"{ww}.files: too many entries")
-        for name, rec in files.items():
-            fw = f"{ww}.files[{name!r}]"
-            if name not in resources:
-                raise FormatError(f"{fw}: not a listed resource")
-            ro = _obj(rec, fw)
-            algorithm = ro.get("algorithm")
-            if algorithm not in CHUNK_ALGORITHMS:
-                shown = str(algorithm)[:64]
-                raise FormatError(
-                    f"{fw}.algorithm: file {name!r} is signed with unknown chunk digest "
-                    f"algorithm {shown!r}; supported: {', '.join(CHUNK_ALGORITHMS)}",
-                    hint="upgrade weightguard, or re-sign the model with this version",
-                )
-            size = _int(ro.get("size"), f"{fw}.size", 0, MAX_FILE_SIZE)
-            head = _int(ro.get("head"), f"{fw}.head", 0, size)
-            stride = _int(ro.get("stride"), f"{fw}.stride", MIN_STRIDE, MAX_STRIDE)
-            expected = range_count(size, head, stride)
-            dl = _list(ro.get("digests"), f"{fw}.digests", expected)
-            if len(dl) != expected:
-                raise FormatError(
-                    f"{fw}.digests has {len(dl)} entries, expected {expected} for "
-                    f"size {size}, head {head}, stride {stride}"
-                )
-            chunks[name] = ChunkRecord(
-                size=size,
-                head=head,
-                stride=stride,
-                digests=tuple(_hex32(d, f"{fw}.digests[{k}]") for k, d in enumerate(dl)),
-                algorithm=str(algorithm),
-            )
-    if chunks and method != "files":
-        raise FormatError(f"{w}.predicate.weightguard: chunk digests with {method} serialization")
-    return Statement(
-        model_name=model_name,
-        subject_sha256=subject_sha,
-        resources=resources,
-        allow_symlinks=allow_symlinks,
-        ignore_paths=ignore_paths,
-        wg_version=wg_version,
-        signed_at=signed_at,
-        chunks=chunks,
-        hash_type=hash_type,
-        method=str(method),
-        shards=shards,
+    if WG_VERSION_FIELD not in pred:
+        return wg_version, signed_at, chunks
+    ww = f"{w}.predicate.weightguard"
+    wg = _obj(pred[WG_VERSION_FIELD], ww)
+    wg_version = _str(wg.get("version"), f"{ww}.version")
+    if "signed_at" in wg:
+        signed_at = _parse_time(wg["signed_at"], f"{ww}.signed_at")
+    files = _obj(wg.get("files"), f"{ww}.files")
+    if len(files) > MAX_RESOURCES:
+        raise FormatError(f"{ww}.files: too many entries")
+    for name, rec in files.items():
+        fw = f"{ww}.files[{name!r}]"
+        if name not in resources:
+            raise FormatError(f"{fw}: not a listed resource")
+        chunks[name] = _parse_chunk_record(_obj(rec, fw), name, fw)
+    return wg_version, signed_at, chunks
+
+
+def _parse_chunk_record(ro: dict[str, Any], name: str, fw: str) -> ChunkRecord:
+    algorithm = ro.get("algorithm")
+    if algorithm not in CHUNK_ALGORITHMS:
+        shown = str(algorithm)[:64]
+        raise FormatError(
+            f"{fw}.algorithm: file {name!r} is signed with unknown chunk digest "
+            f"algorithm {shown!r}; supported: {', '.join(CHUNK_ALGORITHMS)}",
+            hint="upgrade weightguard, or re-sign the model with this version",
+        )
+    size = _int(ro.get("size"), f"{fw}.size", 0, MAX_FILE_SIZE)
+    head = _int(ro.get("head"), f"{fw}.head", 0, size)
+    stride = _int(ro.get("stride"), f"{fw}.stride", MIN_STRIDE, MAX_STRIDE)
+    expected = range_count(size, head, stride)
+    dl = _list(ro.get("digests"), f"{fw}.digests", expected)
+    if len(dl) != expected:
+        raise FormatError(
+            f"{fw}.digests has {len(dl)} entries, expected {expected} for "
+            f"size {size}, head {head}, stride {stride}"
+        )
+    return ChunkRecord(
+        size=size,
+        head=head,
+        stride=stride,
+        digests=tuple(_hex32(d, f"{fw}.digests[{k}]") for k, d in enumerate(dl)),
+        algorithm=str(algorithm),
     )
 
 
