@@ -351,6 +351,17 @@ def test_a_million_tensor_header_unsafe_load_and_encrypt_refuse_fast(
     assert not (tmp_path / "e").exists()
 
 
+def test_the_watermark_reader_has_the_same_bound(huge_file: Path) -> None:
+    import time
+
+    from weightguard._internal.watermark.io import read_st_header
+
+    t0 = time.monotonic()
+    with open(huge_file, "rb") as f, pytest.raises(FormatError, match="over the limit"):
+        read_st_header(f, huge_file)
+    assert time.monotonic() - t0 < 2.0
+
+
 def test_the_bound_itself_parses_in_time() -> None:
     """A header of exactly MAX_TENSORS tensors is accepted, and parsed in linear time."""
     import time

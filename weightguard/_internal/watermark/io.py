@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from weightguard._internal.format.model_dir import is_weight_file
-from weightguard._internal.format.safetensors import MAX_HEADER_SIZE
+from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, tensor_count_bound
 from weightguard._internal.foundation import boundedjson
 from weightguard._internal.foundation.atomic import atomic_write
 from weightguard.errors import DestinationError, FormatError, SourceError, WatermarkError
@@ -97,6 +97,7 @@ def read_st_header(f: BinaryIO, path: Path) -> StHeader:
             hint="the file is not a plain safetensors file (encrypted artifact? corrupt?)",
         )
     raw_json = f.read(n)
+    tensor_count_bound(raw_json, path=str(path))  # the loader's bound, before parsing
     doc = boundedjson.loads(
         raw_json, what=f"{path}: safetensors header", max_bytes=MAX_HEADER_SIZE, max_depth=4
     )
