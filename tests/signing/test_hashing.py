@@ -152,3 +152,26 @@ def test_file_changed_while_hashed_is_refused(  # type: ignore[no-untyped-def]
     job = HashJob("f.bin", str(p), 1_000_000, 1000, 16 * 1024, algorithm=BLAKE3_CHUNKED)
     with pytest.raises(SourceError, match=r"f\.bin: file changed while being hashed"):
         hash_files([job], workers=2)
+
+
+def test_the_file_opened_is_the_file_hashed(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A path replaced after it was opened is never hashed as if it were the file opened
+    (small files are read with the caller's descriptor, not by reopening the path): the
+    replaced file's unlinking is seen as a change, and refused."""
+    p, other = tmp_path / "f.bin", tmp_path / "other.bin"
+    data = os.urandom(5000)
+    p.write_bytes(data)
+    other.write_bytes(os.urandom(5000))
+    real = hashing._hash_read
+
+    def swapped(job, pool, fd):  # type: ignore[no-untyped-def]
+        os.replace(other, p)
+        return real(job, pool, fd)
+
+    monkeypatch.setattr(hashing, "_hash_read", swapped)
+    with pytest.raises(SourceError, match=r"f\.bin: file changed while being hashed"):
+        hash_files([HashJob("f.bin", str(p), 5000, 5000, 16 * 1024)], workers=1)
+    monkeypatch.setattr(hashing, "_hash_read", real)
+    p.write_bytes(data)
+    got = hash_files([HashJob("f.bin", str(p), 5000, 5000, 16 * 1024)], workers=1)["f.bin"]
+    assert got.whole == hashlib.sha256(data).digest()

@@ -238,8 +238,10 @@ def _read_exact(f: object, view: memoryview, name: str) -> None:
         got += r
 
 
-def _hash_read(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
-    """One file through ``readinto``/``pread`` buffers (where it cannot be mapped)."""
+def _hash_read(job: HashJob, pool: cf.ThreadPoolExecutor | None, fd: int) -> FileHashes:
+    """One file through ``readinto``/``pread`` buffers (where it cannot be mapped), read
+    from ``fd`` (at offset 0; the caller's descriptor, so the file whose identity the
+    caller checks is the one hashed)."""
     size, head, stride = job.size, job.head, job.stride
     new = chunk_hasher(job.algorithm, path=job.name)
     # chunk digest of [0, size) == whole-file digest when both use the same function
@@ -252,10 +254,7 @@ def _hash_read(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
 
     whole = whole_hasher(job.whole, size=size, path=job.name)
     wa = job.whole
-    try:
-        f = open(job.path, "rb", buffering=0)  # noqa: SIM115
-    except OSError as exc:
-        raise SourceError(f"{job.name}: cannot open for hashing: {exc.strerror}") from exc
+    f = open(fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
     with f:
         if hasattr(os, "posix_fadvise"):
             with contextlib.suppress(OSError):
@@ -383,7 +382,7 @@ def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
             except (OSError, ValueError):
                 mapped = None
         if mapped is None:
-            out = _hash_read(job, pool)
+            out = _hash_read(job, pool, fd)
         else:
             try:
                 out = _hash_mapped(job, mapped, pool)
