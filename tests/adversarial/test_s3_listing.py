@@ -202,7 +202,8 @@ def test_default_bounds_admit_a_large_honest_listing(
     serve: Callable[[Behaviour], _Server],
 ) -> None:
     """Twelve pages of 1000 keys and a last page: listed in full under the defaults."""
-    from weightguard._internal.load.sources import make_s3_client, s3_list
+    from weightguard._internal.foundation.s3 import read_client
+    from weightguard._internal.load.sources import s3_list
 
     def honest(h: BaseHTTPRequestHandler, n: int) -> None:
         keys = [(f"m/part-{n:03d}-{i:04d}.bin", 8) for i in range(1000 if n <= 12 else 7)]
@@ -210,7 +211,7 @@ def test_default_bounds_admit_a_large_honest_listing(
 
     server = serve(honest)
     options = _options(server.url)
-    got = list(s3_list(make_s3_client(options), "b", "m/", options))
+    got = list(s3_list(read_client(options), "b", "m/", options))
     assert len(got) == 12_007 and server.requests == 13
 
 

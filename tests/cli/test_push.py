@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.support.services import SeaweedS3Server
-from weightguard._internal.load.push import upload_client
+from weightguard._internal.foundation.s3 import upload_client
 
 SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weightguard._internal.foundation.cpus import cgroup_cpu_limit, usable_cpus
-from weightguard._internal.load.sources import FileSource, open_location, parse_s3_uri
+from weightguard._internal.foundation.s3 import parse_s3_uri
+from weightguard._internal.load.sources import FileSource, open_location
 from weightguard.errors import FormatError, SourceError, TruncatedError
 
 DATA = secrets.token_bytes(100_003)

@@ -20,11 +20,12 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from weightguard._internal.audit.record import canonical
+from weightguard._internal.foundation.s3 import audit_client as s3_client
+from weightguard._internal.foundation.s3 import parse_s3_uri
 from weightguard._internal.foundation.s3errors import s3_cause
 from weightguard.errors import (
     AuditError,
     ConfigError,
-    DependencyMissing,
     FormatError,
     VerificationError,
 )
@@ -330,29 +331,9 @@ class Anchor(Protocol):
 
 
 def _parse_s3(uri: str) -> tuple[str, str]:
-    p = urlparse(uri)
-    if p.scheme != "s3" or not p.netloc:
-        raise ConfigError(f"not an S3 URI: {uri!r}", hint="use s3://bucket/prefix")
-    return p.netloc, p.path.strip("/")
-
-
-def s3_client(client: Any = None) -> Any:
-    """A boto3 S3 client from the standard AWS environment (AWS_ENDPOINT_URL_S3, ...)."""
-    if client is not None:
-        return client
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError:
-        raise DependencyMissing("boto3 is needed for s3:// audit sinks and anchors") from None
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    cfg = Config(
-        retries={"max_attempts": 3, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=30,
-        s3={"addressing_style": "path"} if endpoint else None,
-    )
-    return boto3.client("s3", endpoint_url=endpoint, config=cfg)
+    """A sink's or anchor's ``s3://bucket/prefix``: the prefix without its slashes."""
+    bucket, key = parse_s3_uri(uri, error=ConfigError, hint="use s3://bucket/prefix")
+    return bucket, key.strip("/")
 
 
 class S3Anchor:

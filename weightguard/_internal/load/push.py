@@ -10,17 +10,16 @@ from typing import Any
 
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE
 from weightguard._internal.foundation.names import real_inside
+from weightguard._internal.foundation.s3 import parse_s3_uri, upload_client
 from weightguard._internal.foundation.s3errors import REFUSED, error_code
-from weightguard._internal.load.sources import parse_s3_uri
 from weightguard.errors import (
     ConfigError,
-    DependencyMissing,
     DestinationError,
     SourceError,
 )
 from weightguard.manifest import S3Options
 
-__all__ = ["push_model", "upload_client"]
+__all__ = ["push_model"]
 
 
 def _refuse_plaintext(path: Path) -> None:
@@ -40,30 +39,6 @@ def _refuse_plaintext(path: Path) -> None:
                     f"{path} is a plain, unsigned safetensors file",
                     hint="encrypt and/or sign the model before pushing it",
                 )
-
-
-# boto3's transfer manager re-sends a failed part itself; the read client turns that
-# off (its reads are retried by sources.py), so uploads get a client of their own.
-_UPLOAD_RETRIES = {"total_max_attempts": 6, "mode": "standard"}  # exponential backoff
-
-
-def upload_client(endpoint_url: str | None = None) -> Any:
-    """An S3 client for uploads: standard credential chain, retries with backoff."""
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError as exc:  # pragma: no cover - boto3 is a dependency
-        raise DependencyMissing("push needs boto3", hint="pip install boto3") from exc
-    endpoint = (
-        endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    )
-    cfg = Config(
-        retries=_UPLOAD_RETRIES,  # type: ignore[arg-type]
-        connect_timeout=10,
-        read_timeout=60,
-        s3={"addressing_style": "path"} if endpoint else None,
-    )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=cfg)
 
 
 def _upload_error(

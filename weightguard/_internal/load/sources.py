@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from weightguard._internal.foundation.names import real_inside, safe_join, safe_relative_name
-from weightguard.errors import DependencyMissing, SourceError, TruncatedError, VerificationError
+from weightguard._internal.foundation.s3 import parse_s3_uri, read_client
+from weightguard.errors import SourceError, TruncatedError, VerificationError
 from weightguard.manifest import RetryPolicy, S3Options
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ __all__ = [
     "S3Source",
     "Source",
     "open_location",
-    "parse_s3_uri",
     "s3_list",
 ]
 
@@ -139,45 +139,6 @@ class FileSource(Source):
         if not self._closed:
             self._closed = True
             os.close(self._fd)
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> ``(bucket, key)``; the key may be empty or a prefix."""
-    if not uri.startswith("s3://"):
-        raise SourceError(f"{uri!r} is not an s3:// URI", hint="use s3://bucket/key")
-    rest = uri[5:]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise SourceError(f"{uri!r} names no bucket", hint="use s3://bucket/key")
-    return bucket, key
-
-
-def make_s3_client(options: S3Options) -> Any:
-    """A boto3 S3 client from the standard credential chain, with our own retries."""
-    if options.client is not None:
-        return options.client
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError as exc:  # pragma: no cover - boto3 is a dependency
-        raise DependencyMissing("S3 sources need boto3", hint="pip install boto3") from exc
-    endpoint = (
-        options.endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL")
-    )
-    cfg = Config(
-        retries={"total_max_attempts": 1, "mode": "standard"},  # retried here, incl. bodies
-        max_pool_connections=max(10, options.concurrency * 2),
-        connect_timeout=options.connect_timeout_s,
-        read_timeout=options.read_timeout_s,
-        s3={"addressing_style": "path"} if endpoint else None,
-        # Do not compute/require CRC checksums on ranged reads: we verify signed digests.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    session = boto3.session.Session(profile_name=options.profile, region_name=options.region)
-    return session.client("s3", endpoint_url=endpoint, config=cfg)
 
 
 _RETRY_CODES = {
@@ -302,7 +263,7 @@ class S3Source(Source):
         self.bucket, self.key = bucket, key
         self.name = f"s3://{bucket}/{key}"
         self.concurrency = max(1, self.options.concurrency)
-        self._client = client if client is not None else make_s3_client(self.options)
+        self._client = client if client is not None else read_client(self.options)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         if size is None or etag is None:
@@ -611,7 +572,7 @@ def open_location(source: str | os.PathLike[str], *, s3: S3Options | None = None
     if text.startswith("s3://"):
         options = s3 or S3Options()
         bucket, key = parse_s3_uri(text)
-        client = make_s3_client(options)
+        client = read_client(options)
         if key and not key.endswith("/"):
             # An object, unless it does not exist and a prefix of that name does.
             try:

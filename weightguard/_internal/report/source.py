@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from weightguard._internal.load.sources import make_s3_client, parse_s3_uri, s3_list
+from weightguard._internal.foundation.s3 import parse_s3_uri, read_client
+from weightguard._internal.load.sources import s3_list
 from weightguard.errors import SourceError
 from weightguard.manifest import S3Options
 
@@ -31,7 +32,7 @@ def local_release(uri: str, *, s3: S3Options | None = None) -> Iterator[Path]:
     bucket, prefix = parse_s3_uri(uri)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    client = make_s3_client(s3 or S3Options())
+    client = read_client(s3 or S3Options())
     tmp = Path(tempfile.mkdtemp(prefix="wg-report-"))
     try:
         _download(client, uri, bucket, prefix, tmp)
