@@ -373,7 +373,8 @@ def render_signverify(res: dict[str, Any], path: Path) -> str:
     lines = [
         f"`python -m benchmarks.signverify --reps {res['reps']}"
         + (f" --before {res['before']}" if res.get("before") else "")
-        + f"`: {_machine_line(res['machine'])}; raw data {_raw(path)}. Ratio = "
+        + f"`{' under `chrt -f 1`' if res.get('sched_fifo') else ''}: "
+        + f"{_machine_line(res['machine'])}; raw data {_raw(path)}. Ratio = "
         "model_signing median / weightguard median (> 1: weightguard faster), wall and CPU "
         "time (user + system, every thread), same process, variants alternating.",
         "",

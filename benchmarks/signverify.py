@@ -9,7 +9,8 @@ digests from one pass, every byte hashed), repetition *r* rotated by *r*; ``--be
 REV`` adds weightguard with the hashing module of git revision ``REV`` (before/after in
 the same run).  Reports the median wall time and CPU time (user + system, all threads)
 and the ratios model_signing / weightguard (> 1: weightguard faster), with the machine
-(load average: on a busy machine compare the CPU-time ratios).  In one process, unlike
+(load average: on a busy machine compare the CPU-time ratios, or run it under
+``chrt -f 1``, recorded as ``sched_fifo``).  In one process, unlike
 ``benchmarks.run``'s fresh process per trial: the imports are paid once, before timing.
 Writes ``benchmarks/results/signverify-<stamp>.json``.
 """
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "reps": args.reps,
         "before": args.before,
+        # run as ``chrt -f 1 python -m benchmarks.signverify``: SCHED_FIFO, the threads get
+        # the cores they ask for on a shared machine (as benchmarks.run's trials)
+        "sched_fifo": os.sched_getscheduler(0) == getattr(os, "SCHED_FIFO", -1),
         "models": {},
     }
     for size in [int(s) for s in args.sizes.split(",")]:
