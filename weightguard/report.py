@@ -503,6 +503,14 @@ def _timeline(acc: Access) -> None:
         "denied": len(st.denied),
         "tamper": len(st.tamper),
     }
+    for by in ("pod", "node"):  # the same bins, one line per pod, per node
+        t = st.timeline(by=by)
+        svg = timeline_svg(
+            t, [], [], title=f"loads per {by} per {t.bin_hours} h (UTC)",
+            gid=f"wg-{by}", size=(9.5, 2.8),
+        )  # fmt: skip
+        setattr(acc, f"timeline_{by}_svg", svg)
+        acc.timeline_points[f"{by}s"] = sum(len(s) for _, s in series_for_plot(t))
 
 
 def _access(

@@ -47,11 +47,14 @@ window.addEventListener("load", () => {
   const svg = document.querySelector("#timeline svg").getBoundingClientRect();
   const count = sel => document.querySelectorAll(sel).length;
   let outside = 0;
-  for (const u of document.querySelectorAll('#timeline g[id^="wg-"] use')) {
-    const r = u.getBoundingClientRect();
-    const cx = r.x + r.width / 2, cy = r.y + r.height / 2;
-    if (r.width <= 0 || cx < svg.left || cx > svg.right || cy < svg.top || cy > svg.bottom)
-      outside++;
+  for (const plot of document.querySelectorAll("div.plot")) {
+    const box = plot.querySelector("svg").getBoundingClientRect();
+    for (const u of plot.querySelectorAll('g[id^="wg-"] use')) {
+      const r = u.getBoundingClientRect();
+      const cx = r.x + r.width / 2, cy = r.y + r.height / 2;
+      if (r.width <= 0 || cx < box.left || cx > box.right || cy < box.top || cy > box.bottom)
+        outside++;
+    }
   }
   const out = document.createElement("pre");
   out.id = "wg-probe";
@@ -59,6 +62,8 @@ window.addEventListener("load", () => {
     loads: count('#timeline g[id^="wg-loads-"] use'),
     denied: count("#timeline #wg-denied use"),
     tamper: count("#timeline #wg-tamper use"),
+    pods: count('#timeline-pod g[id^="wg-pod-"] use'),
+    nodes: count('#timeline-node g[id^="wg-node-"] use'),
     outside, errors, width: svg.width,
   });
   document.body.appendChild(out);
@@ -80,7 +85,9 @@ def test_report_renders_in_chromium(release: Release, tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr[-2000:]
     console = [ln for ln in p.stderr.splitlines() if ":CONSOLE" in ln]
     assert console == []
-    for section in ("verdict", "provenance", "protection", "access", "reproduce", "timeline"):
+    sections = ("verdict", "provenance", "protection", "access", "reproduce", "timeline",
+                "timeline-pod", "timeline-node")  # fmt: skip
+    for section in sections:
         assert f'id="{section}"' in p.stdout
 
     # 2. the timeline's points, counted by the browser in the rendered SVG
@@ -94,7 +101,8 @@ def test_report_renders_in_chromium(release: Release, tmp_path: Path) -> None:
     assert m, p.stderr[-2000:]
     got = json.loads(m.group(1).replace("&quot;", '"'))
     assert got["errors"] == [] and got["outside"] == 0 and got["width"] > 300
-    assert {k: got[k] for k in ("loads", "denied", "tamper")} == ev.access.timeline_points
+    points = ("loads", "denied", "tamper", "pods", "nodes")
+    assert {k: got[k] for k in points} == ev.access.timeline_points
     assert got["denied"] == release.expected.denied
 
     # 3. a screenshot renders

@@ -96,6 +96,10 @@ def test_timeline_points_match_the_log(release: Release) -> None:
     tl = ev.access.stats.timeline()
     # independently: distinct (identity, bin) of load.ok records, from the raw JSON
     recs = _records(release.log)
+
+    def hour(r: dict[str, Any]) -> int:
+        return int(datetime.fromisoformat(r["time"]).timestamp()) // 3600
+
     hours = [
         int(datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp()) // 3600
         for r in recs
@@ -111,11 +115,25 @@ def test_timeline_points_match_the_log(release: Release) -> None:
         for r in recs
         if r["event"] == "load.ok"
     }
+
+    def bins_by(key: str) -> int:
+        return len(
+            {
+                (r["subject"][key], (hour(r) - lo) // tl.bin_hours)
+                for r in recs
+                if r["event"] == "load.ok"
+            }
+        )
+
     assert ev.access.timeline_points == {
         "loads": len(bins),
         "denied": release.expected.denied,
         "tamper": release.expected.tamper,
+        "pods": bins_by("k8s_pod"),
+        "nodes": bins_by("k8s_node"),
     }
+    assert 'id="wg-pod-5"' in ev.access.timeline_pod_svg  # six pods, one line each
+    assert 'id="wg-node-2"' in ev.access.timeline_node_svg
     svg = ev.access.timeline_svg
     assert svg.startswith("<svg") and 'id="wg-denied"' in svg
 

@@ -56,6 +56,21 @@ def _bump(counter: Counter[str], key: str, n: int = 1) -> None:
     counter[key] += n
 
 
+def _tick(hourly: dict[str, Counter[int]], key: str, hour: int) -> None:
+    if key not in hourly:
+        if len(hourly) >= MAX_IDENTITIES:
+            key = OTHER
+        hourly.setdefault(key, Counter())
+    hourly[key][hour] += 1
+
+
+def _add_hourly(hourly: dict[str, Counter[int]], key: str, counts: dict[int, int]) -> None:
+    """Hourly counts of ``key``; beyond MAX_IDENTITIES keys, under OTHER."""
+    if key not in hourly and len(hourly) >= MAX_IDENTITIES:
+        key = OTHER
+    hourly.setdefault(key, Counter()).update(counts)
+
+
 def _hour(t: datetime) -> int:
     return int(t.timestamp()) // 3600
 
@@ -97,6 +112,8 @@ class AccessStats:
     loads_by_node: Counter[str] = field(default_factory=Counter)
     # identity -> hour index -> load.ok count (the timeline)
     hourly: dict[str, Counter[int]] = field(default_factory=dict)
+    hourly_pod: dict[str, Counter[int]] = field(default_factory=dict)  # the same per pod
+    hourly_node: dict[str, Counter[int]] = field(default_factory=dict)  # and per node
     denied: list[Listed] = field(default_factory=list)
     tamper: list[Listed] = field(default_factory=list)
     rotations: list[Listed] = field(default_factory=list)
@@ -128,13 +145,15 @@ class AccessStats:
         if event == LOAD_OK and outcome == "ok":
             _bump(self.loads_by_identity, ident)
             sub = subject if isinstance(subject, dict) else {}
-            _bump(self.loads_by_pod, str(sub.get("k8s_pod") or sub.get("host") or "?"))
-            _bump(self.loads_by_node, str(sub.get("k8s_node") or sub.get("host") or "?"))
+            pod = str(sub.get("k8s_pod") or sub.get("host") or "?")
+            node = str(sub.get("k8s_node") or sub.get("host") or "?")
+            _bump(self.loads_by_pod, pod)
+            _bump(self.loads_by_node, node)
             if t is not None:
-                key = ident
-                if key not in self.hourly and len(self.hourly) >= MAX_IDENTITIES:
-                    key = OTHER
-                self.hourly.setdefault(key, Counter())[_hour(t)] += 1
+                h = _hour(t)
+                _tick(self.hourly, ident, h)
+                _tick(self.hourly_pod, pod, h)
+                _tick(self.hourly_node, node, h)
         if outcome in DENIED_OUTCOMES:
             self.denied_total += 1
             _bump(self.denied_by_identity, ident)
@@ -204,11 +223,13 @@ class AccessStats:
         ):
             for key, n in theirs.items():
                 _bump(mine, key, n)
-        for ident, counts in other.hourly.items():
-            key = ident
-            if key not in self.hourly and len(self.hourly) >= MAX_IDENTITIES:
-                key = OTHER
-            self.hourly.setdefault(key, Counter()).update(counts)
+        for mine_h, theirs_h in (
+            (self.hourly, other.hourly),
+            (self.hourly_pod, other.hourly_pod),
+            (self.hourly_node, other.hourly_node),
+        ):
+            for key, counts in theirs_h.items():
+                _add_hourly(mine_h, key, counts)
         self.denied = (self.denied + other.denied)[:MAX_LISTED]
         self.tamper = (self.tamper + other.tamper)[:MAX_LISTED]
         self.rotations = (self.rotations + other.rotations)[:MAX_LISTED]
@@ -233,8 +254,10 @@ class AccessStats:
     def largest_gaps(self) -> list[tuple[float, str, str]]:
         return sorted(self.gaps, reverse=True)
 
-    def timeline(self, max_bins: int = 120) -> Timeline:
-        """Loads per identity in at most ``max_bins`` equal time bins (whole hours)."""
+    def timeline(self, max_bins: int = 120, by: str = "identity") -> Timeline:
+        """Loads per identity (``by="pod"``, ``"node"``: per pod, per node) in at most
+        ``max_bins`` equal time bins of whole hours; the same bins whatever ``by``."""
+        hourly = {"identity": self.hourly, "pod": self.hourly_pod, "node": self.hourly_node}[by]
         hours = [h for c in self.hourly.values() for h in c]
         marks = [m for m in (*self.denied, *self.tamper)]
         mark_hours = [_hour(t) for m in marks if (t := parse_record_time(m.time)) is not None]
@@ -246,7 +269,7 @@ class AccessStats:
         width = max(1, -(-n_hours // max_bins))  # ceil
         bins = -(-n_hours // width)
         series: dict[str, dict[int, int]] = {}
-        for ident, counts in sorted(self.hourly.items()):
+        for ident, counts in sorted(hourly.items()):
             s: dict[int, int] = {}
             for h, c in counts.items():
                 b = (h - lo) // width

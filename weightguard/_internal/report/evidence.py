@@ -118,6 +118,8 @@ class Access:
     logs: list[LogVerdict] = field(default_factory=list)
     stats: AccessStats | None = None
     timeline_svg: str | None = None
+    timeline_pod_svg: str | None = None
+    timeline_node_svg: str | None = None
     timeline_points: dict[str, int] = field(default_factory=dict)
     bin_hours: int = 1
     verdict: str = "NONE"  # NONE | OK | UNSIGNED | UNVERIFIABLE
@@ -139,7 +141,8 @@ class Evidence:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         acc = out["access"]
-        acc.pop("timeline_svg", None)
+        for k in ("timeline_svg", "timeline_pod_svg", "timeline_node_svg"):
+            acc.pop(k, None)
         st = self.access.stats
         acc["stats"] = None if st is None else stats_dict(st)
         return out

@@ -280,6 +280,10 @@ def render_html(ev: Evidence) -> str:
                 "<h3>Timeline: loads per identity, denials and tamper events marked</h3>"
                 f'<div class="plot" id="timeline">{acc.timeline_svg}</div>'
             )
+        for by in ("pod", "node"):
+            svg = getattr(acc, f"timeline_{by}_svg")
+            if svg:
+                o.append(f'<h3>Loads per {by}</h3><div class="plot" id="timeline-{by}">{svg}</div>')
         o.append("<h3>Totals per identity</h3>")
         idents = sorted(
             set(st.loads_by_identity) | set(st.denied_by_identity),

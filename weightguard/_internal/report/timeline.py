@@ -50,10 +50,17 @@ def _marks(listed: Sequence[Listed]) -> tuple[list[float], list[int]]:
 
 
 def timeline_svg(
-    tl: Timeline, denied: Sequence[Listed], tamper: Sequence[Listed], *, title: str
+    tl: Timeline,
+    denied: Sequence[Listed],
+    tamper: Sequence[Listed],
+    *,
+    title: str,
+    gid: str = "wg-loads",
+    size: tuple[float, float] = (9.5, 3.6),
 ) -> str:
-    """An ``<svg>`` element (no XML prolog) of loads per bin per identity, with the
-    listed denials and tamper events marked on the time axis."""
+    """An ``<svg>`` element (no XML prolog) of loads per bin per series (identity, pod
+    or node: group ids ``<gid>-N``), with the listed denials and tamper events marked
+    on the time axis."""
     require("the report's timeline", "matplotlib")
     import matplotlib
     from matplotlib.backends.backend_svg import FigureCanvasSVG
@@ -69,7 +76,7 @@ def timeline_svg(
             "text.parse_math": False,
         }
     ):
-        fig = Figure(figsize=(9.5, 3.6), dpi=100)
+        fig = Figure(figsize=size, dpi=100)
         FigureCanvasSVG(fig)
         ax = fig.add_subplot(1, 1, 1)
         if tl.start is None:
@@ -90,7 +97,7 @@ def timeline_svg(
                     linewidth=1,
                     color=_PALETTE[i % len(_PALETTE)],
                     label=_label(ident),
-                    gid=f"wg-loads-{i}",
+                    gid=f"{gid}-{i}",
                 )
             for gid, listed, marker, color, label in (
                 ("wg-denied", denied, "v", "#d62728", "denied"),
@@ -118,7 +125,8 @@ def timeline_svg(
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
             fig.autofmt_xdate()
         ax.set_title(title, fontsize=10)
-        fig.subplots_adjust(left=0.07, right=0.72, bottom=0.22, top=0.9)
+        w, h = size  # margins in inches: axis labels left and below, legend right
+        fig.subplots_adjust(left=0.7 / w, right=1 - 2.6 / w, bottom=0.8 / h, top=1 - 0.36 / h)
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "weightguard"})
     svg = buf.getvalue()
