@@ -389,6 +389,12 @@ def test_performance_blocks_are_generated_from_the_newest_results(
     assert "**busy: more runnable threads than cores**" in text
     assert "on top (CPU) | 60 (goal <= 30: **MISS**) |" in text
     assert "first `load_file` in the process | 90 |" in text
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- results:begin -->\nold\n<!-- results:end -->\n")
+    monkeypatch.setattr(report, "README", readme)
+    # a signverify result named on the command line: its block only, not a README run
+    assert report.main([str(results / "signverify-20260101T000000Z.json")]) == 0
+    assert "No results yet" in readme.read_text() and "| m | sign |" in doc.read_text()
 
 
 def test_sign_and_verify_goals_are_one_x_on_shards_in_wall_and_cpu_time(tmp_path: Path) -> None:
