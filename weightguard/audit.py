@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from weightguard._internal.audit.chain import Checkpointer
 from weightguard._internal.audit.checkpoint import (
     Anchor,
     CheckpointSigner,
@@ -34,6 +35,7 @@ from weightguard._internal.audit.checkpoint import (
     generate_ed25519_keypair,
     signer_for,
 )
+from weightguard._internal.audit.readers import read_records
 from weightguard._internal.audit.record import (
     FORMAT_VERSION,
     collect_subject,
@@ -43,7 +45,6 @@ from weightguard._internal.audit.record import (
     utc_now,
 )
 from weightguard._internal.audit.sinks import (
-    Checkpointer,
     FileSink,
     MemorySink,
     S3Sink,
@@ -54,7 +55,6 @@ from weightguard._internal.audit.verify import (
     LogSummary,
     Problem,
     VerifyResult,
-    read_records,
     verify_log,
 )
 from weightguard.errors import AuditError, ConfigError

@@ -32,7 +32,8 @@ import pytest
 from click.testing import CliRunner
 from weightguard_cli.main import cli
 
-from weightguard._internal.audit import sinks as sinks_mod
+from weightguard._internal.audit.chain import ChainState, chain_record
+from weightguard._internal.audit.readers import file_segments
 from weightguard._internal.audit.record import digest
 from weightguard.audit import AuditLog, generate_checkpoint_key, verify_log
 from weightguard.errors import AuditError
@@ -81,7 +82,7 @@ def _emit(log: AuditLog, i: int, big: bool = False) -> None:
 
 def _records(path: Path) -> list[dict[str, Any]]:
     out = []
-    for seg in sinks_mod.file_segments(str(path)):
+    for seg in file_segments(str(path)):
         for line in Path(seg).read_bytes().splitlines():
             out.append(json.loads(line))
     return out
@@ -96,8 +97,8 @@ def test_torn_last_line_is_a_crash_not_tampering_and_the_next_writer_repairs_it(
             _emit(log, i)  # seq 0-3, checkpoint 4, 5-6, the final checkpoint 7
     # what a writer killed inside write() leaves: a prefix of the next record's line
     last = json.loads(path.read_bytes().splitlines()[-1])
-    state = sinks_mod.ChainState(last["log"], next_seq=8, head=digest(last))
-    whole = sinks_mod.chain_record({"v": 1, "event": "load.ok", "outcome": "ok"}, state)
+    state = ChainState(last["log"], next_seq=8, head=digest(last))
+    whole = chain_record({"v": 1, "event": "load.ok", "outcome": "ok"}, state)
     torn = whole[:57]
     with open(path, "ab") as f:
         f.write(torn)
@@ -232,7 +233,7 @@ def test_a_rotator_killed_between_link_and_replace_does_not_duplicate_records(
     _emit(log, 1)
     log.close()
     assert not list(tmp_path.glob(".audit.jsonl.rotate*"))
-    inodes = [os.stat(p).st_ino for p in sinks_mod.file_segments(str(path))]
+    inodes = [os.stat(p).st_ino for p in file_segments(str(path))]
     assert len(inodes) == len(set(inodes)) == len(list(tmp_path.glob("audit.jsonl*")))
     res = verify_log(path)
     assert res.ok and res.records == n + 3, res.describe()  # + rotate + event
@@ -298,7 +299,7 @@ def _check_after_crash(path: Path, pub: Path) -> bool:
     res = verify_log(path, checkpoint_key=pub)
     assert res.ok and res.crash is None, res.describe()
     assert not list(path.parent.glob(f".{path.name}.rotate*"))
-    segs = sinks_mod.file_segments(str(path))
+    segs = file_segments(str(path))
     assert len({os.stat(s).st_ino for s in segs}) == len(segs)
     return crashed
 

@@ -1,14 +1,16 @@
 """Audit sinks: append-only file, stdout/stream, S3 segments, memory.
 
-Every sink keeps its own hash chain: it turns a record *body* (what happened) into a
-record (body + ``log``, ``seq``, ``prev``), appends it, and writes a signed checkpoint
-when one is due.  The file sink shares one chain between all threads and processes
-writing the same file: it holds ``fcntl.flock`` while it re-reads the file's tail
-and appends, so ``seq``/``prev`` always continue the last record on disk.
+Each sink is a byte writer under the one hash chain of
+:mod:`weightguard._internal.audit.chain` (:class:`ChainedSink`): it says where its
+log's chain stands and writes what the chain hands it.  The file sink shares one
+chain between all threads and processes writing the same file: it holds
+``fcntl.flock`` while it re-reads the file's tail and appends, so ``seq``/``prev``
+always continue the last record on disk.  Reading logs back: ``readers``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as _dt
 import errno
@@ -16,27 +18,29 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
-from weightguard._internal.audit.checkpoint import (
-    Anchor,
-    CheckpointSigner,
-    S3Anchor,
-    checkpoint_payload,
-    s3_client,
+from weightguard._internal.audit.chain import (
+    ChainedSink,
+    ChainState,
+    Checkpointer,
+    chain_record,
+    new_log_id,
+)
+from weightguard._internal.audit.checkpoint import Anchor, S3Anchor, _parse_s3, s3_client
+from weightguard._internal.audit.readers import (
+    file_segment_name,
+    is_file_segment,
+    s3_segment_key,
 )
 from weightguard._internal.audit.record import (
     FORMAT_VERSION,
-    GENESIS,
     MAX_RECORD_BYTES,
-    canonical,
     digest,
     parse_record,
     torn_fragment,
@@ -46,86 +50,6 @@ from weightguard._internal.foundation.s3errors import s3_cause
 from weightguard.errors import AuditError, ConfigError
 
 SYNC_MODES = ("event", "batch", "none")
-SEGMENT_RE = re.compile(r"\.(\d{12})$")
-
-
-def new_log_id() -> str:
-    return str(uuid.uuid4())
-
-
-@dataclass
-class ChainState:
-    log_id: str
-    next_seq: int = 0
-    head: str = GENESIS
-    last_is_checkpoint: bool = False
-
-
-class Checkpointer:
-    """Decides when a checkpoint is due, signs it and anchors it."""
-
-    def __init__(
-        self,
-        signer: CheckpointSigner | None,
-        anchor: Anchor | None,
-        *,
-        every: int = 1000,
-        interval_s: float = 300.0,
-    ) -> None:
-        if every < 2:
-            raise ConfigError("checkpoint interval must be at least 2 records")
-        self.signer = signer
-        self.anchor = anchor
-        self.every = every
-        self.interval_s = interval_s
-        self._last = time.monotonic()
-
-    def due(self, state: ChainState) -> bool:
-        if self.signer is None or state.last_is_checkpoint or state.next_seq == 0:
-            return False
-        if state.next_seq % self.every == 0:
-            return True
-        return time.monotonic() - self._last >= self.interval_s
-
-    def make(self, state: ChainState, anchor: Anchor | None = None) -> tuple[dict[str, Any], Any]:
-        """A signed checkpoint body for the current head, and the anchor to publish to."""
-        assert self.signer is not None
-        cp = {"log": state.log_id, "size": state.next_seq, "head": state.head, "time": utc_now()}
-        sig = self.signer.sign(checkpoint_payload(cp))
-        self._last = time.monotonic()
-        body = {
-            "v": FORMAT_VERSION,
-            "time": cp["time"],
-            "event": "checkpoint",
-            "outcome": "ok",
-            "checkpoint": cp,
-            "sig": sig,
-        }
-        return body, anchor or self.anchor
-
-
-def chain_record(body: dict[str, Any], state: ChainState) -> bytes:
-    """Append ``body`` to ``state``'s chain; return the canonical line (with newline)."""
-    rec = dict(body)
-    rec["log"] = state.log_id
-    rec["seq"] = state.next_seq
-    rec["prev"] = state.head
-    line = canonical(rec)
-    if len(line) > MAX_RECORD_BYTES:
-        raise AuditError(
-            f"audit record for event {body.get('event')!s:.40} is {len(line)} bytes "
-            f"(limit {MAX_RECORD_BYTES})",
-            hint="pass fewer or shorter object/extra fields",
-        )
-    state.head = "sha256:" + hashlib.sha256(line).hexdigest()
-    state.next_seq += 1
-    state.last_is_checkpoint = body.get("event") == "checkpoint"
-    return line + b"\n"
-
-
-def publish(anchor: Any, body: dict[str, Any]) -> None:
-    if anchor is not None:
-        anchor.publish({"checkpoint": body["checkpoint"], "sig": body["sig"]})
 
 
 class Sink(Protocol):
@@ -152,7 +76,7 @@ def _write_error(name: str, exc: OSError) -> AuditError:
     )
 
 
-class FileSink:
+class FileSink(ChainedSink):
     """Append-only JSON-lines file, shared safely by threads and processes.
 
     * Opened with ``O_APPEND``; each event is one ``write()`` of a whole line.
@@ -327,18 +251,31 @@ class FileSink:
                 "torn_sha256": hashlib.sha256(frag).hexdigest(),
             },
         }
-        snapshot = (state.next_seq, state.head, state.last_is_checkpoint)
-        try:
-            self._write(fd, chain_record(body, state), force_sync=True)
-        except BaseException:
-            state.next_seq, state.head, state.last_is_checkpoint = snapshot
-            raise
+        self.commit(state, [body], None, force=True)
         self._state = state
         return state
 
-    def _write(
-        self, fd: int, data: bytes, force_sync: bool = False, *, durable: bool = True
-    ) -> None:
+    # -- the chain's byte writer ------------------------------------------------------
+    @contextlib.contextmanager
+    def _session(self, checkpointer: Checkpointer | None) -> Iterator[ChainState]:
+        with self._locked() as fd:
+            state = self._load_tail(fd)
+            if (
+                checkpointer is not None
+                and self.max_bytes
+                and self._known
+                and self._known[1] >= self.max_bytes
+            ):
+                self._rotate(fd, state, checkpointer)
+            yield state
+
+    def _write(self, data: bytes, *, records: int, durable: bool, force: bool) -> None:
+        """One ``write()`` of whole lines.  ``durable=False`` (a step of a load, not its
+        decision): written at once like every event (a process crash keeps it), but
+        with ``sync="event"`` its fsync is left to the next durable event, which makes
+        it durable too (one fsync covers every earlier write of the file)."""
+        fd = self._fd
+        assert fd is not None  # inside a session
         try:
             written = os.write(fd, data)
             if written != len(data):
@@ -346,7 +283,7 @@ class FileSink:
             self._unsynced += 1
             if (
                 (self.sync == "event" and durable)
-                or force_sync
+                or force
                 or (self.sync == "batch" and self._unsynced >= self.batch_size)
             ):
                 os.fsync(fd)
@@ -357,45 +294,6 @@ class FileSink:
             raise _write_error(self.path, exc) from None
         st = os.fstat(fd)
         self._known = (st.st_ino, st.st_size)
-
-    # -- Sink API -----------------------------------------------------------------
-    def append(
-        self, body: dict[str, Any], checkpointer: Checkpointer, *, durable: bool = True
-    ) -> None:
-        """Append one event.  ``durable=False`` (a step of a load, not its decision):
-        written at once like every event (a process crash keeps it), but with
-        ``sync="event"`` its fsync is left to the next durable event, which makes it
-        durable too (one fsync covers every earlier write of the file)."""
-        with self._locked() as fd:
-            state = self._load_tail(fd)
-            if self.max_bytes and self._known and self._known[1] >= self.max_bytes:
-                fd = self._rotate(fd, state, checkpointer)
-            snapshot = (state.next_seq, state.head, state.last_is_checkpoint)
-            try:
-                data = chain_record(body, state)
-                to_publish = None
-                if checkpointer.due(state):
-                    cp_body, to_publish = checkpointer.make(state, self.anchor)
-                    data += chain_record(cp_body, state)
-                self._write(fd, data, force_sync=to_publish is not None, durable=durable)
-            except BaseException:
-                if self._state is state:
-                    state.next_seq, state.head, state.last_is_checkpoint = snapshot
-                raise
-            if to_publish is not None:
-                publish(to_publish, cp_body)
-
-    def checkpoint(self, checkpointer: Checkpointer) -> None:
-        if checkpointer.signer is None:
-            return
-        with self._locked() as fd:
-            state = self._load_tail(fd)
-            if state.next_seq == 0 or state.last_is_checkpoint:
-                return
-            cp_body, anchor = checkpointer.make(state, self.anchor)
-            data = chain_record(cp_body, state)
-            self._write(fd, data, force_sync=True)
-            publish(anchor, cp_body)
 
     def _clear_killed_rotation(self, fd: int, d: str, *, keep: str) -> None:
         """Under the lock: remove what a rotator killed mid-way left behind.
@@ -416,24 +314,18 @@ class FileSink:
             with contextlib.suppress(OSError):
                 if name.startswith(f".{base}.rotate."):
                     os.unlink(full)
-                elif (
-                    name.startswith(base + ".")
-                    and SEGMENT_RE.search(name[len(base) :])
-                    and full != keep
-                ):
+                elif is_file_segment(base, name) and full != keep:
                     other = os.stat(full)
                     if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
                         os.unlink(full)
 
-    def _rotate(self, fd: int, state: ChainState, checkpointer: Checkpointer) -> int:
+    def _rotate(self, fd: int, state: ChainState, checkpointer: Checkpointer) -> None:
         """Under the lock: close this segment, start the next one continuing the chain."""
-        if checkpointer.signer is not None and not state.last_is_checkpoint:
-            cp_body, anchor = checkpointer.make(state, self.anchor)
-            self._write(fd, chain_record(cp_body, state), force_sync=True)
-            publish(anchor, cp_body)
+        if checkpointer.can_sign(state):
+            self.commit(state, [], checkpointer, checkpoint=True)
         else:
             os.fsync(fd)
-        segment = f"{self.path}.{state.next_seq - 1:012d}"
+        segment = file_segment_name(self.path, state.next_seq - 1)
         d = os.path.dirname(self.path)
         self._clear_killed_rotation(fd, d, keep=segment)
         # unique: a crashed rotator's leftover must not block the next one (O_EXCL)
@@ -489,7 +381,6 @@ class FileSink:
         st = os.fstat(nfd)
         self._known = (st.st_ino, st.st_size)
         self._state = state
-        return nfd
 
     def flush(self) -> None:
         if self._fd is not None and self._unsynced and os.getpid() == self._pid:
@@ -517,7 +408,7 @@ class FileSink:
         return f"FileSink({self.path!r}, sync={self.sync!r})"
 
 
-class StreamSink:
+class StreamSink(ChainedSink):
     """JSON lines to a text stream (stdout by default: Kubernetes log collection).
 
     One chain per process (its own log id); the verifier separates interleaved logs
@@ -535,39 +426,21 @@ class StreamSink:
     def stream(self) -> IO[str]:
         return self._stream if self._stream is not None else sys.stdout
 
-    def _emit_lines(self, data: bytes) -> None:
+    @contextlib.contextmanager
+    def _session(self, checkpointer: Checkpointer | None) -> Iterator[ChainState]:
+        with self._lock:
+            if os.getpid() != self._pid:  # a forked child writes its own log
+                self._state = ChainState(new_log_id())
+                self._pid = os.getpid()
+            yield self._state
+
+    def _write(self, data: bytes, *, records: int, durable: bool, force: bool) -> None:
         try:
             self.stream.write(data.decode("ascii"))
             self.stream.flush()
         except (OSError, ValueError) as exc:  # ValueError: closed stream
             err = exc if isinstance(exc, OSError) else OSError(errno.EBADF, "stream closed")
             raise _write_error(self.name, err) from None
-
-    def append(
-        self, body: dict[str, Any], checkpointer: Checkpointer, *, durable: bool = True
-    ) -> None:
-        with self._lock:
-            if os.getpid() != self._pid:
-                self._state = ChainState(new_log_id())
-                self._pid = os.getpid()
-            state = self._state
-            data = chain_record(body, state)
-            to_publish = None
-            if checkpointer.due(state):
-                cp_body, to_publish = checkpointer.make(state)
-                data += chain_record(cp_body, state)
-            self._emit_lines(data)
-            if to_publish is not None:
-                publish(to_publish, cp_body)
-
-    def checkpoint(self, checkpointer: Checkpointer) -> None:
-        with self._lock:
-            st = self._state
-            if checkpointer.signer is None or st.next_seq == 0 or st.last_is_checkpoint:
-                return
-            cp_body, anchor = checkpointer.make(st)
-            self._emit_lines(chain_record(cp_body, st))
-            publish(anchor, cp_body)
 
     def flush(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -582,7 +455,7 @@ class StreamSink:
         return f"StreamSink({self.name!r})"
 
 
-class MemorySink:
+class MemorySink(ChainedSink):
     """Keeps records in a list (tests, and in-process inspection)."""
 
     def __init__(self) -> None:
@@ -592,29 +465,15 @@ class MemorySink:
         self._state = ChainState(new_log_id())
         self._lock = threading.Lock()
 
-    def append(
-        self, body: dict[str, Any], checkpointer: Checkpointer, *, durable: bool = True
-    ) -> None:
+    @contextlib.contextmanager
+    def _session(self, checkpointer: Checkpointer | None) -> Iterator[ChainState]:
         with self._lock:
-            lines = [chain_record(body, self._state)]
-            if checkpointer.due(self._state):
-                cp_body, anchor = checkpointer.make(self._state)
-                lines.append(chain_record(cp_body, self._state))
-                publish(anchor, cp_body)
-            for line in lines:
-                self.lines.append(line)
-                self.records.append(json.loads(line))
+            yield self._state
 
-    def checkpoint(self, checkpointer: Checkpointer) -> None:
-        with self._lock:
-            st = self._state
-            if checkpointer.signer is None or st.next_seq == 0 or st.last_is_checkpoint:
-                return
-            cp_body, anchor = checkpointer.make(st)
-            line = chain_record(cp_body, st)
+    def _write(self, data: bytes, *, records: int, durable: bool, force: bool) -> None:
+        for line in data.splitlines(keepends=True):
             self.lines.append(line)
             self.records.append(json.loads(line))
-            publish(anchor, cp_body)
 
     def flush(self) -> None:
         return None
@@ -626,12 +485,13 @@ class MemorySink:
         return [r for r in self.records if name is None or r.get("event") == name]
 
 
-class S3Sink:
+class S3Sink(ChainedSink):
     """Segments ``<prefix>/<log id>/segments/<first>-<last>.jsonl`` under Object Lock.
 
     Each process writes its own log id.  ``sync="event"`` (default) uploads a segment
-    per event, so an event that returned is stored; ``sync="batch"`` buffers up to
-    ``batch_size`` events (or ``interval_s`` seconds) per segment.  Segments and
+    per event, durable or not (an event buffered in memory would not survive a crash
+    of the process), so an event that returned is stored; ``sync="batch"`` buffers up
+    to ``batch_size`` events (or ``interval_s`` seconds) per segment.  Segments and
     checkpoints are written with Object Lock retention, and checkpoints are anchored
     under ``<prefix>/<log id>/checkpoints/`` in the same bucket unless another anchor
     is given.
@@ -649,8 +509,6 @@ class S3Sink:
         lock_mode: str = "GOVERNANCE",
         anchor: Anchor | None = None,
     ) -> None:
-        from weightguard._internal.audit.checkpoint import _parse_s3
-
         if sync not in SYNC_MODES:
             raise ConfigError(f"unknown audit sync mode {sync!r}", hint="use event, batch or none")
         self.name = uri
@@ -667,7 +525,7 @@ class S3Sink:
         self._buf: list[bytes] = []
         self._buf_first = 0
         self._buf_since = time.monotonic()
-        self.anchor: Anchor = anchor or S3Anchor(
+        self.anchor: Anchor | None = anchor or S3Anchor(
             uri, client=client, retention_days=retention_days, mode=lock_mode
         )
 
@@ -681,23 +539,17 @@ class S3Sink:
     def log_id(self) -> str:
         return self._state.log_id
 
-    def _segment_key(self, first: int, last: int) -> str:
-        base = f"{self.prefix}/" if self.prefix else ""
-        return f"{base}{self._state.log_id}/segments/{first:012d}-{last:012d}.jsonl"
-
     def _upload(self) -> None:
+        """Under the lock: the buffered records as one segment (it ends at the head)."""
         if not self._buf:
             return
-        first = self._buf_first
-        last = first + len(self._buf) - 1
+        first, last = self._buf_first, self._state.next_seq - 1
         body = b"".join(self._buf)
         until = _dt.datetime.now(_dt.UTC) + _dt.timedelta(days=self.retention_days)
-        import base64
-
         try:
             self.client.put_object(
                 Bucket=self.bucket,
-                Key=self._segment_key(first, last),
+                Key=s3_segment_key(self.prefix, self._state.log_id, first, last),
                 Body=body,
                 ContentType="application/x-ndjson",
                 ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),  # noqa: S324
@@ -713,52 +565,36 @@ class S3Sink:
         self._buf = []
         self._buf_since = time.monotonic()
 
-    def _add(self, data: bytes) -> None:
-        if not self._buf:
-            self._buf_first = self._state.next_seq - data.count(b"\n")
-        self._buf.append(data)
-
-    def append(
-        self, body: dict[str, Any], checkpointer: Checkpointer, *, durable: bool = True
-    ) -> None:
-        # Every event is uploaded as it comes with sync="event", durable or not: an
-        # event buffered in memory would not survive a crash of the process.
+    @contextlib.contextmanager
+    def _session(self, checkpointer: Checkpointer | None) -> Iterator[ChainState]:
         with self._lock:
-            if os.getpid() != self._pid:
+            if os.getpid() != self._pid:  # a forked child writes its own log
                 self._state = ChainState(new_log_id())
                 self._buf = []
                 self._pid = os.getpid()
-            state = self._state
-            snapshot = (state.next_seq, state.head, state.last_is_checkpoint, list(self._buf))
+            yield self._state
+
+    def _write(self, data: bytes, *, records: int, durable: bool, force: bool) -> None:
+        before = list(self._buf)
+        if not self._buf:
+            self._buf_first = self._state.next_seq - records
+        self._buf.append(data)
+        if (
+            self.sync == "event"
+            or force
+            or len(self._buf) >= self.batch_size
+            or time.monotonic() - self._buf_since >= self.interval_s
+        ):
             try:
-                self._add(chain_record(body, state))
-                to_publish = None
-                if checkpointer.due(state):
-                    cp_body, to_publish = checkpointer.make(state, self.anchor)
-                    self._add(chain_record(cp_body, state))
-                if (
-                    self.sync == "event"
-                    or to_publish is not None
-                    or len(self._buf) >= self.batch_size
-                    or time.monotonic() - self._buf_since >= self.interval_s
-                ):
-                    self._upload()
+                self._upload()
             except BaseException:
-                state.next_seq, state.head, state.last_is_checkpoint, self._buf = snapshot
+                self._buf = before  # not stored: the chain is undone too
                 raise
-            if to_publish is not None:
-                publish(to_publish, cp_body)
 
     def checkpoint(self, checkpointer: Checkpointer) -> None:
-        with self._lock:
-            st = self._state
-            if checkpointer.signer is None or st.next_seq == 0 or st.last_is_checkpoint:
-                self._upload()
-                return
-            cp_body, anchor = checkpointer.make(st, self.anchor)
-            self._add(chain_record(cp_body, st))
-            self._upload()
-            publish(anchor, cp_body)
+        """A checkpoint when there is something to sign; the buffer is uploaded anyway."""
+        super().checkpoint(checkpointer)
+        self.flush()
 
     def flush(self) -> None:
         with self._lock:
@@ -771,63 +607,3 @@ class S3Sink:
 
     def __repr__(self) -> str:
         return f"S3Sink({self.name!r})"
-
-
-def read_s3_log(uri: str, *, client: Any = None) -> Iterator[tuple[str, int, bytes]]:
-    """Yield ``(segment key, line number, line)`` of every segment under an S3 log URI."""
-    from weightguard._internal.audit.checkpoint import _parse_s3
-
-    bucket, prefix = _parse_s3(uri)
-    c = s3_client(client)
-    base = f"{prefix}/" if prefix else ""
-    keys: list[str] = []
-    try:
-        for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
-            for obj in page.get("Contents", []):
-                k = obj["Key"]
-                rest = k[len(base) :].split("/")
-                if len(rest) == 3 and rest[1] == "segments" and rest[2].endswith(".jsonl"):
-                    keys.append(k)
-    except Exception as exc:
-        raise AuditError(
-            f"cannot list audit segments under {uri} ({s3_cause(exc)})",
-            hint="check the S3 endpoint, bucket and credentials",
-        ) from None
-    keys.sort()
-    for k in keys:
-        try:
-            data = c.get_object(Bucket=bucket, Key=k)["Body"].read()
-        except Exception as exc:
-            raise AuditError(f"cannot read audit segment s3://{bucket}/{k} ({exc!s:.80})") from None
-        for i, line in enumerate(data.splitlines(keepends=True), 1):
-            yield f"s3://{bucket}/{k}", i, line
-
-
-def file_segments(path: str) -> list[str]:
-    """Rotated segments ``<path>.<12 digits>`` in order, then ``path`` itself."""
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    base = os.path.basename(path)
-    segs = []
-    with contextlib.suppress(OSError):
-        for name in os.listdir(d):
-            if name.startswith(base + ".") and SEGMENT_RE.search(name[len(base) :]):
-                segs.append(os.path.join(d, name))
-    segs.sort()
-    if os.path.exists(path) or not segs:
-        segs.append(path)
-    # A rotator killed between its link and its replace leaves a segment name that is a
-    # second name of a later file (the live one): the same records, read once.
-    out: list[str] = []
-    seen: dict[tuple[int, int], int] = {}
-    for seg in segs:
-        try:
-            st = os.stat(seg)
-        except OSError:
-            out.append(seg)
-            continue
-        ident = (st.st_dev, st.st_ino)
-        if ident in seen:
-            out[seen[ident]] = ""
-        seen[ident] = len(out)
-        out.append(seg)
-    return [s for s in out if s]

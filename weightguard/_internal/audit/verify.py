@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,6 +41,7 @@ from weightguard._internal.audit.checkpoint import (
     anchor_for,
     verifier_for,
 )
+from weightguard._internal.audit.readers import iter_lines
 from weightguard._internal.audit.record import (
     FORMAT_VERSION,
     GENESIS,
@@ -162,29 +162,6 @@ class VerifyResult:
         return f"BROKEN ({p.kind}){where}{seq}: {p.message}"
 
 
-def iter_lines(source: str, *, s3_client: Any = None) -> Iterator[tuple[str, int, bytes]]:
-    """(source name, line number, raw line incl. newline) for a path, ``-`` or s3://."""
-    if source == "-":
-        for i, line in enumerate(sys.stdin.buffer, 1):
-            yield "-", i, line
-        return
-    if source.startswith("s3://"):
-        from weightguard._internal.audit.sinks import read_s3_log
-
-        yield from read_s3_log(source, client=s3_client)
-        return
-    from weightguard._internal.audit.sinks import file_segments
-
-    path = source[len("file://") :] if source.startswith("file://") else source
-    segs = file_segments(path)
-    if not os.path.exists(segs[-1]):
-        raise ConfigError(f"audit log {path} does not exist", hint="check the path")
-    for seg in segs:
-        with open(seg, "rb") as f:
-            for i, line in enumerate(f, 1):
-                yield seg, i, line
-
-
 @dataclass
 class _Chain:
     summary: LogSummary
@@ -192,6 +169,51 @@ class _Chain:
     prev_raw_digest: str = GENESIS
     prev_line: tuple[str, int] | None = None
     digests: dict[int, bytes] = field(default_factory=dict)
+
+
+_Line = tuple[str, int, bytes, dict[str, Any]]  # source, line number, line, record
+
+
+@dataclass
+class _Run:
+    """One verification: its configuration and what its passes found so far."""
+
+    verifier: CheckpointVerifier | None
+    anchor: Anchor | None
+    allow_foreign: bool
+    max_unsigned_tail: int
+    log_ids: Sequence[str] | None
+    chains: dict[str, _Chain] = field(default_factory=dict)  # in order of appearance
+    records: list[_Line] = field(default_factory=list)
+    present: set[tuple[str, int]] = field(default_factory=set)  # (log, seq) in the log
+    torn: tuple[str, int, bytes] | None = None
+    crash: Problem | None = None
+    warnings: list[str] = field(default_factory=list)
+    foreign: int = 0
+    total: int = 0
+
+    def result(self, problem: Problem | None) -> VerifyResult:
+        return VerifyResult(
+            ok=problem is None,
+            records=self.total,
+            logs=[c.summary for c in self.chains.values()],
+            problem=problem,
+            warnings=self.warnings,
+            foreign_lines=self.foreign,
+            signed=self.verifier is not None,
+            crash=self.crash if problem is None else None,
+        )
+
+
+def _problem(
+    kind: str,
+    msg: str,
+    src: str | None = None,
+    ln: int | None = None,
+    log: str | None = None,
+    seq: Any = None,
+) -> Problem:
+    return Problem(kind, msg, src, ln, log, seq if isinstance(seq, int) else None)
 
 
 def verify_lines(
@@ -203,387 +225,406 @@ def verify_lines(
     max_unsigned_tail: int = DEFAULT_MAX_UNSIGNED_TAIL,
     log_ids: Sequence[str] | None = None,
 ) -> VerifyResult:
+    """Verify ``(source, line number, line)`` tuples; the first problem found decides.
+
+    The passes: parse every line; judge an incomplete last line (a crash, or a cut);
+    follow each log's chain and its in-line checkpoints; compare the logs present with
+    those configured; then per log its anchored checkpoint and its unsigned tail.
+    """
     if max_unsigned_tail < 0:
         raise ConfigError("the maximum unsigned tail cannot be negative")
-    chains: dict[str, _Chain] = {}
-    order: list[str] = []
-    warnings: list[str] = []
-    foreign = 0
-    total = 0
-    buffered: list[tuple[str, int, bytes, dict[str, Any]]] = []
-    present: set[tuple[str, int]] = set()
+    run = _Run(verifier, anchor, allow_foreign, max_unsigned_tail, log_ids)
+    problem = (
+        _parse_pass(run, lines)
+        or _torn_tail_pass(run)
+        or _chain_pass(run)
+        or _expected_logs_pass(run)
+        or _end_of_log_pass(run)
+    )
+    return run.result(problem)
 
-    def fail(
-        kind: str, msg: str, src: str | None, ln: int | None, log: str | None, seq: Any
-    ) -> VerifyResult:
-        return VerifyResult(
-            ok=False,
-            records=total,
-            logs=[c.summary for c in chains.values()],
-            problem=Problem(kind, msg, src, ln, log, seq if isinstance(seq, int) else None),
-            warnings=warnings,
-            foreign_lines=foreign,
-            signed=verifier is not None,
-        )
 
-    # pass 1: parse (bounded), remember which (log, seq) exist for reorder detection
-    torn: tuple[str, int, bytes] | None = None
+# -- pass 1: parse (bounded); remember which (log, seq) exist, for reorder detection ------
+def _parse_pass(run: _Run, lines: Iterable[tuple[str, int, bytes]]) -> Problem | None:
     for src, ln, raw in lines:
-        if torn is not None:  # an incomplete line that ends a rotated segment
-            return fail(
+        if run.torn is not None:  # an incomplete line that ends a rotated segment
+            return _problem(
                 "truncated",
                 "the line is incomplete and the log goes on after it (the end of a rotated "
                 "segment was cut off mid-record)",
-                torn[0],
-                torn[1],
-                None,
-                None,
+                run.torn[0],
+                run.torn[1],
             )
         if not raw.endswith(b"\n"):
-            torn = (src, ln, raw)
+            run.torn = (src, ln, raw)
             continue
         body = raw.rstrip(b"\r\n")
         if not body.strip():
             continue
-        if len(body) > MAX_RECORD_BYTES:
-            if allow_foreign:
-                foreign += 1
-                continue
-            return fail("malformed", "line exceeds the record size limit", src, ln, None, None)
-        try:
-            rec = parse_record(body, what=f"{src}:{ln}")
-        except AuditError:
-            rec = None
+        rec, why = _parse_line(body, f"{src}:{ln}")
         if rec is None:
-            if allow_foreign:
-                foreign += 1
+            if run.allow_foreign:
+                run.foreign += 1
                 continue
-            return fail(
-                "malformed",
-                "line is not an audit record (edited or corrupted)",
-                src,
-                ln,
-                None,
-                None,
-            )
-        buffered.append((src, ln, body, rec))
-        present.add((rec["log"], rec["seq"]))
+            return _problem("malformed", why, src, ln)
+        run.records.append((src, ln, body, rec))
+        run.present.add((rec["log"], rec["seq"]))
+    return None
 
-    crash: Problem | None = None
-    if torn is not None:
-        src, ln, raw = torn
-        if src.startswith("s3://"):  # segments are uploaded whole: no writer tears one
-            return fail(
-                "truncated",
-                "the last line of an S3 segment is incomplete: the segment was cut off mid-record",
-                src,
-                ln,
-                None,
-                None,
-            )
-        if torn_fragment(raw):
-            crash = Problem(
-                "crash",
-                f"the last line ({len(raw)} bytes) is an incomplete record: the writer "
-                "stopped in the middle of writing it (killed or crashed; or a live "
-                "writer is writing it now). It was never acknowledged, is not a record "
-                "and is not counted; the next writer replaces it with a log.recover record",
-                src,
-                ln,
-            )
-            warnings.append(f"{src}:{ln}: {crash.message}")
-        elif allow_foreign:
-            foreign += 1
-        else:
-            return fail(
-                "truncated",
-                "the last line is incomplete and is not the start of an audit record",
-                src,
-                ln,
-                None,
-                None,
-            )
 
-    # pass 2: chain
-    for src, ln, body, rec in buffered:
-        total += 1
-        log_id, seq, prev = rec["log"], rec["seq"], rec["prev"]
-        ch = chains.get(log_id)
+def _parse_line(body: bytes, where: str) -> tuple[dict[str, Any] | None, str]:
+    if len(body) > MAX_RECORD_BYTES:
+        return None, "line exceeds the record size limit"
+    try:
+        return parse_record(body, what=where), ""
+    except AuditError:
+        return None, "line is not an audit record (edited or corrupted)"
+
+
+# -- pass 2: an incomplete last line is a crash (not counted) or a cut --------------------
+def _torn_tail_pass(run: _Run) -> Problem | None:
+    if run.torn is None:
+        return None
+    src, ln, raw = run.torn
+    if src.startswith("s3://"):  # segments are uploaded whole: no writer tears one
+        return _problem(
+            "truncated",
+            "the last line of an S3 segment is incomplete: the segment was cut off mid-record",
+            src,
+            ln,
+        )
+    if torn_fragment(raw):
+        run.crash = Problem(
+            "crash",
+            f"the last line ({len(raw)} bytes) is an incomplete record: the writer "
+            "stopped in the middle of writing it (killed or crashed; or a live "
+            "writer is writing it now). It was never acknowledged, is not a record "
+            "and is not counted; the next writer replaces it with a log.recover record",
+            src,
+            ln,
+        )
+        run.warnings.append(f"{src}:{ln}: {run.crash.message}")
+        return None
+    if run.allow_foreign:
+        run.foreign += 1
+        return None
+    return _problem(
+        "truncated", "the last line is incomplete and is not the start of an audit record", src, ln
+    )
+
+
+# -- pass 3: each log's chain, record by record, and its in-line checkpoints --------------
+def _chain_pass(run: _Run) -> Problem | None:
+    for src, ln, body, rec in run.records:
+        run.total += 1
+        log_id = rec["log"]
+        ch = run.chains.get(log_id)
         if ch is None:
-            ch = chains[log_id] = _Chain(LogSummary(log_id))
-            order.append(log_id)
-            if seq != 0:
-                return fail(
-                    "deleted",
-                    f"log starts at seq {seq}: records 0..{seq - 1} are missing "
-                    "(head deleted, or a rotated segment is missing)",
-                    src,
-                    ln,
-                    log_id,
-                    seq,
-                )
-            if prev != GENESIS:
-                return fail(
-                    "edited", "first record's prev is not the genesis value", src, ln, log_id, seq
-                )
+            ch = run.chains[log_id] = _Chain(LogSummary(log_id))
+            problem = _first_link(rec, src, ln)
         else:
-            exp = ch.summary.last_seq + 1 if ch.summary.last_seq is not None else 0
-            linked = prev == ch.prev_raw_digest
-            if not linked and ch.prev_record is not None:
-                # the previous line might be re-serialised (non-canonical) but unchanged
-                alt = "sha256:" + hashlib.sha256(canonical(ch.prev_record)).hexdigest()
-                linked = prev == alt
-                if linked and ch.summary.last_seq is not None:
-                    ch.digests[ch.summary.last_seq] = bytes.fromhex(alt[7:])
-            if not (linked and seq == exp):
-                pl = ch.prev_line
-                if linked:
-                    return fail(
-                        "edited",
-                        f"record's seq field was changed (expected {exp}, found {seq})",
-                        src,
-                        ln,
-                        log_id,
-                        seq,
-                    )
-                if seq == exp:
-                    psrc = f"{pl[0]}:{pl[1]}" if pl else "?"
-                    return fail(
-                        "edited",
-                        f"record seq {exp - 1} ({psrc}) was modified: its digest no longer "
-                        f"matches the prev of record seq {seq}",
-                        src,
-                        ln,
-                        log_id,
-                        exp - 1,
-                    )
-                if seq < exp:
-                    return fail(
-                        "reordered",
-                        f"seq {seq} appears after seq {exp - 1} "
-                        "(records out of order or duplicated)",
-                        src,
-                        ln,
-                        log_id,
-                        seq,
-                    )
-                if (log_id, exp) in present:
-                    return fail(
-                        "reordered",
-                        f"seq {seq} appears where seq {exp} was expected; seq {exp} comes later "
-                        "(records swapped or moved)",
-                        src,
-                        ln,
-                        log_id,
-                        seq,
-                    )
-                missing = f"{exp}" if seq == exp + 1 else f"{exp}..{seq - 1}"
-                return fail(
-                    "deleted",
-                    f"record(s) seq {missing} are missing before this line",
-                    src,
-                    ln,
-                    log_id,
-                    seq,
-                )
-        # checkpoint record
-        s = ch.summary
-        if rec.get("event") == "checkpoint":
-            cp = rec.get("checkpoint")
-            s.checkpoints += 1
-            if (
-                not isinstance(cp, dict)
-                or cp.get("log") != log_id
-                or cp.get("size") != seq
-                or cp.get("head") != prev
-            ):
-                return fail(
-                    "bad_checkpoint",
-                    "checkpoint contents do not match the chain (log, size or head)",
-                    src,
-                    ln,
-                    log_id,
-                    seq,
-                )
-            loose = _unsigned_fields(rec)
-            if loose:
-                return fail(
-                    "bad_checkpoint",
-                    f"checkpoint line holds fields its signature does not determine ({loose})",
-                    src,
-                    ln,
-                    log_id,
-                    seq,
-                )
-            if verifier is not None:
-                why = verifier.check(cp, rec.get("sig"))
-                if why is not None:
-                    return fail("bad_checkpoint", f"checkpoint {why}", src, ln, log_id, seq)
-                s.checkpoints_verified += 1
-                # the signed head covers records 0..seq-1; this line itself is fully
-                # determined by the signed body and the verified signature
-                s.signed_through = seq + 1
-            s.last_checkpoint_size = seq
-            s.unsigned_tail = 0
-        else:
-            s.unsigned_tail += 1
-        d = "sha256:" + hashlib.sha256(body).hexdigest()  # canonical lines: the digest
-        ch.prev_raw_digest = d
-        ch.prev_record = rec
-        ch.prev_line = (src, ln)
-        ch.digests[seq] = bytes.fromhex(d[7:])
-        s.records += 1
-        s.first_seq = 0 if s.first_seq is None else s.first_seq
-        s.last_seq = seq
-        s.head = d
+            problem = _next_link(run, ch, rec, src, ln)
+        problem = problem or _inline_checkpoint(run, ch, rec, src, ln)
+        if problem is not None:
+            return problem
+        _advance(ch, body, rec, src, ln)
+    return None
 
-    # which logs: the verifier's configuration (log_ids, else the anchor's own list)
-    expected: list[str] | None = list(log_ids) if log_ids else None
-    if expected is None and anchor is not None:
-        expected = sorted(anchor.log_ids())
-    if expected is not None:
-        for log_id in order:
-            if log_id not in expected:
-                where = "--log-id" if log_ids else f"the anchor {anchor.uri if anchor else ''}"
-                return fail(
-                    "unknown_log",
-                    f"log {log_id} is not one of the logs named by {where}: a log rewritten "
-                    "under a fresh id, or another log mixed in (name it with --log-id)",
-                    None,
-                    None,
-                    log_id,
-                    None,
-                )
-        for log_id in expected:
-            if log_id not in chains:
-                return fail(
-                    "deleted",
-                    f"log {log_id} (named by "
-                    f"{'--log-id' if log_ids else 'the anchor'}) is not in the log",
-                    None,
-                    None,
-                    log_id,
-                    None,
-                )
-    enforce = verifier is not None or anchor is not None
-    for log_id in order:
-        ch = chains[log_id]
+
+def _first_link(rec: dict[str, Any], src: str, ln: int) -> Problem | None:
+    log_id, seq = rec["log"], rec["seq"]
+    if seq != 0:
+        return _problem(
+            "deleted",
+            f"log starts at seq {seq}: records 0..{seq - 1} are missing "
+            "(head deleted, or a rotated segment is missing)",
+            src,
+            ln,
+            log_id,
+            seq,
+        )
+    if rec["prev"] != GENESIS:
+        return _problem(
+            "edited", "first record's prev is not the genesis value", src, ln, log_id, seq
+        )
+    return None
+
+
+def _links(ch: _Chain, prev: str) -> bool:
+    """Whether ``prev`` is the digest of the log's previous record."""
+    if prev == ch.prev_raw_digest:
+        return True
+    if ch.prev_record is None:
+        return False
+    # the previous line might be re-serialised (non-canonical) but unchanged
+    alt = "sha256:" + hashlib.sha256(canonical(ch.prev_record)).hexdigest()
+    if prev != alt:
+        return False
+    if ch.summary.last_seq is not None:
+        ch.digests[ch.summary.last_seq] = bytes.fromhex(alt[7:])
+    return True
+
+
+def _next_link(run: _Run, ch: _Chain, rec: dict[str, Any], src: str, ln: int) -> Problem | None:
+    """A record after the first of its log: it must continue the previous one."""
+    log_id, seq = rec["log"], rec["seq"]
+    last = ch.summary.last_seq
+    exp = last + 1 if last is not None else 0
+    linked = _links(ch, rec["prev"])
+    if linked and seq == exp:
+        return None
+    if linked:
+        return _problem(
+            "edited",
+            f"record's seq field was changed (expected {exp}, found {seq})",
+            src,
+            ln,
+            log_id,
+            seq,
+        )
+    if seq == exp:
+        pl = ch.prev_line
+        psrc = f"{pl[0]}:{pl[1]}" if pl else "?"
+        return _problem(
+            "edited",
+            f"record seq {exp - 1} ({psrc}) was modified: its digest no longer "
+            f"matches the prev of record seq {seq}",
+            src,
+            ln,
+            log_id,
+            exp - 1,
+        )
+    if seq < exp:
+        return _problem(
+            "reordered",
+            f"seq {seq} appears after seq {exp - 1} (records out of order or duplicated)",
+            src,
+            ln,
+            log_id,
+            seq,
+        )
+    if (log_id, exp) in run.present:
+        return _problem(
+            "reordered",
+            f"seq {seq} appears where seq {exp} was expected; seq {exp} comes later "
+            "(records swapped or moved)",
+            src,
+            ln,
+            log_id,
+            seq,
+        )
+    missing = f"{exp}" if seq == exp + 1 else f"{exp}..{seq - 1}"
+    return _problem(
+        "deleted", f"record(s) seq {missing} are missing before this line", src, ln, log_id, seq
+    )
+
+
+def _inline_checkpoint(
+    run: _Run, ch: _Chain, rec: dict[str, Any], src: str, ln: int
+) -> Problem | None:
+    """A checkpoint record must state the chain it follows and be signed as it says."""
+    s = ch.summary
+    if rec.get("event") != "checkpoint":
+        s.unsigned_tail += 1
+        return None
+    log_id, seq = rec["log"], rec["seq"]
+    cp = rec.get("checkpoint")
+    s.checkpoints += 1
+    if (
+        not isinstance(cp, dict)
+        or cp.get("log") != log_id
+        or cp.get("size") != seq
+        or cp.get("head") != rec["prev"]
+    ):
+        return _problem(
+            "bad_checkpoint",
+            "checkpoint contents do not match the chain (log, size or head)",
+            src,
+            ln,
+            log_id,
+            seq,
+        )
+    loose = _unsigned_fields(rec)
+    if loose:
+        return _problem(
+            "bad_checkpoint",
+            f"checkpoint line holds fields its signature does not determine ({loose})",
+            src,
+            ln,
+            log_id,
+            seq,
+        )
+    if run.verifier is not None:
+        why = run.verifier.check(cp, rec.get("sig"))
+        if why is not None:
+            return _problem("bad_checkpoint", f"checkpoint {why}", src, ln, log_id, seq)
+        s.checkpoints_verified += 1
+        # the signed head covers records 0..seq-1; this line itself is fully
+        # determined by the signed body and the verified signature
+        s.signed_through = seq + 1
+    s.last_checkpoint_size = seq
+    s.unsigned_tail = 0
+    return None
+
+
+def _advance(ch: _Chain, body: bytes, rec: dict[str, Any], src: str, ln: int) -> None:
+    """The record is the log's new head."""
+    s = ch.summary
+    seq = rec["seq"]
+    d = "sha256:" + hashlib.sha256(body).hexdigest()  # canonical lines: the digest
+    ch.prev_raw_digest = d
+    ch.prev_record = rec
+    ch.prev_line = (src, ln)
+    ch.digests[seq] = bytes.fromhex(d[7:])
+    s.records += 1
+    s.first_seq = 0 if s.first_seq is None else s.first_seq
+    s.last_seq = seq
+    s.head = d
+
+
+# -- pass 4: the logs present are the logs configured (log_ids, else the anchor's) --------
+def _expected_logs_pass(run: _Run) -> Problem | None:
+    expected: list[str] | None = list(run.log_ids) if run.log_ids else None
+    if expected is None and run.anchor is not None:
+        expected = sorted(run.anchor.log_ids())
+    if expected is None:
+        return None
+    for log_id in run.chains:
+        if log_id not in expected:
+            where = (
+                "--log-id" if run.log_ids else f"the anchor {run.anchor.uri if run.anchor else ''}"
+            )
+            return _problem(
+                "unknown_log",
+                f"log {log_id} is not one of the logs named by {where}: a log rewritten "
+                "under a fresh id, or another log mixed in (name it with --log-id)",
+                log=log_id,
+            )
+    for log_id in expected:
+        if log_id not in run.chains:
+            return _problem(
+                "deleted",
+                f"log {log_id} (named by "
+                f"{'--log-id' if run.log_ids else 'the anchor'}) is not in the log",
+                log=log_id,
+            )
+    return None
+
+
+# -- pass 5: per log, its head, its anchored checkpoint and its unsigned tail -------------
+def _end_of_log_pass(run: _Run) -> Problem | None:
+    for ch in run.chains.values():
         s = ch.summary
         if ch.prev_record is not None and s.last_seq is not None:
             s.head = "sha256:" + hashlib.sha256(canonical(ch.prev_record)).hexdigest()
             ch.digests[s.last_seq] = bytes.fromhex(s.head[7:])
-        if anchor is not None:
-            latest = anchor.latest(log_id)  # addressed by the configured id (checked above)
-            if latest is None:
-                return fail(
-                    "unanchored",
-                    f"log {log_id} has no checkpoint at the anchor {anchor.uri}",
-                    anchor.uri,
-                    None,
-                    log_id,
-                    None,
-                )
-            cp, sig = latest["checkpoint"], latest["sig"]
-            if cp.get("log") != log_id:
-                return fail(
-                    "bad_checkpoint",
-                    "anchored checkpoint names another log",
-                    anchor.uri,
-                    None,
-                    log_id,
-                    None,
-                )
-            if verifier is not None:
-                why = verifier.check(cp, sig)
-                if why is not None:
-                    return fail(
-                        "bad_checkpoint",
-                        f"anchored checkpoint {why}",
-                        anchor.uri,
-                        None,
-                        log_id,
-                        None,
-                    )
-            else:
-                warnings.append(
-                    f"log {log_id}: anchored checkpoint signature not checked "
-                    "(pass --checkpoint-key or --vault-key)"
-                )
-            size = int(cp["size"])
-            s.anchored_size = size
-            have = (s.last_seq + 1) if s.last_seq is not None else 0
-            if have < size:
-                return fail(
-                    "truncated",
-                    f"the anchor ({anchor.uri}) says the log had {size} records "
-                    f"(head {cp['head']}), but only {have} are present: "
-                    "the tail was cut off",
-                    None,
-                    None,
-                    log_id,
-                    have,
-                )
-            got = ch.digests.get(size - 1)
-            if got is None or "sha256:" + got.hex() != cp["head"]:
-                return fail(
-                    "edited",
-                    f"record seq {size - 1} does not match the anchored head {cp['head']}",
-                    None,
-                    None,
-                    log_id,
-                    size - 1,
-                )
-            if verifier is not None:
-                s.signed_through = max(s.signed_through, size)
+        if run.anchor is not None:
+            problem = _anchored(run, run.anchor, ch)
+            if problem is not None:
+                return problem
         elif s.records:
-            warnings.append(
-                f"log {log_id}: no anchor given; a tail cut at a record boundary "
+            run.warnings.append(
+                f"log {s.log_id}: no anchor given; a tail cut at a record boundary "
                 f"after the last checkpoint cannot be detected"
             )
-        if enforce:
-            tail = s.records - s.signed_through
-            s.unsigned_tail = tail
-            if tail > max_unsigned_tail:
-                first = s.signed_through
-                span = f"seq {first}" if tail == 1 else f"seq {first}..{first + tail - 1}"
-                why = (
-                    "no checkpoint key was given, so no checkpoint signature was checked"
-                    if verifier is None
-                    else "checkpoints stripped and the chain recomputed, or records written "
-                    "after the last checkpoint"
-                )
-                return fail(
-                    "unsigned",
-                    f"{tail} record(s) ({span}) are not covered by a verified signed "
-                    f"checkpoint; at most {max_unsigned_tail} may be ({why}; an auditor "
-                    "accepting a live log's tail says so with --max-unsigned-tail N)",
-                    None,
-                    None,
-                    log_id,
-                    first,
-                )
-        if verifier is None:
-            if s.checkpoints:
-                warnings.append(
-                    f"log {log_id}: {s.checkpoints} checkpoint signature(s) not checked "
-                    "(pass --checkpoint-key or --vault-key)"
-                )
-            else:
-                warnings.append(f"log {log_id}: no signed checkpoint in the log")
-        if s.unsigned_tail and s.checkpoints:
-            warnings.append(
-                f"log {log_id}: {s.unsigned_tail} record(s) after the last checkpoint are "
-                "not covered by a signature yet"
-            )
-    return VerifyResult(
-        ok=True,
-        records=total,
-        logs=[chains[i].summary for i in order],
-        warnings=warnings,
-        foreign_lines=foreign,
-        signed=verifier is not None,
-        crash=crash,
+        problem = _unsigned_tail(run, s)
+        if problem is not None:
+            return problem
+        _signature_warnings(run, s)
+    return None
+
+
+def _anchored(run: _Run, anchor: Anchor, ch: _Chain) -> Problem | None:
+    """The log holds the anchor's latest checkpoint (addressed by the configured id)."""
+    s = ch.summary
+    log_id = s.log_id
+    latest = anchor.latest(log_id)
+    if latest is None:
+        return _problem(
+            "unanchored",
+            f"log {log_id} has no checkpoint at the anchor {anchor.uri}",
+            anchor.uri,
+            log=log_id,
+        )
+    cp, sig = latest["checkpoint"], latest["sig"]
+    if cp.get("log") != log_id:
+        return _problem(
+            "bad_checkpoint", "anchored checkpoint names another log", anchor.uri, log=log_id
+        )
+    if run.verifier is not None:
+        why = run.verifier.check(cp, sig)
+        if why is not None:
+            return _problem("bad_checkpoint", f"anchored checkpoint {why}", anchor.uri, log=log_id)
+    else:
+        run.warnings.append(
+            f"log {log_id}: anchored checkpoint signature not checked "
+            "(pass --checkpoint-key or --vault-key)"
+        )
+    size = int(cp["size"])
+    s.anchored_size = size
+    have = (s.last_seq + 1) if s.last_seq is not None else 0
+    if have < size:
+        return _problem(
+            "truncated",
+            f"the anchor ({anchor.uri}) says the log had {size} records "
+            f"(head {cp['head']}), but only {have} are present: "
+            "the tail was cut off",
+            log=log_id,
+            seq=have,
+        )
+    got = ch.digests.get(size - 1)
+    if got is None or "sha256:" + got.hex() != cp["head"]:
+        return _problem(
+            "edited",
+            f"record seq {size - 1} does not match the anchored head {cp['head']}",
+            log=log_id,
+            seq=size - 1,
+        )
+    if run.verifier is not None:
+        s.signed_through = max(s.signed_through, size)
+    return None
+
+
+def _unsigned_tail(run: _Run, s: LogSummary) -> Problem | None:
+    """With a key or an anchor: at most ``max_unsigned_tail`` records not signed."""
+    if run.verifier is None and run.anchor is None:
+        return None
+    tail = s.records - s.signed_through
+    s.unsigned_tail = tail
+    if tail <= run.max_unsigned_tail:
+        return None
+    first = s.signed_through
+    span = f"seq {first}" if tail == 1 else f"seq {first}..{first + tail - 1}"
+    why = (
+        "no checkpoint key was given, so no checkpoint signature was checked"
+        if run.verifier is None
+        else "checkpoints stripped and the chain recomputed, or records written "
+        "after the last checkpoint"
     )
+    return _problem(
+        "unsigned",
+        f"{tail} record(s) ({span}) are not covered by a verified signed "
+        f"checkpoint; at most {run.max_unsigned_tail} may be ({why}; an auditor "
+        "accepting a live log's tail says so with --max-unsigned-tail N)",
+        log=s.log_id,
+        seq=first,
+    )
+
+
+def _signature_warnings(run: _Run, s: LogSummary) -> None:
+    if run.verifier is None:
+        if s.checkpoints:
+            run.warnings.append(
+                f"log {s.log_id}: {s.checkpoints} checkpoint signature(s) not checked "
+                "(pass --checkpoint-key or --vault-key)"
+            )
+        else:
+            run.warnings.append(f"log {s.log_id}: no signed checkpoint in the log")
+    if s.unsigned_tail and s.checkpoints:
+        run.warnings.append(
+            f"log {s.log_id}: {s.unsigned_tail} record(s) after the last checkpoint are "
+            "not covered by a signature yet"
+        )
 
 
 def verify_log(
@@ -630,60 +671,3 @@ def verify_log(
         max_unsigned_tail=max_unsigned_tail,
         log_ids=log_ids,
     )
-
-
-def _matches_text(needle: str, value: Any) -> bool:
-    if isinstance(value, dict):
-        return any(_matches_text(needle, v) for v in value.values())
-    if isinstance(value, list):
-        return any(_matches_text(needle, v) for v in value)
-    return value is not None and needle in str(value).lower()
-
-
-def read_records(
-    log: str | os.PathLike[str],
-    *,
-    since: Any = None,
-    artifact: str | None = None,
-    subject: str | None = None,
-    outcome: str | None = None,
-    event: str | None = None,
-    include_checkpoints: bool = False,
-    s3_client: Any = None,
-) -> Iterator[dict[str, Any]]:
-    """Records of a log, filtered (no integrity check: use verify_log for that).
-
-    ``since`` is a datetime; ``artifact`` a substring of the object's fields (URI,
-    digest, ...); ``subject`` a substring of any subject field (user, host, pod, SA);
-    ``outcome``/``event`` exact (``event`` may end with ``*`` as a prefix match).
-    """
-    from weightguard._internal.audit.record import parse_time
-
-    for _src, _ln, raw in iter_lines(os.fspath(log), s3_client=s3_client):
-        body = raw.strip()
-        if not body or len(body) > MAX_RECORD_BYTES or not body.startswith(b"{"):
-            continue
-        try:
-            rec = parse_record(body, what="audit line")
-        except AuditError:
-            continue
-        ev = str(rec.get("event", ""))
-        if ev == "checkpoint" and not include_checkpoints:
-            continue
-        if event is not None and not (
-            ev.startswith(event[:-1]) if event.endswith("*") else ev == event
-        ):
-            continue
-        if outcome is not None and rec.get("outcome") != outcome:
-            continue
-        if since is not None:
-            try:
-                if parse_time(str(rec.get("time"))) < since:
-                    continue
-            except ValueError:
-                continue
-        if artifact is not None and not _matches_text(artifact.lower(), rec.get("object")):
-            continue
-        if subject is not None and not _matches_text(subject.lower(), rec.get("subject")):
-            continue
-        yield rec
