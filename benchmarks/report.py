@@ -399,7 +399,9 @@ def render_imports(res: dict[str, Any], path: Path) -> str:
     top = list(res["importtime_top_ms"].items())[:8]
     return "\n".join(
         [
-            f"`python -m benchmarks.imports --reps {res['reps']}` ({res['model']}, "
+            f"`python -m benchmarks.imports --reps {res['reps']}`"
+            + (" under `chrt -f 1`" if res.get("sched_fifo") else "")
+            + f" ({res['model']}, "
             f"{res['tensors']} tensors): {_machine_line(res['machine'])}; raw data "
             f"{_raw(path)}.",
             "",
@@ -413,6 +415,14 @@ def render_imports(res: dict[str, Any], path: Path) -> str:
             "| `from weightguard import load_file` on top (CPU) | "
             f"{res['weightguard_loader_import_cpu_ms']:.0f} "
             f"(goal <= {res['goal_ms']:.0f}: {_verdict(res['verdict_cpu'])}) |",
+            *(
+                [
+                    f"| of which creating {res['dataclasses_created']} `@dataclass` classes "
+                    f"(CPU) | {res['dataclasses_cpu_ms']:.0f} |"
+                ]
+                if "dataclasses_cpu_ms" in res
+                else []
+            ),
             f"| first `load_file` in the process | {res['first_load_ms']:.0f} |",
             f"| second `load_file` | {res['second_load_ms']:.0f} |",
             "",

@@ -37,6 +37,7 @@ def test_imports_benchmark_reports_import_and_first_load(tmp_path: Path) -> None
     assert res["tensors"] == len(models.plan_tensors(4))
     assert res["weightguard_loader_import_ms"] > 0 and res["weightguard_loader_import_cpu_ms"] > 0
     assert res["first_load_ms"] > 0 and res["second_load_ms"] > 0
+    assert res["dataclasses_created"] > 10 and res["dataclasses_cpu_ms"] > 0
     assert res["verdict"] in ("pass", "miss") and res["goal_ms"] == 30.0
     assert res["importtime_top_ms"]["(total)"] > 0
     assert len(res["machine"]["loadavg"]) == 3
