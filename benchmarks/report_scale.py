@@ -13,7 +13,8 @@ its own, times:
   verified;
 * ``report``: the whole ``weightguard report`` over a small signed release and the log.
 
-Prints one JSON object: seconds and peak RSS (MiB) per stage.  Numbers depend on the
+Prints one JSON object: wall seconds, CPU seconds (the stage's own, so a busy machine
+inflates them less) and peak RSS (MiB) per stage.  Numbers depend on the
 machine: say which one when you quote them.
 """
 
@@ -77,7 +78,7 @@ def _peak_rss_mib() -> float:
 
 def _stage(stage: str, p: dict[str, str]) -> None:
     """Run one stage in this (fresh) process; print {seconds, peak_rss_mib}."""
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     if stage == "verify":
         from weightguard.audit import verify_log
 
@@ -102,8 +103,13 @@ def _stage(stage: str, p: dict[str, str]) -> None:
         except SystemExit as exc:
             assert not exc.code, exc.code
     secs = time.perf_counter() - t
+    cpu = time.process_time() - c  # what the stage itself used, whatever else runs
     rss = _peak_rss_mib()
-    print(json.dumps({"seconds": round(secs, 2), "peak_rss_mib": round(rss, 1)}))
+    print(
+        json.dumps(
+            {"seconds": round(secs, 2), "cpu_seconds": round(cpu, 2), "peak_rss_mib": round(rss, 1)}
+        )
+    )
 
 
 def main() -> None:
