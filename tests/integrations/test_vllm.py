@@ -459,7 +459,9 @@ def plain_run(plain_model) -> tuple[list[list[float]], int]:
 
 @pytest.fixture
 def s3_release(tmp_path, plain_model, vault_env, s3_env, bucket, sign_keys):  # type: ignore[no-untyped-def]
-    """MiniLM encrypted under an OpenBao Transit key, signed, pushed to SeaweedFS."""
+    """MiniLM encrypted under an OpenBao Transit key, signed, pushed to SeaweedFS; its side
+    files (config, tokenizer, pooling) encrypted too (``--encrypt-other-files``), so every
+    engine test also runs their verified decryption (issue 22)."""
     from click.testing import CliRunner
     from weightguard_cli.main import cli
 
@@ -468,7 +470,13 @@ def s3_release(tmp_path, plain_model, vault_env, s3_env, bucket, sign_keys):  # 
     name = "minilm-" + secrets.token_hex(4)
     vault_env.client().secrets.transit.create_key(name=name, derived=True, mount_point="transit")
     release = tmp_path / "release"
-    encrypt_model(plain_model, release, f"vault://transit/{name}", context="models/minilm")
+    encrypt_model(
+        plain_model,
+        release,
+        f"vault://transit/{name}",
+        context="models/minilm",
+        encrypt_other_files=True,
+    )
     sign(release, release / "model.sig", sign_keys)
     uri = f"s3://{bucket}/models/minilm/"
     res = CliRunner().invoke(cli, ["push", str(release), uri])
@@ -523,6 +531,8 @@ def test_vllm_serves_encrypted_model_from_s3_and_openbao(
     with safe_open(str(plain_model / "model.safetensors"), "pt") as f:
         count = len(list(f.keys()))
     assert sum(e["extra"]["tensors"] for e in oks) == count  # every tensor, once
+    unwraps = [e for e in events if e.get("event") == "key.unwrap"]
+    assert any("tokenizer.json" in e["object"].get("side_files", []) for e in unwraps)
     assert not [e for e in events if e.get("outcome") == "denied"]
 
 
@@ -656,23 +666,3 @@ def test_bad_input_stops_vllm_with_weightguards_message(
     assert want in out, out[-4000:]
     denied = [e for e in audit_events(audit) if e.get("outcome") == "denied"]
     assert denied, audit_events(audit)
-
-
-@pytest.mark.slow
-def test_vllm_serves_a_release_with_encrypted_side_files(
-    plain_run, plain_model, file_key, sign_keys, tmp_path
-) -> None:
-    """Issue 22: config and tokenizer encrypted with --encrypt-other-files are decrypted
-    (verified) into vLLM's private directory; the embeddings equal the plain model's."""
-    from weightguard.crypt import encrypt_model
-
-    release = tmp_path / "sealed"
-    encrypt_model(plain_model, release, file_key, encrypt_other_files=True)
-    sign(release, release / "model.sig", sign_keys)
-    audit = tmp_path / "audit.jsonl"
-    extra = {"trust_key": str(sign_keys.public), "allowed_keys": [file_key]}
-    rc, emb, _, out = embed(str(release), "weightguard", {**extra, "audit_log": str(audit)})
-    assert rc == 0 and emb is not None, out[-4000:]
-    assert_same_embeddings(emb, plain_run[0])
-    unwraps = [e for e in audit_events(audit) if e.get("event") == "key.unwrap"]
-    assert any("tokenizer.json" in e["object"].get("side_files", []) for e in unwraps)
