@@ -25,7 +25,7 @@ Counts, not times (one process):
   rules give it on a Llama-shaped model (column-parallel q/k/v/gate/up, vocab-parallel
   embedding and lm_head: their dim-0 rows; row-parallel o/down and the norms: whole),
   through ``safe_open``/``get_slice``.  This applies vLLM's sharding rules; it does not
-  run vLLM (the vLLM loader still reads every weight on every rank: issue 23 item 3).
+  run vLLM (``tests/lazy/test_vllm_tp.py`` runs vLLM's own layers on lazy tensors).
 
 Results: ``benchmarks/results/lazy-<time>.json`` and a table on stdout.
 """

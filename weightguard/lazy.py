@@ -527,6 +527,33 @@ def _lazy_class() -> Any:
 
     from weightguard._internal.load.plan import torch_dtype
 
+    tensor = torch.Tensor
+    meta = {
+        getattr(tensor, a).__get__
+        for a in (
+            "shape",
+            "dtype",
+            "device",
+            "ndim",
+            "layout",
+            "requires_grad",
+            "is_cuda",
+            "is_meta",
+            "is_sparse",
+            "is_quantized",
+            "nbytes",
+            "itemsize",
+        )
+    } | {
+        tensor.size,
+        tensor.dim,
+        tensor.numel,
+        tensor.element_size,
+        tensor.__len__,
+        tensor.stride,
+        tensor.is_contiguous,  # a fresh read is contiguous, like the wrapper
+    }
+
     class LazyTensor(torch.Tensor):
         """A checkpoint tensor not read yet: shape and dtype now; ``narrow(0, ...)``
         reads only those rows; anything else reads (once) and uses the whole tensor."""
@@ -574,8 +601,15 @@ def _lazy_class() -> Any:
                     if dim in (0, -len(info.shape)) and start >= 0 and 0 <= length <= n - start:
                         part = owner._read_rows(f, info, start, start + length)
                         return owner._finish(part, info.name)
-            with torch._C.DisableTorchFunctionSubclass():
-                return func(*args, **kwargs)
+            if func in meta:  # shape, dtype ...: answered without reading
+                with torch._C.DisableTorchFunctionSubclass():
+                    return func(*args, **kwargs)
+
+            def real(x: Any) -> Any:
+                return x._wg_all() if isinstance(x, cls) else x
+
+            # anything else works on the whole tensor, read once and checked
+            return func(*tree_map(real, args), **tree_map(real, kwargs))
 
         @classmethod
         def __torch_dispatch__(  # type: ignore[override]

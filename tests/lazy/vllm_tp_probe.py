@@ -6,9 +6,10 @@ For each rank, vLLM's layers of a Llama-shaped model (``VocabParallelEmbedding``
 ``ParallelLMHead``, ``QKVParallelLinear``, ``MergedColumnParallelLinear``,
 ``RowParallelLinear``) are built with that rank's tensor-parallel rank and size (no
 process group: vLLM's rank/size lookups are pointed at the rank), and their own
-``weight_loader``s are fed, once, the checkpoint's plain tensors and, once, weightguard's
-lazy tensors of the signed, encrypted artifact; the parameters must be equal.  Prints
-one JSON line: bytes decrypted per rank and the model's size.
+``weight_loader``s are fed, once, the checkpoint's plain tensors and, once, what the
+weightguard vLLM loader feeds under tensor parallelism (``integrations.vllm._rank_reader``
+on the opened, verified handle of the signed, encrypted artifact); the parameters must
+be equal.  Prints one JSON line: bytes decrypted per rank and the model's size.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def main() -> None:
 
     spec = json.loads(sys.argv[1])
     os.environ["WEIGHTGUARD_ALLOWED_KEYS"] = spec["allowed_key"]
-    from weightguard import safe_open
+    from weightguard import open_model
+    from weightguard.integrations.vllm import _rank_reader
     from weightguard.policy import PublicKey
 
     torch.set_default_dtype(torch.bfloat16)
@@ -105,9 +107,15 @@ def main() -> None:
     for rank in range(spec["tp"]):
         _point_tp_at(rank, spec["tp"])
         want = _load(_layers(spec), plain.items())
-        with safe_open(spec["artifact"], policy=PublicKey.from_file(spec["pub"])) as f:
-            got = _load(_layers(spec), f.lazy_tensors())
-            decrypted = f.stats["bytes_decrypted"]
+        # what the weightguard vLLM loader does under tensor parallelism
+        with open_model(spec["artifact"], policy=PublicKey.from_file(spec["pub"])) as handle:
+            ranks = _rank_reader(handle)
+            assert ranks is not None, "the loader did not see tensor parallelism"
+            try:
+                got = _load(_layers(spec), ranks.lazy_tensors())
+            finally:
+                ranks.close()
+            decrypted = ranks.stats["bytes_decrypted"]
         assert set(got) == set(want)
         for name in want:
             assert torch.equal(got[name], want[name]), (rank, name)

@@ -468,7 +468,15 @@ def _loader_class() -> type:
                 raise _retold(exc) from None
             with self.options.open(source) as (handle, side):
                 _check_model_dir(handle, side, source, str(model_config.model))
-                loaded = model.load_weights(self.weights(handle, model))
+                ranks = _rank_reader(handle)  # tensor parallel: this rank's rows only
+                try:
+                    stream = (
+                        ranks.lazy_tensors() if ranks is not None else self.weights(handle, model)
+                    )
+                    loaded = model.load_weights(stream)
+                finally:
+                    if ranks is not None:
+                        ranks.close()  # audits the bytes decrypted on this rank
                 if loaded is not None:
                     missing = sorted({n for n, _ in model.named_parameters()} - set(loaded))
                     if missing:
@@ -479,6 +487,23 @@ def _loader_class() -> type:
                         )
 
     return WeightguardModelLoader
+
+
+def _rank_reader(handle: Any) -> Any:
+    """Under tensor parallelism, lazy tensors whose ``narrow(0, ...)`` (vLLM's column- and
+    vocab-parallel loaders) reads only this rank's records; None otherwise.  See
+    docs/lazy.md ("Tensor-parallel reads")."""
+    try:
+        from vllm.distributed import get_tensor_model_parallel_world_size
+
+        tp = int(get_tensor_model_parallel_world_size())
+    except (ImportError, AssertionError, RuntimeError):  # no tensor-parallel group
+        return None
+    if tp <= 1:
+        return None
+    from weightguard.lazy import SafeOpen
+
+    return SafeOpen.over(handle)
 
 
 def register() -> None:
