@@ -12,6 +12,7 @@ Importing this module is cheap: rich is imported only when a bar is shown.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -21,6 +22,13 @@ from typing import Any, TypeVar
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def echo_json(doc: Any) -> None:
+    """A JSON document on stdout: the one rule for every ``--json`` output (and the
+    error object a failed ``--json`` command prints): one line, keys sorted, so a
+    consumer can read one document per line."""
+    click.echo(json.dumps(doc, sort_keys=True, default=str))
 
 
 class _EchoHandler(logging.Handler):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import re
 from typing import Any
 
 import click
+
+from weightguard_cli._output import echo_json
 
 _REL = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -120,7 +121,7 @@ def verify(
     if as_json:
         out = result.to_dict()
         out["accepted"] = result.ok and not refused
-        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        echo_json(out)
     else:
         click.echo(result.describe())
         for w in result.warnings:
@@ -227,7 +228,7 @@ def show(
     )
     if as_json:
         for r in records:
-            click.echo(json.dumps(r, sort_keys=True))
+            echo_json(r)
         return
     header = ("TIME", "SEQ", "EVENT", "OUTCOME", "SUBJECT", "OBJECT", "DETAIL")
     widths = (19, 6, 16, 7, 32, 48, 40)
@@ -265,6 +266,6 @@ def keygen(private_key: str, public_key: str | None, as_json: bool) -> None:
     pub = public_key or private_key + ".pub"
     key_id = generate_checkpoint_key(private_key, pub)
     if as_json:
-        click.echo(json.dumps({"private_key": private_key, "public_key": pub, "key_id": key_id}))
+        echo_json({"private_key": private_key, "public_key": pub, "key_id": key_id})
     else:
         click.echo(f"wrote {private_key} (keep secret) and {pub}; key id {key_id}")

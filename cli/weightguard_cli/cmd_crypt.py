@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from weightguard_cli._audit_opt import allow_key_option, audit_option
-from weightguard_cli._output import progress, quiet_option
+from weightguard_cli._output import echo_json, progress, quiet_option
 from weightguard_cli._renamed import renamed
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
@@ -46,7 +45,7 @@ def _audit(spec: str | None) -> Iterator[Any]:
 
 def _print(obj: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], None]) -> None:
     if as_json:
-        click.echo(json.dumps(obj, indent=2, sort_keys=True))
+        echo_json(obj)
     else:
         human(obj)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
+
+from weightguard_cli._output import echo_json
 
 _MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 
@@ -44,7 +45,7 @@ def doctor(as_json: bool, only: tuple[str, ...], s3_bucket: str | None, timeout:
     results = run_checks(only=only or None, timeout=timeout, bucket=s3_bucket)
     summary = summarize(results)
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        echo_json(summary)
     else:
         width = max((len(r.name) for r in results), default=0)
         for r in results:

@@ -7,9 +7,9 @@ commands take the files with, so the output says what to pass where.
 
 from __future__ import annotations
 
-import json
-
 import click
+
+from weightguard_cli._output import echo_json
 
 
 def _public_path(private: str) -> str:
@@ -98,7 +98,7 @@ def create(
         out["fingerprint"] = create_signing_key(signing_key, pub, curve=curve)
         out["signing_key"], out["public_key"] = signing_key, pub
     if as_json:
-        click.echo(json.dumps(out, indent=2))
+        echo_json(out)
         return
     if data_key:
         click.echo(f"wrote data key {_key_path(data_key)} (development only; keep it secret)")

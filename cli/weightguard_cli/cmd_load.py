@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -10,9 +9,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-
 from weightguard_cli._audit_opt import allow_key_option, audit_option
-from weightguard_cli._output import activity, progress, quiet_option
+from weightguard_cli._output import activity, echo_json, progress, quiet_option
 from weightguard_cli._renamed import renamed
 from weightguard_cli._trust_opt import policy_from_options, trust_options
 
@@ -94,7 +92,7 @@ def load(source: str, device: str, check: bool, as_json: bool, quiet: bool, **op
     tensors.clear()
     if as_json:
         out = {"ok": True, "source": source, "tensors": n, "bytes": nbytes, "seconds": dt}
-        click.echo(json.dumps(out))
+        echo_json(out)
     else:
         click.echo(f"ok: {n} tensors, {nbytes / 1e9:.3f} GB in {dt:.2f} s from {source}")
 
@@ -144,9 +142,7 @@ def fetch(
     finally:
         audit.close()
     if as_json:
-        click.echo(
-            json.dumps({"ok": True, "to": res.directory, "files": res.files, "bytes": res.bytes})
-        )
+        echo_json({"ok": True, "to": res.directory, "files": res.files, "bytes": res.bytes})
     else:
         click.echo(f"ok: {len(res.files)} files, {res.bytes} bytes written to {res.directory}")
 
@@ -190,7 +186,7 @@ def push(
             audit=audit,
         )
     if as_json:
-        click.echo(json.dumps(res))
+        echo_json(res)
     else:
         replaced = f" (replaced {res['replaced']} objects)" if res["replaced"] else ""
         click.echo(

@@ -3,7 +3,6 @@ weightguard.report and weightguard.bom)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from weightguard_cli._audit_opt import audit_option
-from weightguard_cli._output import activity, progress, quiet_option
+from weightguard_cli._output import activity, echo_json, progress, quiet_option
 from weightguard_cli._trust_opt import policy_from_options, trust_options
 
 
@@ -210,7 +208,7 @@ def report(
     if as_json:
         out = ev.to_dict()
         out["files"] = {"html": str(html_path), "markdown": str(md_path) if md_path else None}
-        click.echo(json.dumps(out, indent=2, default=str))
+        echo_json(out)
     else:
         click.echo(f"{ev.verdict}: {release}")
         for area, level, words in ev.headline:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import click
-
 from weightguard.errors import ConfigError
 from weightguard_cli._audit_opt import audit_option
-from weightguard_cli._output import activity, quiet_option
+from weightguard_cli._output import activity, echo_json, quiet_option
 from weightguard_cli._renamed import renamed
 from weightguard_cli._trust_opt import policy_from_options, trust_options
 
@@ -197,19 +195,16 @@ def sign(
             replace=replace,  # False unless --replace: an existing bundle is refused
         )
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "signature": str(result.signature),
-                    "signer": result.signer,
-                    "signed_at": result.signed_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "bundle_sha256": result.bundle_digest,
-                    "chunk_algorithm": f"{chunk_digest}-chunked-v1",
-                    "hash_type": hash_type,
-                    "files": sorted(result.files),
-                },
-                indent=2,
-            )
+        echo_json(
+            {
+                "signature": str(result.signature),
+                "signer": result.signer,
+                "signed_at": result.signed_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "bundle_sha256": result.bundle_digest,
+                "chunk_algorithm": f"{chunk_digest}-chunked-v1",
+                "hash_type": hash_type,
+                "files": sorted(result.files),
+            }
         )
     else:
         click.echo(f"signed {len(result.files)} file(s) -> {result.signature}")
@@ -288,7 +283,7 @@ def verify(
 def _report(model: str, signature: str, m: Any, as_json: bool) -> None:
     if as_json:
         out: dict[str, Any] = {"verified": True, **m.to_dict()}
-        click.echo(json.dumps(out, indent=2))
+        echo_json(out)
         return
     when = m.signed_at.strftime("%Y-%m-%dT%H:%M:%SZ") if m.signed_at else "unknown"
     click.echo(f"OK: {model} matches {signature}")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-
 from weightguard_cli._audit_opt import audit_option
+from weightguard_cli._output import echo_json
 from weightguard_cli._renamed import renamed
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -147,7 +146,7 @@ def embed(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if as_json:
-        click.echo(json.dumps(doc, indent=2))
+        echo_json(doc)
     else:
         click.echo(
             f"marked {res.tensors_marked} tensors ({res.elements_marked} weights) -> "
@@ -259,7 +258,7 @@ def check(
         doc = {"verdict": best, "keys_tested": reps[0].keys_tested, "results": docs}
     doc["seconds"] = seconds
     if as_json:
-        click.echo(json.dumps(doc, indent=2))
+        echo_json(doc)
         return
     for ref, rep, d in zip(key_refs, reps, docs, strict=True):
         who = f"[{ref}] " if len(reps) > 1 else ""
@@ -291,7 +290,7 @@ def compare(a: str, b: str, as_json: bool) -> None:
 
     rep = fp.compare(a, b)
     if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2))
+        echo_json(rep.to_dict())
         return
     click.echo(
         f"verdict: {rep.verdict}  log10 p = {rep.log10_p:.1f}  "

@@ -67,7 +67,26 @@ def cli() -> None:
     configure_logging()
 
 
+def _json_requested(args: list[str]) -> bool:
+    """Whether the command line asks for JSON (``--json`` before any ``--``)."""
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+def _fail(args: list[str], line: str, kind: str, message: str = "", hint: str = "") -> None:
+    """A failure's line on stderr; with ``--json`` also one JSON object on stdout:
+    ``{"error": message, "type": kind}`` (and ``"hint"`` when there is one)."""
+    click.echo(f"error: {line}", err=True)
+    if _json_requested(args):
+        from weightguard_cli._output import echo_json
+
+        doc = {"error": message or line, "type": kind}
+        if hint:
+            doc["hint"] = hint
+        echo_json(doc)
+
+
 def main(argv: list[str] | None = None) -> Any:
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
         return cli.main(args=argv, prog_name="weightguard", standalone_mode=False)
     except click.exceptions.Abort:
@@ -75,9 +94,13 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
+        if _json_requested(args):
+            from weightguard_cli._output import echo_json
+
+            echo_json({"error": exc.format_message(), "type": "UsageError"})
         sys.exit(exc.exit_code)
     except WeightguardError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _fail(args, str(exc), type(exc).__name__, exc.message, exc.hint)
         sys.exit(1)
     except ModuleNotFoundError as exc:  # an extra this command needs is not installed
         from weightguard.doctor import missing_extra
@@ -85,11 +108,11 @@ def main(argv: list[str] | None = None) -> Any:
         missing = missing_extra(exc)
         if missing is None:
             raise
-        click.echo(f"error: {missing}", err=True)
+        _fail(args, missing, "MissingExtra")
         sys.exit(1)
     except OSError as exc:  # a file or socket the command touched directly
         where = f": {exc.filename}" if exc.filename else ""
-        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        _fail(args, f"{exc.strerror or exc}{where}", type(exc).__name__)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
