@@ -33,6 +33,7 @@ docs/lazy.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -322,7 +323,10 @@ class SafeOpen:
 
     # -- internals -----------------------------------------------------------------------
     def _deny(self, exc: BaseException, nbytes: int | None = None) -> None:
-        """Audit a refused read (the handle's own event shape), even after close."""
+        """Audit a refused read (the handle's own event shape), even after close; an
+        error already audited (by the loader, or a nested call) is not audited again."""
+        if getattr(exc, "_weightguard_audited", False):
+            return
         if not self._closed or not self._own_audit:
             self._handle._deny(exc, time.monotonic() - self._t0, nbytes)
             return
@@ -337,6 +341,8 @@ class SafeOpen:
             pass  # the caller must see the original error
         finally:
             log.close()
+        with contextlib.suppress(AttributeError, TypeError):
+            exc.__dict__["_weightguard_audited"] = True
 
     def _check_open(self, what: str) -> None:
         if self._closed:

@@ -95,6 +95,7 @@ def test_a_record_failing_its_digest_in_the_middle_of_a_slice(
         assert torch.equal(f.get_tensor("after"), ts["after"])
     rec = last(sink, "tamper.detected")
     assert rec["object"]["chunk"] == 9 and rec["object"]["file"] == str(art)
+    assert events(sink).count("tamper.detected") == 1  # audited once
 
 
 def test_a_record_failing_its_tag_though_its_digest_matches(
