@@ -306,12 +306,17 @@ def verify_bundle(
         )
     t0 = time.monotonic()
     root = Path(model)
+    # Names in messages and audit records: a remote model's URI as given (a Path() would
+    # fold its s3:// into s3:/), a signature's bytes named after it.
+    model_name = os.fspath(model) if listing is not None else str(root)
     if isinstance(signature, bytes | bytearray):
         sig_data: bytes | None = bytes(signature)
-        sig_path = Path(f"{os.fspath(model)}:signature")
+        sig_name = f"{model_name}:signature"
+        sig_path = Path(sig_name)
     else:
         sig_data = None
         sig_path = Path(signature)
+        sig_name = str(sig_path)
     if listing is not None and hash_files:
         raise ConfigError(
             "verify_bundle(listing=...) can only check coverage and sizes",
@@ -336,16 +341,17 @@ def verify_bundle(
             allow_symlinks,
             sig_data=sig_data,
             listing=listing,
+            names=(model_name, sig_name),
         )
     except WeightguardError as exc:
-        _audit_failed(audit, exc, root, str(sig_path))
+        _audit_failed(audit, exc, model_name, sig_name)
         raise
     if audit is not None:
         audit.emit(
             "verify.ok",
             object={
-                "uri": str(root),
-                "signature": str(sig_path),
+                "uri": model_name,
+                "signature": sig_name,
                 "digest": manifest.bundle_digest,
                 "signer": manifest.signer,
             },
@@ -377,14 +383,19 @@ def _verify(
     *,
     sig_data: bytes | None = None,
     listing: Mapping[str, int] | None = None,
+    names: tuple[str, str] | None = None,
 ) -> VerifiedManifest:
-    """Steps 1 to 8, in order: nothing of the statement is believed before step 5."""
+    """Steps 1 to 8, in order: nothing of the statement is believed before step 5.
+
+    ``names``: the model's and the signature's names in messages (default: the paths).
+    """
     if policy is None or not isinstance(policy, Policy):
         raise UnsafeOptionRequired(
             "a verification policy is required",
             hint="pass e.g. PublicKey.from_file(...); to skip, pass UnsafeNoVerification()",
         )
-    where = str(sig_path)
+    names = names or (str(root), str(sig_path))
+    where = names[1]
     if sig_data is None:
         sig_data = read_signature(sig_path)
     elif len(sig_data) > MAX_SIGNATURE_FILE:
@@ -392,7 +403,7 @@ def _verify(
     bundle = oms.parse_bundle(sig_data, path=where)  # 1
     result = verify_signature(bundle, policy, path=where)  # 2 to 5
     st = oms.parse_statement(bundle.payload, path=where)  # 6
-    cov = _coverage(root, sig_path, st, allow_unsigned, allow_symlinks, listing)  # 7
+    cov = _coverage(root, sig_path, st, allow_unsigned, allow_symlinks, listing, names)  # 7
     files = _signed_digests(st, cov.present)
     if hash_files:  # 8 (else the loader checks each chunk as it streams)
         _check_content(st, files, cov.present)
@@ -431,8 +442,10 @@ def _coverage(
     allow_unsigned: list[str],
     allow_symlinks: bool,
     listing: Mapping[str, int] | None,
+    names: tuple[str, str],
 ) -> lst.Coverage:
     """Step 7: what is present against what is signed (names, then sizes)."""
+    model_name, sig_name = names
     signed_names = set(st.resources)
     # Git paths: left out, unless the signature covers some (model_signing
     # --no-ignore-git-paths); then every git path present is compared.
@@ -450,8 +463,8 @@ def _coverage(
         single = root.is_file()
     if single != ("." in signed_names):
         raise CoverageError(
-            f"{sig_path} signs a {'single file' if '.' in signed_names else 'directory'} "
-            f"but {root} is a {'file' if single else 'directory'}"
+            f"{sig_name} signs a {'single file' if '.' in signed_names else 'directory'} "
+            f"but {model_name} is a {'file' if single else 'directory'}"
         )
     ignore = [] if signs_git else list(lst.GIT_PATHS)
     for p in st.ignore_paths:
@@ -474,8 +487,8 @@ def _coverage(
         signed_names,
         ignore_paths=ignore,
         allow_unsigned=allow_unsigned,
-        signature=str(sig_path),
-        root=str(root),
+        signature=sig_name,
+        root=model_name,
         empty_unsigned_ok=st.method == "shards",
     )
     by_name = cov.present
