@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from weightguard import __version__
+from weightguard._internal.format.model_dir import is_weight_file
 from weightguard._internal.report.access import AccessStats, ChainFollower
 from weightguard._internal.report.evidence import (
     ATTENTION,
@@ -48,6 +49,7 @@ from weightguard._internal.report.evidence import (
 )
 from weightguard._internal.report.render import render_html, render_markdown
 from weightguard._internal.report.source import local_release
+from weightguard._internal.signing.location import default_signature
 from weightguard.errors import ConfigError, SourceError, WeightguardError
 from weightguard.manifest import S3Options, VerifiedManifest
 
@@ -66,13 +68,6 @@ __all__ = [
 Progress = Callable[[int], None]
 
 _MAX_SIDE_FILE = 1 << 20
-
-
-def default_signature(release: str) -> str:
-    """``model.sig`` inside a directory or prefix, ``<file>.sig`` next to a file."""
-    if release.startswith("s3://"):
-        return release.rstrip("/") + "/model.sig"
-    return os.path.join(release, "model.sig") if os.path.isdir(release) else release + ".sig"
 
 
 def _now() -> str:
@@ -335,7 +330,7 @@ def _provenance(
 
 
 def _is_weight_name(name: str) -> bool:
-    return name.endswith(".safetensors") or name == "."
+    return is_weight_file(name) or name == "."
 
 
 def _protection(
@@ -697,7 +692,7 @@ def _commands(
         copy = ["aws", "s3", "cp", "--recursive", release, "release/"]
         cmds.append(("copy the release", q(copy)))
         target = "release/"
-        sig = os.path.join(target, "model.sig")
+        sig = default_signature(target, is_dir=True)
     extra = [a for pat in allow_unsigned for a in ("--allow-unsigned", pat)]
     cmds.append(
         (
@@ -751,7 +746,7 @@ def release_evidence(
     with local_release(rel, s3=s3) as root:
         sig_local = sig
         if rel.startswith("s3://") and signature is None:
-            sig_local = os.fspath(root / "model.sig")
+            sig_local = default_signature(root, is_dir=True)
         sig_data: bytes | None = None
         if os.path.isfile(sig_local):
             with open(sig_local, "rb") as f:

@@ -22,6 +22,11 @@ from typing import Any, NoReturn
 from weightguard._internal.foundation.atomic import PendingFile, destination_error
 from weightguard._internal.foundation.names import safe_join, unlinked_below
 from weightguard._internal.load import push as _push
+from weightguard._internal.signing.location import (
+    PRIMARY_SIGNATURE,
+    default_signature,
+    signature_name,
+)
 from weightguard.errors import (
     DestinationError,
     UnsafeOptionRequired,
@@ -281,7 +286,7 @@ def _copy_other_files(
     signed = handle._signed_all or {}
     staged = {name for name, _ in pending}
     for name in loc.names():
-        if name in staged or name in ("model.sig",):
+        if name in staged or name == PRIMARY_SIGNATURE:
             continue
         fd = signed.get(name)
         if fd is None and not handle._unsafe:
@@ -399,7 +404,7 @@ def verify_release(
             loc = open_location(uri, s3=s3)
             names = list(loc.names())
             if not loc.is_dir and signature is None:
-                names.append(names[0] + ".sig")
+                names.append(signature_name(names[0]))
             for name in names:
                 target = safe_join(tmp, name, uri)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -413,7 +418,7 @@ def verify_release(
             if signature is not None:
                 sig = Path(signature)
             else:
-                sig = tmp / verifying.PRIMARY_SIGNATURE if loc.is_dir else tmp / names[1]
+                sig = Path(default_signature(model, is_dir=loc.is_dir))
             manifest = verifying.verify_bundle(model, sig, policy, allow_unsigned=allow_unsigned)
         except WeightguardError as exc:
             # name what the auditor gave, not the temporary copy

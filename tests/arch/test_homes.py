@@ -43,6 +43,19 @@ RULE_HOMES = {
     # names and URIs
     "safe_relative_name": "weightguard._internal.foundation.names",
     "parse_vault_uri": "weightguard._internal.foundation.vault",
+    # S3: the one URI parser and client factory (load, push, audit)
+    "parse_s3_uri": "weightguard._internal.foundation.s3",
+    "read_client": "weightguard._internal.foundation.s3",
+    "upload_client": "weightguard._internal.foundation.s3",
+    "audit_client": "weightguard._internal.foundation.s3",
+    # the default signature location
+    "signature_name": "weightguard._internal.signing.location",
+    "default_signature": "weightguard._internal.signing.location",
+    # which files are weights
+    "is_weight_file": "weightguard._internal.format.model_dir",
+    "is_signed_weight_name": "weightguard._internal.format.model_dir",
+    "is_weight_format": "weightguard._internal.format.model_dir",
+    "top_level_weights": "weightguard._internal.format.model_dir",
 }
 # Called only by verification's front (and by the signers' own modules, e.g. the
 # chain proof runs the key proof on the leaf's key).

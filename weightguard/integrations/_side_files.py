@@ -56,14 +56,6 @@ def _scratch_root() -> str | None:
     return shm if os.path.isdir(shm) and is_memory_fs(shm) else None
 
 
-# Weights in other formats (pytorch_model.bin, onnx/, tf_model.h5, ...) next to the
-# safetensors release: never needed here and never written out.
-WEIGHT_SUFFIXES = (
-    ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".onnx_data", ".h5",
-    ".msgpack", ".ot", ".gguf", ".npz", ".xml", ".tflite", ".mlmodel",
-)  # fmt: skip
-
-
 # The one rule for what a framework is given next to the weights: an allow-list of the
 # formats configs and tokenizers come in (never code, never weights in any format), with
 # safe, shallow names.  The index is left out: the weights come from weightguard.
@@ -80,10 +72,6 @@ def servable_side_file(name: str) -> bool:
         and len(parts) <= 3
         and all(_NAME_PART.fullmatch(p) for p in parts)
     )
-
-
-def is_weight_file(name: str) -> bool:
-    return name.lower().endswith(WEIGHT_SUFFIXES)
 
 
 class SideFiles:

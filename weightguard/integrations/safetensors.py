@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from weightguard._internal.signing.location import PRIMARY_SIGNATURE, SIGNATURE_SUFFIX
 from weightguard.errors import ConfigError, VerificationError, WeightguardError
 
 if TYPE_CHECKING:
@@ -44,8 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = ["disable", "enable", "enabled", "is_enabled"]
 
-_SIG_SUFFIX = ".sig"
-_DIR_SIG = "model.sig"
+_SIG_SUFFIX = SIGNATURE_SUFFIX  # the default signature location has one home
+_DIR_SIG = PRIMARY_SIGNATURE
 
 
 @dataclass

@@ -106,11 +106,11 @@ def load_sentence_transformer(
     refusal (sentence-transformers' own included) is a :mod:`weightguard.errors` error
     and is audited.
     """
+    from weightguard._internal.format.model_dir import is_weight_format
     from weightguard.integrations._side_files import (
         OPEN_OPTIONS,
         audit_refusal,
         check_policy,
-        is_weight_file,
         opened,
         refusals,
         side_file_dir,
@@ -143,7 +143,7 @@ def load_sentence_transformer(
         extra = [
             n
             for n in handle.side_files()
-            if is_weight_file(n) and any(n.startswith(p) for p in dirs)
+            if is_weight_format(n) and any(n.startswith(p) for p in dirs)
         ]
         if extra:
             raise FormatError(

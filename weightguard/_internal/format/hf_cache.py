@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weightguard._internal.foundation.names import real_inside, unlinked_below
+from weightguard._internal.signing.location import signature_name
 from weightguard.errors import VerificationError
 
 __all__ = ["HF_BOOKKEEPING", "Layout", "local_layout", "snapshot_blobs"]
@@ -113,7 +114,7 @@ def local_layout(path: Path, *, is_dir: bool) -> Layout:
     if not is_dir:
         if path.is_symlink():
             _check_link(path, path.name, blobs)
-        sig = path.parent / f"{path.name}.sig"
+        sig = path.parent / signature_name(path.name)
         if sig.is_symlink():
             _check_link(sig, sig.name, blobs)
         return Layout(allow_symlinks=True, allow_unsigned=unsigned, repo=repo, blobs=blobs)

@@ -8,10 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from weightguard._internal.format.model_dir import is_weight_file
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE
 from weightguard._internal.foundation.names import real_inside
 from weightguard._internal.foundation.s3 import parse_s3_uri, upload_client
 from weightguard._internal.foundation.s3errors import REFUSED, error_code
+from weightguard._internal.signing.location import signature_name
 from weightguard.errors import (
     ConfigError,
     DestinationError,
@@ -33,8 +35,8 @@ def _refuse_plaintext(path: Path) -> None:
     if len(head) == 9 and head[8:9] == b"{":
         n = int.from_bytes(head[:8], "little")
         if n <= MAX_HEADER_SIZE:
-            sig = path.with_name(path.name + ".sig")
-            if not (sig.exists() or (path.parent / "model.sig").exists()):
+            sig = path.with_name(signature_name(path.name))
+            if not (sig.exists() or (path.parent / signature_name(None)).exists()):
                 raise ConfigError(
                     f"{path} is a plain, unsigned safetensors file",
                     hint="encrypt and/or sign the model before pushing it",
@@ -149,7 +151,7 @@ def push_model(
                 "nothing was uploaded",
                 hint="copy the file into the release directory",
             )
-        if p.suffix == ".safetensors":
+        if is_weight_file(p.name):
             _refuse_plaintext(p)
         todo.append((p, p.relative_to(root).as_posix()))
     if not todo:

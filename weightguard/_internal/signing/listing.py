@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from weightguard._internal.format.model_dir import is_signed_weight_name as is_weight_name
 from weightguard.errors import CoverageError, FormatError, SourceError, VerificationError
 
 __all__ = [
@@ -77,15 +78,10 @@ def _is_artifact_file(path: str) -> bool:
 
 
 def is_weight(name: str, path: str) -> bool:
-    base = name.rsplit("/", 1)[-1].lower() if name != "." else Path(path).name.lower()
-    if base.endswith((".safetensors", ".index.json")):
+    """Weights a signature must cover: by name (model_dir's rule), else by contents."""
+    if is_weight_name(name if name != "." else Path(path).name):
         return True
     return _is_artifact_file(path)
-
-
-def is_weight_name(name: str) -> bool:
-    """Weight file by name only (remote listings: the contents cannot be sniffed)."""
-    return name.rsplit("/", 1)[-1].lower().endswith((".safetensors", ".index.json"))
 
 
 def signs_git_paths(signed_names: Iterable[str]) -> bool:

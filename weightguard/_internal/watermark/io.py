@@ -362,7 +362,7 @@ def copy_tree_files(src: Path, tmp_dst: Path) -> list[tuple[Path, Path]]:
         q = tmp_dst / rel
         if p.is_dir():
             q.mkdir(parents=True, exist_ok=True)
-        elif p.suffix == ".safetensors":
+        elif is_weight_file(p.name):
             shards.append((p, q))
         elif p.is_file():
             q.parent.mkdir(parents=True, exist_ok=True)
