@@ -52,6 +52,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from weightguard._internal.signing import listing as lst
 from weightguard._internal.signing import oms
 from weightguard._internal.signing.hashing import DEFAULT_STRIDE
+from weightguard._internal.signing.location import (
+    COSIGN_SUFFIX,
+    PRIMARY_SIGNATURE,
+    default_signature,
+)
 from weightguard.errors import (
     ConfigError,
     CoverageError,
@@ -96,15 +101,15 @@ __all__ = [
     "VerifiedSignature",
     "Verifier",
     "cosignature_path",
+    "default_signature",
     "remote_cosignatures",
     "verify_bundle",
     "verify_signature",
 ]
 
 #: A directory release's primary bundle, and the suffix of the folder beside a bundle
-#: that holds its co-signatures (``model.sig.d/<name>.sig``).
-PRIMARY_SIGNATURE = "model.sig"
-COSIGN_SUFFIX = ".d"
+#: that holds its co-signatures (``model.sig.d/<name>.sig``): their home is
+#: ``_internal/signing/location.py``, with :func:`default_signature`.
 MAX_COSIGNATURES = 16
 MAX_SIGNATURE_FILE = 64 * 1024 * 1024
 _COSIGN_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")

@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weightguard._internal.signing.location import PRIMARY_SIGNATURE
 from weightguard.errors import ConfigError, FormatError, IntegrityError, WeightguardError
 from weightguard.integrations import _settings
 from weightguard.integrations._side_files import (
@@ -86,7 +87,7 @@ _KEYS = (
 )
 _ENV = {k: _settings.env_name(k) for k in _KEYS}
 _CONFIG_ONLY = ("unsafe_no_verification",)
-_SIGNATURE = "model.sig"
+_SIGNATURE = PRIMARY_SIGNATURE  # the default signature location has one home
 # How a hint names a setting here: the config key and its variable.
 _NAMES = {k: f"{k} / {_ENV[k]}" for k in (*_settings.TRUST, "allowed_keys", "audit_log")}
 
