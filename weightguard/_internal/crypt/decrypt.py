@@ -54,26 +54,38 @@ def _decrypt_one(
     workers: int,
     progress: Progress | None,
 ) -> None:
-    """Decrypt into ``dst``: a path (written atomically) or a caller's PendingFile."""
+    """Decrypt into ``dst``: a path (written atomically) or a caller's PendingFile.
+
+    ``progress`` is told the artifact's bytes done: each record's plaintext as it is
+    decrypted, then what its header and tags add, so it adds up to the file's size."""
     cipher = ChunkCipher(header, data_key)
+    reported = [0]
+
+    def counted(n: int) -> None:
+        reported[0] += n
+        if progress is not None:
+            progress(n)
+
     try:
         size = os.fstat(f.fileno()).st_size
         if isinstance(dst, PendingFile):
             decrypt_stream(
-                f.fileno(), dst.fd, cipher, src_size=size, workers=workers, progress=progress
+                f.fileno(), dst.fd, cipher, src_size=size, workers=workers, progress=counted
             )
-            return
-        with atomic_write(dst, mode=0o600, preallocate=header.plaintext_size) as out:
-            decrypt_stream(
-                f.fileno(),
-                out.fileno(),
-                cipher,
-                src_size=size,
-                workers=workers,
-                progress=progress,
-            )
+        else:
+            with atomic_write(dst, mode=0o600, preallocate=header.plaintext_size) as out:
+                decrypt_stream(
+                    f.fileno(),
+                    out.fileno(),
+                    cipher,
+                    src_size=size,
+                    workers=workers,
+                    progress=counted,
+                )
     finally:
         cipher.wipe()
+    if progress is not None and size > reported[0]:
+        progress(size - reported[0])
 
 
 def _warn_plaintext(dst: Path) -> None:
@@ -248,8 +260,11 @@ def decrypt_model(
                     try:
                         with open(src_p / rel, "rb") as other:
                             shutil.copyfileobj(other, pf.file)
+                            copied = other.tell()
                     except OSError as exc:
                         raise SourceError(f"cannot copy {src_p / rel}: {exc.strerror}") from None
+                    if progress is not None:  # every source byte counts, copied ones too
+                        progress(copied)
             for pf in pending:
                 pf.commit()
     except WeightguardError as exc:

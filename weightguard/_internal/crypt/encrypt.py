@@ -162,6 +162,13 @@ def _encrypt_source(
         path=str(dst),
     )
     cipher = ChunkCipher(header, data_key)  # self-check: commitment + MAC
+    reported = [0]
+
+    def counted(n: int) -> None:
+        reported[0] += n
+        if progress is not None:
+            progress(n)
+
     try:
         with atomic_write(dst, preallocate=header.total_size) as out:
             encrypt_stream(
@@ -171,13 +178,15 @@ def _encrypt_source(
                 preamble,
                 cipher,
                 workers=workers,
-                progress=progress,
+                progress=counted,
                 src_path=label,
             )
             if after is not None:
                 after()
     finally:
         cipher.wipe()
+    if progress is not None and size > reported[0]:
+        progress(size - reported[0])  # the safetensors header: not a data chunk
     return header
 
 
@@ -379,6 +388,8 @@ def encrypt_model(
                     except OSError as exc:
                         raise SourceError(f"cannot copy {src_p / rel}: {exc.strerror}") from None
                     result[rel.as_posix()] = "copied"
+                    if progress is not None:  # every source byte counts, copied ones too
+                        progress(out.stat().st_size)
     except WeightguardError as exc:
         emit(
             audit,
