@@ -277,7 +277,7 @@ _AUDIT_LOG, _AUDIT_KEY, _AUDIT_ANCHOR = (
 UNSIGNED_LOG_LIMITS = (
     "an unsigned log shows accidental damage (a torn or edited line, a gap) but proves "
     "nothing against whoever can write it: they can rewrite, cut or replace it and "
-    "recompute the chain; `weightguard audit verify` exits 1 on it unless --allow-unsigned"
+    "recompute the chain; `weightguard audit verify` exits 1 on it unless --allow-unsigned-log"
 )
 
 

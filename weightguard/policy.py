@@ -583,7 +583,7 @@ def trust_policy(
             "no trust anchor given",
             hint="give a trust anchor: a signer public key (--trust-key), a CA chain "
             "(--trust-chain), "
-            "a Vault Transit key (--vault-key) or a Sigstore --identity and --issuer",
+            "a Vault Transit key (--trust-vault-key) or a Sigstore --identity and --issuer",
         )
     if require_all:
         if len(policies) < 2:

@@ -160,7 +160,7 @@ def embed_file(
     encrypted = is_encrypted_input(srcp)
     if dstp.exists() and not overwrite:
         raise DestinationError(
-            f"{dstp} already exists", hint="choose another output or pass overwrite=True (--force)"
+            f"{dstp} already exists", hint="choose another output or pass overwrite=True"
         )
     if dstp.resolve() == srcp.resolve():
         raise DestinationError(

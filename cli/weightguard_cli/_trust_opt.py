@@ -42,7 +42,9 @@ def _old_key_value(value: str) -> None:
             f"give the data key as --data-key {value}"
         )
     if not os.path.isfile(value):
-        raise click.UsageError(f"Invalid value for '--key': File {value!r} does not exist.")
+        raise click.UsageError(
+            f"Invalid value for '--key' (now --trust-key): File {value!r} does not exist."
+        )
 
 
 def trust_options(f: F) -> F:
@@ -72,7 +74,13 @@ def trust_options(f: F) -> F:
             help="Let --trust-chain's first certificate be an intermediate CA trusted as "
             "the anchor (default: only a self-signed root is, as in model_signing).",
         ),
-        click.option("--vault-key", metavar="URI", help="Vault Transit signing key trusted."),
+        click.option(
+            "--trust-vault-key",
+            "vault_key",
+            metavar="URI",
+            help="Trusted Vault Transit signing key, vault://<mount>/<key> (every version).",
+        ),
+        renamed("--vault-key", "--trust-vault-key", "vault_key"),
         click.option(
             "--require-all",
             "require_all",

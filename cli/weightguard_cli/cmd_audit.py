@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from weightguard_cli._output import echo_json
+from weightguard_cli._renamed import renamed
 
 _REL = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -44,10 +45,12 @@ def audit() -> None:
     help="Ed25519 public key (PEM) that signs checkpoints.",
 )
 @click.option(
-    "--vault-key",
+    "--checkpoint-vault-key",
+    "vault_key",
     metavar="URI",
     help="Vault/OpenBao Transit ed25519 key that signs checkpoints (vault://transit/NAME).",
 )
+@renamed("--vault-key", "--checkpoint-vault-key", "vault_key")
 @click.option(
     "--anchor",
     metavar="URI",
@@ -72,11 +75,13 @@ def audit() -> None:
     "be written after its last signed checkpoint (a live writer's log).",
 )
 @click.option(
-    "--allow-unsigned",
+    "--allow-unsigned-log",
+    "allow_unsigned",
     is_flag=True,
     help="Accept a result without checkpoint signatures (no --checkpoint-key or "
-    "--vault-key): it proves nothing against whoever can rewrite the log.",
+    "--checkpoint-vault-key): it proves nothing against whoever can rewrite the log.",
 )
+@renamed("--allow-unsigned", "--allow-unsigned-log", "allow_unsigned", is_flag=True)
 @click.option(
     "--mixed",
     is_flag=True,
@@ -99,13 +104,13 @@ def verify(
     Exit status 0 when the chain, the signed checkpoints and the anchor verify; 1 and
     the first broken record (edited, deleted, reordered, truncated, bad_checkpoint,
     unsigned, unknown_log, unanchored) otherwise.  Without --checkpoint-key or
-    --vault-key the checkpoints are not checked and the exit status is 1 unless
-    --allow-unsigned is given.
+    --checkpoint-vault-key the checkpoints are not checked and the exit status is 1
+    unless --allow-unsigned-log is given.
     """
     from weightguard.audit import verify_log
 
     if checkpoint_key and vault_key:
-        raise click.UsageError("give --checkpoint-key or --vault-key, not both")
+        raise click.UsageError("give --checkpoint-key or --checkpoint-vault-key, not both")
     if anchor is None and log.startswith("s3://"):
         anchor = log
     result = verify_log(
@@ -129,9 +134,9 @@ def verify(
     if refused:
         click.echo(
             "error: the log's checkpoints were not verified (no --checkpoint-key or "
-            "--vault-key): the chain only shows the file is self-consistent, which anyone "
-            "who can write it can recompute; pass the checkpoint key, or --allow-unsigned "
-            "to accept that",
+            "--checkpoint-vault-key): the chain only shows the file is self-consistent, "
+            "which anyone who can write it can recompute; pass the checkpoint key, or "
+            "--allow-unsigned-log to accept that",
             err=True,
         )
     if not result.ok or refused:

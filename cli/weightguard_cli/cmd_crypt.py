@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,19 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from weightguard_cli._audit_opt import allow_key_option, audit_option
-from weightguard_cli._output import echo_json, progress, quiet_option
+from weightguard_cli._output import activity, echo_json, progress, quiet_option
 from weightguard_cli._renamed import renamed
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
-
-
-def _parse_size(value: str) -> int:
-    m = _SIZE.match(value)
-    if not m:
-        raise click.BadParameter(f"{value!r} is not a size (e.g. 4MiB, 65536)")
-    n, unit = int(m.group(1)), (m.group(2) or "b").lower()
-    return n * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit[0]]
+from weightguard_cli._sizes import parse_size as _parse_size
 
 
 def _tree_size(path: Path) -> int:
@@ -227,6 +218,7 @@ def _plaintext_warning(message: Warning | str, *_: object, **__: object) -> None
 @renamed("--key", "--data-key", "key_uri")
 @click.option("--context", metavar="MODEL_ID", help="New context (default: keep).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@quiet_option
 @audit_option
 def rewrap(
     path: Path,
@@ -235,12 +227,13 @@ def rewrap(
     allow_key: tuple[str, ...],
     context: str | None,
     as_json: bool,
+    quiet: bool,
     audit_log: str | None,
 ) -> None:
     """Rewrap the data key of PATH (file or directory); the encrypted weights are untouched."""
     from weightguard import crypt
 
-    with _audit(audit_log) as log:
+    with _audit(audit_log) as log, activity(f"rewrapping {path.name}", quiet):
         res = crypt.rewrap(
             path, to_uri, key_uri=key_uri, context=context, audit=log, allowed_keys=allow_key
         )
@@ -266,6 +259,7 @@ def rewrap(
 @allow_key_option
 @renamed("--key", "--data-key", "key_uri")
 @click.option("--max-tensors", default=20, show_default=True, help="Tensors listed (human output).")
+@quiet_option
 @audit_option
 def inspect(
     path: Path,
@@ -274,13 +268,14 @@ def inspect(
     key_uri: str | None,
     allow_key: tuple[str, ...],
     max_tensors: int,
+    quiet: bool,
     audit_log: str | None,
 ) -> None:
     """Show an artifact's header: sizes, algorithms, key, and tensors unless hidden."""
     from weightguard import crypt
 
     if verify:
-        with _audit(audit_log) as log:
+        with _audit(audit_log) as log, activity(f"verifying {path.name}", quiet):
             res = crypt.inspect(
                 path, verify=True, key_uri=key_uri, allowed_keys=allow_key, audit=log
             )

@@ -8,10 +8,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
+
 from weightguard.errors import ConfigError
 from weightguard_cli._audit_opt import audit_option
 from weightguard_cli._output import activity, echo_json, quiet_option
 from weightguard_cli._renamed import renamed
+from weightguard_cli._sizes import parse_size
 from weightguard_cli._trust_opt import policy_from_options, trust_options
 
 
@@ -60,16 +62,23 @@ _PEM = click.Path(exists=True, dir_okay=False)
 @click.option(
     "--password-env", metavar="VAR", help="Environment variable holding the key password."
 )
+@click.option("--signing-cert", "cert", type=_PEM, help="Signing certificate PEM.")
+@renamed("--cert", "--signing-cert", "cert", type=_PEM)
 @click.option(
-    "--cert", type=click.Path(exists=True, dir_okay=False), help="Signing certificate PEM."
-)
-@click.option(
-    "--cert-chain",
+    "--signing-chain",
+    "cert_chain",
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Intermediate/root certificates (repeatable).",
+    type=_PEM,
+    help="Intermediate/root certificates sent with the signing certificate (repeatable).",
 )
-@click.option("--vault-key", metavar="URI", help="Transit key, vault://<mount>/<key> (ecdsa-p256).")
+@renamed("--cert-chain", "--signing-chain", "cert_chain", multiple=True, type=_PEM)
+@click.option(
+    "--signing-vault-key",
+    "vault_key",
+    metavar="URI",
+    help="Transit signing key, vault://<mount>/<key> (ecdsa-p256).",
+)
+@renamed("--vault-key", "--signing-vault-key", "vault_key")
 @click.option("--sigstore", is_flag=True, help="Sigstore keyless signing (OIDC, needs network).")
 @click.option("--identity-token", metavar="TOKEN", help="OIDC token for --sigstore.")
 @click.option("--sigstore-staging", is_flag=True, help="Use the Sigstore staging instance.")
@@ -79,10 +88,10 @@ _PEM = click.Path(exists=True, dir_okay=False)
 @click.option("--allow-symlinks", is_flag=True, help="Follow symbolic links to files.")
 @click.option(
     "--chunk-size",
-    type=int,
-    default=4 * 1024 * 1024,
+    metavar="SIZE",
+    default="4MiB",
     show_default=True,
-    help="Chunk digest stride for plain safetensors files.",
+    help="Chunk digest stride for plain safetensors files (e.g. 4MiB, 65536).",
 )
 @click.option(
     "--chunk-digest",
@@ -130,7 +139,7 @@ def sign(
     sigstore_staging: bool,
     ignore_paths: tuple[str, ...],
     allow_symlinks: bool,
-    chunk_size: int,
+    chunk_size: str,
     chunk_digest: str,
     hash_type: str,
     co_sign: str | None,
@@ -156,13 +165,15 @@ def sign(
     modes = sum([key is not None and cert is None, cert is not None, bool(vault_key), sigstore])
     if modes != 1:
         raise click.UsageError(
-            "choose exactly one signer: --signing-key, --cert with --signing-key, "
-            "--vault-key or --sigstore"
+            "choose exactly one signer: --signing-key, --signing-cert with --signing-key, "
+            "--signing-vault-key or --sigstore"
         )
     signer: Signer
     if cert is not None:
         if key is None:
-            raise click.UsageError("--cert needs --signing-key (the certificate's private key)")
+            raise click.UsageError(
+                "--signing-cert needs --signing-key (the certificate's private key)"
+            )
         pw = _password(password_env)
         signer = CertificateSigner.from_files(key, cert, cert_chain, pw)
     elif key is not None:
@@ -188,7 +199,7 @@ def sign(
             signer,
             ignore_paths=ignore_paths,
             allow_symlinks=allow_symlinks,
-            chunk_size=chunk_size,
+            chunk_size=parse_size(chunk_size),
             chunk_algorithm=f"{chunk_digest}-chunked-v1",
             hash_type=hash_type,
             audit=audit,

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+
 from weightguard_cli._audit_opt import audit_option
-from weightguard_cli._output import echo_json
+from weightguard_cli._output import activity, echo_json, quiet_option
 from weightguard_cli._renamed import renamed
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,9 +77,11 @@ KEY_HELP = (
     help="Strength relative to row RMS (default 0.02, measured).",
 )
 @click.option("--min-numel", type=int, default=None, help="Smallest tensor marked (elements).")
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--replace", "force", is_flag=True, help="Replace OUTPUT if it exists.")
+@renamed("--force", "--replace", "force", is_flag=True)
 @_encrypted_input_options("MODEL", "key provider URI to unwrap with (the output keeps the input's)")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@quiet_option
 @audit_option
 def embed(
     model: str,
@@ -92,6 +95,7 @@ def embed(
     unsafe: bool,
     data_key: str | None,
     as_json: bool,
+    quiet: bool,
     audit_log: str | None,
 ) -> None:
     """Write a watermarked copy of MODEL (safetensors file, model directory, or encrypted
@@ -107,7 +111,7 @@ def embed(
         from weightguard.errors import DestinationError
 
         raise DestinationError(
-            f"{output} already exists", hint="choose another output or pass --force"
+            f"{output} already exists", hint="choose another output or pass --replace"
         )
     opts = _load_options(trust_keys, signature, unsafe, data_key)
     if opts is None and wm.is_encrypted_input(model):
@@ -119,16 +123,17 @@ def embed(
     try:
         if opts is not None:
             opts["audit"] = log
-        res = wm.embed_file(
-            model,
-            output,
-            key_ref,
-            alpha=wm.DEFAULT_ALPHA if alpha is None else alpha,
-            min_numel=wm.DEFAULT_MIN_NUMEL if min_numel is None else min_numel,
-            overwrite=force,
-            audit=log,
-            load_options=opts,
-        )
+        with activity(f"watermarking {model}", quiet):
+            res = wm.embed_file(
+                model,
+                output,
+                key_ref,
+                alpha=wm.DEFAULT_ALPHA if alpha is None else alpha,
+                min_numel=wm.DEFAULT_MIN_NUMEL if min_numel is None else min_numel,
+                overwrite=force,
+                audit=log,
+                load_options=opts,
+            )
     finally:
         log.close()
     note = (
@@ -207,6 +212,7 @@ def _load_options(
 )
 @_encrypted_input_options("suspect", "key provider URI overriding the artifact's")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@quiet_option
 @audit_option
 def check(
     suspect: str,
@@ -219,6 +225,7 @@ def check(
     unsafe: bool,
     data_key: str | None,
     as_json: bool,
+    quiet: bool,
     audit_log: str | None,
 ) -> None:
     """Test SUSPECT (file, directory, or encrypted artifact) for the watermark of KEYREF.
@@ -232,14 +239,15 @@ def check(
     try:
         if opts is not None:
             opts["audit"] = log
-        reps = wm.check_keys(
-            suspect,
-            list(key_refs),
-            original=original,
-            keys_tested=keys_tested,
-            load_options=opts,
-            audit=log,
-        )
+        with activity(f"checking {suspect}", quiet):
+            reps = wm.check_keys(
+                suspect,
+                list(key_refs),
+                original=original,
+                keys_tested=keys_tested,
+                load_options=opts,
+                audit=log,
+            )
     finally:
         log.close()
     seconds = round(time.perf_counter() - t0, 3)

@@ -52,6 +52,17 @@ def render() -> str:
                 for p in cmd.params
                 if getattr(p, "renamed_to", None)
             ]
+    from weightguard_cli._vocabulary import table
+
+    lines += [
+        "## Vocabulary",
+        "",
+        "Each concept has one spelling: the CLI option, the environment variable the",
+        "integrations read (vLLM, KServe; docs/integrations/) and the Python keyword.",
+        "",
+        *table(),
+        "",
+    ]
     lines += [
         "## Renamed options",
         "",

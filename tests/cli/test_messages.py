@@ -213,7 +213,7 @@ def test_no_trust_anchor_names_cli_options(wg: Callable[..., Run], released: Pat
     assert r.rc == 2
     assert r.err[-1] == (
         "Error: no trust anchor given (give a trust anchor: a signer public key "
-        "(--trust-key), a CA chain (--trust-chain), a Vault Transit key (--vault-key) "
+        "(--trust-key), a CA chain (--trust-chain), a Vault Transit key (--trust-vault-key) "
         "or a Sigstore --identity and --issuer)"
     )
 
@@ -422,14 +422,14 @@ def test_push_ok_then_fetchable(
 # ------------------------------------------------------------------ other option hints
 
 
-def test_watermark_embed_existing_output_names_force(
+def test_watermark_embed_existing_output_names_replace(
     wg: Callable[..., Run], model: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "wm.key").write_bytes(os.urandom(32))
     (tmp_path / "marked").mkdir()
     r = wg("watermark", "embed", "m", "-o", "marked", "--watermark-key", "wm.key")
     assert r.rc == 1
-    assert r.err == ["error: marked already exists (choose another output or pass --force)"]
+    assert r.err == ["error: marked already exists (choose another output or pass --replace)"]
 
 
 def test_sign_encrypted_key_without_password_names_the_option(
@@ -463,6 +463,10 @@ def test_every_old_spelling_still_works(
     leaf = ["--cert", str(c["leaf_cert"]), "--signing-key", str(c["leaf_key"])]
     signed = wg("sign", "m", "--signature", "c.sig", *leaf, "--cert-chain", str(c["intermediate"]))
     assert signed.rc == 0, signed.err
+    assert signed.err[:2] == [
+        "warning: --cert is deprecated here; use --signing-cert",
+        "warning: --cert-chain is deprecated here; use --signing-chain",
+    ]
     dest = Path("/dev/shm") / f"wg-t16b-old-{os.getpid()}-{tmp_path.name}"
     try:
         r = wg("fetch", "enc", "--to", str(dest), "--key", "rel.pub")
@@ -486,6 +490,8 @@ def test_every_old_spelling_still_works(
         (["watermark", "embed", "m", "-o", "marked", "--key", "wm.key"],
          "--key", "--watermark-key"),
         (["watermark", "check", "marked", "--key", "wm.key"], "--key", "--watermark-key"),
+        (["watermark", "embed", "m", "-o", "marked", "--watermark-key", "wm.key", "--force"],
+         "--force", "--replace"),
         # last: it changes enc's headers, so enc/model.sig no longer matches
         (["rewrap", "enc", "--to", "file://new.key", "--data-key", "file://dev.key"],
          "--to", "--new-data-key"),

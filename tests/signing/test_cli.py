@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -111,9 +112,9 @@ def test_cli_certificate_chain(tmp_path: Path) -> None:
         str(model),
         "--signature",
         str(tmp_path / "c.sig"),
-        "--cert",
+        "--signing-cert",
         str(c["leaf_cert"]),
-        "--cert-chain",
+        "--signing-chain",
         str(c["intermediate"]),
         "--signing-key",
         str(c["leaf_key"]),
@@ -152,6 +153,23 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     assert r.returncode == 2 and "trust anchor" in r.stderr
 
 
+def test_cli_sign_chunk_size_is_a_size(tmp_path: Path) -> None:
+    """--chunk-size takes what encrypt's does: 64KiB, 64k or 65536 bytes."""
+    model = make_model(tmp_path / "m")
+    write_key(tmp_path, "k")
+    for size in ("64KiB", "65536"):
+        sig = tmp_path / f"{size}.sig"
+        args = ["--signature", str(sig), "--signing-key", str(tmp_path / "k.pem")]
+        r = wg("sign", str(model), *args, "--chunk-size", size, "--json")
+        assert r.returncode == 0, r.stderr
+        stride = json.loads(
+            base64.b64decode(json.loads(sig.read_bytes())["dsseEnvelope"]["payload"])
+        )["predicate"]["weightguard"]["files"]["model.safetensors"]["stride"]
+        assert stride == 65536
+    r = wg("sign", str(model), "--signing-key", str(tmp_path / "k.pem"), "--chunk-size", "lots")
+    assert r.returncode == 2 and "'lots' is not a size" in r.stderr
+
+
 def test_cli_sigstore_vector_offline() -> None:
     from tests.support.signing import INTEROP
 
@@ -185,7 +203,7 @@ def test_cli_vault_transit(tmp_path: Path, openbao: Any, new_name: Callable[[str
         str(model),
         "--signature",
         str(tmp_path / "v.sig"),
-        "--vault-key",
+        "--signing-vault-key",
         f"vault://transit/{name}",
         env=env,
     )
@@ -196,11 +214,12 @@ def test_cli_vault_transit(tmp_path: Path, openbao: Any, new_name: Callable[[str
         str(model),
         "--signature",
         str(tmp_path / "v.sig"),
-        "--vault-key",
+        "--vault-key",  # the old spelling of --trust-vault-key, for one release
         f"vault://transit/{name}",
         env=env,
     )
     assert r.returncode == 0, r.stderr
+    assert "warning: --vault-key is deprecated here; use --trust-vault-key" in r.stderr
     assert f"vault://transit/{name} v1" in r.stdout
     pem = client.secrets.transit.read_key(name=name, mount_point="transit")["data"]["keys"]["1"][
         "public_key"

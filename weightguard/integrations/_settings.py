@@ -5,18 +5,18 @@ case with the ``WEIGHTGUARD_`` prefix, in the environment.  The trust anchors ar
 spelled as the CLI's options (``--trust-key`` -> ``trust_key`` /
 ``WEIGHTGUARD_TRUST_KEY``).
 
-===============  ============================  =============  ===========================
-key              environment variable          CLI option     meaning
-===============  ============================  =============  ===========================
-trust_key        WEIGHTGUARD_TRUST_KEY         --trust-key    signer public key PEM(s)
-trust_chain      WEIGHTGUARD_TRUST_CHAIN       --trust-chain  root CA PEM, intermediates
-trust_vault_key  WEIGHTGUARD_TRUST_VAULT_KEY   --vault-key    Vault Transit signing key
-trust_identity   WEIGHTGUARD_TRUST_IDENTITY    --identity     Sigstore identity
-trust_issuer     WEIGHTGUARD_TRUST_ISSUER      --issuer       Sigstore OIDC issuer
-trust_root       WEIGHTGUARD_TRUST_ROOT        --trust-root   Sigstore trusted_root.json
-allowed_keys     WEIGHTGUARD_ALLOWED_KEYS      --allow-key    data-key URI patterns
-audit_log        WEIGHTGUARD_AUDIT_LOG         --audit-log    audit destination
-===============  ============================  =============  ===========================
+===============  ============================  =================  ===========================
+key              environment variable          CLI option         meaning
+===============  ============================  =================  ===========================
+trust_key        WEIGHTGUARD_TRUST_KEY         --trust-key        signer public key PEM(s)
+trust_chain      WEIGHTGUARD_TRUST_CHAIN       --trust-chain      root CA PEM, intermediates
+trust_vault_key  WEIGHTGUARD_TRUST_VAULT_KEY   --trust-vault-key  Vault Transit signing key
+trust_identity   WEIGHTGUARD_TRUST_IDENTITY    --identity         Sigstore identity
+trust_issuer     WEIGHTGUARD_TRUST_ISSUER      --issuer           Sigstore OIDC issuer
+trust_root       WEIGHTGUARD_TRUST_ROOT        --trust-root       Sigstore trusted_root.json
+allowed_keys     WEIGHTGUARD_ALLOWED_KEYS      --allow-key        data-key URI patterns
+audit_log        WEIGHTGUARD_AUDIT_LOG         --audit-log        audit destination
+===============  ============================  =================  ===========================
 
 The spellings of the previous release (vLLM: ``cert_chain``, ``vault_key``,
 ``WEIGHTGUARD_CERT_CHAIN``, ``WEIGHTGUARD_VAULT_KEY``; KServe: ``trust_keys``,
@@ -70,6 +70,7 @@ CLI_OPTIONS = {
     "--key": "trust_key",
     "--trust-chain": "trust_chain",
     "--cert-chain": "trust_chain",
+    "--trust-vault-key": "trust_vault_key",
     "--vault-key": "trust_vault_key",
     "--identity": "trust_identity",
     "--issuer": "trust_issuer",
@@ -182,6 +183,7 @@ PYTHON_NAMES = {
     "--key": "policy=PublicKey.from_file(...)",
     "--trust-chain": "policy=ChainRoot(...)",
     "--cert-chain": "policy=ChainRoot(...)",
+    "--trust-vault-key": "policy=vault_key_policy(...)",
     "--vault-key": "policy=vault_key_policy(...)",
     "--identity": "policy=SigstoreIdentity(...)",
     "--issuer": "policy=SigstoreIdentity(...)",

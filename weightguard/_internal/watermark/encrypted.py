@@ -153,7 +153,7 @@ def _build_dir(
     if dst.exists():
         if not overwrite:
             raise DestinationError(
-                f"{dst} already exists", hint="choose another output or pass --force"
+                f"{dst} already exists", hint="choose another output or pass --replace"
             )
         try:
             target = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".new", dir=dst.parent))

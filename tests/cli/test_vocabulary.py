@@ -1,0 +1,162 @@
+"""One vocabulary (issue 20, item 4): the table in docs/cli.md is true, and every option
+a message names exists.
+
+- each concept's CLI option exists on every command the table lists, its environment
+  variable is read by the code, its Python keyword is a parameter of the function named;
+- every ``--option`` a message or hint of the package or the CLI names is an option of
+  some command, in its current spelling (an old spelling only warns for one release);
+  options of other tools (model_signing, vLLM, ...) are listed below.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import click
+import pytest
+from weightguard_cli._vocabulary import TERMS
+from weightguard_cli.main import LAZY_COMMANDS, cli
+
+ROOT = Path(__file__).resolve().parents[2]
+OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+# Options of other programs that messages name on purpose.
+FOREIGN = {
+    "--ignore_unsigned_files",  # model_signing's (underscore: not matched; kept for clarity)
+    "--no-ignore-git-paths",  # model_signing
+    "--load-format",  # vllm serve
+    "--model-loader-extra-config",  # vllm serve
+    "--generation-config",  # vllm serve
+    "--hf-config-path",  # vllm serve
+    "--tokenizer",  # vllm serve
+    "--trust-remote-code",  # vllm serve
+    "--recursive",  # aws s3 cp
+    "--help",
+    "--version",
+    "--user",  # pip install --user
+    "--extra-index-url",  # pip
+    "--index-url",  # pip
+}
+# Messages not yet moved to the new spellings: their owners' files were being rewritten
+# at the time (issue 20, items 2 and 3); the old spellings still work, with a warning.
+PENDING = {
+    ("weightguard/_internal/audit/verify.py", "--vault-key"),
+    ("weightguard/report.py", "--vault-key"),
+}
+
+
+def _commands() -> dict[str, click.Command]:
+    out: dict[str, click.Command] = {}
+    ctx = click.Context(cli, info_name="weightguard")
+
+    def walk(cmd: click.Command, path: str) -> None:
+        out[path] = cmd
+        if isinstance(cmd, click.Group):
+            sub_ctx = click.Context(cmd, info_name=path)
+            for name in cmd.list_commands(sub_ctx):
+                sub = cmd.get_command(sub_ctx, name)
+                if sub is not None:
+                    walk(sub, f"{path} {name}")
+
+    for name in LAZY_COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        walk(command, name)
+    return out
+
+
+def _options(cmd: click.Command, *, hidden: bool) -> set[str]:
+    return {
+        o
+        for p in cmd.params
+        if isinstance(p, click.Option) and (hidden or not p.hidden)
+        for o in (*p.opts, *p.secondary_opts)
+    }
+
+
+COMMANDS = _commands()
+CURRENT = set().union(*(_options(c, hidden=False) for c in COMMANDS.values()))
+# old spelling -> its new ones (an old name can have a different new one per command)
+RENAMED: dict[str, set[str]] = {}
+for _cmd in COMMANDS.values():
+    for _p in _cmd.params:
+        if getattr(_p, "renamed_to", None):
+            RENAMED.setdefault(_p.opts[0], set()).add(str(_p.renamed_to))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("term", TERMS, ids=lambda t: t.option)
+def test_each_option_exists_where_the_table_says(term: object) -> None:
+    missing = [c for c in term.commands if term.option not in _options(COMMANDS[c], hidden=False)]  # type: ignore[attr-defined]
+    assert missing == []
+
+
+def _sources() -> list[Path]:
+    return sorted((ROOT / "weightguard").rglob("*.py")) + sorted(
+        (ROOT / "cli" / "weightguard_cli").rglob("*.py")
+    )
+
+
+def test_each_variable_is_read() -> None:
+    from weightguard.integrations import _settings
+
+    text = "\n".join(p.read_text() for p in _sources())
+    settings = {_settings.env_name(k) for k in (*_settings.TRUST, *_settings.LISTS)}
+    unread = [t.env for t in TERMS if t.env and t.env not in text and t.env not in settings]
+    assert unread == []
+
+
+def test_each_python_keyword_exists() -> None:
+    wrong = []
+    for t in TERMS:
+        for spec in t.python:
+            module, call = spec.split(":")
+            func, keyword = call.rstrip(")").split("(")
+            obj: object = importlib.import_module(module)
+            for part in func.split("."):
+                obj = getattr(obj, part)
+            if keyword not in inspect.signature(obj).parameters:  # type: ignore[arg-type]
+                wrong.append(spec)
+    assert wrong == []
+
+
+def _message_strings(path: Path) -> list[str]:
+    """String constants and f-string parts of ``path``, docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+    ]
+
+
+def test_every_option_a_message_names_exists() -> None:
+    """A string that is only an option's name declares or maps it (``renamed("--key",
+    ...)``); a message naming an old spelling must name its new one too."""
+    unknown, old = [], []
+    for path in _sources():
+        rel = path.relative_to(ROOT).as_posix()
+        for s in _message_strings(path):
+            if OPTION.fullmatch(s.strip()):
+                continue
+            for opt in OPTION.findall(s):
+                if opt in CURRENT or opt in FOREIGN or (rel, opt) in PENDING:
+                    continue
+                if opt not in RENAMED:
+                    unknown.append(f"{rel}: {opt}")
+                elif not any(new in s for new in RENAMED[opt]):
+                    old.append(f"{rel}: {opt}")
+    assert sorted(set(unknown)) == []
+    assert sorted(set(old)) == [], "name the new spelling (docs/cli.md, Renamed options)"
