@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from cyclonedx.schema import SchemaVersion
-from cyclonedx.validation.json import JsonStrictValidator
 
 from tests.report.conftest import BASE_MODEL, Release
 from tests.support.load import make_sign_keys
@@ -23,6 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _official(text: str) -> None:
+    # imported here: the validator compiles the schema's grammar on import (~2 s), which
+    # collection should not pay
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
     err = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
     assert err is None, err
 
