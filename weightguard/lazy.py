@@ -523,6 +523,37 @@ def _is_int(e: Any) -> bool:
 _LAZY_CLASS: Any = None
 
 
+_META_PROPERTIES = (
+    "shape", "dtype", "device", "ndim", "layout", "requires_grad", "is_cuda", "is_meta",
+    "is_sparse", "is_quantized", "nbytes", "itemsize",
+)  # fmt: skip
+# a fresh read is contiguous, like the wrapper: stride and is_contiguous answer the same
+_META_METHODS = ("size", "dim", "numel", "element_size", "__len__", "stride", "is_contiguous")
+
+
+def _meta_functions(torch: Any) -> set[Any]:
+    """Tensor functions a lazy tensor answers from its shape and dtype, reading nothing."""
+    t = torch.Tensor
+    return {getattr(t, a).__get__ for a in _META_PROPERTIES} | {
+        getattr(t, a) for a in _META_METHODS
+    }
+
+
+def _narrow_rows(lazy: Any, args: Any, kwargs: Any) -> Any:
+    """``narrow(0, start, length)`` of a lazy tensor not read yet: those rows only (a
+    fresh, checked tensor); None for any other narrow (the caller reads it all)."""
+    params = [*args[1:], *(kwargs[k] for k in ("dim", "start", "length") if k in kwargs)]
+    owner, f, info = lazy._wg
+    if len(params) != 3 or lazy._wg_full is not None or not info.shape:
+        return None
+    dim, start, length = (int(p) for p in params)
+    n = info.shape[0]
+    start = start + n if start < 0 else start
+    if dim not in (0, -len(info.shape)) or start < 0 or not 0 <= length <= n - start:
+        return None
+    return owner._finish(owner._read_rows(f, info, start, start + length), info.name)
+
+
 def _lazy_class() -> Any:
     """The lazy tensor type, built on first use (torch is imported only then)."""
     global _LAZY_CLASS
@@ -533,32 +564,7 @@ def _lazy_class() -> Any:
 
     from weightguard._internal.load.plan import torch_dtype
 
-    tensor = torch.Tensor
-    meta = {
-        getattr(tensor, a).__get__
-        for a in (
-            "shape",
-            "dtype",
-            "device",
-            "ndim",
-            "layout",
-            "requires_grad",
-            "is_cuda",
-            "is_meta",
-            "is_sparse",
-            "is_quantized",
-            "nbytes",
-            "itemsize",
-        )
-    } | {
-        tensor.size,
-        tensor.dim,
-        tensor.numel,
-        tensor.element_size,
-        tensor.__len__,
-        tensor.stride,
-        tensor.is_contiguous,  # a fresh read is contiguous, like the wrapper
-    }
+    meta = _meta_functions(torch)
 
     class LazyTensor(torch.Tensor):
         """A checkpoint tensor not read yet: shape and dtype now; ``narrow(0, ...)``
@@ -594,37 +600,24 @@ def _lazy_class() -> Any:
         ) -> Any:
             kwargs = kwargs or {}
             if func in (torch.Tensor.narrow, torch.narrow) and args and isinstance(args[0], cls):
-                params = [
-                    *args[1:],
-                    *(kwargs[k] for k in ("dim", "start", "length") if k in kwargs),
-                ]
-                self = args[0]
-                owner, f, info = self._wg
-                if len(params) == 3 and self._wg_full is None and info.shape:
-                    dim, start, length = (int(p) for p in params)
-                    n = info.shape[0]
-                    start = start + n if start < 0 else start
-                    if dim in (0, -len(info.shape)) and start >= 0 and 0 <= length <= n - start:
-                        part = owner._read_rows(f, info, start, start + length)
-                        return owner._finish(part, info.name)
+                rows = _narrow_rows(args[0], args, kwargs)
+                if rows is not None:
+                    return rows
             if func in meta:  # shape, dtype ...: answered without reading
                 with torch._C.DisableTorchFunctionSubclass():
                     return func(*args, **kwargs)
-
-            def real(x: Any) -> Any:
-                return x._wg_all() if isinstance(x, cls) else x
-
             # anything else works on the whole tensor, read once and checked
-            return func(*tree_map(real, args), **tree_map(real, kwargs))
+            return func(*tree_map(cls._wg_real, args), **tree_map(cls._wg_real, kwargs))
 
         @classmethod
         def __torch_dispatch__(  # type: ignore[override]
             cls, func: Any, types: Any, args: Any = (), kwargs: Any = None
         ) -> Any:
-            def real(x: Any) -> Any:
-                return x._wg_all() if isinstance(x, cls) else x
+            return func(*tree_map(cls._wg_real, args), **tree_map(cls._wg_real, kwargs or {}))
 
-            return func(*tree_map(real, args), **tree_map(real, kwargs or {}))
+        @classmethod
+        def _wg_real(cls, x: Any) -> Any:
+            return x._wg_all() if isinstance(x, cls) else x
 
     _LAZY_CLASS = LazyTensor
     return LazyTensor
