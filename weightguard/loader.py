@@ -64,16 +64,16 @@ from weightguard._internal.load.model_files import (
     open_file,
     select_files,
 )
-from weightguard._internal.load.pipeline import FileJob, Record, run_pipeline
+from weightguard._internal.load.pipeline import FileJob, Progress, Record, run_pipeline
 from weightguard._internal.load.plan import Placement, build_tensors, plan
 from weightguard._internal.load.sources import Location, open_location
+from weightguard._internal.signing.location import PRIMARY_SIGNATURE, signature_name
 from weightguard.errors import (
     ConfigError,
     CoverageError,
     DeviceError,
     FormatError,
     IntegrityError,
-    KeyAccessDenied,
     SourceError,
     UnsafeOptionRequired,
     VerificationError,
@@ -117,9 +117,6 @@ __all__ = [
     "open_model",
     "release_pinned_memory",
 ]
-
-DIR_SIGNATURE = "model.sig"
-
 
 DECRYPT_ON = ("auto", "gpu", "cpu")
 
@@ -209,7 +206,7 @@ def _verify_signature(
     from weightguard import verifying
 
     if signature is None and optional:
-        default = DIR_SIGNATURE if loc.is_dir else f"{loc.names()[0]}.sig"
+        default = signature_name(None if loc.is_dir else loc.names()[0])
         if not loc.sibling_exists(default):
             return None
 
@@ -219,7 +216,7 @@ def _verify_signature(
             raise VerificationError(f"signature {sig_path} not found")
         sig_bytes: bytes | None = None
     else:
-        default = DIR_SIGNATURE if loc.is_dir else f"{loc.names()[0]}.sig"
+        default = signature_name(None if loc.is_dir else loc.names()[0])
         local = loc.local_file(default)
         if local is not None:
             if not local.is_file():
@@ -251,7 +248,7 @@ def _verify_signature(
             # Remote model: signature, policy and coverage against the listing (sizes);
             # the bytes are checked chunk by chunk as they stream.
             if loc.is_dir:
-                listing = {n: loc.size_of(n) for n in loc.names() if n != DIR_SIGNATURE}
+                listing = {n: loc.size_of(n) for n in loc.names() if n != PRIMARY_SIGNATURE}
             else:
                 listing = {".": loc.size_of(loc.names()[0])}
             sig: bytes | Path = sig_bytes if sig_bytes is not None else sig_path
@@ -296,38 +293,31 @@ def _unwrap_keys(
     signature; called before a refusal the header's content may have caused stands.
     """
     from weightguard._internal.format import layout as fmt
-    from weightguard._internal.keys import providers as keymod
+    from weightguard._internal.keys.unwrap import unwrap_groups
 
     enc = [f for f in files if f.encrypted]
     if not enc:
         return
-    groups: dict[str, list[ModelFile]] = {}
-    for f in enc:
-        if key is not None and not isinstance(key, str):  # a provider object: caller's own
-            uri = f.header.wrapped_key.uri
-        else:
-            try:
-                uri = keymod.choose_key_uri(
-                    f.header.wrapped_key.uri, key=key, allowed=allowed_keys, where=f.display
-                )
-            except (ConfigError, KeyAccessDenied) as exc:  # the key reference it names
-                if differs is not None:
-                    differs([f], exc)
-                raise
-        groups.setdefault(uri, []).append(f)
+
+    def refused(indexes: list[int], exc: BaseException) -> None:
+        if differs is not None:
+            differs([enc[i] for i in indexes], exc)
+
+    groups = unwrap_groups(
+        [f.header.wrapped_key for f in enc],
+        key=key,
+        key_options=key_options,
+        allowed_keys=allowed_keys,
+        where=[f.display for f in enc],
+        refused=refused,
+    )
     t0 = time.monotonic()
-    for uri, group in groups.items():
-        provider = key if (key is not None and not isinstance(key, str)) else None
-        if provider is None:
-            provider = keymod.provider_for(uri, **dict(key_options or {}))
-        data_keys: list[bytearray] = []
+    round_trips = 0
+    for unwrapped in groups:
+        round_trips += 1
+        group = [enc[i] for i in unwrapped.indexes]
+        data_keys = unwrapped.data_keys
         try:
-            try:
-                data_keys = provider.unwrap_many([f.header.wrapped_key for f in group])
-            except WrongKeyError as exc:  # a wrong key, or a changed wrapped key
-                if differs is not None:
-                    differs(group, exc)
-                raise
             for f, dk in zip(group, data_keys, strict=True):
                 try:
                     f.cipher = fmt.ChunkCipher(f.header, dk)
@@ -345,7 +335,7 @@ def _unwrap_keys(
         object=ctx.obj(files),
         duration_s=time.monotonic() - t0,
         files=len(enc),
-        round_trips=len(groups),
+        round_trips=round_trips,
     )
     for f in enc:  # the (authenticated) original safetensors header, from record 0
         ah = f.header
@@ -590,7 +580,7 @@ class ModelHandle:
         """
         if not self._location.is_dir:
             return []
-        skip = {*self.files, DIR_SIGNATURE}
+        skip = {*self.files, PRIMARY_SIGNATURE}
         if self._signed_all is None:
             return [n for n in self._location.names() if n not in skip] if self._unsafe else []
         return sorted(n for n in self._signed_all if n not in skip)
@@ -606,7 +596,7 @@ class ModelHandle:
         if self._closed:
             raise ConfigError("the model handle is closed", hint="open the model again")
         loc = self._location
-        if not loc.is_dir or name in {*self.files, DIR_SIGNATURE} or ".." in name.split("/"):
+        if not loc.is_dir or name in {*self.files, PRIMARY_SIGNATURE} or ".." in name.split("/"):
             raise ConfigError(
                 f"{self._ctx.uri}: {name!r} is not a file of the model the signature covers",
                 hint="see .side_files() for the names",
@@ -631,8 +621,13 @@ class ModelHandle:
             raise
         return data
 
-    def load(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    def load(
+        self, names: Iterable[str] | None = None, *, progress: Progress | None = None
+    ) -> dict[str, torch.Tensor]:
         """Load all tensors, or only ``names`` (reading only the chunks they touch).
+
+        ``progress(done, total)``: bytes of the model read and checked so far, of
+        ``total`` (first ``done == 0``; called from worker threads, one at a time).
 
         A file signed without chunk digests (by model_signing: one digest per file or per
         shard) is read and hashed whole even when only some of its tensors are asked
@@ -697,7 +692,9 @@ class ModelHandle:
             if on_gpu:
                 copier.prepare_keys([f.cipher for f in files if f.cipher is not None])  # type: ignore[attr-defined]
             copier.allocate(all_segments)
-            run_pipeline(jobs, copier, workers=workers, before_record=_before_record())
+            run_pipeline(
+                jobs, copier, workers=workers, before_record=_before_record(), progress=progress
+            )
             bufs = copier.finish()
             device = copier.torch_device
             for f, base, place in zip(files, seg_base, placements, strict=True):
@@ -909,8 +906,11 @@ def load_file(
     s3: S3Options | None = None,
     decrypt_on: str = "auto",
     allowed_keys: Iterable[str] | str | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Securely load every tensor: ``{name: tensor}`` like ``safetensors.torch.load_file``."""
+    """Securely load every tensor: ``{name: tensor}`` like ``safetensors.torch.load_file``.
+
+    ``progress(done, total)``: see :meth:`ModelHandle.load`."""
     with open_model(
         source,
         device,
@@ -925,7 +925,7 @@ def load_file(
         decrypt_on=decrypt_on,
         allowed_keys=allowed_keys,
     ) as handle:
-        return handle.load()
+        return handle.load(progress=progress)
 
 
 def load_model(

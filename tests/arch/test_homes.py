@@ -51,6 +51,9 @@ RULE_HOMES = {
     # the default signature location
     "signature_name": "weightguard._internal.signing.location",
     "default_signature": "weightguard._internal.signing.location",
+    # the key rule and the one unwrap sequence (loader, side files, decrypt/inspect/rewrap)
+    "choose_key_uri": "weightguard._internal.keys.providers",
+    "unwrap_groups": "weightguard._internal.keys.unwrap",
     # which files are weights
     "is_weight_file": "weightguard._internal.format.model_dir",
     "is_signed_weight_name": "weightguard._internal.format.model_dir",

@@ -141,7 +141,7 @@ class SideFiles:
     def _decrypt(self, sealed: dict[str, bytes]) -> dict[str, bytes]:
         from weightguard._internal.format.layout import ChunkCipher, read_header
         from weightguard._internal.foundation.memory import wipe
-        from weightguard._internal.keys import providers as keymod
+        from weightguard._internal.keys.unwrap import unwrap_groups
 
         uri = self.uri
         headers = {}
@@ -152,30 +152,23 @@ class SideFiles:
                     f"{uri}/{name}: an encrypted side file must hold raw content, not {h.content}"
                 )
             headers[name] = h
-        own = self._key is not None and not isinstance(self._key, str)  # a provider object
-        groups: dict[str, list[str]] = {}
-        for name, h in headers.items():
-            chosen = (
-                h.wrapped_key.uri
-                if own
-                else keymod.choose_key_uri(
-                    h.wrapped_key.uri,
-                    key=self._key,
-                    allowed=self._allowed,
-                    where=f"{uri}/{name}",
-                )
-            )
-            groups.setdefault(chosen, []).append(name)
+        names = list(headers)
         out: dict[str, bytes] = {}
         t0 = time.monotonic()
-        for chosen, group in groups.items():
-            provider = self._key if own else keymod.provider_for(chosen, **self._key_options)
-            keys = provider.unwrap_many([headers[n].wrapped_key for n in group])
+        round_trips = 0
+        for group in unwrap_groups(  # the one key rule and unwrap sequence
+            [headers[n].wrapped_key for n in names],
+            key=self._key,
+            key_options=self._key_options,
+            allowed_keys=self._allowed,
+            where=[f"{uri}/{n}" for n in names],
+        ):
+            round_trips += 1
             try:
-                for name, dk in zip(group, keys, strict=True):
-                    out[name] = _open_raw(ChunkCipher(headers[name], dk), sealed[name])
+                for i, dk in zip(group.indexes, group.data_keys, strict=True):
+                    out[names[i]] = _open_raw(ChunkCipher(headers[names[i]], dk), sealed[names[i]])
             finally:
-                for dk in keys:
+                for dk in group.data_keys:
                     wipe(dk)
         if self._audit is not None:
             first = next(iter(headers.values())).wrapped_key
@@ -189,7 +182,7 @@ class SideFiles:
                 },
                 duration_s=time.monotonic() - t0,
                 files=len(sealed),
-                round_trips=len(groups),
+                round_trips=round_trips,
             )
         return out
 

@@ -19,11 +19,7 @@ from weightguard._internal.format.layout import (
 )
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.foundation.names import real_inside
-from weightguard._internal.keys.providers import (
-    KeyProvider,
-    choose_key_uri,
-    provider_for,
-)
+from weightguard._internal.keys.unwrap import unwrap_groups
 from weightguard.errors import (
     ConfigError,
     FormatError,
@@ -131,26 +127,18 @@ def unwrap_grouped(
     allowed_keys: Iterable[str] | str | None = None,
     where: Sequence[str] | None = None,
 ) -> list[bytearray]:
-    """Unwrap every header's data key; one ``unwrap_many`` per provider URI.
-
-    The header's key reference is untrusted (see ``choose_key_uri``): every URI is
-    chosen before any provider is contacted."""
-    groups: dict[str, list[int]] = {}
-    for i, h in enumerate(headers):
-        uri = choose_key_uri(
-            h.wrapped_key.uri,
-            key=key_uri,
-            allowed=allowed_keys,
-            where=where[i] if where else "the artifact",
-        )
-        groups.setdefault(uri, []).append(i)
+    """Unwrap every header's data key, in order (the caller wipes them): the one
+    sequence in :func:`weightguard._internal.keys.unwrap.unwrap_groups`."""
     keys: list[bytearray | None] = [None] * len(headers)
     try:
-        for uri, idxs in groups.items():
-            provider: KeyProvider = provider_for(uri, **dict(key_options or {}))
-            for i, dk in zip(
-                idxs, provider.unwrap_many([headers[i].wrapped_key for i in idxs]), strict=True
-            ):
+        for group in unwrap_groups(
+            [h.wrapped_key for h in headers],
+            key=key_uri,
+            key_options=key_options,
+            allowed_keys=allowed_keys,
+            where=where,
+        ):
+            for i, dk in zip(group.indexes, group.data_keys, strict=True):
                 keys[i] = dk
     except BaseException:
         for k in keys:
