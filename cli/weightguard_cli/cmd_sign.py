@@ -261,7 +261,7 @@ def verify(
     if model.startswith("s3://"):
         from weightguard.transfer import verify_release
 
-        with _audit(audit_log) as audit, activity(f"verifying {model}", quiet):
+        with _audit(audit_log) as audit, activity(f"verifying {model}", quiet), _allowable():
             m = verify_release(
                 model, policy, signature=signature, allow_unsigned=allow_unsigned, audit=audit
             )
@@ -279,7 +279,7 @@ def verify(
                 hint="sign the model with `weightguard sign`, or give the bundle's path "
                 "with --signature",
             )
-    with _audit(audit_log) as audit, activity(f"verifying {model}", quiet):
+    with _audit(audit_log) as audit, activity(f"verifying {model}", quiet), _allowable():
         m = verify_bundle(
             model,
             signature,
@@ -289,6 +289,20 @@ def verify(
             audit=audit,
         )
     _report(model, signature, m, as_json)
+
+
+@contextmanager
+def _allowable() -> Iterator[None]:
+    """Unsigned extra files: verify can allow them, so its hint says how (the library's
+    hint names only what every entry point can do)."""
+    from weightguard.errors import CoverageError
+
+    try:
+        yield
+    except CoverageError as exc:
+        if exc.message.startswith("files not covered by signature"):
+            exc.hint += ", or allow them with --allow-unsigned PATTERN"
+        raise
 
 
 def _report(model: str, signature: str, m: Any, as_json: bool) -> None:

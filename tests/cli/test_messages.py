@@ -505,6 +505,25 @@ def test_every_old_spelling_still_works(
     ).read_bytes()
 
 
+def test_unsigned_file_hint_names_only_the_entry_points_options(
+    wg: Callable[..., Run], released: Path
+) -> None:
+    """verify can allow an unsigned extra file and says how; load and fetch cannot, and
+    their hint names no option they lack (issue 20)."""
+    (released / "notes.txt").write_text("added after signing")
+    head = "error: files not covered by signature enc/model.sig: notes.txt (remove them, "
+    for args in (["load", "enc"], ["fetch", "enc", "-o", "out", "--allow-disk"]):
+        r = wg(*args, "--trust-key", "rel.pub")
+        assert r.rc == 1 and r.err[-1] == head + "or re-sign the model so that it covers them)"
+    r = wg("verify", "enc", "--trust-key", "rel.pub")
+    assert r.rc == 1
+    assert r.err[-1] == (
+        head + "or re-sign the model so that it covers them, or allow them with "
+        "--allow-unsigned PATTERN)"
+    )
+    assert wg("verify", "enc", "--trust-key", "rel.pub", "--allow-unsigned", "notes.txt").rc == 0
+
+
 def test_load_without_signature_points_at_sign(wg: Callable[..., Run], released: Path) -> None:
     (released / "model.sig").unlink()
     r = wg("load", "enc", "--trust-key", "rel.pub")

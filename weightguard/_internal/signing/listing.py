@@ -228,7 +228,9 @@ def classify(
     if extra:
         raise CoverageError(
             f"files not covered by signature {signature}: " + ", ".join(sorted(extra)),
-            hint="remove them, re-sign the model, or allow them with --allow-unsigned PATTERN",
+            # Every entry point can say this; one that can allow them (verify_bundle's
+            # allow_unsigned, `weightguard verify --allow-unsigned`) adds how.
+            hint="remove them, or re-sign the model so that it covers them",
         )
     missing = sorted(n for n in signed_names if n not in by_name)
     if missing:
