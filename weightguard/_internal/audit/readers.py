@@ -14,8 +14,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from weightguard._internal.audit.checkpoint import _parse_s3, s3_client
+from weightguard._internal.audit.checkpoint import _parse_s3
 from weightguard._internal.audit.record import MAX_RECORD_BYTES, parse_record, parse_time
+from weightguard._internal.foundation.s3 import audit_client as s3_client
 from weightguard._internal.foundation.s3errors import s3_cause
 from weightguard.errors import AuditError, ConfigError
 

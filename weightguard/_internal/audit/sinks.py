@@ -32,7 +32,7 @@ from weightguard._internal.audit.chain import (
     chain_record,
     new_log_id,
 )
-from weightguard._internal.audit.checkpoint import Anchor, S3Anchor, _parse_s3, s3_client
+from weightguard._internal.audit.checkpoint import Anchor, S3Anchor, _parse_s3
 from weightguard._internal.audit.readers import (
     file_segment_name,
     is_file_segment,
@@ -46,6 +46,7 @@ from weightguard._internal.audit.record import (
     torn_fragment,
     utc_now,
 )
+from weightguard._internal.foundation.s3 import audit_client as s3_client
 from weightguard._internal.foundation.s3errors import s3_cause
 from weightguard.errors import AuditError, ConfigError
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from weightguard._internal.foundation.atomic import atomic_directory, atomic_write
 from weightguard._internal.foundation.memory import wipe
+from weightguard._internal.signing.location import PRIMARY_SIGNATURE
 from weightguard.errors import DestinationError, SourceError, WatermarkError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,9 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
 # A function (name, dtype, shape, tensor) -> marked tensor, or None to keep it.
 Mark = Callable[[str, str, tuple[int, ...], "torch.Tensor"], "torch.Tensor | None"]
 
-# The loader's default signature name inside a model directory: the copy would no
-# longer match the marked output, so it is not copied.
-DIR_SIGNATURE = "model.sig"
+# The default signature name inside a model directory (its one home: signing.location):
+# the copy would no longer match the marked output, so it is not copied.
+DIR_SIGNATURE = PRIMARY_SIGNATURE
 
 
 def _put(buf: bytearray, offset: int, t: torch.Tensor, nbytes: int, name: str) -> None:
