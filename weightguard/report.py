@@ -842,7 +842,7 @@ def build_report(
     if checkpoint_key:
         audit_args += ["--checkpoint-key", os.fspath(checkpoint_key)]
     if checkpoint_vault_key:
-        audit_args += ["--vault-key", checkpoint_vault_key]
+        audit_args += ["--checkpoint-vault-key", checkpoint_vault_key]
     if anchor:
         audit_args += ["--anchor", anchor]
     for i in log_ids or ():

@@ -40,12 +40,9 @@ FOREIGN = {
     "--extra-index-url",  # pip
     "--index-url",  # pip
 }
-# Messages not yet moved to the new spellings: their owners' files were being rewritten
-# at the time (issue 20, items 2 and 3); the old spellings still work, with a warning.
-PENDING = {
-    ("weightguard/_internal/audit/verify.py", "--vault-key"),
-    ("weightguard/report.py", "--vault-key"),
-}
+# Messages not yet moved to the new spellings (file, option); the old spellings still
+# work, with a warning, for one release.
+PENDING: set[tuple[str, str]] = set()
 
 
 def _commands() -> dict[str, click.Command]:

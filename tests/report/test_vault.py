@@ -41,5 +41,5 @@ def test_vault_signed_and_anchored_log(
     assert lv.summaries[0]["checkpoints_verified"] == 2
     assert lv.summaries[0]["anchored_size"] == 8
     assert dict(ev.access.stats.loads_by_identity) == {"serving/inference": 7}
-    cmd = f"weightguard audit verify {log} --vault-key {key_uri} --anchor {anchor}"
+    cmd = f"weightguard audit verify {log} --checkpoint-vault-key {key_uri} --anchor {anchor}"
     assert ("access: the log's chain and signed checkpoints", cmd) in ev.commands

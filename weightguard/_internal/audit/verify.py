@@ -558,7 +558,7 @@ def _anchored(run: _Run, anchor: Anchor, ch: _Chain) -> Problem | None:
     else:
         run.warnings.append(
             f"log {log_id}: anchored checkpoint signature not checked "
-            "(pass --checkpoint-key or --vault-key)"
+            "(pass --checkpoint-key or --checkpoint-vault-key)"
         )
     size = int(cp["size"])
     s.anchored_size = size
@@ -616,7 +616,7 @@ def _signature_warnings(run: _Run, s: LogSummary) -> None:
         if s.checkpoints:
             run.warnings.append(
                 f"log {s.log_id}: {s.checkpoints} checkpoint signature(s) not checked "
-                "(pass --checkpoint-key or --vault-key)"
+                "(pass --checkpoint-key or --checkpoint-vault-key)"
             )
         else:
             run.warnings.append(f"log {s.log_id}: no signed checkpoint in the log")
