@@ -99,6 +99,32 @@ def progress(
 
 
 @contextmanager
+def progress_of(label: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A byte progress bar whose size the work finds out (``load``: once the model is
+    verified and planned); yields ``report(done, total)``, safe to call from worker
+    threads.  Until the first report it is a spinner with elapsed time."""
+    if not _shown(quiet):
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn()]
+    columns += [TransferSpeedColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@contextmanager
 def activity(label: str, quiet: bool) -> Iterator[None]:
     """A spinner for work whose size is not known up front (verify, load, fetch)."""
     with progress(label, None, quiet):

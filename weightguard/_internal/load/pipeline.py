@@ -100,6 +100,8 @@ class _Stop(Exception):
 
 
 BeforeRecord = Callable[[FileJob, Record], None]
+#: ``progress(done, total)``: source bytes read and checked so far, of ``total``.
+Progress = Callable[[int, int], None]
 # Bytes of held read buffers (streamed digests) at most, beyond two buffers.
 _HELD_BYTES = 256 * 1024 * 1024
 
@@ -110,8 +112,12 @@ def run_pipeline(
     *,
     workers: int,
     before_record: BeforeRecord | None = None,
+    progress: Progress | None = None,
 ) -> None:
     """Process every record of ``jobs`` into ``copier`` (already allocated).
+
+    ``progress(done, total)`` is called with ``done == 0`` before the first record and
+    after each record (from the worker threads, one at a time, ``done`` increasing).
 
     Raises the first failure (``BaseException`` included: a ``KeyboardInterrupt``
     in the caller's thread or injected in a worker stops all workers first).
@@ -132,6 +138,10 @@ def run_pipeline(
                 j.stream.finish()
         return
     max_ct = max(r.src_len for _, r in items)
+    total = sum(r.src_len for _, r in items)
+    done = [0]
+    if progress is not None:
+        progress(0, total)
     n = max(1, min(workers, len(items)))
     lock = threading.Lock()
     cond = threading.Condition(lock)
@@ -210,6 +220,10 @@ def run_pipeline(
                         _one_streamed(worker, job, rec, held)
                     else:
                         _one(worker, job, rec, mv)
+                    if progress is not None:
+                        with lock:
+                            done[0] += rec.src_len
+                            progress(done[0], total)
         except BaseException as exc:
             with lock:
                 errors.append(exc)
