@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 from weightguard_cli._audit_opt import allow_key_option, audit_option
-from weightguard_cli._output import activity, echo_json, progress, quiet_option
+from weightguard_cli._output import activity, echo_json, progress, progress_of, quiet_option
 from weightguard_cli._renamed import renamed
 from weightguard_cli._trust_opt import policy_from_options, trust_options
 
@@ -80,8 +80,8 @@ def load(source: str, device: str, check: bool, as_json: bool, quiet: bool, **op
     audit = kwargs["audit"]
     t0 = time.monotonic()
     try:
-        with activity(f"loading {source}", quiet):
-            tensors = load_file(source, device, policy=policy, **kwargs)
+        with progress_of(f"loading {source}", quiet) as report:
+            tensors = load_file(source, device, policy=policy, progress=report, **kwargs)
     finally:
         audit.close()
     dt = time.monotonic() - t0
