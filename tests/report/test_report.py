@@ -396,7 +396,7 @@ def test_hostile_identities_are_text(release: Release, tmp_path: Path) -> None:
     html = page.read_text()
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "x$\\frac{$y" in html and "_u@h" in ev.access.timeline_svg
-    assert "a\\|b`c" in md.read_text()
+    assert "a\\|b\\`c" in md.read_text()
     assert ev.access.timeline_points["loads"] == 4
 
 

@@ -4,6 +4,7 @@ Markdown twin, from an :class:`~.evidence.Evidence`.  Every value is escaped."""
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -362,9 +363,29 @@ def _more(total: int, shown: int) -> str:
 # ---------------------------------------------------------------------------- Markdown
 
 
+# Line breaks of every kind (CommonMark ends a line at \r too; a value must not start a
+# heading, list item or table row of its own).
+_MD_BREAKS = re.compile(r"[\r\n\x0b\x0c\x85\u2028\u2029]")
+# Markdown syntax a value could use to leave its cell or text: code spans, links and
+# images, table cells, backslash escapes; HTML specials become entities (Markdown
+# renders raw HTML, so a file name or identity such as <img onerror=...> must not).
+_MD_SPECIAL = {"\\": "\\\\", "`": "\\`", "|": "\\|", "[": "\\[", "]": "\\]",
+               "*": "\\*", "_": "\\_", "&": "&amp;", "<": "&lt;", ">": "&gt;"}  # fmt: skip
+
+
 def _m(value: Any) -> str:
-    text = "" if value is None else str(value)
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """A value as Markdown text: shown as written, never markup."""
+    text = _MD_BREAKS.sub(" ", "" if value is None else str(value))
+    return "".join(_MD_SPECIAL.get(c, c) for c in text)
+
+
+def _mcode(value: Any) -> str:
+    """A value as a Markdown code span (literal: no HTML, no emphasis), its fence longer
+    than any run of backticks inside it."""
+    text = _MD_BREAKS.sub(" ", "" if value is None else str(value))
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _mtable(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -381,17 +402,17 @@ def _mtable(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
 def render_markdown(ev: Evidence) -> str:
     p, pr, acc = ev.provenance, ev.protection, ev.access
     o = [
-        f"# Evidence report: `{ev.release}`",
+        f"# Evidence report: {_mcode(ev.release)}",
         "",
-        f"Generated {ev.generated_at} by {ev.generator}; every verdict was computed by "
+        f"Generated {_m(ev.generated_at)} by {_m(ev.generator)}; every verdict was computed by "
         "verification under the policy shown. Evidence, not legal advice.",
         "",
-        f"## Verdict: **{ev.verdict}**",
+        f"## Verdict: **{_m(ev.verdict)}**",
         "",
     ]
-    o += [f"- **{area}: {level}** - {_m(words)}" for area, level, words in ev.headline]
+    o += [f"- **{_m(area)}: {_m(level)}** - {_m(words)}" for area, level, words in ev.headline]
     o += ["", *_mtable(("question", "answer"), ev.answers)] if ev.answers else []
-    o += ["", "## Provenance", "", f"**{p.verdict}**: {_m(p.summary)}", ""]
+    o += ["", "## Provenance", "", f"**{_m(p.verdict)}**: {_m(p.summary)}", ""]
     o += _mtable(
         ("", ""),
         [
@@ -437,13 +458,13 @@ def render_markdown(ev: Evidence) -> str:
          for a in pr.encrypted],
     )  # fmt: skip
     if pr.plain_weights:
-        o += ["**Not encrypted at rest:** " + ", ".join(pr.plain_weights), ""]
+        o += ["**Not encrypted at rest:** " + ", ".join(_mcode(n) for n in pr.plain_weights), ""]
     wm = pr.watermark
     if wm is None:
         o += [f"Watermark: {_m(pr.watermark_note or 'no commitment found')}", ""]
     else:
         o += [
-            f"Watermark: {wm.scheme}, commitment `{wm.commitment}` ({wm.time}); "
+            f"Watermark: {_m(wm.scheme)}, commitment {_mcode(wm.commitment)} ({_m(wm.time)}); "
             f"{_m(wm.outputs_match)}; key check: {_m(wm.key_check or 'not checked')}",
             "",
         ]
@@ -492,7 +513,7 @@ def render_markdown(ev: Evidence) -> str:
             ],
         )
     o += ["## Reproduce each check", ""]
-    o += [f"- {w}: `{c}`" for w, c in ev.commands]
+    o += [f"- {_m(w)}: {_mcode(c)}" for w, c in ev.commands]
     return "\n".join(o) + "\n"
 
 

@@ -1,0 +1,212 @@
+"""Red-team round on the surfaces added for issues 21, 22 and 26 (bundle shapes, streamed
+whole-file/shard digests, co-signing, S3 verify, report/BOM): each break found, as a
+test that fails on the code before its fix (or ``xfail(strict=True)`` where the fix is
+in another area's files and is reported to its owner)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.format import build_safetensors
+
+HOSTILE_NAME = "<img src=x onerror=alert(1)>`]x[y](javascript:alert(2))"
+HOSTILE_IDENTITY = "<script>alert(3)</script>\r# injected heading"
+
+
+def _plain_model(d: Path, weight_name: str = "model.safetensors") -> Path:
+    d.mkdir(parents=True)
+    t = {"w": ("F32", [2, 2], os.urandom(16))}
+    (d / weight_name).write_bytes(build_safetensors(t, {"format": "pt"}))
+    (d / "config.json").write_text("{}")
+    return d
+
+
+def _key(d: Path, name: str) -> tuple[Any, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from weightguard.signing import KeySigner
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    priv, pub = d / f"{name}.pem", d / f"{name}.pub"
+    priv.write_bytes(
+        k.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    pub.write_bytes(
+        k.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return KeySigner.from_file(priv), pub
+
+
+# ------------------------------------------------------------------ report (issue 26)
+
+
+def test_report_markdown_renders_hostile_names_as_text(tmp_path: Path) -> None:
+    """A weight file name from the release and an identity from the access log are
+    text in the Markdown twin too: rendered by a CommonMark renderer that passes raw
+    HTML through (as many do), no tag, link or heading comes out of them.  Before: the
+    names went into the Markdown verbatim (the file name also inside a code span it
+    could close with a backtick), so the twin rendered an <img onerror> and <script>."""
+    from markdown_it import MarkdownIt
+
+    from weightguard import audit
+    from weightguard.policy import PublicKey
+    from weightguard.report import build_report, write_report
+    from weightguard.signing import sign_model
+
+    model = _plain_model(tmp_path / "m", f"{HOSTILE_NAME}.safetensors")
+    signer, pub = _key(tmp_path, "rel")
+    sign_model(model, tmp_path / "model.sig", signer)
+    cp = tmp_path / "cp.pem"
+    audit.generate_checkpoint_key(os.fspath(cp))
+    log = tmp_path / "log.jsonl"
+    with audit.AuditLog(str(log), signing_key=str(cp)) as a:
+        a.emit(
+            "load.ok",
+            object={"uri": "m"},
+            subject={"k8s_namespace": "ns", "k8s_service_account": HOSTILE_IDENTITY},
+        )
+    ev = build_report(
+        model,
+        PublicKey.from_file(pub),
+        signature=tmp_path / "model.sig",
+        access_logs=[log],
+        checkpoint_key=Path(f"{cp}.pub"),
+    )
+    assert ev.provenance.verdict == "PASS" and ev.access.verdict == "OK"
+    _, md_path = write_report(ev, tmp_path / "r.html", tmp_path / "r.md")
+    md = md_path.read_text()
+    rendered = MarkdownIt("commonmark", {"html": True}).enable("table").render(md)
+    for bad in ("<img", "<script", "<a ", 'javascript:alert(2)"', "<h1>injected"):
+        assert bad not in rendered, (bad, rendered)
+    # still shown, as text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in rendered
+    assert "&lt;script&gt;alert(3)&lt;/script&gt;" in rendered
+    # one line per table row: the identity's \r did not start a line of its own
+    assert not any(line.startswith("# injected") for line in md.splitlines())
+
+
+# ------------------------------------------------------------------ co-signing (issue 22)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H10 (verifying.py): CoSigned matches a different *bundle* per required "
+    "signer, never a different *key*: one key signing twice (a certificate bundle and a "
+    "key bundle) satisfies two required signers",
+)
+def test_cosigned_one_key_is_not_two_signers(tmp_path: Path) -> None:
+    """--require-all with a CA root (security team) and a release key: the holder of
+    the release key, given a certificate for that same key under the CA, signs twice
+    (model.sig as a certificate bundle, a co-signature as a key bundle) and the release
+    passes as signed by two signers."""
+    from cryptography import x509
+
+    from tests.support.signing import write_chain
+    from weightguard.errors import VerificationError
+    from weightguard.policy import CoSigned, trust_policy
+    from weightguard.signing import CertificateSigner, KeySigner, cosignature_path, sign_model
+
+    model = _plain_model(tmp_path / "m")
+    pem = write_chain(tmp_path)
+    leaf = x509.load_pem_x509_certificate(pem["leaf_cert"].read_bytes())
+    inter = x509.load_pem_x509_certificate(pem["intermediate"].read_bytes())
+    one_key = KeySigner.from_file(pem["leaf_key"])
+    pub = tmp_path / "release.pub"
+    from cryptography.hazmat.primitives import serialization
+
+    pub.write_bytes(
+        one_key.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    sig = model / "model.sig"
+    sign_model(model, sig, CertificateSigner(one_key._key, leaf, [inter]))
+    co = cosignature_path(sig, "security")
+    co.parent.mkdir()
+    sign_model(model, co, one_key)
+    policy = trust_policy(
+        public_keys=[pub], chain=[pem["root"], pem["intermediate"]], require_all=True
+    )
+    assert isinstance(policy, CoSigned)
+    from weightguard.signing import verify_bundle
+
+    with pytest.raises(VerificationError, match=r"same key|one key|different keys"):
+        verify_bundle(model, sig, policy)
+
+
+def test_report_md_escaping_keeps_plain_names_readable() -> None:
+    """The escaping leaves ordinary names alone (no noise in the raw Markdown)."""
+    from weightguard._internal.report.render import _m, _mcode
+
+    assert _m("model-00001-of-00002.safetensors") == "model-00001-of-00002.safetensors"
+    assert _m("a|b`c") == "a\\|b\\`c"
+    assert _mcode("it's `x`") == "`` it's `x` ``"
+    assert json.dumps(_m("x\ny\rz")) == '"x y z"'
+
+
+def _statement(sig: Path) -> Any:
+    from weightguard._internal.signing import oms
+
+    return oms.parse_statement(oms.parse_bundle(sig.read_bytes()).payload)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H10 (verifying.py _contents): co-signatures are compared by size and "
+    "resource digest only, while the loader checks the primary's chunk digests: a "
+    "required signer's bundle with the agreed SHA-256 but chunk digests of other "
+    "content loads that content, approved by no other signer",
+)
+def test_cosigned_bundles_agree_on_every_digest_the_loader_uses(tmp_path: Path) -> None:
+    """Two-person rule: the release team (A) and the security team (B) must both sign.
+    B reviewed and signed model Y.  A ships X (one weight byte changed) with a bundle
+    that claims Y's SHA-256 (what the co-signatures are compared by) but X's chunk
+    digests (what the loader checks).  The secure loader returned X's tensors."""
+    from weightguard._internal.signing import oms
+    from weightguard.errors import WeightguardError
+    from weightguard.loader import load_file
+    from weightguard.policy import CoSigned, PublicKey
+    from weightguard.signing import cosignature_path, sign_model
+
+    a, a_pub = _key(tmp_path, "release")
+    b, b_pub = _key(tmp_path, "security")
+    y = _plain_model(tmp_path / "y")
+    x = tmp_path / "x"
+    import shutil
+
+    shutil.copytree(y, x)
+    w = bytearray((x / "model.safetensors").read_bytes())
+    w[-1] ^= 0x40  # a weight byte (the last float's sign/exponent)
+    (x / "model.safetensors").write_bytes(bytes(w))
+    sign_model(y, tmp_path / "y.sig", b)  # B's review of Y, written as X's co-signature
+    sign_model(x, x / "model.sig", a)
+    st_x, st_y = _statement(x / "model.sig"), _statement(tmp_path / "y.sig")
+    forged = oms.build_statement(
+        st_x.model_name,
+        st_y.resources,
+        allow_symlinks=False,
+        ignore_paths=list(st_x.ignore_paths),
+        chunks=st_x.chunks,
+        version="0.1.0",
+        signed_at=None,
+        hash_type=st_x.hash_type,
+    )
+    (x / "model.sig").write_bytes(a.make_bundle(forged))
+    co = cosignature_path(x / "model.sig", "security")
+    co.parent.mkdir()
+    shutil.copy(tmp_path / "y.sig", co)
+    policy = CoSigned(PublicKey.from_file(a_pub), PublicKey.from_file(b_pub))
+    with pytest.raises(WeightguardError, match=r"different contents|digest"):
+        load_file(x, policy=policy)
