@@ -157,3 +157,26 @@ def test_every_option_a_message_names_exists() -> None:
                     old.append(f"{rel}: {opt}")
     assert sorted(set(unknown)) == []
     assert sorted(set(old)) == [], "name the new spelling (docs/cli.md, Renamed options)"
+
+
+# (module, option): a message that names another command's option on purpose
+OTHER_COMMANDS = {("cmd_keys.py", "--trust-key")}  # "verify, load and fetch with: --trust-key"
+
+
+def test_each_command_module_names_only_its_commands_options() -> None:
+    """A message written by a command's module names that command's options (or says
+    which other command takes it: ``weightguard sign ...``)."""
+    by_module: dict[str, set[str]] = {}
+    for cmd in COMMANDS.values():
+        if cmd.callback is not None:
+            by_module.setdefault(cmd.callback.__module__, set()).update(_options(cmd, hidden=True))
+    wrong = []
+    for path in sorted((ROOT / "cli" / "weightguard_cli").glob("cmd_*.py")):
+        own = by_module.get(f"weightguard_cli.{path.stem}", set())
+        for s in _message_strings(path):
+            if OPTION.fullmatch(s.strip()) or "weightguard " in s:
+                continue
+            for opt in OPTION.findall(s):
+                if opt not in own and opt not in FOREIGN and (path.name, opt) not in OTHER_COMMANDS:
+                    wrong.append(f"{path.name}: {opt} in {s[:60]!r}")
+    assert wrong == []
