@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,7 +23,25 @@ from tests.support.load import (
 from weightguard.errors import IntegrityError
 from weightguard.integrations import safetensors as dropin
 
-peft = pytest.importorskip("peft")
+# find_spec, not importorskip: importing peft (and transformers with it) at collection
+# costs seconds of every `pytest --collect-only`; the tests import it when they run.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("peft") is None, reason="peft is not installed"
+)
+
+
+class _Peft:
+    """``peft``, imported on first use."""
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("_"):  # pytest probes module attributes while collecting
+            raise AttributeError(name)
+        import peft as real
+
+        return getattr(real, name)
+
+
+peft: Any = _Peft()
 
 
 class Base(torch.nn.Module):
