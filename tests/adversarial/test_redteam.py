@@ -210,3 +210,45 @@ def test_cosigned_bundles_agree_on_every_digest_the_loader_uses(tmp_path: Path) 
     policy = CoSigned(PublicKey.from_file(a_pub), PublicKey.from_file(b_pub))
     with pytest.raises(WeightguardError, match=r"different contents|digest"):
         load_file(x, policy=policy)
+
+
+# ------------------------------------------------------------------ report from S3
+
+
+class _Bucket:
+    """Just enough of an S3 client for the report's copy: one listing page and
+    downloads (the names are the point here; the real-server tests are in
+    tests/report/test_s3.py)."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+        self.downloaded: list[str] = []
+
+    def list_objects_v2(self, **kw: Any) -> dict[str, Any]:
+        keys = sorted(k for k in self.objects if k.startswith(kw["Prefix"]))
+        return {"Contents": [{"Key": k, "Size": len(self.objects[k])} for k in keys]}
+
+    def download_file(self, bucket: str, key: str, dest: str) -> None:
+        self.downloaded.append(key)
+        Path(dest).write_bytes(self.objects[key])
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["m/x/../model.safetensors", "m//model.safetensors", "m/./config.json", "m/a\\b", "m/\x01"],
+)
+def test_report_s3_copy_refuses_names_the_loader_refuses(tmp_path: Path, hostile: str) -> None:
+    """The report verifies an s3:// release on a local copy.  Before: a key such as
+    ``x/../model.safetensors`` or ``//model.safetensors`` was skipped, so the copy (and
+    the PASS verdict) left out an object that the loader and ``weightguard verify
+    s3://`` refuse the release for.  Now the whole release is refused, as there."""
+    from weightguard._internal.report.source import _download
+    from weightguard.errors import FormatError
+
+    bucket = _Bucket({"m/config.json": b"{}", "m/model.sig": b"x", hostile: b"evil"})
+    with pytest.raises(FormatError, match="listing of s3://b/m/"):
+        _download(bucket, "s3://b/m/", "b", "m/", tmp_path)
+    assert hostile not in bucket.downloaded
+    ok = _Bucket({"m/config.json": b"{}", "m/sub/": b"", "m/a:b.txt": b"1"})
+    _download(ok, "s3://b/m/", "b", "m/", tmp_path / "ok")
+    assert sorted(p.name for p in (tmp_path / "ok").rglob("*")) == ["a:b.txt", "config.json"]

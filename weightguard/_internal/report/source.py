@@ -12,9 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from weightguard._internal.foundation.names import safe_join
 from weightguard._internal.foundation.s3 import parse_s3_uri, read_client
 from weightguard._internal.load.sources import s3_list
-from weightguard.errors import SourceError
+from weightguard.errors import SourceError, WeightguardError
 from weightguard.manifest import S3Options
 
 MAX_OBJECTS = 10_000
@@ -51,13 +52,14 @@ def _download(client: Any, uri: str, bucket: str, prefix: str, dest_dir: Path) -
             if n > MAX_OBJECTS:
                 raise SourceError(f"{uri}: more than {MAX_OBJECTS} objects under the prefix")
             rel = obj["Key"][len(prefix) :]
-            parts = rel.split("/")
-            if not rel or rel.endswith("/") or any(q in ("", ".", "..") for q in parts):
+            if not rel or rel.endswith("/"):  # the prefix itself, folder markers
                 continue
-            dest = dest_dir.joinpath(*parts)
+            # A hostile bucket can hold keys like "x/../model.safetensors": refuse the
+            # release, as the loader does, never verify a copy that leaves objects out.
+            dest = safe_join(dest_dir, rel, f"listing of {uri}")
             dest.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, obj["Key"], os.fspath(dest))
-    except SourceError:
+    except WeightguardError:
         raise
     except Exception as exc:  # botocore errors, in words
         from weightguard._internal.foundation.s3errors import s3_cause
