@@ -252,3 +252,46 @@ def test_report_s3_copy_refuses_names_the_loader_refuses(tmp_path: Path, hostile
     ok = _Bucket({"m/config.json": b"{}", "m/sub/": b"", "m/a:b.txt": b"1"})
     _download(ok, "s3://b/m/", "b", "m/", tmp_path / "ok")
     assert sorted(p.name for p in (tmp_path / "ok").rglob("*")) == ["a:b.txt", "config.json"]
+
+
+# ------------------------------------------------------------------ bundle malleability
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda pem: b"any text before the armour\n" + pem,
+        lambda pem: pem + b"and after it\n",
+        lambda pem: pem.replace(b"\n", b"\r\n"),
+        lambda pem: pem.replace(b"-----\n", b"-----\nX-Note: 1\n\n", 1),
+    ],
+    ids=["leading-text", "trailing-text", "crlf", "pem-header"],
+)
+def test_old_key_bundle_rawbytes_is_canonical(tmp_path: Path, edit: Any) -> None:
+    """model_signing 0.3.1 .. 1.0.1 key bundles carry the key as PEM in ``rawBytes``.
+    PEM readers skip text around the armour and accept CRLF or headers, so an edited
+    rawBytes still named the same key: the bundle verified (library and CLI) under a
+    new bundle digest (the audit log records bundle digests), the class of issue 22's
+    ``tlogEntries: [{"x": 1}]``.  Now refused; the released vectors still verify."""
+    import base64
+    import shutil
+
+    from tests.vectors.oms import restore_untracked
+    from weightguard.errors import FormatError
+    from weightguard.policy import PublicKey
+    from weightguard.signing import verify_bundle
+
+    oms_dir = Path(__file__).resolve().parents[1] / "vectors" / "oms"
+    src = oms_dir / "ms-1.0.1" / "key-files-sha256"
+    shutil.copytree(src / "model", tmp_path / "model")
+    restore_untracked(src, tmp_path / "model")
+    sig = tmp_path / "model.sig"
+    doc = json.loads((src / "model.sig").read_bytes())
+    policy = PublicKey.from_file(oms_dir / "keys" / "key-pub.pem")
+    sig.write_bytes((src / "model.sig").read_bytes())
+    assert verify_bundle(tmp_path / "model", sig, policy).hashed  # as released
+    pk = doc["verificationMaterial"]["publicKey"]
+    pk["rawBytes"] = base64.b64encode(edit(base64.b64decode(pk["rawBytes"]))).decode()
+    sig.write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match=r"rawBytes is not the canonical PEM"):
+        verify_bundle(tmp_path / "model", sig, policy)

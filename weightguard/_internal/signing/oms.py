@@ -405,6 +405,7 @@ def _parse_public_key(value: object, pkw: str) -> tuple[str | None, bytes | None
                 f"(found {sorted(pk) or 'none'})"
             )
         key_pem = _b64decode(pk["rawBytes"], f"{pkw}.rawBytes", max_len=1 << 16)
+        _canonical_pem(key_pem, f"{pkw}.rawBytes")
         kd = pk["keyDetails"]
         if kd not in KEY_DETAILS.values():
             raise FormatError(
@@ -413,6 +414,26 @@ def _parse_public_key(value: object, pkw: str) -> tuple[str | None, bytes | None
             )
         key_details = str(kd)
     return hint, key_pem, key_details
+
+
+def _canonical_pem(pem: bytes, where: str) -> None:
+    """rawBytes must be the PEM SubjectPublicKeyInfo exactly as model_signing wrote it
+    (cryptography's encoding): PEM readers skip text around the armour and accept other
+    line breaks, so any other bytes would be a second encoding of the same signature
+    (a new bundle digest for the same proof)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise FormatError(f"{where} is not a PEM public key") from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_bytes(serialization.Encoding.PEM, spki) != pem:
+        raise FormatError(
+            f"{where} is not the canonical PEM SubjectPublicKeyInfo model_signing writes "
+            "(extra text, other line breaks or wrapping)"
+        )
 
 
 def encode_bundle(
