@@ -110,6 +110,7 @@ if TYPE_CHECKING:
     from weightguard.audit import AuditLog
 
 __all__ = [
+    "LoadOptions",
     "ModelHandle",
     "S3Options",
     "load_file",
@@ -119,6 +120,24 @@ __all__ = [
 ]
 
 DECRYPT_ON = ("auto", "gpu", "cpu")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What every entry point (:func:`open_model`, :func:`load_file`, :func:`load_model`)
+    hands the loader besides the source, device and policy: one object, its defaults in
+    one place.  The entry points keep their keyword arguments (documented on
+    :func:`open_model`); a test holds their names and defaults to these fields."""
+
+    signature: str | os.PathLike[str] | None = None
+    key: Any = None
+    key_options: Mapping[str, Any] | None = None
+    audit: AuditLog | None = None
+    workers: int | None = None
+    ring_bytes: int = DEFAULT_RING_BYTES
+    s3: S3Options | None = None
+    decrypt_on: str = "auto"
+    allowed_keys: Iterable[str] | str | None = None
 
 
 def _before_record() -> Callable[[FileJob, Record], None] | None:
@@ -367,15 +386,7 @@ class ModelHandle:
         device: str,
         *,
         policy: Any,
-        signature: str | os.PathLike[str] | None,
-        key: Any,
-        key_options: Mapping[str, Any] | None,
-        audit: AuditLog | None,
-        workers: int | None,
-        ring_bytes: int,
-        s3: S3Options | None,
-        decrypt_on: str = "auto",
-        allowed_keys: Iterable[str] | str | None = None,
+        options: LoadOptions,
     ) -> None:
         if policy is None:
             raise UnsafeOptionRequired(
@@ -386,8 +397,10 @@ class ModelHandle:
         from weightguard.audit import AuditLog
 
         self.device = str(device)
-        self._workers = workers
-        self._ring_bytes = ring_bytes
+        self._options = options
+        audit, decrypt_on, key = options.audit, options.decrypt_on, options.key
+        self._workers = options.workers
+        self._ring_bytes = options.ring_bytes
         self._decrypt_on = decrypt_on
         self._files: list[ModelFile] = []
         self._closed = False
@@ -406,7 +419,7 @@ class ModelHandle:
                 raise ConfigError(
                     f"decrypt_on={decrypt_on!r} is not one of {', '.join(DECRYPT_ON)}"
                 )
-            loc = open_location(source, s3=s3)
+            loc = open_location(source, s3=options.s3)
             self._location = loc
             self._unsafe = _is_unsafe(policy)
             layout = None
@@ -418,7 +431,7 @@ class ModelHandle:
             # chooses what is loaded until it has been checked against it.
             signed: dict[str, SignedDigests] | None = None
             verified = _verify_signature(
-                loc, policy, signature, optional=_is_unsafe(policy), layout=layout
+                loc, policy, options.signature, optional=_is_unsafe(policy), layout=layout
             )
             if verified is not None:
                 self._ctx.signer, self._ctx.bundle_digest, self._signed_all = verified
@@ -450,9 +463,9 @@ class ModelHandle:
             _unwrap_keys(
                 self._files,
                 key,
-                key_options,
+                options.key_options,
                 self._ctx,
-                allowed_keys,
+                options.allowed_keys,
                 lambda fs, exc: differs([f.name for f in fs], exc),
             )
             self._where: dict[str, ModelFile] = {}
@@ -876,10 +889,7 @@ def open_model(
     host, plaintext through the pinned ring), ``"auto"`` (gpu when Triton and a compiler
     are available, else cpu; the ``load.ok`` event says which and why).
     """
-    return ModelHandle(
-        source,
-        device,
-        policy=policy,
+    options = LoadOptions(
         signature=signature,
         key=key,
         key_options=key_options,
@@ -890,6 +900,7 @@ def open_model(
         decrypt_on=decrypt_on,
         allowed_keys=allowed_keys,
     )
+    return ModelHandle(source, device, policy=policy, options=options)
 
 
 def load_file(
