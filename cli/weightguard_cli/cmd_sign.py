@@ -38,8 +38,10 @@ def _password(var: str | None) -> bytearray | None:
 
 
 def _default_signature(model: str) -> str:
-    """Where load, fetch and verify look when --signature is not given."""
-    return os.path.join(model, "model.sig") if os.path.isdir(model) else model + ".sig"
+    """Where load, fetch and verify look when --signature is not given (the one rule)."""
+    from weightguard.verifying import default_signature
+
+    return default_signature(model, is_dir=os.path.isdir(model))
 
 
 _PEM = click.Path(exists=True, dir_okay=False)
