@@ -10,7 +10,15 @@ alternating (repetition r runs them rotated by r), warm page cache:
   on the plain file; CryptoTensors 0.2.3 (encrypted + Ed25519-signed, keys given
   directly); weightguard ``safe_open`` on the signed, encrypted artifact (signature and
   policy, key unwrap from a key file, audit events to a file with fsync, the tensor's
-  records checked and decrypted), with its open split by stage.
+  records checked and decrypted), split by stage (wall and main-thread CPU, exclusive:
+  ``open.signature``, ``open.headers``, ``open.key_unwrap``, ``open.audit`` (events
+  written), ``read.records`` (read, hash, decrypt), ``read.decision_wait`` (the open's
+  audit fsync, run during the read), ``close.audit`` (``load.ok`` + fsync), ``*.other``).
+  Each trial times the call twice: ``first`` (the process's first open: lazy imports,
+  regex and ``strptime`` tables, the cgroup read) and ``again`` (a second open in the
+  same process: the per-open fixed cost).  ``--baseline DIR`` adds
+  ``weightguard-before:*`` variants that import ``weightguard`` from ``DIR`` (e.g.
+  ``git archive HEAD weightguard | tar -x -C DIR``), alternating with the others.
 * ``half-rows``: the same, ``get_slice(name)[: rows // 2]``.
 * ``full``: every tensor.  weightguard ``safe_open`` + ``get_tensor`` of each (in
   ``keys()`` order, one call at a time) and ``safe_open(...).get_tensors()`` against
@@ -196,19 +204,19 @@ def _setup(variant: str, info: dict[str, Any]) -> Any:
         importlib.import_module(mod)
 
     art, pub = info["artifact"], info["pub"]
-    stages: dict[str, float] = {}
+    stages = _Stages()
+    stages.instrument()
 
     def wg_one() -> Any:
-        t0 = time.perf_counter()
-        policy = PublicKey.from_file(pub)
-        t1 = time.perf_counter()
-        f = weightguard.safe_open(art, policy=policy)
-        t2 = time.perf_counter()
-        with f:
+        stages.reset()
+        with stages.phase("policy"):
+            policy = PublicKey.from_file(pub)
+        with stages.phase("open"):
+            f = weightguard.safe_open(art, policy=policy)
+        with stages.phase("read"):
             t = f.get_tensor(name)
-            t3 = time.perf_counter()
-        t4 = time.perf_counter()
-        stages.update(policy=t1 - t0, open=t2 - t1, read=t3 - t2, close=t4 - t3)
+        with stages.phase("close"):
+            f.close()
         return t
 
     def wg_half() -> Any:
@@ -238,29 +246,127 @@ def _setup(variant: str, info: dict[str, Any]) -> Any:
     return fn
 
 
+class _Stages:
+    """Exclusive wall and main-thread CPU time per stage of one ``safe_open`` + read +
+    close, by wrapping the loader's steps in the trial process (nothing in weightguard
+    changes; other threads' time is not counted, their waits are)."""
+
+    STEPS = (
+        ("weightguard.loader", "_verify_signature", "signature"),
+        ("weightguard.loader", "open_file", "headers"),
+        ("weightguard.loader", "_unwrap_keys", "key_unwrap"),
+        ("weightguard.audit", "AuditLog.__init__", "audit"),
+        ("weightguard.audit", "AuditLog.emit", "audit"),
+        ("weightguard.audit", "AuditLog.close", "audit"),
+        ("weightguard._internal.load.ranges", "RangeReader.read", "records"),
+        ("weightguard.lazy", "SafeOpen._await_decision", "decision_wait"),
+    )
+
+    def __init__(self) -> None:
+        import threading
+
+        self._main = threading.main_thread()
+        self._threading = threading
+        self.result: dict[str, float] = {}
+        self._stack: list[list[float]] = []  # [wall start, cpu start, child wall, child cpu]
+        self._phase = "setup"
+
+    def reset(self) -> None:
+        self.result = {}
+        self._stack = []
+
+    def _add(self, label: str, wall: float, cpu: float) -> None:
+        self.result[label + ".wall"] = self.result.get(label + ".wall", 0.0) + wall
+        self.result[label + ".cpu"] = self.result.get(label + ".cpu", 0.0) + cpu
+
+    def _enter(self) -> None:
+        self._stack.append([time.perf_counter(), time.thread_time(), 0.0, 0.0])
+
+    def _leave(self, label: str) -> None:
+        w0, c0, cw, cc = self._stack.pop()
+        wall, cpu = time.perf_counter() - w0, time.thread_time() - c0
+        self._add(label, wall - cw, cpu - cc)
+        if self._stack:
+            self._stack[-1][2] += wall
+            self._stack[-1][3] += cpu
+
+    def phase(self, name: str) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm() -> Any:
+            self._phase = name
+            self._enter()
+            try:
+                yield
+            finally:
+                self._leave(f"{name}.other" if name != "policy" else name)
+
+        return cm()
+
+    def instrument(self) -> None:
+        import functools
+        import importlib
+
+        for mod_name, attr, label in self.STEPS:
+            owner: Any = importlib.import_module(mod_name)
+            *path, leaf = attr.split(".")
+            for part in path:
+                owner = getattr(owner, part)
+            real = getattr(owner, leaf, None)
+            if real is None:
+                continue  # e.g. the baseline has no decision wait
+
+            def wrapped(*a: Any, _real: Any = real, _label: str = label, **k: Any) -> Any:
+                if self._threading.current_thread() is not self._main or not self._stack:
+                    return _real(*a, **k)
+                self._enter()
+                try:
+                    return _real(*a, **k)
+                finally:
+                    self._leave(f"{self._phase}.{_label}")
+
+            setattr(owner, leaf, functools.wraps(real)(wrapped))
+
+
 def trial(variant: str, info_path: str) -> None:
     """Child process: set up, time one call, print a JSON line."""
     info = json.loads(Path(info_path).read_text())
+    if os.environ.get("WG_BENCH_BASELINE"):  # before the working tree (sys.path[0])
+        sys.path.insert(0, os.environ["WG_BENCH_BASELINE"])
     fn = _setup(variant, info)
-    t0 = time.perf_counter()
-    out = fn()
-    wall = time.perf_counter() - t0
-    n = len(out) if isinstance(out, dict) else 1
-    print(
-        json.dumps(
-            {"variant": variant, "wall_s": wall, "tensors": n, "stages": getattr(fn, "stages", {})}
-        )
-    )
+    load = os.getloadavg()[0]
+    import weightguard
+
+    res: dict[str, Any] = {"variant": variant, "loadavg": load, "weightguard": weightguard.__file__}
+    for when in ("first", "again"):  # the process's first call, then a second one
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        key = "" if when == "first" else "again_"
+        res |= {key + "wall_s": wall, key + "cpu_s": cpu}
+        timer = getattr(fn, "stages", None)
+        res[key + "stages"] = dict(timer.result) if timer is not None else {}
+        res["tensors"] = len(out) if isinstance(out, dict) else 1
+        del out
+        if not variant.endswith((":one", ":half")):
+            break  # full reads: once
+    print(json.dumps(res))
 
 
-def _run(variant: str, info_path: Path) -> dict[str, Any]:
+def _run(variant: str, info_path: Path, baseline: str | None = None) -> dict[str, Any]:
+    from benchmarks.harness import realtime_ok
+
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
+        "WG_BENCH_BASELINE": baseline if variant.startswith("weightguard-before:") else "",
         "PYTHONPYCACHEPREFIX": str(ROOT / "benchmarks" / "work" / "pycache"),
     }
+    trial = variant.replace("weightguard-before:", "weightguard:")
+    prefix = ["chrt", "-f", "1"] if realtime_ok() else []
     res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.lazy", "--trial", variant, str(info_path)],
+        [*prefix, sys.executable, "-m", "benchmarks.lazy", "--trial", trial, str(info_path)],
         capture_output=True,
         text=True,
         env=env,
@@ -270,7 +376,7 @@ def _run(variant: str, info_path: Path) -> dict[str, Any]:
     )
     if res.returncode != 0:
         return {"variant": variant, "error": res.stderr.strip().splitlines()[-1:]}
-    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
+    return dict(json.loads(res.stdout.strip().splitlines()[-1]), variant=variant)
 
 
 # --------------------------------------------------------------------------- counts
@@ -396,6 +502,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--only", default="", help="comma-separated case names")
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        help="a directory holding an earlier weightguard package: adds weightguard-before:"
+        " variants (one-tensor, half-rows), alternating with the others",
+    )
     ap.add_argument("--trial", nargs=2, metavar=("VARIANT", "INFO"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.trial:
@@ -413,14 +525,17 @@ def main(argv: list[str] | None = None) -> None:
         "tensor": info["tensor"],
         "tensor_bytes": info["tensor_bytes"],
         "reps": args.reps,
+        "baseline": args.baseline,
         "cases": {},
     }
     for case, variants in cases.items():
         variants = [v for v in variants if have_ct or not v.startswith("cryptotensors")]
+        if args.baseline and case in ("one-tensor", "half-rows"):
+            variants.append(variants[-1].replace("weightguard:", "weightguard-before:"))
         runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for r in range(args.reps):
             for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
-                runs[v].append(_run(v, info_path))
+                runs[v].append(_run(v, info_path, args.baseline))
         results["cases"][case] = {v: _summary(rs) for v, rs in runs.items()}
     if not args.only or "counts" in args.only.split(","):
         results["quarter_slice"] = quarter_slice(WORK / "counts")
@@ -442,12 +557,23 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "median_ms": round(1000 * statistics.median(walls), 2),
         "min_ms": round(1000 * walls[0], 2),
         "max_ms": round(1000 * walls[-1], 2),
+        "cpu_median_ms": round(1000 * statistics.median(r["cpu_s"] for r in ok), 2),
+        "loadavg_median": round(statistics.median(r["loadavg"] for r in ok), 2),
     }
-    if ok[0].get("stages"):
-        out["stages_median_ms"] = {
-            k: round(1000 * statistics.median(r["stages"][k] for r in ok), 2)
-            for k in ok[0]["stages"]
-        }
+    if "again_wall_s" in ok[0]:
+        out["again_median_ms"] = round(1000 * statistics.median(r["again_wall_s"] for r in ok), 2)
+        out["again_cpu_median_ms"] = round(
+            1000 * statistics.median(r["again_cpu_s"] for r in ok), 2
+        )
+    for key in ("stages", "again_stages"):
+        if ok[0].get(key):
+            names = sorted({k for r in ok for k in r[key]})
+            out[key + "_median_ms"] = {
+                k: round(1000 * statistics.median(r[key].get(k, 0.0) for r in ok), 2) for k in names
+            }
+    paths = sorted({r["weightguard"] for r in ok if "weightguard" in r})
+    if paths:
+        out["weightguard_from"] = paths
     return out
 
 
@@ -462,8 +588,15 @@ def _print(res: dict[str, Any]) -> None:
             if "error" in s:
                 print(f"  {v:24} error {s['error']}")
                 continue
-            extra = f"  stages {s['stages_median_ms']}" if "stages_median_ms" in s else ""
-            print(f"  {v:24} {s['median_ms']:9.2f} ms  ({s['min_ms']}-{s['max_ms']}){extra}")
+            again = f", again {s['again_median_ms']} ms" if "again_median_ms" in s else ""
+            print(
+                f"  {v:26} {s['median_ms']:9.2f} ms  ({s['min_ms']}-{s['max_ms']}) "
+                f"cpu {s['cpu_median_ms']} ms{again}, load {s['loadavg_median']}"
+            )
+            for key in ("stages_median_ms", "again_stages_median_ms"):
+                if key in s:
+                    walls = {k[:-5]: ms for k, ms in s[key].items() if k.endswith(".wall")}
+                    print(f"    {key.split('_median')[0]:13} wall {walls}")
     for key in ("quarter_slice", "tp4", "tp4_1mib_records"):
         if key in res:
             print(f"\n{key}: {json.dumps(res[key])}")

@@ -99,7 +99,6 @@ class SafeOpen:
         file: str | None = None,
     ) -> None:
         from weightguard import loader
-        from weightguard._internal.foundation.cpus import usable_cpus
         from weightguard._internal.load.ranges import DEFAULT_CACHE_BYTES, RangeReader
         from weightguard.audit import AuditLog
 
@@ -152,9 +151,10 @@ class SafeOpen:
         self._files = files
         self._where = {t.name: (f, t) for f in files for t in f.tensors}
         self._reader = RangeReader(
-            workers=workers or usable_cpus(),
+            workers=workers,  # None: the usable cores, counted when first needed
             cache_bytes=DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes,
         )
+        self._decision = _DurableDecision(self._audit)
 
     @classmethod
     def over(
@@ -168,7 +168,6 @@ class SafeOpen:
         (framework loaders that opened the model themselves).  Reads are audited in the
         handle's log; :meth:`close` writes the ``load.ok`` summary and leaves the handle
         (and its log) open for its owner."""
-        from weightguard._internal.foundation.cpus import usable_cpus
         from weightguard._internal.load.ranges import DEFAULT_CACHE_BYTES, RangeReader
 
         if handle._closed:
@@ -189,9 +188,10 @@ class SafeOpen:
         self._files = list(handle._files)
         self._where = {t.name: (f, t) for f in self._files for t in f.tensors}
         self._reader = RangeReader(
-            workers=workers or usable_cpus(),
+            workers=workers,  # None: the usable cores, counted when first needed
             cache_bytes=DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes,
         )
+        self._decision = _DurableDecision(self._audit)
         return self
 
     def lazy_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, Any]]:
@@ -258,6 +258,7 @@ class SafeOpen:
         wanted = sorted(self._where) if names is None else list(names)
         for name in wanted:
             self._lookup(name, "get_tensors")
+        self._await_decision()
         loaded = self._handle.load(wanted)  # audited by the loader (load.ok / denied)
         return {k: self._finish(v, k) for k, v in loaded.items()}
 
@@ -284,6 +285,7 @@ class SafeOpen:
             return
         self._closed = True
         try:
+            self._decision.wait(quiet=True)  # its thread ends before the log is closed
             self._reader.close()
             for loaded in self._whole.values():
                 for t in loaded.values():
@@ -353,6 +355,11 @@ class SafeOpen:
             self._deny(exc)
             raise exc
 
+    def _await_decision(self) -> None:
+        """Wait for the open's events to be durable (see :class:`_DurableDecision`); an
+        audit failure then refuses the read (fail closed)."""
+        self._decision.wait()
+
     def _info(self, name: str) -> Any:
         return self._where[name][1]
 
@@ -397,6 +404,7 @@ class SafeOpen:
         row = info.nbytes // shape[0] if shape and shape[0] else info.nbytes
         begin, end = info.begin + r0 * row, info.begin + r1 * row
         nbytes = end - begin
+        out: torch.Tensor | None = None
         try:
             dt = torch_dtype(info.dtype, path=f.display, tensor=info.name)
             out = torch.empty(nbytes, dtype=torch.uint8)
@@ -413,7 +421,10 @@ class SafeOpen:
                     view,
                     populate=lambda off, n: populate_for_write(ptr + off, n),
                 )
+            self._await_decision()  # the grant is on disk before any byte is returned
         except BaseException as exc:
+            if out is not None:
+                out.zero_()  # nothing partial, nothing unaudited, left in it
             self._deny(exc, nbytes)
             raise
         new_shape = ((r1 - r0), *shape[1:]) if shape else ()
@@ -483,6 +494,39 @@ class SafeOpen:
             self._deny(err)
             raise err from None
         return self._finish(result, name)
+
+
+class _DurableDecision:
+    """The open's audit events (``load.start``, ``verify.ok``, ``key.unwrap``: the
+    decision to serve reads) are written at once by the loader and left for the next
+    durable event to ``fsync``.  A lazy handle returns tensors long before its
+    ``load.ok`` (at close), so the open makes them durable itself: one ``flush`` of the
+    log, run in a thread while the first records are read, hashed and decrypted, and
+    waited for before any tensor is returned.  Only for a log whose sinks sync every
+    event (the default): with ``sync="batch"``/``"none"`` the caller chose fewer fsyncs.
+    """
+
+    def __init__(self, audit: Any) -> None:
+        self._audit = audit
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if any(getattr(s, "sync", None) == "event" for s in getattr(audit, "sinks", ())):
+            self._thread = threading.Thread(target=self._run, name="wg-audit-sync", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._audit.flush()
+        except BaseException as exc:  # raised to the reader (fail closed)
+            self._error = exc
+
+    def wait(self, *, quiet: bool = False) -> None:
+        t = self._thread
+        if t is not None:
+            t.join()
+            self._thread = None
+        if self._error is not None and not quiet:
+            raise self._error
 
 
 def _dim0_rows(index: Any, shape: tuple[int, ...]) -> tuple[int, int, Any]:

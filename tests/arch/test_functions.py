@@ -50,10 +50,6 @@ ALLOWED: dict[str, str] = {
     "weightguard/_internal/load/module.py::load_into_module": (
         "to split with the thin loader (issue 20 item 3)"
     ),
-    "weightguard/lazy.py::_lazy_class": (
-        "the lazy tensor class is built on first use so that torch is imported only then; "
-        "its methods close over torch's names (to split: one builder per method group)"
-    ),
     "weightguard/_internal/crypt/decrypt.py::decrypt_model": (
         "to split: plan, decrypt each file, audit (as encrypt_model)"
     ),

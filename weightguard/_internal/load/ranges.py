@@ -15,7 +15,9 @@ checked against its signed chunk digest (when the model is signed) and AEAD-decr
 
 On any failure the caller's buffer is zeroed and the first error is raised (an
 :class:`IntegrityError` in preference to others).  Records of one request are read in
-parallel by a pool the reader owns (the hashes and AES-GCM release the GIL).
+parallel by a pool the reader owns (the hashes and AES-GCM release the GIL); the pool
+(and the count of usable cores it is sized by) is made only when a request needs more
+than one record read, so an open that reads one record starts no thread.
 """
 
 from __future__ import annotations
@@ -67,8 +69,10 @@ def _uninitialized(n: int) -> Any:
 class RangeReader:
     """Reads checked byte ranges of model files; owns a small pool and an edge cache."""
 
-    def __init__(self, *, workers: int = 1, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        self.workers = max(1, int(workers))
+    def __init__(
+        self, *, workers: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES
+    ) -> None:
+        self._workers = None if workers is None else max(1, int(workers))
         self.cache_bytes = max(0, int(cache_bytes))
         self.stats = ReadStats()
         self._lock = threading.Lock()
@@ -77,6 +81,16 @@ class RangeReader:
         self._pool: cf.ThreadPoolExecutor | None = None
         self._ct_free: list[Any] = []
         self._closed = False
+
+    @property
+    def workers(self) -> int:
+        """Threads for the records of one request: ``workers=``, else the usable cores
+        (read on first need: the cgroup files cost milliseconds of a fresh process)."""
+        if self._workers is None:
+            from weightguard._internal.foundation.cpus import usable_cpus
+
+            self._workers = usable_cpus()
+        return self._workers
 
     # -- the one operation --------------------------------------------------------------
     def read(
@@ -120,7 +134,7 @@ class RangeReader:
                         self.stats.cache_hits += 1
                         continue
                 tasks.append(_Task(key, k, src_off, src_len, data_off, n, lo, hi, lo - begin))
-            if len(tasks) == 1 or self.workers == 1:
+            if len(tasks) <= 1 or self.workers == 1:
                 for t in tasks:
                     self._one(f, t, out, populate)
             elif tasks:
@@ -218,7 +232,7 @@ class RangeReader:
 
     def _give_ct(self, buf: Any) -> None:
         with self._lock:
-            if len(self._ct_free) <= self.workers:
+            if len(self._ct_free) <= (self._workers or 1):
                 self._ct_free.append(buf)
 
     @staticmethod
