@@ -295,3 +295,36 @@ def test_old_key_bundle_rawbytes_is_canonical(tmp_path: Path, edit: Any) -> None
     sig.write_text(json.dumps(doc))
     with pytest.raises(FormatError, match=r"rawBytes is not the canonical PEM"):
         verify_bundle(tmp_path / "model", sig, policy)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda vm, s0: s0.update(keyid=None),
+        lambda vm, s0: s0.pop("keyid"),
+        lambda vm, s0: vm.pop("tlogEntries"),
+        lambda vm, s0: (vm.pop("tlogEntries"), s0.update(keyid=None)),
+    ],
+    ids=["keyid-null", "keyid-removed", "tlogEntries-removed", "old-keyid-new-key"],
+)
+def test_key_bundle_shape_is_one_of_model_signings(tmp_path: Path, edit: Any) -> None:
+    """model_signing wrote two shapes of key bundle: >= 1.1 ``tlogEntries: []``,
+    ``keyid: ""`` and ``publicKey.hint``; 0.3.1 .. 1.0.1 no ``tlogEntries``,
+    ``keyid: null`` and ``rawBytes``/``keyDetails``.  Every mix of the two verified
+    (keyid "" / null / absent, tlogEntries [] / absent): a new bundle digest for the
+    same signature.  Now only the two shapes; every released vector still verifies
+    (tests/signing)."""
+    from weightguard.errors import FormatError
+    from weightguard.policy import PublicKey
+    from weightguard.signing import sign_model, verify_bundle
+
+    model = _plain_model(tmp_path / "m")
+    signer, pub = _key(tmp_path, "k")
+    sig = tmp_path / "m.sig"
+    sign_model(model, sig, signer)
+    verify_bundle(model, sig, PublicKey.from_file(pub))
+    doc = json.loads(sig.read_bytes())
+    edit(doc["verificationMaterial"], doc["dsseEnvelope"]["signatures"][0])
+    sig.write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match=r"the shapes model_signing writes"):
+        verify_bundle(model, sig, PublicKey.from_file(pub))

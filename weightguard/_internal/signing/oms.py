@@ -297,6 +297,7 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
             f"{path}: dsseEnvelope.signatures[0].keyid must be empty "
             "(weightguard does not use or verify key ids)"
         )
+    _check_shape(kind, hint, "tlogEntries" in vm, sig_obj, path)
     sig = _b64decode(sig_obj.get("sig"), f"{path}: dsseEnvelope.signatures[0].sig", max_len=4096)
     if not sig:
         raise FormatError(f"{path}: dsseEnvelope.signatures[0].sig is empty")
@@ -313,6 +314,30 @@ def parse_bundle(data: bytes, *, path: str = "signature") -> Bundle:
         key_pem=key_pem,
         key_details=key_details,
     )
+
+
+def _check_shape(
+    kind: str, hint: str | None, has_tlog: bool, sig_obj: dict[str, Any], path: str
+) -> None:
+    """Key and certificate bundles in one of the two shapes model_signing wrote, never a
+    mix (each mix would be another encoding of the same signature, a new bundle digest):
+    >= 1.1 ``tlogEntries: []`` with ``keyid: ""`` (and a key's ``hint``), 0.3.1 .. 1.0.1
+    no ``tlogEntries`` with ``keyid: null`` (and a key's ``rawBytes``/``keyDetails``)."""
+    if kind not in ("key", "x509"):
+        return
+    keyid = sig_obj.get("keyid", ...)
+    if kind == "key" and (hint is not None) != has_tlog:
+        raise FormatError(
+            f"{path}: verificationMaterial: a key bundle with "
+            + ("publicKey.hint carries tlogEntries: []" if hint else "rawBytes has no tlogEntries")
+            + " (the shapes model_signing writes)"
+        )
+    if keyid is ... or keyid != ("" if has_tlog else None):
+        raise FormatError(
+            f"{path}: dsseEnvelope.signatures[0].keyid must be "
+            + ('"" beside tlogEntries' if has_tlog else "null without tlogEntries")
+            + " (the shapes model_signing writes)"
+        )
 
 
 def _parse_material(
