@@ -92,6 +92,10 @@ _LOAD_MODULES = (
     "weightguard.verifying",
     "weightguard._internal.format.layout",
     "weightguard._internal.keys.providers",
+    "weightguard._internal.keys.unwrap",
+    "weightguard._internal.signing.signers.certificate",  # verifying imports all three
+    "weightguard._internal.signing.signers.ec_key",
+    "weightguard._internal.signing.signers.sigstore",
     "weightguard._internal.foundation.cpus",
     "weightguard._internal.devices.cpu",
     "weightguard._internal.devices.aes_ctr_triton",
