@@ -315,7 +315,6 @@ def _unwrap_keys(
     header was used before its whole-file digest could be checked) differs from its
     signature; called before a refusal the header's content may have caused stands.
     """
-    from weightguard._internal.format import layout as fmt
     from weightguard._internal.keys.unwrap import unwrap_groups
 
     enc = [f for f in files if f.encrypted]
@@ -327,7 +326,7 @@ def _unwrap_keys(
             differs([enc[i] for i in indexes], exc)
 
     groups = unwrap_groups(
-        [f.header.wrapped_key for f in enc],
+        [f.artifact.wrapped_key for f in enc],
         key=key,
         key_options=key_options,
         allowed_keys=allowed_keys,
@@ -343,7 +342,7 @@ def _unwrap_keys(
         try:
             for f, dk in zip(group, data_keys, strict=True):
                 try:
-                    f.cipher = fmt.ChunkCipher(f.header, dk)
+                    f.unlock(dk)
                 except WrongKeyError as exc:  # key commitment: wrong key, or changed header
                     if differs is not None:
                         differs([f], exc)
@@ -351,7 +350,7 @@ def _unwrap_keys(
         finally:
             for dk in data_keys:
                 wipe(dk)
-        wk = group[0].header.wrapped_key
+        wk = group[0].artifact.wrapped_key
         ctx.keys.append({"key_id": wk.uri, "key_version": wk.key_version, "provider": wk.provider})
     ctx.audit.emit(
         "key.unwrap",
@@ -361,10 +360,7 @@ def _unwrap_keys(
         round_trips=round_trips,
     )
     for f in enc:  # the (authenticated) original safetensors header, from record 0
-        ah = f.header
-        off, length = ah.record_span(0)
-        # decrypted, checked against the artifact header and parsed once
-        f.st_raw, f.tensors, f.metadata = f.cipher.open_st_header(f.head[off : off + length])
+        f.open_header()
 
 
 # --------------------------------------------------------------------------- handle

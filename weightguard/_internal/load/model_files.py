@@ -20,7 +20,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weightguard._internal.format.model_dir import top_level_weights
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, TensorInfo
@@ -30,6 +30,9 @@ from weightguard._internal.load.plan import Geometry
 from weightguard._internal.load.sources import Location, Source
 from weightguard._internal.load.stream_digests import StreamCheck
 from weightguard.errors import CoverageError, FormatError, IntegrityError
+
+if TYPE_CHECKING:
+    from weightguard._internal.format.layout import ArtifactHeader, ChunkCipher
 
 __all__ = [
     "INDEX_NAME",
@@ -58,12 +61,39 @@ class ModelFile:
     tensors: tuple[TensorInfo, ...]
     metadata: dict[str, str] | None
     header_digest: str
-    header: Any = None  # ArtifactHeader for encrypted files
-    cipher: Any = None  # ChunkCipher once the key was unwrapped
+    header: ArtifactHeader | None = None  # an encrypted file's artifact header
+    cipher: ChunkCipher | None = None  # an encrypted file's, once unlocked
     # the bytes [0, data_offset) of an artifact, verified unless streamed; of a streamed
     # plain file, its header segment (hashed first in each load)
     head: bytes = b""
     st_raw: bytes = b""  # the original safetensors header segment (u64 length + JSON)
+
+    # A ModelFile is completed here, in two steps the loader runs in order: open_file
+    # (head read and checked against the signature), then, for an encrypted file,
+    # unlock (its data key) and open_header (its authenticated safetensors header).
+
+    @property
+    def artifact(self) -> ArtifactHeader:
+        """The artifact header of an encrypted file."""
+        if self.header is None:
+            raise FormatError(f"{self.display}: not an encrypted artifact")
+        return self.header
+
+    def unlock(self, data_key: bytearray) -> None:
+        """The file's cipher from its data key (key commitment checked: WrongKeyError)."""
+        from weightguard._internal.format.layout import ChunkCipher
+
+        self.cipher = ChunkCipher(self.artifact, data_key)
+
+    def open_header(self) -> None:
+        """The original safetensors header, from record 0: decrypted, checked against
+        the artifact header and parsed once (tensors and metadata)."""
+        if self.cipher is None:
+            raise FormatError(f"{self.display}: its data key was not unwrapped")
+        off, length = self.artifact.record_span(0)
+        self.st_raw, self.tensors, self.metadata = self.cipher.open_st_header(
+            self.head[off : off + length]
+        )
 
     @property
     def streamed(self) -> bool:
