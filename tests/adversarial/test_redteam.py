@@ -328,3 +328,41 @@ def test_key_bundle_shape_is_one_of_model_signings(tmp_path: Path, edit: Any) ->
     sig.write_text(json.dumps(doc))
     with pytest.raises(FormatError, match=r"the shapes model_signing writes"):
         verify_bundle(model, sig, PublicKey.from_file(pub))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H10 (signers/certificate.py prove_chain): certificates in "
+    "x509CertificateChain that the validated path does not use (the leaf again, an "
+    "intermediate twice) are skipped over, so the bundle verifies under a new digest",
+)
+def test_certificate_bundle_carries_no_unused_certificates(tmp_path: Path) -> None:
+    """Issue 22's canonical-bundle class for certificate bundles: the leaf appended
+    once more to the chain leaves the proof unchanged and the bundle digest new.
+    (Note: ECDSA signatures themselves stay malleable, (r, s) -> (r, n - s), and
+    model_signing does not normalise s, so a bundle digest can never be the only name
+    of a signature.)"""
+    import base64
+
+    from cryptography import x509
+
+    from tests.support.signing import write_chain
+    from weightguard.errors import WeightguardError
+    from weightguard.policy import ChainRoot
+    from weightguard.signing import CertificateSigner, KeySigner, sign_model, verify_bundle
+
+    model = _plain_model(tmp_path / "m")
+    pem = write_chain(tmp_path)
+    leaf = x509.load_pem_x509_certificate(pem["leaf_cert"].read_bytes())
+    inter = x509.load_pem_x509_certificate(pem["intermediate"].read_bytes())
+    key = KeySigner.from_file(pem["leaf_key"])._key
+    sig = tmp_path / "m.sig"
+    sign_model(model, sig, CertificateSigner(key, leaf, [inter]))
+    verify_bundle(model, sig, ChainRoot(pem["root"]))
+    doc = json.loads(sig.read_bytes())
+    certs = doc["verificationMaterial"]["x509CertificateChain"]["certificates"]
+    certs.append({"rawBytes": certs[0]["rawBytes"]})
+    assert base64.b64decode(certs[-1]["rawBytes"])
+    sig.write_text(json.dumps(doc))
+    with pytest.raises(WeightguardError, match="certificate"):
+        verify_bundle(model, sig, ChainRoot(pem["root"]))
