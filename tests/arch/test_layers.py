@@ -47,7 +47,8 @@ PUBLIC_RANKS = {
     "weightguard.integrations.peft": 6,
     "weightguard.integrations.sentence_transformers": 6,
     "weightguard.integrations.transformers": 6,
-    "weightguard.integrations.vllm": 6,
+    "weightguard.integrations.vllm_lora": 6,  # LoRA adapters; the vllm plugin calls it
+    "weightguard.integrations.vllm": 7,  # its plugin registers vllm_lora too
 }
 
 

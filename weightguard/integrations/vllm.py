@@ -515,3 +515,6 @@ def register() -> None:
     if getattr(registry.get(LOAD_FORMAT), "__name__", "") != "WeightguardModelLoader":
         model_loader.register_model_loader(LOAD_FORMAT)(_loader_class())
     _patch_engine_args()
+    from weightguard.integrations import vllm_lora
+
+    vllm_lora.register()  # LoRA adapters released with weightguard: verified in the worker
