@@ -408,7 +408,10 @@ def _watermark(
     outputs = doc.get("outputs_sha256") if isinstance(doc.get("outputs_sha256"), dict) else {}
     assert isinstance(outputs, dict)
     match = "release not verified: not compared"
-    if manifest is not None:
+    tied = False
+    if manifest is not None and not outputs:
+        match = "no marked outputs listed: not tied to this release"
+    elif manifest is not None:
         signed = {
             (root.name if n == "." else n): f.resource_digest.hex()
             for n, f in manifest.files.items()
@@ -420,6 +423,7 @@ def _watermark(
             same = [n for n, d in outputs.items() if signed.get(n) == d]
             differ = [n for n in outputs if n not in same]
             match = f"{len(same)} of {len(outputs)} marked output(s) are the verified files"
+            tied = not differ
             if differ:
                 match += " (differ or absent: " + ", ".join(sorted(differ)[:5]) + ")"
     params = doc.get("params") if isinstance(doc.get("params"), dict) else {}
@@ -435,6 +439,7 @@ def _watermark(
         else None,
         outputs={str(k): str(v) for k, v in outputs.items()},
         outputs_match=match,
+        tied=tied,
     )
     if key is not None:
         try:
@@ -604,8 +609,16 @@ def _headline(ev: Evidence) -> None:
         )
     else:
         plevel, pwords = ATTENTION, "nothing encrypted"
-    if pr.watermark is not None:
+    if pr.watermark is not None and pr.watermark.tied:
         pwords += f"; watermark committed ({pr.watermark.scheme})"
+    elif pr.watermark is not None:
+        # the commitment file is not signed: a claim, unless its outputs are the
+        # verified files
+        plevel = FAIL if plevel == FAIL else ATTENTION
+        pwords += (
+            "; a watermark commitment is beside the release but not tied to its "
+            f"verified files ({pr.watermark.outputs_match})"
+        )
     lines.append(("Protection", plevel, pwords))
     st = acc.stats
     if acc.verdict == "NONE":

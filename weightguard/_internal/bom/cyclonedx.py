@@ -271,6 +271,9 @@ def build(
             ("watermark:time", wm.time),
             ("watermark:key_ref", wm.key_ref),
             ("watermark:outputs", wm.outputs_match),
+            # the commitment file is not signed: tied only if its outputs are the
+            # verified files
+            ("watermark:tied_to_verified_files", "true" if wm.tied else "false"),
         ]
     refs = [
         ExternalReference(

@@ -88,6 +88,9 @@ class Watermark:
     outputs: dict[str, str]
     outputs_match: str  # words: which outputs match the verified digests
     key_check: str | None = None  # words: the given key is / is not the committed one
+    # every marked output it lists (at least one) is a verified file, digest equal: the
+    # commitment file itself is not signed, so only this ties it to the release
+    tied: bool = False
 
 
 @dataclass
