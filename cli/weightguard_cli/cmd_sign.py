@@ -154,36 +154,11 @@ def sign(
 
     An existing signature is never replaced silently: add a second one with
     --co-sign NAME, or overwrite with --replace."""
-    from weightguard.signing import (
-        CertificateSigner,
-        KeySigner,
-        Signer,
-        SigstoreSigner,
-        VaultTransitSigner,
-        cosignature_path,
-        sign_model,
-    )
+    from weightguard.signing import cosignature_path, sign_model
 
-    modes = sum([key is not None and cert is None, cert is not None, bool(vault_key), sigstore])
-    if modes != 1:
-        raise click.UsageError(
-            "choose exactly one signer: --signing-key, --signing-cert with --signing-key, "
-            "--signing-vault-key or --sigstore"
-        )
-    signer: Signer
-    if cert is not None:
-        if key is None:
-            raise click.UsageError(
-                "--signing-cert needs --signing-key (the certificate's private key)"
-            )
-        pw = _password(password_env)
-        signer = CertificateSigner.from_files(key, cert, cert_chain, pw)
-    elif key is not None:
-        signer = KeySigner.from_file(key, _password(password_env))
-    elif vault_key:
-        signer = VaultTransitSigner(vault_key)
-    else:
-        signer = SigstoreSigner(identity_token, staging=sigstore_staging)
+    signer = _signer(
+        key, password_env, cert, cert_chain, vault_key, sigstore, identity_token, sigstore_staging
+    )
     if signature is None:
         signature = _default_signature(model)
     if co_sign is not None:
@@ -222,6 +197,43 @@ def sign(
     else:
         click.echo(f"signed {len(result.files)} file(s) -> {result.signature}")
         click.echo(f"signer: {result.signer}")
+
+
+def _signer(
+    key: str | None,
+    password_env: str | None,
+    cert: str | None,
+    cert_chain: tuple[str, ...],
+    vault_key: str | None,
+    sigstore: bool,
+    identity_token: str | None,
+    sigstore_staging: bool,
+) -> Any:
+    """The one signer the options name (a usage error unless exactly one)."""
+    from weightguard.signing import (
+        CertificateSigner,
+        KeySigner,
+        SigstoreSigner,
+        VaultTransitSigner,
+    )
+
+    modes = sum([key is not None and cert is None, cert is not None, bool(vault_key), sigstore])
+    if modes != 1:
+        raise click.UsageError(
+            "choose exactly one signer: --signing-key, --signing-cert with --signing-key, "
+            "--signing-vault-key or --sigstore"
+        )
+    if cert is not None:
+        if key is None:
+            raise click.UsageError(
+                "--signing-cert needs --signing-key (the certificate's private key)"
+            )
+        return CertificateSigner.from_files(key, cert, cert_chain, _password(password_env))
+    if key is not None:
+        return KeySigner.from_file(key, _password(password_env))
+    if vault_key:
+        return VaultTransitSigner(vault_key)
+    return SigstoreSigner(identity_token, staging=sigstore_staging)
 
 
 @click.command("verify")

@@ -62,10 +62,6 @@ ALLOWED: dict[str, str] = {
     "weightguard/_internal/format/layout.py::_header_from_raw": (
         "the artifact header parser, field by field in the format's order (docs/format.md)"
     ),
-    "cli/weightguard_cli/cmd_sign.py::sign": (
-        "one click command: option checks, then the signer, then output; to split "
-        "with the vocabulary work (issue 20 item 4)"
-    ),
     "weightguard/_internal/load/push.py::push_model": (
         "to split with one S3 module (issue 20 item 3)"
     ),
