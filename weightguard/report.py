@@ -531,6 +531,7 @@ def _access(
 
     acc = Access()
     stats = AccessStats()
+    counted: dict[str, tuple[tuple[Any, ...], str]] = {}  # log id -> (its state, source)
     for src in logs:
         anc = anchor if anchor is not None else (src if src.startswith("s3://") else None)
         if on_verifying is not None:
@@ -560,6 +561,23 @@ def _access(
         acc.logs.append(lv)
         if on_verified is not None:
             on_verified(src, res.records)
+        states = {s.log_id: (s.records, s.last_seq, s.head) for s in res.logs}
+        again = sorted(set(states) & set(counted))
+        if again:
+            # The same log given twice (or a copy of it) is counted once; a log id whose
+            # records differ between two sources is a fork or an old copy: neither is
+            # the one log, so it is not summarised and the access verdict fails.
+            first = counted[again[0]][1]
+            if all(counted[i][0] == states[i] for i in again) and set(states) <= set(counted):
+                lv.verdict = "DUPLICATE"
+                lv.text = f"the same log as {first} (log {again[0][:8]}): counted once"
+            else:
+                lv.verdict = "OVERLAP"
+                lv.text = (
+                    f"log {again[0][:8]} is also in {first} with other records: not "
+                    "summarised (give each log once, its newest copy)"
+                )
+            continue
         one, changed = _count(src, res, progress)
         if changed is not None:
             lv.verdict = "CHANGED"
@@ -569,12 +587,13 @@ def _access(
             )
             continue
         lv.summarised = True
+        counted.update({i: (st, src) for i, st in states.items()})
         stats.merge(one)
         acc.stats = stats
     verdicts = {lv.verdict for lv in acc.logs}
     if not acc.logs:
         acc.verdict = "NONE"
-    elif verdicts - {"OK", "UNSIGNED"}:
+    elif verdicts - {"OK", "UNSIGNED", "DUPLICATE"}:
         acc.verdict = "UNVERIFIABLE"
     else:
         acc.verdict = "UNSIGNED" if "UNSIGNED" in verdicts else "OK"
@@ -624,7 +643,11 @@ def _headline(ev: Evidence) -> None:
     if acc.verdict == "NONE":
         lines.append(("Access", ATTENTION, "no audit log given: who loaded it is not shown"))
     elif acc.verdict == "UNVERIFIABLE":
-        bad = [f"{lv.source} ({lv.verdict})" for lv in acc.logs if not lv.summarised]
+        bad = [
+            f"{lv.source} ({lv.verdict})"
+            for lv in acc.logs
+            if not lv.summarised and lv.verdict != "DUPLICATE"
+        ]
         lines.append(("Access", FAIL, "UNVERIFIABLE log(s), not summarised: " + ", ".join(bad)))
     else:
         assert st is not None

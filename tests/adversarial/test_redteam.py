@@ -402,3 +402,48 @@ def test_report_unsigned_watermark_commitment_is_not_a_fact(
     bom = json.loads(build_bom(model, policy, signature=tmp_path / "model.sig"))
     props = {p["name"]: p["value"] for p in bom["metadata"]["component"]["properties"]}
     assert props["weightguard:watermark:tied_to_verified_files"] == "false"
+
+
+def test_report_counts_each_log_once(tmp_path: Path) -> None:
+    """The same access log given twice (or a copy of it under another name) doubled
+    every total: 3 loads reported as 6.  Now a log (by its id) is counted once; a
+    second source holding the same log id with other records is not summarised and
+    the access verdict is UNVERIFIABLE."""
+    import shutil
+
+    from weightguard import audit
+    from weightguard.policy import PublicKey
+    from weightguard.report import build_report
+    from weightguard.signing import sign_model
+
+    model = _plain_model(tmp_path / "m")
+    signer, pub = _key(tmp_path, "rel")
+    sign_model(model, tmp_path / "model.sig", signer)
+    cp = tmp_path / "cp.pem"
+    audit.generate_checkpoint_key(os.fspath(cp))
+    log = tmp_path / "log.jsonl"
+    with audit.AuditLog(str(log), signing_key=str(cp)) as a:
+        for _ in range(3):
+            a.emit("load.ok", object={"uri": "m"}, subject={"user": "u", "host": "h"})
+    shutil.copy(log, tmp_path / "copy.jsonl")
+    older = tmp_path / "older.jsonl"
+    older.write_bytes(b"".join(log.read_bytes().splitlines(keepends=True)[:2]))
+
+    def report(*logs: Path) -> Any:
+        return build_report(
+            model,
+            PublicKey.from_file(pub),
+            signature=tmp_path / "model.sig",
+            access_logs=list(logs),
+            checkpoint_key=Path(f"{cp}.pub"),
+            max_unsigned_tail=10,
+        )
+
+    assert report(log).access.stats.loads == 3
+    for second in (log, tmp_path / "copy.jsonl"):
+        acc = report(log, second).access
+        assert acc.stats.loads == 3 and acc.verdict == "OK"
+        assert [lv.verdict for lv in acc.logs] == ["OK", "DUPLICATE"]
+    acc = report(log, older).access
+    assert acc.stats.loads == 3 and acc.verdict == "UNVERIFIABLE"
+    assert acc.logs[1].verdict == "OVERLAP" and not acc.logs[1].summarised

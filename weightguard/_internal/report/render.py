@@ -252,7 +252,7 @@ def render_html(ev: Evidence) -> str:
     for lv in acc.logs:
         for w in lv.warnings:
             o.append(f'<p class="warn">{_e(lv.source)}: {_e(w)}</p>')
-        if not lv.summarised:
+        if not lv.summarised and lv.verdict != "DUPLICATE":
             o.append(
                 f'<p class="bad">{_e(lv.source)} is {_e(lv.verdict)}: its events are NOT '
                 "summarised below (a log that does not verify proves nothing about who "
