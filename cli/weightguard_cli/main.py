@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> Any:
         missing = missing_extra(exc)
         if missing is None:
             raise
-        _fail(args, missing, "MissingExtra")
+        _fail(args, str(missing), type(missing).__name__, missing.message, missing.hint)
         sys.exit(1)
     except OSError as exc:  # a file or socket the command touched directly
         where = f": {exc.filename}" if exc.filename else ""
