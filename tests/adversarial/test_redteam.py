@@ -368,10 +368,7 @@ def test_certificate_bundle_carries_no_unused_certificates(tmp_path: Path) -> No
         verify_bundle(model, sig, ChainRoot(pem["root"]))
 
 
-@pytest.mark.parametrize("outputs", [{}, {"model.safetensors": "00" * 32}])
-def test_report_unsigned_watermark_commitment_is_not_a_fact(
-    tmp_path: Path, outputs: dict[str, str]
-) -> None:
+def test_report_unsigned_watermark_commitment_is_not_a_fact(tmp_path: Path) -> None:
     """The watermark commitment (``<release>.wmcommit.json``) is not signed.  Anyone
     could put one beside a release and the verdict box said "watermark committed",
     even when it listed no marked output (\"0 of 0 marked output(s) are the verified
@@ -385,20 +382,21 @@ def test_report_unsigned_watermark_commitment_is_not_a_fact(
     model = _plain_model(tmp_path / "m")
     signer, pub = _key(tmp_path, "rel")
     sign_model(model, tmp_path / "model.sig", signer)
-    forged = {
-        "commitment": "ab" * 32,
-        "params": {"scheme": "wg-forged"},
-        "key_ref": "vault://transit/keys/wm",
-        "outputs_sha256": outputs,
-    }
-    (tmp_path / "m.wmcommit.json").write_text(json.dumps(forged))
     policy = PublicKey.from_file(pub)
-    ev = build_report(model, policy, signature=tmp_path / "model.sig")
-    assert ev.provenance.verdict == "PASS"
-    (area, level, words) = ev.headline[1]
-    assert area == "Protection" and "watermark committed" not in words
-    assert "not tied to its verified files" in words and level != "PASS"
-    assert ev.protection.watermark is not None and not ev.protection.watermark.tied
+    for outputs in ({}, {"model.safetensors": "00" * 32}):
+        forged = {
+            "commitment": "ab" * 32,
+            "params": {"scheme": "wg-forged"},
+            "key_ref": "vault://transit/keys/wm",
+            "outputs_sha256": outputs,
+        }
+        (tmp_path / "m.wmcommit.json").write_text(json.dumps(forged))
+        ev = build_report(model, policy, signature=tmp_path / "model.sig")
+        assert ev.provenance.verdict == "PASS"
+        (area, level, words) = ev.headline[1]
+        assert area == "Protection" and "watermark committed" not in words
+        assert "not tied to its verified files" in words and level != "PASS"
+        assert ev.protection.watermark is not None and not ev.protection.watermark.tied
     bom = json.loads(build_bom(model, policy, signature=tmp_path / "model.sig"))
     props = {p["name"]: p["value"] for p in bom["metadata"]["component"]["properties"]}
     assert props["weightguard:watermark:tied_to_verified_files"] == "false"
