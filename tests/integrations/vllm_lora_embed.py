@@ -1,11 +1,15 @@
 """Run by the vLLM venv's python (tests/integrations/test_vllm_lora.py): embed texts with
 vLLM, once with no adapter and once per LoRA adapter, in one engine.
 
-    python vllm_lora_embed.py '{"model": ..., "texts": [...], "adapters": {"name": path}}'
+    python vllm_lora_embed.py '{"model": ..., "texts": [...],
+                                "adapters": [[name, path, how], ...]}'
 
-Prints ``RESULT <name> {"embeddings": [...]}`` per adapter (``base``: none), or
-``ERROR <name> <type>: <message>`` when vLLM refused the adapter; the adapters run in the
-order given, so a refused one goes last.
+``how``: ``"request"`` (``LoRARequest`` on the embed call: vLLM loads the adapter while
+running the step, where a failure stops its engine core) or ``"add_lora"`` (loaded first
+with ``llm_engine.add_lora``, vLLM's utility call, as the server's ``--lora-modules`` and
+``/v1/load_lora_adapter`` do: a failure comes back to the caller).  Prints
+``RESULT <name> {"embeddings": [...]}`` per adapter (``base``: none; ``after``: none,
+after all adapters), or ``ERROR <name> <type>: <message>`` when vLLM refused the adapter.
 """
 
 from __future__ import annotations
@@ -33,14 +37,19 @@ def main() -> None:
     texts = spec["texts"]
     out = llm.embed(texts)
     print("RESULT base " + json.dumps({"embeddings": [list(o.outputs.embedding) for o in out]}))
-    for i, (name, path) in enumerate(spec["adapters"].items(), start=1):
+    for i, (name, path, how) in enumerate(spec["adapters"], start=1):
+        request = LoRARequest(name, i, path)
         try:
-            out = llm.embed(texts, lora_request=LoRARequest(name, i, path))
+            if how == "add_lora":
+                llm.llm_engine.add_lora(request)
+            out = llm.embed(texts, lora_request=request)
         except Exception as exc:
             print(f"ERROR {name} {type(exc).__name__}: {exc}", flush=True)
             continue
         embeddings = [list(o.outputs.embedding) for o in out]
         print(f"RESULT {name} " + json.dumps({"embeddings": embeddings}), flush=True)
+    out = llm.embed(texts)  # the engine still serves
+    print("RESULT after " + json.dumps({"embeddings": [list(o.outputs.embedding) for o in out]}))
 
 
 if __name__ == "__main__":
