@@ -26,7 +26,7 @@ from tests.support.load import (
 )
 from weightguard import loader
 from weightguard._internal.devices.observe import observing
-from weightguard.errors import UnsafeOptionRequired
+from weightguard.errors import ConfigError, UnsafeOptionRequired
 from weightguard.policy import UnsafeNoVerification
 
 
@@ -122,7 +122,7 @@ def test_subset_reads_only_touched_chunks(tmp_path, file_key, sign_keys) -> None
         assert torch.equal(part["layer9.w"], expected["layer9.w"])
         ok = last(sink, "load.ok")
         assert ok["bytes"] <= 2 * (16384 + 2 * 4096 + 64)  # a few chunks, not 256 KiB
-        with pytest.raises(Exception, match="no tensor named 'nope'"):
+        with pytest.raises(ConfigError, match="no tensor named 'nope'"):
             m.load(["nope"])
     assert events(sink).count("key.unwrap") == 1
 

@@ -24,7 +24,12 @@ from tests.support.load import (
 )
 from weightguard import loader
 from weightguard._internal.load.sources import RetryPolicy, S3Options
-from weightguard.errors import KeyAccessDenied, KeyUnavailableError, SourceError
+from weightguard.errors import (
+    KeyAccessDenied,
+    KeyUnavailableError,
+    SourceError,
+    UnsafeOptionRequired,
+)
 
 FAST = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.02)
 
@@ -89,7 +94,7 @@ def test_fetch_to_tmpfs(vault_model, sign_keys, tmp_path) -> None:
     from weightguard.transfer import fetch_model
 
     audit, sink = memory_audit()
-    with pytest.raises(Exception, match="not on tmpfs"):
+    with pytest.raises(UnsafeOptionRequired, match="not on tmpfs"):
         fetch_model(src, tmp_path / "out", policy=sign_keys.policy(), audit=audit)
     shm = Path("/dev/shm")
     if not shm.is_dir():
