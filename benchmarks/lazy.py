@@ -509,9 +509,15 @@ def main(argv: list[str] | None = None) -> None:
         " variants (one-tensor, half-rows), alternating with the others",
     )
     ap.add_argument("--trial", nargs=2, metavar=("VARIANT", "INFO"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--doc", nargs="+", metavar="RESULT", help="print docs/lazy.md's tables from result files"
+    )
     args = ap.parse_args(argv)
     if args.trial:
         trial(*args.trial)
+        return
+    if args.doc:
+        print(doc_tables([json.loads(Path(p).read_text()) | {"file": p} for p in args.doc]))
         return
     info = prepare(args.size_mib)
     info_path = WORK / f"m{args.size_mib}" / "prepared.json"
@@ -574,6 +580,121 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     paths = sorted({r["weightguard"] for r in ok if "weightguard" in r})
     if paths:
         out["weightguard_from"] = paths
+    return out
+
+
+STAGE_ORDER = (
+    ("policy", "policy (`PublicKey.from_file`)"),
+    ("open.signature", "open: signature + policy"),
+    ("open.headers", "open: weight file header parsed, checked"),
+    ("open.key_unwrap", "open: key unwrap + header record decrypted"),
+    ("open.audit", "open: audit log opened, 3 events written"),
+    ("open.other", "open: the rest"),
+    ("read.records", "read: record(s) read, hashed, decrypted"),
+    ("read.decision_wait", "read: waiting for the open's audit fsync"),
+    ("read.other", "read: the rest"),
+    ("close.audit", "close: `load.ok` + fsync, log closed"),
+    ("close.other", "close: cache wiped, keys dropped"),
+)
+
+
+def doc_tables(results: list[dict[str, Any]]) -> str:
+    """docs/lazy.md's tables from result files (so the figures are never copied by hand)."""
+    lines: list[str] = []
+    for res in results:
+        m = res["machine"]
+        lines.append(
+            f"`{Path(res['file']).name}`: {res['size_mib']} MiB model, {res['reps']} "
+            f"repetitions, {m['cores']} cores, load average {m['loadavg'][0]} at the start"
+            f"{', trials under chrt -f 1' if m.get('trials_under_chrt_f1') else ''}."
+        )
+        lines.append("")
+        cases = res["cases"]
+        if "one-tensor" in cases:
+            lines += _doc_one(res)
+        if "full" in cases:
+            lines += _doc_full(cases["full"])
+        for key in ("quarter_slice", "tp4", "tp4_1mib_records"):
+            if key in res:
+                lines.append(f"* `{key}`: `{json.dumps(res[key])}`")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _doc_one(res: dict[str, Any]) -> list[str]:
+    one, half = res["cases"]["one-tensor"], res["cases"].get("half-rows", {})
+    kib = res["tensor_bytes"] / (1 << 20)
+    out = [
+        f"One tensor (`{res['tensor']}`, {kib:.1f} MiB), open to tensor to close, medians "
+        "(ms): `first` is a fresh process's first call, `again` a second one in the same "
+        "process; CPU is the process's CPU time of the first call.",
+        "",
+        "| variant | first | CPU | again | half of its rows (`get_slice`), first | load avg |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for v, s in one.items():
+        if "error" in s:
+            continue
+        h = half.get(v.replace(":one", ":half"), {})
+        out.append(
+            f"| {v.replace(':one', '')} | {_ms(s['median_ms'])} | {_ms(s['cpu_median_ms'])} | "
+            f"{_ms(s.get('again_median_ms'))} | {_ms(h.get('median_ms'))} | "
+            f"{s['loadavg_median']} |"
+        )
+    w, ct, st = (
+        one.get(k, {}) for k in ("weightguard:one", "cryptotensors:one", "safetensors:one")
+    )
+    if all("median_ms" in x for x in (w, ct, st)):
+        out.append("")
+        for label, key in (("first call", "median_ms"), ("again", "again_median_ms")):
+            a, b, c = w.get(key), ct.get(key), st.get(key)
+            if a and b and c:
+                out.append(
+                    f"* goal, {label}: weightguard {a / b:.1f}x CryptoTensors (goal <= 1.0: "
+                    f"{'met' if a <= b else 'not met'}), {a / c:.0f}x safetensors (goal <= 2: "
+                    f"{'met' if a <= 2 * c else 'not met'})"
+                )
+    wg = [v for v in one if v.startswith("weightguard") and "stages_median_ms" in one[v]]
+    if wg:
+        out += ["", "weightguard by stage, medians (ms), wall / main-thread CPU:", ""]
+        head = " | ".join(f"{v.replace(':one', '')} {w}" for v in wg for w in ("first", "again"))
+        out += [f"| stage | {head} |", "| --- |" + " --- |" * (2 * len(wg))]
+        for key, label in STAGE_ORDER:
+            cells = []
+            for v in wg:
+                for st in ("stages_median_ms", "again_stages_median_ms"):
+                    d = one[v].get(st, {})
+                    w, c = d.get(key + ".wall"), d.get(key + ".cpu")
+                    cells.append("-" if w is None else f"{w:.2f} / {c:.2f}")
+            out.append(f"| {label} | {' | '.join(cells)} |")
+    out.append("")
+    return out
+
+
+FULL_LABELS = {
+    "weightguard:full": "weightguard `get_tensor` of each name in `keys()` order",
+    "weightguard:get_tensors": "weightguard `safe_open(...).get_tensors()`",
+    "weightguard:load_file": "weightguard `load_file`",
+    "safetensors:full": "safetensors `load_file` + `clone()` (plain)",
+}
+
+
+def _doc_full(full: dict[str, Any]) -> list[str]:
+    base = full.get("weightguard:load_file", {}).get("median_ms")
+    out = [
+        "| full read of the model | time (ms) | vs weightguard `load_file` |",
+        "| --- | --- | --- |",
+    ]
+    for v, s in full.items():
+        if "error" in s:
+            continue
+        ratio = f"{s['median_ms'] / base:.2f}x" if base and v.startswith("weightguard") else ""
+        out.append(f"| {FULL_LABELS.get(v, v)} | {_ms(s['median_ms'])} | {ratio} |")
+    out.append("")
     return out
 
 

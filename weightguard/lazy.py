@@ -9,7 +9,9 @@
 
 The open is :func:`weightguard.open_model`'s: the signature and policy are checked, the
 heads of the weight files are read once and checked against it, and the data keys are
-unwrapped (one round trip per key provider), all audited.  After that, a read touches
+unwrapped (one round trip per key provider), all audited, and those events are on disk
+before any tensor is returned (their fsync runs while the first records are read).
+After that, a read touches
 only the records that hold the requested bytes (a tensor, or for ``get_slice`` the rows
 of dimension 0 that the index selects); each record is checked against its signed
 digest and its AEAD tag before any of its bytes is returned.  Returned tensors are fresh

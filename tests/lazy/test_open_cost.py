@@ -89,3 +89,21 @@ def test_one_record_starts_no_thread(art: Path, sign_keys) -> None:
         started = {t.name for t in threading.enumerate()} - before
         assert not any(n.startswith("wg-lazy") for n in started), started
         assert f._reader._workers is None  # the cores were not even counted
+
+
+def test_the_docs_figures_are_the_cited_runs() -> None:
+    """docs/lazy.md's measured tables are generated from the result file they cite."""
+    import json
+    import re
+
+    from benchmarks.lazy import ROOT, doc_tables
+
+    doc = (ROOT / "docs" / "lazy.md").read_text()
+    m = re.search(
+        r"<!-- generated: python -m benchmarks\.lazy --doc (\S+) -->\n(.*?)<!-- end generated -->",
+        doc,
+        re.S,
+    )
+    assert m, "docs/lazy.md has no generated block"
+    res = json.loads((ROOT / m.group(1)).read_text()) | {"file": m.group(1)}
+    assert m.group(2).strip() == doc_tables([res]).strip()
