@@ -445,3 +445,36 @@ def test_report_counts_each_log_once(tmp_path: Path) -> None:
     acc = report(log, older).access
     assert acc.stats.loads == 3 and acc.verdict == "UNVERIFIABLE"
     assert acc.logs[1].verdict == "OVERLAP" and not acc.logs[1].summarised
+
+
+# ------------------------------------------------------------------ verify s3://
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H12 (transfer.verify_release): a listing holding both 'config.json' and "
+    "'config.json/x' ends the copy with an untyped FileExistsError and no audit event",
+)
+def test_verify_s3_file_and_folder_of_one_name_is_typed_and_audited(
+    s3_env: Any, bucket: str, tmp_path: Path
+) -> None:
+    """S3 (SeaweedFS here) stores ``p/config.json`` and ``p/config.json/x`` side by
+    side; ``weightguard verify s3://`` copies the release into a temporary directory,
+    where one name cannot be a file and a folder."""
+    from weightguard.audit import AuditLog, MemorySink
+    from weightguard.errors import WeightguardError
+    from weightguard.policy import PublicKey
+    from weightguard.signing import sign_model
+    from weightguard.transfer import verify_release
+
+    model = _plain_model(tmp_path / "m")
+    signer, pub = _key(tmp_path, "k")
+    sign_model(model, model / "model.sig", signer)
+    client = s3_env.client()
+    for p in model.iterdir():
+        client.upload_file(str(p), bucket, f"rel/{p.name}")
+    client.put_object(Bucket=bucket, Key="rel/config.json/x", Body=b"1")
+    sink = MemorySink()
+    with pytest.raises(WeightguardError, match=r"config\.json"):
+        verify_release(f"s3://{bucket}/rel/", PublicKey.from_file(pub), audit=AuditLog(sink))
+    assert [r["event"] for r in sink.records] == ["verify.failed"]
