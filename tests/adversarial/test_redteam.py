@@ -478,3 +478,36 @@ def test_verify_s3_file_and_folder_of_one_name_is_typed_and_audited(
     with pytest.raises(WeightguardError, match=r"config\.json"):
         verify_release(f"s3://{bucket}/rel/", PublicKey.from_file(pub), audit=AuditLog(sink))
     assert [r["event"] for r in sink.records] == ["verify.failed"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H10 (verifying._coverage): the co-signature folder is left out of what a "
+    "signature must cover only when the primary's ignore_paths name it, which "
+    "model_signing's never do: co-signing a model_signing release breaks it",
+)
+def test_co_signing_a_model_signing_release_keeps_it_verifiable(tmp_path: Path) -> None:
+    """The release team signed with model_signing (no ignore_paths); the security team
+    adds ``model.sig.d/security.sig`` with weightguard.  Before: the primary no longer
+    verified ("files not covered ...: model.sig.d/security.sig"), nor the co-signed
+    release, and ``sign --co-sign`` said nothing.  The bundle file itself is never a
+    file its signature must cover; its co-signatures are bundles too."""
+    import shutil
+
+    from tests.vectors.oms import restore_untracked
+    from weightguard.policy import CoSigned, PublicKey
+    from weightguard.signing import cosignature_path, sign_model, verify_bundle
+
+    oms_dir = Path(__file__).resolve().parents[1] / "vectors" / "oms"
+    src = oms_dir / "ms-1.0.1" / "key-files-sha256"
+    model = tmp_path / "model"
+    shutil.copytree(src / "model", model)
+    restore_untracked(src, model)
+    shutil.copy(src / "model.sig", model / "model.sig")
+    signer, pub = _key(tmp_path, "security")
+    co = cosignature_path(model / "model.sig", "security")
+    co.parent.mkdir()
+    sign_model(model, co, signer)
+    release = PublicKey.from_file(oms_dir / "keys" / "key-pub.pem")
+    verify_bundle(model, model / "model.sig", release)
+    verify_bundle(model, model / "model.sig", CoSigned(release, PublicKey.from_file(pub)))
