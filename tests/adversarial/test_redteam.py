@@ -511,3 +511,32 @@ def test_co_signing_a_model_signing_release_keeps_it_verifiable(tmp_path: Path) 
     release = PublicKey.from_file(oms_dir / "keys" / "key-pub.pem")
     verify_bundle(model, model / "model.sig", release)
     verify_bundle(model, model / "model.sig", CoSigned(release, PublicKey.from_file(pub)))
+
+
+def test_report_survives_absurd_record_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log anyone can write (UNSIGNED, still summarised with that label) whose
+    records say year 1 and year 9999: matplotlib's date axis raised ValueError
+    ("dates must be between year 0001 and 9999") and no report was written at all.
+    Now such records are counted but not placed in time."""
+    from weightguard import audit
+    from weightguard.policy import PublicKey
+    from weightguard.report import build_report, write_report
+    from weightguard.signing import sign_model
+
+    model = _plain_model(tmp_path / "m")
+    signer, pub = _key(tmp_path, "rel")
+    sign_model(model, tmp_path / "model.sig", signer)
+    log = tmp_path / "log.jsonl"
+    times = iter(["0001-01-01T00:00:00.000000Z", "9999-12-31T23:59:59.999999Z"])
+    monkeypatch.setattr(audit, "utc_now", lambda: next(times))
+    with audit.AuditLog(str(log)) as a:
+        for _ in range(2):
+            a.emit("load.ok", object={"uri": "m"}, subject={"user": "u", "host": "h"})
+    monkeypatch.undo()
+    ev = build_report(model, PublicKey.from_file(pub), signature=tmp_path / "model.sig",
+                      access_logs=[log])  # fmt: skip
+    assert ev.access.verdict == "UNSIGNED" and ev.access.stats.loads == 2
+    page, md = write_report(ev, tmp_path / "r.html", tmp_path / "r.md")
+    assert "2 successful loads" in page.read_text() and "**0 denied**" in md.read_text()

@@ -75,14 +75,22 @@ def _hour(t: datetime) -> int:
     return int(t.timestamp()) // 3600
 
 
+# Times outside this window are not plausible record times (a log anyone can write may
+# say year 1 or 9999): such a record is counted but not placed in time, so the plot's
+# date axis (matplotlib: years 1 to 9999, with margins) and bin arithmetic stay valid.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2999, 12, 31, tzinfo=UTC)
+
+
 def parse_record_time(text: Any) -> datetime | None:
     if not isinstance(text, str):
         return None
     try:
         t = datetime.fromisoformat(text)  # Python >= 3.11 reads the trailing "Z"
-    except ValueError:
+        t = t if t.tzinfo else t.replace(tzinfo=UTC)
+        return t if _EARLIEST <= t <= _LATEST else None
+    except (ValueError, OverflowError):
         return None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 @dataclass
