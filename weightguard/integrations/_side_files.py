@@ -337,7 +337,8 @@ def opened(
             )
     except WeightguardError as exc:
         # hints name the function's keyword arguments, never a CLI option it lacks
-        raise retold(exc, PYTHON_NAMES, PYTHON_FALLBACK) from None
+        retold(exc, PYTHON_NAMES, PYTHON_FALLBACK)  # in place: its cause stays chained
+        raise
     finally:
         if own:
             log.close()

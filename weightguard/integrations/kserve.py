@@ -137,7 +137,8 @@ def storage_initialize(src_uri: str, dest_dir: str, env: Mapping[str, str] | Non
     try:
         return _initialize(src_uri, dest_dir, env)
     except WeightguardError as exc:
-        raise retold(exc, _NAMES, _FALLBACK) from None
+        retold(exc, _NAMES, _FALLBACK)  # in place: its cause stays chained
+        raise
 
 
 def _initialize(src_uri: str, dest_dir: str, env: Mapping[str, str] | None) -> Any:

@@ -204,7 +204,8 @@ class Options:
                 with refusals(handle, source, "vLLM"):
                     yield handle, side
         except WeightguardError as exc:
-            raise _retold(exc) from None
+            _retold(exc)  # in place: its cause stays chained
+            raise
         finally:
             audit.close()
 
@@ -391,7 +392,8 @@ def _prepare_engine_args(args: Any) -> None:
             raise
     except WeightguardError as exc:
         _refused(exc, options, source)
-        raise _retold(exc) from None
+        _retold(exc)
+        raise
     args.tokenizer = d
     if getattr(args, "hf_config_path", None):
         args.hf_config_path = d
@@ -466,7 +468,8 @@ def _loader_class() -> type:
                 _check_engine_config(model_config)
             except WeightguardError as exc:
                 _refused(exc, self.options, source)
-                raise _retold(exc) from None
+                _retold(exc)  # in place: its cause stays chained
+                raise
             with self.options.open(source) as (handle, side):
                 _check_model_dir(handle, side, source, str(model_config.model))
                 ranks = _rank_reader(handle)  # tensor parallel: this rank's rows only
