@@ -35,7 +35,7 @@ from weightguard._internal.audit.checkpoint import (
     generate_ed25519_keypair,
     signer_for,
 )
-from weightguard._internal.audit.readers import read_records
+from weightguard._internal.audit.readers import log_size, read_records
 from weightguard._internal.audit.record import (
     FORMAT_VERSION,
     collect_subject,
@@ -81,6 +81,7 @@ __all__ = [
     "VerifyResult",
     "default_log_spec",
     "generate_checkpoint_key",
+    "log_size",
     "parse_time",
     "read_records",
     "verify_log",

@@ -31,7 +31,7 @@ from typing import Any
 
 from weightguard import __version__
 from weightguard._internal.format.model_dir import is_weight_file
-from weightguard._internal.report.access import AccessStats, ChainFollower
+from weightguard._internal.report.access import AccessStats
 from weightguard._internal.report.evidence import (
     ATTENTION,
     FAIL,
@@ -458,36 +458,6 @@ def _watermark(
 # ------------------------------------------------------------------------ access
 
 
-def _count(src: str, res: Any, progress: Progress | None) -> tuple[AccessStats, str | None]:
-    """Count a verified log's records, re-chaining them as they stream by: the figures
-    are of exactly the chain that verified, even if the file changed since.  Returns
-    the statistics and, when the records read are not those that verified, why."""
-    from weightguard.audit import read_records
-
-    one = AccessStats()
-    follower = ChainFollower()
-    n = 0
-    for rec in read_records(src, include_checkpoints=True):
-        if not follower.follow(rec):
-            break
-        one.add(rec, log=str(rec.get("log", ""))[:8])
-        n += 1
-        if progress is not None and n % 4096 == 0:
-            progress(4096)
-    if progress is not None:
-        progress(n % 4096)
-    # the same number of records, the same last one (its digest commits to all before
-    # it through the chain): exactly the records that verified
-    expected = {s.log_id: (s.records, s.last_seq, s.head) for s in res.logs}
-    got = {
-        log: (follower.counts[log], follower.last_seq(log), follower.head(log))
-        for log in follower.counts
-    }
-    if follower.broken is not None or got != expected:
-        return one, follower.broken or "different records"
-    return one, None
-
-
 def _timeline(acc: Access) -> None:
     from weightguard._internal.report.timeline import series_for_plot, timeline_svg
 
@@ -524,10 +494,11 @@ def _access(
     progress: Progress | None,
     on_verified: Callable[[str, int], None] | None,
     on_verifying: Callable[[str], None] | None = None,
+    on_log: Callable[[str, int | None], None] | None = None,
 ) -> Access:
-    """Each log verified as `weightguard audit verify` does; only those that verify
-    are counted."""
-    from weightguard.audit import verify_log
+    """Each log verified as `weightguard audit verify` does, in one streaming read that
+    also counts (one parse per line); only the counts of those that verify are kept."""
+    from weightguard.audit import log_size, verify_log
 
     acc = Access()
     stats = AccessStats()
@@ -536,6 +507,13 @@ def _access(
         anc = anchor if anchor is not None else (src if src.startswith("s3://") else None)
         if on_verifying is not None:
             on_verifying(src)
+        if on_log is not None:
+            on_log(src, log_size(src))
+        one = AccessStats()  # counted as the records verify; kept only if the log did
+
+        def count(rec: dict[str, Any], one: AccessStats = one) -> None:
+            one.add(rec, log=str(rec.get("log", ""))[:8])
+
         try:
             res = verify_log(
                 src,
@@ -544,6 +522,8 @@ def _access(
                 anchor=anc,
                 max_unsigned_tail=max_unsigned_tail,
                 log_ids=log_ids or None,
+                on_record=count,
+                progress=progress,
             )
         except WeightguardError as exc:
             acc.logs.append(LogVerdict(src, "UNREADABLE", f"cannot verify: {exc}"))
@@ -577,14 +557,6 @@ def _access(
                     f"log {again[0][:8]} is also in {first} with other records: not "
                     "summarised (give each log once, its newest copy)"
                 )
-            continue
-        one, changed = _count(src, res, progress)
-        if changed is not None:
-            lv.verdict = "CHANGED"
-            lv.text = (
-                f"the log changed between its verification and the count ({changed}): "
-                "not summarised; verify it again"
-            )
             continue
         lv.summarised = True
         counted.update({i: (st, src) for i, st in states.items()})
@@ -824,6 +796,7 @@ def build_report(
     progress: Progress | None = None,
     on_verified: Callable[[str, int], None] | None = None,
     on_verifying: Callable[[str], None] | None = None,
+    on_log: Callable[[str, int | None], None] | None = None,
 ) -> Evidence:
     """Gather the evidence on ``release`` (directory, file or ``s3://`` prefix).
 
@@ -834,9 +807,11 @@ def build_report(
     those that verify are counted.  ``watermark_key`` checks the watermark's key
     commitment (no data key is needed).  ``trust_args`` are the CLI options that
     express ``policy``, repeated in the commands that reproduce each check.
-    ``progress(n)`` is called as records are counted; ``on_verified(log, records)``
-    once a log verified, before its records are counted; ``on_verifying(log)`` before
-    each log's verification.
+    Each log is read once, in bounded memory: its records are counted as they verify,
+    and the counts kept only if it verified.  ``on_verifying(log)`` and then
+    ``on_log(log, size)`` (its bytes, ``None`` when not known: stdin, S3) are called
+    before each log is read; ``progress(n)`` as ``n`` more bytes of it were read and
+    verified; ``on_verified(log, records)`` once a log verified.
     """
     if checkpoint_key is not None and checkpoint_vault_key is not None:
         raise ConfigError("give a checkpoint key file or a Vault checkpoint key, not both")
@@ -864,6 +839,7 @@ def build_report(
         progress=progress,
         on_verified=on_verified,
         on_verifying=on_verifying,
+        on_log=on_log,
     )
     ev = Evidence(
         release=rel,

@@ -163,9 +163,10 @@ def report(
     state: dict[str, Any] = {}
 
     def show(label: str, total: int | None) -> None:
-        """One display at a time: a spinner while verifying, a bar while counting."""
+        """One display at a time: a spinner, then a bar of each log's bytes as it is
+        verified and counted (one read)."""
         close()
-        cm = progress(label, total, quiet, unit="records")
+        cm = progress(label, total, quiet)
         state["advance"] = cm.__enter__()
         state["bar"] = cm
 
@@ -198,8 +199,7 @@ def report(
                 audit=audit,
                 trust_args=_trust_args(trust),
                 progress=advance,
-                on_verified=lambda log, n: show(f"counting {log}", n),
-                on_verifying=lambda log: show(f"verifying {log}", None),
+                on_log=lambda log, size: show(f"verifying and counting {log}", size),
             )
     finally:
         close()

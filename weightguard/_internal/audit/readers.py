@@ -119,6 +119,18 @@ def iter_lines(source: str, *, s3_client: Any = None) -> Iterator[tuple[str, int
                 yield seg, i, line
 
 
+def log_size(source: str) -> int | None:
+    """The bytes :func:`iter_lines` will read from ``source``; ``None`` when not known
+    before reading (stdin, S3) or not readable (the reader reports that)."""
+    if source == "-" or source.startswith("s3://"):
+        return None
+    path = source[len("file://") :] if source.startswith("file://") else source
+    try:
+        return sum(os.path.getsize(seg) for seg in file_segments(path))
+    except OSError:
+        return None
+
+
 def _matches_text(needle: str, value: Any) -> bool:
     if isinstance(value, dict):
         return any(_matches_text(needle, v) for v in value.values())

@@ -80,7 +80,7 @@ def parse_record(body: bytes, *, what: str) -> dict[str, Any]:
     from weightguard._internal.foundation import boundedjson
     from weightguard.errors import AuditError
 
-    rec = boundedjson.loads(
+    rec = boundedjson.loads_canonical(  # canonical lines (all weightguard writes): fast
         body,
         what=what,
         max_bytes=MAX_RECORD_BYTES,

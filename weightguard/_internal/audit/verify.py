@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -168,29 +168,48 @@ class _Chain:
     prev_record: dict[str, Any] | None = None
     prev_raw_digest: str = GENESIS
     prev_line: tuple[str, int] | None = None
+    # digests of the records the end-of-log pass compares (the anchored head's record);
+    # ``None``: not known yet (no anchor lookup), keep every record's
+    wanted: frozenset[int] | None = frozenset()
     digests: dict[int, bytes] = field(default_factory=dict)
 
+    def keep(self, seq: int, digest: bytes) -> None:
+        if self.wanted is None or seq in self.wanted:
+            self.digests[seq] = digest
 
-_Line = tuple[str, int, bytes, dict[str, Any]]  # source, line number, line, record
+
+#: called with each record that continued its log's chain, in log order
+RecordVisitor = Callable[[dict[str, Any]], None]
 
 
 @dataclass
 class _Run:
-    """One verification: its configuration and what its passes found so far."""
+    """One verification: its configuration and what its passes found so far.
+
+    The log streams by once: nothing is kept per record but, per log, the last record
+    and the digest the anchor check compares (``_Chain.wanted``).
+    """
 
     verifier: CheckpointVerifier | None
     anchor: Anchor | None
     allow_foreign: bool
     max_unsigned_tail: int
     log_ids: Sequence[str] | None
+    on_record: RecordVisitor | None = None
     chains: dict[str, _Chain] = field(default_factory=dict)  # in order of appearance
-    records: list[_Line] = field(default_factory=list)
-    present: set[tuple[str, int]] = field(default_factory=set)  # (log, seq) in the log
     torn: tuple[str, int, bytes] | None = None
     crash: Problem | None = None
     warnings: list[str] = field(default_factory=list)
     foreign: int = 0
     total: int = 0
+    # the chain's first problem; a later line the parse refuses still comes first
+    pending: Problem | None = None
+    # a record where another seq was expected: "reordered" if the expected (log, seq)
+    # comes later in the log (looked for as the rest streams by), else "deleted"
+    look_for: tuple[str, int] | None = None
+    if_later: Problem | None = None
+    later: bool = False
+    latest: dict[str, Any] = field(default_factory=dict)  # anchor lookups, once per log
 
     def result(self, problem: Problem | None) -> VerifyResult:
         return VerifyResult(
@@ -224,28 +243,35 @@ def verify_lines(
     allow_foreign: bool = False,
     max_unsigned_tail: int = DEFAULT_MAX_UNSIGNED_TAIL,
     log_ids: Sequence[str] | None = None,
+    on_record: RecordVisitor | None = None,
 ) -> VerifyResult:
     """Verify ``(source, line number, line)`` tuples; the first problem found decides.
 
-    The passes: parse every line; judge an incomplete last line (a crash, or a cut);
-    follow each log's chain and its in-line checkpoints; compare the logs present with
-    those configured; then per log its anchored checkpoint and its unsigned tail.
+    One streaming pass parses each line once and follows each log's chain and its
+    in-line checkpoints; then an incomplete last line is judged (a crash, or a cut),
+    the logs present are compared with those configured, and per log its anchored
+    checkpoint and its unsigned tail.  The verdicts are those of parsing every line
+    first: a line that is not a record (or a cut) anywhere decides before a broken
+    link, and then no log summary is reported.
+
+    ``on_record(record)`` is called with each record that continued its log's chain,
+    as it streams by (one parse per line for a caller that counts while verifying).
+    The verdict is known only at the end: keep what was gathered only if ``ok``.
     """
     if max_unsigned_tail < 0:
         raise ConfigError("the maximum unsigned tail cannot be negative")
-    run = _Run(verifier, anchor, allow_foreign, max_unsigned_tail, log_ids)
-    problem = (
-        _parse_pass(run, lines)
-        or _torn_tail_pass(run)
-        or _chain_pass(run)
-        or _expected_logs_pass(run)
-        or _end_of_log_pass(run)
-    )
+    run = _Run(verifier, anchor, allow_foreign, max_unsigned_tail, log_ids, on_record)
+    problem = _stream_pass(run, lines) or _torn_tail_pass(run)
+    if problem is not None:  # as if no chain had been followed: the parse decides
+        run.chains.clear()
+        run.total = 0
+        return run.result(problem)
+    problem = _chain_verdict(run) or _expected_logs_pass(run) or _end_of_log_pass(run)
     return run.result(problem)
 
 
-# -- pass 1: parse (bounded); remember which (log, seq) exist, for reorder detection ------
-def _parse_pass(run: _Run, lines: Iterable[tuple[str, int, bytes]]) -> Problem | None:
+# -- pass 1: parse (bounded) and follow each log's chain, one line at a time -------------
+def _stream_pass(run: _Run, lines: Iterable[tuple[str, int, bytes]]) -> Problem | None:
     for src, ln, raw in lines:
         if run.torn is not None:  # an incomplete line that ends a rotated segment
             return _problem(
@@ -261,22 +287,24 @@ def _parse_pass(run: _Run, lines: Iterable[tuple[str, int, bytes]]) -> Problem |
         body = raw.rstrip(b"\r\n")
         if not body.strip():
             continue
-        rec, why = _parse_line(body, f"{src}:{ln}")
+        rec, why = _parse_line(body, src, ln)
         if rec is None:
             if run.allow_foreign:
                 run.foreign += 1
                 continue
             return _problem("malformed", why, src, ln)
-        run.records.append((src, ln, body, rec))
-        run.present.add((rec["log"], rec["seq"]))
+        if run.pending is None:
+            run.pending = _chain_step(run, src, ln, body, rec)
+        elif run.look_for is not None and (rec["log"], rec["seq"]) == run.look_for:
+            run.later = True
     return None
 
 
-def _parse_line(body: bytes, where: str) -> tuple[dict[str, Any] | None, str]:
+def _parse_line(body: bytes, src: str, ln: int) -> tuple[dict[str, Any] | None, str]:
     if len(body) > MAX_RECORD_BYTES:
         return None, "line exceeds the record size limit"
     try:
-        return parse_record(body, what=where), ""
+        return parse_record(body, what=f"{src}:{ln}"), ""
     except AuditError:
         return None, "line is not an audit record (edited or corrupted)"
 
@@ -313,22 +341,48 @@ def _torn_tail_pass(run: _Run) -> Problem | None:
     )
 
 
-# -- pass 3: each log's chain, record by record, and its in-line checkpoints --------------
-def _chain_pass(run: _Run) -> Problem | None:
-    for src, ln, body, rec in run.records:
-        run.total += 1
-        log_id = rec["log"]
-        ch = run.chains.get(log_id)
-        if ch is None:
-            ch = run.chains[log_id] = _Chain(LogSummary(log_id))
-            problem = _first_link(rec, src, ln)
-        else:
-            problem = _next_link(run, ch, rec, src, ln)
-        problem = problem or _inline_checkpoint(run, ch, rec, src, ln)
-        if problem is not None:
-            return problem
-        _advance(ch, body, rec, src, ln)
+# -- the chain, record by record (as the log streams by), and its in-line checkpoints -----
+def _chain_step(run: _Run, src: str, ln: int, body: bytes, rec: dict[str, Any]) -> Problem | None:
+    run.total += 1
+    log_id = rec["log"]
+    ch = run.chains.get(log_id)
+    if ch is None:
+        ch = run.chains[log_id] = _Chain(LogSummary(log_id), wanted=_wanted(run, log_id))
+        problem = _first_link(rec, src, ln)
+    else:
+        problem = _next_link(run, ch, rec, src, ln)
+    problem = problem or _inline_checkpoint(run, ch, rec, src, ln)
+    if problem is not None:
+        return problem
+    _advance(ch, body, rec, src, ln)
+    if run.on_record is not None:
+        run.on_record(rec)
     return None
+
+
+def _chain_verdict(run: _Run) -> Problem | None:
+    if run.look_for is not None and run.later:
+        return run.if_later
+    return run.pending
+
+
+def _wanted(run: _Run, log_id: str) -> frozenset[int] | None:
+    """The record whose digest the anchored checkpoint names (none without an anchor;
+    ``None``, every record's, when the anchor cannot be asked yet: the end-of-log
+    pass asks again and reports what it says)."""
+    if run.anchor is None:
+        return frozenset()
+    try:
+        latest = run.anchor.latest(log_id)
+    except Exception:
+        return None
+    run.latest[log_id] = latest
+    if latest is None:
+        return frozenset()
+    try:
+        return frozenset((int(latest["checkpoint"]["size"]) - 1,))
+    except Exception:
+        return None
 
 
 def _first_link(rec: dict[str, Any], src: str, ln: int) -> Problem | None:
@@ -361,7 +415,7 @@ def _links(ch: _Chain, prev: str) -> bool:
     if prev != alt:
         return False
     if ch.summary.last_seq is not None:
-        ch.digests[ch.summary.last_seq] = bytes.fromhex(alt[7:])
+        ch.keep(ch.summary.last_seq, bytes.fromhex(alt[7:]))
     return True
 
 
@@ -403,16 +457,16 @@ def _next_link(run: _Run, ch: _Chain, rec: dict[str, Any], src: str, ln: int) ->
             log_id,
             seq,
         )
-    if (log_id, exp) in run.present:
-        return _problem(
-            "reordered",
-            f"seq {seq} appears where seq {exp} was expected; seq {exp} comes later "
-            "(records swapped or moved)",
-            src,
-            ln,
-            log_id,
-            seq,
-        )
+    run.look_for = (log_id, exp)  # decided once the rest of the log streamed by
+    run.if_later = _problem(
+        "reordered",
+        f"seq {seq} appears where seq {exp} was expected; seq {exp} comes later "
+        "(records swapped or moved)",
+        src,
+        ln,
+        log_id,
+        seq,
+    )
     missing = f"{exp}" if seq == exp + 1 else f"{exp}..{seq - 1}"
     return _problem(
         "deleted", f"record(s) seq {missing} are missing before this line", src, ln, log_id, seq
@@ -475,7 +529,8 @@ def _advance(ch: _Chain, body: bytes, rec: dict[str, Any], src: str, ln: int) ->
     ch.prev_raw_digest = d
     ch.prev_record = rec
     ch.prev_line = (src, ln)
-    ch.digests[seq] = bytes.fromhex(d[7:])
+    if ch.wanted is None or seq in ch.wanted:
+        ch.digests[seq] = bytes.fromhex(d[7:])
     s.records += 1
     s.first_seq = 0 if s.first_seq is None else s.first_seq
     s.last_seq = seq
@@ -517,7 +572,7 @@ def _end_of_log_pass(run: _Run) -> Problem | None:
         s = ch.summary
         if ch.prev_record is not None and s.last_seq is not None:
             s.head = "sha256:" + hashlib.sha256(canonical(ch.prev_record)).hexdigest()
-            ch.digests[s.last_seq] = bytes.fromhex(s.head[7:])
+            ch.keep(s.last_seq, bytes.fromhex(s.head[7:]))
         if run.anchor is not None:
             problem = _anchored(run, run.anchor, ch)
             if problem is not None:
@@ -538,7 +593,7 @@ def _anchored(run: _Run, anchor: Anchor, ch: _Chain) -> Problem | None:
     """The log holds the anchor's latest checkpoint (addressed by the configured id)."""
     s = ch.summary
     log_id = s.log_id
-    latest = anchor.latest(log_id)
+    latest = run.latest[log_id] if log_id in run.latest else anchor.latest(log_id)
     if latest is None:
         return _problem(
             "unanchored",
@@ -638,6 +693,8 @@ def verify_log(
     vault_client: Any = None,
     max_unsigned_tail: int = DEFAULT_MAX_UNSIGNED_TAIL,
     log_ids: Sequence[str] | None = None,
+    on_record: RecordVisitor | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> VerifyResult:
     """Verify a log (path incl. rotated segments, ``-`` for stdin, or ``s3://`` prefix).
 
@@ -649,6 +706,11 @@ def verify_log(
     was given: then the result proves nothing against someone who can rewrite the
     file.  Raises ConfigError/AuditError only when the log, key or anchor cannot be
     read.
+
+    The log is read once, in bounded memory.  ``on_record(record)`` sees each record
+    that continued its chain as it streams by (see :func:`verify_lines`: keep what it
+    gathered only if the result is ``ok``); ``progress(n)`` is called with the bytes
+    read so far since its last call (about every MiB, and at the end).
     """
     verifier: CheckpointVerifier | None = None
     if checkpoint_key is not None and vault_key is not None:
@@ -663,11 +725,30 @@ def verify_log(
     else:
         anc = anchor
     src = os.fspath(log)
+    lines = iter_lines(src, s3_client=s3_client)
     return verify_lines(
-        iter_lines(src, s3_client=s3_client),
+        lines if progress is None else _counting_bytes(lines, progress),
         verifier=verifier,
         anchor=anc,
         allow_foreign=allow_foreign,
         max_unsigned_tail=max_unsigned_tail,
         log_ids=log_ids,
+        on_record=on_record,
     )
+
+
+_PROGRESS_STEP = 1 << 20
+
+
+def _counting_bytes(
+    lines: Iterable[tuple[str, int, bytes]], progress: Callable[[int], None]
+) -> Iterator[tuple[str, int, bytes]]:
+    n = 0
+    for line in lines:
+        n += len(line[2])
+        if n >= _PROGRESS_STEP:
+            progress(n)
+            n = 0
+        yield line
+    if n:
+        progress(n)

@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from itertools import accumulate
 from typing import Any
 
 from weightguard.errors import FormatError, WeightguardError
 
-__all__ = ["INT64", "MAX_INDEX_BYTES", "UINT64", "depth", "loads", "loads_index"]
+__all__ = ["INT64", "MAX_INDEX_BYTES", "UINT64", "depth", "loads", "loads_canonical", "loads_index"]
 
 INT64 = (-(2**63), 2**63 - 1)
 UINT64 = (0, 2**64 - 1)
@@ -130,6 +131,71 @@ def loads(
         ) from None
     except (ValueError, RecursionError, OverflowError) as exc:  # pragma: no cover - belt, braces
         raise refuse(f"malformed JSON ({type(exc).__name__})") from None
+
+
+_SPACED_COLON = (b" :", b"\t:", b"\n:", b"\r:")
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(name)
+
+
+def loads_canonical(data: bytes, *, what: str, max_bytes: int, max_depth: int = 16,
+                    floats: bool = False, error: type[WeightguardError] = FormatError,
+                    hint: str | None = None) -> Any:  # fmt: skip
+    """:func:`loads` (INT64 integers) of a JSON object, about twice as fast on the
+    compact JSON weightguard writes itself (audit lines: no whitespace, one ``":``
+    per key).
+
+    The plain C parser runs without hooks when cheap scans already bound the input:
+    fewer brackets than ``max_depth`` (so no deeper nesting), valid UTF-8, within
+    ``max_bytes``; it refuses NaN/Infinity.  One walk of the result then checks what
+    the hooks would have: integers in INT64, floats finite (and allowed), and no
+    duplicate key -- with no whitespace before a colon each key of the input is one
+    ``":``, and a key the plain parser dropped leaves one unaccounted (a string
+    holding ``":`` or `` :`` also falls back).
+    Any doubt or refusal goes to :func:`loads`: the result and every refusal are the
+    same as ``loads``'s.
+    """
+    if (
+        isinstance(data, bytes)
+        and len(data) <= max_bytes
+        and data.count(b"{") + data.count(b"[") <= max_depth
+    ):
+        try:
+            value = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            value = None
+        if (
+            type(value) is dict
+            and not any(w in data for w in _SPACED_COLON)  # so each key ends in '":'
+            and _plain(value, floats) == data.count(b'":')
+        ):
+            return value
+    return loads(data, what=what, max_bytes=max_bytes, max_depth=max_depth, floats=floats,
+                 error=error, hint=hint)  # fmt: skip
+
+
+def _plain(value: dict[str, Any] | list[Any], floats: bool) -> int:
+    """The object keys in ``value``; -1 if it holds a number :func:`loads` refuses."""
+    lo, hi = INT64
+    items: Iterable[Any] = value.values() if isinstance(value, dict) else value
+    n = len(value) if isinstance(value, dict) else 0
+    for x in items:
+        t = type(x)
+        if t is str or t is bool or x is None:
+            continue
+        if t is int:
+            if not lo <= x <= hi:
+                return -1
+        elif t is dict or t is list:
+            k = _plain(x, floats)
+            if k < 0:
+                return -1
+            n += k
+        elif t is float and not (floats and math.isfinite(x)):
+            return -1
+    return n
 
 
 MAX_INDEX_BYTES = 64 * 1024 * 1024

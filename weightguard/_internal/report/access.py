@@ -5,16 +5,14 @@ load counts per identity (at most ``MAX_IDENTITIES`` identities, the rest as
 ``(other)``), and capped samples of the events an auditor reads one by one (denials,
 tamper, rotations).  A million records cost the same memory as a thousand.
 
-The caller feeds records only after the log verified, and re-checks the chain as it
-feeds (:class:`ChainFollower`): a log that changes between its verification and this
-pass is reported as changed, never summarised.
+The report feeds each record as the audit verifier accepts it (``verify_log``'s
+``on_record``: one read, one parse per line) and keeps the statistics only when the
+whole log verified: a log that does not is never summarised.
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -309,53 +307,3 @@ class Timeline:
 
 def _iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class ChainFollower:
-    """Re-checks, record by record, that the records fed are the chain that verified.
-
-    Each record's ``prev`` must be the digest of the previous record of its log (its
-    canonical encoding, as the writer chains them), and at the end each log's record
-    count and last sequence number must equal what verification reported: the records
-    summarised are then exactly the verified ones, even if the file changed in between.
-    """
-
-    def __init__(self) -> None:
-        self._last: dict[str, tuple[int, str]] = {}  # log -> (seq, digest of the record)
-        self.counts: Counter[str] = Counter()
-        self.broken: str | None = None
-
-    def follow(self, rec: dict[str, Any]) -> bool:
-        if self.broken is not None:
-            return False
-        log, seq, prev = rec.get("log"), rec.get("seq"), rec.get("prev")
-        if not isinstance(log, str) or not isinstance(seq, int) or isinstance(seq, bool):
-            self.broken = "a record without log or seq"
-            return False
-        last = self._last.get(log)
-        if last is None and seq != 0:
-            self.broken = f"log {log} starts at seq {seq}"
-            return False
-        if last is not None and (seq != last[0] + 1 or prev != last[1]):
-            self.broken = f"log {log}: seq {seq} does not follow seq {last[0]}"
-            return False
-        self._last[log] = (seq, "sha256:" + hashlib.sha256(canonical(rec)).hexdigest())
-        self.counts[log] += 1
-        return True
-
-    def last_seq(self, log: str) -> int | None:
-        got = self._last.get(log)
-        return got[0] if got else None
-
-    def head(self, log: str) -> str | None:
-        """Digest of the last record of ``log`` (what verification reports as its head)."""
-        got = self._last.get(log)
-        return got[1] if got else None
-
-
-def canonical(obj: Any) -> bytes:
-    """The audit log's canonical encoding (docs/audit.md: sorted keys, no whitespace,
-    ASCII): what each record's successor chains to."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
