@@ -232,3 +232,6 @@ def test_error_hints_name_only_the_initializers_variables(
     assert named <= set(VARIABLES), (named, text)
     if case in ("no-anchor", "disk", "key-not-allowed"):
         assert named, text  # says which variable to set
+    # every refusal is audited (issue 22), the configuration's own included
+    records = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [r for r in records if r.get("outcome") == "denied"], records

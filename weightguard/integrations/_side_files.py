@@ -273,12 +273,15 @@ def refusals(handle: Any, uri: str, framework: str) -> Iterator[None]:
         raise
 
 
-def audit_refusal(audit: Any, exc: WeightguardError, uri: str) -> None:
+def audit_refusal(
+    audit: Any, exc: WeightguardError, uri: str, env: Mapping[str, str] | None = None
+) -> None:
     """Audit a refusal raised before any handle was opened (an unsupported option):
-    ``load.denied`` on ``audit``, or on the environment's audit log when ``None``."""
+    ``load.denied`` on ``audit``, or on the audit log ``env`` (default: the process's
+    environment) names when ``None``."""
     from weightguard.audit import AuditLog
 
-    log = AuditLog.from_env() if audit is None else audit
+    log = AuditLog.from_env(env) if audit is None else audit
     try:
         with contextlib.suppress(WeightguardError):  # the caller must see the original error
             log.emit(

@@ -52,6 +52,7 @@ from weightguard.integrations._settings import (
     policy_from,
     retold,
 )
+from weightguard.integrations._side_files import audit_refusal
 
 __all__ = ["URI_PREFIX", "VARIABLES", "settings", "storage_initialize"]
 
@@ -142,13 +143,20 @@ def storage_initialize(src_uri: str, dest_dir: str, env: Mapping[str, str] | Non
 
 
 def _initialize(src_uri: str, dest_dir: str, env: Mapping[str, str] | None) -> Any:
+    from weightguard.audit import AuditLog
     from weightguard.transfer import fetch_model
 
-    conf = settings(env)
-    policy = policy_from(conf)
+    env = os.environ if env is None else env
     source = src_uri[len(URI_PREFIX) :] if src_uri.startswith(URI_PREFIX) else src_uri
-    allow_disk = str(conf.get("allow_disk", "")).strip().lower() in ("1", "true", "yes")
+    audit = AuditLog.from_env(env)
     try:
+        try:
+            conf = settings(env)
+            policy = policy_from(conf)
+        except WeightguardError as exc:  # refused before the model is opened: audited here
+            audit_refusal(audit, exc, source)
+            raise
+        allow_disk = str(conf.get("allow_disk", "")).strip().lower() in ("1", "true", "yes")
         return fetch_model(
             source,
             dest_dir,
@@ -159,6 +167,7 @@ def _initialize(src_uri: str, dest_dir: str, env: Mapping[str, str] | None) -> A
             allow_disk=allow_disk,
             file_mode=_mode(conf.get("file_mode"), 0o640, "FILE_MODE"),
             dir_mode=_mode(conf.get("dir_mode"), 0o750, "DIR_MODE"),
+            audit=audit,
         )
     except WeightguardError as exc:
         if exc.hint and "--allow-disk" in exc.hint:
@@ -169,3 +178,5 @@ def _initialize(src_uri: str, dest_dir: str, env: Mapping[str, str] | None) -> A
         elif exc.hint and "--replace" in exc.hint:
             exc.hint = "the model directory must be empty when the initializer starts"
         raise
+    finally:
+        audit.close()
