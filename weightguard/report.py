@@ -483,6 +483,31 @@ def _timeline(acc: Access) -> None:
         acc.timeline_points[f"{by}s"] = sum(len(s) for _, s in series_for_plot(t))
 
 
+def _counted_before(
+    lv: LogVerdict,
+    states: dict[str, tuple[Any, ...]],
+    counted: dict[str, tuple[tuple[Any, ...], str]],
+) -> bool:
+    """Whether a verified log's ids were counted from an earlier source (then ``lv``
+    says so).  The same log given twice (or a copy of it) is counted once: DUPLICATE;
+    a log id whose records differ between two sources is a fork or an old copy:
+    neither is the one log, so OVERLAP is not summarised and the access verdict fails."""
+    again = sorted(set(states) & set(counted))
+    if not again:
+        return False
+    first = counted[again[0]][1]
+    if all(counted[i][0] == states[i] for i in again) and set(states) <= set(counted):
+        lv.verdict = "DUPLICATE"
+        lv.text = f"the same log as {first} (log {again[0][:8]}): counted once"
+    else:
+        lv.verdict = "OVERLAP"
+        lv.text = (
+            f"log {again[0][:8]} is also in {first} with other records: not "
+            "summarised (give each log once, its newest copy)"
+        )
+    return True
+
+
 def _access(
     logs: Sequence[str],
     *,
@@ -542,21 +567,7 @@ def _access(
         if on_verified is not None:
             on_verified(src, res.records)
         states = {s.log_id: (s.records, s.last_seq, s.head) for s in res.logs}
-        again = sorted(set(states) & set(counted))
-        if again:
-            # The same log given twice (or a copy of it) is counted once; a log id whose
-            # records differ between two sources is a fork or an old copy: neither is
-            # the one log, so it is not summarised and the access verdict fails.
-            first = counted[again[0]][1]
-            if all(counted[i][0] == states[i] for i in again) and set(states) <= set(counted):
-                lv.verdict = "DUPLICATE"
-                lv.text = f"the same log as {first} (log {again[0][:8]}): counted once"
-            else:
-                lv.verdict = "OVERLAP"
-                lv.text = (
-                    f"log {again[0][:8]} is also in {first} with other records: not "
-                    "summarised (give each log once, its newest copy)"
-                )
+        if _counted_before(lv, states, counted):
             continue
         lv.summarised = True
         counted.update({i: (st, src) for i, st in states.items()})
