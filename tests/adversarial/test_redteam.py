@@ -540,3 +540,32 @@ def test_report_survives_absurd_record_times(
     assert ev.access.verdict == "UNSIGNED" and ev.access.stats.loads == 2
     page, md = write_report(ev, tmp_path / "r.html", tmp_path / "r.md")
     assert "2 successful loads" in page.read_text() and "**0 denied**" in md.read_text()
+
+
+@pytest.mark.parametrize("keyid", ["", None])
+def test_sigstore_bundle_carries_no_keyid(tmp_path: Path, keyid: str | None) -> None:
+    """sigstore-python writes no ``keyid``; ``"keyid": ""`` or ``null`` added to a
+    model_signing Sigstore bundle verified (offline, pinned trusted root) under a new
+    bundle digest.  Now refused."""
+    interop = Path(__file__).resolve().parents[2].parent / "shared" / "interop"
+    v = interop / "model-signing-v1.1.0" / "v1.1.0-sigstore"
+    if not v.is_dir():
+        pytest.skip("../shared/interop not present")
+    import shutil
+
+    from weightguard.errors import FormatError
+    from weightguard.policy import SigstoreIdentity
+    from weightguard.signing import verify_bundle
+
+    model = tmp_path / "model"
+    shutil.copytree(v, model)
+    for p in [model, *model.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    sig = model / "model.sig"
+    ident = SigstoreIdentity("stefanb@us.ibm.com", "https://sigstore.verify.ibm.com/oauth2")
+    verify_bundle(model, sig, ident)  # as released
+    doc = json.loads(sig.read_text())
+    doc["dsseEnvelope"]["signatures"][0]["keyid"] = keyid
+    sig.write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match=r"keyid in a Sigstore bundle"):
+        verify_bundle(model, sig, ident)

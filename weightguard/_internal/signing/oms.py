@@ -322,10 +322,17 @@ def _check_shape(
     """Key and certificate bundles in one of the two shapes model_signing wrote, never a
     mix (each mix would be another encoding of the same signature, a new bundle digest):
     >= 1.1 ``tlogEntries: []`` with ``keyid: ""`` (and a key's ``hint``), 0.3.1 .. 1.0.1
-    no ``tlogEntries`` with ``keyid: null`` (and a key's ``rawBytes``/``keyDetails``)."""
-    if kind not in ("key", "x509"):
-        return
+    no ``tlogEntries`` with ``keyid: null`` (and a key's ``rawBytes``/``keyDetails``);
+    Sigstore bundles without ``keyid``."""
     keyid = sig_obj.get("keyid", ...)
+    if kind == "sigstore":
+        # sigstore-python writes no keyid (protobuf JSON leaves the empty default out)
+        if keyid is not ...:
+            raise FormatError(
+                f"{path}: dsseEnvelope.signatures[0].keyid in a Sigstore bundle "
+                "(sigstore writes none; the shapes model_signing writes)"
+            )
+        return
     if kind == "key" and (hint is not None) != has_tlog:
         raise FormatError(
             f"{path}: verificationMaterial: a key bundle with "
