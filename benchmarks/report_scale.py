@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,11 +117,18 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--dir", default="/tmp/wg-report-scale")
     ap.add_argument("--stages", default="count,verify,report")
+    ap.add_argument("--out", help="also write the result JSON to this file")
+    ap.add_argument(
+        "--table", metavar="RESULT_JSON", help="print docs/audit.md's scale table from results"
+    )
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--paths", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.stage:
         _stage(a.stage, json.loads(a.paths))
+        return
+    if a.table:
+        print(table([json.loads(Path(f).read_text()) for f in a.table.split(",")]))
         return
     from benchmarks.harness import machine_info
 
@@ -142,7 +150,35 @@ def main() -> None:
             out[stage] = {"error": p.stderr.strip().splitlines()[-1:]}
         else:
             out[stage] = json.loads(p.stdout.strip().splitlines()[-1])
-    print(json.dumps(out, indent=2))
+    text = json.dumps(out, indent=2)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+    print(text)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """docs/audit.md's scale table (Markdown) from result JSONs of this script."""
+
+    def cell(r: dict[str, Any], stage: str) -> str:
+        s = r.get(stage)
+        if not isinstance(s, dict) or "error" in s:
+            return "not run" if s is None else "failed"
+        return f"{s['cpu_seconds']} CPU-s ({s['seconds']} s wall), {s['peak_rss_mib']:.0f} MiB"
+
+    rows = [
+        "| events (log size) | `verify_log` | verify and count (the report's one pass) "
+        "| whole `weightguard report` | machine |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        m = r.get("machine", {})
+        load = m.get("load_avg") or m.get("loadavg") or m.get("load_average")
+        rows.append(
+            f"| {r['events']:,} ({r['log_bytes'] / 1e6:.0f} MB) | {cell(r, 'verify')} "
+            f"| {cell(r, 'count')} | {cell(r, 'report')} "
+            f"| {m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} cores, load {load} |"
+        )
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -285,7 +285,7 @@ def _stream_pass(run: _Run, lines: Iterable[tuple[str, int, bytes]]) -> Problem 
             run.torn = (src, ln, raw)
             continue
         body = raw.rstrip(b"\r\n")
-        if not body.strip():
+        if not body or body.isspace():  # a blank line (body.strip() would copy it)
             continue
         rec, why = _parse_line(body, src, ln)
         if rec is None:

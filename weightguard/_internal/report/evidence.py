@@ -105,7 +105,7 @@ class Protection:
 @dataclass
 class LogVerdict:
     source: str
-    verdict: str  # OK | UNSIGNED | BROKEN | CHANGED | UNREADABLE | DUPLICATE | OVERLAP
+    verdict: str  # OK | UNSIGNED | BROKEN | UNREADABLE | DUPLICATE | OVERLAP
     text: str
     warnings: list[str] = field(default_factory=list)
     summaries: list[dict[str, Any]] = field(default_factory=list)
