@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+
 from weightguard_cli._audit_opt import allow_key_option, audit_option
 from weightguard_cli._output import activity, echo_json, progress, progress_of, quiet_option
 from weightguard_cli._renamed import renamed

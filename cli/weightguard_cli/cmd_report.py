@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from weightguard_cli._audit_opt import audit_option
 from weightguard_cli._output import activity, echo_json, progress, quiet_option
 from weightguard_cli._trust_opt import policy_from_options, trust_options
