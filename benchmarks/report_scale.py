@@ -172,11 +172,12 @@ def table(results: list[dict[str, Any]]) -> str:
     ]
     for r in results:
         m = r.get("machine", {})
-        load = m.get("load_avg") or m.get("loadavg") or m.get("load_average")
+        load = (m.get("loadavg") or ["?"])[0]
         rows.append(
             f"| {r['events']:,} ({r['log_bytes'] / 1e6:.0f} MB) | {cell(r, 'verify')} "
             f"| {cell(r, 'count')} | {cell(r, 'report')} "
-            f"| {m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} cores, load {load} |"
+            f"| {m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} cores, "
+            f"load average {load} |"
         )
     return "\n".join(rows)
 

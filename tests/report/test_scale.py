@@ -30,3 +30,19 @@ def test_report_scale_benchmark_small(tmp_path: Path) -> None:
     # ten times the records, about the same memory for the count (interpreter included)
     assert large["count"]["peak_rss_mib"] < small["count"]["peak_rss_mib"] + 8, (small, large)
     assert large["count"]["peak_rss_mib"] < 64
+
+
+def test_docs_scale_table_is_generated_from_the_committed_results() -> None:
+    """docs/audit.md's scale table is `report_scale --table` of the results it names."""
+    import re
+
+    from benchmarks.report_scale import table
+
+    doc = (ROOT / "docs" / "audit.md").read_text()
+    m = re.search(r"<!-- report_scale: (\S+) -->\n(.*?)\n<!-- /report_scale -->", doc, re.S)
+    assert m, "docs/audit.md has no report_scale table"
+    results = [json.loads((ROOT / f).read_text()) for f in m.group(1).split(",")]
+    assert m.group(2) == table(results)
+    big = max(results, key=lambda r: r["events"])
+    assert big["events"] >= 1_000_000 and "cpu_model" in big["machine"]
+    assert "loadavg" in big["machine"] and "error" not in big["report"]
