@@ -608,8 +608,78 @@ def remote_cosignatures(loc: Any, policy: Policy) -> dict[str, bytes] | None:
     return {n: bytes(loc.read_small(n, limit=MAX_SIGNATURE_FILE)) for n in names}
 
 
-def _contents(m: VerifiedManifest) -> dict[str, tuple[int, str, bytes]]:
-    return {n: (f.size, f.resource_algorithm, f.resource_digest) for n, f in m.files.items()}
+def _whole_file(f: FileDigests) -> bool:
+    """A record that checks a file only by its whole-file digest (model_signing's
+    ``files`` serialization): one range, the whole file, its digest the resource's."""
+    return (
+        not f.chunked
+        and bool(f.resource_digest)
+        and f.head == f.size
+        and f.digests == (f.resource_digest,)
+    )
+
+
+def _agreed_digests(
+    model: object, named: Sequence[tuple[str, VerifiedManifest]]
+) -> dict[str, FileDigests]:
+    """The digests the loader may use, each signed by every bundle in ``named``.
+
+    A file's records must be equal in every bundle (chunk digests, their algorithm,
+    head and stride, resource digest).  One exception keeps model_signing releases
+    co-signable: where some bundles check a file by its whole-file digest only (signed
+    by model_signing) and the others carry chunk digests besides the same whole-file
+    digest, every signer signed that whole-file digest, and it is the one used.
+    """
+    (first_name, first), rest = named[0], named[1:]
+    agreed: dict[str, FileDigests] = {}
+    for n in sorted(first.files, key=oms.resource_sort_key):
+        records = [(first_name, first.files[n])]
+        for other_name, m in rest:
+            if n not in m.files:
+                raise VerificationError(
+                    f"{model}: {other_name} and {first_name} "
+                    f"sign different contents ({n} is signed by one only)",
+                    hint="every signer signs the same release: re-sign after the last change",
+                )
+            records.append((other_name, m.files[n]))
+        agreed[n] = _agree_on(model, n, records)
+    for other_name, m in rest:
+        extra = sorted(set(m.files) - set(first.files))
+        if extra:
+            raise VerificationError(
+                f"{model}: {other_name} and {first_name} "
+                f"sign different contents ({extra[0]} is signed by one only)",
+                hint="every signer signs the same release: re-sign after the last change",
+            )
+    return agreed
+
+
+def _agree_on(model: object, name: str, records: Sequence[tuple[str, FileDigests]]) -> FileDigests:
+    (a_name, a), rest = records[0], records[1:]
+    if all(f == a for _, f in rest):
+        return a
+    chunked = [(b, f) for b, f in records if f.chunked]
+    whole_only = [(b, f) for b, f in records if not f.chunked]
+    base = records[0][1]
+    same_file = all(
+        (f.size, f.resource_algorithm, f.resource_digest)
+        == (base.size, base.resource_algorithm, base.resource_digest)
+        for _, f in records
+    )
+    if (
+        same_file
+        and all(_whole_file(f) for _, f in whole_only)
+        and whole_only
+        and all(f == chunked[0][1] for _, f in chunked)
+    ):
+        return whole_only[0][1]
+    b_name, _ = next((b, f) for b, f in rest if f != a)
+    what = "whole-file digest or size" if not same_file else "chunk digests"
+    raise VerificationError(
+        f"{model}: {b_name} and {a_name} sign different contents (different {what} of {name})",
+        hint="every signer signs the same release, every digest of it: re-sign "
+        "after the last change",
+    )
 
 
 def _local_cosignatures(sig_path: Path) -> dict[str, bytes]:
@@ -652,20 +722,16 @@ def _verify_cosigned(
         hash_files = kw.pop("hash_files", True)
         match, used = _required_signers(model, policy, candidates, kw)
         first = used[0]
-        digests = _contents(first)
-        for i, m in enumerate(used[1:], 1):
-            other = _contents(m)
-            if other != digests:
-                diff = sorted(set(other.items()) ^ set(digests.items()))
-                raise VerificationError(
-                    f"{model}: {candidates[match[i]][0]} and {candidates[match[0]][0]} sign "
-                    f"different contents (first difference: {diff[0][0]})",
-                    hint="every signer signs the same release: re-sign after the last change",
-                )
-        if hash_files:  # every byte once, against the (identical) signed digests
+        # Every digest the loader may use, signed by every required signer.
+        files = _agreed_digests(
+            model,
+            [(f"{candidates[j][0]} ({m.signer})", m) for j, m in zip(match, used, strict=True)],
+        )
+        if hash_files:  # every byte once: the first bundle's digests, a superset of files'
             first = verify_bundle(
                 model, candidates[match[0]][1], policy.policies[0], hash_files=True, **kw
             )
+        first = dataclasses.replace(first, files=files)
     except WeightguardError as exc:
         _audit_failed(audit, exc, model, label)
         raise

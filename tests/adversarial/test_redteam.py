@@ -162,13 +162,6 @@ def _statement(sig: Path) -> Any:
     return oms.parse_statement(oms.parse_bundle(sig.read_bytes()).payload)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H10 (verifying.py _contents): co-signatures are compared by size and "
-    "resource digest only, while the loader checks the primary's chunk digests: a "
-    "required signer's bundle with the agreed SHA-256 but chunk digests of other "
-    "content loads that content, approved by no other signer",
-)
 def test_cosigned_bundles_agree_on_every_digest_the_loader_uses(tmp_path: Path) -> None:
     """Two-person rule: the release team (A) and the security team (B) must both sign.
     B reviewed and signed model Y.  A ships X (one weight byte changed) with a bundle
