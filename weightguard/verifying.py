@@ -768,13 +768,18 @@ def _required_signers(
                 accepted[i, j] = verify_bundle(model, sig, sub, hash_files=False, **kw)
             except WeightguardError:
                 continue
-    match = _match_signers(len(policy.policies), len(candidates), accepted)
+    keys = _signing_keys(policy, candidates, accepted)
+    match = _match_signers(len(policy.policies), len(candidates), accepted, keys)
     if match is None:
         unmet = [
             p.describe()
             for i, p in enumerate(policy.policies)
             if not any((i, j) in accepted for j in range(len(candidates)))
-        ] or ["two required signers share one signature"]
+        ] or [
+            "two required signers share one key (each required signer signs with a different key)"
+            if _match_signers(len(policy.policies), len(candidates), accepted)
+            else "two required signers share one signature"
+        ]
         raise VerificationError(
             f"{model}: the release is not signed by every required signer: "
             f"{'; '.join(unmet)} (looked at "
@@ -784,21 +789,51 @@ def _required_signers(
     return match, [accepted[i, j] for i, j in enumerate(match)]
 
 
-def _match_signers(
-    n_policies: int, n_bundles: int, accepted: Mapping[tuple[int, int], Any]
-) -> list[int] | None:
-    """A different bundle for every policy (a small bipartite matching), or None."""
-    match: list[int] = []
+def _signing_keys(
+    policy: CoSigned,
+    candidates: Sequence[tuple[str, Any]],
+    accepted: Mapping[tuple[int, int], Any],
+) -> dict[int, frozenset[str]]:
+    """The fingerprints of the keys that signed each accepted bundle, from the proofs
+    (a key bundle does not carry its key: the policy's key that verified it names it).
 
-    def place(i: int, taken: set[int]) -> bool:
+    Required signers are different keys: one key signing twice (say once as a
+    certificate bundle, once as a key bundle) is one signer.  A bundle proven by no
+    key (``UnsafeNoVerification``) is a key of its own."""
+    keys: dict[int, frozenset[str]] = {}
+    for i, j in sorted(accepted):
+        if j in keys:
+            continue
+        name, sig = candidates[j]
+        data = sig if isinstance(sig, bytes) else read_signature(Path(sig))
+        bundle = oms.parse_bundle(data, path=name)
+        proofs = Verifier(policy.policies[i].trust_anchors()).verify(bundle, path=name).proofs
+        fps = frozenset(p.key_fingerprint for p in proofs if p.key_fingerprint)
+        keys[j] = fps or frozenset({f"bundle #{j}"})
+    return keys
+
+
+def _match_signers(
+    n_policies: int,
+    n_bundles: int,
+    accepted: Mapping[tuple[int, int], Any],
+    keys: Mapping[int, frozenset[str]] | None = None,
+) -> list[int] | None:
+    """A different bundle, signed by a different key, for every policy (a small
+    bipartite matching), or None."""
+    match: list[int] = []
+    key_of = keys or {}
+
+    def place(i: int, taken: set[int], used: frozenset[str]) -> bool:
         if i == n_policies:
             return True
         for j in range(n_bundles):
-            if j not in taken and (i, j) in accepted:
+            k = key_of.get(j, frozenset())
+            if j not in taken and (i, j) in accepted and not (k & used):
                 match.append(j)
-                if place(i + 1, taken | {j}):
+                if place(i + 1, taken | {j}, used | k):
                     return True
                 match.pop()
         return False
 
-    return match if place(0, set()) else None
+    return match if place(0, set(), frozenset()) else None

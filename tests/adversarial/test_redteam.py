@@ -100,12 +100,6 @@ def test_report_markdown_renders_hostile_names_as_text(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ co-signing (issue 22)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H10 (verifying.py): CoSigned matches a different *bundle* per required "
-    "signer, never a different *key*: one key signing twice (a certificate bundle and a "
-    "key bundle) satisfies two required signers",
-)
 def test_cosigned_one_key_is_not_two_signers(tmp_path: Path) -> None:
     """--require-all with a CA root (security team) and a release key: the holder of
     the release key, given a certificate for that same key under the CA, signs twice
