@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from weightguard._internal.format.layout import MAGICS
 from weightguard._internal.format.model_dir import top_level_weights
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, TensorInfo
 from weightguard._internal.foundation.names import safe_relative_name
@@ -136,6 +137,8 @@ def select_files(loc: Location, signed: Mapping[str, Any] | None) -> list[str]:
         raw = loc.read_small(INDEX_NAME, limit=MAX_INDEX_BYTES)
         if signed is not None:  # verified before a byte of it is parsed
             check_signed_bytes(loc, INDEX_NAME, raw, signed[INDEX_NAME])
+        if raw.startswith(MAGICS):
+            return _sealed_index_shards(loc, names, signed)
         index = loads_index(raw, what=f"{loc.uri}/{INDEX_NAME}")
         try:
             weight_map = index["weight_map"]
@@ -165,6 +168,27 @@ def select_files(loc: Location, signed: Mapping[str, Any] | None) -> list[str]:
             f"{loc.uri}: no .safetensors files in the model directory",
             hint="point at a model file or a directory holding .safetensors shards",
         )
+    return shards
+
+
+def _sealed_index_shards(
+    loc: Location, names: list[str], signed: Mapping[str, Any] | None
+) -> list[str]:
+    """The shards of a model whose index ``encrypt --encrypt-other-files`` sealed.
+
+    A signed load does not need the index: the verified listing already names the
+    shards (every signed top-level .safetensors file), and the index's own data key would
+    have to be unwrapped before the shards' headers are read.  An unverified load has
+    nothing else it could trust, so it is refused."""
+    if signed is None:
+        raise FormatError(
+            f"{loc.uri}/{INDEX_NAME}: the index is encrypted, and only a signed load can "
+            "do without it",
+            hint="load it with the signer's trust anchor (the signature names the shards)",
+        )
+    shards = top_level_weights(names)
+    if not shards:
+        raise FormatError(f"{loc.uri}: no signed .safetensors files in the model directory")
     return shards
 
 
