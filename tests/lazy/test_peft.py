@@ -124,3 +124,22 @@ def test_a_changed_adapter_weight_is_refused(adapters, sign_keys) -> None:
     flip(w, w.stat().st_size - 40)
     with pytest.raises(IntegrityError):
         from_pretrained(copy.deepcopy(base), rel, policy=sign_keys.policy())
+
+
+def test_an_encrypted_adapter_config_is_decrypted(tmp_path: Path, adapters, sign_keys) -> None:
+    """`encrypt --encrypt-other-files` seals adapter_config.json too: the integration
+    decrypts it (verified, in memory) instead of failing on ciphertext."""
+    from weightguard import crypt
+    from weightguard.integrations.peft import from_pretrained
+
+    base, plain, _ = adapters
+    key = crypt.create_key_file(tmp_path / "other.key")
+    rel = tmp_path / "sealed"
+    crypt.encrypt_model(plain, rel, f"file://{key}", encrypt_other_files=True)
+    assert not (rel / "adapter_config.json").read_bytes().startswith(b"{")
+    sign(rel, rel / "model.sig", sign_keys)
+    want = _out(peft.PeftModel.from_pretrained(copy.deepcopy(base), plain))
+    got = _out(
+        from_pretrained(copy.deepcopy(base), rel, policy=sign_keys.policy(), key=f"file://{key}")
+    )
+    assert torch.equal(got, want)

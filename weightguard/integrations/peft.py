@@ -57,6 +57,7 @@ def from_pretrained(
             "loading a PEFT adapter needs the peft package", hint="pip install peft"
         ) from exc
     from weightguard.integrations import safetensors as dropin
+    from weightguard.integrations._side_files import SideFiles
     from weightguard.lazy import safe_open
 
     src = os.fspath(source)
@@ -69,7 +70,16 @@ def from_pretrained(
         audit=audit,
         file=WEIGHTS_NAME,
     ) as f:
-        raw = f.handle.read_side_file(CONFIG_NAME)  # checked against the signature
+        # checked against the signature, and decrypted in memory when the release
+        # encrypted it (encrypt --encrypt-other-files)
+        raw = SideFiles(
+            f.handle,
+            src,
+            key=key,
+            key_options=key_options,
+            allowed_keys=allowed_keys,
+            audit=audit,
+        ).read(CONFIG_NAME)
         try:
             cfg = json.loads(raw)
             if not isinstance(cfg, dict):
