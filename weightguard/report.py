@@ -787,6 +787,28 @@ def release_evidence(
     return prov, prot
 
 
+def _audit_args(
+    checkpoint_key: str | os.PathLike[str] | None,
+    checkpoint_vault_key: str | None,
+    anchor: str | None,
+    log_ids: Sequence[str] | None,
+    max_unsigned_tail: int,
+) -> list[str]:
+    """The `weightguard audit verify` options that reproduce the report's log checks."""
+    out: list[str] = []
+    if checkpoint_key:
+        out += ["--checkpoint-key", os.fspath(checkpoint_key)]
+    if checkpoint_vault_key:
+        out += ["--checkpoint-vault-key", checkpoint_vault_key]
+    if anchor:
+        out += ["--anchor", anchor]
+    for i in log_ids or ():
+        out += ["--log-id", i]
+    if max_unsigned_tail:
+        out += ["--max-unsigned-tail", str(max_unsigned_tail)]
+    return out
+
+
 def build_report(
     release: str | os.PathLike[str],
     policy: Any,
@@ -818,11 +840,10 @@ def build_report(
     those that verify are counted.  ``watermark_key`` checks the watermark's key
     commitment (no data key is needed).  ``trust_args`` are the CLI options that
     express ``policy``, repeated in the commands that reproduce each check.
-    Each log is read once, in bounded memory: its records are counted as they verify,
-    and the counts kept only if it verified.  ``on_verifying(log)`` and then
-    ``on_log(log, size)`` (its bytes, ``None`` when not known: stdin, S3) are called
-    before each log is read; ``progress(n)`` as ``n`` more bytes of it were read and
-    verified; ``on_verified(log, records)`` once a log verified.
+    Each log is read once, in bounded memory, counted as it verifies (counts kept only
+    if it verified).  Before each log: ``on_verifying(log)``, ``on_log(log, size)`` (its
+    bytes; ``None``: stdin, S3); ``progress(n)``: ``n`` more bytes read and verified;
+    ``on_verified(log, records)`` once a log verified.
     """
     if checkpoint_key is not None and checkpoint_vault_key is not None:
         raise ConfigError("give a checkpoint key file or a Vault checkpoint key, not both")
@@ -861,17 +882,9 @@ def build_report(
         access=acc,
     )
     _headline(ev)
-    audit_args: list[str] = []
-    if checkpoint_key:
-        audit_args += ["--checkpoint-key", os.fspath(checkpoint_key)]
-    if checkpoint_vault_key:
-        audit_args += ["--checkpoint-vault-key", checkpoint_vault_key]
-    if anchor:
-        audit_args += ["--anchor", anchor]
-    for i in log_ids or ():
-        audit_args += ["--log-id", i]
-    if max_unsigned_tail:
-        audit_args += ["--max-unsigned-tail", str(max_unsigned_tail)]
+    audit_args = _audit_args(
+        checkpoint_key, checkpoint_vault_key, anchor, log_ids, max_unsigned_tail
+    )
     _commands(
         ev,
         rel,
