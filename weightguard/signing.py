@@ -63,6 +63,7 @@ from weightguard.verifying import (
     COSIGN_SUFFIX,
     PRIMARY_SIGNATURE,
     cosignature_path,
+    primary_ignores_cosignatures,
     remote_cosignatures,
     verify_bundle,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "VerifiedManifest",
     "cosignature_path",
     "create_signing_key",
+    "primary_ignores_cosignatures",
     "remote_cosignatures",
     "sign_model",
     "vault_key_policy",

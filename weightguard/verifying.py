@@ -102,6 +102,7 @@ __all__ = [
     "Verifier",
     "cosignature_path",
     "default_signature",
+    "primary_ignores_cosignatures",
     "remote_cosignatures",
     "verify_bundle",
     "verify_signature",
@@ -487,6 +488,11 @@ def _coverage(
             exclude = None
         skip = () if signs_git else lst.GIT_PATHS
         present = lst.walk(root, skip_dirs=skip, allow_symlinks=allow_symlinks, exclude=exclude)
+    if not single:
+        # present, not covered (as when ignore_paths name them)
+        ignore += sorted(
+            _release_signatures(present, signed_names, sig_path, root, listed is not None)
+        )
     cov = lst.classify(
         present,
         signed_names,
@@ -510,6 +516,53 @@ def _coverage(
                 path=n,
             )
     return cov
+
+
+def _release_signatures(
+    present: Sequence[lst.Entry],
+    signed_names: set[str],
+    sig_path: Path,
+    root: Path,
+    remote: bool,
+) -> set[str]:
+    """The release's other signatures in the listing: never files a signature covers.
+
+    The primary ``model.sig`` is left out of its own listing (a bundle never covers
+    itself); its co-signatures ``model.sig.d/<name>.sig`` -- and, for a co-signature,
+    the primary -- are bundles too.  weightguard's own signatures record both in
+    ``ignore_paths``; model_signing's do not, so without this a model_signing release
+    could not be co-signed.  Left out only when they are what they claim: a
+    co-signature's name, a regular file that parses as a bundle (a listing of a
+    remote release gives names and sizes only: name and size there)."""
+    if remote:
+        primary = PRIMARY_SIGNATURE
+    else:
+        try:
+            rel = sig_path.resolve().relative_to(root.resolve()).parts
+        except ValueError:
+            return set()
+        if len(rel) == 1:
+            primary = rel[0]
+        elif len(rel) == 2 and rel[0].endswith(COSIGN_SUFFIX) and rel[1].endswith(".sig"):
+            primary = rel[0][: -len(COSIGN_SUFFIX)]
+        else:
+            return set()
+    folder = primary + COSIGN_SUFFIX + "/"
+    out: set[str] = set()
+    for e in present:
+        if e.name in signed_names or e.size > MAX_SIGNATURE_FILE:
+            continue
+        if e.name != primary:
+            tail = e.name[len(folder) :] if e.name.startswith(folder) else ""
+            if not tail.endswith(".sig") or not _COSIGN_NAME.match(tail[: -len(".sig")]):
+                continue
+        if e.path:
+            try:
+                oms.parse_bundle(read_signature(Path(e.path)), path=e.name)
+            except WeightguardError:
+                continue  # not a bundle: an ordinary file, covered or refused as such
+        out.add(e.name)
+    return out
 
 
 def _signed_digests(st: Statement, by_name: Mapping[str, lst.Entry]) -> dict[str, FileDigests]:
@@ -590,6 +643,18 @@ def cosignature_path(signature: str | os.PathLike[str], name: str) -> Path:
             "(e.g. security), without .sig"
         )
     return Path(os.fspath(signature) + COSIGN_SUFFIX) / f"{name}.sig"
+
+
+def primary_ignores_cosignatures(signature: str | os.PathLike[str]) -> bool:
+    """Whether the bundle ``signature`` records its co-signature folder
+    (``model.sig.d``) in ``ignore_paths``, as every weightguard directory signature
+    does and model_signing's never do.  Read without verifying: only for a notice
+    (``sign --co-sign``: the model_signing CLI then needs ``--ignore-paths
+    model.sig.d`` to verify the primary); weightguard itself verifies either."""
+    sig = Path(signature)
+    st = oms.parse_statement(oms.parse_bundle(read_signature(sig), path=str(sig)).payload)
+    folder = sig.name + COSIGN_SUFFIX
+    return lst.match_prefix(folder + "/x.sig", [p.strip("/") for p in st.ignore_paths])
 
 
 def remote_cosignatures(loc: Any, policy: Policy) -> dict[str, bytes] | None:

@@ -154,13 +154,14 @@ def sign(
 
     An existing signature is never replaced silently: add a second one with
     --co-sign NAME, or overwrite with --replace."""
-    from weightguard.signing import cosignature_path, sign_model
+    from weightguard.signing import cosignature_path, primary_ignores_cosignatures, sign_model
 
     signer = _signer(
         key, password_env, cert, cert_chain, vault_key, sigstore, identity_token, sigstore_staging
     )
     if signature is None:
         signature = _default_signature(model)
+    primary = signature
     if co_sign is not None:
         if not os.path.isfile(signature):
             raise ConfigError(
@@ -197,6 +198,14 @@ def sign(
     else:
         click.echo(f"signed {len(result.files)} file(s) -> {result.signature}")
         click.echo(f"signer: {result.signer}")
+    if co_sign is not None and os.path.isdir(model) and not primary_ignores_cosignatures(primary):
+        # weightguard verifies it either way (co-signatures are signatures, not files)
+        click.echo(
+            f"note: {primary} (not signed by weightguard) does not leave "
+            f"{os.path.basename(primary)}.d/ out: `model_signing verify` of it now needs "
+            f"--ignore-paths {os.path.basename(primary)}.d",
+            err=True,
+        )
 
 
 def _signer(

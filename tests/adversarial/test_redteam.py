@@ -467,12 +467,6 @@ def test_verify_s3_file_and_folder_of_one_name_is_typed_and_audited(
     assert [r["event"] for r in sink.records] == ["verify.failed"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H10 (verifying._coverage): the co-signature folder is left out of what a "
-    "signature must cover only when the primary's ignore_paths name it, which "
-    "model_signing's never do: co-signing a model_signing release breaks it",
-)
 def test_co_signing_a_model_signing_release_keeps_it_verifiable(tmp_path: Path) -> None:
     """The release team signed with model_signing (no ignore_paths); the security team
     adds ``model.sig.d/security.sig`` with weightguard.  Before: the primary no longer

@@ -200,3 +200,40 @@ def test_the_loader_requires_every_signer_of_a_release_in_s3(
     with pytest.raises(VerificationError, match="not signed by every required signer"):
         loader.load_file(f"s3://{bucket}/m/", policy=policy, audit=audit)
     assert sink.events("load.denied")
+
+
+def test_co_signing_a_model_signing_release(tmp_path: Path) -> None:
+    """A primary signed by model_signing (its ignore_paths never name model.sig.d):
+    ``sign --co-sign`` says what the model_signing CLI then needs, and weightguard
+    verifies the primary and ``--require-all`` (co-signatures are signatures, not files
+    a signature must cover)."""
+    import shutil
+
+    from tests.vectors.oms import restore_untracked
+
+    oms_dir = Path(__file__).resolve().parents[1] / "vectors" / "oms"
+    src = oms_dir / "ms-1.0.1" / "key-files-sha256"
+    model = tmp_path / "model"
+    shutil.copytree(src / "model", model)
+    restore_untracked(src, model)
+    shutil.copy(src / "model.sig", model / "model.sig")
+    write_key(tmp_path, "security")
+    log, ms_pub = tmp_path / "audit.jsonl", str(oms_dir / "keys" / "key-pub.pem")
+    r = wg("sign", str(model), "--signing-key", str(tmp_path / "security.pem"),
+           "--co-sign", "security", log=log)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "model_signing verify` of it now needs --ignore-paths model.sig.d" in r.stderr
+    r = wg("verify", str(model), "--trust-key", ms_pub, "--trust-key",
+           str(tmp_path / "security.pub"), "--require-all", "--json", log=log)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["uncovered"] == ["model.sig.d/security.sig"]
+    assert wg("verify", str(model), "--trust-key", ms_pub, log=log).returncode == 0
+    ref = model_signing(
+        "verify", "key", str(model), "--signature", str(model / "model.sig"),
+        "--public_key", ms_pub, "--ignore-paths", str(model / "model.sig.d"),
+    )  # fmt: skip
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    # a file in model.sig.d/ that is not a bundle is an ordinary file: not covered
+    (model / "model.sig.d" / "notes.sig").write_text("not a bundle")
+    r = wg("verify", str(model), "--trust-key", ms_pub, log=log)
+    assert r.returncode == 1 and "model.sig.d/notes.sig" in r.stderr
