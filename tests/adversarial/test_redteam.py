@@ -317,12 +317,6 @@ def test_key_bundle_shape_is_one_of_model_signings(tmp_path: Path, edit: Any) ->
         verify_bundle(model, sig, PublicKey.from_file(pub))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H10 (signers/certificate.py prove_chain): certificates in "
-    "x509CertificateChain that the validated path does not use (the leaf again, an "
-    "intermediate twice) are skipped over, so the bundle verifies under a new digest",
-)
 def test_certificate_bundle_carries_no_unused_certificates(tmp_path: Path) -> None:
     """Issue 22's canonical-bundle class for certificate bundles: the leaf appended
     once more to the chain leaves the proof unchanged and the bundle digest new.

@@ -190,5 +190,33 @@ def prove_chain(
             f"{description}: no path from {subject} to a trusted root "
             f"({', '.join(subject_of(r) for r in roots)}): {exc}"
         ) from None
+    _only_path_certificates(bundle, chain, path=path)
     issuer = subject_of(chain[1]) if len(chain) > 1 else subject_of(chain[0])
     return ChainProof(tuple(chain), f"certificate {subject} (issued by {issuer})", claimed)
+
+
+def _only_path_certificates(bundle: Bundle, chain: Sequence[Any], *, path: str) -> None:
+    """Every certificate the bundle carries is on the validated path, once.
+
+    A certificate the path does not use (the leaf again, an intermediate twice, an
+    unrelated one) changes nothing the proof rests on, so the bundle would verify under
+    a new bundle digest (the name the audit log records).  model_signing writes the
+    leaf and the chain it was given (its released bundles: leaf and intermediate),
+    all on the path; the root may be carried too.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    on_path = {c.public_bytes(serialization.Encoding.DER) for c in chain}
+    seen: set[bytes] = set()
+    for i, der in enumerate(bundle.certificates):
+        if der in seen:
+            raise FormatError(
+                f"{path}: x509CertificateChain.certificates[{i}] is a duplicate certificate"
+            )
+        seen.add(der)
+        if der not in on_path:
+            raise FormatError(
+                f"{path}: x509CertificateChain.certificates[{i}] is not a certificate of "
+                "the validated path (leaf, intermediates, root): a bundle carries only "
+                "those"
+            )
