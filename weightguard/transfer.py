@@ -29,6 +29,8 @@ from weightguard._internal.signing.location import (
 )
 from weightguard.errors import (
     DestinationError,
+    FormatError,
+    SourceError,
     UnsafeOptionRequired,
     WeightguardError,
 )
@@ -405,15 +407,21 @@ def verify_release(
             names = list(loc.names())
             if not loc.is_dir and signature is None:
                 names.append(signature_name(names[0]))
+            _one_kind_per_name(names, uri)
             for name in names:
                 target = safe_join(tmp, name, uri)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with loc.open(name) as src, open(target, "xb") as out:
-                    off = 0
-                    while off < src.size:
-                        n = min(8 << 20, src.size - off)
-                        out.write(src.read(off, n))
-                        off += n
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with loc.open(name) as src, open(target, "xb") as out:
+                        off = 0
+                        while off < src.size:
+                            n = min(8 << 20, src.size - off)
+                            out.write(src.read(off, n))
+                            off += n
+                except OSError as exc:
+                    raise SourceError(
+                        f"cannot copy {name} of {uri} for verification: {exc.strerror}"
+                    ) from exc
             model = tmp if loc.is_dir else tmp / names[0]
             if signature is not None:
                 sig = Path(signature)
@@ -444,3 +452,19 @@ def verify_release(
             files=len(manifest.files),
         )
     return manifest
+
+
+def _one_kind_per_name(names: list[str], uri: str) -> None:
+    """Refuse a listing where one name is an object and a folder of another object
+    (S3 stores ``p/config.json`` and ``p/config.json/x`` side by side; a release on
+    disk cannot hold both, and a signature covers one of them at most)."""
+    objects = set(names)
+    for name in sorted(names):
+        parts = name.split("/")
+        for k in range(1, len(parts)):
+            folder = "/".join(parts[:k])
+            if folder in objects:
+                raise FormatError(
+                    f"listing of {uri}: {folder} is an object and the folder of {name}; "
+                    "a release holds one or the other"
+                )

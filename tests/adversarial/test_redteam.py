@@ -431,11 +431,6 @@ def test_report_counts_each_log_once(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ verify s3://
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H12 (transfer.verify_release): a listing holding both 'config.json' and "
-    "'config.json/x' ends the copy with an untyped FileExistsError and no audit event",
-)
 def test_verify_s3_file_and_folder_of_one_name_is_typed_and_audited(
     s3_env: Any, bucket: str, tmp_path: Path
 ) -> None:
