@@ -42,7 +42,7 @@ PUBLIC_RANKS = {
     "weightguard.report": 5,
     "weightguard.integrations._side_files": 5,
     "weightguard.integrations.safetensors": 5,
-    "weightguard.integrations.kserve": 5,
+    "weightguard.integrations.kserve": 6,  # uses _side_files.audit_refusal
     "weightguard.bom": 6,
     "weightguard.integrations.peft": 6,
     "weightguard.integrations.sentence_transformers": 6,
