@@ -539,3 +539,35 @@ def test_sigstore_bundle_carries_no_keyid(tmp_path: Path, keyid: str | None) -> 
     sig.write_text(json.dumps(doc))
     with pytest.raises(FormatError, match=r"keyid in a Sigstore bundle"):
         verify_bundle(model, sig, ident)
+
+
+def test_sigstore_bundle_keeps_its_timestamp_verification_data(tmp_path: Path) -> None:
+    """sigstore-python always writes ``timestampVerificationData`` (``{}`` before 4.x,
+    ``{"rfc3161Timestamps": [...]}`` since; every released model_signing Sigstore
+    bundle carries it).  Removed, the bundle verified (offline, pinned trusted root)
+    under a new bundle digest.  Now refused.  Emptied (``{}``) it still verifies: that
+    is what model_signing 0.3.1 .. 1.0.1 bundles carry, so it cannot be told from a
+    bundle written without a timestamp authority (docs/signing.md)."""
+    import shutil
+
+    from weightguard.errors import FormatError
+    from weightguard.policy import SigstoreIdentity
+    from weightguard.signing import verify_bundle
+
+    hist = Path(__file__).resolve().parents[1] / "vectors" / "oms" / "historical"
+    model = tmp_path / "model"
+    shutil.copytree(hist / "v1.1.0-sigstore", model)
+    sig = model / "model.sig"
+    ident = SigstoreIdentity(
+        "stefanb@us.ibm.com", "https://sigstore.verify.ibm.com/oauth2", offline=True
+    )
+    verify_bundle(model, sig, ident)  # as released
+    doc = json.loads(sig.read_text())
+    assert doc["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"]
+    doc["verificationMaterial"].pop("timestampVerificationData")
+    sig.write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match=r"without timestampVerificationData"):
+        verify_bundle(model, sig, ident)
+    doc["verificationMaterial"]["timestampVerificationData"] = {}
+    sig.write_text(json.dumps(doc))
+    assert verify_bundle(model, sig, ident).kind == "sigstore"

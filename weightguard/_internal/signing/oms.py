@@ -412,6 +412,13 @@ def _parse_material(
                 f"{path}: Sigstore keyless bundle without tlogEntries",
                 hint="a keyless signature must carry its transparency log entry",
             )
+        # sigstore-python always writes it ({} before 4.x, {"rfc3161Timestamps": [...]}
+        # since); removed, the same signature would verify under a new bundle digest
+        if "timestampVerificationData" not in vm:
+            raise FormatError(
+                f"{path}: Sigstore keyless bundle without timestampVerificationData "
+                "(sigstore-python always writes it)"
+            )
     return kind, hint, certs, key_pem, key_details
 
 
