@@ -155,7 +155,7 @@ def main() -> None:
                 str(release),
                 "--signature",
                 str(OUT / "model.transit.sig"),
-                "--vault-key",
+                "--signing-vault-key",
                 "vault://transit/release-signer",
             ],
             env,
@@ -175,7 +175,7 @@ def main() -> None:
                 str(release),
                 "--signature",
                 str(OUT / "model.transit.sig"),
-                "--vault-key",
+                "--trust-vault-key",
                 "vault://transit/release-signer",
             ],
             env,
@@ -204,7 +204,12 @@ def main() -> None:
 
         banner("auditor: the access log is complete and untampered")
         log = env["WEIGHTGUARD_AUDIT_LOG"]
-        trust = ["--vault-key", "vault://transit/audit", "--anchor", "s3://audit-anchors/demo"]
+        trust = [
+            "--checkpoint-vault-key",
+            "vault://transit/audit",
+            "--anchor",
+            "s3://audit-anchors/demo",
+        ]
         run(["audit", "show", log], env)
         run(["audit", "verify", log, *trust], env)
         cut = OUT / "audit-cut.jsonl"
