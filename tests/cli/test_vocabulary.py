@@ -27,6 +27,7 @@ OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 FOREIGN = {
     "--ignore_unsigned_files",  # model_signing's (underscore: not matched; kept for clarity)
     "--no-ignore-git-paths",  # model_signing
+    "--ignore-paths",  # model_signing (verify a primary beside co-signatures)
     "--load-format",  # vllm serve
     "--model-loader-extra-config",  # vllm serve
     "--generation-config",  # vllm serve
