@@ -61,7 +61,17 @@ def test_wheel_holds_the_two_packages_and_py_typed(wheel: Path) -> None:
     assert set(meta.get_all("Provides-Extra") or []) >= {"torch", "transformers", "vllm", "dev"}
     core = [r for r in meta.get_all("Requires-Dist") or [] if "extra ==" not in r]
     names_core = {r.split(">")[0].split("=")[0].split("[")[0].strip() for r in core}
-    assert names_core == {"cryptography", "click", "hvac", "boto3", "sigstore", "blake3"}
+    assert names_core == {
+        "cryptography",
+        "click",
+        "hvac",
+        "boto3",
+        "sigstore",
+        "blake3",
+        "rich",
+        "requests",
+        "sigstore-models",
+    }
 
 
 def test_wheel_has_no_test_infrastructure(wheel: Path) -> None:
