@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.support.format import build_safetensors
+from tests.support.load import make_sign_keys
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>`]x[y](javascript:alert(2))"
 HOSTILE_IDENTITY = "<script>alert(3)</script>\r# injected heading"
@@ -27,26 +28,9 @@ def _plain_model(d: Path, weight_name: str = "model.safetensors") -> Path:
 
 
 def _key(d: Path, name: str) -> tuple[Any, Path]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from weightguard.signing import KeySigner
-
-    k = ec.generate_private_key(ec.SECP256R1())
-    priv, pub = d / f"{name}.pem", d / f"{name}.pub"
-    priv.write_bytes(
-        k.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    pub.write_bytes(
-        k.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return KeySigner.from_file(priv), pub
+    """(signer, public key file) of a fresh P-256 key pair."""
+    keys = make_sign_keys(d, name)
+    return keys.signer(), keys.public
 
 
 # ------------------------------------------------------------------ report (issue 26)
