@@ -21,6 +21,21 @@ class Term:
     python: tuple[str, ...] = ()  # "module:function(keyword)" taking the same thing
 
 
+# Commands that read or write model bytes: each has -q/--quiet and --json.
+_BYTE_COMMANDS = (
+    "encrypt",
+    "decrypt",
+    "rewrap",
+    "inspect",
+    "sign",
+    "verify",
+    "load",
+    "fetch",
+    "push",
+    "watermark embed",
+    "watermark check",
+)
+
 TERMS: tuple[Term, ...] = (
     Term(
         "trusted signer public key",
@@ -192,37 +207,12 @@ TERMS: tuple[Term, ...] = (
     Term(
         "no progress display",
         "--quiet",
-        (
-            "encrypt",
-            "decrypt",
-            "rewrap",
-            "inspect",
-            "sign",
-            "verify",
-            "load",
-            "fetch",
-            "push",
-            "watermark embed",
-            "watermark check",
-        ),
+        _BYTE_COMMANDS,
     ),
     Term(
         "machine-readable output",
         "--json",
-        (
-            "encrypt",
-            "decrypt",
-            "rewrap",
-            "inspect",
-            "sign",
-            "verify",
-            "load",
-            "fetch",
-            "push",
-            "watermark embed",
-            "watermark check",
-            "audit verify",
-        ),
+        (*_BYTE_COMMANDS, "audit verify"),
     ),
 )
 
