@@ -32,9 +32,8 @@ import pytest
 from click.testing import CliRunner
 from weightguard_cli.main import cli
 
-from weightguard._internal.audit.chain import ChainState, chain_record
 from weightguard._internal.audit.readers import file_segments
-from weightguard._internal.audit.record import digest
+from weightguard._internal.audit.record import ChainState, chain_record, digest
 from weightguard.audit import AuditLog, generate_checkpoint_key, verify_log
 from weightguard.errors import AuditError
 

@@ -11,62 +11,19 @@ anchor only once its line is written.
 
 from __future__ import annotations
 
-import hashlib
 import time
-import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
 from weightguard._internal.audit.checkpoint import Anchor, CheckpointSigner, checkpoint_payload
 from weightguard._internal.audit.record import (
     FORMAT_VERSION,
-    GENESIS,
-    MAX_RECORD_BYTES,
-    canonical,
+    ChainState,
+    chain_record,
     utc_now,
 )
-from weightguard.errors import AuditError, ConfigError
-
-
-def new_log_id() -> str:
-    return str(uuid.uuid4())
-
-
-@dataclass
-class ChainState:
-    """Where a log's chain stands: the next record's ``seq`` and ``prev``."""
-
-    log_id: str
-    next_seq: int = 0
-    head: str = GENESIS
-    last_is_checkpoint: bool = False
-
-    def snapshot(self) -> tuple[int, str, bool]:
-        return (self.next_seq, self.head, self.last_is_checkpoint)
-
-    def restore(self, snapshot: tuple[int, str, bool]) -> None:
-        self.next_seq, self.head, self.last_is_checkpoint = snapshot
-
-
-def chain_record(body: dict[str, Any], state: ChainState) -> bytes:
-    """Append ``body`` to ``state``'s chain; return the canonical line (with newline)."""
-    rec = dict(body)
-    rec["log"] = state.log_id
-    rec["seq"] = state.next_seq
-    rec["prev"] = state.head
-    line = canonical(rec)
-    if len(line) > MAX_RECORD_BYTES:
-        raise AuditError(
-            f"audit record for event {body.get('event')!s:.40} is {len(line)} bytes "
-            f"(limit {MAX_RECORD_BYTES})",
-            hint="pass fewer or shorter object/extra fields",
-        )
-    state.head = "sha256:" + hashlib.sha256(line).hexdigest()
-    state.next_seq += 1
-    state.last_is_checkpoint = body.get("event") == "checkpoint"
-    return line + b"\n"
+from weightguard.errors import ConfigError
 
 
 class Checkpointer:

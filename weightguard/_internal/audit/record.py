@@ -16,7 +16,9 @@ import math
 import os
 import re
 import socket
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 FORMAT_VERSION = 1
@@ -108,6 +110,47 @@ def parse_record(body: bytes, *, what: str) -> dict[str, Any]:
 
 def digest(record: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical(record)).hexdigest()
+
+
+def new_log_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class ChainState:
+    """Where a log's chain stands: the next record's ``seq`` and ``prev``."""
+
+    log_id: str
+    next_seq: int = 0
+    head: str = GENESIS
+    last_is_checkpoint: bool = False
+
+    def snapshot(self) -> tuple[int, str, bool]:
+        return (self.next_seq, self.head, self.last_is_checkpoint)
+
+    def restore(self, snapshot: tuple[int, str, bool]) -> None:
+        self.next_seq, self.head, self.last_is_checkpoint = snapshot
+
+
+def chain_record(body: dict[str, Any], state: ChainState) -> bytes:
+    """Append ``body`` to ``state``'s chain; return the canonical line (with newline)."""
+    from weightguard.errors import AuditError
+
+    rec = dict(body)
+    rec["log"] = state.log_id
+    rec["seq"] = state.next_seq
+    rec["prev"] = state.head
+    line = canonical(rec)
+    if len(line) > MAX_RECORD_BYTES:
+        raise AuditError(
+            f"audit record for event {body.get('event')!s:.40} is {len(line)} bytes "
+            f"(limit {MAX_RECORD_BYTES})",
+            hint="pass fewer or shorter object/extra fields",
+        )
+    state.head = "sha256:" + hashlib.sha256(line).hexdigest()
+    state.next_seq += 1
+    state.last_is_checkpoint = body.get("event") == "checkpoint"
+    return line + b"\n"
 
 
 def utc_now() -> str:

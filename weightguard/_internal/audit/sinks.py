@@ -25,13 +25,7 @@ import uuid
 from collections.abc import Iterator
 from typing import IO, Any, Protocol
 
-from weightguard._internal.audit.chain import (
-    ChainedSink,
-    ChainState,
-    Checkpointer,
-    chain_record,
-    new_log_id,
-)
+from weightguard._internal.audit.chain import ChainedSink, Checkpointer
 from weightguard._internal.audit.checkpoint import Anchor, S3Anchor, _parse_s3
 from weightguard._internal.audit.readers import (
     file_segment_name,
@@ -41,7 +35,10 @@ from weightguard._internal.audit.readers import (
 from weightguard._internal.audit.record import (
     FORMAT_VERSION,
     MAX_RECORD_BYTES,
+    ChainState,
+    chain_record,
     digest,
+    new_log_id,
     parse_record,
     torn_fragment,
     utc_now,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, TensorInfo
 from weightguard._internal.foundation.names import safe_relative_name
 from weightguard._internal.load.pipeline import FileJob, Record, digest_matches
 from weightguard._internal.load.plan import Geometry
-from weightguard._internal.load.sources import Location, Source
+from weightguard._internal.load.sources import GrowingReader, Location, Source
 from weightguard._internal.load.stream_digests import StreamCheck
 from weightguard.errors import CoverageError, FormatError, IntegrityError
 
@@ -313,37 +314,6 @@ def check_streamed(loc: Location, name: str, signed: SignedDigests) -> None:
         src.close()
 
 
-class _Growing:
-    """The file's first bytes, read once in order as parsers ask for more: what the
-    header is parsed from is exactly what a streamed digest hashes (a file object)."""
-
-    def __init__(self, source: Source, first: int) -> None:
-        self._src = source
-        self._pos = 0
-        self.buf = bytearray(source.read(0, min(first, source.size)))
-
-    def upto(self, end: int) -> bytes:
-        """Bytes ``[0, end)`` (``end`` within the file), reading only what is missing."""
-        have = len(self.buf)
-        if end > have:
-            self.buf += self._src.read(have, end - have)
-        return bytes(self.buf[:end])
-
-    def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            n = self._src.size - self._pos
-        n = max(0, min(n, self._src.size - self._pos))
-        end = self._pos + n
-        if end > len(self.buf):
-            self.upto(end)
-        data = bytes(self.buf[self._pos : end])
-        self._pos = end
-        return data
-
-    def fileno(self) -> int:  # pragma: no cover - parsers must be given the size
-        raise OSError("no file descriptor")
-
-
 def open_file(loc: Location, name: str, signed: SignedDigests | None) -> ModelFile:
     """Read a file's head once, check it against the signature, parse it.
 
@@ -364,7 +334,7 @@ def open_file(loc: Location, name: str, signed: SignedDigests | None) -> ModelFi
                 f"file is {src.size} bytes but the signature says {signed.size}",
                 path=display,
             )
-        grow: _Growing | None = None
+        grow: GrowingReader | None = None
         if chunked is not None:
             head_len = chunked.head
             if not 8 <= head_len <= min(src.size, MAX_HEADER_SIZE + fmt.MAX_HEADER_LEN + 1024):
@@ -377,7 +347,7 @@ def open_file(loc: Location, name: str, signed: SignedDigests | None) -> ModelFi
                     "header bytes do not match the signed digest", path=display, chunk=0
                 )
         else:
-            grow = _Growing(src, _PROBE)
+            grow = GrowingReader(src, _PROBE)
             head = bytes(grow.buf)
         if len(head) < 8:
             raise FormatError(f"{display}: {src.size} bytes is too small for a model file")
@@ -385,7 +355,7 @@ def open_file(loc: Location, name: str, signed: SignedDigests | None) -> ModelFi
         units = signed.units if signed is not None else None
         unit_algorithm = signed.unit_algorithm if signed is not None else ""
         if fmt.is_artifact(head):
-            reader: Any = grow if grow is not None else _BytesReader(head)
+            reader: Any = grow if grow is not None else io.BytesIO(head)
             ah = fmt.read_header(reader, path=display)
             if ah.content != "safetensors":
                 raise FormatError(
@@ -486,15 +456,3 @@ def open_file(loc: Location, name: str, signed: SignedDigests | None) -> ModelFi
     except BaseException:
         src.close()
         raise
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self._data) if n < 0 else min(len(self._data), self._pos + n)
-        out = self._data[self._pos : end]
-        self._pos = end
-        return out

@@ -93,6 +93,39 @@ class Source:
         return f"{type(self).__name__}({self.name!r}, size={self.size})"
 
 
+class GrowingReader:
+    """The file's first bytes, read once in order as parsers ask for more: what the
+    header is parsed from is exactly what a streamed digest hashes (a file object).
+    It lives here, below the format parsers that call its ``read``, so a load's walk
+    enters no module twice."""
+
+    def __init__(self, source: Source, first: int) -> None:
+        self._src = source
+        self._pos = 0
+        self.buf = bytearray(source.read(0, min(first, source.size)))
+
+    def upto(self, end: int) -> bytes:
+        """Bytes ``[0, end)`` (``end`` within the file), reading only what is missing."""
+        have = len(self.buf)
+        if end > have:
+            self.buf += self._src.read(have, end - have)
+        return bytes(self.buf[:end])
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            n = self._src.size - self._pos
+        n = max(0, min(n, self._src.size - self._pos))
+        end = self._pos + n
+        if end > len(self.buf):
+            self.upto(end)
+        data = bytes(self.buf[self._pos : end])
+        self._pos = end
+        return data
+
+    def fileno(self) -> int:  # pragma: no cover - parsers must be given the size
+        raise OSError("no file descriptor")
+
+
 class FileSource(Source):
     """A local file read with ``os.preadv`` (no shared file position, thread-safe)."""
 
