@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+import tests.vectors.oms
 from tests.support.load import (
     MODEL_LAYOUT,
     encrypt,
@@ -32,6 +33,9 @@ from tests.support.load import (
 from weightguard import load_file, open_model
 from weightguard._internal.keys.providers import create_key_file
 from weightguard.audit import AuditLog
+from weightguard.policy import PublicKey
+
+OMS = Path(tests.vectors.oms.__file__).parent
 
 
 def _stack(frame: FrameType | None) -> list[str]:
@@ -80,7 +84,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, str]:
     return model, keys.policy(), file_key
 
 
-@pytest.mark.parametrize("entry", ["load_file", "open_model"])
+@pytest.mark.parametrize("entry", ["load_file", "open_model", "load_file of a model_signing model"])
 def test_a_load_enters_no_module_twice(
     entry: str, release: tuple[Path, Any, str], tmp_path: Path
 ) -> None:
@@ -90,6 +94,12 @@ def test_a_load_enters_no_module_twice(
     def load() -> None:
         if entry == "load_file":
             tensors = load_file(model, key=key, policy=policy, audit=audit)
+        elif entry.endswith("model_signing model"):  # verified in the read that fills it
+            case = OMS / "ms-1.1.1" / "key-files-sha256"
+            oms = PublicKey.from_file(OMS / "keys" / "key-pub.pem")
+            got = load_file(case / "model", signature=case / "model.sig", policy=oms, audit=audit)
+            assert got
+            return
         else:
             with open_model(model, key=key, policy=policy, audit=audit) as handle:
                 tensors = handle.load()
