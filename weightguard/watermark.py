@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from weightguard._internal.foundation.extras import require
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard._internal.watermark import scheme as wm_scheme
 from weightguard._internal.watermark.scheme import DEFAULT_ALPHA, DEFAULT_MIN_NUMEL, SCHEME
 from weightguard.errors import ConfigError, DestinationError, FormatError, WatermarkError
@@ -32,7 +33,8 @@ from weightguard.errors import ConfigError, DestinationError, FormatError, Water
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-# The watermark computes on tensors: the `[torch]` extra, checked before any work.
+# The watermark computes on tensors (the `[torch]` extra) with scipy's statistics (the
+# `[watermark]` extra, which includes `[torch]`), checked before any work.
 _FEATURE, _NEEDS = "the watermark", ("torch", "numpy", "scipy")
 
 __all__ = [
@@ -102,7 +104,7 @@ def embed(
     from weightguard._internal.watermark.io import st_dtype
     from weightguard._internal.watermark.keys import resolve_key
 
-    require(_FEATURE, *_NEEDS)
+    require(_FEATURE, *_NEEDS, extra="watermark")
     _check_alpha(alpha)
     wk, owned = resolve_key(key)
     try:
@@ -122,6 +124,7 @@ def embed(
             wk.wipe()
 
 
+@renamed_keywords(overwrite="replace")
 def embed_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -129,7 +132,7 @@ def embed_file(
     *,
     alpha: float = DEFAULT_ALPHA,
     min_numel: int = DEFAULT_MIN_NUMEL,
-    overwrite: bool = False,
+    replace: bool = False,
     write_commitment: bool = True,
     audit: Any = None,
     load_options: Mapping[str, Any] | None = None,
@@ -149,7 +152,7 @@ def embed_file(
     from weightguard._internal.watermark import io as wm_io
     from weightguard._internal.watermark.keys import resolve_key
 
-    require(_FEATURE, *_NEEDS)
+    require(_FEATURE, *_NEEDS, extra="watermark")
     _check_alpha(alpha)
     srcp, dstp = Path(os.fspath(src)), Path(os.fspath(dst))
     if not srcp.exists():
@@ -158,10 +161,8 @@ def embed_file(
             hint="pass a safetensors file or a model directory",
         )
     encrypted = is_encrypted_input(srcp)
-    if dstp.exists() and not overwrite:
-        raise DestinationError(
-            f"{dstp} already exists", hint="choose another output or pass overwrite=True"
-        )
+    if dstp.exists() and not replace:
+        raise DestinationError(f"{dstp} already exists", hint="choose another output or pass --replace")
     if dstp.resolve() == srcp.resolve():
         raise DestinationError(
             "output and input are the same path", hint="write the marked model to a new location"
@@ -191,7 +192,7 @@ def embed_file(
                 open_model=loader.open_model,
                 encrypt_bytes=crypt.encrypt_bytes,
                 load_options=load_options,
-                overwrite=overwrite,
+                overwrite=replace,
             )
         elif srcp.is_dir():
             _embed_dir(srcp, dstp, mark)
@@ -409,7 +410,7 @@ def check_keys(
     from weightguard._internal.watermark.io import open_source
     from weightguard._internal.watermark.keys import resolve_key
 
-    require(_FEATURE, *_NEEDS)
+    require(_FEATURE, *_NEEDS, extra="watermark")
     if not keys:
         raise ConfigError("no watermark key given")
     k_tested = len(keys) if keys_tested is None else keys_tested

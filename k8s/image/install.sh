@@ -24,7 +24,7 @@ else
     python -m pip install --no-cache-dir "torch==$TORCH_VERSION"
 fi
 
-# 3. weightguard with the loader's extra and no index: a dependency that neither the lock
-#    nor step 2 installed fails here, not in a pod.
-python -m pip install --no-cache-dir --no-index --find-links "$wheels" "weightguard-ml[torch]"
+# 3. weightguard with the loader's and the watermark's extras and no index: a dependency
+#    that neither the lock nor step 2 installed fails here, not in a pod.
+python -m pip install --no-cache-dir --no-index --find-links "$wheels" "weightguard-ml[torch,watermark]"
 python -m pip check

@@ -17,7 +17,7 @@ def test_missing_submodule_of_an_extra_names_the_extra() -> None:
     assert isinstance(err, DependencyMissing) and isinstance(err, ConfigError)
     assert str(err) == (
         "this command needs scipy, which is not installed "
-        f"(install the 'torch' extra: pip install '{DIST}[torch]')"
+        f"(install the 'watermark' extra: pip install '{DIST}[watermark]')"
     )
 
 
@@ -29,3 +29,22 @@ def test_transformers_names_its_own_extra() -> None:
 @pytest.mark.parametrize("name", [None, "", "weightguard_internal_typo", "torchvision"])
 def test_other_import_errors_are_not_hidden(name: str | None) -> None:
     assert from_import_error(ModuleNotFoundError(name=name)) is None
+
+
+def test_a_feature_names_its_own_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watermark needs scipy, which only the `watermark` extra installs (a loader
+    host has `torch` without it): the hint names the extra that installs everything."""
+    import importlib.util
+
+    import weightguard.watermark as wm
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "scipy" else real(n, *a)
+    )
+    with pytest.raises(DependencyMissing) as info:
+        wm.embed({}, b"k" * 32)
+    assert str(info.value) == (
+        "the watermark needs scipy, which is not installed "
+        f"(install the 'watermark' extra: pip install '{DIST}[watermark]')"
+    )

@@ -191,7 +191,8 @@ def test_core_load_names_the_extra_to_install(core: Path, tmp_path: Path) -> Non
                "-o", tmp_path / "marked.safetensors", "--watermark-key", key], env=env)  # fmt: skip
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1] == (
-        f"error: the watermark needs torch, which is not installed {EXTRA_HINT}"
+        "error: the watermark needs torch, which is not installed "
+        "(install the 'watermark' extra: pip install 'weightguard-ml[watermark]')"
     )
     assert not (tmp_path / "marked.safetensors").exists()
 

@@ -21,7 +21,7 @@ DIST = "weightguard-ml"
 EXTRA_OF: dict[str, str] = {
     "torch": "torch",
     "numpy": "torch",
-    "scipy": "torch",
+    "scipy": "watermark",
     "safetensors": "torch",
     "transformers": "transformers",
     "vllm": "vllm",
@@ -34,22 +34,23 @@ def install_command(extra: str) -> str:
     return f"pip install '{DIST}[{extra}]'"
 
 
-def missing(feature: str, module: str) -> DependencyMissing:
-    extra = EXTRA_OF[module]
+def missing(feature: str, module: str, extra: str | None = None) -> DependencyMissing:
+    extra = extra or EXTRA_OF[module]
     return DependencyMissing(
         f"{feature} needs {module}, which is not installed",
         hint=f"install the {extra!r} extra: {install_command(extra)}",
     )
 
 
-def require(feature: str, *modules: str) -> None:
-    """Raise DependencyMissing for the first of ``modules`` that is not installed.
+def require(feature: str, *modules: str, extra: str | None = None) -> None:
+    """Raise DependencyMissing for the first of ``modules`` that is not installed,
+    naming ``extra`` (the feature's own extra, which installs them all) if given.
 
     ``find_spec`` looks without importing, so a check costs no torch start-up.
     """
     for module in modules:
         if importlib.util.find_spec(module) is None:
-            raise missing(feature, module)
+            raise missing(feature, module, extra)
 
 
 def from_import_error(exc: ModuleNotFoundError) -> DependencyMissing | None:
