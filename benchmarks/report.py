@@ -391,6 +391,14 @@ def render_signverify(res: dict[str, Any], path: Path) -> str:
                 f"{_fmt_s(med['cpu_s'])} | {r['wall']:.2f} | {r['cpu']:.2f} | "
                 f"{la[0]:.1f} -> {la[1]:.1f} |"
             )
+    costs = [
+        (n, m["hash_cpu_s_per_gb"]) for n, m in res["models"].items() if "hash_cpu_s_per_gb" in m
+    ]
+    if costs:  # each hash's cost on one thread, measured in the same run
+        per = "; ".join(
+            f"{n}: " + ", ".join(f"{k} {v:.2f}" for k, v in c.items()) for n, c in costs
+        )
+        lines += ["", f"CPU seconds per GB on one thread, same run: {per}."]
     return "\n".join(lines)
 
 

@@ -27,8 +27,10 @@ in this order by :func:`_verify` (steps 2 to 5 are :func:`verify_signature`)::
     6. Parse the signed statement (only the verified payload is parsed).
     7. Coverage: every weight file signed, nothing signed missing, sizes as signed
        (the listing rules: ``_internal/signing/listing.py``).
-    8. Content: every byte against the signed chunk digests and the OMS resource
-       digests (or, for the loader, each chunk as it streams: ``hash_files=False``).
+    8. Content: every byte against the signed OMS resource digests (one hash per
+       byte, what model_signing checks; ``check_chunk_digests=True``: against the
+       signed chunk digests too), or, for the loader, each chunk as it streams
+       (``hash_files=False``).
 
 ``UnsafeNoVerification`` is the one way past step 3: it yields a result marked
 ``unsafe`` whose signer is ``UNVERIFIED``.  A :class:`~weightguard.policy.CoSigned`
@@ -278,15 +280,21 @@ def verify_bundle(
     audit: _Audit | None = None,
     listing: Mapping[str, int] | None = None,
     cosignatures: Mapping[str, bytes] | None = None,
+    check_chunk_digests: bool = False,
 ) -> VerifiedManifest:
     """Verify ``signature`` for ``model`` under ``policy``; return the signed digests.
 
     Checks, in order: bundle structure, the policy (which verifies the signature), the
     statement, coverage (every weight file signed; other unsigned files only if the
     signature's ignore_paths or ``allow_unsigned`` glob patterns allow them; nothing
-    signed is missing; sizes), then -- with ``hash_files`` -- every byte (whole-file
-    digest and chunk digests).  ``hash_files=False`` is for the secure loader, which
-    checks each chunk against ``files[name].digests`` as it streams.
+    signed is missing; sizes), then -- with ``hash_files`` -- every byte against the
+    signed OMS resource digests (whole-file or shard digests: they prove the files,
+    as model_signing checks them).  ``check_chunk_digests=True`` also recomputes
+    weightguard's signed chunk digests and refuses a bundle whose chunk digests do not
+    match the bytes (a signer whose two kinds of digests disagree: the loader, which
+    checks the chunk digests, would refuse or load other bytes); it costs a second hash
+    of every byte.  ``hash_files=False`` is for the secure loader, which checks each
+    chunk against ``files[name].digests`` as it streams.
 
     ``signature`` is a path, or the bundle's bytes (e.g. fetched from S3).
     ``listing`` (with ``hash_files=False`` only) checks coverage and sizes against a
@@ -309,6 +317,7 @@ def verify_bundle(
             hash_files=hash_files,
             allow_symlinks=allow_symlinks,
             listing=listing,
+            check_chunk_digests=check_chunk_digests,
         )
     t0 = time.monotonic()
     root = Path(model)
@@ -348,6 +357,7 @@ def verify_bundle(
             sig_data=sig_data,
             listing=listing,
             names=(model_name, sig_name),
+            check_chunk_digests=check_chunk_digests,
         )
     except WeightguardError as exc:
         _audit_failed(audit, exc, model_name, sig_name)
@@ -390,6 +400,7 @@ def _verify(
     sig_data: bytes | None = None,
     listing: Mapping[str, int] | None = None,
     names: tuple[str, str] | None = None,
+    check_chunk_digests: bool = False,
 ) -> VerifiedManifest:
     """Steps 1 to 8, in order: nothing of the statement is believed before step 5.
 
@@ -412,7 +423,7 @@ def _verify(
     cov = _coverage(root, sig_path, st, allow_unsigned, allow_symlinks, listing, names)  # 7
     files = _signed_digests(st, cov.present)
     if hash_files:  # 8 (else the loader checks each chunk as it streams)
-        _check_content(st, files, cov.present)
+        _check_content(st, files, cov.present, chunks=check_chunk_digests)
     return VerifiedManifest(
         root=root,
         files=files,
@@ -593,13 +604,22 @@ def _signed_digests(st: Statement, by_name: Mapping[str, lst.Entry]) -> dict[str
 
 
 def _check_content(
-    st: Statement, files: Mapping[str, FileDigests], by_name: Mapping[str, lst.Entry]
+    st: Statement,
+    files: Mapping[str, FileDigests],
+    by_name: Mapping[str, lst.Entry],
+    *,
+    chunks: bool = False,
 ) -> None:
-    """Step 8: every file's OMS resource digest (what model_signing checks) AND, where
-    signed, every chunk digest (what the loader checks), from one read of each file.
+    """Step 8: every file's OMS resource digest (what model_signing checks), one hash
+    per byte; with ``chunks`` also, where signed, every chunk digest (what the loader
+    checks), from the same read of each file.
 
-    Both, so that no bundle passes here and fails the reference verifier, or the other
-    way round (a signer can sign chunk digests that disagree with its resource digests).
+    The resource digests alone prove the files: they are signed, collision-resistant,
+    and cover every byte, so no bundle passes here and fails the reference verifier,
+    or the other way round.  The chunk digests are signed too; recomputing them proves
+    nothing more about the bytes, only that the signer's two kinds of digests agree
+    (which the loader checks anyway, chunk by chunk, on every load): ``chunks=True``
+    (``check_chunk_digests``) is that consistency check.
     """
     from weightguard._internal.signing.hashing import HashJob, hash_files, hash_ranges
 
@@ -608,7 +628,8 @@ def _check_content(
         HashJob(n, by_name[n].path, f.size, f.head, f.stride, f.algorithm, st.hash_type)
         for n, f in whole.items()
     ]
-    got = hash_files(jobs)
+    # Chunk digests only where signed (a file without a chunk record has none to check).
+    got = hash_files(jobs, chunks=chunks and any(f.chunked for f in whole.values()))
     sharded = hash_ranges([(n, by_name[n].path, files[n]) for n in st.shards], st.hash_type)
     for n in sorted(st.shards, key=oms.resource_sort_key):
         for k, (want, have) in enumerate(zip(files[n].digests, sharded[n], strict=True)):
@@ -622,14 +643,31 @@ def _check_content(
                 )
     for n in sorted(whole, key=oms.resource_sort_key):
         f, h = files[n], got[n]
-        if f.chunked:
+        if f.chunked and chunks:
             for k, (want, have) in enumerate(zip(f.digests, h.digests, strict=True)):
                 if not hmac.compare_digest(want, have):
                     raise IntegrityError("content differs from the signed digest", path=n, chunk=k)
         if not hmac.compare_digest(f.resource_digest, h.whole):
             raise IntegrityError(
-                f"content differs from the signed {st.hash_type.upper()} digest", path=n
+                f"content differs from the signed {st.hash_type.upper()} digest",
+                path=n,
+                chunk=None if chunks else _first_differing_chunk(f, by_name[n].path, n, st),
             )
+
+
+def _first_differing_chunk(f: FileDigests, path: str, name: str, st: Statement) -> int | None:
+    """On a failed resource digest only: the first signed chunk digest that differs from
+    the file (the place to look), or None (no chunk digests, or all of them match)."""
+    from weightguard._internal.signing.hashing import HashJob, hash_files
+
+    if not f.chunked:
+        return None
+    job = HashJob(name, path, f.size, f.head, f.stride, f.algorithm, st.hash_type)
+    try:
+        got = hash_files([job])[name].digests
+    except WeightguardError:  # e.g. the file changes again: the mismatch stands, unlocated
+        return None
+    return next((k for k, (a, b) in enumerate(zip(f.digests, got, strict=True)) if a != b), None)
 
 
 # ------------------------------------------------------------------ co-signatures

@@ -21,7 +21,14 @@ def test_signverify_reports_both_ratios_per_model(tmp_path: Path) -> None:
         assert set(ratios) == {
             "weightguard sign",
             "weightguard verify",
+            "weightguard verify (check_chunk_digests)",
             "weightguard sign (HEAD)",
             "weightguard verify (HEAD)",
         }
         assert all(r["wall"] > 0 and r["cpu"] > 0 for r in ratios.values())
+        assert set(m["hash_cpu_s_per_gb"]) == {
+            "sha256",
+            "blake3 (4 MiB chunks)",
+            "1 MiB read copies (model_signing)",
+        }
+        assert all(v >= 0 for v in m["hash_cpu_s_per_gb"].values())

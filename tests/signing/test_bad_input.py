@@ -318,14 +318,24 @@ def test_chunk_record_inconsistent(signed: dict[str, Any]) -> None:
 
 
 def test_chunk_digest_of_other_content_is_caught(signed: dict[str, Any]) -> None:
-    # a signer whose chunk digests disagree with the file: the loader's digests are checked
+    # a signer whose chunk digests disagree with the file (its resource digests match):
+    # the files are the signed files (verify proves them by their resource digests, as
+    # model_signing does); check_chunk_digests=True and every load refuse the bundle
     def swap(p: dict[str, Any]) -> None:
         d = p["predicate"]["weightguard"]["files"]["model.safetensors"]["digests"]
         d[1], d[2] = d[2], d[1]
 
     _resign(signed, swap)
+    assert _verify(signed).hashed
     with pytest.raises(IntegrityError, match=r"model\.safetensors, chunk 1"):
-        _verify(signed)
+        _verify(signed, check_chunk_digests=True)
+    from weightguard import loader
+
+    with (
+        loader.open_model(signed["model"], policy=signed["policy"], signature=signed["sig"]) as m,
+        pytest.raises(IntegrityError, match=r"model\.safetensors.*chunk 1"),
+    ):
+        m.load()
 
 
 # ----------------------------------------------------------------- coverage

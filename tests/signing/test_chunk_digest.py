@@ -228,11 +228,16 @@ def test_tamper_detected(tmp_path: Path, file_key, sign_keys, algorithm: str, wh
         assert "do not match the signed digest" in str(ei.value)
     assert last(sink, "tamper.detected")["outcome"] == "denied"
     assert "load.ok" not in events(sink)
-    # full verification (hash_files=True) catches it too, with the same algorithm
+    # full verification (hash_files=True) catches it by the resource digest, and by the
+    # chunk digest (the same algorithm) with check_chunk_digests=True
     from weightguard.signing import verify_bundle
 
-    with pytest.raises(IntegrityError, match="content differs from the signed digest"):
-        verify_bundle(enc, enc.with_name("model.safetensors.sig"), sign_keys.policy())
+    sig = enc.with_name("model.safetensors.sig")
+    with pytest.raises(IntegrityError, match="content differs from the signed SHA256 digest"):
+        verify_bundle(enc, sig, sign_keys.policy())
+    with pytest.raises(IntegrityError, match="content differs from the signed digest") as ei:
+        verify_bundle(enc, sig, sign_keys.policy(), check_chunk_digests=True)
+    assert ei.value.chunk == (2 if where == "chunk" else 0)
 
 
 @pytest.mark.parametrize("choice", ["blake3", "sha256"])

@@ -86,6 +86,8 @@ _MAP_MIN = 64 * 1024
 # A file at least this big gets its chunk digests hashed on other cores while its
 # whole-file digest is computed, when fewer such files than cores are hashed.
 _SPLIT_MIN = 32 * 1024 * 1024
+# Bytes per update of a whole-file digest hashed alone from a mapping.
+_WHOLE_STEP = 4 * 1024 * 1024
 # OMS resource digests (model_signing ``serialization.hash_type`` / resource ``algorithm``).
 # "blake2b" is model_signing's ``blake2`` (``hashlib.blake2b()``: 64-byte digest, no key,
 # default parameters; model_signing names it "blake2b" in the bundle).
@@ -346,12 +348,13 @@ def _ranges(job: HashJob) -> list[tuple[int, int]]:
     return [(0, head)] + [(off, min(stride, size - off)) for off in range(head, size, stride)]
 
 
-def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
+def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None, chunks: bool = True) -> FileHashes:
     """Every digest of ``job`` from one read-only mapping of the file (no copy out of
     the page cache); ``pool``: the chunk digests are hashed there while this thread
     computes the sequential whole-file digest (a file with idle cores beside it),
     else both digests here, step by step, each step hashed twice while it is in the
     CPU cache.  Falls back to :func:`_hash_read` where the file cannot be mapped.
+    ``chunks=False``: the whole-file digest only (``FileHashes.digests`` is empty).
 
     The file must not change while it is hashed: its identity, size and times are
     compared before and after (``SourceError``); a file cut short *while* mapped ends
@@ -382,10 +385,10 @@ def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None) -> FileHashes:
             except (OSError, ValueError):
                 mapped = None
         if mapped is None:
-            out = _hash_read(job, pool, fd)
+            out = _hash_read(job, pool, fd) if chunks else _whole_read(job, fd)
         else:
             try:
-                out = _hash_mapped(job, mapped, pool)
+                out = _hash_mapped(job, mapped, pool) if chunks else _whole_mapped(job, mapped)
             finally:
                 with contextlib.suppress(BufferError):  # a view still alive: GC unmaps
                     mapped.close()
@@ -442,6 +445,42 @@ def _hash_mapped(job: HashJob, mapped: mmap.mmap, pool: cf.ThreadPoolExecutor | 
         return FileHashes(whole.digest(), tuple(digests), job.whole)
     finally:
         mv.release()
+
+
+def _whole_mapped(job: HashJob, mapped: mmap.mmap) -> FileHashes:
+    """The whole-file digest of ``job`` alone, straight from its mapping."""
+    whole = whole_hasher(job.whole, size=job.size, path=job.name)
+    if hasattr(mapped, "madvise"):
+        with contextlib.suppress(OSError):
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+    mv = memoryview(mapped)
+    try:
+        for a in range(0, job.size, _WHOLE_STEP):
+            v = mv[a : a + _WHOLE_STEP]
+            whole.update(v)
+            v.release()
+    finally:
+        mv.release()
+    return FileHashes(whole.digest(), (), job.whole)
+
+
+def _whole_read(job: HashJob, fd: int) -> FileHashes:
+    """The whole-file digest of ``job`` alone, through a reused buffer (``readinto``;
+    files that are small or cannot be mapped), read from ``fd`` at offset 0."""
+    whole = whole_hasher(job.whole, size=job.size, path=job.name)
+    block = min(max(job.size, 1), _TARGET_BLOCK)
+    buf = memoryview(_BUFFERS.get(max(block, _SMALL_FILE), 1)[0])
+    f = open(fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
+    with f:
+        pos = 0
+        while pos < job.size:
+            view = buf[: min(block, job.size - pos)]
+            _read_exact(f, view, job.name)
+            whole.update(view)
+            pos += len(view)
+        if f.read(1):
+            raise SourceError(f"{job.name}: file grew while being hashed")
+    return FileHashes(whole.digest(), (), job.whole)
 
 
 def _pread_exact(fd: int, view: memoryview, offset: int, name: str) -> memoryview:
@@ -587,20 +626,27 @@ def hash_chunks(jobs: Sequence[HashJob], *, workers: int | None = None) -> dict[
     return out
 
 
-def hash_files(jobs: Sequence[HashJob], *, workers: int | None = None) -> dict[str, FileHashes]:
+def hash_files(
+    jobs: Sequence[HashJob], *, workers: int | None = None, chunks: bool = True
+) -> dict[str, FileHashes]:
     """Hash every job (whole-file digest + chunk digests, one read of each file) on
     every core: files in parallel; a big file whose cores would otherwise idle (fewer
     big files than cores) has its chunk digests hashed on the other cores while its
     sequential whole-file digest is computed; otherwise each file's two digests are
-    computed together on one core, from the CPU cache."""
+    computed together on one core, from the CPU cache.
+
+    ``chunks=False`` computes the whole-file digests only (one hash per byte, files in
+    parallel; ``FileHashes.digests`` is empty): what verification needs to prove the
+    files when their resource digests are signed (``verify_bundle``)."""
     if not jobs:
         return {}
     for j in jobs:  # unknown algorithms fail before any file is read
-        chunk_hasher(j.algorithm, path=j.name)
+        if chunks:
+            chunk_hasher(j.algorithm, path=j.name)
         whole_hasher(j.whole, path=j.name)
     ncpu = workers or os.cpu_count() or 1
     big = sum(1 for j in jobs if j.size >= _SPLIT_MIN)
-    split = ncpu > 1 and big < ncpu
+    split = chunks and ncpu > 1 and big < ncpu
     file_workers = max(1, min(len(jobs), ncpu, 8))
     out: dict[str, FileHashes] = {}
     order = sorted(jobs, key=lambda j: -j.size)  # big files first
@@ -612,7 +658,7 @@ def hash_files(jobs: Sequence[HashJob], *, workers: int | None = None) -> dict[s
             )
 
         def one(job: HashJob) -> FileHashes:
-            return _hash_one(job, rpool if job.size >= _SPLIT_MIN else None)
+            return _hash_one(job, rpool if job.size >= _SPLIT_MIN else None, chunks)
 
         if file_workers == 1:
             for job in order:
