@@ -62,9 +62,6 @@ ALLOWED: dict[str, str] = {
     "weightguard/_internal/format/layout.py::_header_from_raw": (
         "the artifact header parser, field by field in the format's order (docs/format.md)"
     ),
-    "weightguard/_internal/load/push.py::push_model": (
-        "to split with one S3 module (issue 20 item 3)"
-    ),
     "weightguard/_internal/foundation/vault.py::map_vault_error": (
         "one table-like mapping of every hvac/requests error to a typed error with its hint"
     ),

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from weightguard._internal.format.model_dir import is_weight_file
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE
@@ -115,6 +115,101 @@ def _existing(s3: Any, bucket: str, prefix: str, url: str, endpoint: str | None)
         raise _upload_error(exc, "", url, endpoint, where=f"listing {url}") from None
 
 
+def _release_prefix(destination: str) -> tuple[str, str, str]:
+    """``(bucket, prefix, url)`` of a release destination; the prefix ends with ``/``."""
+    bucket, prefix = parse_s3_uri(destination)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return bucket, prefix, f"s3://{bucket}/{prefix}"
+
+
+def _files_to_push(root: Path) -> list[tuple[Path, str]]:
+    """``(path, relative name)`` of every file to upload, checked before anything is sent:
+    dot files skipped, links out of ``root`` and plain unsigned weights refused."""
+    todo: list[tuple[Path, str]] = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
+            continue
+        if real_inside(p, (root,)) is None:  # foundation.names: by real paths
+            raise SourceError(
+                f"{p} is a symbolic link leading outside {root} (to {os.path.realpath(p)}); "
+                "nothing was uploaded",
+                hint="copy the file into the release directory",
+            )
+        if is_weight_file(p.name):
+            _refuse_plaintext(p)
+        todo.append((p, p.relative_to(root).as_posix()))
+    if not todo:
+        raise ConfigError(f"{root}: nothing to upload")
+    return todo
+
+
+def _refuse_existing(before: list[str], prefix: str, url: str) -> NoReturn:
+    """Refuse a destination that already holds a release (without ``replace``)."""
+    shown = ", ".join(k[len(prefix) :] for k in before[:3])
+    more = f" and {len(before) - 3} more" if len(before) > 3 else ""
+    raise DestinationError(
+        f"{url} already holds a release ({len(before)} objects: {shown}{more}); "
+        "nothing was uploaded",
+        hint="push to a new prefix (s3://bucket/model/v2), or pass --replace "
+        "(replace=True) to overwrite it: the prefix then holds exactly this release",
+    )
+
+
+def _upload_all(
+    s3: Any,
+    todo: list[tuple[Path, str]],
+    bucket: str,
+    prefix: str,
+    endpoint: str | None,
+    progress: Callable[[int], None] | None,
+) -> tuple[list[str], int]:
+    """Upload each file (multipart, concurrent parts); ``(relative names, bytes)``."""
+    from boto3.exceptions import Boto3Error
+    from boto3.s3.transfer import TransferConfig
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    cfg = TransferConfig(
+        multipart_threshold=64 * 1024 * 1024,
+        multipart_chunksize=64 * 1024 * 1024,
+        max_concurrency=8,
+    )
+    files: list[str] = []
+    total = 0
+    for p, rel in todo:
+        key = prefix + rel
+        try:
+            s3.upload_file(str(p), bucket, key, Config=cfg, Callback=progress)
+        except (Boto3Error, ClientError, BotoCoreError, OSError) as exc:
+            raise _upload_error(exc, rel, f"s3://{bucket}/{key}", endpoint) from None
+        files.append(rel)
+        total += p.stat().st_size
+    return files, total
+
+
+def _remove_stale(s3: Any, bucket: str, stale: list[str], url: str, endpoint: str | None) -> None:
+    """Remove what the replaced release had and this one has not (1000 keys a request)."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    for i in range(0, len(stale), 1000):
+        batch = stale[i : i + 1000]
+        try:
+            resp = s3.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+            )
+        except (Boto3Error, ClientError, BotoCoreError) as exc:
+            where = f"removing the replaced release's files under {url}"
+            raise _upload_error(exc, "", url, endpoint, where=where) from None
+        if resp.get("Errors"):
+            e = resp["Errors"][0]
+            raise DestinationError(
+                f"{url}: the new release is uploaded but {len(resp['Errors'])} file(s) of the "
+                f"replaced one could not be removed (first: {e.get('Key')}: {e.get('Code')})",
+                hint="remove them by hand: the prefix mixes two releases until then",
+            )
+
+
 def push_model(
     directory: str | os.PathLike[str],
     destination: str,
@@ -132,74 +227,17 @@ def push_model(
     uploaded and every object under the prefix that is not one of them is removed, so
     the prefix holds exactly the new release.  The result says what was replaced.
     """
-    from boto3.exceptions import Boto3Error
-    from boto3.s3.transfer import TransferConfig
-    from botocore.exceptions import BotoCoreError, ClientError
-
     root = Path(directory)
-    bucket, prefix = parse_s3_uri(destination)
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    url = f"s3://{bucket}/{prefix}"
-    todo: list[tuple[Path, str]] = []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
-            continue
-        if real_inside(p, (root,)) is None:  # foundation.names: by real paths
-            raise SourceError(
-                f"{p} is a symbolic link leading outside {root} (to {os.path.realpath(p)}); "
-                "nothing was uploaded",
-                hint="copy the file into the release directory",
-            )
-        if is_weight_file(p.name):
-            _refuse_plaintext(p)
-        todo.append((p, p.relative_to(root).as_posix()))
-    if not todo:
-        raise ConfigError(f"{root}: nothing to upload")
+    bucket, prefix, url = _release_prefix(destination)
+    todo = _files_to_push(root)
     s3 = client or upload_client(endpoint_url)
     endpoint = str(getattr(getattr(s3, "meta", None), "endpoint_url", "") or "") or None
     before = _existing(s3, bucket, prefix, url, endpoint)
     if before and not replace:
-        shown = ", ".join(k[len(prefix) :] for k in before[:3])
-        more = f" and {len(before) - 3} more" if len(before) > 3 else ""
-        raise DestinationError(
-            f"{url} already holds a release ({len(before)} objects: {shown}{more}); "
-            "nothing was uploaded",
-            hint="push to a new prefix (s3://bucket/model/v2), or pass --replace "
-            "(replace=True) to overwrite it: the prefix then holds exactly this release",
-        )
-    cfg = TransferConfig(
-        multipart_threshold=64 * 1024 * 1024,
-        multipart_chunksize=64 * 1024 * 1024,
-        max_concurrency=8,
-    )
-    files: list[str] = []
-    total = 0
-    for p, rel in todo:
-        key = prefix + rel
-        try:
-            s3.upload_file(str(p), bucket, key, Config=cfg, Callback=progress)
-        except (Boto3Error, ClientError, BotoCoreError, OSError) as exc:
-            raise _upload_error(exc, rel, f"s3://{bucket}/{key}", endpoint) from None
-        files.append(rel)
-        total += p.stat().st_size
+        _refuse_existing(before, prefix, url)
+    files, total = _upload_all(s3, todo, bucket, prefix, endpoint, progress)
     stale = sorted(set(before) - {prefix + rel for rel in files})
-    for i in range(0, len(stale), 1000):  # what the replaced release had and this one has not
-        batch = stale[i : i + 1000]
-        try:
-            resp = s3.delete_objects(
-                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
-            )
-        except (Boto3Error, ClientError, BotoCoreError) as exc:
-            where = f"removing the replaced release's files under {url}"
-            raise _upload_error(exc, "", url, endpoint, where=where) from None
-        if resp.get("Errors"):
-            e = resp["Errors"][0]
-            raise DestinationError(
-                f"{url}: the new release is uploaded but {len(resp['Errors'])} file(s) of the "
-                f"replaced one could not be removed (first: {e.get('Key')}: {e.get('Code')})",
-                hint="remove them by hand: the prefix mixes two releases until then",
-            )
+    _remove_stale(s3, bucket, stale, url, endpoint)
     return {
         "destination": url,
         "files": files,
