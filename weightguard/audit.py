@@ -21,7 +21,7 @@ import re
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weightguard._internal.audit.chain import Checkpointer
 from weightguard._internal.audit.checkpoint import (
@@ -51,13 +51,30 @@ from weightguard._internal.audit.sinks import (
     Sink,
     StreamSink,
 )
-from weightguard._internal.audit.verify import (
-    LogSummary,
-    Problem,
-    VerifyResult,
-    verify_log,
-)
 from weightguard.errors import AuditError, ConfigError
+
+if TYPE_CHECKING:
+    from weightguard._internal.audit.verify import (
+        LogSummary,
+        Problem,
+        VerifyResult,
+        verify_log,
+    )
+
+# The log's verification (``verify_log`` and its result types) loads on first use: writing
+# events (every load) does not need it, and its five dataclasses cost ~3 ms to import.
+_VERIFY_NAMES = frozenset({"LogSummary", "Problem", "VerifyResult", "verify_log"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _VERIFY_NAMES:
+        from weightguard._internal.audit import verify
+
+        value = getattr(verify, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _log = logging.getLogger("weightguard.audit")
 

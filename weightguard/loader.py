@@ -85,7 +85,8 @@ from weightguard.manifest import S3Options
 # What every load needs is imported with this module, not inside the first call, so the
 # first load_file costs what later ones do; `import weightguard` (the CLI) stays cheap
 # because it does not import this module.  Optional back ends (boto3, hvac, sigstore,
-# model_signing, triton, torch.cuda) still load only when a load uses them.
+# model_signing, triton, torch.cuda), X.509 chains and what a load never runs (the audit
+# log's verification, signing) still load only when used (tests/arch/test_import_path.py).
 _LOAD_MODULES = (
     "weightguard.audit",
     "weightguard.policy",
@@ -93,9 +94,7 @@ _LOAD_MODULES = (
     "weightguard._internal.format.layout",
     "weightguard._internal.keys.providers",
     "weightguard._internal.keys.unwrap",
-    "weightguard._internal.signing.signers.certificate",  # verifying imports all three
-    "weightguard._internal.signing.signers.ec_key",
-    "weightguard._internal.signing.signers.sigstore",
+    "weightguard._internal.signing.signers.ec_key",  # key bundles (X.509, Sigstore: on use)
     "weightguard._internal.foundation.cpus",
     "weightguard._internal.devices.cpu",
     "weightguard._internal.devices.aes_ctr_triton",

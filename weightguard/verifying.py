@@ -169,7 +169,8 @@ class Verifier:
 
 def _prove(anchor: TrustAnchor, bundle: Bundle, path: str) -> Proof:
     """What ``anchor`` proves about ``bundle``; FormatError / _Unproven say why not."""
-    from weightguard._internal.signing.signers import certificate, ec_key, sigstore
+    # certificate (X.509 bundles) and sigstore load below, only for the bundles needing them
+    from weightguard._internal.signing.signers import ec_key
     from weightguard._internal.signing.signers.base import key_fingerprint
 
     kind = bundle.kind
@@ -177,6 +178,8 @@ def _prove(anchor: TrustAnchor, bundle: Bundle, path: str) -> Proof:
         if kind == "sigstore":
             raise _Unproven(f"{anchor.description}: bundle is a Sigstore keyless signature")
         if kind == "x509":
+            from weightguard._internal.signing.signers import certificate
+
             leaf_key = certificate.leaf_certificate(bundle, path=path).public_key()
             if key_fingerprint(leaf_key) != anchor.fingerprint:
                 raise _Unproven(f"{anchor.description}: the leaf certificate holds a different key")
@@ -190,6 +193,8 @@ def _prove(anchor: TrustAnchor, bundle: Bundle, path: str) -> Proof:
                 f"{anchor.description}: key-signed bundles do not carry the key; "
                 "use PublicKey(pem) for them"
             )
+        from weightguard._internal.signing.signers import certificate
+
         key = certificate.leaf_certificate(bundle, path=path).public_key()
         if key_fingerprint(key) != anchor.fingerprint:
             raise _Unproven(f"{anchor.description}: signing key is {key_fingerprint(key)}")
@@ -198,6 +203,8 @@ def _prove(anchor: TrustAnchor, bundle: Bundle, path: str) -> Proof:
     if isinstance(anchor, ChainAnchor):
         if kind != "x509":
             raise _Unproven(f"{anchor.description}: bundle is not signed with an X.509 chain")
+        from weightguard._internal.signing.signers import certificate
+
         got = certificate.prove_chain(
             bundle,
             path=path,
@@ -213,6 +220,8 @@ def _prove(anchor: TrustAnchor, bundle: Bundle, path: str) -> Proof:
         desc = anchor.description or f"Sigstore identity {anchor.identity}"
         if kind != "sigstore":
             raise _Unproven(f"{desc}: bundle is not a Sigstore keyless signature")
+        from weightguard._internal.signing.signers import sigstore
+
         cert, when = sigstore.prove_sigstore(
             bundle,
             path=path,
