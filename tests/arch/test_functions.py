@@ -47,9 +47,6 @@ ALLOWED: dict[str, str] = {
         "to split with the thin loader: a frozen options object (issue 20 item 3)"
     ),
     "weightguard/loader.py::ModelHandle.load": "to split with the thin loader (issue 20 item 3)",
-    "weightguard/_internal/load/module.py::load_into_module": (
-        "to split with the thin loader (issue 20 item 3)"
-    ),
     "weightguard/_internal/crypt/decrypt.py::decrypt_model": (
         "to split: plan, decrypt each file, audit (as encrypt_model)"
     ),

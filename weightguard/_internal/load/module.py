@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.load.copiers import Copier
@@ -164,110 +164,170 @@ def _load_direct(handle: Any, file: Any, dsts: dict[str, Any]) -> None:
         handle._run([job], segments, ParamCopier(targets, slot))
 
 
-def load_into_module(module: torch.nn.Module, handle: Any, *, strict: bool) -> None:
-    """Fill ``module`` from an open :class:`~weightguard.loader.ModelHandle`."""
+class _Fit(NamedTuple):
+    """How a checkpoint maps onto a module, decided before a record is read."""
+
+    own: dict[str, Any]  # the module's tensors by state-dict name
+    aliases: dict[str, list[str]]  # name -> every name of the same tensor object
+    infos: dict[str, Any]  # the checkpoint's tensor table by name
+    loadable: list[str]  # the checkpoint's tensors the module has, sorted
+
+
+def _check_names(uri: Any, module: torch.nn.Module, fit: _Fit, ckpt: set[str]) -> None:
+    """Refuse a checkpoint whose tensor names do not match the module (``strict``)."""
+    present = set(fit.loadable)
+    unexpected = sorted(ckpt - set(fit.own) - _non_persistent(module))
+    missing = sorted(n for n in fit.own if not any(a in present for a in fit.aliases.get(n, [n])))
+    if missing or unexpected:
+        raise FormatError(
+            f"{uri}: tensors do not match the module "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})",
+            hint="load into the right architecture, or pass strict=False",
+        )
+
+
+def _check_shapes(uri: Any, fit: _Fit) -> None:
+    """Refuse a checkpoint whose tensors have other shapes than the module's."""
+    mismatched = [
+        f"{n} {tuple(fit.infos[n].shape)} vs {tuple(fit.own[n].shape)}"
+        for n in fit.loadable
+        if tuple(fit.infos[n].shape) != tuple(fit.own[n].shape)
+    ]
+    if mismatched:
+        raise FormatError(
+            f"{uri}: tensor shapes do not match the module: {'; '.join(mismatched[:5])}",
+            hint="load into the right architecture",
+        )
+
+
+def _check_meta(uri: Any, module: torch.nn.Module, fit: _Fit) -> None:
+    """Refuse a load that would leave a parameter or buffer on the meta device."""
+    covered = {a for n in fit.loadable for a in fit.aliases.get(n, [n])}
+    on_meta = sorted(
+        n
+        for n, t in (*module.named_parameters(), *module.named_buffers())
+        if t.is_meta and n not in covered
+    )
+    if on_meta:
+        raise FormatError(
+            f"{uri}: the load would leave {len(on_meta)} tensor(s) on the meta device "
+            f"({', '.join(on_meta[:5])})",
+            hint="the checkpoint lacks them: materialise them before loading, or load "
+            "the matching checkpoint",
+        )
+
+
+def _fit(module: torch.nn.Module, handle: Any, *, strict: bool) -> _Fit:
+    """Match the checkpoint to the module; FormatError when the load cannot complete."""
+    uri = handle._ctx.uri
+    own = module.state_dict(keep_vars=True)
+    ckpt = set(handle.keys())
+    fit = _Fit(
+        own=own,
+        aliases=_aliases(module),
+        infos={t.name: t for f in handle._files for t in f.tensors},
+        loadable=sorted(n for n in ckpt if n in own),
+    )
+    if strict:
+        _check_names(uri, module, fit, ckpt)
+    _check_shapes(uri, fit)
+    _check_meta(uri, module, fit)
+    return fit
+
+
+def _assign(
+    module: torch.nn.Module, handle: Any, fit: _Fit, names: list[str], state: dict[str, Any]
+) -> None:
+    """Put the loaded tensors ``state[name]`` into the module: copied into allocated
+    tensors, taken over (cast if needed) by tensors on ``meta``."""
     import torch
 
     uri = handle._ctx.uri
-    try:
-        own = module.state_dict(keep_vars=True)
-        skip = _non_persistent(module)
-        aliases = _aliases(module)
-        ckpt = set(handle.keys())
-        loadable = sorted(n for n in ckpt if n in own)
-        present = set(loadable)
-        unexpected = sorted(ckpt - set(own) - skip)
-        missing = sorted(n for n in own if not any(a in present for a in aliases.get(n, [n])))
-        if strict and (missing or unexpected):
+    for n in names:
+        src, dst = state[n], fit.own[n]
+        if tuple(src.shape) != tuple(dst.shape):
             raise FormatError(
-                f"{uri}: tensors do not match the module "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]})",
-                hint="load into the right architecture, or pass strict=False",
-            )
-        infos = {t.name: t for f in handle._files for t in f.tensors}
-        mismatched = [
-            f"{n} {tuple(infos[n].shape)} vs {tuple(own[n].shape)}"
-            for n in loadable
-            if tuple(infos[n].shape) != tuple(own[n].shape)
-        ]
-        if mismatched:
-            raise FormatError(
-                f"{uri}: tensor shapes do not match the module: {'; '.join(mismatched[:5])}",
+                f"{uri}: tensor {n!r} has shape {tuple(src.shape)}, the module "
+                f"expects {tuple(dst.shape)}",
                 hint="load into the right architecture",
             )
-        covered = {a for n in loadable for a in aliases.get(n, [n])}
-        on_meta = sorted(
-            n
-            for n, t in (*module.named_parameters(), *module.named_buffers())
-            if t.is_meta and n not in covered
-        )
-        if on_meta:
-            raise FormatError(
-                f"{uri}: the load would leave {len(on_meta)} tensor(s) on the meta device "
-                f"({', '.join(on_meta[:5])})",
-                hint="the checkpoint lacks them: materialise them before loading, or load "
-                "the matching checkpoint",
+        if dst.is_meta:
+            value = src if src.dtype == dst.dtype else src.to(dst.dtype)
+            if value is not src:
+                src.zero_()
+            new: Any = (
+                torch.nn.Parameter(value, requires_grad=dst.requires_grad)
+                if isinstance(dst, torch.nn.Parameter)
+                else value
             )
+            for a in fit.aliases.get(n, [n]):
+                _set(module, a, new)
+            state[n] = None  # the module owns it now: not zeroed below
+        else:
+            dst.copy_(src)
+
+
+def _load_file(
+    module: torch.nn.Module, handle: Any, fit: _Fit, file: Any, names: list[str]
+) -> None:
+    """Load one file's tensors ``names``: straight into the module's tensors where the
+    layout allows, through :meth:`ModelHandle.load` otherwise (zeroed after use)."""
+    import torch
+
+    own, infos = fit.own, fit.infos
+    direct = {n: own[n] for n in names if _direct_ok(own[n], infos[n], handle.device)}
+    if file.streamed and len(direct) < len(names):
+        direct = {}  # whole-file digests: one load (one read) for the whole file
+    if direct:
+        _load_direct(handle, file, direct)
+    names = [n for n in names if n not in direct]
+    if not names:
+        return
+    state = handle.load(names)
+    try:
+        with torch.no_grad():
+            _assign(module, handle, fit, names, state)
+    except BaseException as exc:
+        handle._deny(exc, 0.0)
+        raise
+    finally:
+        for t in state.values():
+            if t is not None:
+                t.zero_()
+        state.clear()
+
+
+def _zero_loaded(module: torch.nn.Module, fit: _Fit) -> None:
+    """Fail closed: no half-loaded module keeps weights."""
+    import torch
+
+    now = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    with torch.no_grad():
+        for n in fit.loadable:
+            for t in (fit.own[n], now.get(n)):
+                if t is not None and not t.is_meta:
+                    t.zero_()
+
+
+def load_into_module(module: torch.nn.Module, handle: Any, *, strict: bool) -> None:
+    """Fill ``module`` from an open :class:`~weightguard.loader.ModelHandle`."""
+    try:
+        fit = _fit(module, handle, strict=strict)
     except FormatError as exc:
         handle._deny(exc, 0.0)
         raise
     by_file: dict[str, list[str]] = defaultdict(list)
-    for n in loadable:
+    for n in fit.loadable:
         by_file[handle._where[n].name].append(n)
     try:
         for f in handle._files:  # one file at a time: any extra copy is one shard
-            names = by_file.get(f.name)
-            if not names:
-                continue
-            direct = {n: own[n] for n in names if _direct_ok(own[n], infos[n], handle.device)}
-            if f.streamed and len(direct) < len(names):
-                direct = {}  # whole-file digests: one load (one read) for the whole file
-            if direct:
-                _load_direct(handle, f, direct)
-            names = [n for n in names if n not in direct]
-            if not names:
-                continue
-            state = handle.load(names)
-            try:
-                with torch.no_grad():
-                    for n in names:
-                        src, dst = state[n], own[n]
-                        if tuple(src.shape) != tuple(dst.shape):
-                            raise FormatError(
-                                f"{uri}: tensor {n!r} has shape {tuple(src.shape)}, the module "
-                                f"expects {tuple(dst.shape)}",
-                                hint="load into the right architecture",
-                            )
-                        if dst.is_meta:
-                            value = src if src.dtype == dst.dtype else src.to(dst.dtype)
-                            if value is not src:
-                                src.zero_()
-                            new: Any = (
-                                torch.nn.Parameter(value, requires_grad=dst.requires_grad)
-                                if isinstance(dst, torch.nn.Parameter)
-                                else value
-                            )
-                            for a in aliases.get(n, [n]):
-                                _set(module, a, new)
-                            state[n] = None  # the module owns it now: not zeroed below
-                        else:
-                            dst.copy_(src)
-            except BaseException as exc:
-                handle._deny(exc, 0.0)
-                raise
-            finally:
-                for t in state.values():
-                    if t is not None:
-                        t.zero_()
-                state.clear()
+            if by_file.get(f.name):
+                _load_file(module, handle, fit, f, by_file[f.name])
     except BaseException:
-        now = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-        with torch.no_grad():  # fail closed: no half-loaded module keeps weights
-            for n in loadable:
-                for t in (own[n], now.get(n)):
-                    if t is not None and not t.is_meta:
-                        t.zero_()
+        _zero_loaded(module, fit)
         raise
     left = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
     if left:  # pragma: no cover - excluded by the check before loading
-        raise FormatError(f"{os.fspath(uri)}: tensors left on the meta device: {left[:5]}")
+        raise FormatError(
+            f"{os.fspath(handle._ctx.uri)}: tensors left on the meta device: {left[:5]}"
+        )
