@@ -396,10 +396,25 @@ def render_signverify(res: dict[str, Any], path: Path) -> str:
     ]
     if costs:  # each hash's cost on one thread, measured in the same run
         per = "; ".join(
-            f"{n}: " + ", ".join(f"{k} {v:.2f}" for k, v in c.items()) for n, c in costs
+            f"{n}: " + ", ".join(f"{k} {v:.2f}" for k, v in c.items()) + _ceilings(c)
+            for n, c in costs
         )
         lines += ["", f"CPU seconds per GB on one thread, same run: {per}."]
     return "\n".join(lines)
+
+
+def _ceilings(c: dict[str, float]) -> str:
+    """The CPU-time ratio to model_signing (SHA-256 + its read copies) that two hashes
+    (sign: SHA-256 + BLAKE3) or one (verify: SHA-256) allow when every core is busy."""
+    sha, b3 = c.get("sha256"), c.get("blake3 (4 MiB chunks)")
+    copy = c.get("1 MiB read copies (model_signing)")
+    if not (sha and b3 and copy is not None):
+        return ""
+    return (
+        f" (CPU ratio ceiling with every core busy: sign (sha256 + copies) / (sha256 + "
+        f"blake3) = {(sha + copy) / (sha + b3):.2f}, verify (sha256 + copies) / sha256 = "
+        f"{(sha + copy) / sha:.2f})"
+    )
 
 
 def render_imports(res: dict[str, Any], path: Path) -> str:
