@@ -42,6 +42,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard.errors import ConfigError, WeightguardError
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ class TensorSlice:
 class SafeOpen:
     """An open, verified model read lazily; see :func:`safe_open`."""
 
+    @renamed_keywords(key="data_key", allowed_keys="allow_key")
     def __init__(
         self,
         source: str | os.PathLike[str],
@@ -91,11 +93,11 @@ class SafeOpen:
         *,
         policy: Any,
         signature: str | os.PathLike[str] | None = None,
-        key: Any = None,
+        data_key: Any = None,
         key_options: Mapping[str, Any] | None = None,
         audit: AuditLog | None = None,
         s3: S3Options | None = None,
-        allowed_keys: Iterable[str] | str | None = None,
+        allow_key: Iterable[str] | str | None = None,
         workers: int | None = None,
         cache_bytes: int | None = None,
         file: str | None = None,
@@ -126,12 +128,12 @@ class SafeOpen:
                 "cpu",
                 policy=policy,
                 signature=signature,
-                key=key,
+                data_key=data_key,
                 key_options=key_options,
                 audit=self._audit,
                 workers=workers,
                 s3=s3,
-                allowed_keys=allowed_keys,
+                allow_key=allow_key,
             )
         except BaseException:
             if self._own_audit:
@@ -157,6 +159,7 @@ class SafeOpen:
             cache_bytes=DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes,
         )
         self._decision = _DurableDecision(self._audit)
+        self._walk: _Walk | None = None
 
     @classmethod
     def over(
@@ -194,6 +197,7 @@ class SafeOpen:
             cache_bytes=DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes,
         )
         self._decision = _DurableDecision(self._audit)
+        self._walk = None
         return self
 
     def lazy_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, Any]]:
@@ -241,7 +245,8 @@ class SafeOpen:
         """The whole tensor ``name``, checked record by record; fresh memory."""
         f, info = self._lookup(name, "get_tensor")
         rows = info.shape[0] if info.shape else 1
-        return self._finish(self._read_rows(f, info, 0, rows), name)
+        ahead = self._predict(name)
+        return self._finish(self._read_rows(f, info, 0, rows, ahead=ahead), name)
 
     def get_slice(self, name: str) -> TensorSlice:
         """A lazy view: ``get_shape()``, ``get_dtype()``, and ``[index]`` reads."""
@@ -266,13 +271,15 @@ class SafeOpen:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Records read and checked, bytes read and decrypted, edge-cache hits, tensors."""
+        """Records read and checked (``read_ahead`` of them read ahead of a loop of
+        ``get_tensor``), bytes read and decrypted, edge-cache hits, tensors."""
         s = self._reader.stats
         return {
             "records_read": s.records_read,
             "bytes_read": s.bytes_read + self._whole_bytes,
             "bytes_decrypted": s.bytes_decrypted,
             "cache_hits": s.cache_hits,
+            "read_ahead": s.read_ahead,
             "tensors": self._tensors,
         }
 
@@ -365,6 +372,24 @@ class SafeOpen:
     def _info(self, name: str) -> Any:
         return self._where[name][1]
 
+    def _predict(self, name: str) -> list[tuple[Any, int, int]]:
+        """Ranges of the tensors a loop of ``get_tensor`` will ask for next.
+
+        A caller that asked for names in ``keys()`` (or ``offset_keys()``) order
+        ``READ_AHEAD_AFTER`` times in a row gets the next tensors' records read, checked
+        and decrypted ahead, into the reader's verified cache, while it copies this one
+        (at most the reader's ``read_ahead`` records; none for whole-file-digest files).
+        Any other access pattern reads only what it asks for.
+        """
+        if self._walk is None:
+            by_offset = [(t.begin, t.name) for f in self._files for t in f.tensors]
+            self._walk = _Walk(sorted(self._where), [n for _, n in sorted(by_offset)])
+        return [
+            (f, info.begin, info.end)
+            for f, info in (self._where[n] for n in self._walk.next(name))
+            if not getattr(f, "streamed", False)
+        ]
+
     def _lookup(self, name: str, what: str) -> tuple[Any, Any]:
         self._check_open(what)
         found = self._where.get(name)
@@ -394,8 +419,9 @@ class SafeOpen:
             return t.numpy()
         return t
 
-    def _read_rows(self, f: Any, info: Any, r0: int, r1: int) -> torch.Tensor:
-        """Rows ``[r0, r1)`` of dimension 0 (the whole tensor for a scalar) as a tensor."""
+    def _read_rows(self, f: Any, info: Any, r0: int, r1: int, *, ahead: Any = ()) -> torch.Tensor:
+        """Rows ``[r0, r1)`` of dimension 0 (the whole tensor for a scalar) as a tensor.
+        ``ahead``: ranges to read ahead meanwhile (see :meth:`_predict`)."""
         import torch
 
         from weightguard._internal.load.copiers import populate_for_write
@@ -422,6 +448,7 @@ class SafeOpen:
                     end,
                     view,
                     populate=lambda off, n: populate_for_write(ptr + off, n),
+                    ahead=ahead,
                 )
             self._await_decision()  # the grant is on disk before any byte is returned
         except BaseException as exc:
@@ -496,6 +523,37 @@ class SafeOpen:
             self._deny(err)
             raise err from None
         return self._finish(result, name)
+
+
+READ_AHEAD_AFTER = 2  # names in order before get_tensor reads ahead
+READ_AHEAD_NAMES = 8  # next names offered to the reader (it reads at most a few records)
+
+
+class _Walk:
+    """Tracks whether ``get_tensor`` calls follow ``keys()`` or file order."""
+
+    def __init__(self, *orders: list[str]) -> None:
+        self._orders = [(names, {n: i for i, n in enumerate(names)}) for names in orders]
+        self._last: str | None = None
+        self._order: int | None = None
+        self._streak = 0
+
+    def next(self, name: str) -> list[str]:
+        """Record a call for ``name``; the names expected next (none unless a walk)."""
+        last, self._last = self._last, name
+        found = None
+        if last is not None:
+            for i, (_, pos) in enumerate(self._orders):
+                if pos.get(last, -2) + 1 == pos.get(name):
+                    found = i
+                    break
+        self._streak = self._streak + 1 if found is not None and found == self._order else 0
+        self._order = found
+        if found is None or self._streak < READ_AHEAD_AFTER - 1:
+            return []
+        names, pos = self._orders[found]
+        at = pos[name] + 1
+        return names[at : at + READ_AHEAD_NAMES]
 
 
 class _DurableDecision:
@@ -669,6 +727,7 @@ def _lazy_class() -> Any:
     return LazyTensor
 
 
+@renamed_keywords(key="data_key", allowed_keys="allow_key")
 def safe_open(
     source: str | os.PathLike[str],
     framework: str = "pt",
@@ -676,11 +735,11 @@ def safe_open(
     *,
     policy: Any,
     signature: str | os.PathLike[str] | None = None,
-    key: Any = None,
+    data_key: Any = None,
     key_options: Mapping[str, Any] | None = None,
     audit: AuditLog | None = None,
     s3: S3Options | None = None,
-    allowed_keys: Iterable[str] | str | None = None,
+    allow_key: Iterable[str] | str | None = None,
     workers: int | None = None,
     cache_bytes: int | None = None,
     file: str | None = None,
@@ -689,7 +748,7 @@ def safe_open(
 
     ``source``: a ``.safetensors`` file (encrypted or plain), a model directory (its
     index, or its signed top-level shards), or the same on S3.  ``policy``,
-    ``signature``, ``key``, ``key_options``, ``audit``, ``s3`` and ``allowed_keys`` are
+    ``signature``, ``data_key``, ``key_options``, ``audit``, ``s3`` and ``allow_key`` are
     :func:`weightguard.open_model`'s.  ``device``: where returned tensors go (records
     are decrypted on the host; for device-side decryption use ``open_model(...).load``).
     ``workers``: threads reading the records of one request (default: usable CPUs).
@@ -703,11 +762,11 @@ def safe_open(
         device,
         policy=policy,
         signature=signature,
-        key=key,
+        data_key=data_key,
         key_options=key_options,
         audit=audit,
         s3=s3,
-        allowed_keys=allowed_keys,
+        allow_key=allow_key,
         workers=workers,
         cache_bytes=cache_bytes,
         file=file,
