@@ -27,10 +27,6 @@ ALLOWED: dict[str, str] = {
     "weightguard/_internal/report/render.py::render_markdown": (
         "the Markdown twin of render_html, in the same order"
     ),
-    "weightguard/_internal/load/pipeline.py::run_pipeline": (
-        "the read/check/decrypt/copy pipeline's threads share one set of locals "
-        "(queues, held buffers, error state); to split with the thin loader (issue 20 item 3)"
-    ),
     "weightguard/_internal/devices/aes_ctr_triton.py::_kernel": (
         "builds the Triton kernel: one @triton.jit body the compiler needs whole"
     ),

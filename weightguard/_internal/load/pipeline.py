@@ -106,6 +106,20 @@ Progress = Callable[[int, int], None]
 _HELD_BYTES = 256 * 1024 * 1024
 
 
+def _dispatch_order(jobs: Sequence[FileJob]) -> list[tuple[FileJob, Record]]:
+    """Every record to process, in the order workers take them.
+
+    Streamed files' records take turns, each file's in file order (what keeps the held
+    buffers deadlock-free): every file's hasher has bytes to hash from the start.
+    """
+    items: list[tuple[FileJob, Record]] = [
+        (j, r) for j in jobs if j.stream is None for r in j.records
+    ]
+    lanes = [[(j, r) for r in j.records] for j in jobs if j.stream is not None]
+    items += [x for turn in itertools.zip_longest(*lanes) for x in turn if x is not None]
+    return items
+
+
 def run_pipeline(
     jobs: Sequence[FileJob],
     copier: Copier,
@@ -125,118 +139,197 @@ def run_pipeline(
     for j in jobs:  # each streamed file's head, read and parsed when it was opened
         if j.stream is not None:
             j.stream.begin()
-    # Streamed files' records take turns, each file's in file order (what keeps the held
-    # buffers deadlock-free): every file's hasher has bytes to hash from the start.
-    items: list[tuple[FileJob, Record]] = [
-        (j, r) for j in jobs if j.stream is None for r in j.records
-    ]
-    lanes = [[(j, r) for r in j.records] for j in jobs if j.stream is not None]
-    items += [x for turn in itertools.zip_longest(*lanes) for x in turn if x is not None]
-    if not items:
-        for j in jobs:
-            if j.stream is not None:
-                j.stream.finish()
-        return
-    max_ct = max(r.src_len for _, r in items)
-    total = sum(r.src_len for _, r in items)
-    done = [0]
-    if progress is not None:
-        progress(0, total)
-    n = max(1, min(workers, len(items)))
-    lock = threading.Lock()
-    cond = threading.Condition(lock)
-    state: dict[str, Any] = {"next": 0}
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    buffers: list[bytearray] = []
-    tags: Any = None  # GCM tags of device-decrypted records (H once per cipher)
-    if copier.decrypts and any(j.cipher is not None for j in jobs):
-        from weightguard._internal.devices.gcm_tag import TagChecker
+    items = _dispatch_order(jobs)
+    if items:
+        _Run(jobs, items, copier, workers, before_record, progress).run()
+    for j in jobs:  # every whole-file / shard digest was hashed whole and matched
+        if j.stream is not None:
+            j.stream.finish()
 
-        tags = TagChecker()
 
-    def needs_held(job: FileJob, rec: Record) -> bool:
+class _Run:
+    """One :func:`run_pipeline` call: the state its worker threads share (the next
+    record, held read buffers, errors, progress), with one method per stage.
+
+    Held read buffers hold bytes as stored in the file (ciphertext, or a plain file's
+    bytes), never decrypted plaintext.
+    """
+
+    __slots__ = (
+        "before_record",
+        "buffers",
+        "cond",
+        "copier",
+        "done",
+        "errors",
+        "held_all",
+        "held_free",
+        "held_limit",
+        "held_size",
+        "items",
+        "jobs",
+        "lock",
+        "max_ct",
+        "n",
+        "next_item",
+        "progress",
+        "stop",
+        "tags",
+        "total",
+    )
+
+    def __init__(
+        self,
+        jobs: Sequence[FileJob],
+        items: list[tuple[FileJob, Record]],
+        copier: Copier,
+        workers: int,
+        before_record: BeforeRecord | None,
+        progress: Progress | None,
+    ) -> None:
+        self.jobs = jobs
+        self.items = items
+        self.copier = copier
+        self.before_record = before_record
+        self.progress = progress
+        self.max_ct = max(r.src_len for _, r in items)
+        self.total = sum(r.src_len for _, r in items)
+        self.done = 0
+        self.n = max(1, min(workers, len(items)))
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.next_item = 0
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.buffers: list[bytearray] = []
+        self.tags: Any = None  # GCM tags of device-decrypted records (H once per cipher)
+        self.held_size = max((r.src_len for j, r in items if self.needs_held(j, r)), default=0)
+        self.held_limit = max(2, min(2 * self.n + 2, _HELD_BYTES // max(1, self.held_size)))
+        self.held_all: list[bytearray] = []
+        self.held_free: list[bytearray] = []
+
+    def run(self) -> None:
+        """Run the workers to the end or the first failure, then raise that failure."""
+        if self.progress is not None:
+            self.progress(0, self.total)
+        if self.copier.decrypts and any(j.cipher is not None for j in self.jobs):
+            from weightguard._internal.devices.gcm_tag import TagChecker
+
+            self.tags = TagChecker()
+        pool = cf.ThreadPoolExecutor(max_workers=self.n, thread_name_prefix="wg-load")
+        futures = [pool.submit(self.work, w) for w in range(self.n)]
+        try:
+            pending = set(futures)
+            while pending:  # short waits so a KeyboardInterrupt reaches this thread
+                _, pending = cf.wait(pending, timeout=0.1)
+        except BaseException:
+            self.halt()
+            cf.wait(futures)
+            raise
+        finally:
+            self.stop.set()
+            pool.shutdown(wait=True)
+            self.clean_up()
+        if self.errors:
+            # Prefer the most telling error: integrity over the rest.
+            for e in self.errors:
+                if isinstance(e, IntegrityError):
+                    raise e
+            raise self.errors[0]
+
+    def clean_up(self) -> None:
+        """Wipe the read buffers, forget the tags and held buffers (the workers ended)."""
+        for b in self.buffers:
+            wipe(b)
+        if self.tags is not None:
+            self.tags.clear()
+        if self.errors:
+            self.halt()
+        self.held_all.clear()
+        self.held_free.clear()
+
+    def needs_held(self, job: FileJob, rec: Record) -> bool:
+        """Whether a record's source bytes go through a held buffer to the hasher."""
         return job.stream is not None and (
-            rec.hash_only or job.cipher is not None or not copier.keeps_output
+            rec.hash_only or job.cipher is not None or not self.copier.keeps_output
         )
 
-    # Held read buffers hold bytes as stored in the file (ciphertext, or a plain file's
-    # bytes), never decrypted plaintext.
-    held_size = max((r.src_len for j, r in items if needs_held(j, r)), default=0)
-    held_limit = max(2, min(2 * n + 2, _HELD_BYTES // max(1, held_size)))
-    held_all: list[bytearray] = []
-    held_free: list[bytearray] = []
-
-    def halt() -> None:
+    def halt(self) -> None:
         """Stop taking records, and stop every hasher at its next piece."""
-        stop.set()
-        for j in jobs:
+        self.stop.set()
+        for j in self.jobs:
             if j.stream is not None:
                 j.stream.clear()
 
-    def give_back(buf: bytearray) -> None:
-        with cond:
-            held_free.append(buf)
-            cond.notify()
+    def give_back(self, buf: bytearray) -> None:
+        with self.cond:
+            self.held_free.append(buf)
+            self.cond.notify()
 
-    def take() -> tuple[FileJob, Record, bytearray | None] | None:
-        with cond:
+    def take(self) -> tuple[FileJob, Record, bytearray | None] | None:
+        """The next record (with its held buffer when it needs one); None at the end."""
+        items, held_free, held_all = self.items, self.held_free, self.held_all
+        with self.cond:
             while True:
-                i = state["next"]
-                if i >= len(items) or stop.is_set():
+                i = self.next_item
+                if i >= len(items) or self.stop.is_set():
                     return None
                 job, rec = items[i]
                 held: bytearray | None = None
-                if needs_held(job, rec):
+                if self.needs_held(job, rec):
                     if held_free:
                         held = held_free.pop()
-                    elif len(held_all) < held_limit:
-                        held = bytearray(held_size)
+                    elif len(held_all) < self.held_limit:
+                        held = bytearray(self.held_size)
                         held_all.append(held)
                     else:  # every buffer waits for a piece an earlier record brings
-                        cond.wait(0.05)
+                        self.cond.wait(0.05)
                         continue
-                state["next"] = i + 1
+                self.next_item = i + 1
                 return job, rec, held
 
-    def work(worker: int) -> None:
+    def work(self, worker: int) -> None:
+        """One worker thread: take records until none is left or one failed."""
+        copier, before_record, progress = self.copier, self.before_record, self.progress
         host_ct = not copier.decrypts and any(
-            j.cipher is not None and j.stream is None for j in jobs
+            j.cipher is not None and j.stream is None for j in self.jobs
         )
-        buf = bytearray(max_ct) if host_ct else bytearray()
-        with lock:
-            buffers.append(buf)
+        buf = bytearray(self.max_ct) if host_ct else bytearray()
+        with self.lock:
+            self.buffers.append(buf)
         mv = memoryview(buf)
         try:
             with copier.worker_context():
                 while True:
-                    item = take()
+                    item = self.take()
                     if item is None:
                         return
                     job, rec, held = item
                     if before_record is not None:
                         before_record(job, rec)
                     if job.stream is not None:
-                        _one_streamed(worker, job, rec, held)
+                        self.one_streamed(worker, job, rec, held)
                     else:
-                        _one(worker, job, rec, mv)
+                        self.one(worker, job, rec, mv)
                     if progress is not None:
-                        with lock:
-                            done[0] += rec.src_len
-                            progress(done[0], total)
+                        with self.lock:
+                            self.done += rec.src_len
+                            progress(self.done, self.total)
         except BaseException as exc:
-            with lock:
-                errors.append(exc)
-            halt()
+            with self.lock:
+                self.errors.append(exc)
+            self.halt()
 
-    def _one(worker: int, job: FileJob, rec: Record, mv: memoryview) -> None:
+    def one(self, worker: int, job: FileJob, rec: Record, mv: memoryview) -> None:
+        """A record checked by its own signed digest: read, check, decrypt, place."""
+        copier = self.copier
         if job.cipher is not None and copier.decrypts:
             # Ciphertext straight into the staging slot; checked before it moves on.
             out = copier.acquire(worker, rec, ciphertext=True)
             try:
                 job.source.read_into(rec.src_off, out)
                 _check(job, rec, out)  # the signed digest (when signed), then the tag
-                _check_tag(job, rec, out, tags)
+                _check_tag(job, rec, out, self.tags)
             except BaseException:
                 copier.abandon(worker, out)
                 raise
@@ -263,10 +356,11 @@ def run_pipeline(
             copier.commit(worker, rec, out)
         job.bytes_read += rec.src_len  # approximate under races; for stats only
 
-    def _one_streamed(worker: int, job: FileJob, rec: Record, held: bytearray | None) -> None:
+    def one_streamed(self, worker: int, job: FileJob, rec: Record, held: bytearray | None) -> None:
         """A record of a file checked by whole-file / shard digests: used like any
         other, and its source bytes handed to the file's in-order hasher."""
         assert job.stream is not None
+        copier = self.copier
         if held is None:  # plain, into memory that keeps it: hashed from there
             out = copier.acquire(worker, rec)
             try:
@@ -282,17 +376,18 @@ def run_pipeline(
         try:
             job.source.read_into(rec.src_off, src)
             if not rec.hash_only:
-                _place(worker, job, rec, src)
+                self.place(worker, job, rec, src)
         except BaseException:
-            give_back(held)
+            self.give_back(held)
             raise
-        job.stream.feed(rec.src_off, src, lambda: give_back(held))
+        job.stream.feed(rec.src_off, src, lambda: self.give_back(held))
         job.bytes_read += rec.src_len
 
-    def _place(worker: int, job: FileJob, rec: Record, src: memoryview) -> None:
+    def place(self, worker: int, job: FileJob, rec: Record, src: memoryview) -> None:
         """Source bytes ``src`` of a record (already read) into the copier."""
+        copier = self.copier
         if job.cipher is not None and copier.decrypts:
-            _check_tag(job, rec, src, tags)
+            _check_tag(job, rec, src, self.tags)
             out = copier.acquire(worker, rec, ciphertext=True)
             try:
                 out[:] = src
@@ -311,34 +406,3 @@ def run_pipeline(
             copier.abandon(worker, out)
             raise
         copier.commit(worker, rec, out)
-
-    pool = cf.ThreadPoolExecutor(max_workers=n, thread_name_prefix="wg-load")
-    futures = [pool.submit(work, w) for w in range(n)]
-    try:
-        pending = set(futures)
-        while pending:  # short waits so a KeyboardInterrupt reaches this thread
-            _, pending = cf.wait(pending, timeout=0.1)
-    except BaseException:
-        halt()
-        cf.wait(futures)
-        raise
-    finally:
-        stop.set()
-        pool.shutdown(wait=True)
-        for b in buffers:
-            wipe(b)
-        if tags is not None:
-            tags.clear()
-        if errors:
-            halt()
-        held_all.clear()
-        held_free.clear()
-    if errors:
-        # Prefer the most telling error: integrity over the rest.
-        for e in errors:
-            if isinstance(e, IntegrityError):
-                raise e
-        raise errors[0]
-    for j in jobs:  # every whole-file / shard digest was hashed whole and matched
-        if j.stream is not None:
-            j.stream.finish()
