@@ -598,10 +598,29 @@ def build_statement(
     return json.dumps(doc, indent=2).encode("utf-8")
 
 
+# What ``datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ")`` accepts, exactly: _strptime's own
+# patterns for these directives (Python 3.11-3.13), matched case-insensitively from the
+# start, the whole string consumed; datetime() then checks the ranges.  strptime's first
+# call costs about a millisecond (the _strptime module and its locale tables); this does
+# not (tests/signing/test_signed_at.py compares the two on the edge cases).
+_TIME_RE: re.Pattern[str] | None = None
+
+
 def _parse_time(value: object, where: str) -> datetime:
+    global _TIME_RE
     s = _str(value, where)
+    if _TIME_RE is None:
+        _TIME_RE = re.compile(
+            r"(?P<Y>\d\d\d\d)-(?P<m>1[0-2]|0[1-9]|[1-9])-(?P<d>3[0-1]|[1-2]\d|0[1-9]|[1-9]| [1-9])"
+            r"T(?P<H>2[0-3]|[0-1]\d|\d):(?P<M>[0-5]\d|\d):(?P<S>6[0-1]|[0-5]\d|\d)Z",
+            re.IGNORECASE,
+        )
+    found = _TIME_RE.match(s)
     try:
-        t = datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ")
+        if found is None or found.end() != len(s):
+            raise ValueError("not YYYY-MM-DDTHH:MM:SSZ")
+        y, mo, d, h, mi, sec = (int(found[k]) for k in "YmdHMS")
+        t = datetime(y, mo, d, h, mi, sec)
     except ValueError as exc:
         raise FormatError(f"{where}: expected UTC time as YYYY-MM-DDTHH:MM:SSZ") from exc
     return t.replace(tzinfo=UTC)
