@@ -175,3 +175,35 @@ def test_the_file_opened_is_the_file_hashed(tmp_path: Path, monkeypatch) -> None
     p.write_bytes(data)
     got = hash_files([HashJob("f.bin", str(p), 5000, 5000, 16 * 1024)], workers=1)["f.bin"]
     assert got.whole == hashlib.sha256(data).digest()
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+@pytest.mark.parametrize("whole", ["sha256", "blake2b", "blake3"])
+def test_whole_file_digests_only(tmp_path: Path, monkeypatch, mapped: bool, whole: str) -> None:  # type: ignore[no-untyped-def]
+    """Verification's one hash per byte (``chunks=False``): every whole-file digest equals
+    the plain hash of the file, mapped or read into buffers, across step boundaries; no
+    chunk digest is computed (an unknown chunk algorithm is not even looked up); a file
+    that grows while hashed is refused as in the two-hash pass."""
+    monkeypatch.setattr(hashing, "_WHOLE_STEP", 10_000)
+    monkeypatch.setattr(hashing, "_TARGET_BLOCK", 64 * 1024)
+    if not mapped:
+
+        def refuse(*_a: object, **_k: object) -> None:
+            raise OSError("no mapping here")
+
+        monkeypatch.setattr(hashing.mmap, "mmap", refuse)
+    data = [os.urandom(n) for n in (1_500_001, 65_536, 3, 0)]
+    jobs = []
+    for i, d in enumerate(data):
+        (tmp_path / f"f{i}").write_bytes(d)
+        jobs.append(HashJob(f"f{i}", str(tmp_path / f"f{i}"), len(d), 1000, 16 * 1024,
+                            algorithm="no-such-chunk-algorithm", whole=whole))  # fmt: skip
+    got = hash_files(jobs, workers=2, chunks=False)
+    for i, d in enumerate(data):
+        ref = hashing.whole_hasher(whole)
+        ref.update(d)
+        assert (got[f"f{i}"].whole, got[f"f{i}"].digests) == (ref.digest(), ())
+    with (tmp_path / "f0").open("ab") as f:
+        f.write(b"x")
+    with pytest.raises(SourceError, match=r"f0: file grew while being hashed"):
+        hash_files(jobs[:1], workers=1, chunks=False)
