@@ -12,6 +12,10 @@ Every per-chunk digest in weightguard (signing, verification, the loader, fetch)
 computed through :func:`chunk_hasher`, so the algorithm named in the signed record is
 the one used everywhere.
 
+Verification (``verify_bundle``) needs only the first: ``hash_files(..., chunks=False)``
+computes the whole-file digests alone, one hash per byte (the signed resource digests
+prove the files; recomputing the signed chunk digests too is ``check_chunk_digests``).
+
 How (:func:`hash_files`, signing and ``verify_bundle``): each file is mapped read-only
 and hashed straight from the page cache (a ``read`` into a buffer costs a copy, about
 0.1 CPU-s/GB, and with 16 MiB blocks sent every byte through memory three times).  The
@@ -27,11 +31,12 @@ read into per-thread buffers (``readinto``).  A file whose identity, size or tim
 change while it is hashed is refused (``SourceError``); one cut short *while* mapped
 ends the process with SIGBUS (nothing is signed, nothing reported as verified).
 
-Cost against model_signing (SHA-256 only) on this project's 2-core host: SHA-256 about
-0.64 CPU-s/GB, the BLAKE3 chunk digests 0.18 more, the copy model_signing's ``read``
-makes 0.1: one pass computing both costs about 0.9x model_signing's CPU time, and a
-single big file's wall time is one SHA-256 pass when a second core is free
-(docs/performance.md, "Sign and verify").
+Cost against model_signing (SHA-256 plus the copy its 1 MiB ``read`` calls make): signing
+pays SHA-256 plus the BLAKE3 chunk digests, so with every core busy it costs about 0.9x
+model_signing's CPU time (a single big file's wall time is one SHA-256 pass when a second
+core is free); verification pays SHA-256 alone, less than model_signing.  The per-GB
+figures are measured by ``benchmarks.signverify`` (docs/performance.md, "Sign and
+verify").
 """
 
 from __future__ import annotations
