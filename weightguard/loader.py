@@ -92,6 +92,7 @@ _LOAD_MODULES = (
     "weightguard.policy",
     "weightguard.verifying",
     "weightguard._internal.format.layout",
+    "weightguard._internal.format.hf_cache",  # every local source (HF cache snapshot links)
     "weightguard._internal.keys.providers",
     "weightguard._internal.keys.unwrap",
     "weightguard._internal.signing.signers.ec_key",  # key bundles (X.509, Sigstore: on use)
