@@ -1,92 +1,63 @@
-"""Record 0 (the original safetensors header) is decrypted, checked and parsed once, and
-a clear tensor table validated when the artifact header was read is not validated again
-(issue 17, item 3)."""
+"""The open parses an artifact's header table once: the canonical form and the core
+digest come from one encoding, and the decrypted original header is compared with the
+validated clear table by the C parser, refusing what the bounded reader refuses."""
 
 from __future__ import annotations
 
-import os
-import warnings
-from collections.abc import Callable
-from pathlib import Path
+import json
 
 import pytest
 
-from tests.support.format import build_safetensors, key_uri, raw_header, replace_header
-from weightguard import crypt
-from weightguard._internal.format import layout as fmt
-from weightguard._internal.format import safetensors as st
-from weightguard._internal.keys.providers import provider_for
-from weightguard.errors import FormatError
+from weightguard._internal.format.layout import (
+    _canonical_and_core,
+    _core_digest,
+    _same_table,
+    canonical_json,
+)
+
+TABLE = {
+    "__metadata__": {"format": "pt", "n\u00e4me": "\u00fc\u2603"},
+    "b.weight": {"dtype": "F16", "shape": [4], "data_offsets": [16, 24]},
+    "a.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+}
 
 
-@pytest.mark.parametrize("encrypt_header", [False, True])
-def test_open_st_header_parses_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encrypt_header: bool
-) -> None:
-    warnings.simplefilter("ignore", crypt.PlaintextWriteWarning)
-    key = crypt.create_key_file(tmp_path / "dev.key")
-    data = os.urandom(5000)
-    plain = build_safetensors(
-        {"a": ("U8", [1000], data[:1000]), "b": ("BF16", [2000], data[1000:])}, {"format": "pt"}
-    )
-    (tmp_path / "m.safetensors").write_bytes(plain)
-    enc = tmp_path / "m.enc"
-    crypt.encrypt_file(
-        tmp_path / "m.safetensors", enc, key_uri(key), chunk_size=4096,
-        encrypt_header=encrypt_header,
-    )  # fmt: skip
-    blob = enc.read_bytes()
-    with open(enc, "rb") as f:
-        header = fmt.read_header(f, path=str(enc))
-    assert (header.validated is None) is encrypt_header
-    (dk,) = provider_for(key_uri(key)).unwrap_many([header.wrapped_key])
-    cipher = fmt.ChunkCipher(header, dk)
-    off, length = header.record_span(0)
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_canonical_and_core_digest_are_the_separate_encodings(wrapped: bool) -> None:
+    doc = {"version": 1, "tensors": TABLE, "salt": "00ff", "\u00e9": [1, {"z": 0, "a": None}]}
+    if wrapped:
+        doc["wrapped_key"] = {"provider": "file", "uri": "file:///k", "ciphertext": "ab"}
+    assert _canonical_and_core(doc) == (canonical_json(doc), _core_digest(doc))
 
-    calls: list[bytes] = []
-    real = st.parse_header_json
 
-    def counting(raw: bytes, **kw: object) -> object:
-        calls.append(raw)
-        return real(raw, **kw)  # type: ignore[arg-type]
+def test_a_lone_surrogate_still_fails_to_encode() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        _canonical_and_core({"tensors": {"\ud800": 1}})
 
-    monkeypatch.setattr(st, "parse_header_json", counting)
-    segment, tensors, metadata = cipher.open_st_header(blob[off : off + length])
 
-    n = int.from_bytes(plain[:8], "little")
-    assert segment == plain[: 8 + n]
-    expected = real(plain[8 : 8 + n], data_size=len(plain) - 8 - n, path="x")
-    assert tensors == expected[1]
-    assert metadata == {"format": "pt"}
-    # a clear table is reused as validated on read; an encrypted one is parsed once here
-    assert len(calls) == (1 if encrypt_header else 0)
-    if not encrypt_header:
-        assert header.validated is not None and tensors is header.validated[0]
-    assert cipher.decrypt_st_header(blob[off : off + length]) == segment
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+def test_the_same_table_in_any_key_order_and_padding() -> None:
+    raw = json.dumps(dict(reversed(TABLE.items())), ensure_ascii=True).encode() + b"   "
+    assert _same_table(raw, TABLE) == TABLE
 
 
 @pytest.mark.parametrize(
-    ("edit", "message"),
+    "raw",
     [
-        (lambda raw: raw[:-1] + b',"version":1}', "duplicate JSON key"),
-        (lambda raw: raw.replace(b'"data_size":5000', b'"data_size":NaN'), "NaN is not JSON"),
-        (lambda raw: raw.replace(b'"content":', b'"content" :'), "not in canonical form"),
-        (lambda raw: raw[:-1], "malformed JSON"),
+        # floats compare equal to ints (1.0 == 1): refused, as the bounded reader does
+        _raw(json.dumps(TABLE).replace("[4]", "[4.0]")),
+        # a duplicate key whose last value is the table's: refused
+        _raw(json.dumps(TABLE)[:-1] + ', "a.weight": ' + json.dumps(TABLE["a.weight"]) + "}"),
+        _raw(json.dumps(TABLE).replace("[4]", "[NaN]")),
+        _raw(json.dumps(TABLE).replace('"F16"', '"F32"')),  # a different table
+        json.dumps(TABLE).encode("utf-16"),  # not UTF-8 (json.loads(bytes) would take it)
+        b"[" * 100_000 + b"]" * 100_000,  # too deep for the C parser: not a crash
+        b"[]",
+        b"",
     ],
 )
-def test_fast_header_parse_still_names_what_is_wrong(
-    tmp_path: Path, edit: Callable[[bytes], bytes], message: str
-) -> None:
-    warnings.simplefilter("ignore", crypt.PlaintextWriteWarning)
-    key = crypt.create_key_file(tmp_path / "dev.key")
-    plain = build_safetensors({"a": ("U8", [5000], os.urandom(5000))}, {})
-    (tmp_path / "m.safetensors").write_bytes(plain)
-    enc = tmp_path / "m.enc"
-    crypt.encrypt_file(tmp_path / "m.safetensors", enc, key_uri(key), chunk_size=4096)
-    data = enc.read_bytes()
-    _, raw, _ = raw_header(data)
-    bad = edit(raw)
-    assert bad != raw
-    (tmp_path / "bad.enc").write_bytes(replace_header(data, bad))
-    with open(tmp_path / "bad.enc", "rb") as f, pytest.raises(FormatError, match=message):
-        fmt.read_header(f, path="bad.enc")
+def test_anything_else_goes_to_the_bounded_reader(raw: bytes) -> None:
+    assert _same_table(raw, TABLE) is None

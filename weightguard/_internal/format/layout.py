@@ -293,6 +293,17 @@ def _core_digest(doc: dict[str, Any]) -> bytes:
     return hashlib.sha256(canonical_json(core)).digest()
 
 
+def _canonical_and_core(doc: dict[str, Any]) -> tuple[bytes, bytes]:
+    """``canonical_json(doc)`` and the digest of its core (:func:`_core_digest`), each
+    top-level value encoded once (the tensor table is most of a header): a canonical
+    object is ``{`` + its sorted ``"key":value`` members joined by ``,`` + ``}``."""
+    members = {k: canonical_json(k) + b":" + canonical_json(v) for k, v in doc.items()}
+    keys = sorted(members)
+    whole = b"{" + b",".join(members[k] for k in keys) + b"}"
+    core = b"{" + b",".join(members[k] for k in keys if k != "wrapped_key") + b"}"
+    return whole, hashlib.sha256(core).digest()
+
+
 def _header_from_raw(raw: bytes, mac: bytes, *, path: str, magic: bytes = MAGIC) -> ArtifactHeader:
     # A clear tensor table names at most MAX_TENSORS tensors: counted before parsing.
     tensor_count_bound(raw, path=f"{path} (artifact header)")
@@ -306,8 +317,9 @@ def _header_from_raw(raw: bytes, mac: bytes, *, path: str, magic: bytes = MAGIC)
     )
     if not isinstance(doc, dict):
         raise _fail(path, "not a JSON object")
+    core_digest = b""
     try:
-        canonical = canonical_json(doc)
+        canonical, core_digest = _canonical_and_core(doc)
     except (UnicodeEncodeError, ValueError):
         canonical = b""
     if canonical != raw:  # (duplicate keys and NaN were refused by the bounded reader)
@@ -380,11 +392,48 @@ def _header_from_raw(raw: bytes, mac: bytes, *, path: str, magic: bytes = MAGIC)
         nonce_prefix=_hex_field(doc, "nonce_prefix", NONCE_PREFIX_SIZE, path),
         commitment=_hex_field(doc, "commitment", KEY_SIZE, path),
         mac=mac,
-        core_digest=_core_digest(doc),
+        core_digest=core_digest,
         path=path,
         magic=magic,
         validated=validated,
     )
+
+
+class _NotTheTable(Exception):
+    pass
+
+
+def _refuse_value(text: str) -> Any:
+    raise _NotTheTable(text[:24])
+
+
+def _unique_pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(items)
+    if len(out) != len(items):
+        raise _NotTheTable("duplicate key")
+    return out
+
+
+def _same_table(raw: bytes, table: dict[str, Any]) -> dict[str, Any] | None:
+    """``raw`` (a decrypted safetensors header's JSON) parsed, when it is exactly the
+    validated clear ``table``; None otherwise (the caller then parses it under the
+    bounded reader's limits and reports what differs).
+
+    The C parser, with no per-integer hook: a result equal to ``table`` has only the
+    validated table's integers, so the bounded reader's integer limits hold; floats,
+    NaN/Infinity and duplicate keys (which could compare equal: ``1.0 == 1``, last
+    key wins) are refused here as there; strict UTF-8; too deep: RecursionError.
+    """
+    try:
+        parsed = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_unique_pairs,
+            parse_float=_refuse_value,
+            parse_constant=_refuse_value,
+        )
+    except (ValueError, RecursionError, _NotTheTable):
+        return None
+    return parsed if isinstance(parsed, dict) and parsed == table else None
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
@@ -587,13 +636,15 @@ class ChunkCipher:
             tensor_count_bound(plain[8:], path=h.path)  # before any JSON parse of it
             if h.tensors is not None and h.validated is not None:
                 # the clear table was validated when read: compare, do not validate again
-                with contextlib.suppress(FormatError):
-                    parsed = boundedjson.loads(
-                        plain[8:],
-                        what=f"{h.path}: safetensors header",
-                        max_bytes=len(plain),
-                        max_depth=4,
-                    )
+                parsed = _same_table(plain[8:], h.tensors)
+                if parsed is None:
+                    with contextlib.suppress(FormatError):
+                        parsed = boundedjson.loads(
+                            plain[8:],
+                            what=f"{h.path}: safetensors header",
+                            max_bytes=len(plain),
+                            max_depth=4,
+                        )
                 tensors, metadata = h.validated
             if parsed is None:  # encrypted table (or not JSON: its FormatError)
                 parsed, tensors, metadata, _ = parse_header_json(
