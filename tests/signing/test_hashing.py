@@ -207,3 +207,53 @@ def test_whole_file_digests_only(tmp_path: Path, monkeypatch, mapped: bool, whol
         f.write(b"x")
     with pytest.raises(SourceError, match=r"f0: file grew while being hashed"):
         hash_files(jobs[:1], workers=1, chunks=False)
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+@pytest.mark.parametrize("whole", ["sha256", "blake2b"])
+def test_shard_digests_match_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mapped: bool, whole: str
+) -> None:
+    """model_signing's ``shards``: each shard's plain digest, from a mapping of the range
+    (offsets not on a page boundary) or pread into a buffer: the same digests; a file
+    touched while hashed is refused."""
+    from weightguard._internal.signing.hashing import hash_ranges
+    from weightguard.manifest import FileDigests
+
+    monkeypatch.setattr(hashing, "_WHOLE_STEP", 10_000)
+    if not mapped:
+
+        def refuse(*_a: object, **_k: object) -> None:
+            raise OSError("no mapping here")
+
+        monkeypatch.setattr(hashing.mmap, "mmap", refuse)
+    data, shard = os.urandom(1_000_003), 100_001
+    (tmp_path / "f").write_bytes(data)
+    n = -(-len(data) // shard)
+    fd = FileDigests(len(data), shard, shard, (b"",) * n, b"", False, "sha256-chunked-v1", whole)
+    got = hash_ranges([("f", str(tmp_path / "f"), fd)], whole, workers=2)
+
+    def ref(b: bytes) -> bytes:
+        h = hashing.whole_hasher(whole)
+        h.update(b)
+        return h.digest()
+
+    assert got["f"] == tuple(ref(data[o : o + shard]) for o in range(0, len(data), shard))
+    real = hashing.whole_hasher
+    touches = iter(range(1, 1 << 30))
+
+    class Touching:  # each update changes the file's times, as another writer would
+        def __init__(self, *a: object, **k: object) -> None:
+            self.h = real(*a, **k)  # type: ignore[arg-type]
+
+        def update(self, b: object) -> None:
+            t = next(touches)
+            os.utime(tmp_path / "f", ns=(t, t))
+            self.h.update(b)
+
+        def digest(self) -> bytes:
+            return self.h.digest()
+
+    monkeypatch.setattr(hashing, "whole_hasher", Touching)
+    with pytest.raises(SourceError, match=r"f: file changed while being hashed"):
+        hash_ranges([("f", str(tmp_path / "f"), fd)], whole, workers=1)

@@ -679,24 +679,55 @@ def hash_files(
 
 
 def _hash_range(name: str, path: str, size: int, start: int, length: int, algorithm: str) -> bytes:
+    """The plain ``algorithm`` digest of bytes ``[start, start + length)`` of ``path``
+    (one shard of model_signing's ``shards``), from a read-only mapping of the range (no
+    copy out of the page cache), else ``pread`` into a reused buffer.  A file whose
+    identity, size or times change while it is hashed is refused (``SourceError``)."""
     h = whole_hasher(algorithm, path=name)
-    block = min(max(length, 1), _TARGET_BLOCK)
-    buf = memoryview(_BUFFERS.get(block, 1)[0])
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
         raise SourceError(f"{name}: cannot open for hashing: {exc.strerror}") from exc
     try:
-        if os.fstat(fd).st_size != size:
+        before = os.fstat(fd)
+        if before.st_size != size:
             raise SourceError(
                 f"{name}: file changed size while being hashed",
                 hint="do not modify the model while signing or verifying it",
             )
-        pos, end = start, start + length
-        while pos < end:
-            view = _pread_exact(fd, buf[: min(block, end - pos)], pos, name)
-            h.update(view)
-            pos += len(view)
+        base = start // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+        mapped = None
+        if length >= _MAP_MIN:
+            try:
+                mapped = mmap.mmap(fd, start + length - base, offset=base, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                mapped = None
+        if mapped is not None:
+            with mapped:
+                if hasattr(mapped, "madvise"):
+                    with contextlib.suppress(OSError):
+                        mapped.madvise(mmap.MADV_SEQUENTIAL)
+                mv = memoryview(mapped)
+                try:
+                    for a in range(start - base, start - base + length, _WHOLE_STEP):
+                        v = mv[a : min(a + _WHOLE_STEP, start - base + length)]
+                        h.update(v)
+                        v.release()
+                finally:
+                    mv.release()
+        else:
+            block = min(max(length, 1), _TARGET_BLOCK)
+            buf = memoryview(_BUFFERS.get(block, 1)[0])
+            pos, end = start, start + length
+            while pos < end:
+                view = _pread_exact(fd, buf[: min(block, end - pos)], pos, name)
+                h.update(view)
+                pos += len(view)
+        if _stat_key(os.fstat(fd)) != _stat_key(before):
+            raise SourceError(
+                f"{name}: file changed while being hashed",
+                hint="do not modify the model while signing or verifying it",
+            )
     finally:
         os.close(fd)
     return h.digest()
