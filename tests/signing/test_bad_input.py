@@ -338,6 +338,30 @@ def test_chunk_digest_of_other_content_is_caught(signed: dict[str, Any]) -> None
         m.load()
 
 
+def test_check_chunk_digests_reaches_every_co_signed_bundle(signed: dict[str, Any]) -> None:
+    # the same two-faced statement signed by two required signers: one hash per byte
+    # proves the files; check_chunk_digests=True refuses the signers' inconsistency
+    from weightguard.policy import CoSigned
+
+    def swap(p: dict[str, Any]) -> None:
+        d = p["predicate"]["weightguard"]["files"]["model.safetensors"]["digests"]
+        d[1], d[2] = d[2], d[1]
+
+    _resign(signed, swap)
+    write_key(signed["tmp"], "k2")
+    cosig = signed["sig"].with_name("m.sig.d") / "k2.sig"
+    cosig.parent.mkdir()
+    cosig.write_bytes(
+        KeySigner.from_file(signed["tmp"] / "k2.pem").make_bundle(
+            json.dumps(payload_of(signed["sig"])).encode()
+        )
+    )
+    policy = CoSigned(signed["policy"], PublicKey.from_file(signed["tmp"] / "k2.pub"))
+    assert ";" in verify_bundle(signed["model"], signed["sig"], policy).signer
+    with pytest.raises(IntegrityError, match=r"model\.safetensors, chunk 1"):
+        verify_bundle(signed["model"], signed["sig"], policy, check_chunk_digests=True)
+
+
 # ----------------------------------------------------------------- coverage
 
 
