@@ -45,6 +45,12 @@ CASES = [
     "2026-001-05T00:00:00Z",
     "2026-01-05T000:00:00Z",
     "2026-01-05T00:00:00\u017a",
+    "2026-02-30T00:00:00Z",
+    "2026-01-01T99:99:99Z",
+    "2026-01-01T00:00:0\u00b2Z",  # a superscript two: isdigit(), not a decimal digit
+    "2026-01-01T00:00:0\u0662Z",  # an Arabic-Indic two: a decimal digit (regex path)
+    "2026-01-01T00:00:+1Z",
+    "2026-01-01T00:00: 1Z",
 ]
 
 
@@ -66,6 +72,16 @@ def _ours(s: str) -> datetime | None:
 @pytest.mark.parametrize("s", CASES)
 def test_same_verdict_and_value_as_strptime(s: str) -> None:
     assert _ours(s) == _strptime(s)
+
+
+def test_both_paths_are_exercised() -> None:
+    from weightguard._internal.signing import oms
+
+    oms._TIME_RE = None
+    _parse_time("2026-12-05T18:58:37Z", "signed_at")  # the signers' form: no pattern
+    assert oms._TIME_RE is None
+    _parse_time("2026-12-5T18:58:37Z", "signed_at")
+    assert oms._TIME_RE is not None
 
 
 def test_a_refusal_is_a_format_error_naming_the_field() -> None:
