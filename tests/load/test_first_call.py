@@ -23,13 +23,15 @@ from tests.support.load import (
 )
 
 _LOAD = """
-import json, sys
+import inspect, json, sys
 import torch
 from weightguard import load_file
 from weightguard.policy import PublicKey
 policy = PublicKey.from_file(sys.argv[2])  # the caller's (PEM parsing), before the load
+# the data key's keyword: data_key since the keyword renames (key before)
+kw = "data_key" if "data_key" in inspect.signature(load_file).parameters else "key"
 before = set(sys.modules)
-tensors = load_file(sys.argv[1], "cpu", policy=policy, data_key=sys.argv[3])
+tensors = load_file(sys.argv[1], "cpu", policy=policy, **{kw: sys.argv[3]})
 print(json.dumps({"tensors": len(tensors), "new": sorted(set(sys.modules) - before)}))
 """
 
