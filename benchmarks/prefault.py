@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         copiers.CpuCopier.allocate = allocate_and_prefault if prefault else plain_allocate
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         try:
-            out = load_file(str(enc), "cpu", policy=policy, signature=str(sig), key=key)
+            out = load_file(str(enc), "cpu", policy=policy, signature=str(sig), data_key=key)
             wall = time.perf_counter() - t0
             for t in threads:
                 t.join()

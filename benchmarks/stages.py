@@ -154,7 +154,7 @@ def measure(enc: Path, sig: Path, pub: Path, key: str, loads: int) -> dict[str, 
         try:
 
             def one() -> int:
-                out = load_file(str(enc), "cpu", policy=policy, signature=str(sig), key=key)
+                out = load_file(str(enc), "cpu", policy=policy, signature=str(sig), data_key=key)
                 n = len(out)
                 del out
                 return n

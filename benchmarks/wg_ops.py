@@ -196,7 +196,7 @@ def load(
             from weightguard import load_file  # the documented entry point
             from weightguard.policy import PublicKey
 
-            out = load_file(model, device, policy=PublicKey(pem), signature=sig, key=key_uri)
+            out = load_file(model, device, policy=PublicKey(pem), signature=sig, data_key=key_uri)
             _sync(device)
             _expect_tensors(out, expect, "weightguard")
             return _nbytes(out)
@@ -207,7 +207,7 @@ def load(
     policy = _key_policy(pub)
 
     def run() -> int:
-        out = loader.load_file(model, device, policy=policy, signature=sig, key=key_uri)
+        out = loader.load_file(model, device, policy=policy, signature=sig, data_key=key_uri)
         _sync(device)
         _expect_tensors(out, expect, "weightguard")
         return _nbytes(out)

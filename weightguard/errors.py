@@ -7,6 +7,8 @@ sizes only.
 
 from __future__ import annotations
 
+from weightguard.vocabulary import told
+
 __all__ = [
     "AuditError",
     "ConfigError",
@@ -32,7 +34,10 @@ __all__ = [
 
 
 class WeightguardError(Exception):
-    """Base class.  ``hint`` tells the user what to do next."""
+    """Base class.  ``hint`` tells the user what to do next, written once in the
+    options' spelling (``--signature``); ``str(exc)`` tells it in the reader's words:
+    a Python caller reads the keyword (``signature=``), the command line the option
+    (:mod:`weightguard.vocabulary`)."""
 
     default_hint: str = ""
 
@@ -43,7 +48,7 @@ class WeightguardError(Exception):
 
     def __str__(self) -> str:
         if self.hint:
-            return f"{self.message} ({self.hint})"
+            return f"{self.message} ({told(self.hint)})"
         return self.message
 
 

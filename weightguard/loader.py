@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from weightguard._internal.devices import observe
 from weightguard._internal.devices.pinned import release_pinned_memory
 from weightguard._internal.foundation.extras import require
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.load.copiers import DEFAULT_RING_BYTES, Copier, copier_for
 from weightguard._internal.load.model_files import (
@@ -134,14 +135,14 @@ class LoadOptions:
     :func:`open_model`); a test holds their names and defaults to these fields."""
 
     signature: str | os.PathLike[str] | None = None
-    key: Any = None
+    data_key: Any = None
     key_options: Mapping[str, Any] | None = None
     audit: AuditLog | None = None
     workers: int | None = None
     ring_bytes: int = DEFAULT_RING_BYTES
     s3: S3Options | None = None
     decrypt_on: str = "auto"
-    allowed_keys: Iterable[str] | str | None = None
+    allow_key: Iterable[str] | str | None = None
 
 
 def _before_record() -> Callable[[FileJob, Record], None] | None:
@@ -398,7 +399,7 @@ class ModelHandle:
 
         self.device = str(device)
         self._options = options
-        audit, decrypt_on, key = options.audit, options.decrypt_on, options.key
+        audit, decrypt_on, key = options.audit, options.decrypt_on, options.data_key
         self._workers = options.workers
         self._ring_bytes = options.ring_bytes
         self._decrypt_on = decrypt_on
@@ -465,7 +466,7 @@ class ModelHandle:
                 key,
                 options.key_options,
                 self._ctx,
-                options.allowed_keys,
+                options.allow_key,
                 lambda fs, exc: differs([f.name for f in fs], exc),
             )
             self._where: dict[str, ModelFile] = {}
@@ -854,30 +855,33 @@ class ModelHandle:
 # --------------------------------------------------------------------------- public API
 
 
+@renamed_keywords(key="data_key", allowed_keys="allow_key")
 def open_model(
     source: str | os.PathLike[str],
     device: str = "cpu",
     *,
     policy: Any,
     signature: str | os.PathLike[str] | None = None,
-    key: Any = None,
+    data_key: Any = None,
     key_options: Mapping[str, Any] | None = None,
     audit: AuditLog | None = None,
     workers: int | None = None,
     ring_bytes: int = DEFAULT_RING_BYTES,
     s3: S3Options | None = None,
     decrypt_on: str = "auto",
-    allowed_keys: Iterable[str] | str | None = None,
+    allow_key: Iterable[str] | str | None = None,
 ) -> ModelHandle:
     """Open and verify a model; ``.keys()``, ``.load(names)``; close when done.
 
-    ``key``: ``None`` (the provider named in the artifact header), a key URI overriding
+    ``data_key``: ``None`` (the provider named in the artifact header), a key URI overriding
     it (``vault://transit/models``, ``file:///path``), or a KeyProvider object;
     ``key_options`` go to the provider (e.g. Vault address/token/auth).
-    ``allowed_keys``: without ``key``, the header's key reference is used only if it
+    ``allow_key``: without ``data_key``, the header's key reference is used only if it
     matches one of these patterns or ``$WEIGHTGUARD_ALLOWED_KEYS`` (e.g.
     ``vault://transit/*``; a ``file://`` reference only if named exactly); see
-    :func:`weightguard._internal.keys.providers.choose_key_uri`.
+    :func:`weightguard._internal.keys.providers.choose_key_uri`.  (``key`` and
+    ``allowed_keys``, the keywords of the previous release, work until the next one,
+    with a FutureWarning.)
     ``audit``: an :class:`~weightguard.audit.AuditLog` (default: from the environment).
     ``workers``: threads (default: cgroup-aware CPU count; more for S3).
     ``ring_bytes``: pinned host staging for CUDA loads (host memory bound): rounded up
@@ -891,32 +895,33 @@ def open_model(
     """
     options = LoadOptions(
         signature=signature,
-        key=key,
+        data_key=data_key,
         key_options=key_options,
         audit=audit,
         workers=workers,
         ring_bytes=ring_bytes,
         s3=s3,
         decrypt_on=decrypt_on,
-        allowed_keys=allowed_keys,
+        allow_key=allow_key,
     )
     return ModelHandle(source, device, policy=policy, options=options)
 
 
+@renamed_keywords(key="data_key", allowed_keys="allow_key")
 def load_file(
     source: str | os.PathLike[str],
     device: str = "cpu",
     *,
     policy: Any,
     signature: str | os.PathLike[str] | None = None,
-    key: Any = None,
+    data_key: Any = None,
     key_options: Mapping[str, Any] | None = None,
     audit: AuditLog | None = None,
     workers: int | None = None,
     ring_bytes: int = DEFAULT_RING_BYTES,
     s3: S3Options | None = None,
     decrypt_on: str = "auto",
-    allowed_keys: Iterable[str] | str | None = None,
+    allow_key: Iterable[str] | str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, torch.Tensor]:
     """Securely load every tensor: ``{name: tensor}`` like ``safetensors.torch.load_file``.
@@ -927,18 +932,19 @@ def load_file(
         device,
         policy=policy,
         signature=signature,
-        key=key,
+        data_key=data_key,
         key_options=key_options,
         audit=audit,
         workers=workers,
         ring_bytes=ring_bytes,
         s3=s3,
         decrypt_on=decrypt_on,
-        allowed_keys=allowed_keys,
+        allow_key=allow_key,
     ) as handle:
         return handle.load(progress=progress)
 
 
+@renamed_keywords(key="data_key", allowed_keys="allow_key")
 def load_model(
     module: torch.nn.Module,
     source: str | os.PathLike[str] | ModelHandle,

@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard.errors import ConfigError, FormatError
 from weightguard.trust import (
     ChainAnchor,
@@ -540,38 +541,50 @@ def vault_key_policy(uri: str, *, client: Any = None) -> Policy:
     return keys[0] if len(keys) == 1 else AnyOf(*keys)
 
 
+@renamed_keywords(
+    public_keys="trust_key",
+    chain="trust_chain",
+    vault_key="trust_vault_key",
+    unsafe="unsafe_no_verification",
+)
 def trust_policy(
     *,
-    public_keys: Sequence[str | os.PathLike[str]] = (),
-    chain: Sequence[str | os.PathLike[str]] = (),
-    vault_key: str | None = None,
+    trust_key: Sequence[str | os.PathLike[str]] = (),
+    trust_chain: Sequence[str | os.PathLike[str]] = (),
+    trust_vault_key: str | None = None,
     identity: str | None = None,
     issuer: str | None = None,
     trust_root: str | os.PathLike[str] | None = None,
     offline: bool = True,
-    unsafe: bool = False,
+    unsafe_no_verification: bool = False,
     allow_intermediate_anchor: bool = False,
     require_all: bool = False,
 ) -> Policy:
-    """One policy from trust anchors, as the CLI takes them: any of the anchors given.
+    """One policy from trust anchors, as the CLI takes them (each keyword spelled as
+    its option): any of the anchors given.
 
-    ``chain`` is a root CA followed by intermediates; ``allow_intermediate_anchor``
-    lets its first certificate be an intermediate CA.  ``unsafe`` excludes every anchor.
-    ``require_all`` (``--require-all``): every anchor must have signed the release, each
-    with a bundle of its own (:class:`CoSigned`).
+    ``trust_key``: signer public key PEM files.  ``trust_chain`` is a root CA followed by
+    intermediates; ``allow_intermediate_anchor`` lets its first certificate be an
+    intermediate CA.  ``trust_vault_key``: a Vault Transit key URI.
+    ``unsafe_no_verification`` excludes every anchor.  ``require_all``: every anchor
+    must have signed the release, each with a bundle of its own (:class:`CoSigned`).
+    The keywords of the previous release (``public_keys``, ``chain``, ``vault_key``,
+    ``unsafe``) work until the next one, with a FutureWarning.
     """
-    policies: list[Policy] = [PublicKey.from_file(k) for k in public_keys]
-    if chain:
+    policies: list[Policy] = [PublicKey.from_file(k) for k in trust_key]
+    if trust_chain:
         policies.append(
-            ChainRoot(chain[0], chain[1:], allow_intermediate_anchor=allow_intermediate_anchor)
+            ChainRoot(
+                trust_chain[0], trust_chain[1:], allow_intermediate_anchor=allow_intermediate_anchor
+            )
         )
-    if vault_key:
-        policies.append(vault_key_policy(vault_key))
+    if trust_vault_key:
+        policies.append(vault_key_policy(trust_vault_key))
     if identity or issuer:
         if not (identity and issuer):
             raise ConfigError("a Sigstore identity and issuer go together", hint="give both")
         policies.append(SigstoreIdentity(identity, issuer, trust_root=trust_root, offline=offline))
-    if unsafe:
+    if unsafe_no_verification:
         if policies:
             raise ConfigError(
                 "the unsafe no-verification option excludes every trust anchor",

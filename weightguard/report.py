@@ -543,7 +543,7 @@ def _access(
             res = verify_log(
                 src,
                 checkpoint_key=checkpoint_key,
-                vault_key=checkpoint_vault_key,
+                checkpoint_vault_key=checkpoint_vault_key,
                 anchor=anc,
                 max_unsigned_tail=max_unsigned_tail,
                 log_ids=log_ids or None,

@@ -143,7 +143,7 @@ def embed_file(
     goes to ``commitment_path(dst)``, next to the output, never into the model.
 
     An encrypted artifact (file or directory) is opened through the secure loader with
-    ``load_options`` (``{"policy": ..., "signature": ..., "key": ...}``, as for
+    ``load_options`` (``{"policy": ..., "signature": ..., "data_key": ...}``, as for
     :func:`check`; a policy is required), marked in memory (the whole model is held in
     RAM), and each shard re-encrypted under a fresh data key from the same key provider
     URI and context, same chunk size and header encryption; no plaintext is written to
@@ -162,7 +162,9 @@ def embed_file(
         )
     encrypted = is_encrypted_input(srcp)
     if dstp.exists() and not replace:
-        raise DestinationError(f"{dstp} already exists", hint="choose another output or pass --replace")
+        raise DestinationError(
+            f"{dstp} already exists", hint="choose another output or pass --replace"
+        )
     if dstp.resolve() == srcp.resolve():
         raise DestinationError(
             "output and input are the same path", hint="write the marked model to a new location"

@@ -118,14 +118,14 @@ def policy_from_options(opts: Mapping[str, Any]) -> Any:
 
     try:
         policy = trust_policy(
-            public_keys=opts["keys"],
-            chain=opts["cert_chain"],
-            vault_key=opts["vault_key"],
+            trust_key=opts["keys"],
+            trust_chain=opts["cert_chain"],
+            trust_vault_key=opts["vault_key"],
             identity=opts["identity"],
             issuer=opts["issuer"],
             trust_root=opts["trust_root"],
             offline=opts["offline"],
-            unsafe=opts["unsafe_no_verification"],
+            unsafe_no_verification=opts["unsafe_no_verification"],
             allow_intermediate_anchor=opts.get("trust_intermediate", False),
             require_all=opts.get("require_all", False),
         )

@@ -116,7 +116,7 @@ def verify(
     result = verify_log(
         log,
         checkpoint_key=checkpoint_key,
-        vault_key=vault_key,
+        checkpoint_vault_key=vault_key,
         anchor=anchor,
         allow_foreign=mixed,
         max_unsigned_tail=max_unsigned_tail,

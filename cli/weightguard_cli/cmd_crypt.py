@@ -185,13 +185,13 @@ def decrypt(
         warnings.simplefilter("always", crypt.PlaintextWriteWarning)
         warnings.showwarning = _plaintext_warning
         if src.is_dir():
-            res = crypt.decrypt_model(src, dst, key_uri=key_uri, workers=workers,
+            res = crypt.decrypt_model(src, dst, data_key=key_uri, workers=workers,
                                       progress=prog, audit=log,
-                                      allowed_keys=allow_key)  # fmt: skip
+                                      allow_key=allow_key)  # fmt: skip
         else:
-            res = crypt.decrypt_file(src, dst, key_uri=key_uri, workers=workers,
+            res = crypt.decrypt_file(src, dst, data_key=key_uri, workers=workers,
                                      progress=prog, audit=log,
-                                     allowed_keys=allow_key)  # fmt: skip
+                                     allow_key=allow_key)  # fmt: skip
     _print(res, as_json, lambda r: click.echo(f"decrypted {src} -> {dst}"))
 
 
@@ -235,7 +235,7 @@ def rewrap(
 
     with _audit(audit_log) as log, activity(f"rewrapping {path.name}", quiet):
         res = crypt.rewrap(
-            path, to_uri, key_uri=key_uri, context=context, audit=log, allowed_keys=allow_key
+            path, to_uri, data_key=key_uri, context=context, audit=log, allow_key=allow_key
         )
 
     def human(r: dict[str, Any]) -> None:
@@ -276,9 +276,7 @@ def inspect(
 
     if verify:
         with _audit(audit_log) as log, activity(f"verifying {path.name}", quiet):
-            res = crypt.inspect(
-                path, verify=True, key_uri=key_uri, allowed_keys=allow_key, audit=log
-            )
+            res = crypt.inspect(path, verify=True, data_key=key_uri, allow_key=allow_key, audit=log)
     else:
         res = crypt.inspect(path)
 

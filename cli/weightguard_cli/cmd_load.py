@@ -47,8 +47,8 @@ def _common(opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     policy = policy_from_options(opts)
     kwargs: dict[str, Any] = {
         "signature": opts["signature"],
-        "key": opts["data_key"],
-        "allowed_keys": opts["allow_key"],
+        "data_key": opts["data_key"],
+        "allow_key": opts["allow_key"],
         "workers": opts["workers"],
         "audit": AuditLog.open(opts["audit_log"]),
     }

@@ -107,7 +107,7 @@ def embed(
     from weightguard.audit import AuditLog
 
     t0 = time.perf_counter()
-    if not force and os.path.lexists(output):  # the library's hint would name overwrite=
+    if not force and os.path.lexists(output):  # before any key or model is read
         from weightguard.errors import DestinationError
 
         raise DestinationError(
@@ -130,7 +130,7 @@ def embed(
                 key_ref,
                 alpha=wm.DEFAULT_ALPHA if alpha is None else alpha,
                 min_numel=wm.DEFAULT_MIN_NUMEL if min_numel is None else min_numel,
-                overwrite=force,
+                replace=force,
                 audit=log,
                 load_options=opts,
             )
@@ -174,12 +174,12 @@ def _load_options(
             "an encrypted artifact needs --trust-key or --unsafe-no-verification"
         )
     try:
-        policy = trust_policy(public_keys=trust_keys, unsafe=unsafe)
+        policy = trust_policy(trust_key=trust_keys, unsafe_no_verification=unsafe)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     if unsafe:
         click.echo("warning: loading the artifact WITHOUT signature verification", err=True)
-    return {"policy": policy, "signature": signature, "key": data_key}
+    return {"policy": policy, "signature": signature, "data_key": data_key}
 
 
 @watermark.command("check")

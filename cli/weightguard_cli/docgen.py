@@ -52,13 +52,18 @@ def render() -> str:
                 for p in cmd.params
                 if getattr(p, "renamed_to", None)
             ]
-    from weightguard_cli._vocabulary import table
+    from weightguard_cli._vocabulary import renamed_keywords_table, table
 
     lines += [
         "## Vocabulary",
         "",
         "Each concept has one spelling: the CLI option, the environment variable the",
-        "integrations read (vLLM, KServe; docs/integrations/) and the Python keyword.",
+        "integrations read (vLLM, KServe; docs/integrations/) and the Python keyword",
+        "(the option without its dashes, `-` -> `_`; where it differs, the table says why).",
+        "A hint names the options of the entry point that raised it: the command line's",
+        "options on the command line, the keywords of the public functions in Python",
+        "(`str(exc)`: `--signature` is told as `signature=`), the variables in the",
+        "integrations (`weightguard.vocabulary`).",
         "",
         *table(),
         "",
@@ -73,6 +78,14 @@ def render() -> str:
         "| command | old | new |",
         "| --- | --- | --- |",
         *(f"| `{c}` | `{old}` | `{new}` |" for c, old, new in renamed),
+        "",
+        "## Renamed Python keywords",
+        "",
+        "Keyword arguments renamed to the concept's spelling; the old keyword is accepted",
+        "for one release, with a `FutureWarning` (so are the keyword arguments the",
+        "transformers and sentence-transformers integrations pass on to `open_model`).",
+        "",
+        *renamed_keywords_table(),
         "",
     ]
     return "\n".join(lines)

@@ -86,6 +86,13 @@ def _fail(args: list[str], line: str, kind: str, message: str = "", hint: str = 
 
 
 def main(argv: list[str] | None = None) -> Any:
+    from weightguard.vocabulary import speaking
+
+    with speaking("cli"):  # hints name this program's options (weightguard.vocabulary)
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> Any:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         return cli.main(args=argv, prog_name="weightguard", standalone_mode=False)

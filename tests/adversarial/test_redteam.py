@@ -115,7 +115,7 @@ def test_cosigned_one_key_is_not_two_signers(tmp_path: Path) -> None:
     co.parent.mkdir()
     sign_model(model, co, one_key)
     policy = trust_policy(
-        public_keys=[pub], chain=[pem["root"], pem["intermediate"]], require_all=True
+        trust_key=[pub], trust_chain=[pem["root"], pem["intermediate"]], require_all=True
     )
     assert isinstance(policy, CoSigned)
     from weightguard.signing import verify_bundle

@@ -20,9 +20,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # Public modules that hold only data types / the error hierarchy: the bottom layer.
-DATA_MODULES = {"weightguard.errors", "weightguard.manifest", "weightguard.trust"}
+DATA_MODULES = {
+    "weightguard.errors",
+    "weightguard.manifest",
+    "weightguard.trust",
+    "weightguard.vocabulary",
+}
 # The public modules' order: each imports only modules of a lower rank (0: data).
 PUBLIC_RANKS = {
+    "weightguard.vocabulary": -1,  # the words hints use: errors tells them through it
     "weightguard.errors": 0,
     "weightguard.manifest": 0,
     "weightguard.trust": 0,  # trust anchors and proofs (data shared by policy/verifying)

@@ -93,7 +93,7 @@ def test_a_load_enters_no_module_twice(
 
     def load() -> None:
         if entry == "load_file":
-            tensors = load_file(model, key=key, policy=policy, audit=audit)
+            tensors = load_file(model, data_key=key, policy=policy, audit=audit)
         elif entry.endswith("model_signing model"):  # verified in the read that fills it
             case = OMS / "ms-1.1.1" / "key-files-sha256"
             oms = PublicKey.from_file(OMS / "keys" / "key-pub.pem")
@@ -101,7 +101,7 @@ def test_a_load_enters_no_module_twice(
             assert got
             return
         else:
-            with open_model(model, key=key, policy=policy, audit=audit) as handle:
+            with open_model(model, data_key=key, policy=policy, audit=audit) as handle:
                 tensors = handle.load()
         assert sorted(tensors) == sorted(n for n, _, _ in MODEL_LAYOUT)
 

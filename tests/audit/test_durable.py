@@ -73,7 +73,9 @@ def test_a_load_fsyncs_the_audit_log_once_at_its_decision(
 ) -> None:
     log = tmp_path / "audit.jsonl"
     audit = AuditLog(str(log))
-    got = loader.load_file(model, policy=sign_keys.policy(), key=file_key, audit=audit, workers=2)
+    got = loader.load_file(
+        model, policy=sign_keys.policy(), data_key=file_key, audit=audit, workers=2
+    )
     assert got and len(got) == len(MODEL_LAYOUT)
     on_log = _on(log, fsyncs)
     steps = ["load.start", "verify.ok", "key.unwrap", "load.ok"]
@@ -91,7 +93,9 @@ def test_a_denied_load_is_as_durable(
     log = tmp_path / "audit.jsonl"
     audit = AuditLog(str(log))
     with pytest.raises(IntegrityError):
-        loader.load_file(model, policy=sign_keys.policy(), key=file_key, audit=audit, workers=2)
+        loader.load_file(
+            model, policy=sign_keys.policy(), data_key=file_key, audit=audit, workers=2
+        )
     on_log = _on(log, fsyncs)
     assert len(on_log) == 1 and on_log[0][:3] == ["load.start", "verify.ok", "key.unwrap"]
     assert on_log[0][-1] in ("tamper.detected", "load.denied")
@@ -126,7 +130,7 @@ CHILD = textwrap.dedent(
     loader.run_pipeline = die
     audit = AuditLog(sys.argv[3])
     policy = PublicKey.from_file(sys.argv[2])
-    loader.load_file(sys.argv[1], policy=policy, key=sys.argv[4], audit=audit)
+    loader.load_file(sys.argv[1], policy=policy, data_key=sys.argv[4], audit=audit)
     """
 )
 

@@ -43,11 +43,11 @@ def test_real_load_produces_a_verified_log(
     generate_checkpoint_key(str(ck))
     log_path = tmp_path / "audit.jsonl"
     with AuditLog(str(log_path), signing_key=str(ck)) as audit:
-        got = loader.load_file(enc, policy=sign_keys.policy(), audit=audit, key=file_key)
+        got = loader.load_file(enc, policy=sign_keys.policy(), audit=audit, data_key=file_key)
         assert_same(got, expected)
         flip(enc, enc.stat().st_size - 100)  # tamper with the last chunk
         with pytest.raises(WeightguardError):
-            loader.load_file(enc, policy=sign_keys.policy(), audit=audit, key=file_key)
+            loader.load_file(enc, policy=sign_keys.policy(), audit=audit, data_key=file_key)
     res = verify_log(log_path, checkpoint_key=str(ck) + ".pub")
     assert res.ok, res.describe()
     recs = [json.loads(x) for x in log_path.read_bytes().splitlines()]

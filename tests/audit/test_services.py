@@ -147,7 +147,7 @@ def test_vault_transit_checkpoints_and_kv_anchor(
     assert len(cps) == 2 and cps[0]["sig"]["key_id"] == f"{key_uri}:v1"
     assert recs[0]["subject"]["vault_role"] == "llm-loader"
     anchor = VaultKVAnchor(anchor_uri, client=client)
-    res = verify_log(path, vault_key=key_uri, anchor=anchor, vault_client=client)
+    res = verify_log(path, checkpoint_vault_key=key_uri, anchor=anchor, vault_client=client)
     assert res.ok, res.describe()
     assert res.logs[0].checkpoints_verified == 2 and res.logs[0].anchored_size == len(recs) - 1
     # KV v2 keeps versions; the anchor never goes backwards (check-and-set)
@@ -158,14 +158,14 @@ def test_vault_transit_checkpoints_and_kv_anchor(
     assert latest is not None and latest["checkpoint"]["size"] == len(recs) - 1
     # truncation against the Vault anchor
     path.write_bytes(b"".join(_lines(path)[:-2]))  # ends with an event record now
-    res = verify_log(path, vault_key=key_uri, anchor=anchor, vault_client=client)
+    res = verify_log(path, checkpoint_vault_key=key_uri, anchor=anchor, vault_client=client)
     assert res.problem is not None and res.problem.kind == "truncated"
     # a checkpoint forged with a local key does not pass as the Vault key's
     forged_key = tmp_path / "evil.pem"
     generate_checkpoint_key(str(forged_key))
     with AuditLog(str(path), signing_key=str(forged_key)) as evil:
         evil.checkpoint()
-    res = verify_log(path, vault_key=key_uri, vault_client=client)
+    res = verify_log(path, checkpoint_vault_key=key_uri, vault_client=client)
     assert res.problem is not None and res.problem.kind == "bad_checkpoint"
     assert "unknown key" in res.problem.message
 

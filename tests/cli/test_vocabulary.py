@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 import pytest
-from weightguard_cli._vocabulary import TERMS
+from weightguard_cli._vocabulary import TERMS, commands
 from weightguard_cli.main import LAZY_COMMANDS, cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ for _cmd in COMMANDS.values():
 
 @pytest.mark.parametrize("term", TERMS, ids=lambda t: t.option)
 def test_each_option_exists_where_the_table_says(term: object) -> None:
-    missing = [c for c in term.commands if term.option not in _options(COMMANDS[c], hidden=False)]  # type: ignore[attr-defined]
+    missing = [c for c in commands(term) if term.option not in _options(COMMANDS[c], hidden=False)]  # type: ignore[arg-type]
     assert missing == []
 
 
@@ -181,3 +181,149 @@ def test_each_command_module_names_only_its_commands_options() -> None:
                 if opt not in own and opt not in FOREIGN and (path.name, opt) not in OTHER_COMMANDS:
                     wrong.append(f"{path.name}: {opt} in {s[:60]!r}")
     assert wrong == []
+
+
+# --------------------------------------------------------------------------- Python's words
+# A hint is written once, naming options; a Python caller reads it told in the public
+# functions' keywords (weightguard.vocabulary.TOLD), the command line as written.
+
+# Library strings that are not hints: command lines and pages written for the reader of a
+# report, and audit reasons (file, option).
+NOT_HINTS = {
+    ("weightguard/report.py", "*"),  # the report's reproducing `weightguard ...` commands
+    ("weightguard/_internal/report/render.py", "*"),  # the report page (made by the CLI)
+    ("weightguard/_internal/crypt/inspect.py", "--verify"),  # audit reason "inspect --verify"
+}
+PY_KEYWORD = re.compile(r"\b([a-z_][a-z0-9_]*)=")
+PY_CALL = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*(?:\.[a-z_]+)?)\(")
+PUBLIC_MODULES = (
+    "weightguard.audit",
+    "weightguard.bom",
+    "weightguard.crypt",
+    "weightguard.lazy",
+    "weightguard.loader",
+    "weightguard.policy",
+    "weightguard.report",
+    "weightguard.signing",
+    "weightguard.transfer",
+    "weightguard.verifying",
+    "weightguard.watermark",
+)
+
+
+def _public_callables() -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name in PUBLIC_MODULES:
+        module = importlib.import_module(name)
+        for attr in getattr(module, "__all__", ()):
+            obj = getattr(module, attr)
+            out[attr] = obj
+            if isinstance(obj, type):
+                out.update(
+                    {f"{attr}.{m}": getattr(obj, m) for m in vars(obj) if not m.startswith("_")}
+                )
+    return out
+
+
+def _public_parameters() -> set[str]:
+    names: set[str] = set()
+    for obj in _public_callables().values():
+        if callable(obj):
+            try:
+                names.update(inspect.signature(obj).parameters)
+            except (TypeError, ValueError):
+                continue
+    return names
+
+
+def _library_hints() -> list[tuple[str, str]]:
+    out = []
+    for path in sorted((ROOT / "weightguard").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if (rel, "*") in NOT_HINTS:
+            continue
+        out += [
+            (rel, s)
+            for s in _message_strings(path)
+            if OPTION.search(s) and not OPTION.fullmatch(s.strip())  # not a declaration
+        ]
+    return out
+
+
+def test_what_python_callers_are_told_exists() -> None:
+    """Every keyword TOLD names is a parameter of a public function, every call it names
+    (``PublicKey.from_file(...)``) a public function or class."""
+    from weightguard.vocabulary import TOLD, TOLD_FALLBACK
+
+    params, callables = _public_parameters(), _public_callables()
+    wrong = []
+    for option, spelled in TOLD.items():
+        wrong += [f"{option}: {k}=" for k in PY_KEYWORD.findall(spelled) if k not in params]
+        wrong += [f"{option}: {c}(" for c in PY_CALL.findall(spelled) if c not in callables]
+    assert wrong == []
+    assert "--" not in TOLD_FALLBACK
+
+
+def test_every_hint_names_only_python_keywords_to_a_python_caller() -> None:
+    """Each library string naming an option, told as a Python caller reads it, names no
+    option (but in a ``weightguard ...`` command it tells them to run) and only keywords
+    of the public functions; every option it named has a Python spelling (TOLD) or is
+    UNTOLD with a reason."""
+    from weightguard.vocabulary import TOLD, TOLD_FALLBACK, UNTOLD, retell
+
+    params = _public_parameters()
+    untold, left, unknown = [], [], []
+    for rel, s in _library_hints():
+        for opt in OPTION.findall(s):
+            if (rel, opt) in NOT_HINTS or opt in FOREIGN or opt in UNTOLD:
+                continue
+            whole = re.search(re.escape(opt) + r"(?: [a-z0-9]+)?", s)
+            told_whole = whole is not None and whole.group(0) in TOLD
+            if opt not in TOLD and not told_whole and "weightguard " not in s:
+                untold.append(f"{rel}: {opt} in {s[:70]!r}")
+        told = retell(s, TOLD, TOLD_FALLBACK, drop=UNTOLD)
+        clauses = [c for c in re.split(r",\s*or\s+|;\s*", told) if "weightguard " not in c]
+        for clause in clauses:
+            left += [
+                f"{rel}: {o} in {told[:70]!r}"
+                for o in OPTION.findall(clause)
+                if o not in FOREIGN and (rel, o) not in NOT_HINTS
+            ]
+            unknown += [
+                f"{rel}: {k}= in {told[:70]!r}"
+                for k in PY_KEYWORD.findall(clause)
+                if k not in params and k.isidentifier() and not k.isupper()
+            ]
+    assert untold == [], "give the option a Python spelling in weightguard.vocabulary.TOLD"
+    assert left == []
+    assert unknown == []
+
+
+def test_integration_hints_name_only_their_variables() -> None:
+    """A hint retold by the KServe initializer or the vLLM loaders names only variables
+    they read (and the strings of those modules name no other WEIGHTGUARD_ variable)."""
+    from weightguard.integrations import _settings, kserve, vllm, vllm_lora
+
+    reads = {
+        "kserve": set(kserve.VARIABLES),
+        "vllm": set(vllm._ENV.values()),
+        "vllm_lora": {_settings.env_name(k) for k in (*_settings.TRUST, *_settings.LISTS)}
+        | {"WEIGHTGUARD_AUDIT_LOG", vllm_lora.ALLOW_UNSIGNED_ENV},
+    }
+    names = {"kserve": kserve._NAMES, "vllm": vllm._NAMES, "vllm_lora": vllm_lora._NAMES}
+    fallbacks = {"kserve": kserve._FALLBACK, "vllm": vllm._hint(), "vllm_lora": vllm_lora._hint()}
+    variable = re.compile(r"\bWEIGHTGUARD_[A-Z_]+\b")
+    wrong = []
+    for who, module in (("kserve", kserve), ("vllm", vllm), ("vllm_lora", vllm_lora)):
+        for rel, s in _library_hints():
+            exc = _settings.ConfigError("x", hint=s)
+            told = _settings.retold(exc, names[who], fallbacks[who]).hint
+            clauses = [c for c in re.split(r",\s*or\s+|;\s*", told) if "weightguard " not in c]
+            for clause in clauses:
+                wrong += [f"{who} <- {rel}: {v}" for v in variable.findall(clause)
+                          if v not in reads[who] and v != "WEIGHTGUARD_CONFIG"]  # fmt: skip
+        path = Path(str(module.__file__))
+        for s in _message_strings(path):
+            wrong += [f"{who}: {v} in {s[:60]!r}" for v in variable.findall(s)
+                      if v not in reads[who] and v not in ("WEIGHTGUARD_CONFIG",)]  # fmt: skip
+    assert sorted(set(wrong)) == []

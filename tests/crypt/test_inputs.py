@@ -273,7 +273,7 @@ def test_disk_full_midway_simulated(
     crypt.encrypt_file(src, tmp_path / "ok.enc", key)
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(DestinationError, match="no space left"):
-        crypt.decrypt_file(tmp_path / "ok.enc", tmp_path / "plain.safetensors", key_uri=key)
+        crypt.decrypt_file(tmp_path / "ok.enc", tmp_path / "plain.safetensors", data_key=key)
     assert not (tmp_path / "plain.safetensors").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".wgtmp")]
 

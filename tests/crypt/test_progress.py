@@ -57,7 +57,5 @@ def test_decrypt_reports_every_byte_of_its_total(tmp_path: Path) -> None:
     src, key = _model(tmp_path)
     crypt.encrypt_model(src, tmp_path / "enc", key, chunk_size=16384)
     done: list[int] = []
-    crypt.decrypt_model(
-        tmp_path / "enc", tmp_path / "dec", allowed_keys=[key], progress=done.append
-    )
+    crypt.decrypt_model(tmp_path / "enc", tmp_path / "dec", allow_key=[key], progress=done.append)
     assert sum(done) == _tree_size(tmp_path / "enc")

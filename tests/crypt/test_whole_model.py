@@ -79,7 +79,7 @@ def test_decrypt_model_whole_or_nothing(tmp_path: Path, damage, match: str) -> N
     dst = tmp_path / "dec"
     audit, sink = memory_audit()
     with pytest.raises(IntegrityError, match=match):
-        crypt.decrypt_model(enc, dst, key_uri=key, audit=audit)
+        crypt.decrypt_model(enc, dst, data_key=key, audit=audit)
     _nothing_left(tmp_path, dst)
     rec = sink.records[-1]
     assert rec["event"] == "tamper.detected" and rec["outcome"] == "denied"
@@ -106,7 +106,7 @@ def test_unsafe_shard_name_in_index(tmp_path: Path) -> None:
     (enc / INDEX).write_text(json.dumps({"weight_map": {"w0": "../../etc/passwd"}}))
     audit, sink = memory_audit()
     with pytest.raises(FormatError, match=r"'\.\.' component"):
-        crypt.decrypt_model(enc, tmp_path / "dec", key_uri=key, audit=audit)
+        crypt.decrypt_model(enc, tmp_path / "dec", data_key=key, audit=audit)
     assert sink.records[-1]["event"] == "decrypt"
 
 
@@ -140,9 +140,9 @@ if dst.endswith("fetched"):
         fetch_model(src, dst, policy=UnsafeNoVerification(), allow_disk=True, key=key,
                     workers=1, audit=AuditLog.open(marker + ".audit"))
 elif Path(src).is_dir():
-    crypt.decrypt_model(src, dst, key_uri=key, progress=progress, workers=1)
+    crypt.decrypt_model(src, dst, data_key=key, progress=progress, workers=1)
 else:
-    crypt.decrypt_file(src, dst, key_uri=key, progress=progress, workers=1)
+    crypt.decrypt_file(src, dst, data_key=key, progress=progress, workers=1)
 """
 
 
@@ -204,8 +204,8 @@ def test_sigkill_named_fallback_is_cleaned_next_run(tmp_path: Path) -> None:
     _kill_mid_write(tmp_path, enc, tmp_path / "dec", key, "named")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".dec.")]
     # the next run next to the same destinations removes both, then succeeds
-    crypt.decrypt_file(shard, out, key_uri=key)
-    crypt.decrypt_model(enc, tmp_path / "dec", key_uri=key)
+    crypt.decrypt_file(shard, out, data_key=key)
+    crypt.decrypt_model(enc, tmp_path / "dec", data_key=key)
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".wgtmp")]
     assert out.read_bytes()[:8] != b"WGTENC01"
 

@@ -126,7 +126,7 @@ def test_unverified_plain_load(release: dict[str, Any]) -> None:
 def test_decrypt_is_byte_for_byte(release: dict[str, Any], tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        crypt.decrypt_model(release["enc"], tmp_path / "dec", key_uri=f"file://{release['kek']}")
+        crypt.decrypt_model(release["enc"], tmp_path / "dec", data_key=f"file://{release['kek']}")
     dec = tmp_path / "dec" / "model.safetensors"
     assert dec.read_bytes() == (release["plain"] / "model.safetensors").read_bytes()
     _same(st_load_file(str(dec)), release["expected"])

@@ -45,7 +45,7 @@ def artifact(tmp_path: Path) -> tuple[Path, Path]:
     out.parent.mkdir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        crypt.encrypt_file(src, out, key_uri=f"file://{key}")
+        crypt.encrypt_file(src, out, data_key=f"file://{key}")
     return out, key
 
 
@@ -123,12 +123,12 @@ def test_legacy_artifact_loads_and_rewrap_moves_it_to_the_new_magic(tmp_path: Pa
     shutil.copyfile(VECTORS / "one-byte-past.wgenc", legacy)
     plain = safetensors.torch.load_file(str(VECTORS / "one-byte-past.safetensors"))
     assert legacy.read_bytes()[:8] == fmt.LEGACY_MAGIC
-    got = loader.load_file(legacy, policy=UnsafeNoVerification(), key=f"file://{key}")
+    got = loader.load_file(legacy, policy=UnsafeNoVerification(), data_key=f"file://{key}")
     assert set(got) == set(plain)
     assert all(torch.equal(got[k], plain[k]) for k in plain)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        crypt.rewrap(legacy, key_uri=f"file://{key}", to_uri=f"file://{key}")
+        crypt.rewrap(legacy, data_key=f"file://{key}", new_data_key=f"file://{key}")
     assert legacy.read_bytes()[:16] == fmt.MAGIC
-    again = loader.load_file(legacy, policy=UnsafeNoVerification(), key=f"file://{key}")
+    again = loader.load_file(legacy, policy=UnsafeNoVerification(), data_key=f"file://{key}")
     assert all(torch.equal(again[k], plain[k]) for k in plain)

@@ -68,7 +68,7 @@ def test_roundtrip_byte_for_byte_and_layout(tmp_path: Path, keyfile: Path) -> No
     for (o1, l1), (o2, _) in itertools.pairwise(spans):
         assert o1 + l1 == o2
     assert spans[-1][0] + spans[-1][1] == h.total_size
-    crypt.decrypt_file(enc, dec, key_uri=key_uri(keyfile))
+    crypt.decrypt_file(enc, dec, data_key=key_uri(keyfile))
     assert dec.read_bytes() == src.read_bytes()
     assert (dec.stat().st_mode & 0o777) == 0o600
 
@@ -101,7 +101,7 @@ def test_warning_and_stderr_notice(
     crypt.encrypt_file(src, tmp_path / "e", key_uri(keyfile))
     assert "development key file" in capfd.readouterr().err
     with pytest.warns(crypt.PlaintextWriteWarning, match="plaintext"):
-        crypt.decrypt_file(tmp_path / "e", tmp_path / "d", key_uri=key_uri(keyfile))
+        crypt.decrypt_file(tmp_path / "e", tmp_path / "d", data_key=key_uri(keyfile))
 
 
 def test_no_unkeyed_digest_of_plaintext(tmp_path: Path, keyfile: Path) -> None:
@@ -143,14 +143,14 @@ def test_encrypt_header_hides_names(tmp_path: Path, keyfile: Path) -> None:
     # default: the table is visible (and authenticated)
     enc2 = tmp_path / "m2.enc"
     crypt.encrypt_file(src, enc2, key_uri(keyfile), chunk_size=4096)
-    info2 = crypt.inspect(enc2, verify=True, allowed_keys=[key_uri(keyfile)])
+    info2 = crypt.inspect(enc2, verify=True, allow_key=[key_uri(keyfile)])
     assert info2["tensors"]["model.secret_layer.weight"] == {
         "dtype": "F32",
         "shape": [2048],
         "nbytes": 8192,
     }
     assert info2["metadata"] == {"arch": "SecretNet"} and info2["authenticated"] is True
-    crypt.decrypt_file(enc, tmp_path / "d", key_uri=key_uri(keyfile))
+    crypt.decrypt_file(enc, tmp_path / "d", data_key=key_uri(keyfile))
     assert (tmp_path / "d").read_bytes() == st
 
 
@@ -217,7 +217,7 @@ def test_roundtrip_random_tensor_sets(
         encrypt_header=encrypt_header,
         workers=2,
     )
-    crypt.decrypt_file(d / "m.enc", d / "m.dec", workers=2, key_uri=f"file://{key}")
+    crypt.decrypt_file(d / "m.enc", d / "m.dec", workers=2, data_key=f"file://{key}")
     assert (d / "m.dec").read_bytes() == blob
 
 
@@ -246,7 +246,7 @@ def test_secrets_hidden_and_audit_events(tmp_path: Path, keyfile: Path) -> None:
     (tmp_path / "bad.enc").write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="record 2") as ei:
         crypt.decrypt_file(
-            tmp_path / "bad.enc", tmp_path / "out", audit=log, key_uri=key_uri(keyfile)
+            tmp_path / "bad.enc", tmp_path / "out", audit=log, data_key=key_uri(keyfile)
         )
     assert dk.hex() not in str(ei.value)
     log.close()

@@ -54,7 +54,7 @@ def _decrypt(tmp_path: Path, data: bytes, key: Path) -> None:
     p.write_bytes(data)
     out = tmp_path / "out.safetensors"
     try:
-        crypt.decrypt_file(p, out, key_uri=key_uri(key))
+        crypt.decrypt_file(p, out, data_key=key_uri(key))
     finally:
         assert not out.exists(), "no output may be left after a failure"
         assert not [x for x in tmp_path.iterdir() if x.name.endswith(".wgtmp")]
@@ -297,10 +297,10 @@ def test_wrong_key_file(tmp_path: Path, art: tuple[Path, Path, bytes]) -> None:
     enc, _, _ = art
     other = crypt.create_key_file(tmp_path / "other.key")
     with pytest.raises(WrongKeyError, match="is not the key this artifact was wrapped with"):
-        crypt.decrypt_file(enc, tmp_path / "o", key_uri=key_uri(other))
+        crypt.decrypt_file(enc, tmp_path / "o", data_key=key_uri(other))
     assert not (tmp_path / "o").exists()
     with pytest.raises(KeyProviderError, match="does not exist"):
-        crypt.decrypt_file(enc, tmp_path / "o", key_uri=key_uri(tmp_path / "missing.key"))
+        crypt.decrypt_file(enc, tmp_path / "o", data_key=key_uri(tmp_path / "missing.key"))
 
 
 def test_decrypt_record_into_rejects_wrong_sizes(art: tuple[Path, Path, bytes]) -> None:

@@ -133,7 +133,7 @@ def test_weightguard_reproduces_and_decrypts_vector(name: str, tmp_path: Path) -
     key.write_bytes(bytes.fromhex(DOC["key_file_kek"]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        crypt.decrypt_file(VECTORS / case["output"], tmp_path / "dec", key_uri=f"file://{key}")
+        crypt.decrypt_file(VECTORS / case["output"], tmp_path / "dec", data_key=f"file://{key}")
     assert (tmp_path / "dec").read_bytes() == src.read_bytes()
 
 

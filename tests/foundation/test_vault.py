@@ -311,7 +311,7 @@ def test_long_lived_users_log_in_again_when_the_token_expires(
     log.close()
     anchor = VaultKVAnchor(anchor_uri, client=root)
     res = verify_log(
-        path, vault_key=f"vault://transit/{sign_key}", anchor=anchor, vault_client=root
+        path, checkpoint_vault_key=f"vault://transit/{sign_key}", anchor=anchor, vault_client=root
     )
     assert res.ok, res.describe()
     assert res.logs[0].checkpoints_verified == res.logs[0].checkpoints >= 2

@@ -295,7 +295,7 @@ def test_wrong_signer_is_a_policy_error(release: dict[str, Any]) -> None:
 def test_key_denied_is_a_key_provider_error(release: dict[str, Any], tmp_path: Path) -> None:
     wrong = tmp_path / "other.hex"
     crypt.create_key_file(wrong)
-    for exc in _both(release["dir"], release["keys"].policy(), key=f"file://{wrong}"):
+    for exc in _both(release["dir"], release["keys"].policy(), data_key=f"file://{wrong}"):
         assert type(exc) is WrongKeyError, repr(exc)
         assert "is not the key this artifact was wrapped with" in str(exc)
 
@@ -521,7 +521,7 @@ def test_wrong_key_for_encrypted_side_file(
     # key commitment before any record is opened
     wrong = tmp_path / "other.hex"
     crypt.create_key_file(wrong)
-    for exc in _both(sealed_release, release["keys"].policy(), key=f"file://{wrong}"):
+    for exc in _both(sealed_release, release["keys"].policy(), data_key=f"file://{wrong}"):
         assert isinstance(exc, WrongKeyError), repr(exc)
 
 
@@ -616,6 +616,6 @@ def test_hints_name_keyword_arguments_not_cli_options(
     for exc in _both(d, release["keys"].policy()):
         assert not re.findall(r"(?<![\w-])--[a-z]", str(exc)), str(exc)
         if case == "key-not-allowed":
-            assert "allowed_keys=" in str(exc), str(exc)
+            assert "allow_key=" in str(exc), str(exc)
         if case == "no-signature":
             assert "signature=" in str(exc), str(exc)

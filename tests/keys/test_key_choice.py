@@ -130,7 +130,7 @@ def test_header_names_dev_zero(tmp_path: Path) -> None:
     # even when the caller names it, a device is not a key file: refused before reading
     audit, sink = memory_audit()
     with pytest.raises(KeyProviderError, match="/dev/zero is not a regular file"):
-        _fast(crypt.decrypt_file, enc, tmp_path / "out", key_uri="file:///dev/zero", audit=audit)
+        _fast(crypt.decrypt_file, enc, tmp_path / "out", data_key="file:///dev/zero", audit=audit)
     assert sink.records[-1]["event"] == "decrypt"
 
 
@@ -189,7 +189,7 @@ def test_oversized_key_file_is_not_read(tmp_path: Path) -> None:
     big.write_bytes(b"0" * (64 << 20))
     enc, _ = _artifact(tmp_path)
     with pytest.raises(KeyProviderError, match=f"is {64 << 20} bytes; a key file holds 32"):
-        _fast(crypt.decrypt_file, enc, tmp_path / "out", key_uri=f"file://{big}")
+        _fast(crypt.decrypt_file, enc, tmp_path / "out", data_key=f"file://{big}")
     assert MAX_KEY_FILE < 64 << 20
 
 
@@ -202,9 +202,7 @@ def test_disallowed_vault_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     enc, _ = _artifact(tmp_path, "vault://secret-mount/other-teams-key")
     audit, sink = memory_audit()
     with pytest.raises(KeyAccessDenied, match=r"not in the allowed keys \(vault://transit/\*\)"):
-        _fast(
-            crypt.decrypt_file, enc, tmp_path / "o", allowed_keys=["vault://transit/*"], audit=audit
-        )
+        _fast(crypt.decrypt_file, enc, tmp_path / "o", allow_key=["vault://transit/*"], audit=audit)
     assert sink.records[-1]["event"] == "decrypt"
     monkeypatch.setenv(ALLOWED_KEYS_ENV, "vault://transit/*")
     audit, sink = memory_audit()

@@ -238,7 +238,7 @@ def test_rewrap_file_to_vault_keeps_records(
     crypt.rewrap(
         enc,
         f"vault://transit/{derived_key}",
-        key_uri=f"file://{key}",
+        data_key=f"file://{key}",
         to_key_options={"client": openbao.client()},
     )
     after = shard.read_bytes()

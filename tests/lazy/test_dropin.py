@@ -133,7 +133,7 @@ def test_an_artifact_whose_policy_the_dropin_cannot_satisfy(
     assert last(sink, "load.denied")["reason"].startswith("PolicyError")
     monkeypatch.delenv("WEIGHTGUARD_ALLOWED_KEYS")
     with (
-        dropin.enabled(sign_keys.policy(), audit=audit, allowed_keys=["vault://transit/*"]),
+        dropin.enabled(sign_keys.policy(), audit=audit, allow_key=["vault://transit/*"]),
         pytest.raises(KeyAccessDenied),
     ):
         safetensors.torch.load_file(str(art))

@@ -140,6 +140,8 @@ def test_an_encrypted_adapter_config_is_decrypted(tmp_path: Path, adapters, sign
     sign(rel, rel / "model.sig", sign_keys)
     want = _out(peft.PeftModel.from_pretrained(copy.deepcopy(base), plain))
     got = _out(
-        from_pretrained(copy.deepcopy(base), rel, policy=sign_keys.policy(), key=f"file://{key}")
+        from_pretrained(
+            copy.deepcopy(base), rel, policy=sign_keys.policy(), data_key=f"file://{key}"
+        )
     )
     assert torch.equal(got, want)

@@ -72,7 +72,7 @@ def test_encrypted_signed_roundtrip(
             enc,
             device,
             policy=sign_keys.policy(),
-            key=file_key,
+            data_key=file_key,
             audit=audit,
             workers=3,
             ring_bytes=3 * 4096,
@@ -114,7 +114,7 @@ def test_subset_reads_only_touched_chunks(tmp_path, file_key, sign_keys) -> None
     encrypt(src, enc, file_key, chunk_size=4096)
     sign(enc, enc.with_name("model.safetensors.sig"), sign_keys)
     audit, sink = memory_audit()
-    with loader.open_model(enc, policy=sign_keys.policy(), audit=audit, key=file_key) as m:
+    with loader.open_model(enc, policy=sign_keys.policy(), audit=audit, data_key=file_key) as m:
         assert m.keys() == sorted(expected)
         part = m.load(["layer3.w", "layer9.w"])
         assert set(part) == {"layer3.w", "layer9.w"}
@@ -154,7 +154,7 @@ def test_sharded_dir_load_model(tmp_path, file_key, sign_keys) -> None:
     module.add_module("b", torch.nn.Linear(8, 3))
     # Sequential names are "a.weight" etc. via add_module names
     audit, sink = memory_audit()
-    loader.load_model(module, d, policy=sign_keys.policy(), audit=audit, allowed_keys=file_key)
+    loader.load_model(module, d, policy=sign_keys.policy(), audit=audit, allow_key=file_key)
     assert torch.equal(module.a.weight.detach(), expected["a.weight"])
     assert torch.equal(module.b.bias.detach(), expected["b.bias"])
     unwrap = last(sink, "key.unwrap")
@@ -163,7 +163,7 @@ def test_sharded_dir_load_model(tmp_path, file_key, sign_keys) -> None:
     from weightguard.errors import FormatError
 
     with pytest.raises(FormatError, match="tensors do not match the module"):
-        loader.load_model(wrong, d, policy=sign_keys.policy(), audit=audit, key=file_key)
+        loader.load_model(wrong, d, policy=sign_keys.policy(), audit=audit, data_key=file_key)
 
 
 def test_shard_not_covered_by_signature(tmp_path, file_key, sign_keys) -> None:

@@ -676,7 +676,7 @@ def test_wrong_key_for_an_unchanged_file_stays_a_key_error(
     other = tmp_path / "other.hex"
     create_key_file(other)
     with pytest.raises(WrongKeyError):
-        loader.load_file(d, policy=keys.policy(), key=f"file://{other}")
+        loader.load_file(d, policy=keys.policy(), data_key=f"file://{other}")
 
 
 # ------------------------------------------------------------------ interop vectors

@@ -33,7 +33,9 @@ def test_progress_goes_from_zero_to_every_byte_read(tmp_path: Path, file_key, si
         with lock:
             calls.append((done, total))
 
-    got = loader.load_file(enc, policy=sign_keys.policy(), key=file_key, workers=3, progress=report)
+    got = loader.load_file(
+        enc, policy=sign_keys.policy(), data_key=file_key, workers=3, progress=report
+    )
     assert_same(got, expected)
     totals = {t for _, t in calls}
     assert len(totals) == 1

@@ -38,12 +38,12 @@ def test_sealed_index_signed_loads_unsigned_refused(tmp_path: Path, sign_keys) -
     assert (enc / "model.safetensors.index.json").read_bytes().startswith(MAGICS)
     sign(enc, enc / "model.sig", sign_keys)
 
-    got = loader.load_file(enc, policy=sign_keys.policy(), key=uri)
+    got = loader.load_file(enc, policy=sign_keys.policy(), data_key=uri)
     assert sorted(got) == sorted(expected)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
     (enc / "model.sig").unlink()
     audit, sink = memory_audit()
     with pytest.raises(FormatError, match="the index is encrypted"):
-        loader.load_file(enc, policy=UnsafeNoVerification(), key=uri, audit=audit)
+        loader.load_file(enc, policy=UnsafeNoVerification(), data_key=uri, audit=audit)
     assert last(sink, "load.denied")["reason"].startswith("FormatError")

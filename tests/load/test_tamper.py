@@ -225,5 +225,5 @@ def test_missing_signature_and_wrong_key(artifact, sign_keys, tmp_path) -> None:
     from weightguard.errors import KeyProviderError
 
     other = create_key_file(tmp_path / "other.kek")
-    exc, sink, _ = _load(artifact, UnsafeNoVerification(), key=f"file://{other}")
+    exc, sink, _ = _load(artifact, UnsafeNoVerification(), data_key=f"file://{other}")
     _assert_denied(exc, sink, "load.denied", KeyProviderError, "")

@@ -58,7 +58,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
             enc,
             out,
             f"file://{wm_key}",
-            load_options={"policy": keys.policy(), "key": f"file://{data_key}"},
+            load_options={"policy": keys.policy(), "data_key": f"file://{data_key}"},
         )
     except ImportError:  # no torch: the same release without the watermark
         import shutil

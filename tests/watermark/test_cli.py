@@ -167,13 +167,13 @@ def test_watermark_then_encrypt_then_secure_load(tmp_path: Path, small_model: Pa
     sign_model(enc, sig, KeySigner.from_file(priv))  # 3. sign
     audit = AuditLog(MemorySink())
     tensors = loader.load_file(
-        enc, policy=PublicKey.from_file(pub), audit=audit, key=f"file://{kek}"
+        enc, policy=PublicKey.from_file(pub), audit=audit, data_key=f"file://{kek}"
     )  # 4. load
     rep = wm.check(tensors, KEY)  # 5. the mark is on the loaded tensors
     assert rep.verdict == "present" and rep.z > 20
     assert all(t.dtype == torch.float32 for t in tensors.values() if t.is_floating_point())
     # the encrypted artifact directly (decrypted in memory through the secure loader)
-    opts = {"policy": PublicKey.from_file(pub), "audit": audit, "key": f"file://{kek}"}
+    opts = {"policy": PublicKey.from_file(pub), "audit": audit, "data_key": f"file://{kek}"}
     rep2 = wm.check(enc, KEY, load_options=opts)
     assert rep2.z == pytest.approx(rep.z, abs=1e-6)
     with pytest.raises(WatermarkError, match="needs a verification policy"):

@@ -29,12 +29,12 @@ rewrites them in the integration's own words (its variables, never an option it 
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from weightguard.errors import ConfigError, WeightguardError
+from weightguard.vocabulary import TOLD, TOLD_FALLBACK, retell
 
 __all__ = [
     "LISTS",
@@ -129,66 +129,31 @@ def policy_from(settings: Mapping[str, Any], *, unsafe: bool = False) -> Any:
     from weightguard.policy import trust_policy
 
     return trust_policy(
-        public_keys=settings.get("trust_key") or (),
-        chain=settings.get("trust_chain") or (),
-        vault_key=settings.get("trust_vault_key"),
+        trust_key=settings.get("trust_key") or (),
+        trust_chain=settings.get("trust_chain") or (),
+        trust_vault_key=settings.get("trust_vault_key"),
         identity=settings.get("trust_identity"),
         issuer=settings.get("trust_issuer"),
         trust_root=settings.get("trust_root"),
-        unsafe=unsafe,
+        unsafe_no_verification=unsafe,
     )
-
-
-_OPTION = re.compile(r"--[a-z][a-z0-9-]*(?: (?:PATTERN|URI|PATH|FILE|KEY))?")
-_CLAUSES = re.compile(r",\s*or\s+|;\s*|,\s*(?=give |pass |use |set )")
 
 
 def retold(exc: WeightguardError, names: Mapping[str, str], fallback: str) -> WeightguardError:
     """``exc`` with its hint in the integration's words: each CLI option it names becomes
     ``names[option]`` or ``names[setting]`` (how the integration spells the option, or the
-    setting :data:`CLI_OPTIONS` maps it to); a clause naming an
-    option the integration lacks is dropped; nothing left -> ``fallback``.  In place
-    (type, path and chunk kept); returns ``exc``."""
-    hint = exc.hint
-    if not hint or "--" not in hint:
+    setting :data:`CLI_OPTIONS` maps it to); a clause naming an option the integration
+    lacks is dropped; nothing left -> ``fallback`` (:func:`weightguard.vocabulary.retell`).
+    In place (type, path and chunk kept); returns ``exc``."""
+    if not exc.hint or "--" not in exc.hint:
         return exc
-    kept: list[str] = []
-    for clause in _CLAUSES.split(hint):
-
-        def swap(m: re.Match[str]) -> str:
-            opt, _, meta = m.group(0).partition(" ")
-            spelled = names.get(opt) or names.get(CLI_OPTIONS.get(opt, ""))
-            if spelled is None:
-                raise KeyError(opt)
-            return f"{spelled}={meta}" if meta and spelled.startswith(PREFIX) else spelled
-
-        try:
-            new = _OPTION.sub(swap, clause)
-        except KeyError:
-            continue
-        # "WEIGHTGUARD_X=PATTERN or WEIGHTGUARD_X" -> "WEIGHTGUARD_X=PATTERN"
-        new = re.sub(r"\b([A-Z_]{4,})(=\S+)? or \1\b", r"\1\2", new)
-        kept.append(new.strip())
-    exc.hint = ", or ".join(k for k in kept if k) or fallback
+    spelled = {o: names[s] for o, s in CLI_OPTIONS.items() if s in names}
+    spelled.update({o: n for o, n in names.items() if o.startswith("--")})
+    exc.hint = retell(exc.hint, spelled, fallback, env_prefix=PREFIX)
     return exc
 
 
 # How the Python entry points (from_pretrained, load_sentence_transformer) spell what a
-# hint names as a CLI option: their keyword arguments.
-PYTHON_NAMES = {
-    "--signature": "signature=",
-    "--data-key": "key=",
-    "--allow-key": "allowed_keys=[...]",
-    "--trust-key": "policy=PublicKey.from_file(...)",
-    "--key": "policy=PublicKey.from_file(...)",
-    "--trust-chain": "policy=ChainRoot(...)",
-    "--cert-chain": "policy=ChainRoot(...)",
-    "--trust-vault-key": "policy=vault_key_policy(...)",
-    "--vault-key": "policy=vault_key_policy(...)",
-    "--identity": "policy=SigstoreIdentity(...)",
-    "--issuer": "policy=SigstoreIdentity(...)",
-    "--trust-root": "SigstoreIdentity(trust_root=...)",
-    "--unsafe-no-verification": "policy=UnsafeNoVerification()",
-    "--audit-log": "audit=",
-}
-PYTHON_FALLBACK = "see the function's keyword arguments (policy=, signature=, key=, allowed_keys=)"
+# hint names as a CLI option: the vocabulary's (weightguard.vocabulary.TOLD).
+PYTHON_NAMES = TOLD
+PYTHON_FALLBACK = TOLD_FALLBACK

@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from weightguard._internal.foundation import boundedjson
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard.errors import ConfigError, FormatError, WeightguardError
 
 __all__ = [
     "OPEN_OPTIONS",
+    "RENAMED_OPTIONS",
     "SideFiles",
     "audit_refusal",
     "check_policy",
@@ -46,7 +48,9 @@ __all__ = [
 CONFIG_NAME = "config.json"
 
 # What the integrations pass on to weightguard.open_model.
-OPEN_OPTIONS = ("signature", "key", "key_options", "allowed_keys", "audit", "workers", "s3")
+OPEN_OPTIONS = ("signature", "data_key", "key_options", "allow_key", "audit", "workers", "s3")
+# their spellings of the previous release: accepted until the next one, with a FutureWarning
+RENAMED_OPTIONS = {"key": "data_key", "allowed_keys": "allow_key"}
 
 
 def _scratch_root() -> str | None:
@@ -78,28 +82,29 @@ class SideFiles:
     """The signed side files of an open model handle, as the framework must see them.
 
     :meth:`read` checks the stored bytes against the signature and, for a file the
-    release encrypted, decrypts them in memory: ``key``, ``key_options`` and
-    ``allowed_keys`` are the ones the handle was opened with (the same key rule as the
+    release encrypted, decrypts them in memory: ``data_key``, ``key_options`` and
+    ``allow_key`` are the ones the handle was opened with (the same key rule as the
     weights: :func:`weightguard._internal.keys.providers.choose_key_uri`).  Data keys are
     unwrapped in one round trip per provider (:meth:`read_many`), audited as
     ``key.unwrap`` on ``audit`` when given, and wiped after use.
     """
 
+    @renamed_keywords(key="data_key", allowed_keys="allow_key")
     def __init__(
         self,
         handle: Any,
         uri: str,
         *,
-        key: Any = None,
+        data_key: Any = None,
         key_options: Mapping[str, Any] | None = None,
-        allowed_keys: Iterable[str] | str | None = None,
+        allow_key: Iterable[str] | str | None = None,
         audit: Any = None,
     ) -> None:
         self.handle = handle
         self.uri = uri
-        self._key = key
+        self._key = data_key
         self._key_options = dict(key_options or {})
-        self._allowed = allowed_keys
+        self._allowed = allow_key
         self._audit = audit
         self._stored: dict[str, bytes] = {}
         self._plain: dict[str, bytes] = {}  # decrypted side files (small: configs)
@@ -317,11 +322,12 @@ def opened(
     the handle and the side files (whose key unwrap it records); closed here if opened
     here.
     """
+    from weightguard._internal.foundation.keywords import take_renamed
     from weightguard.audit import AuditLog
-    from weightguard.integrations._settings import PYTHON_FALLBACK, PYTHON_NAMES, retold
     from weightguard.loader import open_model
 
     opts = dict(options)
+    take_renamed(opts, RENAMED_OPTIONS, "open_model", stacklevel=5)
     audit = opts.pop("audit", None)
     own = audit is None
     log = AuditLog.from_env() if own else audit
@@ -332,16 +338,12 @@ def opened(
                 SideFiles(
                     handle,
                     os.fspath(source),
-                    key=opts.get("key"),
+                    data_key=opts.get("data_key"),
                     key_options=opts.get("key_options"),
-                    allowed_keys=opts.get("allowed_keys"),
+                    allow_key=opts.get("allow_key"),
                     audit=log,
                 ),
             )
-    except WeightguardError as exc:
-        # hints name the function's keyword arguments, never a CLI option it lacks
-        retold(exc, PYTHON_NAMES, PYTHON_FALLBACK)  # in place: its cause stays chained
-        raise
-    finally:
+    finally:  # str(exc) tells hints in the caller's keywords (weightguard.vocabulary)
         if own:
             log.close()

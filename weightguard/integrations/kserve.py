@@ -163,7 +163,7 @@ def _initialize(src_uri: str, dest_dir: str, env: Mapping[str, str] | None) -> A
             policy=policy,
             # The one key rule (keys.providers.choose_key_uri): the artifact's key reference
             # is used only if this pod's allow-list admits it; a file:// key only if named.
-            allowed_keys=conf["allowed_keys"],
+            allow_key=conf["allowed_keys"],
             allow_disk=allow_disk,
             file_mode=_mode(conf.get("file_mode"), 0o640, "FILE_MODE"),
             dir_mode=_mode(conf.get("dir_mode"), 0o750, "DIR_MODE"),

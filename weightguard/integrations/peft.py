@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard.errors import DependencyMissing, FormatError
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
 
+@renamed_keywords(key="data_key", allowed_keys="allow_key")
 def from_pretrained(
     model: Any,
     source: str | os.PathLike[str],
@@ -39,15 +41,15 @@ def from_pretrained(
     policy: Any,
     adapter_name: str = "default",
     is_trainable: bool = False,
-    key: Any = None,
+    data_key: Any = None,
     key_options: Mapping[str, Any] | None = None,
-    allowed_keys: Iterable[str] | str | None = None,
+    allow_key: Iterable[str] | str | None = None,
     audit: AuditLog | None = None,
     **peft_kwargs: Any,
 ) -> Any:
     """``PeftModel.from_pretrained(model, source, ...)`` with a verified adapter directory.
 
-    ``policy``, ``key``, ``key_options``, ``allowed_keys`` and ``audit`` are
+    ``policy``, ``data_key``, ``key_options``, ``allow_key`` and ``audit`` are
     :func:`weightguard.safe_open`'s; ``peft_kwargs`` go to PEFT.
     """
     try:
@@ -64,9 +66,9 @@ def from_pretrained(
     with safe_open(
         src,
         policy=policy,
-        key=key,
+        data_key=data_key,
         key_options=key_options,
-        allowed_keys=allowed_keys,
+        allow_key=allow_key,
         audit=audit,
         file=WEIGHTS_NAME,
     ) as f:
@@ -75,9 +77,9 @@ def from_pretrained(
         raw = SideFiles(
             f.handle,
             src,
-            key=key,
+            data_key=data_key,
             key_options=key_options,
-            allowed_keys=allowed_keys,
+            allow_key=allow_key,
             audit=audit,
         ).read(CONFIG_NAME)
         try:
@@ -91,9 +93,9 @@ def from_pretrained(
         with (
             dropin.enabled(
                 policy,
-                key=key,
+                data_key=data_key,
                 key_options=key_options,
-                allowed_keys=allowed_keys,
+                allow_key=allow_key,
                 audit=audit,
             ),
             dropin.pinned(f, [os.path.join(src, WEIGHTS_NAME)]),

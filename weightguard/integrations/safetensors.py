@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard._internal.signing.location import PRIMARY_SIGNATURE, SIGNATURE_SUFFIX
 from weightguard.errors import ConfigError, VerificationError, WeightguardError
 
@@ -52,9 +53,9 @@ _DIR_SIG = PRIMARY_SIGNATURE
 @dataclass
 class _Config:
     policy: Any
-    key: Any = None
+    data_key: Any = None
     key_options: Mapping[str, Any] | None = None
-    allowed_keys: Iterable[str] | str | None = None
+    allow_key: Iterable[str] | str | None = None
     audit: AuditLog | None = None
     allow_unsigned_plain: bool = False
     workers: int | None = None
@@ -76,12 +77,13 @@ def is_enabled() -> bool:
     return _STATE.config is not None
 
 
+@renamed_keywords(key="data_key", allowed_keys="allow_key")
 def enable(
     policy: Any,
     *,
-    key: Any = None,
+    data_key: Any = None,
     key_options: Mapping[str, Any] | None = None,
-    allowed_keys: Iterable[str] | str | None = None,
+    allow_key: Iterable[str] | str | None = None,
     audit: AuditLog | None = None,
     allow_unsigned_plain: bool = False,
     workers: int | None = None,
@@ -89,7 +91,7 @@ def enable(
     """Route safetensors' ``safe_open`` / ``load_file`` through weightguard (see above).
 
     ``policy`` is required (``weightguard.policy``; ``UnsafeNoVerification()`` to accept
-    unsigned files); ``key``, ``key_options``, ``allowed_keys`` and ``audit`` are
+    unsigned files); ``data_key``, ``key_options``, ``allow_key`` and ``audit`` are
     :func:`weightguard.safe_open`'s.  Calling it again replaces the settings.
     """
     if policy is None:
@@ -112,9 +114,9 @@ def enable(
         ) from exc
     cfg = _Config(
         policy,
-        key=key,
+        data_key=data_key,
         key_options=key_options,
-        allowed_keys=allowed_keys,
+        allow_key=allow_key,
         audit=audit,
         allow_unsigned_plain=allow_unsigned_plain,
         workers=workers,
@@ -279,9 +281,9 @@ class _Route:
             framework,
             device,
             policy=cfg.policy,
-            key=cfg.key,
+            data_key=cfg.data_key,
             key_options=cfg.key_options,
-            allowed_keys=cfg.allowed_keys,
+            allow_key=cfg.allow_key,
             audit=cfg.audit,
             workers=cfg.workers,
             file=self.file,

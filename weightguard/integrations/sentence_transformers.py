@@ -100,7 +100,7 @@ def load_sentence_transformer(
     """A ready ``SentenceTransformer`` from a signed, encrypted model directory.
 
     ``device``: where the model runs (default ``cpu``).  Keyword arguments in
-    ``signature, key, key_options, allowed_keys, audit, workers, s3`` go to
+    ``signature, data_key, key_options, allow_key, audit, workers, s3`` go to
     :func:`weightguard.open_model`; the others to ``SentenceTransformer``.  Side files
     the release encrypted (``--encrypt-other-files``) are decrypted in memory.  Every
     refusal (sentence-transformers' own included) is a :mod:`weightguard.errors` error
@@ -109,6 +109,7 @@ def load_sentence_transformer(
     from weightguard._internal.format.model_dir import is_weight_format
     from weightguard.integrations._side_files import (
         OPEN_OPTIONS,
+        RENAMED_OPTIONS,
         audit_refusal,
         check_policy,
         opened,
@@ -133,7 +134,9 @@ def load_sentence_transformer(
     except WeightguardError as exc:
         audit_refusal(kwargs.get("audit"), exc, uri)
         raise
-    open_opts = {k: kwargs.pop(k) for k in list(kwargs) if k in OPEN_OPTIONS}
+    open_opts = {
+        k: kwargs.pop(k) for k in list(kwargs) if k in OPEN_OPTIONS or k in RENAMED_OPTIONS
+    }
     with (
         opened(source, "cpu", policy, open_opts) as (handle, side),
         refusals(handle, uri, "sentence-transformers"),

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from weightguard.errors import ConfigError, DependencyMissing, FormatError, WeightguardError
 from weightguard.integrations._side_files import (
     OPEN_OPTIONS,
+    RENAMED_OPTIONS,
     audit_refusal,
     check_policy,
     opened,
@@ -177,7 +178,7 @@ def from_pretrained(
     (``max_memory`` goes to ``accelerate.infer_auto_device_map``).  A map that sends
     any module to ``"disk"`` is refused: accelerate would write plaintext weights there.
     Other keyword arguments go to :func:`weightguard.open_model` (``signature``,
-    ``key``, ``key_options``, ``allowed_keys``, ``audit``, ``workers``, ``s3``).
+    ``data_key``, ``key_options``, ``allow_key``, ``audit``, ``workers``, ``s3``).
     Side files the release encrypted (``--encrypt-other-files``) are decrypted in
     memory under the same key rule as the weights.  Every refusal is a
     :mod:`weightguard.errors` error and is audited.
@@ -228,7 +229,7 @@ def _check_options(
             "trust_remote_code is not supported: code shipped with a model is never run",
             hint="use a model class that transformers provides",
         )
-    unknown = sorted(set(kwargs) - set(OPEN_OPTIONS))
+    unknown = sorted(set(kwargs) - set(OPEN_OPTIONS) - set(RENAMED_OPTIONS))
     if unknown:
         raise ConfigError(
             f"unknown option(s) {', '.join(unknown)}",

@@ -195,12 +195,10 @@ class Options:
                 policy=self.policy(),
                 # the one key rule (keys.providers.choose_key_uri): the artifact's key
                 # reference is used only if this allow-list admits it
-                allowed_keys=self.allowed_keys or None,
+                allow_key=self.allowed_keys or None,
                 audit=audit,
             ) as handle:
-                side = SideFiles(
-                    handle, source, allowed_keys=self.allowed_keys or None, audit=audit
-                )
+                side = SideFiles(handle, source, allow_key=self.allowed_keys or None, audit=audit)
                 with refusals(handle, source, "vLLM"):
                     yield handle, side
         except WeightguardError as exc:

@@ -181,10 +181,8 @@ def verified_adapter(path: str, options: _Options | None = None) -> Iterator[dic
     try:
         audit = options.audit()
         policy = options.policy()
-        with safe_open(
-            path, policy=policy, allowed_keys=allowed, audit=audit, file=WEIGHTS_NAME
-        ) as f:
-            raw = SideFiles(f.handle, path, allowed_keys=allowed, audit=audit).read_many(
+        with safe_open(path, policy=policy, allow_key=allowed, audit=audit, file=WEIGHTS_NAME) as f:
+            raw = SideFiles(f.handle, path, allow_key=allowed, audit=audit).read_many(
                 [CONFIG_NAME]
             )[CONFIG_NAME]
             try:
@@ -198,7 +196,7 @@ def verified_adapter(path: str, options: _Options | None = None) -> Iterator[dic
             token = _CURRENT.set(_Verified(os.path.realpath(path), cfg))
             try:
                 with (
-                    dropin.enabled(policy, allowed_keys=allowed, audit=audit),
+                    dropin.enabled(policy, allow_key=allowed, audit=audit),
                     dropin.pinned(f, [os.path.join(path, WEIGHTS_NAME)]),
                 ):
                     yield dict(cfg)

@@ -51,6 +51,7 @@ from weightguard._internal.audit.record import (
     torn_fragment,
 )
 from weightguard._internal.foundation.encoding import canonical_b64decode
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard.errors import AuditError, ConfigError
 
 # A log the writer closed ends with a checkpoint, so by default nothing may be unsigned;
@@ -682,11 +683,12 @@ def _signature_warnings(run: _Run, s: LogSummary) -> None:
         )
 
 
+@renamed_keywords(vault_key="checkpoint_vault_key")
 def verify_log(
     log: str | os.PathLike[str],
     *,
     checkpoint_key: str | os.PathLike[str] | None = None,
-    vault_key: str | None = None,
+    checkpoint_vault_key: str | None = None,
     anchor: str | Anchor | None = None,
     allow_foreign: bool = False,
     s3_client: Any = None,
@@ -713,12 +715,12 @@ def verify_log(
     read so far since its last call (about every MiB, and at the end).
     """
     verifier: CheckpointVerifier | None = None
-    if checkpoint_key is not None and vault_key is not None:
+    if checkpoint_key is not None and checkpoint_vault_key is not None:
         raise ConfigError("give either a checkpoint key file or a Vault key, not both")
     if checkpoint_key is not None:
         verifier = verifier_for(os.fspath(checkpoint_key))
-    elif vault_key is not None:
-        verifier = verifier_for(vault_key, vault_client=vault_client)
+    elif checkpoint_vault_key is not None:
+        verifier = verifier_for(checkpoint_vault_key, vault_client=vault_client)
     anc: Anchor | None
     if isinstance(anchor, str):
         anc = anchor_for(anchor, s3=s3_client, vault_client=vault_client)

@@ -35,6 +35,7 @@ from weightguard._internal.format.layout import (
 )
 from weightguard._internal.format.model_dir import is_index_file, is_weight_file
 from weightguard._internal.foundation.atomic import PendingFile, atomic_directory, atomic_write
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard._internal.foundation.memory import wipe
 from weightguard.errors import (
     FormatError,
@@ -107,21 +108,22 @@ def _decrypt_failed(audit: Audit | None, exc: WeightguardError, obj: dict[str, A
     )
 
 
+@renamed_keywords(key_uri="data_key", allowed_keys="allow_key")
 def decrypt_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     *,
-    key_uri: str | None = None,
+    data_key: str | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
     audit: Audit | None = None,
     key_options: Mapping[str, Any] | None = None,
-    allowed_keys: Iterable[str] | str | None = None,
+    allow_key: Iterable[str] | str | None = None,
 ) -> dict[str, Any]:
     """Decrypt an artifact back to the original file, byte for byte (written atomically,
-    mode 0600).  Emits :class:`PlaintextWriteWarning`.  ``key_uri`` is the caller's
+    mode 0600).  Emits :class:`PlaintextWriteWarning`.  ``data_key`` is the caller's
     key (overriding the reference recorded in the header); without it the header's
-    reference must be allowed by ``allowed_keys`` / ``$WEIGHTGUARD_ALLOWED_KEYS`` (see
+    reference must be allowed by ``allow_key`` / ``$WEIGHTGUARD_ALLOWED_KEYS`` (see
     :func:`weightguard._internal.keys.providers.choose_key_uri`)."""
     src_p, dst_p = Path(src), Path(dst)
     started = time.monotonic()
@@ -130,7 +132,7 @@ def decrypt_file(
         with open_source(src_p) as f:
             header = read_artifact_header(f, src_p)
             obj = key_object(header.wrapped_key, src_p)
-            (dk,) = unwrap_grouped([header], key_uri, key_options, allowed_keys, [str(src_p)])
+            (dk,) = unwrap_grouped([header], data_key, key_options, allow_key, [str(src_p)])
             try:
                 _warn_plaintext(dst_p)
                 _decrypt_one(
@@ -200,16 +202,17 @@ def _model_headers(src_p: Path, files: Sequence[Path]) -> dict[Path, ArtifactHea
     return headers
 
 
+@renamed_keywords(key_uri="data_key", allowed_keys="allow_key")
 def decrypt_model(
     src_dir: str | os.PathLike[str],
     dst_dir: str | os.PathLike[str],
     *,
-    key_uri: str | None = None,
+    data_key: str | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
     audit: Audit | None = None,
     key_options: Mapping[str, Any] | None = None,
-    allowed_keys: Iterable[str] | str | None = None,
+    allow_key: Iterable[str] | str | None = None,
 ) -> dict[str, Any]:
     """Decrypt every artifact in a model directory (one unwrap round trip per provider);
     other files are copied.  ``dst_dir`` appears complete or not at all: a damaged,
@@ -226,9 +229,9 @@ def decrypt_model(
         order = list(headers)
         keys = unwrap_grouped(
             [headers[r] for r in order],
-            key_uri,
+            data_key,
             key_options,
-            allowed_keys,
+            allow_key,
             [str(src_p / r) for r in order],
         )
         key_of = dict(zip(order, keys, strict=True))

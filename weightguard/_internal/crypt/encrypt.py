@@ -35,6 +35,7 @@ from weightguard._internal.format.layout import (
 from weightguard._internal.format.model_dir import is_index_file, is_weight_file
 from weightguard._internal.format.safetensors import MAX_HEADER_SIZE, read_safetensors_header
 from weightguard._internal.foundation.atomic import atomic_directory, atomic_write
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.keys.providers import (
     provider_for,
@@ -234,10 +235,11 @@ def _encrypt_single(
     return summary(header, dst_p)
 
 
+@renamed_keywords(key_uri="data_key")
 def encrypt_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
-    key_uri: str,
+    data_key: str,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     encrypt_header: bool = False,
@@ -258,7 +260,7 @@ def encrypt_file(
     return _encrypt_single(
         src_p,
         dst_p,
-        key_uri,
+        data_key,
         ctx,
         chunk_size=chunk_size,
         encrypt_header=encrypt_header,
@@ -269,10 +271,11 @@ def encrypt_file(
     )
 
 
+@renamed_keywords(key_uri="data_key")
 def encrypt_bytes(
     data: bytes | bytearray | memoryview,
     dst: str | os.PathLike[str],
-    key_uri: str,
+    data_key: str,
     *,
     context: str,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -292,7 +295,7 @@ def encrypt_bytes(
         return _encrypt_single(
             view,
             Path(dst),
-            key_uri,
+            data_key,
             ctx,
             chunk_size=chunk_size,
             encrypt_header=encrypt_header,
@@ -324,10 +327,11 @@ def _check_index(src_dir: Path, files: Sequence[Path]) -> None:
                 )
 
 
+@renamed_keywords(key_uri="data_key")
 def encrypt_model(
     src_dir: str | os.PathLike[str],
     dst_dir: str | os.PathLike[str],
-    key_uri: str,
+    data_key: str,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     encrypt_header: bool = False,
@@ -355,7 +359,7 @@ def encrypt_model(
     if not shards:
         raise FormatError(f"{src_p} contains no .safetensors files")
     ctx = validate_context(context or src_p.resolve().name)
-    provider = provider_for(key_uri, **dict(key_options or {}))
+    provider = provider_for(data_key, **dict(key_options or {}))
     n_workers = worker_count(workers)
     started = time.monotonic()
     keys = provider.generate_many(ctx, len(to_encrypt))  # one round trip
@@ -396,7 +400,7 @@ def encrypt_model(
             "encrypt",
             outcome="error",
             reason=str(exc),
-            object={"uri": str(dst_p), "key_id": key_uri, "context": ctx},
+            object={"uri": str(dst_p), "key_id": data_key, "context": ctx},
         )
         raise
     finally:

@@ -21,6 +21,7 @@ from weightguard._internal.crypt.rewrap import artifacts_under
 from weightguard._internal.format.layout import (
     ChunkCipher,
 )
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard._internal.foundation.memory import wipe
 from weightguard.errors import (
     IntegrityError,
@@ -28,13 +29,14 @@ from weightguard.errors import (
 )
 
 
+@renamed_keywords(key_uri="data_key", allowed_keys="allow_key")
 def inspect(
     path: str | os.PathLike[str],
     *,
     verify: bool = False,
-    key_uri: str | None = None,
+    data_key: str | None = None,
     key_options: Mapping[str, Any] | None = None,
-    allowed_keys: Iterable[str] | str | None = None,
+    allow_key: Iterable[str] | str | None = None,
     audit: Audit | None = None,
 ) -> dict[str, Any]:
     """Header summary of an artifact (sizes, key, tensor table unless the header is
@@ -43,7 +45,7 @@ def inspect(
     Without a key nothing is authenticated (``"authenticated": False``); with
     ``verify=True`` the data key is unwrapped and the key commitment and header MAC
     are checked (records are not read); the key is chosen as for :func:`decrypt_file`
-    (``key_uri``, else an allowed header reference), and a refusal is audited.
+    (``data_key``, else an allowed header reference), and a refusal is audited.
     """
     p = Path(path)
     if p.is_dir():
@@ -52,9 +54,9 @@ def inspect(
                 a.relative_to(p).as_posix(): inspect(
                     a,
                     verify=verify,
-                    key_uri=key_uri,
+                    data_key=data_key,
                     key_options=key_options,
-                    allowed_keys=allowed_keys,
+                    allow_key=allow_key,
                     audit=audit,
                 )
                 for a in artifacts_under(p)
@@ -69,7 +71,7 @@ def inspect(
     info["authenticated"] = False
     if verify:
         try:
-            (dk,) = unwrap_grouped([header], key_uri, key_options, allowed_keys, [str(p)])
+            (dk,) = unwrap_grouped([header], data_key, key_options, allow_key, [str(p)])
             try:
                 ChunkCipher(header, dk).wipe()
             finally:

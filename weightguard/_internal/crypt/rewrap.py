@@ -24,6 +24,7 @@ from weightguard._internal.format.layout import (
     rewrapped_header,
 )
 from weightguard._internal.foundation.atomic import atomic_write
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.keys.providers import (
     provider_for,
@@ -66,21 +67,22 @@ def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: in
         done += n
 
 
+@renamed_keywords(to_uri="new_data_key", key_uri="data_key", allowed_keys="allow_key")
 def rewrap(
     path: str | os.PathLike[str],
-    to_uri: str | None = None,
+    new_data_key: str | None = None,
     *,
-    key_uri: str | None = None,
+    data_key: str | None = None,
     context: str | None = None,
     audit: Audit | None = None,
     key_options: Mapping[str, Any] | None = None,
     to_key_options: Mapping[str, Any] | None = None,
-    allowed_keys: Iterable[str] | str | None = None,
+    allow_key: Iterable[str] | str | None = None,
 ) -> dict[str, Any]:
     """Rewrap the data key of an artifact (or of every artifact in a directory), in place.
 
-    ``to_uri``: the new provider/key (default: the same key URI, i.e. its latest
-    version after a Vault ``rotate``).  ``key_uri`` overrides where the old key is
+    ``new_data_key``: the new provider/key (default: the same key URI, i.e. its latest
+    version after a Vault ``rotate``).  ``data_key`` overrides where the old key is
     found.  Only the header changes; every record stays byte-identical.  Files are
     replaced atomically.  Returns ``{"files": {path: {"from": ..., "to": ...}}}``.
     """
@@ -105,10 +107,10 @@ def rewrap(
     keys: list[bytearray] = []
     result: dict[str, Any] = {}
     try:
-        keys = unwrap_grouped(headers, key_uri, key_options, allowed_keys, [str(p) for p in paths])
+        keys = unwrap_grouped(headers, data_key, key_options, allow_key, [str(p) for p in paths])
         targets: dict[tuple[str, str], list[int]] = {}
         for i, h in enumerate(headers):
-            new_uri = to_uri or h.wrapped_key.uri
+            new_uri = new_data_key or h.wrapped_key.uri
             ctx = validate_context(context or h.wrapped_key.context)
             targets.setdefault((new_uri, ctx), []).append(i)
         new_wrapped: dict[int, WrappedKey] = {}

@@ -58,7 +58,7 @@ def embed_encrypted(
 ) -> list[str]:
     """Mark the encrypted artifact ``src`` into ``dst``; returns the shards rewritten.
 
-    ``load_options``: ``policy`` (required), ``signature``, ``key``, ``key_options``,
+    ``load_options``: ``policy`` (required), ``signature``, ``data_key``, ``key_options``,
     ``audit`` ... as for :func:`weightguard.loader.open_model`.  ``open_model`` and
     ``encrypt_bytes`` are the loader's and crypt's, handed down by weightguard.watermark
     (this layer never imports orchestration modules).
@@ -67,8 +67,8 @@ def embed_encrypted(
     if opts.get("policy") is None:
         raise WatermarkError(
             f"{src} is an encrypted artifact: the secure loader needs a verification policy",
-            hint="pass load_options={'policy': ..., 'signature': ...} (CLI: --trust-key "
-            "PEM [--signature BUNDLE], or --unsafe-no-verification)",
+            hint="give the secure loader a verification policy: --trust-key PEM "
+            "[--signature BUNDLE], or --unsafe-no-verification",
         )
     key_options = opts.get("key_options")
     with open_model(src, "cpu", **opts) as handle:

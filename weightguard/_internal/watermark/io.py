@@ -274,9 +274,8 @@ def _encrypted_source(
     if "policy" not in opts:
         raise WatermarkError(
             f"{path} is an encrypted artifact: the secure loader needs a verification policy",
-            hint="pass load_options={'policy': ..., 'signature': ...} (CLI: --trust-key, "
-            "--signature)"
-            " or check tensors you loaded yourself",
+            hint="give the secure loader a verification policy (--trust-key, --signature), "
+            "or check tensors you loaded yourself",
         )
     if load_encrypted is None:
         raise WatermarkError(

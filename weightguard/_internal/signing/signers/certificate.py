@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard._internal.signing.signers.base import ec_sign, key_fingerprint
 from weightguard._internal.signing.signers.ec_key import KeySigner, prove_key
 from weightguard.errors import (
@@ -43,16 +44,17 @@ class CertificateSigner(KeySigner):
         self.chain = list(chain)
 
     @classmethod
+    @renamed_keywords(key_path="signing_key", cert_path="signing_cert", chain_paths="signing_chain")
     def from_files(
         cls,
-        key_path: str | os.PathLike[str],
-        cert_path: str | os.PathLike[str],
-        chain_paths: Iterable[str | os.PathLike[str]] = (),
+        signing_key: str | os.PathLike[str],
+        signing_cert: str | os.PathLike[str],
+        signing_chain: Iterable[str | os.PathLike[str]] = (),
         password: bytes | bytearray | str | None = None,
     ) -> CertificateSigner:
         from cryptography import x509
 
-        key = KeySigner.from_file(key_path, password)._key
+        key = KeySigner.from_file(signing_key, password)._key
 
         def load(p: str | os.PathLike[str]) -> list[Any]:
             try:
@@ -62,8 +64,8 @@ class CertificateSigner(KeySigner):
             except ValueError as exc:
                 raise ConfigError(f"{p}: no PEM certificate found") from exc
 
-        leaf = load(cert_path)
-        chain = [c for p in chain_paths for c in load(p)]
+        leaf = load(signing_cert)
+        chain = [c for p in signing_chain for c in load(p)]
         return cls(key, leaf[0], leaf[1:] + chain)
 
     def describe(self) -> str:
