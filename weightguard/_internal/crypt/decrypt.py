@@ -202,6 +202,57 @@ def _model_headers(src_p: Path, files: Sequence[Path]) -> dict[Path, ArtifactHea
     return headers
 
 
+def _copy_other(src: Path, pf: PendingFile, progress: Progress | None) -> None:
+    """Copy a file that is not an artifact (config, tokenizer) as it is."""
+    try:
+        with open(src, "rb") as other:
+            shutil.copyfileobj(other, pf.file)
+            copied = other.tell()
+    except OSError as exc:
+        raise SourceError(f"cannot copy {src}: {exc.strerror}") from None
+    if progress is not None:  # every source byte counts, copied ones too
+        progress(copied)
+
+
+def _write_model(
+    src_p: Path,
+    tmp: Path,
+    files: Sequence[Path],
+    headers: dict[Path, ArtifactHeader],
+    key_of: dict[Path, bytearray],
+    pending: list[PendingFile],
+    *,
+    workers: int,
+    progress: Progress | None,
+) -> int:
+    """Decrypt each artifact and copy each other file of the model into ``tmp``, as
+    files that stay unnamed (O_TMPFILE, added to ``pending``) until the caller commits
+    them; the plaintext bytes written."""
+    total = 0
+    for rel in files:
+        out = tmp / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if rel not in headers:
+            pf = PendingFile(out, mode=0o644)
+            pending.append(pf)
+            _copy_other(src_p / rel, pf, progress)
+            continue
+        pf = PendingFile(out, mode=0o600, preallocate=headers[rel].plaintext_size)
+        pending.append(pf)
+        with open_source(src_p / rel) as f:
+            _decrypt_one(
+                f,
+                src_p / rel,
+                pf,
+                headers[rel],
+                key_of[rel],
+                workers=workers,
+                progress=progress,
+            )
+        total += headers[rel].plaintext_size
+    return total
+
+
 @renamed_keywords(key_uri="data_key", allowed_keys="allow_key")
 def decrypt_model(
     src_dir: str | os.PathLike[str],
@@ -222,7 +273,6 @@ def decrypt_model(
     obj = {"uri": str(src_p)}
     keys: list[bytearray] = []
     pending: list[PendingFile] = []
-    total = 0
     try:
         files = model_files(src_p)
         headers = _model_headers(src_p, files)
@@ -240,34 +290,9 @@ def decrypt_model(
         # Files stay unnamed (O_TMPFILE) until the whole model decrypted, so a crash
         # leaves at most an empty temporary directory (removed by the next run).
         with atomic_directory(dst_p) as tmp:
-            for rel in files:
-                out = tmp / rel
-                out.parent.mkdir(parents=True, exist_ok=True)
-                if rel in headers:
-                    pf = PendingFile(out, mode=0o600, preallocate=headers[rel].plaintext_size)
-                    pending.append(pf)
-                    with open_source(src_p / rel) as f:
-                        _decrypt_one(
-                            f,
-                            src_p / rel,
-                            pf,
-                            headers[rel],
-                            key_of[rel],
-                            workers=n_workers,
-                            progress=progress,
-                        )
-                    total += headers[rel].plaintext_size
-                else:
-                    pf = PendingFile(out, mode=0o644)
-                    pending.append(pf)
-                    try:
-                        with open(src_p / rel, "rb") as other:
-                            shutil.copyfileobj(other, pf.file)
-                            copied = other.tell()
-                    except OSError as exc:
-                        raise SourceError(f"cannot copy {src_p / rel}: {exc.strerror}") from None
-                    if progress is not None:  # every source byte counts, copied ones too
-                        progress(copied)
+            total = _write_model(
+                src_p, tmp, files, headers, key_of, pending, workers=n_workers, progress=progress
+            )
             for pf in pending:
                 pf.commit()
     except WeightguardError as exc:
