@@ -55,9 +55,6 @@ ALLOWED: dict[str, str] = {
     "weightguard/_internal/foundation/vault.py::map_vault_error": (
         "one table-like mapping of every hvac/requests error to a typed error with its hint"
     ),
-    "weightguard/_internal/crypt/encrypt.py::encrypt_model": (
-        "to split: plan, encrypt each file, audit"
-    ),
 }
 
 

@@ -9,7 +9,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from weightguard._internal.crypt.base import (
     Audit,
@@ -327,6 +327,77 @@ def _check_index(src_dir: Path, files: Sequence[Path]) -> None:
                 )
 
 
+class _ModelPlan(NamedTuple):
+    """What :func:`encrypt_model` does with each file of a model directory."""
+
+    files: list[Path]  # every file, relative to the model directory
+    shards: list[Path]  # the safetensors files (artifacts of a tensor table)
+    to_encrypt: list[Path]  # the shards, and the other files when they are encrypted too
+
+
+def _plan_model(src_dir: Path, encrypt_other_files: bool) -> _ModelPlan:
+    """The files of a model directory and which are encrypted; a directory whose index
+    names a missing shard, or with no safetensors file, is refused."""
+    files = model_files(src_dir)
+    _check_index(src_dir, files)
+    shards = [p for p in files if is_weight_file(p.name)]
+    to_encrypt = [p for p in files if p in shards or encrypt_other_files]
+    if not shards:
+        raise FormatError(f"{src_dir} contains no .safetensors files")
+    return _ModelPlan(files, shards, to_encrypt)
+
+
+def _copy_other(src: Path, out: Path, progress: Progress | None) -> str:
+    """Copy a file that is not encrypted (config, tokenizer) as it is."""
+    try:
+        shutil.copyfile(src, out)
+    except OSError as exc:
+        raise SourceError(f"cannot copy {src}: {exc.strerror}") from None
+    if progress is not None:  # every source byte counts, copied ones too
+        progress(out.stat().st_size)
+    return "copied"
+
+
+def _write_model(
+    src_p: Path,
+    dst_p: Path,
+    tmp: Path,
+    plan: _ModelPlan,
+    keys: Sequence[tuple[bytearray, WrappedKey]],
+    *,
+    chunk_size: int,
+    encrypt_header: bool,
+    workers: int,
+    progress: Progress | None,
+) -> tuple[dict[str, Any], int]:
+    """Encrypt or copy each file of the model into ``tmp`` (each encrypted one under the
+    next data key of ``keys``); ``({name: summary | "copied"}, plaintext bytes)``."""
+    result: dict[str, Any] = {}
+    total = 0
+    key_iter = iter(keys)
+    for rel in plan.files:
+        out = tmp / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if rel not in plan.to_encrypt:
+            result[rel.as_posix()] = _copy_other(src_p / rel, out, progress)
+            continue
+        dk, wrapped = next(key_iter)
+        header = _encrypt_one(
+            src_p / rel,
+            out,
+            dk,
+            wrapped,
+            chunk_size=chunk_size,
+            encrypt_header=encrypt_header,
+            workers=workers,
+            progress=progress,
+            raw=rel not in plan.shards,
+        )
+        result[rel.as_posix()] = summary(header, dst_p / rel)
+        total += header.plaintext_size
+    return result, total
+
+
 @renamed_keywords(key_uri="data_key")
 def encrypt_model(
     src_dir: str | os.PathLike[str],
@@ -352,48 +423,25 @@ def encrypt_model(
     ``{"files": {name: summary | "copied"}, "bytes": n, "seconds": s, "key": {...}}``.
     """
     src_p, dst_p = Path(src_dir), Path(dst_dir)
-    files = model_files(src_p)
-    _check_index(src_p, files)
-    shards = [p for p in files if is_weight_file(p.name)]
-    to_encrypt = [p for p in files if p in shards or encrypt_other_files]
-    if not shards:
-        raise FormatError(f"{src_p} contains no .safetensors files")
+    plan = _plan_model(src_p, encrypt_other_files)
     ctx = validate_context(context or src_p.resolve().name)
     provider = provider_for(data_key, **dict(key_options or {}))
     n_workers = worker_count(workers)
     started = time.monotonic()
-    keys = provider.generate_many(ctx, len(to_encrypt))  # one round trip
-    result: dict[str, Any] = {}
-    total = 0
+    keys = provider.generate_many(ctx, len(plan.to_encrypt))  # one round trip
     try:
         with atomic_directory(dst_p) as tmp:
-            key_iter = iter(keys)
-            for rel in files:
-                out = tmp / rel
-                out.parent.mkdir(parents=True, exist_ok=True)
-                if rel in to_encrypt:
-                    dk, wrapped = next(key_iter)
-                    header = _encrypt_one(
-                        src_p / rel,
-                        out,
-                        dk,
-                        wrapped,
-                        chunk_size=chunk_size,
-                        encrypt_header=encrypt_header,
-                        workers=n_workers,
-                        progress=progress,
-                        raw=rel not in shards,
-                    )
-                    result[rel.as_posix()] = summary(header, dst_p / rel)
-                    total += header.plaintext_size
-                else:
-                    try:
-                        shutil.copyfile(src_p / rel, out)
-                    except OSError as exc:
-                        raise SourceError(f"cannot copy {src_p / rel}: {exc.strerror}") from None
-                    result[rel.as_posix()] = "copied"
-                    if progress is not None:  # every source byte counts, copied ones too
-                        progress(out.stat().st_size)
+            result, total = _write_model(
+                src_p,
+                dst_p,
+                tmp,
+                plan,
+                keys,
+                chunk_size=chunk_size,
+                encrypt_header=encrypt_header,
+                workers=n_workers,
+                progress=progress,
+            )
     except WeightguardError as exc:
         emit(
             audit,
@@ -414,7 +462,7 @@ def encrypt_model(
         object=key_object(first, dst_p),
         bytes=total,
         duration_s=seconds,
-        files=len(to_encrypt),
+        files=len(plan.to_encrypt),
     )
     return {
         "files": result,
