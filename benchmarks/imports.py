@@ -42,6 +42,7 @@ from benchmarks.harness import RESULTS, ROOT, load_check, machine_info, trial_en
 
 GOAL_MS = 30.0
 ANCHOR = "import torch, safetensors, safetensors.torch"
+_LOADS_MARKER = "@@LOADS@@"
 _ROW = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)")
 
 _CHILD = """
@@ -91,6 +92,8 @@ if {wg}:
     importlib.import_module = import_module
     out["dataclasses"], out["dataclasses_cpu_s"] = made
     out["dataclasses_by_module"] = by_module
+    sys.stderr.write("{marker}\\n")  # -X importtime rows below: imported by the loads
+    sys.stderr.flush()
     import inspect
     from weightguard.policy import PublicKey
     enc, sig, pub, key = json.loads(sys.argv[1])
@@ -111,10 +114,13 @@ print("@@IMPORTS@@" + json.dumps(out))
 
 def parse_importtime(stderr: str, after: str = "safetensors.torch") -> dict[str, float]:
     """Cumulative milliseconds ``-X importtime`` charges to each top-level import made
-    after the anchors' (``after``: the last of them), to their total (``"(total)"``), and
-    to the direct children of each top-level ``weightguard*`` import."""
+    after the anchors' (``after``: the last of them) and before the loads (the child's
+    marker line), to their total (``"(total)"``), and to the direct children of each
+    top-level ``weightguard*`` import."""
     rows = []
     for line in stderr.splitlines():
+        if line == _LOADS_MARKER:
+            break
         m = _ROW.match(line)
         if m:
             rows.append((int(m[2]) / 1000, len(m[3]), m[4]))
@@ -148,8 +154,18 @@ def _by_module(trials: list[dict[str, Any]]) -> dict[str, list[float]]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
 
 
+def first_load_imports(stderr: str) -> list[str]:
+    """The top-level imports ``-X importtime`` reports after the child's marker: what
+    the first load imported (the second imports nothing new)."""
+    lines = stderr.splitlines()
+    if _LOADS_MARKER not in lines:
+        return []
+    rest = lines[lines.index(_LOADS_MARKER) + 1 :]
+    return [m[4] for m in map(_ROW.match, rest) if m and len(m[3]) == 1]
+
+
 def _trial(wg: bool, spec: list[str], audit: str) -> dict[str, Any]:
-    code = _CHILD.format(anchor=ANCHOR, wg=wg)
+    code = _CHILD.format(anchor=ANCHOR, wg=wg, marker=_LOADS_MARKER)
     p = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", code, json.dumps(spec), audit],
         cwd=ROOT,
@@ -163,6 +179,7 @@ def _trial(wg: bool, spec: list[str], audit: str) -> dict[str, Any]:
         raise RuntimeError(f"trial failed ({p.returncode}): {p.stderr[-2000:]}")
     res: dict[str, Any] = json.loads(line[len("@@IMPORTS@@") :])
     res["importtime_ms"] = parse_importtime(p.stderr)
+    res["first_load_imports"] = first_load_imports(p.stderr)
     return res
 
 
@@ -221,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         "first_load_ms": med("weightguard", "first_load_s"),
         "second_load_ms": med("weightguard", "second_load_s"),
         "importtime_top_ms": dict(top),
+        # top-level modules the first load imported (not the import's; e.g. the policy's
+        # PEM parsing imports cryptography's serialization package)
+        "first_load_imports": trials["weightguard"][0].get("first_load_imports", []),
         "loadavg_after": load_check()["loadavg"],
         "trials": trials,
     }
@@ -239,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name, ms in top:
         print(f"   {ms:7.1f} ms  {name}")
+    print(f"imported by the first load: {', '.join(result['first_load_imports']) or 'nothing'}")
     print("@dataclass classes by module (classes, CPU ms):")
     for mod, (n, ms) in list(result["dataclasses_by_module"].items())[:12]:
         print(f"   {ms:7.1f} ms  {n:2.0f}  {mod}")

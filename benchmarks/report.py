@@ -452,6 +452,30 @@ def render_imports(res: dict[str, Any], path: Path) -> str:
             "Largest imports under it (`-X importtime`, cumulative ms, median): "
             + ", ".join(f"{n.split(' <- ')[-1]} {ms:.1f}" for n, ms in top)
             + ".",
+            *(
+                [
+                    "",
+                    "`@dataclass` classes the import creates, by module (classes: CPU ms, "
+                    "median): "
+                    + ", ".join(
+                        f"{m} {n:.0f}: {ms:.1f}"
+                        for m, (n, ms) in list(res["dataclasses_by_module"].items())[:10]
+                    )
+                    + ".",
+                ]
+                if res.get("dataclasses_by_module")
+                else []
+            ),
+            *(
+                [
+                    "",
+                    "Imported by the first `load_file` (not by the import): "
+                    + (", ".join(f"`{m}`" for m in res["first_load_imports"]) or "nothing")
+                    + ".",
+                ]
+                if "first_load_imports" in res
+                else []
+            ),
         ]
     )
 

@@ -29,6 +29,18 @@ def test_importtime_is_charged_to_the_top_level_import_and_its_children() -> Non
     }
 
 
+def test_rows_after_the_loads_marker_are_the_first_loads_not_the_imports() -> None:
+    stderr = (
+        _STDERR
+        + imports._LOADS_MARKER
+        + "\nimport time:       300 |        300 |   cryptography.hazmat._oid\n"
+        + "import time:       900 |       1200 | cryptography.hazmat.primitives.serialization\n"
+    )
+    assert imports.parse_importtime(stderr) == imports.parse_importtime(_STDERR)
+    assert imports.first_load_imports(stderr) == ["cryptography.hazmat.primitives.serialization"]
+    assert imports.first_load_imports(_STDERR) == []
+
+
 def test_imports_benchmark_reports_import_and_first_load(tmp_path: Path) -> None:
     model = models.synthetic(4, root=tmp_path)
     out = tmp_path / "r.json"
@@ -40,4 +52,8 @@ def test_imports_benchmark_reports_import_and_first_load(tmp_path: Path) -> None
     assert res["dataclasses_created"] > 10 and res["dataclasses_cpu_ms"] > 0
     assert res["verdict"] in ("pass", "miss") and res["goal_ms"] == 30.0
     assert res["importtime_top_ms"]["(total)"] > 0
+    # importlib.import_module's imports (the package's __getattr__) are in the tree too
+    assert res["importtime_top_ms"]["weightguard.loader"] > 0
+    assert "weightguard.manifest" in res["dataclasses_by_module"]
+    assert not any(m.startswith("weightguard") for m in res["first_load_imports"])
     assert len(res["machine"]["loadavg"]) == 3
