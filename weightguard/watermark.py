@@ -19,10 +19,10 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from weightguard._internal.foundation.extras import require
 from weightguard._internal.foundation.keywords import renamed_keywords
@@ -32,6 +32,8 @@ from weightguard.errors import ConfigError, DestinationError, FormatError, Water
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+    from weightguard._internal.watermark.io import Entry
 
 # The watermark computes on tensors (the `[torch]` extra) with scipy's statistics (the
 # `[watermark]` extra, which includes `[torch]`), checked before any work.
@@ -155,64 +157,17 @@ def embed_file(
     require(_FEATURE, *_NEEDS, extra="watermark")
     _check_alpha(alpha)
     srcp, dstp = Path(os.fspath(src)), Path(os.fspath(dst))
-    if not srcp.exists():
-        raise WatermarkError(
-            f"{srcp}: no such file or directory",
-            hint="pass a safetensors file or a model directory",
-        )
-    encrypted = is_encrypted_input(srcp)
-    if dstp.exists() and not replace:
-        raise DestinationError(
-            f"{dstp} already exists", hint="choose another output or pass --replace"
-        )
-    if dstp.resolve() == srcp.resolve():
-        raise DestinationError(
-            "output and input are the same path", hint="write the marked model to a new location"
-        )
+    encrypted = _check_embed_paths(srcp, dstp, replace)
     wk, owned = resolve_key(key)
-    stats = [0, 0]
-
-    def mark(e: wm_io.Entry, t: torch.Tensor) -> torch.Tensor | None:
-        if not wm_scheme.is_eligible(e.dtype, e.shape, min_numel=min_numel, for_check=False):
-            return None
-        stats[0] += 1
-        stats[1] += t.numel()
-        return wm_scheme.embed_tensor(t, wm_scheme.tensor_seed(wk.material, e.name, e.shape), alpha)
-
-    def mark_loaded(name: str, dtype: str, shape: tuple[int, ...], t: Any) -> Any:
-        return mark(wm_io.Entry(name, dtype, shape), t)
-
+    marker = _Marker(wk, alpha, min_numel)
     try:
-        if encrypted:
-            from weightguard import crypt, loader
-            from weightguard._internal.watermark.encrypted import embed_encrypted
-
-            embed_encrypted(
-                srcp,
-                dstp,
-                mark_loaded,
-                open_model=loader.open_model,
-                encrypt_bytes=crypt.encrypt_bytes,
-                load_options=load_options,
-                overwrite=replace,
-            )
-        elif srcp.is_dir():
-            _embed_dir(srcp, dstp, mark)
-        else:
-            try:
-                wm_io.rewrite_file(srcp, dstp, mark)
-            except OSError as exc:
-                raise DestinationError(f"cannot write {dstp}: {exc.strerror}") from None
-        if stats[0] == 0:
-            shutil.rmtree(dstp, ignore_errors=True) if dstp.is_dir() else dstp.unlink()
-            raise WatermarkError(
-                f"{srcp}: no tensor is eligible for the watermark",
-                hint=f"tensors need a float dtype, >= 2 dims and >= {min_numel} elements",
-            )
+        _write_marked(srcp, dstp, marker, encrypted, load_options, replace)
+        if marker.tensors == 0:
+            _drop_unmarked(srcp, dstp, min_numel)
         cpath = None
         if write_commitment:
             cpath = commitment_path(dstp)
-            doc = _commitment_doc(wk.material, wk.ref, alpha, min_numel, dstp, stats[0])
+            doc = _commitment_doc(wk.material, wk.ref, alpha, min_numel, dstp, marker.tensors)
             wm_io.write_json_atomic(cpath, doc)
     except BaseException as exc:
         _emit(
@@ -230,11 +185,98 @@ def embed_file(
         audit,
         "watermark.embed",
         object={"uri": str(srcp), "output": str(dstp), "key_ref": wk.ref},
-        tensors=stats[0],
+        tensors=marker.tensors,
         alpha=alpha,
         encrypted=encrypted,
     )
-    return EmbedResult(dstp, cpath, stats[0], stats[1], encrypted)
+    return EmbedResult(dstp, cpath, marker.tensors, marker.elements, encrypted)
+
+
+def _check_embed_paths(srcp: Path, dstp: Path, replace: bool) -> bool:
+    """Refuse a missing input, an existing output (unless ``replace``) and an output that
+    is the input; whether the input is encrypted."""
+    if not srcp.exists():
+        raise WatermarkError(
+            f"{srcp}: no such file or directory",
+            hint="pass a safetensors file or a model directory",
+        )
+    encrypted = is_encrypted_input(srcp)
+    if dstp.exists() and not replace:
+        raise DestinationError(
+            f"{dstp} already exists", hint="choose another output or pass --replace"
+        )
+    if dstp.resolve() == srcp.resolve():
+        raise DestinationError(
+            "output and input are the same path", hint="write the marked model to a new location"
+        )
+    return encrypted
+
+
+class _Marker:
+    """Marks each eligible tensor under one key, counting the tensors and elements marked."""
+
+    def __init__(self, wk: Any, alpha: float, min_numel: int) -> None:
+        self.wk, self.alpha, self.min_numel = wk, alpha, min_numel
+        self.tensors = 0
+        self.elements = 0
+
+    def __call__(self, e: Entry, t: torch.Tensor) -> torch.Tensor | None:
+        """``e``: the tensor's :class:`~weightguard._internal.watermark.io.Entry`; None
+        keeps the tensor's bytes (not eligible)."""
+        if not wm_scheme.is_eligible(e.dtype, e.shape, min_numel=self.min_numel, for_check=False):
+            return None
+        self.tensors += 1
+        self.elements += t.numel()
+        seed = wm_scheme.tensor_seed(self.wk.material, e.name, e.shape)
+        return wm_scheme.embed_tensor(t, seed, self.alpha)
+
+    def loaded(self, name: str, dtype: str, shape: tuple[int, ...], t: Any) -> Any:
+        """The same, for a tensor of an encrypted model (loaded in memory)."""
+        from weightguard._internal.watermark import io as wm_io
+
+        return self(wm_io.Entry(name, dtype, shape), t)
+
+
+def _write_marked(
+    srcp: Path,
+    dstp: Path,
+    marker: _Marker,
+    encrypted: bool,
+    load_options: Mapping[str, Any] | None,
+    replace: bool,
+) -> None:
+    """Write the marked copy of a file, a model directory or an encrypted artifact."""
+    from weightguard._internal.watermark import io as wm_io
+
+    if encrypted:
+        from weightguard import crypt, loader
+        from weightguard._internal.watermark.encrypted import embed_encrypted
+
+        embed_encrypted(
+            srcp,
+            dstp,
+            marker.loaded,
+            open_model=loader.open_model,
+            encrypt_bytes=crypt.encrypt_bytes,
+            load_options=load_options,
+            overwrite=replace,
+        )
+    elif srcp.is_dir():
+        _embed_dir(srcp, dstp, marker)
+    else:
+        try:
+            wm_io.rewrite_file(srcp, dstp, marker)
+        except OSError as exc:
+            raise DestinationError(f"cannot write {dstp}: {exc.strerror}") from None
+
+
+def _drop_unmarked(srcp: Path, dstp: Path, min_numel: int) -> NoReturn:
+    """Remove an output in which no tensor was marked, and say why."""
+    shutil.rmtree(dstp, ignore_errors=True) if dstp.is_dir() else dstp.unlink()
+    raise WatermarkError(
+        f"{srcp}: no tensor is eligible for the watermark",
+        hint=f"tensors need a float dtype, >= 2 dims and >= {min_numel} elements",
+    )
 
 
 def is_encrypted_input(path: str | os.PathLike[str]) -> bool:
@@ -410,17 +452,9 @@ def check_keys(
     weights; the threshold is corrected for ``keys_tested`` (default: ``len(keys)``)."""
     from weightguard._internal.watermark import detect as wm_detect
     from weightguard._internal.watermark.io import open_source
-    from weightguard._internal.watermark.keys import resolve_key
 
     require(_FEATURE, *_NEEDS, extra="watermark")
-    if not keys:
-        raise ConfigError("no watermark key given")
-    k_tested = len(keys) if keys_tested is None else keys_tested
-    if k_tested < max(1, len(keys)):
-        raise ConfigError(
-            f"keys_tested ({k_tested}) is smaller than the keys given ({len(keys)})",
-            hint="count every key tried on this suspect",
-        )
+    k_tested = _keys_tested(keys, keys_tested)
     src = open_source(
         suspect, label="suspect", load_options=load_options, load_encrypted=_load_encrypted
     )
@@ -434,6 +468,50 @@ def check_keys(
         mode = "informed"
     accs = [wm_detect.Accumulator() for _ in keys]
     notes: dict[str, str] = {}
+    refs = _score_keys(keys, views, accs, notes)
+    if not accs[0].per_tensor:
+        raise WatermarkError(
+            f"{src.label}: no tensor to check (float, >= 2 dims, >= {min_numel} elements)",
+            hint="is this a model's weights?",
+        )
+    label = suspect if isinstance(suspect, str | os.PathLike) else "<tensors>"
+    reports = []
+    for ref, acc in zip(refs, accs, strict=True):
+        report = _report(acc, k_tested, mode, notes, missing)
+        _emit(
+            audit,
+            "watermark.check",
+            object={"uri": str(label), "key_ref": ref},
+            verdict=report.verdict,
+            z=round(report.z, 3),
+            mode=mode,
+            keys_tested=k_tested,
+        )
+        reports.append(report)
+    return reports
+
+
+def _keys_tested(keys: Sequence[Any], keys_tested: int | None) -> int:
+    """The number of keys tried on the suspect (at least the keys given)."""
+    if not keys:
+        raise ConfigError("no watermark key given")
+    k_tested = len(keys) if keys_tested is None else keys_tested
+    if k_tested < max(1, len(keys)):
+        raise ConfigError(
+            f"keys_tested ({k_tested}) is smaller than the keys given ({len(keys)})",
+            hint="count every key tried on this suspect",
+        )
+    return k_tested
+
+
+def _score_keys(
+    keys: Sequence[Any], views: Iterable[Any], accs: list[Any], notes: dict[str, str]
+) -> list[str]:
+    """Score every view (one tensor at a time) under every key into ``accs``; the keys'
+    references (their material is wiped on return)."""
+    from weightguard._internal.watermark import detect as wm_detect
+    from weightguard._internal.watermark.keys import resolve_key
+
     resolved: list[tuple[Any, bool]] = []
     try:
         for k in keys:
@@ -445,43 +523,29 @@ def check_keys(
         for wk, owned in resolved:
             if owned:
                 wk.wipe()
-    if not accs[0].per_tensor:
-        raise WatermarkError(
-            f"{src.label}: no tensor to check (float, >= 2 dims, >= {min_numel} elements)",
-            hint="is this a model's weights?",
-        )
-    label = suspect if isinstance(suspect, str | os.PathLike) else "<tensors>"
-    reports = []
-    for (wk, _), acc in zip(resolved, accs, strict=True):
-        z = acc.z
-        log10_p = wm_scheme.log10_p_bound(z)
-        verdict = wm_scheme.verdict_for(z, k_tested)
-        _emit(
-            audit,
-            "watermark.check",
-            object={"uri": str(label), "key_ref": wk.ref},
-            verdict=verdict,
-            z=round(z, 3),
-            mode=mode,
-            keys_tested=k_tested,
-        )
-        reports.append(
-            WatermarkReport(
-                verdict=verdict,
-                z=z,
-                p=10.0**log10_p,
-                log10_p=log10_p,
-                threshold_z=wm_scheme.present_threshold_z(k_tested),
-                keys_tested=k_tested,
-                mode=mode,
-                tensors=len(acc.per_tensor),
-                elements=acc.elements,
-                per_tensor=acc.per_tensor,
-                alignment=notes,
-                missing=missing,
-            )
-        )
-    return reports
+    return [wk.ref for wk, _ in resolved]
+
+
+def _report(
+    acc: Any, k_tested: int, mode: str, notes: dict[str, str], missing: list[str]
+) -> WatermarkReport:
+    """One key's report from its accumulated scores."""
+    z = acc.z
+    log10_p = wm_scheme.log10_p_bound(z)
+    return WatermarkReport(
+        verdict=wm_scheme.verdict_for(z, k_tested),
+        z=z,
+        p=10.0**log10_p,
+        log10_p=log10_p,
+        threshold_z=wm_scheme.present_threshold_z(k_tested),
+        keys_tested=k_tested,
+        mode=mode,
+        tensors=len(acc.per_tensor),
+        elements=acc.elements,
+        per_tensor=acc.per_tensor,
+        alignment=notes,
+        missing=missing,
+    )
 
 
 def _check_alpha(alpha: float) -> None:

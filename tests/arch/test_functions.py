@@ -43,8 +43,6 @@ ALLOWED: dict[str, str] = {
         "to split with the thin loader: a frozen options object (issue 20 item 3)"
     ),
     "weightguard/loader.py::ModelHandle.load": "to split with the thin loader (issue 20 item 3)",
-    "weightguard/watermark.py::embed_file": "to split: read, embed and write passes",
-    "weightguard/watermark.py::check_keys": "to split: one pass per key",
     "weightguard/_internal/signing/hashing.py::_hash_read": (
         "the hot read-and-hash loop of signing/verification; its locals are the buffers "
         "and the pool it hands work to (performance-tuned, benchmarked as one)"
