@@ -376,7 +376,7 @@ def _keys(tmp: str) -> tuple[str, Any, Any]:
     kek = os.path.join(tmp, "kek.hex")
     create_key_file(kek)
     uri = f"file://{kek}"
-    os.environ["WEIGHTGUARD_ALLOWED_KEYS"] = uri
+    os.environ["WEIGHTGUARD_ALLOW_KEY"] = uri
     os.environ["WEIGHTGUARD_QUIET_KEYFILE"] = "1"
     keys = make_sign_keys(Path(tmp), "bench")
     return uri, keys.signer(), keys.policy()

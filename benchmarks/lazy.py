@@ -186,7 +186,7 @@ def _setup(variant: str, info: dict[str, Any]) -> Any:
                 return f.get_slice(name)[: rows // 2]
 
         return {"one": ct_one, "half": ct_half}[variant.split(":")[1]]
-    os.environ["WEIGHTGUARD_ALLOWED_KEYS"] = info["kek"]
+    os.environ["WEIGHTGUARD_ALLOW_KEY"] = info["kek"]
     os.environ["WEIGHTGUARD_AUDIT_LOG"] = info["audit"]
     import importlib
 
@@ -401,7 +401,7 @@ def quarter_slice(work: Path) -> dict[str, Any]:
     big = torch.randn(4096, 4096, generator=g)
     save_file({"a": torch.ones(3), "big": big}, str(plain))
     encrypt_file(plain, art, f"file://{kek}")
-    os.environ["WEIGHTGUARD_ALLOWED_KEYS"] = f"file://{kek}"
+    os.environ["WEIGHTGUARD_ALLOW_KEY"] = f"file://{kek}"
     with safe_open(art, policy=UnsafeNoVerification(), cache_bytes=0) as f:
         part = f.get_slice("big")[1024:2048]
         assert torch.equal(part, big[1024:2048])
@@ -458,7 +458,7 @@ def tp4(work: Path, tp: int = 4, chunk: int = 4 << 20) -> dict[str, Any]:
             weights = {k: torch.randn(s, generator=g).to(torch.bfloat16) for k, s in shapes.items()}
             save_file(weights, str(plain))
         encrypt_file(plain, art, f"file://{kek}", chunk_size=chunk)
-    os.environ["WEIGHTGUARD_ALLOWED_KEYS"] = f"file://{kek}"
+    os.environ["WEIGHTGUARD_ALLOW_KEY"] = f"file://{kek}"
     column = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "embed_tokens", "lm_head")
     total = sum(2 * torch.Size(s).numel() for s in shapes.values())
     per_rank, bound, needed = [], [], []

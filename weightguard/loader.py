@@ -877,7 +877,7 @@ def open_model(
     it (``vault://transit/models``, ``file:///path``), or a KeyProvider object;
     ``key_options`` go to the provider (e.g. Vault address/token/auth).
     ``allow_key``: without ``data_key``, the header's key reference is used only if it
-    matches one of these patterns or ``$WEIGHTGUARD_ALLOWED_KEYS`` (e.g.
+    matches one of these patterns or ``$WEIGHTGUARD_ALLOW_KEY`` (e.g.
     ``vault://transit/*``; a ``file://`` reference only if named exactly); see
     :func:`weightguard._internal.keys.providers.choose_key_uri`.  (``key`` and
     ``allowed_keys``, the keywords of the previous release, work until the next one,

@@ -168,7 +168,7 @@ TERMS: tuple[Term, ...] = (
     Term(
         "data keys allowed (URI patterns)",
         "--allow-key",
-        "WEIGHTGUARD_ALLOWED_KEYS",
+        "WEIGHTGUARD_ALLOW_KEY",
         (
             "weightguard.crypt:decrypt_model(allow_key)",
             "weightguard.crypt:rewrap(allow_key)",
@@ -246,6 +246,7 @@ RENAMED_KEYWORDS: tuple[tuple[str, str, str], ...] = (
     ("weightguard.crypt:rewrap", "allowed_keys", "allow_key"),
     ("weightguard.crypt:inspect", "key_uri", "data_key"),
     ("weightguard.crypt:inspect", "allowed_keys", "allow_key"),
+    ("weightguard.integrations.vllm:Options.__init__", "allowed_keys", "allow_key"),
     *(
         (f, old, new)
         for f in (

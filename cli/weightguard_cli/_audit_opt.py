@@ -42,7 +42,7 @@ def audit_option(f: F) -> F:
 ALLOW_KEY_HELP = (
     "Key reference an artifact header may name, used without --data-key "
     "(shell pattern, e.g. 'vault://transit/*'; a file:// key only if named exactly). "
-    "Repeatable; adds to $WEIGHTGUARD_ALLOWED_KEYS."
+    "Repeatable; adds to $WEIGHTGUARD_ALLOW_KEY."
 )
 
 

@@ -87,6 +87,10 @@ def render() -> str:
         "",
         *renamed_keywords_table(),
         "",
+        "The environment variable `WEIGHTGUARD_ALLOWED_KEYS` (the integrations' setting",
+        "`allowed_keys`) is now `WEIGHTGUARD_ALLOW_KEY` (`allow_key`), spelled as `--allow-key`;",
+        "the old name is still read, with a `FutureWarning`, until the next release.",
+        "",
     ]
     return "\n".join(lines)
 

@@ -51,4 +51,4 @@ def work() -> Iterator[Path]:
 def _allow_corpus_key(corpus: Corpus, monkeypatch: pytest.MonkeyPatch) -> None:
     # The artifacts name the corpus's dev key file; the caller allows exactly that one
     # (issue 12 item 2: a key file is used only when the caller names it).
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", corpus.key_uri)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", corpus.key_uri)

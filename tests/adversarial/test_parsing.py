@@ -413,7 +413,7 @@ def test_decrypted_header_is_bounded_before_parsing(
             src, tmp_path / "e.safetensors", f"file://{key}", encrypt_header=encrypt_header
         )
     monkeypatch.setattr(st, "MAX_TENSORS", 8)
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", f"file://{key}")
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", f"file://{key}")
     sink = MemorySink()
     where = "e.safetensors: " if encrypt_header else r"\(artifact header\): "
     with pytest.raises(FormatError, match=where + "safetensors header names 12 tensors"):

@@ -52,7 +52,7 @@ def wg(tmp_path: Path) -> Callable[..., Run]:
     base = {k: v for k, v in os.environ.items() if k not in _SERVICE_VARS}
     base["WEIGHTGUARD_AUDIT_LOG"] = str(tmp_path / "audit.jsonl")
     # The artifacts name the dev key file; the caller allows exactly that one (issue 12.2).
-    base["WEIGHTGUARD_ALLOWED_KEYS"] = "file://dev.key"
+    base["WEIGHTGUARD_ALLOW_KEY"] = "file://dev.key"
     base["AWS_CONFIG_FILE"] = base["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "none")
 
     def run(*args: str, env: dict[str, str] | None = None) -> Run:

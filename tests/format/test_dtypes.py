@@ -91,7 +91,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _allow_key(monkeypatch: pytest.MonkeyPatch, release: dict[str, Any]) -> None:
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", f"file://{release['kek']}")
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", f"file://{release['kek']}")
 
 
 def _same(got: dict[str, Any], expected: dict[str, Any]) -> None:

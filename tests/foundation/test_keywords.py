@@ -147,3 +147,22 @@ def test_the_repository_uses_no_old_keyword() -> None:
                     if k.arg in olds
                 ]
     assert bad == []
+
+
+def test_the_old_allow_key_variable_is_still_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``WEIGHTGUARD_ALLOWED_KEYS`` (previous release) is read beside
+    ``WEIGHTGUARD_ALLOW_KEY``, with a FutureWarning; the integrations' ``allowed_keys``
+    setting too."""
+    from weightguard._internal.keys.providers import allowed_key_patterns
+    from weightguard.integrations import _settings
+
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", "vault://transit/a-*")
+    monkeypatch.delenv("WEIGHTGUARD_ALLOWED_KEYS", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert allowed_key_patterns() == ("vault://transit/a-*",)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", "vault://transit/b-*")
+    with pytest.warns(FutureWarning, match="WEIGHTGUARD_ALLOWED_KEYS is deprecated: use WEI"):
+        assert allowed_key_patterns() == ("vault://transit/a-*", "vault://transit/b-*")
+    with pytest.warns(FutureWarning, match="'allowed_keys' is deprecated: use 'allow_key'"):
+        assert _settings.lookup({"allowed_keys": ["x"]}, {}, "allow_key") == ["x"]

@@ -78,7 +78,7 @@ def test_fetches_into_tmpfs_group_readable(release: dict[str, Any], shm: Path) -
     dest = shm / "mnt-models"
     env = {
         "WEIGHTGUARD_TRUST_KEY": str(release["keys"].public),
-        "WEIGHTGUARD_ALLOWED_KEYS": f"file://{release['kek']}",
+        "WEIGHTGUARD_ALLOW_KEY": f"file://{release['kek']}",
     }
     res = _run(str(release["enc"]), dest, env)
     assert res.returncode == 0, res.stderr
@@ -98,7 +98,7 @@ def test_config_file_and_prefix(release: dict[str, Any], shm: Path) -> None:
         json.dumps(
             {
                 "trust_key": [str(release["keys"].public)],
-                "allowed_keys": [f"file://{release['kek']}"],
+                "allow_key": [f"file://{release['kek']}"],
             }
         )
     )
@@ -110,7 +110,7 @@ def test_config_file_and_prefix(release: dict[str, Any], shm: Path) -> None:
 def test_key_not_allowed_is_refused_before_unwrap(release: dict[str, Any], shm: Path) -> None:
     env = {
         "WEIGHTGUARD_TRUST_KEY": str(release["keys"].public),
-        "WEIGHTGUARD_ALLOWED_KEYS": "vault://transit/wg-model-*",
+        "WEIGHTGUARD_ALLOW_KEY": "vault://transit/wg-model-*",
     }
     res = _run(str(release["enc"]), shm / "out", env)
     assert res.returncode == 1
@@ -143,7 +143,7 @@ def test_bad_input_is_one_error_line_and_nothing_written(
     res = _run(
         str(model),
         shm / "out",
-        {"WEIGHTGUARD_TRUST_KEY": trust, "WEIGHTGUARD_ALLOWED_KEYS": allow},
+        {"WEIGHTGUARD_TRUST_KEY": trust, "WEIGHTGUARD_ALLOW_KEY": allow},
     )
     assert res.returncode == 1, res.stdout
     (line,) = _errors(res.stderr)
@@ -171,7 +171,7 @@ def test_help_exits_0_and_names_the_variables(capsys: pytest.CaptureFixture[str]
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: weightguard-storage-initializer SRC_URI DEST_DIR")
-    assert "WEIGHTGUARD_TRUST_KEY" in out and "WEIGHTGUARD_ALLOWED_KEYS" in out
+    assert "WEIGHTGUARD_TRUST_KEY" in out and "WEIGHTGUARD_ALLOW_KEY" in out
 
 
 def test_previous_variable_names_work_with_a_deprecation_warning(
@@ -179,7 +179,7 @@ def test_previous_variable_names_work_with_a_deprecation_warning(
 ) -> None:
     env = {
         "WEIGHTGUARD_TRUST_KEYS": str(release["keys"].public),
-        "WEIGHTGUARD_ALLOWED_KEYS": f"file://{release['kek']}",
+        "WEIGHTGUARD_ALLOW_KEY": f"file://{release['kek']}",
     }
     res = _run(str(release["enc"]), shm / "out", env)
     assert res.returncode == 0, res.stderr
@@ -206,7 +206,7 @@ def test_error_hints_name_only_the_initializers_variables(
 
     env = {
         "WEIGHTGUARD_TRUST_KEY": str(release["keys"].public),
-        "WEIGHTGUARD_ALLOWED_KEYS": f"file://{release['kek']}",
+        "WEIGHTGUARD_ALLOW_KEY": f"file://{release['kek']}",
         "WEIGHTGUARD_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
     }
     src, dest = str(release["enc"]), shm / "out"
@@ -215,7 +215,7 @@ def test_error_hints_name_only_the_initializers_variables(
     elif case == "disk":
         dest = tmp_path / "disk"  # not tmpfs here (the test below skips where it is)
     elif case == "key-not-allowed":
-        env["WEIGHTGUARD_ALLOWED_KEYS"] = "vault://transit/*"
+        env["WEIGHTGUARD_ALLOW_KEY"] = "vault://transit/*"
     elif case == "not-empty":
         dest.mkdir()
         (dest / "old").write_text("x")

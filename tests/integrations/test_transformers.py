@@ -74,7 +74,7 @@ def _copy(release: dict[str, Any], tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _allow_release_key(monkeypatch: pytest.MonkeyPatch, release: dict[str, Any]) -> None:
     # The artifacts name a dev key file; the caller allows exactly that one (issue 12.2).
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", release["key"])
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", release["key"])
 
 
 @pytest.fixture(scope="module")
@@ -403,7 +403,7 @@ def s3_release(plain_dir, release, tmp_path, vault_env, s3_env, bucket):  # type
 def test_from_s3_with_openbao_key_equals_plain(s3_release, release, plain_st, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from weightguard.integrations.sentence_transformers import load_sentence_transformer
 
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", "vault://transit/*")  # the pod's allow-list
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", "vault://transit/*")  # the pod's allow-list
     src, _ = s3_release
     model = load_sentence_transformer(src, policy=release["keys"].policy())
     got = model.encode(SENTENCES, convert_to_tensor=True)
@@ -444,7 +444,7 @@ def test_checkpoint_dtype_from_config_and_cast_on_request(tmp_path: Path) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         crypt.encrypt_model(tmp_path / "plain", tmp_path / "enc", f"file://{kek}")
-    os.environ["WEIGHTGUARD_ALLOWED_KEYS"] = f"file://{kek}"  # restored by the fixture
+    os.environ["WEIGHTGUARD_ALLOW_KEY"] = f"file://{kek}"  # restored by the fixture
     model = from_pretrained(tmp_path / "enc", policy=UnsafeNoVerification())
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     for n, p in ref.named_parameters():
@@ -612,7 +612,7 @@ def test_hints_name_keyword_arguments_not_cli_options(
     elif case == "no-signature":
         (d / "model.sig").unlink()
     else:
-        monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", "vault://transit/*")
+        monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", "vault://transit/*")
     for exc in _both(d, release["keys"].policy()):
         assert not re.findall(r"(?<![\w-])--[a-z]", str(exc)), str(exc)
         if case == "key-not-allowed":

@@ -52,21 +52,21 @@ def minilm_dir(dest: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _allow_file_key(monkeypatch: pytest.MonkeyPatch, file_key: str) -> None:
     # The artifacts name the dev key file; the caller allows exactly that one (issue 12.2).
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", file_key)
 
 
 def test_options_from_config_then_environment(tmp_path) -> None:
     env = {
         "WEIGHTGUARD_TRUST_KEY": "/k/a.pub,/k/b.pub",
         "WEIGHTGUARD_TRUST_VAULT_KEY": "vault://transit/release",
-        "WEIGHTGUARD_ALLOWED_KEYS": "vault://transit/*",
+        "WEIGHTGUARD_ALLOW_KEY": "vault://transit/*",
         "WEIGHTGUARD_SOURCE": "s3://env/model/",
         "WEIGHTGUARD_BATCH_MIB": "16",
     }
     o = wg_vllm.Options.from_config({"source": "s3://cfg/model/"}, env)
     assert o.source == "s3://cfg/model/"  # the config wins
     assert o.trust_key == ("/k/a.pub", "/k/b.pub")
-    assert o.allowed_keys == ("vault://transit/*",)
+    assert o.allow_key == ("vault://transit/*",)
     assert o.batch_mib == 16 and o.trust_vault_key == "vault://transit/release"
     o = wg_vllm.Options.from_config({"trust_key": ["/x.pub"], "trust_chain": ["r.pem"]}, {})
     assert o.trust_key == ("/x.pub",) and o.trust_chain == ("r.pem",) and o.source is None
@@ -355,11 +355,11 @@ def test_prepare_refuses_tampered_encrypted_side_file(sealed_release, sign_keys,
 
 
 def test_key_allow_list_denies_before_any_provider(local_release, sign_keys, monkeypatch) -> None:
-    monkeypatch.delenv("WEIGHTGUARD_ALLOWED_KEYS")  # only the Options' list applies
+    monkeypatch.delenv("WEIGHTGUARD_ALLOW_KEY")  # only the Options' list applies
     audit_path = local_release.parent / "audit.jsonl"
     opts = wg_vllm.Options(
         trust_key=(str(sign_keys.public),),
-        allowed_keys=("vault://transit/*",),
+        allow_key=("vault://transit/*",),
         audit_log=str(audit_path),
     )
     want = r"names key file 'file://.*'; a key file is used only when the caller names it"
@@ -373,7 +373,7 @@ def test_key_allow_list_denies_before_any_provider(local_release, sign_keys, mon
 
 def test_allow_list_admits_a_matching_key(local_release, sign_keys, file_key) -> None:
     # a file:// key is admitted only when named exactly (never by a wildcard)
-    opts = wg_vllm.Options(trust_key=(str(sign_keys.public),), allowed_keys=(file_key,))
+    opts = wg_vllm.Options(trust_key=(str(sign_keys.public),), allow_key=(file_key,))
     with opts.open(str(local_release)) as (handle, _):
         got = dict(handle.iter_tensors())
     from safetensors.torch import load_file
@@ -487,7 +487,7 @@ def s3_release(tmp_path, plain_model, vault_env, s3_env, bucket, sign_keys):  # 
 def extra_for(sign_keys: Any, audit: Path, **more: Any) -> dict[str, Any]:
     return {
         "trust_key": str(sign_keys.public),
-        "allowed_keys": ["vault://transit/minilm-*"],
+        "allow_key": ["vault://transit/minilm-*"],
         "audit_log": str(audit),
         **more,
     }
@@ -652,7 +652,7 @@ def test_bad_input_stops_vllm_with_weightguards_message(
         extra["trust_key"] = str(other_keys.public)
         want = "weightguard.errors.PolicyError: signature"  # before vLLM reads a config
     elif case == "key_denied":
-        extra["allowed_keys"] = ["vault://transit/other-*"]
+        extra["allow_key"] = ["vault://transit/other-*"]
         want = "which is not in the allowed keys"
     elif case == "missing_side_file":
         bucket, prefix = uri[5:].split("/", 1)

@@ -82,7 +82,7 @@ def wg_env(monkeypatch, sign_keys, file_key, tmp_path) -> Path:
     """The caller's configuration, as a vLLM worker reads it: the environment."""
     audit = tmp_path / "audit.jsonl"
     monkeypatch.setenv("WEIGHTGUARD_TRUST_KEY", str(sign_keys.public))
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", file_key)
     monkeypatch.setenv("WEIGHTGUARD_AUDIT_LOG", str(audit))
     monkeypatch.delenv(vllm_lora.ALLOW_UNSIGNED_ENV, raising=False)
     return audit

@@ -1,4 +1,4 @@
-"""Every shipped manifest sets WEIGHTGUARD_ALLOWED_KEYS for every weightguard container.
+"""Every shipped manifest sets WEIGHTGUARD_ALLOW_KEY for every weightguard container.
 
 Without it an artifact's (unauthenticated) header could point a pod at any ``vault://``
 or ``awskms://`` key its credentials reach (README, docs/threat-model.md); the pattern
@@ -36,13 +36,13 @@ NOT_MODEL_KEYS = (
 
 
 def _patterns(env: dict[str, str], where: str) -> str:
-    value = env.get("WEIGHTGUARD_ALLOWED_KEYS", "")
-    assert value.strip(), f"{where}: WEIGHTGUARD_ALLOWED_KEYS is not set"
+    value = env.get("WEIGHTGUARD_ALLOW_KEY", "")
+    assert value.strip(), f"{where}: WEIGHTGUARD_ALLOW_KEY is not set"
     return value
 
 
 def _check(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("WEIGHTGUARD_ALLOWED_KEYS", raising=False)
+    monkeypatch.delenv("WEIGHTGUARD_ALLOW_KEY", raising=False)
     assert choose_key_uri(MODEL_KEY, allowed=value.split(",")) == MODEL_KEY
     for other in NOT_MODEL_KEYS:
         with pytest.raises(KeyAccessDenied, match="not in the allowed keys"):

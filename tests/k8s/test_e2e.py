@@ -723,7 +723,7 @@ def test_kserve_storage_initializer_refuses_a_key_not_allowed(
     pod.materialise()
     try:
         argv, env = _kserve_command(pod)
-        env["WEIGHTGUARD_ALLOWED_KEYS"] = "vault://transit/wg-model-other"
+        env["WEIGHTGUARD_ALLOW_KEY"] = "vault://transit/wg-model-other"
         res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 1, res.stdout
         (line,) = res.stderr.strip().splitlines()

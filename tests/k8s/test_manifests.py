@@ -370,6 +370,6 @@ def test_kserve_model_volume_is_memory_and_readable_by_the_server_group_only() -
     assert int(env["WEIGHTGUARD_DIR_MODE"], 8) & 0o027 == 0
     assert env["WEIGHTGUARD_AUDIT_LOG"] == "-"
     assert env["WEIGHTGUARD_TRUST_KEY"].startswith("/etc/weightguard/trust/")
-    assert env["WEIGHTGUARD_ALLOWED_KEYS"].startswith("vault://transit/")
+    assert env["WEIGHTGUARD_ALLOW_KEY"].startswith("vault://transit/")
     projected = vols["vault-token"]["projected"]["sources"][0]["serviceAccountToken"]
     assert projected["audience"] == VAULT_AUDIENCE and projected["expirationSeconds"] <= 3600

@@ -22,7 +22,7 @@ from tests.support.load import memory_audit
 from weightguard import crypt, loader
 from weightguard._internal.format.layout import canonical_json
 from weightguard._internal.keys.providers import (
-    ALLOWED_KEYS_ENV,
+    ALLOW_KEY_ENV,
     MAX_KEY_FILE,
     allowed_key_patterns,
     choose_key_uri,
@@ -34,7 +34,7 @@ from weightguard.policy import UnsafeNoVerification
 @pytest.fixture(autouse=True)
 def _quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     warnings.simplefilter("ignore", crypt.PlaintextWriteWarning)
-    monkeypatch.delenv(ALLOWED_KEYS_ENV, raising=False)
+    monkeypatch.delenv(ALLOW_KEY_ENV, raising=False)
 
 
 def _artifact(tmp_path: Path, header_uri: str | None = None) -> tuple[Path, str]:
@@ -83,7 +83,7 @@ def test_choose_key_uri_rules(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(KeyAccessDenied, match="not a valid key URI"):
             choose_key_uri(bad, allowed=["*"])
     # the environment adds to the parameter
-    monkeypatch.setenv(ALLOWED_KEYS_ENV, "vault://a/*, awskms://alias/x\nfile:///k")
+    monkeypatch.setenv(ALLOW_KEY_ENV, "vault://a/*, awskms://alias/x\nfile:///k")
     assert allowed_key_patterns(["vault://b/*"]) == (
         "vault://b/*",
         "vault://a/*",
@@ -138,7 +138,7 @@ def test_cli_decrypt_and_inspect_refuse_header_key_file(tmp_path: Path) -> None:
     enc, _ = _artifact(tmp_path, "file:///dev/zero")
     log = tmp_path / "audit.jsonl"
     env = {**os.environ, "WEIGHTGUARD_AUDIT_LOG": str(log)}
-    env.pop(ALLOWED_KEYS_ENV, None)
+    env.pop(ALLOW_KEY_ENV, None)
     for argv in (
         ["decrypt", str(enc), "-o", str(tmp_path / "out")],
         ["inspect", str(enc), "--verify"],
@@ -204,7 +204,7 @@ def test_disallowed_vault_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(KeyAccessDenied, match=r"not in the allowed keys \(vault://transit/\*\)"):
         _fast(crypt.decrypt_file, enc, tmp_path / "o", allow_key=["vault://transit/*"], audit=audit)
     assert sink.records[-1]["event"] == "decrypt"
-    monkeypatch.setenv(ALLOWED_KEYS_ENV, "vault://transit/*")
+    monkeypatch.setenv(ALLOW_KEY_ENV, "vault://transit/*")
     audit, sink = memory_audit()
     with pytest.raises(KeyAccessDenied, match="not in the allowed keys"):
         _fast(loader.load_file, enc, policy=UnsafeNoVerification(), audit=audit)

@@ -32,7 +32,7 @@ ORIGINALS = (safetensors.safe_open, safetensors.torch.load_file)
 
 @pytest.fixture(autouse=True)
 def _allow_file_key(monkeypatch: pytest.MonkeyPatch, file_key: str) -> None:
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", file_key)
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +131,7 @@ def test_an_artifact_whose_policy_the_dropin_cannot_satisfy(
     ):
         safetensors.safe_open(str(art), "pt")
     assert last(sink, "load.denied")["reason"].startswith("PolicyError")
-    monkeypatch.delenv("WEIGHTGUARD_ALLOWED_KEYS")
+    monkeypatch.delenv("WEIGHTGUARD_ALLOW_KEY")
     with (
         dropin.enabled(sign_keys.policy(), audit=audit, allow_key=["vault://transit/*"]),
         pytest.raises(KeyAccessDenied),

@@ -29,7 +29,7 @@ CHUNK = 4096
 
 @pytest.fixture(autouse=True)
 def _allow_file_key(monkeypatch: pytest.MonkeyPatch, file_key: str) -> None:
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", file_key)
 
 
 def small_tensors() -> dict[str, torch.Tensor]:

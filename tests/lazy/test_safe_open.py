@@ -41,7 +41,7 @@ INDICES = [
 
 @pytest.fixture(autouse=True)
 def _allow_file_key(monkeypatch: pytest.MonkeyPatch, file_key: str) -> None:
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", file_key)
 
 
 @pytest.mark.parametrize("kind", ["encrypted", "encrypted-header", "plain"])

@@ -32,7 +32,7 @@ ROW = ("o_proj", "down_proj")
 
 @pytest.fixture(autouse=True)
 def _allow_file_key(monkeypatch: pytest.MonkeyPatch, file_key: str) -> None:
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", file_key)
 
 
 def llama(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -96,7 +96,7 @@ def main() -> None:
     from safetensors.torch import load_file
 
     spec = json.loads(sys.argv[1])
-    os.environ["WEIGHTGUARD_ALLOWED_KEYS"] = spec["allowed_key"]
+    os.environ["WEIGHTGUARD_ALLOW_KEY"] = spec["allowed_key"]
     from weightguard import open_model
     from weightguard.integrations.vllm import _rank_reader
     from weightguard.policy import PublicKey

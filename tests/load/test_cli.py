@@ -51,9 +51,9 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 def model(tmp_path: Path, file_key: str, sign_keys, monkeypatch) -> tuple[Path, dict[str, Path]]:  # type: ignore[no-untyped-def]
     """A signed, encrypted two-shard model directory and the original plaintext shards.
 
-    The caller allows the test key file through WEIGHTGUARD_ALLOWED_KEYS (a header's
+    The caller allows the test key file through WEIGHTGUARD_ALLOW_KEY (a header's
     file:// reference alone is refused)."""
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", file_key)
     d = tmp_path / "release"
     d.mkdir()
     plain: dict[str, Path] = {}

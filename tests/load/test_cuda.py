@@ -46,7 +46,7 @@ CHUNK = 4096
 @pytest.fixture(autouse=True)
 def _allow_test_key(file_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The caller names the test key file (a header's file:// reference alone is refused)."""
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", file_key)
 
 
 # Many chunks, odd sizes: every tensor after the first is misaligned for its dtype and

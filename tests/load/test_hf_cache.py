@@ -78,7 +78,7 @@ def build_cache(release_dir: Path, cache: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _allow_release_key(monkeypatch: pytest.MonkeyPatch, release: dict[str, Any]) -> None:
     # The artifacts name a dev key file; the caller allows exactly that one (issue 12.2).
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", f"file://{release['kek']}")
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", f"file://{release['kek']}")
 
 
 @pytest.fixture()

@@ -30,7 +30,7 @@ from weightguard.policy import UnsafeNoVerification
 @pytest.fixture(autouse=True)
 def _allow_file_key(monkeypatch: pytest.MonkeyPatch, file_key: str) -> None:
     # The artifacts name the dev key file; the caller allows exactly that one (issue 12.2).
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", file_key)
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ SMALL = 1000  # plain records in these tests (8 MiB by default): many per file
 @pytest.fixture(autouse=True)
 def _small_records(monkeypatch: pytest.MonkeyPatch, file_key: str) -> None:
     monkeypatch.setattr(model_files, "_PLAIN_UNSIGNED_CHUNK", SMALL)
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", file_key)
 
 
 @pytest.fixture(scope="module")
@@ -614,7 +614,7 @@ def test_kserve_initializer_fetches_model_signing_release(
     _ms_sign(d, d / "model.sig", keys, "shards-sha256")
     env = {
         "WEIGHTGUARD_TRUST_KEY": str(keys.public),
-        "WEIGHTGUARD_ALLOWED_KEYS": file_key,
+        "WEIGHTGUARD_ALLOW_KEY": file_key,
         "WEIGHTGUARD_ALLOW_DISK": "1",
         "WEIGHTGUARD_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
     }

@@ -41,7 +41,7 @@ CHUNK = 4096
 @pytest.fixture
 def artifact(tmp_path: Path, file_key: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     # the caller allows this test key (the header's file:// reference alone is refused)
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", file_key)
     src = tmp_path / "plain.safetensors"
     write_st(src, MODEL_LAYOUT)
     d = tmp_path / "m"

@@ -48,7 +48,7 @@ from weightguard.errors import ConfigError, FormatError, IntegrityError
 @pytest.fixture(autouse=True)
 def _allow_test_key(file_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The caller names the test key file (a header's file:// reference alone is refused)."""
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", file_key)
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", file_key)
 
 
 ALGORITHMS = [BLAKE3_CHUNKED, SHA256_CHUNKED]

@@ -53,7 +53,7 @@ def keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     kek = d / "kek.hex"
     crypt.create_key_file(kek)
     # the caller names the test key file (a header's file:// reference alone is refused)
-    monkeypatch.setenv("WEIGHTGUARD_ALLOWED_KEYS", f"file://{kek}")
+    monkeypatch.setenv("WEIGHTGUARD_ALLOW_KEY", f"file://{kek}")
     sk = ec.generate_private_key(ec.SECP256R1())
     priv, pub = d / "sign.pem", d / "sign.pub"
     priv.write_bytes(

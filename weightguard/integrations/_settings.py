@@ -14,14 +14,15 @@ trust_vault_key  WEIGHTGUARD_TRUST_VAULT_KEY   --trust-vault-key  Vault Transit 
 trust_identity   WEIGHTGUARD_TRUST_IDENTITY    --identity         Sigstore identity
 trust_issuer     WEIGHTGUARD_TRUST_ISSUER      --issuer           Sigstore OIDC issuer
 trust_root       WEIGHTGUARD_TRUST_ROOT        --trust-root       Sigstore trusted_root.json
-allowed_keys     WEIGHTGUARD_ALLOWED_KEYS      --allow-key        data-key URI patterns
+allow_key        WEIGHTGUARD_ALLOW_KEY         --allow-key        data-key URI patterns
 audit_log        WEIGHTGUARD_AUDIT_LOG         --audit-log        audit destination
 ===============  ============================  =================  ===========================
 
 The spellings of the previous release (vLLM: ``cert_chain``, ``vault_key``,
 ``WEIGHTGUARD_CERT_CHAIN``, ``WEIGHTGUARD_VAULT_KEY``; KServe: ``trust_keys``,
-``trust_cert_chain``, ``WEIGHTGUARD_TRUST_KEYS``, ``WEIGHTGUARD_TRUST_CERT_CHAIN``) are
-still read, with a :class:`FutureWarning`, until the next release.
+``trust_cert_chain``, ``WEIGHTGUARD_TRUST_KEYS``, ``WEIGHTGUARD_TRUST_CERT_CHAIN``; both:
+``allowed_keys``, ``WEIGHTGUARD_ALLOWED_KEYS``) are still read, with a
+:class:`FutureWarning`, until the next release.
 
 Errors raised inside an integration carry hints written for the CLI; :func:`retold`
 rewrites them in the integration's own words (its variables, never an option it lacks).
@@ -55,13 +56,14 @@ TRUST = (
     "trust_issuer",
     "trust_root",
 )
-LISTS = ("trust_key", "trust_chain", "allowed_keys")  # comma-separated in the environment
+LISTS = ("trust_key", "trust_chain", "allow_key")  # comma-separated in the environment
 # old spelling -> new, config key and (upper case, prefixed) environment variable alike
 RENAMED = {
     "trust_keys": "trust_key",
     "trust_cert_chain": "trust_chain",
     "cert_chain": "trust_chain",
     "vault_key": "trust_vault_key",
+    "allowed_keys": "allow_key",
 }
 
 # CLI option (as hints name them) -> the setting that does the same in an integration
@@ -75,7 +77,7 @@ CLI_OPTIONS = {
     "--identity": "trust_identity",
     "--issuer": "trust_issuer",
     "--trust-root": "trust_root",
-    "--allow-key": "allowed_keys",
+    "--allow-key": "allow_key",
     "--audit-log": "audit_log",
 }
 

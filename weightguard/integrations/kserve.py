@@ -17,7 +17,7 @@ the environment wins).  The names are the integrations' one vocabulary
 ``WEIGHTGUARD_TRUST_VAULT_KEY``   a Vault Transit signing key URI
 ``WEIGHTGUARD_TRUST_IDENTITY`` / ``WEIGHTGUARD_TRUST_ISSUER``  Sigstore identity
 ``WEIGHTGUARD_TRUST_ROOT``        Sigstore trusted_root.json
-``WEIGHTGUARD_ALLOWED_KEYS``      key URIs (``fnmatch`` patterns) the artifact may name
+``WEIGHTGUARD_ALLOW_KEY``         key URIs (``fnmatch`` patterns) the artifact may name
                                   for its data keys; any other is refused before Vault is
                                   asked (unset: the key the artifact names)
 ``WEIGHTGUARD_ALLOW_DISK``        ``1``: allow a DEST_DIR that is not tmpfs (not advised)
@@ -75,9 +75,9 @@ VARIABLES = (
     "WEIGHTGUARD_AUDIT_LOG",
 )
 # How the initializer spells a setting in a hint: its environment variable.
-_NAMES = {k: env_name(k) for k in (*TRUST, "allowed_keys", "audit_log")}
+_NAMES = {k: env_name(k) for k in (*TRUST, "allow_key", "audit_log")}
 _FALLBACK = "configure the initializer with its variables: " + ", ".join(
-    env_name(k) for k in (*TRUST, "allowed_keys", "allow_disk")
+    env_name(k) for k in (*TRUST, "allow_key", "allow_disk")
 )
 
 
@@ -163,7 +163,7 @@ def _initialize(src_uri: str, dest_dir: str, env: Mapping[str, str] | None) -> A
             policy=policy,
             # The one key rule (keys.providers.choose_key_uri): the artifact's key reference
             # is used only if this pod's allow-list admits it; a file:// key only if named.
-            allow_key=conf["allowed_keys"],
+            allow_key=conf["allow_key"],
             allow_disk=allow_disk,
             file_mode=_mode(conf.get("file_mode"), 0o640, "FILE_MODE"),
             dir_mode=_mode(conf.get("dir_mode"), 0o750, "DIR_MODE"),

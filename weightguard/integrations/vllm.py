@@ -32,7 +32,7 @@ trust_vault_key          WEIGHTGUARD_TRUST_VAULT_KEY      trusted Vault Transit 
 trust_identity           WEIGHTGUARD_TRUST_IDENTITY       Sigstore certificate identity
 trust_issuer             WEIGHTGUARD_TRUST_ISSUER         Sigstore OIDC issuer
 trust_root               WEIGHTGUARD_TRUST_ROOT           Sigstore trusted_root.json
-allowed_keys             WEIGHTGUARD_ALLOWED_KEYS         data-key URI patterns
+allow_key                WEIGHTGUARD_ALLOW_KEY            data-key URI patterns
 audit_log                WEIGHTGUARD_AUDIT_LOG            audit destination (path, -, s3://)
 batch_mib                WEIGHTGUARD_BATCH_MIB            weights decrypted at a time (256)
 unsafe_no_verification   (none: config only)              UNSAFE: do not check who signed
@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard._internal.signing.location import PRIMARY_SIGNATURE
 from weightguard.errors import ConfigError, FormatError, IntegrityError, WeightguardError
 from weightguard.integrations import _settings
@@ -81,7 +82,7 @@ LOAD_FORMAT = "weightguard"
 _KEYS = (
     "source",
     *_settings.TRUST,
-    "allowed_keys",
+    "allow_key",
     "audit_log",
     "batch_mib",
 )
@@ -89,7 +90,7 @@ _ENV = {k: _settings.env_name(k) for k in _KEYS}
 _CONFIG_ONLY = ("unsafe_no_verification",)
 _SIGNATURE = PRIMARY_SIGNATURE  # the default signature location has one home
 # How a hint names a setting here: the config key and its variable.
-_NAMES = {k: f"{k} / {_ENV[k]}" for k in (*_settings.TRUST, "allowed_keys", "audit_log")}
+_NAMES = {k: f"{k} / {_ENV[k]}" for k in (*_settings.TRUST, "allow_key", "audit_log")}
 
 
 def _hint() -> str:
@@ -109,7 +110,7 @@ class Options:
     trust_identity: str | None = None
     trust_issuer: str | None = None
     trust_root: str | None = None
-    allowed_keys: tuple[str, ...] = ()
+    allow_key: tuple[str, ...] = ()
     audit_log: str | None = None
     batch_mib: int = 256
     unsafe_no_verification: bool = False
@@ -156,7 +157,7 @@ class Options:
             trust_identity=one("trust_identity"),
             trust_issuer=one("trust_issuer"),
             trust_root=one("trust_root"),
-            allowed_keys=_settings.as_list(get("allowed_keys"), "allowed_keys"),
+            allow_key=_settings.as_list(get("allow_key"), "allow_key"),
             audit_log=one("audit_log"),
             batch_mib=batch_mib,
             unsafe_no_verification=unsafe,
@@ -195,10 +196,10 @@ class Options:
                 policy=self.policy(),
                 # the one key rule (keys.providers.choose_key_uri): the artifact's key
                 # reference is used only if this allow-list admits it
-                allow_key=self.allowed_keys or None,
+                allow_key=self.allow_key or None,
                 audit=audit,
             ) as handle:
-                side = SideFiles(handle, source, allow_key=self.allowed_keys or None, audit=audit)
+                side = SideFiles(handle, source, allow_key=self.allow_key or None, audit=audit)
                 with refusals(handle, source, "vLLM"):
                     yield handle, side
         except WeightguardError as exc:
@@ -206,6 +207,10 @@ class Options:
             raise
         finally:
             audit.close()
+
+
+# Options(allowed_keys=...), the previous release's spelling: until the next one, warned
+Options.__init__ = renamed_keywords(allowed_keys="allow_key")(Options.__init__)  # type: ignore[method-assign]
 
 
 def _retold(exc: WeightguardError) -> WeightguardError:

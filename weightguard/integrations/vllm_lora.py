@@ -1,7 +1,7 @@
 """vLLM LoRA adapters from weightguard releases: verified and decrypted in the worker.
 
     WEIGHTGUARD_TRUST_KEY=/etc/weightguard/release.pub \\
-    WEIGHTGUARD_ALLOWED_KEYS='vault://transit/*' \\
+    WEIGHTGUARD_ALLOW_KEY='vault://transit/*' \\
         vllm serve ... --enable-lora --lora-modules sql=/srv/adapters/sql-lora
 
 A PEFT adapter released with weightguard (``adapter_config.json``,
@@ -30,7 +30,7 @@ directory holding weightguard's signature or an encrypted weight file:
 Trust comes only from the caller: the ``WEIGHTGUARD_*`` environment of the vLLM process
 (the names of :mod:`weightguard.integrations.vllm`: ``WEIGHTGUARD_TRUST_KEY``,
 ``WEIGHTGUARD_TRUST_CHAIN``, ``WEIGHTGUARD_TRUST_VAULT_KEY``, ``WEIGHTGUARD_TRUST_IDENTITY``
-with ``WEIGHTGUARD_TRUST_ISSUER``, ``WEIGHTGUARD_TRUST_ROOT``, ``WEIGHTGUARD_ALLOWED_KEYS``,
+with ``WEIGHTGUARD_TRUST_ISSUER``, ``WEIGHTGUARD_TRUST_ROOT``, ``WEIGHTGUARD_ALLOW_KEY``,
 ``WEIGHTGUARD_AUDIT_LOG``).  A release without a trust anchor there is refused.  When a
 trust anchor is set, a plain adapter without a signature is refused too (audited
 ``load.denied``), unless the caller sets ``WEIGHTGUARD_LORA_ALLOW_UNSIGNED=1``; with no
@@ -59,7 +59,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 ALLOW_UNSIGNED_ENV = "WEIGHTGUARD_LORA_ALLOW_UNSIGNED"
 # How a hint names a setting here: its environment variable.
-_NAMES = {k: _settings.env_name(k) for k in (*_settings.TRUST, "allowed_keys", "audit_log")}
+_NAMES = {k: _settings.env_name(k) for k in (*_settings.TRUST, "allow_key", "audit_log")}
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class _Options:
     :mod:`weightguard.integrations.vllm` and the KServe initializer)."""
 
     anchors: dict[str, Any]
-    allowed_keys: tuple[str, ...]
+    allow_key: tuple[str, ...]
     audit_log: str | None
 
     @classmethod
@@ -107,9 +107,7 @@ class _Options:
         for k in _settings.TRUST:
             v = get(k)
             anchors[k] = _settings.as_list(v, k) if k in ("trust_key", "trust_chain") else v
-        return cls(
-            anchors, _settings.as_list(get("allowed_keys"), "allowed_keys"), get("audit_log")
-        )
+        return cls(anchors, _settings.as_list(get("allow_key"), "allow_key"), get("audit_log"))
 
     def has_anchor(self) -> bool:
         return any(self.anchors.values())
@@ -142,7 +140,7 @@ def _hint() -> str:
     return (
         "set the trust anchor in the vLLM process's environment: WEIGHTGUARD_TRUST_KEY, "
         "WEIGHTGUARD_TRUST_CHAIN, WEIGHTGUARD_TRUST_VAULT_KEY or WEIGHTGUARD_TRUST_IDENTITY "
-        "with WEIGHTGUARD_TRUST_ISSUER (and WEIGHTGUARD_ALLOWED_KEYS for the data key)"
+        "with WEIGHTGUARD_TRUST_ISSUER (and WEIGHTGUARD_ALLOW_KEY for the data key)"
     )
 
 
@@ -176,7 +174,7 @@ def verified_adapter(path: str, options: _Options | None = None) -> Iterator[dic
     from weightguard.lazy import safe_open
 
     options = _options() if options is None else options
-    allowed = options.allowed_keys or None
+    allowed = options.allow_key or None
     audit = None
     try:
         audit = options.audit()

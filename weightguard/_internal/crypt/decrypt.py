@@ -123,7 +123,7 @@ def decrypt_file(
     """Decrypt an artifact back to the original file, byte for byte (written atomically,
     mode 0600).  Emits :class:`PlaintextWriteWarning`.  ``data_key`` is the caller's
     key (overriding the reference recorded in the header); without it the header's
-    reference must be allowed by ``allow_key`` / ``$WEIGHTGUARD_ALLOWED_KEYS`` (see
+    reference must be allowed by ``allow_key`` / ``$WEIGHTGUARD_ALLOW_KEY`` (see
     :func:`weightguard._internal.keys.providers.choose_key_uri`)."""
     src_p, dst_p = Path(src), Path(dst)
     started = time.monotonic()

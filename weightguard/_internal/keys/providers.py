@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import stat
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -50,7 +51,7 @@ from weightguard.manifest import WrappedKey
 _log = logging.getLogger("weightguard.crypt")
 
 __all__ = [
-    "ALLOWED_KEYS_ENV",
+    "ALLOW_KEY_ENV",
     "DATA_KEY_SIZE",
     "AwsKmsProvider",
     "FileKeyProvider",
@@ -69,7 +70,8 @@ MAX_CONTEXT_LEN = 512
 _FILE_WRAP_AAD = b"weightguard/v1 file-wrap\x00"
 _FILE_KID_LABEL = b"weightguard/v1 key id"
 _VAULT_VERSION = re.compile(r"^vault:v(\d+):")
-ALLOWED_KEYS_ENV = "WEIGHTGUARD_ALLOWED_KEYS"
+ALLOW_KEY_ENV = "WEIGHTGUARD_ALLOW_KEY"  # spelled as --allow-key (weightguard.vocabulary)
+OLD_ALLOW_KEY_ENV = "WEIGHTGUARD_ALLOWED_KEYS"  # read until the next release, with a warning
 MAX_KEY_FILE = 4096  # 32 raw bytes or 64 hex digits plus whitespace; anything else is wrong
 _KEY_URI_CHARS = re.compile(r"^[A-Za-z0-9._~:/@+=,*-]+$")
 
@@ -82,7 +84,8 @@ _KEY_URI_CHARS = re.compile(r"^[A-Za-z0-9._~:/@+=,*-]+$")
 
 
 def allowed_key_patterns(allowed: Iterable[str] | str | None = None) -> tuple[str, ...]:
-    """The caller's allow-list: ``allowed`` plus ``$WEIGHTGUARD_ALLOWED_KEYS``.
+    """The caller's allow-list: ``allowed`` plus ``$WEIGHTGUARD_ALLOW_KEY`` (and the
+    previous release's ``$WEIGHTGUARD_ALLOWED_KEYS``, with a FutureWarning).
 
     The variable holds patterns separated by commas or whitespace.  Patterns are
     shell-style (``vault://transit/*``, ``awskms://alias/models-*``); a ``file://``
@@ -96,7 +99,16 @@ def allowed_key_patterns(allowed: Iterable[str] | str | None = None) -> tuple[st
         if not isinstance(p, str) or not p.strip():
             raise ConfigError("an allowed key pattern must be a non-empty string")
         out.append(p.strip())
-    env = os.environ.get(ALLOWED_KEYS_ENV, "")
+    env = os.environ.get(ALLOW_KEY_ENV, "")
+    old = os.environ.get(OLD_ALLOW_KEY_ENV, "")
+    if old:
+        warnings.warn(
+            f"{OLD_ALLOW_KEY_ENV} is deprecated: use {ALLOW_KEY_ENV} (the old name is read "
+            "until the next release)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        env = f"{env},{old}"
     out.extend(p for p in re.split(r"[\s,]+", env) if p)
     return tuple(out)
 
@@ -128,7 +140,7 @@ def choose_key_uri(
     shown = repr(header_uri[:200]) if isinstance(header_uri, str) else "a non-string"
     hint = (
         "name the key yourself (--data-key URI), or allow the reference with --allow-key "
-        f"PATTERN or {ALLOWED_KEYS_ENV}"
+        f"PATTERN or {ALLOW_KEY_ENV}"
     )
     if (
         not isinstance(header_uri, str)
