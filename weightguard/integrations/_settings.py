@@ -24,8 +24,10 @@ The spellings of the previous release (vLLM: ``cert_chain``, ``vault_key``,
 ``allowed_keys``, ``WEIGHTGUARD_ALLOWED_KEYS``) are still read, with a
 :class:`FutureWarning`, until the next release.
 
-Errors raised inside an integration carry hints written for the CLI; :func:`retold`
-rewrites them in the integration's own words (its variables, never an option it lacks).
+Errors raised inside an integration carry hints written once, in the options' spelling;
+:func:`retold` rewrites them in the integration's own words (its variables, never an
+option it lacks) with :func:`weightguard.vocabulary.retell`.  (A Python caller reads
+them in its keywords: ``str(exc)``, see :mod:`weightguard.vocabulary`.)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from weightguard.errors import ConfigError, WeightguardError
-from weightguard.vocabulary import TOLD, TOLD_FALLBACK, retell
+from weightguard.vocabulary import retell
 
 __all__ = [
     "LISTS",
@@ -153,9 +155,3 @@ def retold(exc: WeightguardError, names: Mapping[str, str], fallback: str) -> We
     spelled.update({o: n for o, n in names.items() if o.startswith("--")})
     exc.hint = retell(exc.hint, spelled, fallback, env_prefix=PREFIX)
     return exc
-
-
-# How the Python entry points (from_pretrained, load_sentence_transformer) spell what a
-# hint names as a CLI option: the vocabulary's (weightguard.vocabulary.TOLD).
-PYTHON_NAMES = TOLD
-PYTHON_FALLBACK = TOLD_FALLBACK
