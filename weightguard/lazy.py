@@ -246,7 +246,9 @@ class SafeOpen:
         f, info = self._lookup(name, "get_tensor")
         rows = info.shape[0] if info.shape else 1
         ahead = self._predict(name)
-        return self._finish(self._read_rows(f, info, 0, rows, ahead=ahead), name)
+        t = self._read_rows(f, info, 0, rows, ahead=ahead)
+        self._consumed(f, info)
+        return self._finish(t, name)
 
     def get_slice(self, name: str) -> TensorSlice:
         """A lazy view: ``get_shape()``, ``get_dtype()``, and ``[index]`` reads."""
@@ -372,6 +374,22 @@ class SafeOpen:
     def _info(self, name: str) -> Any:
         return self._where[name][1]
 
+    def _consumed(self, f: Any, info: Any) -> None:
+        """``get_tensor`` returned ``info``: a cached record none of whose tensors is
+        still to be asked for is dropped from the cache (so a loop keeps the records it
+        will need again, not the ones it is done with)."""
+        walk = self._walk
+        if walk is None or getattr(f, "streamed", False):
+            return
+        done = []
+        for k in _records(f, info):
+            left = walk.uses.get((id(f), k), 0) - 1
+            walk.uses[(id(f), k)] = left
+            if left <= 0:
+                done.append(k)
+        if done:
+            self._reader.release(f, done)
+
     def _predict(self, name: str) -> list[tuple[Any, int, int]]:
         """Ranges of the tensors a loop of ``get_tensor`` will ask for next.
 
@@ -384,6 +402,11 @@ class SafeOpen:
         if self._walk is None:
             by_offset = [(t.begin, t.name) for f in self._files for t in f.tensors]
             self._walk = _Walk(sorted(self._where), [n for _, n in sorted(by_offset)])
+            for f in self._files:  # how many tensors hold bytes of each record
+                if not getattr(f, "streamed", False):
+                    for t in f.tensors:
+                        for k in _records(f, t):
+                            self._walk.uses[(id(f), k)] = self._walk.uses.get((id(f), k), 0) + 1
         return [
             (f, info.begin, info.end)
             for f, info in (self._where[n] for n in self._walk.next(name))
@@ -534,6 +557,7 @@ class _Walk:
 
     def __init__(self, *orders: list[str]) -> None:
         self._orders = [(names, {n: i for i, n in enumerate(names)}) for names in orders]
+        self.uses: dict[tuple[int, int], int] = {}  # (file, record) -> tensors not yet read
         self._last: str | None = None
         self._order: int | None = None
         self._streak = 0
@@ -587,6 +611,16 @@ class _DurableDecision:
             self._thread = None
         if self._error is not None and not quiet:
             raise self._error
+
+
+def _records(f: Any, info: Any) -> range:
+    """The data records holding a tensor's bytes."""
+    chunk = f.geometry.chunk
+    return (
+        range(info.begin // chunk + 1, (info.end - 1) // chunk + 2)
+        if info.end > info.begin
+        else range(0)
+    )
 
 
 def _dim0_rows(index: Any, shape: tuple[int, ...]) -> tuple[int, int, Any]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -293,6 +293,20 @@ class RangeReader:
                     (f, _Task(key, k, src_off, src_len, data_off, n, data_off, data_off + n, 0))
                 )
         return planned
+
+    def release(self, f: Any, records: Iterable[int]) -> None:
+        """Drop ``records`` of ``f`` from the cache (the caller needs them no more): their
+        buffers go to reuse, or are wiped (a record being copied out: when done)."""
+        with self._lock:
+            for k in records:
+                buf = self._cache.pop((id(f), k), None)
+                if buf is None:
+                    continue
+                self._cached -= len(buf)
+                if id(buf) in self._pins:
+                    self._orphans[id(buf)] = buf
+                else:
+                    self._recycle(buf)
 
     def _get_pool(self) -> cf.ThreadPoolExecutor:
         if self._pool is None:
