@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from weightguard._internal.foundation.atomic import PendingFile, destination_error
+from weightguard._internal.foundation.keywords import renamed_keywords
 from weightguard._internal.foundation.names import safe_join, unlinked_below
 from weightguard._internal.load import push as _push
 from weightguard._internal.signing.location import (
@@ -58,6 +59,7 @@ def is_memory_fs(path: str | os.PathLike[str]) -> bool:
     return _fs_type(os.fspath(path)) in (TMPFS_MAGIC, RAMFS_MAGIC)
 
 
+@renamed_keywords(key="data_key", allowed_keys="allow_key")
 def fetch_model(
     source: str | os.PathLike[str],
     dest: str | os.PathLike[str],

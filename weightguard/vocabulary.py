@@ -253,6 +253,7 @@ RENAMED_KEYWORDS: tuple[tuple[str, str, str], ...] = (
             "weightguard.loader:open_model",
             "weightguard.loader:load_file",
             "weightguard.loader:load_model",
+            "weightguard.transfer:fetch_model",
             "weightguard.lazy:safe_open",
             "weightguard.lazy:SafeOpen.__init__",
             "weightguard.integrations.peft:from_pretrained",
