@@ -44,58 +44,80 @@ class Term(NamedTuple):  # not a dataclass: errors imports this module (import c
     option: str  # the CLI spelling (its old spellings: docs/cli.md, "Renamed options")
     env: str = ""  # environment variable (integrations: vLLM, KServe, Kubernetes)
     python: tuple[str, ...] = ()  # "module:function(keyword)" taking the same thing
-    # Why a Python keyword of ``python`` is not the option's spelling ("" = it is).
+    # Why a Python keyword of ``python`` is not the option's spelling ("" = it is), or
+    # why there is none.
     differs: str = ""
+    # How a hint naming the option is told to a Python caller ("" = it has no Python
+    # spelling: the clause naming it is left out).
+    told: str = ""
 
+
+_TRUST = "weightguard.policy:trust_policy"
 
 TERMS: tuple[Term, ...] = (
     Term(
         "trusted signer public key",
         "--trust-key",
         "WEIGHTGUARD_TRUST_KEY",
-        ("weightguard.policy:trust_policy(trust_key)",),
+        (f"{_TRUST}(trust_key)",),
+        told="policy=PublicKey.from_file(...)",
     ),
     Term(
         "trusted CA root (then intermediates)",
         "--trust-chain",
         "WEIGHTGUARD_TRUST_CHAIN",
-        ("weightguard.policy:trust_policy(trust_chain)",),
+        (f"{_TRUST}(trust_chain)",),
+        told="policy=ChainRoot(...)",
+    ),
+    Term(
+        "an intermediate CA as the chain's anchor",
+        "--trust-intermediate",
+        "",
+        ("weightguard.policy:ChainRoot(allow_intermediate_anchor)",),
+        "the policy's own argument, as the trust anchor records it",
+        "ChainRoot(allow_intermediate_anchor=True)",
     ),
     Term(
         "trusted Vault Transit signing key",
         "--trust-vault-key",
         "WEIGHTGUARD_TRUST_VAULT_KEY",
-        ("weightguard.policy:trust_policy(trust_vault_key)",),
+        (f"{_TRUST}(trust_vault_key)",),
+        told="policy=vault_key_policy(...)",
     ),
     Term(
         "Sigstore identity",
         "--identity",
         "WEIGHTGUARD_TRUST_IDENTITY",
-        ("weightguard.policy:trust_policy(identity)",),
+        (f"{_TRUST}(identity)",),
+        told="policy=SigstoreIdentity(...)",
     ),
     Term(
         "Sigstore OIDC issuer",
         "--issuer",
         "WEIGHTGUARD_TRUST_ISSUER",
-        ("weightguard.policy:trust_policy(issuer)",),
+        (f"{_TRUST}(issuer)",),
+        told="policy=SigstoreIdentity(...)",
     ),
     Term(
         "Sigstore trusted root",
         "--trust-root",
         "WEIGHTGUARD_TRUST_ROOT",
-        ("weightguard.policy:trust_policy(trust_root)",),
+        (f"{_TRUST}(trust_root)",),
+        told="SigstoreIdentity(trust_root=...)",
     ),
     Term(
         "every trusted signer required (co-signed)",
         "--require-all",
         "",
-        ("weightguard.policy:trust_policy(require_all)",),
+        (f"{_TRUST}(require_all)",),
+        told="policy=CoSigned(...)",
     ),
     Term(
         "skip signature verification (unsafe)",
         "--unsafe-no-verification",
         "",
-        ("weightguard.policy:trust_policy(unsafe_no_verification)",),
+        (f"{_TRUST}(unsafe_no_verification)",),
+        told="policy=UnsafeNoVerification()",
     ),
     Term(
         "signature bundle",
@@ -106,12 +128,14 @@ TERMS: tuple[Term, ...] = (
             "weightguard.verifying:verify_bundle(signature)",
             "weightguard.loader:load_file(signature)",
         ),
+        told="signature=",
     ),
     Term(
         "unsigned files allowed (glob or path)",
         "--allow-unsigned",
         "",
         ("weightguard.verifying:verify_bundle(allow_unsigned)",),
+        told="allow_unsigned=[...]",
     ),
     Term(
         "signing key (EC private key PEM)",
@@ -139,6 +163,35 @@ TERMS: tuple[Term, ...] = (
         "the signer object is the setting: sign_model(signer=VaultTransitSigner(uri))",
     ),
     Term(
+        "password of an encrypted signing key",
+        "--password-env",
+        "",
+        ("weightguard.signing:KeySigner.from_file(password)",),
+        "the CLI names the variable holding it; Python passes the password itself",
+    ),
+    Term(
+        "Sigstore OIDC token (signs)",
+        "--identity-token",
+        "",
+        ("weightguard.signing:SigstoreSigner(identity_token)",),
+        told="SigstoreSigner(identity_token=...)",
+    ),
+    Term(
+        "a co-signature beside the primary bundle",
+        "--co-sign",
+        "",
+        (),
+        "sign_model writes a co-signature when the primary bundle exists",
+    ),
+    Term(
+        "chunk digest of signatures (blake3, sha256)",
+        "--chunk-digest",
+        "",
+        ("weightguard.signing:sign_model(chunk_algorithm)",),
+        "the algorithm's full name: blake3-chunked-v1, sha256-chunked-v1",
+        "chunk_algorithm=",
+    ),
+    Term(
         "chunk size (4MiB, 65536)",
         "--chunk-size",
         "",
@@ -158,12 +211,14 @@ TERMS: tuple[Term, ...] = (
             "weightguard.crypt:inspect(data_key)",
             "weightguard.loader:load_file(data_key)",
         ),
+        told="data_key=",
     ),
     Term(
         "new data key (rewrap)",
         "--new-data-key",
         "",
         ("weightguard.crypt:rewrap(new_data_key)",),
+        told="new_data_key=",
     ),
     Term(
         "data keys allowed (URI patterns)",
@@ -175,18 +230,50 @@ TERMS: tuple[Term, ...] = (
             "weightguard.crypt:inspect(allow_key)",
             "weightguard.loader:load_file(allow_key)",
         ),
+        told="allow_key=[...]",
+    ),
+    Term(
+        "model identity bound to the data key",
+        "--context",
+        "",
+        ("weightguard.crypt:encrypt_model(context)", "weightguard.crypt:rewrap(context)"),
+        told="context=",
+    ),
+    Term(
+        "tensor table encrypted too",
+        "--encrypt-header",
+        "",
+        ("weightguard.crypt:encrypt_model(encrypt_header)",),
+        told="encrypt_header=True",
     ),
     Term(
         "audit checkpoint public key",
         "--checkpoint-key",
         "",
         ("weightguard.audit:verify_log(checkpoint_key)",),
+        told="checkpoint_key=",
     ),
     Term(
         "audit checkpoint Vault Transit key",
         "--checkpoint-vault-key",
         "",
         ("weightguard.audit:verify_log(checkpoint_vault_key)",),
+        told="checkpoint_vault_key=",
+    ),
+    Term(
+        "audit logs expected (ids)",
+        "--log-id",
+        "",
+        ("weightguard.audit:verify_log(log_ids)",),
+        "a list: the option is repeated, once per log",
+        "log_ids=[...]",
+    ),
+    Term(
+        "unsigned records accepted at a live log's end",
+        "--max-unsigned-tail",
+        "",
+        ("weightguard.audit:verify_log(max_unsigned_tail)",),
+        told="max_unsigned_tail=",
     ),
     Term(
         "accept an audit log without checkpoint signatures",
@@ -199,6 +286,7 @@ TERMS: tuple[Term, ...] = (
         ("weightguard.loader:load_file(audit)",),
         "Python takes an open AuditLog object (audit=AuditLog.open(destination)), "
         "not a destination",
+        "audit=",
     ),
     Term(
         "replace an existing output",
@@ -210,12 +298,28 @@ TERMS: tuple[Term, ...] = (
             "weightguard.transfer:push_model(replace)",
             "weightguard.watermark:embed_file(replace)",
         ),
+        told="replace=True",
     ),
     Term(
         "write weights to a disk-backed destination",
         "--allow-disk",
         "WEIGHTGUARD_ALLOW_DISK",
         ("weightguard.transfer:fetch_model(allow_disk)",),
+        told="allow_disk=True",
+    ),
+    Term(
+        "S3 endpoint",
+        "--endpoint-url",
+        "",
+        ("weightguard.transfer:push_model(endpoint_url)",),
+        told="endpoint_url=",
+    ),
+    Term(
+        "the owner's unmarked weights (watermark check)",
+        "--original",
+        "",
+        ("weightguard.watermark:check(original)",),
+        told="original=",
     ),
     Term("no progress display", "--quiet"),
     Term("machine-readable output", "--json"),
@@ -264,44 +368,16 @@ RENAMED_KEYWORDS: tuple[tuple[str, str, str], ...] = (
 )
 
 # How a hint's option is told to a Python caller: the keyword (with what it takes) of
-# the public functions that do the same.  An option missing here has no Python
-# equivalent: :func:`retell` drops the clause naming it.
+# the public functions that do the same (TERMS' ``told``; a value the option takes gets
+# its own entry).  An option of TERMS without one (UNTOLD) has no Python equivalent:
+# :func:`retell` leaves the clause naming it out.  Any other option (vLLM's, pip's) is
+# kept as written.
 TOLD: Mapping[str, str] = {
-    "--signature": "signature=",
-    "--data-key": "data_key=",
-    "--new-data-key": "new_data_key=",
-    "--allow-key": "allow_key=[...]",
-    "--trust-key": "policy=PublicKey.from_file(...)",
-    "--trust-chain": "policy=ChainRoot(...)",
-    "--trust-vault-key": "policy=vault_key_policy(...)",
-    "--identity": "policy=SigstoreIdentity(...)",
-    "--issuer": "policy=SigstoreIdentity(...)",
-    "--trust-root": "SigstoreIdentity(trust_root=...)",
-    "--require-all": "policy=CoSigned(...)",
-    "--unsafe-no-verification": "policy=UnsafeNoVerification()",
-    "--allow-unsigned": "allow_unsigned=[...]",
-    "--audit-log": "audit=",
-    "--replace": "replace=True",
-    "--allow-disk": "allow_disk=True",
-    "--checkpoint-key": "checkpoint_key=",
-    "--checkpoint-vault-key": "checkpoint_vault_key=",
-    "--max-unsigned-tail": "max_unsigned_tail=",
-    "--log-id": "log_ids=[...]",
-    "--context": "context=",
-    "--encrypt-header": "encrypt_header=True",
+    **{t.option: t.told for t in TERMS if t.told},
     "--chunk-digest sha256": 'chunk_algorithm="sha256-chunked-v1"',
-    "--identity-token": "SigstoreSigner(identity_token=...)",
-    "--endpoint-url": "endpoint_url=",
-    "--original": "original=",
-    "--trust-intermediate": "allow_intermediate_anchor=True",
 }
 TOLD_FALLBACK = "see the function's keyword arguments"
-# Options hints name that a Python caller has no keyword for (why): the clause naming one
-# is left out of what Python callers read.  Any other option (vLLM's, pip's) is kept.
-UNTOLD: Mapping[str, str] = {
-    "--co-sign": "sign_model writes a co-signature when the primary bundle exists",
-    "--password-env": "Python passes the password itself (KeySigner.from_file(password=))",
-}
+UNTOLD: Mapping[str, str] = {t.option: t.differs for t in TERMS if not t.told}
 
 # An option as hints write it, with what follows it (kept when the spelling says "=").
 _OPTION = re.compile(r"--[a-z][a-z0-9-]*(?: (?:sha256|[A-Z][A-Z_]*)\b)?")
