@@ -4,8 +4,8 @@ The one table (:data:`TERMS`) of what a setting is called where: the option of t
 ``weightguard`` command line, the variable the integrations read (vLLM, KServe:
 ``WEIGHTGUARD_`` + the setting's key upper case) and the Python keyword (the option
 without its dashes, ``-`` -> ``_``: ``--data-key`` -> ``data_key=``).  docs/cli.md
-shows it (the CLI's docgen adds which commands take each option); tests/cli and
-tests/test_vocabulary.py hold the code to it.
+shows it (the CLI's docgen adds which commands take each option);
+tests/cli/test_vocabulary.py and tests/foundation/test_keywords.py hold the code to it.
 
 Hints (:attr:`weightguard.errors.WeightguardError.hint`) are written once, naming
 options (``--signature``, ``--allow-disk``); whoever reads them is told them in their
