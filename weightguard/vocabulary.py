@@ -436,25 +436,32 @@ def retell(
     return ", or ".join(k for k in kept if k) or fallback
 
 
-_VOICE: ContextVar[str] = ContextVar("weightguard_voice", default="python")
+_VOICE: ContextVar[str | None] = ContextVar("weightguard_voice", default=None)
 VOICES = ("python", "cli")
+# The voice of threads that set none: a load's worker threads start with an empty
+# context, and an error they word (``f"...: {exc}"``) must read like the program's.
+_PROGRAM = ["python"]
 
 
 @contextlib.contextmanager
 def speaking(voice: str) -> Iterator[None]:
     """Hints rendered inside are told to ``voice``: ``"python"`` (the default: the
-    keywords of the public functions) or ``"cli"`` (the options, as written)."""
+    keywords of the public functions) or ``"cli"`` (the options, as written).  The
+    program's voice for its duration, its worker threads included: the command line
+    says ``"cli"`` once, at its entry."""
     if voice not in VOICES:
         raise ValueError(f"voice must be one of {VOICES}, not {voice!r}")
     token = _VOICE.set(voice)
+    before, _PROGRAM[0] = _PROGRAM[0], voice
     try:
         yield
     finally:
+        _PROGRAM[0] = before
         _VOICE.reset(token)
 
 
 def told(hint: str) -> str:
     """``hint`` in the words of whoever reads it now (:func:`speaking`)."""
-    if not hint or "--" not in hint or _VOICE.get() == "cli":
+    if not hint or "--" not in hint or (_VOICE.get() or _PROGRAM[0]) == "cli":
         return hint
     return retell(hint, TOLD, TOLD_FALLBACK, drop=UNTOLD)

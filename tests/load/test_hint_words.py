@@ -70,3 +70,26 @@ def test_fetch_to_disk_names_allow_disk_as_the_reader_spells_it(
     code, err = _cli([*argv, "--trust-key", str(sign_keys.public)], capsys)
     assert code == 1 and "not on tmpfs" in err and "pass --allow-disk" in err, err
     assert "allow_disk=" not in err
+
+
+def test_the_programs_voice_reaches_its_worker_threads() -> None:
+    """An error worded in a loader thread (a fresh context) reads like the program's:
+    the command line's options inside ``speaking("cli")``, the keywords after it."""
+    import threading
+
+    from weightguard.errors import DestinationError
+
+    def worded() -> str:
+        out: list[str] = []
+        t = threading.Thread(
+            target=lambda: out.append(str(DestinationError("x", hint="or pass --replace")))
+        )
+        t.start()
+        t.join()
+        return out[0]
+
+    with speaking("cli"):
+        assert worded() == "x (or pass --replace)"
+    assert worded() == "x (or pass replace=True)"
+    with pytest.raises(ValueError, match="voice must be one of"), speaking("kserve"):
+        pass
