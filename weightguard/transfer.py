@@ -382,6 +382,7 @@ def verify_release(
     audit: Any = None,
     s3: Any = None,
     workdir: str | os.PathLike[str] | None = None,
+    check_chunk_digests: bool = False,
 ) -> Any:
     """Verify a release in S3 as an auditor does: no data key, nothing decrypted.
 
@@ -391,8 +392,9 @@ def verify_release(
     listing, ranged GETs) into a private temporary directory (``workdir``, default the
     system's), verified there by :func:`weightguard.verifying.verify_bundle` with every
     byte hashed, and removed.  ``signature`` is a local bundle to use instead of the
-    released one.  Audited as ``verify.ok`` / ``verify.failed`` with ``uri``.  Returns
-    the :class:`~weightguard.manifest.VerifiedManifest` (its ``root`` is gone).
+    released one.  ``check_chunk_digests``: as for ``verify_bundle``.  Audited as
+    ``verify.ok`` / ``verify.failed`` with ``uri``.  Returns the
+    :class:`~weightguard.manifest.VerifiedManifest` (its ``root`` is gone).
     """
     import shutil
     import tempfile
@@ -429,7 +431,13 @@ def verify_release(
                 sig = Path(signature)
             else:
                 sig = Path(default_signature(model, is_dir=loc.is_dir))
-            manifest = verifying.verify_bundle(model, sig, policy, allow_unsigned=allow_unsigned)
+            manifest = verifying.verify_bundle(
+                model,
+                sig,
+                policy,
+                allow_unsigned=allow_unsigned,
+                check_chunk_digests=check_chunk_digests,
+            )
         except WeightguardError as exc:
             # name what the auditor gave, not the temporary copy
             exc.message = exc.message.replace(str(tmp), uri.rstrip("/"))

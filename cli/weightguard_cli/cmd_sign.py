@@ -261,6 +261,12 @@ def _signer(
     help="Allow files matching this glob/prefix to be present but unsigned.",
 )
 @click.option("--allow-symlinks", is_flag=True, help="Follow symbolic links to files.")
+@click.option(
+    "--check-chunk-digests",
+    is_flag=True,
+    help="Also recompute weightguard's signed chunk digests (a second hash of every byte): "
+    "refuses a bundle whose chunk digests disagree with its resource digests.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @quiet_option
 @audit_option
@@ -269,6 +275,7 @@ def verify(
     signature: str | None,
     allow_unsigned: tuple[str, ...],
     allow_symlinks: bool,
+    check_chunk_digests: bool,
     as_json: bool,
     quiet: bool,
     audit_log: str | None,
@@ -286,7 +293,12 @@ def verify(
 
         with _audit(audit_log) as audit, activity(f"verifying {model}", quiet), _allowable():
             m = verify_release(
-                model, policy, signature=signature, allow_unsigned=allow_unsigned, audit=audit
+                model,
+                policy,
+                signature=signature,
+                allow_unsigned=allow_unsigned,
+                audit=audit,
+                check_chunk_digests=check_chunk_digests,
             )
         _report(model, signature or "the released signature", m, as_json)
         return
@@ -310,6 +322,7 @@ def verify(
             allow_unsigned=allow_unsigned,
             allow_symlinks=allow_symlinks,
             audit=audit,
+            check_chunk_digests=check_chunk_digests,
         )
     _report(model, signature, m, as_json)
 

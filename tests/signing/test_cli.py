@@ -235,3 +235,29 @@ def test_cli_vault_transit(tmp_path: Path, openbao: Any, new_name: Callable[[str
         str(tmp_path / "t.pub"),
     )
     assert r2.returncode == 0, r2.stdout + r2.stderr
+
+
+def test_cli_verify_check_chunk_digests(tmp_path: Path) -> None:
+    """verify proves the files by their resource digests; --check-chunk-digests also
+    refuses a (trusted) signer whose chunk digests disagree with them, naming the chunk."""
+    from click.testing import CliRunner
+    from weightguard_cli.main import cli
+
+    from tests.support.signing import payload_of
+    from weightguard.errors import IntegrityError
+    from weightguard.signing import KeySigner, sign_model
+
+    model = make_model(tmp_path / "m")
+    write_key(tmp_path, "k")
+    signer, sig = KeySigner.from_file(tmp_path / "k.pem"), tmp_path / "m.sig"
+    sign_model(model, sig, signer, chunk_size=4096)
+    payload = payload_of(sig)
+    d = payload["predicate"]["weightguard"]["files"]["model.safetensors"]["digests"]
+    d[1], d[2] = d[2], d[1]
+    sig.write_bytes(signer.make_bundle(json.dumps(payload).encode()))
+    args = ["verify", str(model), "--signature", str(sig), "--trust-key", str(tmp_path / "k.pub")]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, [*args, "--check-chunk-digests"])
+    assert isinstance(r.exception, IntegrityError) and r.exception.chunk == 1
+    assert "content differs from the signed digest [model.safetensors, chunk 1]" in str(r.exception)
