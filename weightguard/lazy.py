@@ -786,8 +786,9 @@ def safe_open(
     :func:`weightguard.open_model`'s.  ``device``: where returned tensors go (records
     are decrypted on the host; for device-side decryption use ``open_model(...).load``).
     ``workers``: threads reading the records of one request (default: usable CPUs).
-    ``cache_bytes``: budget of the private cache of verified edge records (records
-    shared by two tensors), default 32 MiB; 0 turns it off.  ``file``: of a model
+    ``cache_bytes``: budget of the private cache of verified records (records shared
+    by two tensors, and those a loop of ``get_tensor`` in ``keys()`` or file order has
+    read ahead), default 32 MiB; 0 turns it off (and reading ahead with it).  ``file``: of a model
     directory, serve only this weight file (as safetensors opens one file).
     """
     return SafeOpen(
