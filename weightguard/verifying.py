@@ -278,6 +278,19 @@ def verify_signature(bundle: Bundle, policy: _Narrowing, *, path: str) -> Narrow
 # ------------------------------------------------------------------ the whole order
 
 
+def _names(
+    model: str | os.PathLike[str], signature: str | os.PathLike[str] | bytes, *, remote: bool
+) -> tuple[str, Path, str, bytes | None]:
+    """(model name, signature path, signature name, signature bytes or None).  Names in
+    messages and audit records: a remote model's URI as given (a Path() would fold its
+    s3:// into s3:/), a signature's bytes named after the model."""
+    model_name = os.fspath(model) if remote else str(Path(model))
+    if isinstance(signature, bytes | bytearray):
+        sig_name = f"{model_name}:signature"
+        return model_name, Path(sig_name), sig_name, bytes(signature)
+    return model_name, Path(signature), str(Path(signature)), None
+
+
 def verify_bundle(
     model: str | os.PathLike[str],
     signature: str | os.PathLike[str] | bytes,
@@ -330,17 +343,7 @@ def verify_bundle(
         )
     t0 = time.monotonic()
     root = Path(model)
-    # Names in messages and audit records: a remote model's URI as given (a Path() would
-    # fold its s3:// into s3:/), a signature's bytes named after it.
-    model_name = os.fspath(model) if listing is not None else str(root)
-    if isinstance(signature, bytes | bytearray):
-        sig_data: bytes | None = bytes(signature)
-        sig_name = f"{model_name}:signature"
-        sig_path = Path(sig_name)
-    else:
-        sig_data = None
-        sig_path = Path(signature)
-        sig_name = str(sig_path)
+    model_name, sig_path, sig_name, sig_data = _names(model, signature, remote=listing is not None)
     if listing is not None and hash_files:
         raise ConfigError(
             "verify_bundle(listing=...) can only check coverage and sizes",
