@@ -160,6 +160,7 @@ class SafeOpen:
         )
         self._decision = _DurableDecision(self._audit)
         self._walk: _Walk | None = None
+        self._first: str | None = None  # the first get_tensor's name (see _predict)
 
     @classmethod
     def over(
@@ -198,6 +199,7 @@ class SafeOpen:
         )
         self._decision = _DurableDecision(self._audit)
         self._walk = None
+        self._first = None
         return self
 
     def lazy_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, Any]]:
@@ -397,9 +399,13 @@ class SafeOpen:
         ``READ_AHEAD_AFTER`` times in a row gets the next tensors' records read, checked
         and decrypted ahead, into the reader's verified cache, while it copies this one
         (at most the reader's ``read_ahead`` records; none for whole-file-digest files).
-        Any other access pattern reads only what it asks for.
+        Any other access pattern reads only what it asks for.  Nothing is tracked before
+        a second ``get_tensor`` (an open that reads one tensor pays nothing for this).
         """
         if self._walk is None:
+            first, self._first = self._first, name
+            if first is None:
+                return []
             by_offset = [(t.begin, t.name) for f in self._files for t in f.tensors]
             self._walk = _Walk(sorted(self._where), [n for _, n in sorted(by_offset)])
             for f in self._files:  # how many tensors hold bytes of each record
@@ -407,6 +413,8 @@ class SafeOpen:
                     for t in f.tensors:
                         for k in _records(f, t):
                             self._walk.uses[(id(f), k)] = self._walk.uses.get((id(f), k), 0) + 1
+            self._walk.next(first)
+            self._consumed(*self._where[first])
         return [
             (f, info.begin, info.end)
             for f, info in (self._where[n] for n in self._walk.next(name))
