@@ -57,6 +57,15 @@ def test_each_rename_is_applied_to_the_function(func: str, old: str, new: str) -
     assert getattr(obj, "__renamed_keywords__", {}).get(old) == new
 
 
+@pytest.mark.parametrize("func,old,new", RENAMED_KEYWORDS, ids=lambda x: str(x))
+def test_each_function_recognises_its_old_keyword(func: str, old: str, new: str) -> None:
+    """Calling the real function with the old and the new keyword is refused by the
+    rename before the function runs: the old keyword is taken as the new one's."""
+    target = func.removesuffix(".__init__")  # a class: its constructor
+    with pytest.raises(TypeError, match=f"got {old}= and {new}=: the same argument"):
+        _resolve(target)(**{old: object(), new: object()})
+
+
 def test_every_decorated_function_is_listed() -> None:
     listed = {(f, o, n) for f, o, n in RENAMED_KEYWORDS}
     found = set()
