@@ -5,7 +5,13 @@ a message names exists.
   variable is read by the code, its Python keyword is a parameter of the function named;
 - every ``--option`` a message or hint of the package or the CLI names is an option of
   some command, in its current spelling (an old spelling only warns for one release);
-  options of other tools (model_signing, vLLM, ...) are listed below.
+  options of other tools (model_signing, vLLM, ...) are listed below;
+- each command module's messages name only that command's options;
+- every hint of the library, told as a Python caller reads it (weightguard.vocabulary),
+  names no option but in a ``weightguard ...`` command to run, and only keywords of the
+  public functions; every option it named is a row of the table;
+- hints retold by the KServe initializer and the vLLM loaders name only variables they
+  read.
 """
 
 from __future__ import annotations
