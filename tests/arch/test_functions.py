@@ -33,9 +33,6 @@ ALLOWED: dict[str, str] = {
     "weightguard/_internal/devices/aes_ctr_triton.py::_kernel.aes_ctr_kernel": (
         "a Triton kernel: AES rounds unrolled in one body (no calls in the hot loop)"
     ),
-    "weightguard/_internal/load/model_files.py::open_file": (
-        "to split with the thin loader: ModelFile completed in one place (issue 20 item 3)"
-    ),
     "weightguard/transfer.py::fetch_model": (
         "to split with the thin loader (signature location, one S3 module; issue 20 item 3)"
     ),

@@ -322,137 +322,179 @@ def open_file(loc: Location, name: str, signed: SignedDigests | None) -> ModelFi
     hashed with the rest of the file by every load (see the module's docstring).
     """
     from weightguard._internal.format import layout as fmt
-    from weightguard._internal.format.safetensors import parse_header_json
 
     src = loc.open(name)
     display = src.name
-    streamed = signed is not None and signed.units is not None
-    chunked = signed if signed is not None and not streamed else None
     try:
         if signed is not None and src.size != signed.size:
             raise IntegrityError(
                 f"file is {src.size} bytes but the signature says {signed.size}",
                 path=display,
             )
-        grow: GrowingReader | None = None
-        if chunked is not None:
-            head_len = chunked.head
-            if not 8 <= head_len <= min(src.size, MAX_HEADER_SIZE + fmt.MAX_HEADER_LEN + 1024):
-                raise IntegrityError(f"signed head length {head_len} is implausible", path=display)
-            head = src.read(0, head_len)
-            if not chunked.digests or not digest_matches(
-                head, chunked.digests[0], chunked.algorithm, path=display
-            ):
-                raise IntegrityError(
-                    "header bytes do not match the signed digest", path=display, chunk=0
-                )
-        else:
-            grow = GrowingReader(src, _PROBE)
-            head = bytes(grow.buf)
+        head, grow = _read_head(src, _chunked(signed))
         if len(head) < 8:
             raise FormatError(f"{display}: {src.size} bytes is too small for a model file")
         header_digest = "sha256:" + hashlib.sha256(head).hexdigest()
-        units = signed.units if signed is not None else None
-        unit_algorithm = signed.unit_algorithm if signed is not None else ""
         if fmt.is_artifact(head):
-            reader: Any = grow if grow is not None else io.BytesIO(head)
-            ah = fmt.read_header(reader, path=display)
-            if ah.content != "safetensors":
-                raise FormatError(
-                    f"{display}: artifact holds a {ah.content!r} file, not safetensors",
-                    hint="decrypt it with `weightguard decrypt` instead",
-                )
-            if src.size != ah.total_size:
-                raise IntegrityError(
-                    f"artifact is {src.size} bytes, its header says {ah.total_size} "
-                    "(truncated or extended)",
-                    path=display,
-                )
-            stride = ah.chunk_size + fmt.TAG_SIZE
-            if chunked is not None:
-                if chunked.head != ah.data_offset or (
-                    chunked.stride != stride and ah.num_chunks > 1
-                ):
-                    raise IntegrityError(
-                        "signed chunk layout does not match the artifact", path=display
-                    )
-                if len(chunked.digests) != ah.num_chunks + 1:
-                    raise IntegrityError(
-                        f"signature has {len(chunked.digests)} digests, artifact has "
-                        f"{ah.num_chunks + 1} records",
-                        path=display,
-                    )
-            else:
-                assert grow is not None
-                head = grow.upto(ah.data_offset)
-            geo = Geometry(
-                display,
-                ah.data_offset,
-                stride,
-                ah.chunk_size,
-                fmt.TAG_SIZE,
-                ah.data_size,
-                ah.num_chunks,
-                chunked.digests if chunked else None,
-                chunked.algorithm if chunked else "sha256-chunked-v1",
-                units,
-                unit_algorithm,
-            )
-            return ModelFile(
-                name, display, src, True, geo, (), None, header_digest, header=ah, head=head
-            )
-        # Plain safetensors.
-        n = int.from_bytes(head[:8], "little")
-        if n > MAX_HEADER_SIZE or 8 + n > src.size:
-            raise FormatError(
-                f"{display}: not a safetensors file or a weightguard artifact (header length {n})"
-            )
-        if chunked is not None:
-            if chunked.head != 8 + n:
-                raise IntegrityError(
-                    "signed head does not match the safetensors header", path=display
-                )
-            st_raw = head[: 8 + n]
-        else:
-            assert grow is not None
-            st_raw = grow.upto(8 + n)
-        data_size = src.size - 8 - n
-        _, tensors, metadata, _ = parse_header_json(st_raw[8:], data_size=data_size, path=display)
-        if chunked is not None:
-            chunk = chunked.stride
-            num = (data_size + chunk - 1) // chunk if chunk > 0 else 0
-            if chunk <= 0 or len(chunked.digests) != num + 1:
-                raise IntegrityError(
-                    "signed chunk digests do not match the file's size", path=display
-                )
-        else:
-            chunk = _PLAIN_UNSIGNED_CHUNK
-            num = (data_size + chunk - 1) // chunk
-        geo = Geometry(
-            display,
-            8 + n,
-            chunk,
-            chunk,
-            0,
-            data_size,
-            num,
-            chunked.digests if chunked else None,
-            chunked.algorithm if chunked else "sha256-chunked-v1",
-            units,
-            unit_algorithm,
-        )
-        return ModelFile(
-            name,
-            display,
-            src,
-            False,
-            geo,
-            tensors,
-            metadata,
-            header_digest,
-            head=st_raw if streamed else b"",
-            st_raw=st_raw,
-        )
+            return _open_artifact(name, src, head, grow, signed, header_digest)
+        return _open_plain(name, src, head, grow, signed, header_digest)
     except BaseException:
         src.close()
         raise
+
+
+def _read_head(src: Source, chunked: SignedDigests | None) -> tuple[bytes, GrowingReader | None]:
+    """The file's head: signed with chunk digests, the signed head length, read and
+    checked against digest 0 before anything parses it; else a first probe, grown by
+    the reader as the parser needs (``(head, reader)``)."""
+    from weightguard._internal.format import layout as fmt
+
+    if chunked is None:
+        grow = GrowingReader(src, _PROBE)
+        return bytes(grow.buf), grow
+    display = src.name
+    head_len = chunked.head
+    if not 8 <= head_len <= min(src.size, MAX_HEADER_SIZE + fmt.MAX_HEADER_LEN + 1024):
+        raise IntegrityError(f"signed head length {head_len} is implausible", path=display)
+    head = src.read(0, head_len)
+    if not chunked.digests or not digest_matches(
+        head, chunked.digests[0], chunked.algorithm, path=display
+    ):
+        raise IntegrityError("header bytes do not match the signed digest", path=display, chunk=0)
+    return head, None
+
+
+def _chunked(signed: SignedDigests | None) -> SignedDigests | None:
+    """``signed`` when it holds chunk digests (not whole-file or shard digests)."""
+    return signed if signed is not None and signed.units is None else None
+
+
+def _geometry(
+    display: str,
+    data_base: int,
+    stride: int,
+    chunk: int,
+    tag: int,
+    data_size: int,
+    num_chunks: int,
+    signed: SignedDigests | None,
+) -> Geometry:
+    """The file's record layout with what the signature checks it by."""
+    chunked = _chunked(signed)
+    return Geometry(
+        display,
+        data_base,
+        stride,
+        chunk,
+        tag,
+        data_size,
+        num_chunks,
+        chunked.digests if chunked else None,
+        chunked.algorithm if chunked else "sha256-chunked-v1",
+        signed.units if signed is not None else None,
+        signed.unit_algorithm if signed is not None else "",
+    )
+
+
+def _open_artifact(
+    name: str,
+    src: Source,
+    head: bytes,
+    grow: GrowingReader | None,
+    signed: SignedDigests | None,
+    header_digest: str,
+) -> ModelFile:
+    """An encrypted artifact: its header parsed, its size and the signed chunk layout
+    checked against it; the safetensors header inside waits for the data key."""
+    from weightguard._internal.format import layout as fmt
+
+    display = src.name
+    chunked = _chunked(signed)
+    reader: Any = grow if grow is not None else io.BytesIO(head)
+    ah = fmt.read_header(reader, path=display)
+    if ah.content != "safetensors":
+        raise FormatError(
+            f"{display}: artifact holds a {ah.content!r} file, not safetensors",
+            hint="decrypt it with `weightguard decrypt` instead",
+        )
+    if src.size != ah.total_size:
+        raise IntegrityError(
+            f"artifact is {src.size} bytes, its header says {ah.total_size} "
+            "(truncated or extended)",
+            path=display,
+        )
+    stride = ah.chunk_size + fmt.TAG_SIZE
+    if chunked is not None:
+        if chunked.head != ah.data_offset or (chunked.stride != stride and ah.num_chunks > 1):
+            raise IntegrityError("signed chunk layout does not match the artifact", path=display)
+        if len(chunked.digests) != ah.num_chunks + 1:
+            raise IntegrityError(
+                f"signature has {len(chunked.digests)} digests, artifact has "
+                f"{ah.num_chunks + 1} records",
+                path=display,
+            )
+    else:
+        assert grow is not None
+        head = grow.upto(ah.data_offset)
+    geo = _geometry(
+        display,
+        ah.data_offset,
+        stride,
+        ah.chunk_size,
+        fmt.TAG_SIZE,
+        ah.data_size,
+        ah.num_chunks,
+        signed,
+    )
+    return ModelFile(name, display, src, True, geo, (), None, header_digest, header=ah, head=head)
+
+
+def _open_plain(
+    name: str,
+    src: Source,
+    head: bytes,
+    grow: GrowingReader | None,
+    signed: SignedDigests | None,
+    header_digest: str,
+) -> ModelFile:
+    """A plain safetensors file: its header parsed (bounded by the file's size) and
+    the signed chunk digests checked to cover exactly its data."""
+    from weightguard._internal.format.safetensors import parse_header_json
+
+    display = src.name
+    chunked = _chunked(signed)
+    n = int.from_bytes(head[:8], "little")
+    if n > MAX_HEADER_SIZE or 8 + n > src.size:
+        raise FormatError(
+            f"{display}: not a safetensors file or a weightguard artifact (header length {n})"
+        )
+    if chunked is not None:
+        if chunked.head != 8 + n:
+            raise IntegrityError("signed head does not match the safetensors header", path=display)
+        st_raw = head[: 8 + n]
+    else:
+        assert grow is not None
+        st_raw = grow.upto(8 + n)
+    data_size = src.size - 8 - n
+    _, tensors, metadata, _ = parse_header_json(st_raw[8:], data_size=data_size, path=display)
+    if chunked is not None:
+        chunk = chunked.stride
+        num = (data_size + chunk - 1) // chunk if chunk > 0 else 0
+        if chunk <= 0 or len(chunked.digests) != num + 1:
+            raise IntegrityError("signed chunk digests do not match the file's size", path=display)
+    else:
+        chunk = _PLAIN_UNSIGNED_CHUNK
+        num = (data_size + chunk - 1) // chunk
+    streamed = signed is not None and signed.units is not None
+    return ModelFile(
+        name,
+        display,
+        src,
+        False,
+        _geometry(display, 8 + n, chunk, chunk, 0, data_size, num, signed),
+        tensors,
+        metadata,
+        header_digest,
+        head=st_raw if streamed else b"",
+        st_raw=st_raw,
+    )
