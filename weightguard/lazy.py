@@ -455,7 +455,6 @@ class SafeOpen:
         ``ahead``: ranges to read ahead meanwhile (see :meth:`_predict`)."""
         import torch
 
-        from weightguard._internal.load.copiers import populate_for_write
         from weightguard._internal.load.plan import torch_dtype
 
         self._check_open("read")
@@ -471,14 +470,13 @@ class SafeOpen:
                 whole = self._streamed(f)[info.name].reshape(-1).view(torch.uint8)
                 out.copy_(whole[r0 * row : r1 * row])
             elif nbytes:
-                ptr = int(out.data_ptr())
                 view = memoryview(cast(Any, out.numpy())).cast("B")
                 self._reader.read(
                     f,
                     begin,
                     end,
                     view,
-                    populate=lambda off, n: populate_for_write(ptr + off, n),
+                    populate=int(out.data_ptr()),
                     ahead=ahead,
                 )
             self._await_decision()  # the grant is on disk before any byte is returned

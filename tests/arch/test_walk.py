@@ -30,7 +30,7 @@ from tests.support.load import (
     sign,
     write_st,
 )
-from weightguard import load_file, open_model
+from weightguard import load_file, open_model, safe_open
 from weightguard._internal.keys.providers import create_key_file
 from weightguard.audit import AuditLog
 from weightguard.policy import PublicKey
@@ -84,7 +84,9 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, str]:
     return model, keys.policy(), file_key
 
 
-@pytest.mark.parametrize("entry", ["load_file", "open_model", "load_file of a model_signing model"])
+@pytest.mark.parametrize(
+    "entry", ["load_file", "open_model", "safe_open", "load_file of a model_signing model"]
+)
 def test_a_load_enters_no_module_twice(
     entry: str, release: tuple[Path, Any, str], tmp_path: Path
 ) -> None:
@@ -100,6 +102,9 @@ def test_a_load_enters_no_module_twice(
             got = load_file(case / "model", signature=case / "model.sig", policy=oms, audit=audit)
             assert got
             return
+        elif entry == "safe_open":
+            with safe_open(model, data_key=key, policy=policy, audit=audit) as f:
+                tensors = {n: f.get_tensor(n) for n in f.keys()}
         else:
             with open_model(model, data_key=key, policy=policy, audit=audit) as handle:
                 tensors = handle.load()

@@ -144,14 +144,15 @@ class RangeReader:
         end: int,
         out: memoryview,
         *,
-        populate: Any = None,
+        populate: int | None = None,
         ahead: Sequence[tuple[Any, int, int]] = (),
     ) -> None:
         """Fill ``out`` (``end - begin`` bytes) with data-section bytes ``[begin, end)``.
 
         ``f`` is an opened :class:`~weightguard._internal.load.model_files.ModelFile`
-        (its geometry, source and cipher).  ``populate(offset, length)``, if given, is
-        called before a record is written straight into ``out`` (first-touch hint).
+        (its geometry, source and cipher).  ``populate``, if given, is ``out``'s address:
+        the pages a record is written into are populated first (first-touch hint; an
+        address, not a callback, so the read never calls back into its caller).
         ``ahead``: ``(file, begin, end)`` ranges expected next, whose records are read
         ahead into the cache (see the module's doc).
         """
@@ -237,13 +238,13 @@ class RangeReader:
             if evicted is not None:
                 self._recycle(evicted)
 
-    def _copy_out(self, t: _Task, cached: Any, dst: Any, populate: Any) -> None:
+    def _copy_out(self, t: _Task, cached: Any, dst: Any, populate: int | None) -> None:
         """Copy ``t``'s part of a pinned cached record out (numpy: without the GIL)."""
         import numpy as np
 
         try:
             if populate is not None:
-                populate(t.out_off, t.hi - t.lo)
+                populate_for_write(populate + t.out_off, t.hi - t.lo)
             np.copyto(
                 dst[t.out_off : t.out_off + (t.hi - t.lo)],
                 cached[t.lo - t.data_off : t.hi - t.data_off],
@@ -349,7 +350,7 @@ class RangeReader:
         f: Any,
         tasks: list[_Task],
         out: memoryview,
-        populate: Any,
+        populate: int | None,
         planned: list[tuple[Any, _Task]],
         meanwhile: Any,
     ) -> None:
@@ -386,7 +387,7 @@ class RangeReader:
         if errors:
             raise next((e for e in errors if isinstance(e, IntegrityError)), errors[0])
 
-    def _one(self, f: Any, t: _Task, out: memoryview | None, populate: Any) -> None:
+    def _one(self, f: Any, t: _Task, out: memoryview | None, populate: int | None) -> None:
         """Read, check and decrypt record ``t.k``; its part ``[t.lo, t.hi)`` goes to
         ``out`` (None: the whole record only to the cache, read ahead)."""
         geo = f.geometry
@@ -400,7 +401,7 @@ class RangeReader:
         dst = None if out is None else out[t.out_off : t.out_off + (t.hi - t.lo)]
         full = dst is not None and t.lo == t.data_off and t.hi == t.data_off + t.n
         if populate is not None and dst is not None:
-            populate(t.out_off, t.hi - t.lo)
+            populate_for_write(populate + t.out_off, t.hi - t.lo)
         plain: Any = None
         try:
             if f.cipher is not None:
