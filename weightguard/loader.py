@@ -364,6 +364,29 @@ def _unwrap_keys(
         f.open_header()
 
 
+def _differs(
+    loc: Location, signed: Mapping[str, SignedDigests] | None
+) -> Callable[[list[str], BaseException], None]:
+    """``differs(names, exc)``: for a refusal ``exc`` caused by files ``names``.
+
+    A file checked by whole-file digests is parsed (and an artifact's key reference
+    used) before its digest can be checked: when that refuses the load, the file is
+    hashed to say whether it was changed (IntegrityError) or signed as it is (the
+    refusal stands).
+    """
+
+    def differs(names: list[str], exc: BaseException) -> None:
+        for name in names:
+            sd = signed.get(name) if signed is not None else None
+            if sd is not None and sd.units is not None:
+                try:
+                    check_streamed(loc, name, sd)
+                except IntegrityError as tamper:
+                    raise tamper from exc
+
+    return differs
+
+
 # --------------------------------------------------------------------------- handle
 
 
@@ -399,10 +422,10 @@ class ModelHandle:
 
         self.device = str(device)
         self._options = options
-        audit, decrypt_on, key = options.audit, options.decrypt_on, options.data_key
+        audit = options.audit
         self._workers = options.workers
         self._ring_bytes = options.ring_bytes
-        self._decrypt_on = decrypt_on
+        self._decrypt_on = options.decrypt_on
         self._files: list[ModelFile] = []
         self._closed = False
         self._signed_all: dict[str, Any] | None = None
@@ -416,74 +439,84 @@ class ModelHandle:
         self._t0 = time.monotonic()
         self._ctx.audit.emit("load.start", object=self._ctx.obj())
         try:
-            if decrypt_on not in DECRYPT_ON:
-                raise ConfigError(
-                    f"decrypt_on={decrypt_on!r} is not one of {', '.join(DECRYPT_ON)}"
-                )
-            loc = open_location(source, s3=options.s3)
-            self._location = loc
-            self._unsafe = _is_unsafe(policy)
-            layout = None
-            if loc.local_path is not None:  # HF cache snapshots: links must stay in the repo
-                from weightguard._internal.format.hf_cache import local_layout
-
-                layout = local_layout(loc.local_path, is_dir=loc.is_dir)
-            # Signature first: nothing read from the model (index, listing, headers)
-            # chooses what is loaded until it has been checked against it.
-            signed: dict[str, SignedDigests] | None = None
-            verified = _verify_signature(
-                loc, policy, options.signature, optional=_is_unsafe(policy), layout=layout
-            )
-            if verified is not None:
-                self._ctx.signer, self._ctx.bundle_digest, self._signed_all = verified
-            names = select_files(loc, self._signed_all)
-            if self._signed_all is not None:
-                signed = digests_for(loc, names, self._signed_all)
-
-            # A file checked by whole-file digests is parsed (and an artifact's key
-            # reference used) before its digest can be checked: when that refuses the
-            # load, the file is hashed to say whether it was changed (IntegrityError)
-            # or signed as it is (the refusal stands).
-            def differs(names: list[str], exc: BaseException) -> None:
-                for name in names:
-                    sd = signed.get(name) if signed is not None else None
-                    if sd is not None and sd.units is not None:
-                        try:
-                            check_streamed(loc, name, sd)
-                        except IntegrityError as tamper:
-                            raise tamper from exc
-
-            for name in names:
-                try:
-                    self._files.append(open_file(loc, name, signed[name] if signed else None))
-                except FormatError as exc:
-                    differs([name], exc)
-                    raise
-            if signed is not None:
-                self._ctx.audit.emit("verify.ok", object=self._ctx.obj(self._files))
-            _unwrap_keys(
-                self._files,
-                key,
-                options.key_options,
-                self._ctx,
-                options.allow_key,
-                lambda fs, exc: differs([f.name for f in fs], exc),
-            )
-            self._where: dict[str, ModelFile] = {}
-            for f in self._files:
-                for t in f.tensors:
-                    if t.name in self._where:
-                        both = [self._where[t.name].name, f.name]
-                        dup = FormatError(
-                            f"{loc.uri}: tensor {t.name!r} is in both {both[0]} and {f.name}"
-                        )
-                        differs(both, dup)
-                        raise dup
-                    self._where[t.name] = f
+            self._open(source, policy, options)
         except BaseException as exc:
             self._deny(exc, time.monotonic() - self._t0)
             self.close()
             raise
+
+    def _open(self, source: str | os.PathLike[str], policy: Any, options: LoadOptions) -> None:
+        """Signature first: nothing read from the model (index, listing, headers)
+        chooses what is loaded until it has been checked against it.  Then the files it
+        names (each head checked), their data keys, and which file holds each tensor."""
+        if options.decrypt_on not in DECRYPT_ON:
+            raise ConfigError(
+                f"decrypt_on={options.decrypt_on!r} is not one of {', '.join(DECRYPT_ON)}"
+            )
+        loc = open_location(source, s3=options.s3)
+        self._location = loc
+        self._unsafe = _is_unsafe(policy)
+        self._verify(loc, policy, options.signature)
+        names = select_files(loc, self._signed_all)
+        signed: dict[str, SignedDigests] | None = None
+        if self._signed_all is not None:
+            signed = digests_for(loc, names, self._signed_all)
+        differs = _differs(loc, signed)
+        self._open_files(loc, names, signed, differs)
+        if signed is not None:
+            self._ctx.audit.emit("verify.ok", object=self._ctx.obj(self._files))
+        _unwrap_keys(
+            self._files,
+            options.data_key,
+            options.key_options,
+            self._ctx,
+            options.allow_key,
+            lambda fs, exc: differs([f.name for f in fs], exc),
+        )
+        self._where = self._tensor_index(loc, differs)
+
+    def _verify(self, loc: Location, policy: Any, signature: str | os.PathLike[str] | None) -> None:
+        """Signature, policy and coverage (no hashing yet): who signed, what it covers."""
+        layout = None
+        if loc.local_path is not None:  # HF cache snapshots: links must stay in the repo
+            from weightguard._internal.format.hf_cache import local_layout
+
+            layout = local_layout(loc.local_path, is_dir=loc.is_dir)
+        verified = _verify_signature(loc, policy, signature, optional=self._unsafe, layout=layout)
+        if verified is not None:
+            self._ctx.signer, self._ctx.bundle_digest, self._signed_all = verified
+
+    def _open_files(
+        self,
+        loc: Location,
+        names: list[str],
+        signed: dict[str, SignedDigests] | None,
+        differs: Callable[[list[str], BaseException], None],
+    ) -> None:
+        """Each weight file's head read once and checked against the signature."""
+        for name in names:
+            try:
+                self._files.append(open_file(loc, name, signed[name] if signed else None))
+            except FormatError as exc:
+                differs([name], exc)
+                raise
+
+    def _tensor_index(
+        self, loc: Location, differs: Callable[[list[str], BaseException], None]
+    ) -> dict[str, ModelFile]:
+        """Which file holds each tensor; a tensor in two files is refused."""
+        where: dict[str, ModelFile] = {}
+        for f in self._files:
+            for t in f.tensors:
+                if t.name in where:
+                    both = [where[t.name].name, f.name]
+                    dup = FormatError(
+                        f"{loc.uri}: tensor {t.name!r} is in both {both[0]} and {f.name}"
+                    )
+                    differs(both, dup)
+                    raise dup
+                where[t.name] = f
+        return where
 
     def _deny(
         self,
