@@ -387,6 +387,38 @@ def _differs(
     return differs
 
 
+def _plan_files(
+    files: list[ModelFile], wanted: set[str] | None, align: int
+) -> tuple[list[FileJob], list[dict[str, Placement]], list[int], list[int]]:
+    """One pipeline job per file, their segments numbered across files:
+    ``(jobs, placements, each file's first segment, all segments' sizes)``."""
+    jobs: list[FileJob] = []
+    placements: list[dict[str, Placement]] = []
+    seg_base: list[int] = []
+    all_segments: list[int] = []
+    for f in files:
+        records, segments, place = plan(
+            f.geometry,
+            f.tensors,
+            None if wanted is None else wanted & {t.name for t in f.tensors},
+            align=align,
+        )
+        base = len(all_segments)
+        records = [r if r.hash_only else dataclasses.replace(r, seg=r.seg + base) for r in records]
+        seg_base.append(base)
+        all_segments.extend(segments)
+        jobs.append(f.job(records, segments))
+        placements.append(place)
+    return jobs, placements, seg_base, all_segments
+
+
+def _rebased(place: dict[str, Placement], base: int) -> dict[str, Placement]:
+    """A file's placements with its segments numbered from ``base``."""
+    return {
+        k: Placement(p.seg + base if p.seg >= 0 else -1, p.offset, p.info) for k, p in place.items()
+    }
+
+
 # --------------------------------------------------------------------------- handle
 
 
@@ -683,15 +715,7 @@ class ModelHandle:
         """
         if self._closed:
             raise ConfigError("the model handle is closed", hint="open the model again")
-        wanted: set[str] | None = None
-        if names is not None:
-            wanted = set(names)
-            unknown = sorted(wanted - set(self._where))
-            if unknown:
-                raise ConfigError(
-                    f"{self._ctx.uri}: no tensor named {', '.join(map(repr, unknown[:5]))}",
-                    hint="see .keys() for the names in the model",
-                )
+        wanted = self._wanted(names)
         files = [
             f for f in self._files if wanted is None or any(t.name in wanted for t in f.tensors)
         ]
@@ -716,25 +740,7 @@ class ModelHandle:
                 workers=workers,
                 decrypt=on_gpu,
             )
-            jobs: list[FileJob] = []
-            placements: list[dict[str, Placement]] = []
-            seg_base: list[int] = []
-            all_segments: list[int] = []
-            for f in files:
-                records, segments, place = plan(
-                    f.geometry,
-                    f.tensors,
-                    None if wanted is None else wanted & {t.name for t in f.tensors},
-                    align=copier.align,
-                )
-                base = len(all_segments)
-                records = [
-                    r if r.hash_only else dataclasses.replace(r, seg=r.seg + base) for r in records
-                ]
-                seg_base.append(base)
-                all_segments.extend(segments)
-                jobs.append(f.job(records, segments))
-                placements.append(place)
+            jobs, placements, seg_base, all_segments = _plan_files(files, wanted, copier.align)
             nbytes = sum(r.src_len for j in jobs for r in j.records)
             if on_gpu:
                 copier.prepare_keys([f.cipher for f in files if f.cipher is not None])  # type: ignore[attr-defined]
@@ -745,11 +751,7 @@ class ModelHandle:
             bufs = copier.finish()
             device = copier.torch_device
             for f, base, place in zip(files, seg_base, placements, strict=True):
-                local = {
-                    k: Placement(p.seg + base if p.seg >= 0 else -1, p.offset, p.info)
-                    for k, p in place.items()
-                }
-                result.update(build_tensors(f.display, bufs, local, device))
+                result.update(build_tensors(f.display, bufs, _rebased(place, base), device))
             copier.close()
         except BaseException as exc:
             cleanup = _cleanup(copier)
@@ -772,6 +774,19 @@ class ModelHandle:
             **where,
         )
         return result
+
+    def _wanted(self, names: Iterable[str] | None) -> set[str] | None:
+        """The tensors asked for (None: all); a name the model lacks is refused."""
+        if names is None:
+            return None
+        wanted = set(names)
+        unknown = sorted(wanted - set(self._where))
+        if unknown:
+            raise ConfigError(
+                f"{self._ctx.uri}: no tensor named {', '.join(map(repr, unknown[:5]))}",
+                hint="see .keys() for the names in the model",
+            )
+        return wanted
 
     def _decrypt_where(self, files: list[ModelFile]) -> tuple[bool, dict[str, Any]]:
         """Whether encrypted records are decrypted on the device, and what to audit."""

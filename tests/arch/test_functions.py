@@ -36,7 +36,6 @@ ALLOWED: dict[str, str] = {
     "weightguard/transfer.py::fetch_model": (
         "to split with the thin loader (signature location, one S3 module; issue 20 item 3)"
     ),
-    "weightguard/loader.py::ModelHandle.load": "to split with the thin loader (issue 20 item 3)",
     "weightguard/_internal/signing/hashing.py::_hash_read": (
         "the hot read-and-hash loop of signing/verification; its locals are the buffers "
         "and the pool it hands work to (performance-tuned, benchmarked as one)"
