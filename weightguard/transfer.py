@@ -96,58 +96,7 @@ def fetch_model(
     out = Path(dest)
     created = not out.exists()
     before = _existing_files(out)
-
-    def refuse(exc: DestinationError | UnsafeOptionRequired) -> NoReturn:
-        # Refused before the loader starts, so its audit events would not say why.
-        from weightguard.audit import AuditLog
-
-        given = options.get("audit")
-        own = given is None
-        audit = AuditLog.from_env() if given is None else given
-        try:
-            audit.emit(
-                "fetch",
-                outcome="denied",
-                reason=f"{type(exc).__name__}: {exc.message}",
-                object={"uri": str(source), "destination": str(out)},
-            )
-        finally:
-            if own:
-                audit.close()
-        raise exc
-
-    if out.is_symlink():
-        # The destination is resolved once, by the caller: a link planted there (an
-        # image's /mnt/models, a shared volume) would send the plaintext elsewhere.
-        refuse(
-            DestinationError(
-                f"{out} is a symbolic link (to {os.path.realpath(out)}): the model would be "
-                "written wherever it points",
-                hint="name the real directory",
-            )
-        )
-    if out.is_dir() and any(out.iterdir()) and not replace:
-        refuse(
-            DestinationError(
-                f"{out} is not empty: the model would be mixed with what is there",
-                hint="use an empty directory, or pass --replace",
-            )
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise DestinationError(f"cannot create {out}: {exc.strerror}") from None
-    if not allow_disk and not is_memory_fs(out):
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        refuse(
-            UnsafeOptionRequired(
-                f"{out} is not on tmpfs: decrypted weights would be written to disk",
-                hint="use a memory-backed directory (emptyDir medium: Memory, /dev/shm) or "
-                "pass --allow-disk",
-            )
-        )
+    _ready_destination(out, source, created, replace, allow_disk, options.get("audit"))
     written: list[str] = []
     pending: list[tuple[str, PendingFile]] = []
     made_dirs: list[Path] = []
@@ -158,17 +107,9 @@ def fetch_model(
             # once the whole model verified: a failure or a SIGKILL midway leaves no
             # plaintext file, complete or partial, under any name.
             _precheck(handle, out)
-            for name in handle.files:
-                target = safe_join(out, name, str(source))
-                _mkdirs(target.parent, out, made_dirs, dir_mode)
-                _contained(target, out, handle)
-                size = handle._plain_size(name)
-                pf = PendingFile(target, mode=file_mode, preallocate=size)
-                pending.append((name, pf))
-                try:
-                    total += handle._stream_to(name, pf.fd)
-                except OSError as exc:
-                    raise destination_error(exc, target) from None
+            total = _write_unnamed(
+                handle, out, str(source), pending, made_dirs, file_mode, dir_mode
+            )
             _copy_other_files(handle, out, pending, made_dirs, file_mode, dir_mode)
             for name, pf in pending:
                 pf.commit()
@@ -182,19 +123,136 @@ def fetch_model(
                 memory_fs=not allow_disk or is_memory_fs(out),
             )
     except BaseException:
-        for _, pf in pending:
-            pf.discard()
-        for name in written:
-            with contextlib.suppress(OSError):
-                (out / name).unlink()
-        for d in reversed(made_dirs):
-            with contextlib.suppress(OSError):
-                d.rmdir()
+        _undo(out, pending, written, made_dirs, created)
+        raise
+    return FetchResult(str(out), written, total)
+
+
+def _refuse_unloaded(
+    exc: DestinationError | UnsafeOptionRequired,
+    source: str | os.PathLike[str],
+    out: Path,
+    audit: Any,
+) -> NoReturn:
+    """Audit and raise a refusal made before the loader starts (its audit events would
+    not say why); ``audit``: the caller's log, else one from the environment."""
+    from weightguard.audit import AuditLog
+
+    own = audit is None
+    log = AuditLog.from_env() if audit is None else audit
+    try:
+        log.emit(
+            "fetch",
+            outcome="denied",
+            reason=f"{type(exc).__name__}: {exc.message}",
+            object={"uri": str(source), "destination": str(out)},
+        )
+    finally:
+        if own:
+            log.close()
+    raise exc
+
+
+def _ready_destination(
+    out: Path,
+    source: str | os.PathLike[str],
+    created: bool,
+    replace: bool,
+    allow_disk: bool,
+    audit: Any,
+) -> None:
+    """``out`` made (0700) and checked before anything is read: not a link, empty
+    unless ``replace``, on tmpfs unless ``allow_disk`` (else removed again if this call
+    created it); refusals audited."""
+    if out.is_symlink():
+        # The destination is resolved once, by the caller: a link planted there (an
+        # image's /mnt/models, a shared volume) would send the plaintext elsewhere.
+        _refuse_unloaded(
+            DestinationError(
+                f"{out} is a symbolic link (to {os.path.realpath(out)}): the model would be "
+                "written wherever it points",
+                hint="name the real directory",
+            ),
+            source,
+            out,
+            audit,
+        )
+    if out.is_dir() and any(out.iterdir()) and not replace:
+        _refuse_unloaded(
+            DestinationError(
+                f"{out} is not empty: the model would be mixed with what is there",
+                hint="use an empty directory, or pass --replace",
+            ),
+            source,
+            out,
+            audit,
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise DestinationError(f"cannot create {out}: {exc.strerror}") from None
+    if not allow_disk and not is_memory_fs(out):
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()
-        raise
-    return FetchResult(str(out), written, total)
+        _refuse_unloaded(
+            UnsafeOptionRequired(
+                f"{out} is not on tmpfs: decrypted weights would be written to disk",
+                hint="use a memory-backed directory (emptyDir medium: Memory, /dev/shm) or "
+                "pass --allow-disk",
+            ),
+            source,
+            out,
+            audit,
+        )
+
+
+def _write_unnamed(
+    handle: Any,
+    out: Path,
+    source: str,
+    pending: list[tuple[str, PendingFile]],
+    made_dirs: list[Path],
+    file_mode: int,
+    dir_mode: int,
+) -> int:
+    """Stream each weight file, as the original safetensors file, into an unnamed file
+    under ``out`` (appended to ``pending`` as it is made); the bytes written."""
+    total = 0
+    for name in handle.files:
+        target = safe_join(out, name, source)
+        _mkdirs(target.parent, out, made_dirs, dir_mode)
+        _contained(target, out, handle)
+        size = handle._plain_size(name)
+        pf = PendingFile(target, mode=file_mode, preallocate=size)
+        pending.append((name, pf))
+        try:
+            total += handle._stream_to(name, pf.fd)
+        except OSError as exc:
+            raise destination_error(exc, target) from None
+    return total
+
+
+def _undo(
+    out: Path,
+    pending: list[tuple[str, PendingFile]],
+    written: list[str],
+    made_dirs: list[Path],
+    created: bool,
+) -> None:
+    """After a failure: nothing this fetch wrote keeps a name (and ``out`` goes too if
+    this call created it and it is empty)."""
+    for _, pf in pending:
+        pf.discard()
+    for name in written:
+        with contextlib.suppress(OSError):
+            (out / name).unlink()
+    for d in reversed(made_dirs):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    if created:
+        with contextlib.suppress(OSError):
+            out.rmdir()
 
 
 def _existing_files(d: Path) -> list[str]:

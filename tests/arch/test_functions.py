@@ -33,9 +33,6 @@ ALLOWED: dict[str, str] = {
     "weightguard/_internal/devices/aes_ctr_triton.py::_kernel.aes_ctr_kernel": (
         "a Triton kernel: AES rounds unrolled in one body (no calls in the hot loop)"
     ),
-    "weightguard/transfer.py::fetch_model": (
-        "to split with the thin loader (signature location, one S3 module; issue 20 item 3)"
-    ),
     "weightguard/_internal/signing/hashing.py::_hash_read": (
         "the hot read-and-hash loop of signing/verification; its locals are the buffers "
         "and the pool it hands work to (performance-tuned, benchmarked as one)"
