@@ -439,8 +439,10 @@ def retell(
 _VOICE: ContextVar[str | None] = ContextVar("weightguard_voice", default=None)
 VOICES = ("python", "cli")
 # The voice of threads that set none: a load's worker threads start with an empty
-# context, and an error they word (``f"...: {exc}"``) must read like the program's.
-_PROGRAM = ["python"]
+# context, and an error they word (``f"...: {exc}"``) must read like the program's:
+# the latest speaking() still running, in any thread (one entry per call, so calls
+# in several threads ending in any order leave those still running; none: "python").
+_PROGRAM: dict[object, str] = {}
 
 
 @contextlib.contextmanager
@@ -452,16 +454,23 @@ def speaking(voice: str) -> Iterator[None]:
     if voice not in VOICES:
         raise ValueError(f"voice must be one of {VOICES}, not {voice!r}")
     token = _VOICE.set(voice)
-    before, _PROGRAM[0] = _PROGRAM[0], voice
+    entry = object()
+    _PROGRAM[entry] = voice
     try:
         yield
     finally:
-        _PROGRAM[0] = before
+        del _PROGRAM[entry]
         _VOICE.reset(token)
 
 
 def told(hint: str) -> str:
     """``hint`` in the words of whoever reads it now (:func:`speaking`)."""
-    if not hint or "--" not in hint or (_VOICE.get() or _PROGRAM[0]) == "cli":
+    if not hint or "--" not in hint:
+        return hint
+    voice = _VOICE.get()
+    if voice is None:
+        running = list(_PROGRAM.values())  # one step under the GIL
+        voice = running[-1] if running else "python"
+    if voice == "cli":
         return hint
     return retell(hint, TOLD, TOLD_FALLBACK, drop=UNTOLD)

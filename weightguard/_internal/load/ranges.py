@@ -516,3 +516,16 @@ class RangeReader:
             self._pool = None
         for buf in wiped:  # a record finishing after this: see _keep
             wipe(memoryview(buf))
+
+    def __del__(self) -> None:
+        # Dropped without close() (a safe_open handle never closed): the verified
+        # plaintext it holds is zeroed, not freed as is.  No lock (nothing else can
+        # reach this reader now) and no wait (this may run on one of its own workers).
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        for buf in [*self._cache.values(), *self._plain_free, *self._orphans.values()]:
+            wipe(memoryview(buf))
+        self._cache, self._plain_free, self._orphans = OrderedDict(), [], {}
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
