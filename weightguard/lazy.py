@@ -321,6 +321,15 @@ class SafeOpen:
             if self._own_audit:
                 self._audit.close()
 
+    def __del__(self) -> None:
+        # Dropped without close(): the verified tensors kept for a streamed file are
+        # zeroed, not freed as they are (the reader and the ciphers wipe their own).
+        if getattr(self, "_closed", True):
+            return
+        for loaded in getattr(self, "_whole", {}).values():
+            for t in loaded.values():
+                t.zero_()
+
     def __enter__(self) -> SafeOpen:
         return self
 

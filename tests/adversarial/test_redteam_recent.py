@@ -94,3 +94,53 @@ def test_speaking_in_two_threads_does_not_leave_the_cli_voice_behind() -> None:
     t.join(10)
     assert seen == ["no signature (pass signature=)"]
     assert str(err) == "no signature (pass signature=)"
+
+
+def test_a_model_handle_dropped_without_close_wipes_its_keys(
+    tmp_path: Path, file_key: str, sign_keys
+) -> None:
+    """open_model(...) / safe_open(...) never closed: the AEAD keys derived from the
+    data key are zeroed when the handle is garbage-collected, not freed as they are."""
+    from weightguard import open_model
+
+    art, _ = release_file(
+        tmp_path / "rel",
+        "m.safetensors",
+        _tensors(),
+        key=file_key,
+        keys=sign_keys,
+        chunk_size=CHUNK,
+    )
+    for opener in ("open_model", "safe_open"):
+        h = (
+            open_model(art, "cpu", policy=sign_keys.policy())
+            if opener == "open_model"
+            else safe_open(art, policy=sign_keys.policy())
+        )
+        files = h._files
+        keys = [f.cipher._aead_key for f in files]
+        assert keys and all(any(k) for k in keys)
+        h.get_tensor("layers.3.w") if opener == "safe_open" else h.load(["layers.3.w"])
+        del h, files
+        gc.collect()
+        assert all(not any(k) for k in keys), opener
+
+
+def test_a_whole_file_model_dropped_without_close_zeroes_its_kept_tensors(
+    tmp_path: Path, sign_keys
+) -> None:
+    """A file signed by model_signing (whole-file digests) is loaded whole by safe_open
+    and its verified tensors kept until close(): a handle never closed zeroes them when
+    it is garbage-collected."""
+    from tests.support.lazy import model_signing_sign
+
+    d = tmp_path / "rel"
+    release_file(d, "model.safetensors", _tensors(), key=None, keys=None)
+    model_signing_sign(d, d / "model.sig", sign_keys)
+    f = safe_open(d, policy=sign_keys.policy())
+    f.get_tensor("layers.2.w")
+    kept = [t for loaded in f._whole.values() for t in loaded.values()]
+    assert kept and any(bool(t.any()) for t in kept)
+    del f
+    gc.collect()
+    assert not any(bool(t.any()) for t in kept)

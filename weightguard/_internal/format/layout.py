@@ -557,6 +557,11 @@ class ChunkCipher:
     def __repr__(self) -> str:
         return f"ChunkCipher(path={self.header.path!r}, key=<hidden>)"
 
+    def __del__(self) -> None:
+        # A handle dropped without close(): its AEAD key is zeroed, not freed as is.
+        if getattr(self, "_aead_key", None) is not None:
+            self.wipe()
+
     def _cipher(self) -> AESGCM:
         if self._aead is None:
             raise ValueError("ChunkCipher was wiped")
