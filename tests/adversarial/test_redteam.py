@@ -79,6 +79,8 @@ def test_report_markdown_renders_hostile_names_as_text(tmp_path: Path) -> None:
     assert "&lt;script&gt;alert(3)&lt;/script&gt;" in rendered
     # one line per table row: the identity's \r did not start a line of its own
     assert not any(line.startswith("# injected") for line in md.splitlines())
+    # the page's timeline shows the \r as an escape (a font has no glyph for it)
+    assert "\\x0d# injected heading" in (ev.access.timeline_svg or "")
 
 
 # ------------------------------------------------------------------ co-signing (issue 22)

@@ -124,7 +124,7 @@ def timeline_svg(
             ax.grid(True, alpha=0.3)
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
             fig.autofmt_xdate()
-        ax.set_title(title, fontsize=10)
+        ax.set_title(_shown(title), fontsize=10)
         w, h = size  # margins in inches: axis labels left and below, legend right
         fig.subplots_adjust(left=0.7 / w, right=1 - 2.6 / w, bottom=0.8 / h, top=1 - 0.36 / h)
         buf = io.StringIO()
@@ -135,5 +135,16 @@ def timeline_svg(
 
 
 def _label(text: str) -> str:
-    """A legend label shown as written: matplotlib hides labels starting with "_"."""
+    """A legend label shown as written: matplotlib hides labels starting with "_";
+    characters a font cannot draw (controls, line separators) as escapes."""
+    text = _shown(text)
     return "\u2009" + text if text.startswith("_") else text
+
+
+def _shown(text: str) -> str:
+    """``text`` with each unprintable character as its escape (``\\x0d``): names come
+    from audit logs, and a hostile one should read as what it is, not vanish."""
+    return "".join(
+        c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+        for c in text
+    )
