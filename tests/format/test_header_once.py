@@ -61,3 +61,27 @@ def test_the_same_table_in_any_key_order_and_padding() -> None:
 )
 def test_anything_else_goes_to_the_bounded_reader(raw: bytes) -> None:
     assert _same_table(raw, TABLE) is None
+
+
+BOOL_TABLE = {"w": {"dtype": "U8", "shape": [1, 1], "data_offsets": [0, 1]}}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"w": {"dtype": "U8", "shape": [true, 1], "data_offsets": [0, 1]}}',
+        b'{"w": {"dtype": "U8", "shape": [1, 1], "data_offsets": [false, true]}}',
+    ],
+)
+def test_a_boolean_is_not_the_tables_integer(raw: bytes) -> None:
+    """true == 1 in Python: a decrypted header with booleans where the validated table
+    has 0 and 1 is not the table (red team: decrypt would write a header safetensors
+    refuses); the same comparison serves the fallback path (same_table)."""
+    from weightguard._internal.format.layout import same_table
+
+    assert _same_table(raw, BOOL_TABLE) is None
+    assert not same_table(json.loads(raw), BOOL_TABLE, raw)
+    ok = json.dumps(BOOL_TABLE).encode()
+    assert _same_table(ok, BOOL_TABLE) == BOOL_TABLE
+    named = {"is_true": BOOL_TABLE["w"]}  # the literal inside a name: still the table
+    assert _same_table(json.dumps(named).encode(), named) == named

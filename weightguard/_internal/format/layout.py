@@ -433,7 +433,21 @@ def _same_table(raw: bytes, table: dict[str, Any]) -> dict[str, Any] | None:
         )
     except (ValueError, RecursionError, _NotTheTable):
         return None
-    return parsed if isinstance(parsed, dict) and parsed == table else None
+    return parsed if isinstance(parsed, dict) and same_table(parsed, table, raw) else None
+
+
+def same_table(parsed: Any, table: dict[str, Any], raw: bytes) -> bool:
+    """Whether ``parsed`` (from ``raw``) is the validated ``table``, value for value and
+    type for type: Python's ``==`` holds ``true == 1`` (and ``false == 0``), so a
+    decrypted header with a boolean where the table has 0 or 1 would pass and be written
+    out by decrypt.  Only a header containing the literal can hold one; then the two are
+    compared by their JSON encodings (C encoder; ``true`` is not ``1`` there)."""
+    if parsed != table:
+        return False
+    if b"true" not in raw and b"false" not in raw:
+        return True
+    enc = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return enc.encode(parsed) == enc.encode(table)
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
@@ -655,7 +669,7 @@ class ChunkCipher:
                 parsed, tensors, metadata, _ = parse_header_json(
                     plain[8:], data_size=h.data_size, path=h.path
                 )
-            if h.tensors is not None and parsed != h.tensors:
+            if h.tensors is not None and not same_table(parsed, h.tensors, plain[8:]):
                 raise IntegrityError(
                     "decrypted safetensors header differs from the tensor table in the "
                     "artifact header",
