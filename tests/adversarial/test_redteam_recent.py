@@ -144,3 +144,22 @@ def test_a_whole_file_model_dropped_without_close_zeroes_its_kept_tensors(
     del f
     gc.collect()
     assert not any(bool(t.any()) for t in kept)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("chunks", [True, False])
+def test_a_fifo_swapped_in_for_a_listed_file_is_refused_not_waited_on(
+    tmp_path: Path, chunks: bool
+) -> None:
+    """A FIFO put in place of a listed file between the listing (which refuses FIFOs)
+    and its hashing: the hasher opened it blocking and waited for a writer for ever (red
+    team, DoS); now it is refused at once, when signing and verifying alike."""
+    import os
+
+    from weightguard._internal.signing.hashing import HashJob, hash_files
+    from weightguard.errors import SourceError
+
+    os.mkfifo(tmp_path / "empty.txt")
+    job = HashJob("empty.txt", str(tmp_path / "empty.txt"), 0, 0, 1 << 20)
+    with pytest.raises(SourceError, match=r"^empty\.txt: not a regular file"):
+        hash_files([job], chunks=chunks)

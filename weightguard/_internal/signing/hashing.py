@@ -46,6 +46,7 @@ import contextlib
 import hashlib
 import mmap
 import os
+import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -353,6 +354,27 @@ def _ranges(job: HashJob) -> list[tuple[int, int]]:
     return [(0, head)] + [(off, min(stride, size - off)) for off in range(head, size, stride)]
 
 
+def _open_regular(path: str, name: str) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file.  O_NONBLOCK: a
+    FIFO swapped in for a listed file opens at once (and is refused) instead of
+    blocking the verifier until a writer appears; then blocking reads as usual."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SourceError(f"{name}: cannot open for hashing: {exc.strerror}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SourceError(
+                f"{name}: not a regular file",
+                hint="do not modify the model while signing or verifying it",
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None, chunks: bool = True) -> FileHashes:
     """Every digest of ``job`` from one read-only mapping of the file (no copy out of
     the page cache); ``pool``: the chunk digests are hashed there while this thread
@@ -365,10 +387,7 @@ def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None, chunks: bool = T
     compared before and after (``SourceError``); a file cut short *while* mapped ends
     the process with SIGBUS rather than an error (never a signature or a success).
     """
-    try:
-        fd = os.open(job.path, os.O_RDONLY)
-    except OSError as exc:
-        raise SourceError(f"{job.name}: cannot open for hashing: {exc.strerror}") from exc
+    fd = _open_regular(job.path, job.name)
     try:
         before = os.fstat(fd)
         if before.st_size < job.size:
@@ -553,10 +572,7 @@ def _pread_group(job: HashJob, ranges: list[tuple[int, int]]) -> list[bytes]:
     new = chunk_hasher(job.algorithm, path=job.name)
     start = ranges[0][0]
     total = ranges[-1][0] + ranges[-1][1] - start
-    try:
-        fd = os.open(job.path, os.O_RDONLY)
-    except OSError as exc:
-        raise SourceError(f"{job.name}: cannot open for hashing: {exc.strerror}") from exc
+    fd = _open_regular(job.path, job.name)
     try:
         if os.fstat(fd).st_size != job.size:
             raise SourceError(
@@ -684,10 +700,7 @@ def _hash_range(name: str, path: str, size: int, start: int, length: int, algori
     copy out of the page cache), else ``pread`` into a reused buffer.  A file whose
     identity, size or times change while it is hashed is refused (``SourceError``)."""
     h = whole_hasher(algorithm, path=name)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise SourceError(f"{name}: cannot open for hashing: {exc.strerror}") from exc
+    fd = _open_regular(path, name)
     try:
         before = os.fstat(fd)
         if before.st_size != size:
