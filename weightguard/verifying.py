@@ -679,7 +679,8 @@ def _first_differing_chunk(f: FileDigests, path: str, name: str, st: Statement) 
         got = hash_files([job])[name].digests
     except WeightguardError:  # e.g. the file changes again: the mismatch stands, unlocated
         return None
-    return next((k for k, (a, b) in enumerate(zip(f.digests, got, strict=True)) if a != b), None)
+    pairs = enumerate(zip(f.digests, got, strict=True))
+    return next((k for k, (a, b) in pairs if not hmac.compare_digest(a, b)), None)
 
 
 # ------------------------------------------------------------------ co-signatures
