@@ -564,7 +564,7 @@ class SafeOpen:
 
 
 READ_AHEAD_AFTER = 2  # names in order before get_tensor reads ahead
-READ_AHEAD_NAMES = 8  # next names offered to the reader (it reads at most a few records)
+READ_AHEAD_NAMES = 32  # next names offered to the reader (it reads a few records, if room)
 
 
 class _Walk:

@@ -161,3 +161,21 @@ def test_random_access_and_slices_read_nothing_ahead(
         for k in names:  # slices never read ahead
             assert torch.equal(f.get_slice(k)[:1], ts[k][:1])
         assert f.stats["read_ahead"] == 0
+
+
+@pytest.mark.parametrize("cache_records", [6, 12])
+@pytest.mark.parametrize("order", ["keys", "offset_keys"])
+def test_reading_ahead_never_evicts_a_record_the_loop_still_needs(
+    tmp_path: Path, file_key: str, sign_keys, cache_records: int, order: str
+) -> None:
+    """Records are read ahead only into free room of the cache: a small cache and a long
+    look-ahead still read, check and decrypt each record once."""
+    ts = small_tensors()
+    art = _release(tmp_path, file_key, sign_keys, ts)
+    with safe_open(art, policy=sign_keys.policy(), cache_bytes=cache_records * CHUNK) as f:
+        num_chunks = f._files[0].geometry.num_chunks
+        got = {k: f.get_tensor(k) for k in getattr(f, order)()}
+        st = f.stats
+    assert_same(got, ts)
+    assert st["read_ahead"] > 0
+    assert st["records_read"] == num_chunks

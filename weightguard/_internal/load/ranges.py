@@ -16,7 +16,9 @@ checked against its signed chunk digest (when the model is signed) and AEAD-decr
   next tensors of a caller walking ``keys()`` or ``offset_keys()`` in order); up to
   ``read_ahead`` of their records not cached yet are read, checked and decrypted on the
   reader's pool into that same cache while the caller copies the current ones, so a
-  loop of ``get_tensor`` keeps the cores busy as the loader's one pass does.  A record
+  loop of ``get_tensor`` keeps the cores busy as the loader's one pass does.  Records
+  are read ahead only into free room of the cache (never evicting a record a tensor
+  still to be returned needs: that record would be read twice).  A record
   that fails its checks while read ahead is dropped (never cached); the request that
   needs it reads it again and raises the error.
 
@@ -271,7 +273,8 @@ class RangeReader:
 
     def _plan_ahead(self, ranges: Sequence[tuple[Any, int, int]]) -> list[tuple[Any, _Task]]:
         """Records of ``ranges`` to read ahead: not cached, not in flight, at most
-        ``read_ahead`` of them (lock held)."""
+        ``read_ahead`` of them, and only as many as the cache has free room for (lock
+        held)."""
         want = self._read_ahead
         if want is None:
             want = max(2, self._workers or 2) + 1
@@ -288,6 +291,9 @@ class RangeReader:
                     continue
                 if len(planned) >= min(want, self.cache_bytes // (2 * geo.chunk)):
                     return planned
+                room = self.cache_bytes - self._cached - len(self._ahead) * geo.chunk
+                if (len(planned) + 1) * geo.chunk > room:
+                    return planned  # it would evict cached records a tensor still needs
                 seen.add(rec)
                 src_off, src_len, data_off, n = geo.span(k)
                 planned.append(
