@@ -375,6 +375,21 @@ def _open_regular(path: str, name: str) -> int:
     return fd
 
 
+def _map_range(fd: int, start: int, length: int) -> tuple[mmap.mmap | None, int]:
+    """(a read-only mapping of bytes ``[start, start + length)`` of ``fd`` advised for a
+    sequential read, the file offset it starts at) or ``(None, base)`` where the file
+    cannot be mapped (the caller then reads with ``pread``)."""
+    base = start // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+    try:
+        mapped = mmap.mmap(fd, start + length - base, offset=base, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None, base
+    if hasattr(mapped, "madvise"):
+        with contextlib.suppress(OSError):
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+    return mapped, base
+
+
 def _hash_one(job: HashJob, pool: cf.ThreadPoolExecutor | None, chunks: bool = True) -> FileHashes:
     """Every digest of ``job`` from one read-only mapping of the file (no copy out of
     the page cache); ``pool``: the chunk digests are hashed there while this thread
@@ -581,16 +596,9 @@ def _pread_group(job: HashJob, ranges: list[tuple[int, int]]) -> list[bytes]:
             )
         if total == 0:
             return [new(b"").digest() for _ in ranges]
-        base = start // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
-        try:
-            mapped = mmap.mmap(fd, start + total - base, offset=base, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):
-            mapped = None
+        mapped, base = _map_range(fd, start, total)
         if mapped is not None:
             with mapped:
-                if hasattr(mapped, "madvise"):
-                    with contextlib.suppress(OSError):
-                        mapped.madvise(mmap.MADV_SEQUENTIAL)
                 mv = memoryview(mapped)
                 try:
                     return [new(mv[off - base : off - base + ln]).digest() for off, ln in ranges]
@@ -708,18 +716,9 @@ def _hash_range(name: str, path: str, size: int, start: int, length: int, algori
                 f"{name}: file changed size while being hashed",
                 hint="do not modify the model while signing or verifying it",
             )
-        base = start // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
-        mapped = None
-        if length >= _MAP_MIN:
-            try:
-                mapped = mmap.mmap(fd, start + length - base, offset=base, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):
-                mapped = None
+        mapped, base = _map_range(fd, start, length) if length >= _MAP_MIN else (None, 0)
         if mapped is not None:
             with mapped:
-                if hasattr(mapped, "madvise"):
-                    with contextlib.suppress(OSError):
-                        mapped.madvise(mmap.MADV_SEQUENTIAL)
                 mv = memoryview(mapped)
                 try:
                     for a in range(start - base, start - base + length, _WHOLE_STEP):
