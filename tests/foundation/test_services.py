@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import hvac
@@ -199,6 +200,20 @@ def test_s3_object_lock_refuses_delete_of_retained_version(s3: SeaweedS3Server, 
         )
     body = client.get_object(Bucket=name, Key="audit/0001.jsonl", VersionId=version)["Body"]
     assert body.read() == b"{}\n"
+
+
+def test_s3_writes_to_many_buckets(s3: SeaweedS3Server, new_name) -> None:
+    # Each bucket is a SeaweedFS collection with its own volume. weed mini's default volume
+    # cap follows the disk's free space (44 buckets on a 45 GB-free disk), and CI's suite
+    # makes a bucket per test: past the cap every PutObject answered InternalError. The
+    # launcher pins the volume size and cap, whatever the disk; 50 buckets pass the old cap.
+    with urllib.request.urlopen(f"http://127.0.0.1:{s3.ports['master']}/dir/status") as resp:
+        assert json.load(resp)["Topology"]["Max"] >= 1000
+    client = s3.client(retries=1)
+    for i in range(50):
+        name = s3.make_bucket(new_name(f"many{i}"), object_lock=i % 2 == 0)
+        client.put_object(Bucket=name, Key="k", Body=b"x")
+        assert client.get_object(Bucket=name, Key="k")["Body"].read() == b"x"
 
 
 # ----------------------------------------------------------------------------- KMS

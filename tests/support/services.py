@@ -660,6 +660,15 @@ class SeaweedS3Server(_ProcessService):
             f"-master.port={p['master']}",
             f"-master.port.grpc={p['master'] + 10000}",
             "-master.telemetry=false",
+            # weed mini sizes a volume from the disk's capacity (1 GiB on a 250 GB disk)
+            # and, with -volume.max=0, caps the volume count at free space / volume size;
+            # every bucket is its own collection and takes a volume, so a suite that makes
+            # one bucket per test ran out ("No writable volumes and no free volumes left",
+            # answered as S3 InternalError) after 44 buckets here and sooner on a smaller
+            # CI disk. Volumes are sparse files, so a fixed small size and a generous cap
+            # make the server independent of the machine's disk.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=2000",
             f"-volume.port={p['volume']}",
             f"-volume.port.grpc={p['volume'] + 10000}",
             "-volume.preStopSeconds=0",
