@@ -304,9 +304,56 @@ def _canonical_and_core(doc: dict[str, Any]) -> tuple[bytes, bytes]:
     return whole, hashlib.sha256(core).digest()
 
 
+# Every ASCII digit becomes "0", every other byte "."; a run of _LONG_DIGITS in the
+# result is a number (or part of a string) too long to take without the bounded reader.
+_DIGIT_RUNS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2E for b in range(256))
+_LONG_DIGITS = b"0" * 19  # |n| < 10**18 < 2**63: every shorter integer is within INT64
+
+
+def _canonical_doc(raw: bytes) -> tuple[dict[str, Any], bytes] | None:
+    """``(doc, core digest)`` when ``raw`` is the canonical encoding of a document the
+    bounded reader would return unchanged; None when it may not be (then the caller
+    goes the bounded reader's way, which reports what is wrong).
+
+    The C parser with no per-integer or per-object hook, and each of the bounded
+    reader's rules held another way: the size (checked); UTF-8 (strict decode);
+    NaN/Infinity and floats (refused by hooks that run only when one occurs);
+    integers (no run of 19 digits anywhere, so every integer is within INT64 and far
+    under 40 digits; a run inside a string only sends the header the slow way);
+    duplicate keys (the parser keeps the last, so the canonical re-encoding of a
+    document read from bytes with a duplicate key is shorter than those bytes: not
+    equal); depth (a header that passes :func:`_header_from_doc`'s checks is at most 4
+    deep, under the limit of 6, and the caller takes this way only for one that
+    passes them; too deep for the C parser is its RecursionError, caught here).
+    """
+    if len(raw) > MAX_HEADER_LEN or _LONG_DIGITS in raw.translate(_DIGIT_RUNS):
+        return None
+    try:
+        doc = _FAST_DECODER.decode(raw.decode("utf-8"))
+    except (ValueError, RecursionError, _NotTheTable):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    try:
+        canonical, core_digest = _canonical_and_core(doc)
+    except (UnicodeEncodeError, ValueError):
+        return None
+    return (doc, core_digest) if canonical == raw else None
+
+
 def _header_from_raw(raw: bytes, mac: bytes, *, path: str, magic: bytes = MAGIC) -> ArtifactHeader:
+    """Parse and check the artifact header ``raw``: the bounded reader's rules, the
+    canonical form, then the fields (:func:`_header_from_doc`).
+
+    A canonical header is read once by the C parser (:func:`_canonical_doc`); any
+    refusal on that way is reported as before: the header is then read again the
+    bounded reader's way, whose checks come first."""
     # A clear tensor table names at most MAX_TENSORS tensors: counted before parsing.
     tensor_count_bound(raw, path=f"{path} (artifact header)")
+    fast = _canonical_doc(raw)
+    if fast is not None:
+        with contextlib.suppress(FormatError):
+            return _header_from_doc(fast[0], fast[1], raw, mac, path=path, magic=magic)
     # Depth 6: header -> tensors -> name -> shape is 4; anything deeper is not ours.
     doc = boundedjson.loads(
         raw,
@@ -328,6 +375,13 @@ def _header_from_raw(raw: bytes, mac: bytes, *, path: str, magic: bytes = MAGIC)
         except (UnicodeEncodeError, ValueError) as exc:
             raise _fail(path, f"not encodable canonically ({str(exc)[:80]})") from None
         raise _fail(path, "JSON is not in canonical form (sorted keys, no whitespace)")
+    return _header_from_doc(doc, core_digest, raw, mac, path=path, magic=magic)
+
+
+def _header_from_doc(
+    doc: dict[str, Any], core_digest: bytes, raw: bytes, mac: bytes, *, path: str, magic: bytes
+) -> ArtifactHeader:
+    """The fields of a parsed, canonical artifact header ``doc`` (read from ``raw``)."""
     version = doc.get("version")
     if version != FORMAT_VERSION:
         raise FormatError(
@@ -405,6 +459,10 @@ class _NotTheTable(Exception):
 
 def _refuse_value(text: str) -> Any:
     raise _NotTheTable(text[:24])
+
+
+# The artifact header's fast reader (:func:`_canonical_doc`): floats and NaN refused.
+_FAST_DECODER = json.JSONDecoder(parse_float=_refuse_value, parse_constant=_refuse_value)
 
 
 def _unique_pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -652,10 +710,12 @@ class ChunkCipher:
             from weightguard._internal.format.safetensors import parse_header_json
 
             parsed: Any = None
+            same = False  # parsed and compared with the clear table (by _same_table)
             tensor_count_bound(plain[8:], path=h.path)  # before any JSON parse of it
             if h.tensors is not None and h.validated is not None:
                 # the clear table was validated when read: compare, do not validate again
                 parsed = _same_table(plain[8:], h.tensors)
+                same = parsed is not None
                 if parsed is None:
                     with contextlib.suppress(FormatError):
                         parsed = boundedjson.loads(
@@ -669,7 +729,7 @@ class ChunkCipher:
                 parsed, tensors, metadata, _ = parse_header_json(
                     plain[8:], data_size=h.data_size, path=h.path
                 )
-            if h.tensors is not None and not same_table(parsed, h.tensors, plain[8:]):
+            if h.tensors is not None and not same and not same_table(parsed, h.tensors, plain[8:]):
                 raise IntegrityError(
                     "decrypted safetensors header differs from the tensor table in the "
                     "artifact header",
