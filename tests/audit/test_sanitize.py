@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import random
+import re
 import secrets
 from pathlib import Path
 
@@ -221,3 +222,28 @@ def test_identifier_fields_and_uris_in_text_are_kept() -> None:
     # a credential shape inside an identifier field is still removed
     log.emit("fetch", object={"uri": "vault://transit/x/hvs." + "Ab1" * 10})
     assert sink.records[1]["object"]["uri"] == "[redacted]"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_", max_size=19)
+    | st.sampled_from(["AKIA" + "A1B2C3D4E5F6G7H", "ghp_abcdefghijklmno", "key_id", "ok", ""])
+)
+def test_a_short_word_is_scrubbed_as_the_long_way_scrubs_it(word: str) -> None:
+    """scrub_text returns a short word (letters, digits, "_", under a blob's length) at
+    once: what the whole scrub would return for it."""
+    from weightguard._internal.audit import record
+
+    assert scrub_text(word) == word
+    slow = record._SHORT_WORD
+    try:
+        record._SHORT_WORD = re.compile(r"(?!)")  # never matches: the whole scrub
+        assert scrub_text(word) == word
+    finally:
+        record._SHORT_WORD = slow
+
+
+def test_twenty_characters_still_take_the_long_way() -> None:
+    key = "AKIA" + "A1B2C3D4E5F6G7H8"  # an AWS access key id: 20 characters
+    assert scrub_text(key) == "[redacted]"
+    assert scrub_text(f"id {key}") == "id [redacted]"

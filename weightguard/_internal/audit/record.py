@@ -270,6 +270,12 @@ def looks_secret(text: str) -> bool:
 _URI_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>()\[\]{},;]+")
 
 
+# Shorter than a blob and only letters, digits and "_" (field names, "cpu", "ok"): no
+# secret shape fits (each needs ".", ":", "-" or 20 characters), no URI, one word that
+# is not a blob, so scrub_text returns it as it is: said at once, as most keys are.
+_SHORT_WORD = re.compile(rf"[A-Za-z0-9_]{{0,{MIN_BLOB - 1}}}")
+
+
 def _scrub_words(text: str) -> str:
     out = _SECRET_SHAPES.sub(REDACTED, text)
     parts = re.split(r"(\s+|[,;:@?&=()\[\]{}<>\"'|])", out)
@@ -282,7 +288,7 @@ def scrub_text(text: str) -> str:
     URIs in the text are kept (minus user-info, query and fragment, where presigned
     signatures and tokens live); everything else is checked word by word.
     """
-    if _DIGEST.match(text):
+    if _SHORT_WORD.fullmatch(text) or _DIGEST.match(text):
         return text
     pieces: list[str] = []
     pos = 0

@@ -20,6 +20,7 @@ __all__ = ["MAX_NAME_LEN", "real_inside", "safe_join", "safe_relative_name", "un
 
 MAX_NAME_LEN = 4096
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1
 
 
 def safe_relative_name(name: object, where: str) -> str:
@@ -36,7 +37,7 @@ def safe_relative_name(name: object, where: str) -> str:
     shown = repr(name[:200])
     if len(name) > MAX_NAME_LEN:
         raise FormatError(f"{where}: file name {shown} is longer than {MAX_NAME_LEN} characters")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+    if _CONTROL.search(name):
         raise FormatError(f"{where}: file name {shown} contains control characters")
     if "\\" in name:
         raise FormatError(f"{where}: file name {shown} contains a backslash")
