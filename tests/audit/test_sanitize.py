@@ -247,3 +247,16 @@ def test_twenty_characters_still_take_the_long_way() -> None:
     key = "AKIA" + "A1B2C3D4E5F6G7H8"  # an AWS access key id: 20 characters
     assert scrub_text(key) == "[redacted]"
     assert scrub_text(f"id {key}") == "id [redacted]"
+
+
+_FRAGMENTS = ["hv", "s", ".", "b", "r", "vault", ":", "v1", "eyJ", "-----", "BEGIN", " ", "KEY",
+              "AKIA", "ASIA", "gh", "p", "_", "x" * 24, "A1" * 10, "/", "-"]  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_FRAGMENTS), max_size=12).map("".join) | st.text(max_size=60))
+def test_the_shape_prefilter_never_hides_a_shape(text: str) -> None:
+    """A text the substring prefilter passes over has no secret shape."""
+    from weightguard._internal.audit import record
+
+    assert record._may_have_shape(text) or not record._SECRET_SHAPES.search(text)

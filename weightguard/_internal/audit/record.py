@@ -196,6 +196,15 @@ _SECRET_SHAPES = re.compile(
     r"|\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"  # AWS access key ids
     r"|\bgh[pousr]_[A-Za-z0-9]{20,})"
 )
+# Each shape above contains one of these literally: a text holding none of them has no
+# secret shape, found by substring tests (the alternation tries every position).
+_SHAPE_LITERALS = ("hv", "s.", "vault:v", "eyJ", "-----BEGIN ", "AKIA", "ASIA", "gh")
+
+
+def _may_have_shape(text: str) -> bool:
+    return any(lit in text for lit in _SHAPE_LITERALS)
+
+
 _DIGEST = re.compile(r"^(sha256|sha384|sha512):[0-9a-f]{64,128}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 # identifiers (not credentials) that are UUIDs; kept when the field has one of these names
@@ -262,7 +271,7 @@ def looks_secret(text: str) -> bool:
     """True when ``text`` contains something that may be key material or a credential."""
     if _DIGEST.match(text):
         return False
-    if _SECRET_SHAPES.search(text):
+    if _may_have_shape(text) and _SECRET_SHAPES.search(text):
         return True
     return any(_looks_like_blob(tok) for tok in _TOKEN_SPLIT.split(text))
 
@@ -277,7 +286,7 @@ _SHORT_WORD = re.compile(rf"[A-Za-z0-9_]{{0,{MIN_BLOB - 1}}}")
 
 
 def _scrub_words(text: str) -> str:
-    out = _SECRET_SHAPES.sub(REDACTED, text)
+    out = _SECRET_SHAPES.sub(REDACTED, text) if _may_have_shape(text) else text
     parts = re.split(r"(\s+|[,;:@?&=()\[\]{}<>\"'|])", out)
     return "".join(REDACTED if _looks_like_blob(p) else p for p in parts)
 
@@ -330,7 +339,7 @@ def scrub_uri(text: str) -> str:
     tokens); keep the path as is (content hashes in paths are not secrets)."""
     m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.\-]*://)([^/?#]*@)?([^?#]*)", text)
     out = (m.group(1) + m.group(3)) if m else re.split(r"[?#]", text, maxsplit=1)[0]
-    if _SECRET_SHAPES.search(out):
+    if _may_have_shape(out) and _SECRET_SHAPES.search(out):
         return REDACTED
     return out[:MAX_STRING]
 
