@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Observer", "current", "observing"]
 
 
-@dataclass(frozen=True)
-class Observer:
+# NamedTuple, not @dataclass: immutable and compared by value all the same, and ~10x
+# cheaper to define on the loader's import path (issue 25)
+class Observer(NamedTuple):
     before_record: Callable[[str, int], None] | None = None
     on_copier: Callable[[Any], None] | None = None
 

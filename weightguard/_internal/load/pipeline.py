@@ -28,15 +28,17 @@ import itertools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from weightguard._internal.foundation.memory import wipe
 from weightguard._internal.load.copiers import Copier
 from weightguard._internal.load.records import Record
 from weightguard._internal.load.sources import Source
-from weightguard._internal.load.stream_digests import StreamCheck
 from weightguard._internal.signing.hashing import SHA256_CHUNKED, chunk_hasher
 from weightguard.errors import IntegrityError
+
+if TYPE_CHECKING:  # made by model_files for streamed files only (model_signing's digests)
+    from weightguard._internal.load.stream_digests import StreamCheck
 
 __all__ = ["FileJob", "Record", "RecordCipher", "digest_matches", "run_pipeline"]
 

@@ -24,8 +24,8 @@ import fnmatch
 import os
 import stat
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from weightguard._internal.format.model_dir import is_signed_weight_name as is_weight_name
 from weightguard.errors import CoverageError, FormatError, SourceError, VerificationError
@@ -47,8 +47,9 @@ __all__ = [
 GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
 
 
-@dataclass(frozen=True)
-class Entry:
+# NamedTuple, not @dataclass: immutable and compared by value all the same, and ~10x
+# cheaper to define on the loader's import path (issue 25)
+class Entry(NamedTuple):
     name: str
     path: str
     size: int
@@ -161,8 +162,9 @@ def listed_entries(
     return single, out
 
 
-@dataclass(frozen=True)
-class Coverage:
+# NamedTuple, not @dataclass: immutable and compared by value all the same, and ~10x
+# cheaper to define on the loader's import path (issue 25)
+class Coverage(NamedTuple):
     present: dict[str, Entry]
     uncovered: tuple[str, ...]  # present, unsigned, allowed
 
