@@ -247,8 +247,8 @@ class SafeOpen:
         """The whole tensor ``name``, checked record by record; fresh memory."""
         f, info = self._lookup(name, "get_tensor")
         rows = info.shape[0] if info.shape else 1
-        ahead = self._predict(name)
-        t = self._read_rows(f, info, 0, rows, ahead=ahead)
+        ahead, order = self._predict(name)
+        t = self._read_rows(f, info, 0, rows, ahead=ahead, order=order, whole=True)
         self._consumed(f, info)
         return self._finish(t, name)
 
@@ -401,20 +401,22 @@ class SafeOpen:
         if done:
             self._reader.release(f, done)
 
-    def _predict(self, name: str) -> list[tuple[Any, int, int]]:
-        """Ranges of the tensors a loop of ``get_tensor`` will ask for next.
+    def _predict(self, name: str) -> tuple[list[tuple[Any, int, int]], Any]:
+        """The loop a run of ``get_tensor`` calls is in: ranges of the tensors it will ask
+        for next, and its order (``(id(file), begin, end)`` -> position) with this call's
+        position; ``([], None)`` when the calls are not a loop.
 
         A caller that asked for names in ``keys()`` (or ``offset_keys()``) order
         ``READ_AHEAD_AFTER`` times in a row gets the next tensors' records read, checked
-        and decrypted ahead, into the reader's verified cache, while it copies this one
-        (at most the reader's ``read_ahead`` records; none for whole-file-digest files).
-        Any other access pattern reads only what it asks for.  Nothing is tracked before
-        a second ``get_tensor`` (an open that reads one tensor pays nothing for this).
+        and decrypted ahead, and a record shared by tensors it will still ask for
+        decrypted straight into their outputs (none for whole-file-digest files).  Any
+        other access pattern reads only what it asks for.  Nothing is tracked before a
+        second ``get_tensor`` (an open that reads one tensor pays nothing for this).
         """
         if self._walk is None:
             first, self._first = self._first, name
             if first is None:
-                return []
+                return [], None
             by_offset = [(t.begin, t.name) for f in self._files for t in f.tensors]
             self._walk = _Walk(sorted(self._where), [n for _, n in sorted(by_offset)])
             for f in self._files:  # how many tensors hold bytes of each record
@@ -424,11 +426,12 @@ class SafeOpen:
                             self._walk.uses[(id(f), k)] = self._walk.uses.get((id(f), k), 0) + 1
             self._walk.next(first)
             self._consumed(*self._where[first])
-        return [
+        ahead = [
             (f, info.begin, info.end)
             for f, info in (self._where[n] for n in self._walk.next(name))
             if not getattr(f, "streamed", False)
         ]
+        return (ahead, self._walk.positions(self._where)) if ahead else ([], None)
 
     def _lookup(self, name: str, what: str) -> tuple[Any, Any]:
         self._check_open(what)
@@ -459,9 +462,20 @@ class SafeOpen:
             return t.numpy()
         return t
 
-    def _read_rows(self, f: Any, info: Any, r0: int, r1: int, *, ahead: Any = ()) -> torch.Tensor:
+    def _read_rows(
+        self,
+        f: Any,
+        info: Any,
+        r0: int,
+        r1: int,
+        *,
+        ahead: Any = (),
+        order: Any = None,
+        whole: bool = False,
+    ) -> torch.Tensor:
         """Rows ``[r0, r1)`` of dimension 0 (the whole tensor for a scalar) as a tensor.
-        ``ahead``: ranges to read ahead meanwhile (see :meth:`_predict`)."""
+        ``whole`` (``get_tensor``): the whole tensor, its output maybe prepared by a loop;
+        ``ahead`` and ``order``: the loop's (see :meth:`_predict`)."""
         import torch
 
         from weightguard._internal.load.plan import torch_dtype
@@ -474,20 +488,17 @@ class SafeOpen:
         out: torch.Tensor | None = None
         try:
             dt = torch_dtype(info.dtype, path=f.display, tensor=info.name)
-            out = torch.empty(nbytes, dtype=torch.uint8)
             if getattr(f, "streamed", False):  # whole-file digests: see _streamed
-                whole = self._streamed(f)[info.name].reshape(-1).view(torch.uint8)
-                out.copy_(whole[r0 * row : r1 * row])
-            elif nbytes:
-                view = memoryview(cast(Any, out.numpy())).cast("B")
-                self._reader.read(
-                    f,
-                    begin,
-                    end,
-                    view,
-                    populate=int(out.data_ptr()),
-                    ahead=ahead,
-                )
+                out = torch.empty(nbytes, dtype=torch.uint8)
+                kept = self._streamed(f)[info.name].reshape(-1).view(torch.uint8)
+                out.copy_(kept[r0 * row : r1 * row])
+            elif whole:  # a fresh tensor, never written by the reader again
+                out = self._reader.read_whole(f, begin, end, ahead=ahead, order=order)
+            else:
+                out = torch.empty(nbytes, dtype=torch.uint8)
+                if nbytes:
+                    view = memoryview(cast(Any, out.numpy())).cast("B")
+                    self._reader.read(f, begin, end, view, populate=int(out.data_ptr()))
             self._await_decision()  # the grant is on disk before any byte is returned
         except BaseException as exc:
             if out is not None:
@@ -573,6 +584,7 @@ class _Walk:
     def __init__(self, *orders: list[str]) -> None:
         self._orders = [(names, {n: i for i, n in enumerate(names)}) for names in orders]
         self.uses: dict[tuple[int, int], int] = {}  # (file, record) -> tensors not yet read
+        self._ranges: dict[int, dict[Any, int]] = {}  # order -> its tensors' positions
         self._last: str | None = None
         self._order: int | None = None
         self._streak = 0
@@ -581,8 +593,9 @@ class _Walk:
         """Record a call for ``name``; the names expected next (none unless a walk)."""
         last, self._last = self._last, name
         found = None
-        if last is not None:
-            for i, (_, pos) in enumerate(self._orders):
+        if last is not None:  # the order being followed first: a step both orders share
+            for i in sorted(range(len(self._orders)), key=lambda i: i != self._order):
+                pos = self._orders[i][1]
                 if pos.get(last, -2) + 1 == pos.get(name):
                     found = i
                     break
@@ -593,6 +606,19 @@ class _Walk:
         names, pos = self._orders[found]
         at = pos[name] + 1
         return names[at : at + READ_AHEAD_NAMES]
+
+    def positions(self, where: Mapping[str, tuple[Any, Any]]) -> tuple[dict[Any, int], int]:
+        """The current order as ``(id(file), begin, end)`` -> position (made once per
+        order), and the last name's position in it."""
+        assert self._order is not None and self._last is not None
+        names, pos = self._orders[self._order]
+        ranges = self._ranges.get(self._order)
+        if ranges is None:
+            ranges = self._ranges[self._order] = {
+                (id(f), info.begin, info.end): i
+                for i, (f, info) in enumerate(where[n] for n in names)
+            }
+        return ranges, pos[self._last]
 
 
 class _DurableDecision:

@@ -660,13 +660,7 @@ class ChunkCipher:
         written prefix is zeroed and :class:`IntegrityError` names the record.
         """
         n = self.header.plain_size(index)
-        if len(ciphertext) != n + TAG_SIZE:
-            raise IntegrityError(
-                f"record {index} has {len(ciphertext)} bytes, expected {n + TAG_SIZE} "
-                "(truncated or resized)",
-                path=self.header.path,
-                chunk=index,
-            )
+        self._check_record_size(index, ciphertext, n)
         if len(out) < n:
             raise ValueError(f"output buffer of {len(out)} bytes < record size {n}")
         nonce, aad = self._nonce_aad(index)
@@ -675,13 +669,62 @@ class ChunkCipher:
             self._cipher().decrypt_into(nonce, ciphertext, aad, target)
         except InvalidTag:
             wipe(target)
-            what = "safetensors header record" if index == 0 else "data record"
+            raise self._tag_failed(index) from None
+
+    def decrypt_record_pieces(
+        self, index: int, ciphertext: memoryview, outs: Sequence[memoryview]
+    ) -> None:
+        """:meth:`decrypt_record_into`, the plaintext written straight into ``outs``:
+        consecutive pieces of the record, in order (their lengths add up to its size).
+
+        AES-GCM's streaming decryptor with the same key, nonce, AAD and tag (the last 16
+        bytes) as the one-shot path, so both accept exactly the same records; each piece
+        is written once.  The tag is checked after the last piece: on failure every piece
+        is zeroed and :class:`IntegrityError` names the record, as above.
+        """
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        n = self.header.plain_size(index)
+        self._check_record_size(index, ciphertext, n)
+        if sum(len(o) for o in outs) != n:
+            raise ValueError(f"pieces of record {index} do not add up to its {n} bytes")
+        if self._aead_key is None:
+            raise ValueError("ChunkCipher was wiped")
+        nonce, aad = self._nonce_aad(index)
+        tag = bytes(ciphertext[n:])
+        dec = Cipher(algorithms.AES(self._aead_key), modes.GCM(nonce, tag)).decryptor()
+        dec.authenticate_additional_data(aad)
+        at = 0
+        try:
+            for o in outs:
+                if len(o):
+                    dec.update_into(ciphertext[at : at + len(o)], o)
+                    at += len(o)
+            dec.finalize()
+        except BaseException as exc:
+            for o in outs:
+                wipe(o)
+            if isinstance(exc, InvalidTag):
+                raise self._tag_failed(index) from None
+            raise
+
+    def _check_record_size(self, index: int, ciphertext: memoryview, n: int) -> None:
+        if len(ciphertext) != n + TAG_SIZE:
             raise IntegrityError(
-                f"{what} {index} failed authentication (modified, reordered, duplicated, "
-                "or taken from another artifact)",
+                f"record {index} has {len(ciphertext)} bytes, expected {n + TAG_SIZE} "
+                "(truncated or resized)",
                 path=self.header.path,
                 chunk=index,
-            ) from None
+            )
+
+    def _tag_failed(self, index: int) -> IntegrityError:
+        what = "safetensors header record" if index == 0 else "data record"
+        return IntegrityError(
+            f"{what} {index} failed authentication (modified, reordered, duplicated, "
+            "or taken from another artifact)",
+            path=self.header.path,
+            chunk=index,
+        )
 
     def decrypt_st_header(self, ciphertext: bytes) -> bytes:
         """Decrypt record 0 and check it against the header; returns the original

@@ -12,15 +12,24 @@ checked against its signed chunk digest (when the model is signed) and AEAD-decr
   The verified plaintext of such edge records is kept in a small private cache (bounded
   in bytes, wiped when evicted or closed), so reading a model tensor by tensor reads
   each record once; callers always get copies, never views of it.
-* a request may name ranges it expects next (``ahead=``: the lazy reader passes the
-  next tensors of a caller walking ``keys()`` or ``offset_keys()`` in order); up to
-  ``read_ahead`` of their records not cached yet are read, checked and decrypted on the
-  reader's pool into that same cache while the caller copies the current ones, so a
-  loop of ``get_tensor`` keeps the cores busy as the loader's one pass does.  Records
-  are read ahead only into free room of the cache (never evicting a record a tensor
-  still to be returned needs: that record would be read twice).  A record
-  that fails its checks while read ahead is dropped (never cached); the request that
-  needs it reads it again and raises the error.
+* a loop of ``get_tensor`` (:meth:`RangeReader.read_whole`, with the ranges it expects
+  next: the lazy reader passes the next tensors of a caller walking ``keys()`` or
+  ``offset_keys()`` in order) gets a record shared by several of those tensors
+  decrypted **straight into their outputs**: the outputs of the tensors ahead are
+  allocated when the first record holding their bytes is decrypted, and AES-GCM's
+  streaming decryptor writes each tensor's piece into its own output (every byte written
+  once, no copy out of a cache).  Nothing of a record is returned before its signed
+  digest (over the ciphertext, before decryption) and its tag (at the end of the
+  record) were checked; on a failure every piece of it is zeroed.  An output is
+  returned once all its records were checked, and never written again; outputs of
+  tensors the caller does not ask for next are zeroed (at the next request, at close,
+  or when the reader is dropped).  Up to ``read_ahead`` records are read ahead on the
+  reader's pool (outputs ahead bounded by the cache's budget), so the cores stay busy
+  as in the loader's one pass.  A record holding bytes of a tensor outside the walk's
+  window goes through the cache as above (read ahead only into free room of the
+  cache, never evicting a record a tensor still to be returned needs).  A record that
+  fails its checks while read ahead is dropped (its pieces zeroed, never cached); the
+  request that needs it reads it again and raises the error.
 
 On any failure the caller's buffer is zeroed and the first error is raised (an
 :class:`IntegrityError` in preference to others).  Records of one request are read in
@@ -31,10 +40,11 @@ than one record read, so an open that reads one record starts no thread.
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures as cf
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +57,8 @@ __all__ = ["RangeReader", "ReadStats"]
 
 DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
 
+Ranges = tuple[Any, int, int]  # (file, begin, end) of data-section bytes
+
 
 @dataclass
 class ReadStats:
@@ -55,6 +67,7 @@ class ReadStats:
     bytes_decrypted: int = 0  # plaintext bytes produced by AEAD decryption
     cache_hits: int = 0  # edge records served from the verified cache
     read_ahead: int = 0  # of records_read: read ahead of a sequential caller
+    direct: int = 0  # of records_read: decrypted straight into the outputs of a loop
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,53 @@ class _Task:
     lo: int  # requested part, as data-section offsets
     hi: int
     out_off: int  # where [lo, hi) goes in the caller's buffer
+
+
+@dataclass(eq=False)
+class _Out:
+    """The output of one whole tensor of a loop (see :meth:`RangeReader.read_whole`),
+    written record by record straight from the decryptor; private to the reader until
+    returned (then never written again)."""
+
+    key: Any
+    begin: int
+    end: int
+    t: Any  # uint8 torch tensor, handed to the caller once every record was checked
+    mv: memoryview  # its bytes
+    ptr: int  # its address (pages populated before they are written)
+    need: set[int]  # records whose part is not yet written from a checked record
+    ahead: bool  # allocated ahead of its request (counted in the reader's _out_bytes)
+    dropped: bool = False  # not asked for: zeroed (a piece written later is zeroed too)
+
+
+_QUEUED, _RUNNING, _DONE = 0, 1, 2
+
+
+class _Wanted:
+    """The whole tensors a loop will still ask for: this request's, and those after
+    position ``at`` in the loop's order (``(id(file), begin, end)`` -> position)."""
+
+    __slots__ = ("at", "current", "order")
+
+    def __init__(self, current: Ranges, order: Mapping[Ranges, int] | None, at: int) -> None:
+        self.current, self.order, self.at = current, order or {}, at
+
+    def __contains__(self, r: object) -> bool:
+        return r == self.current or self.order.get(r, -1) > self.at  # type: ignore[call-overload]
+
+
+class _Fill:
+    """One record to read, check and decrypt into the outputs holding its bytes.
+
+    Registered (by record) before it is queued, so a record has one job at a time; run
+    once, by a worker or by a caller that needs it and finds it not started yet."""
+
+    __slots__ = ("ahead", "done", "f", "k", "pieces", "state")
+
+    def __init__(self, f: Any, k: int, pieces: list[tuple[int, int, _Out | None]], ahead: bool):
+        self.f, self.k, self.pieces, self.ahead = f, k, pieces, ahead
+        self.state = _QUEUED
+        self.done = threading.Event()
 
 
 def _uninitialized(n: int) -> Any:
@@ -87,6 +147,11 @@ def _as_array(out: memoryview) -> Any:
     import numpy as np
 
     return np.frombuffer(out, dtype=np.uint8)
+
+
+def _bytes_of(t: Any) -> memoryview:
+    """A writable byte view of a CPU uint8 tensor (shares its memory)."""
+    return memoryview(t.numpy())
 
 
 def _wait(futures: Any) -> None:
@@ -121,6 +186,13 @@ class RangeReader:
         self._cached = 0
         # records being read ahead: (future, file, task)
         self._ahead: dict[tuple[Any, int], tuple[cf.Future[None], Any, _Task]] = {}
+        # outputs of whole tensors of a loop, by (file, begin, end), and records being
+        # decrypted into them (see read_whole)
+        self._outs: dict[tuple[Any, int, int], _Out] = {}
+        self._out_bytes = 0  # of the outputs allocated ahead, not asked for yet
+        self._order: Mapping[Ranges, int] | None = None  # of the loop they were made for
+        self._fills: dict[tuple[Any, int], _Fill] = {}
+        self._tables: dict[Any, tuple[list[int], list[Any]]] = {}  # file -> tensors by offset
         self._pins: dict[int, int] = {}  # id(cached record) -> copies out of it under way
         self._orphans: dict[int, Any] = {}  # evicted while pinned: recycled when unpinned
         self._pool: cf.ThreadPoolExecutor | None = None
@@ -147,7 +219,6 @@ class RangeReader:
         out: memoryview,
         *,
         populate: int | None = None,
-        ahead: Sequence[tuple[Any, int, int]] = (),
     ) -> None:
         """Fill ``out`` (``end - begin`` bytes) with data-section bytes ``[begin, end)``.
 
@@ -155,21 +226,13 @@ class RangeReader:
         (its geometry, source and cipher).  ``populate``, if given, is ``out``'s address:
         the pages a record is written into are populated first (first-touch hint; an
         address, not a callback, so the read never calls back into its caller).
-        ``ahead``: ``(file, begin, end)`` ranges expected next, whose records are read
-        ahead into the cache (see the module's doc).
         """
-        if self._closed:
-            raise ConfigError("the reader is closed", hint="open the model again")
+        self._check_request(f, begin, end)
         if end - begin != len(out):
             raise ValueError("buffer size does not match the range")  # pragma: no cover
         if end <= begin:
             return
         geo = f.geometry
-        if begin < 0 or end > geo.data_size:
-            raise IntegrityError(
-                f"bytes [{begin}, {end}) are outside the data section ({geo.data_size} bytes)",
-                path=f.display,
-            )
         key = id(f)
         tasks: list[_Task] = []
         hits: list[tuple[_Task, Any]] = []  # pinned cached records: copied outside the lock
@@ -190,7 +253,6 @@ class RangeReader:
                         waits.append((t, ahead_of[0]))
                     else:
                         tasks.append(t)
-                planned = self._plan_ahead(ahead) if ahead else []
 
             def copy_hits() -> None:
                 while hits:
@@ -198,9 +260,8 @@ class RangeReader:
                     self._copy_out(t, cached, dst, populate)
 
             if len(tasks) > 1 and self.workers > 1:
-                self._parallel(f, tasks, out, populate, planned, copy_hits)
+                self._parallel(f, tasks, out, populate, copy_hits)
             else:
-                self._submit_ahead(planned)
                 copy_hits()
                 for t in tasks:
                     self._one(f, t, out, populate)
@@ -217,6 +278,16 @@ class RangeReader:
                 self._unpin(cached)
             out[:] = bytes(len(out))  # nothing partial reaches the caller
             raise
+
+    def _check_request(self, f: Any, begin: int, end: int) -> None:
+        if self._closed:
+            raise ConfigError("the reader is closed", hint="open the model again")
+        size = f.geometry.data_size
+        if end > begin and (begin < 0 or end > size):
+            raise IntegrityError(
+                f"bytes [{begin}, {end}) are outside the data section ({size} bytes)",
+                path=f.display,
+            )
 
     def _pin(self, t: _Task) -> Any:
         """The cached, verified record of ``t``, pinned (not reused while pinned), or
@@ -271,15 +342,232 @@ class RangeReader:
                 return
             self._fetch(*taken)
 
-    def _plan_ahead(self, ranges: Sequence[tuple[Any, int, int]]) -> list[tuple[Any, _Task]]:
-        """Records of ``ranges`` to read ahead: not cached, not in flight, at most
-        ``read_ahead`` of them, and only as many as the cache has free room for (lock
-        held)."""
+    # -- whole tensors of a loop: records decrypted straight into their outputs ---------
+    def read_whole(
+        self,
+        f: Any,
+        begin: int,
+        end: int,
+        *,
+        ahead: Sequence[Ranges] = (),
+        order: tuple[Mapping[Ranges, int], int] | None = None,
+    ) -> Any:
+        """Data-section bytes ``[begin, end)`` of one whole tensor of ``f``, as a fresh
+        ``uint8`` torch tensor (the caller's: the reader never writes it again).
+
+        A loop of ``get_tensor`` passes ``ahead``, ``(file, begin, end)`` of the whole
+        tensors it asks for next (their records are read ahead), and ``order``: its
+        order, as ``(id(file), begin, end)`` -> position, and this request's position
+        (the tensors it will still ask for).  A record whose bytes all belong to those
+        tensors is decrypted straight into their outputs (see the module's doc).  With
+        no ``ahead`` and no output prepared for this range, this is :meth:`read` into a
+        new tensor.  On a failure nothing is returned: this output and every output
+        prepared ahead are zeroed, and the first error is raised.
+        """
+        import torch
+
+        self._check_request(f, begin, end)
+        if end <= begin:
+            return torch.empty(0, dtype=torch.uint8)
+        key = id(f)
+        wanted = _Wanted((key, begin, end), *(order if ahead and order else (None, 0)))
+        with self._lock:
+            out = self._outs.get((key, begin, end))
+            if out is not None and not out.ahead:
+                out = None  # another thread's request for it is under way: read our own
+            elif out is not None:
+                out.ahead = False  # the caller's now
+                self._out_bytes -= end - begin
+            elif ahead:
+                out = self._new_out(f, begin, end, ahead=False)
+            dropped = []
+            if wanted.order is not self._order or not ahead:  # the loop ended or changed
+                self._order = wanted.order if ahead else None
+                dropped = self._drop_outs(wanted)  # prepared for what is not asked for
+        self._wipe_outs(dropped)
+        if out is None:
+            t = torch.empty(end - begin, dtype=torch.uint8)
+            self.read(f, begin, end, _bytes_of(t), populate=int(t.data_ptr()))
+            return t
+        try:
+            self._complete(f, out, wanted, ahead)
+        except BaseException:
+            with self._lock:
+                if self._outs.get((key, begin, end)) is out:
+                    del self._outs[(key, begin, end)]
+                out.dropped = True
+                dropped = self._drop_outs(())  # every output prepared ahead
+            self._wipe_outs([out, *dropped])
+            raise
+        with self._lock:
+            del self._outs[(key, begin, end)]
+        return out.t
+
+    def _complete(self, f: Any, out: _Out, wanted: _Wanted, ahead: Sequence[Ranges]) -> None:
+        """Write every record's part of ``out``: copied from the cache, decrypted here
+        (with the other outputs sharing the record), or awaited from a record in flight;
+        the first pass also starts the records ahead.  A record in flight that failed is
+        read here again (which raises)."""
+        geo = f.geometry
+        planned = False
+        while True:
+            hits: list[tuple[_Task, Any]] = []
+            legacy: list[_Task] = []
+            mine: list[_Fill] = []
+            waits: list[_Fill] = []
+            fetches: list[cf.Future[None]] = []
+            with self._lock:
+                if self._closed:
+                    raise ConfigError("the reader is closed", hint="open the model again")
+                if not out.need:
+                    return
+                for k in sorted(out.need):
+                    src_off, src_len, data_off, n = geo.span(k)
+                    lo, hi = max(out.begin, data_off), min(out.end, data_off + n)
+                    t = _Task(out.key, k, src_off, src_len, data_off, n, lo, hi, lo - out.begin)
+                    cached = self._pin(t)
+                    job = None if cached is not None else self._fills.get((out.key, k))
+                    fetch = None if cached is not None else self._ahead.get((out.key, k))
+                    if cached is not None:
+                        hits.append((t, cached))
+                    elif job is not None:
+                        waits.append(job)
+                    elif fetch is not None:
+                        fetches.append(fetch[0])
+                    else:
+                        job = self._plan_fill(f, k, wanted, ahead=False)
+                        if job is None:
+                            legacy.append(t)
+                        else:
+                            mine.append(job)
+                fills, tasks = self._plan(ahead, wanted) if not planned else ([], [])
+                planned = True
+            self._submit([*mine[1:], *fills], tasks)  # this request's own records first
+            dst = self._arr(out)
+            try:
+                while hits:
+                    t, cached = hits.pop(0)
+                    self._copy_out(t, cached, dst, out.ptr)
+                    self._written(out, t.k)
+                if len(legacy) > 1 and self.workers > 1:
+                    self._parallel(f, legacy, memoryview(dst), out.ptr, lambda: None)
+                else:
+                    for t in legacy:
+                        self._one(f, t, memoryview(dst), out.ptr)
+                for t in legacy:
+                    self._written(out, t.k)
+                for job in mine:
+                    self._run(job, raising=True)
+                for job in [*mine, *waits]:
+                    self._await_fill(job)
+                for fut in fetches:
+                    self._await_ahead(fut)
+            finally:
+                for _, cached in hits:
+                    self._unpin(cached)
+
+    def _written(self, out: _Out, k: int) -> None:
+        with self._lock:
+            out.need.discard(k)
+
+    @staticmethod
+    def _arr(out: _Out) -> Any:
+        import numpy as np
+
+        return np.frombuffer(out.mv, dtype=np.uint8)
+
+    def _new_out(self, f: Any, begin: int, end: int, *, ahead: bool) -> _Out:
+        """A fresh output for the whole tensor ``[begin, end)`` of ``f`` (lock held)."""
+        import torch
+
+        chunk = f.geometry.chunk
+        t = torch.empty(end - begin, dtype=torch.uint8)
+        need = set(range(begin // chunk + 1, (end - 1) // chunk + 2))
+        out = _Out(id(f), begin, end, t, _bytes_of(t), int(t.data_ptr()), need, ahead)
+        self._outs[(id(f), begin, end)] = out
+        if ahead:
+            self._out_bytes += end - begin
+        return out
+
+    def _drop_outs(self, keep: Container[Ranges]) -> list[_Out]:
+        """Outputs prepared ahead and not in ``keep``: dropped, to be zeroed (lock held;
+        a record still being decrypted into one zeroes its piece when done)."""
+        dropped = []
+        for rk, o in list(self._outs.items()):
+            if o.ahead and rk not in keep:
+                del self._outs[rk]
+                o.dropped = True
+                self._out_bytes -= o.end - o.begin
+                dropped.append(o)
+        return dropped
+
+    @staticmethod
+    def _wipe_outs(outs: Iterable[_Out]) -> None:
+        for o in outs:
+            wipe(o.mv)
+
+    def _overlapping(self, f: Any, lo: int, hi: int) -> Iterator[Any]:
+        """The (non-empty) tensors of ``f`` holding bytes of ``[lo, hi)``, by offset."""
+        table = self._tables.get(id(f))
+        if table is None:
+            infos = sorted((t for t in f.tensors if t.end > t.begin), key=lambda t: t.begin)
+            table = self._tables[id(f)] = ([t.end for t in infos], infos)
+        ends, infos = table
+        i = bisect.bisect_right(ends, lo)
+        while i < len(infos) and infos[i].begin < hi:
+            yield infos[i]
+            i += 1
+
+    def _plan_fill(self, f: Any, k: int, wanted: _Wanted, *, ahead: bool) -> _Fill | None:
+        """A job decrypting record ``k`` straight into the outputs of the tensors holding
+        its bytes (made for those that have none), registered; None when the file is not
+        encrypted, a tensor outside ``wanted`` holds some of its bytes, or new outputs
+        would pass the budget (the record then goes through the cache).  Lock held."""
+        if f.cipher is None:
+            return None
+        _, _, data_off, n = f.geometry.span(k)
+        key = id(f)
+        pieces: list[tuple[int, int, _Out | None]] = []
+        new: list[tuple[int, Any]] = []
+        at = data_off
+        for info in self._overlapping(f, data_off, data_off + n):
+            lo, hi = max(info.begin, data_off), min(info.end, data_off + n)
+            if lo > at:
+                pieces.append((at, lo, None))  # between tensors: decrypted, then wiped
+            o = self._outs.get((key, info.begin, info.end))
+            if o is None:
+                if (key, info.begin, info.end) not in wanted:
+                    return None
+                new.append((len(pieces), info))
+            pieces.append((lo, hi, o if o is not None and k in o.need else None))
+            at = hi
+        if at < data_off + n:
+            pieces.append((at, data_off + n, None))
+        if self._out_bytes + sum(info.end - info.begin for _, info in new) > self.cache_bytes:
+            return None
+        for i, info in new:
+            o = self._new_out(f, info.begin, info.end, ahead=True)
+            pieces[i] = (pieces[i][0], pieces[i][1], o)
+        job = _Fill(f, k, pieces, ahead)
+        self._fills[(key, k)] = job
+        return job
+
+    def _plan(
+        self, ranges: Sequence[Ranges], wanted: _Wanted
+    ) -> tuple[list[_Fill], list[tuple[Any, _Task]]]:
+        """Records of ``ranges`` (the tensors expected next) to read ahead, lock held:
+        not written yet, not cached, not in flight, at most ``read_ahead`` in flight.  A
+        record is decrypted straight into its tensors' outputs when it can be (see
+        :meth:`_plan_fill`), else into free room of the cache (never evicting a record a
+        tensor still needs: that record would be read twice)."""
         want = self._read_ahead
         if want is None:
             want = max(2, self._workers or 2) + 1
-        planned: list[tuple[Any, _Task]] = []
-        seen: set[tuple[Any, int]] = set()
+        busy = len(self._ahead) + sum(1 for j in self._fills.values() if j.ahead)
+        fills: list[_Fill] = []
+        legacy: list[tuple[Any, _Task]] = []
+        if not ranges or self.cache_bytes <= 0:
+            return fills, legacy
         for f, begin, end in ranges:
             geo = f.geometry
             if end <= begin or begin < 0 or end > geo.data_size:
@@ -287,19 +575,124 @@ class RangeReader:
             key = id(f)
             for k in range(begin // geo.chunk + 1, (end - 1) // geo.chunk + 2):
                 rec = (key, k)
-                if rec in seen or rec in self._cache or rec in self._ahead:
+                if rec in self._cache or rec in self._ahead or rec in self._fills:
                     continue
-                if len(planned) >= min(want, self.cache_bytes // (2 * geo.chunk)):
-                    return planned
+                out = self._outs.get((key, begin, end))
+                if out is not None and k not in out.need:
+                    continue
+                if busy + len(fills) + len(legacy) >= want:
+                    return fills, legacy
+                job = self._plan_fill(f, k, wanted, ahead=True)
+                if job is not None:
+                    fills.append(job)
+                    continue
+                if len(legacy) >= self.cache_bytes // (2 * geo.chunk):
+                    return fills, legacy
                 room = self.cache_bytes - self._cached - len(self._ahead) * geo.chunk
-                if (len(planned) + 1) * geo.chunk > room:
-                    return planned  # it would evict cached records a tensor still needs
-                seen.add(rec)
+                if (len(legacy) + 1) * geo.chunk > room:
+                    return fills, legacy  # it would evict cached records a tensor still needs
                 src_off, src_len, data_off, n = geo.span(k)
-                planned.append(
-                    (f, _Task(key, k, src_off, src_len, data_off, n, data_off, data_off + n, 0))
-                )
-        return planned
+                t = _Task(key, k, src_off, src_len, data_off, n, data_off, data_off + n, 0)
+                legacy.append((f, t))
+        return fills, legacy
+
+    def _submit(self, jobs: list[_Fill], tasks: list[tuple[Any, _Task]]) -> None:
+        """Queue record jobs, then whole records to read ahead into the cache, on the
+        pool (unless closed)."""
+        if not jobs and not tasks:
+            return
+        pool = self._get_pool()
+        with self._lock:
+            if self._closed:
+                return
+            for job in jobs:
+                pool.submit(self._run, job)
+            for f, t in tasks:
+                if (t.key, t.k) not in self._ahead:
+                    fut = pool.submit(self._fetch_ahead, f, t)
+                    self._ahead[(t.key, t.k)] = (fut, f, t)
+
+    def _run(self, job: _Fill, *, raising: bool = False) -> bool:
+        """Run ``job`` here unless someone already did or does (False).  A failure is
+        raised if ``raising``, else dropped (its pieces zeroed; the request that needs the
+        record reads it again and raises)."""
+        with self._lock:
+            if job.state != _QUEUED:
+                return False
+            job.state = _RUNNING
+        try:
+            self._fill(job)
+        except Exception:
+            if raising:
+                raise
+        finally:
+            with self._lock:
+                if self._fills.get((id(job.f), job.k)) is job:
+                    del self._fills[(id(job.f), job.k)]
+                job.state = _DONE
+            job.done.set()
+        return True
+
+    def _await_fill(self, job: _Fill) -> None:
+        """Wait for ``job``; meanwhile this thread runs jobs no worker started (that one
+        first)."""
+        while not job.done.is_set():
+            if self._run(job):
+                continue
+            with self._lock:
+                if self._closed:
+                    return
+                other = next((j for j in self._fills.values() if j.state == _QUEUED), None)
+            if other is None:
+                job.done.wait(0.1)
+            else:
+                self._run(other)
+
+    def _fill(self, job: _Fill) -> None:
+        """Read record ``job.k``, check it against its signed digest, and decrypt it
+        straight into the outputs of its pieces (AES-GCM's streaming decryptor, the tag
+        checked at the end: on a failure every piece is zeroed)."""
+        if self._closed:
+            return
+        f, k = job.f, job.k
+        digest = self._digest(f, k)
+        src_off, src_len, _, n = f.geometry.span(k)
+        views: list[memoryview] = []
+        buf = self._take_ct(src_len)
+        try:
+            ct = memoryview(buf)[:src_len]
+            f.source.read_into(src_off, ct)
+            self._check(f, k, ct, digest)
+            for lo, hi, o in job.pieces:
+                if o is None:
+                    views.append(memoryview(bytearray(hi - lo)))
+                else:
+                    populate_for_write(o.ptr + lo - o.begin, hi - lo)
+                    views.append(o.mv[lo - o.begin : hi - o.begin])
+            f.cipher.decrypt_record_pieces(k, ct, views)
+        except BaseException:
+            self._wipe_views(views)
+            raise
+        finally:
+            self._give_ct(buf)
+        spare = [v for v, (_, _, o) in zip(views, job.pieces, strict=True) if o is None]
+        with self._lock:
+            self.stats.records_read += 1
+            self.stats.bytes_read += src_len
+            self.stats.bytes_decrypted += n
+            self.stats.direct += 1
+            self.stats.read_ahead += job.ahead
+            for v, (_, _, o) in zip(views, job.pieces, strict=True):
+                if o is not None:
+                    o.need.discard(k)
+                    if o.dropped:
+                        spare.append(v)  # dropped meanwhile: zeroed by whoever writes last
+        self._wipe_views(spare)
+
+    @staticmethod
+    def _wipe_views(views: Iterable[memoryview]) -> None:
+        for v in views:
+            wipe(v)
 
     def release(self, f: Any, records: Iterable[int]) -> None:
         """Drop ``records`` of ``f`` from the cache (the caller needs them no more): their
@@ -357,7 +750,6 @@ class RangeReader:
         tasks: list[_Task],
         out: memoryview,
         populate: int | None,
-        planned: list[tuple[Any, _Task]],
         meanwhile: Any,
     ) -> None:
         pool = self._get_pool()
@@ -372,7 +764,6 @@ class RangeReader:
                     raise
 
         futures = [(t, pool.submit(run, t)) for t in tasks]
-        self._submit_ahead(planned)  # queued behind this request's own records
         errors: list[BaseException] = []
         try:
             meanwhile()
@@ -396,14 +787,7 @@ class RangeReader:
     def _one(self, f: Any, t: _Task, out: memoryview | None, populate: int | None) -> None:
         """Read, check and decrypt record ``t.k``; its part ``[t.lo, t.hi)`` goes to
         ``out`` (None: the whole record only to the cache, read ahead)."""
-        geo = f.geometry
-        digest = None
-        if geo.digests is not None:
-            if t.k >= len(geo.digests):
-                raise IntegrityError(
-                    "the signature has no digest for this record", path=f.display, chunk=t.k
-                )
-            digest = geo.digests[t.k]
+        digest = self._digest(f, t.k)
         dst = None if out is None else out[t.out_off : t.out_off + (t.hi - t.lo)]
         full = dst is not None and t.lo == t.data_off and t.hi == t.data_off + t.n
         if populate is not None and dst is not None:
@@ -415,7 +799,7 @@ class RangeReader:
                 try:
                     ct = memoryview(buf)[: t.src_len]
                     f.source.read_into(t.src_off, ct)
-                    self._check(f, t, ct, digest)
+                    self._check(f, t.k, ct, digest)
                     if full:
                         f.cipher.decrypt_record_into(t.k, ct, dst)
                     else:
@@ -427,11 +811,11 @@ class RangeReader:
             else:
                 if full:
                     f.source.read_into(t.src_off, dst)
-                    self._check(f, t, dst, digest)
+                    self._check(f, t.k, dst, digest)
                 else:
                     plain = self._take_plain(t.n)
                     f.source.read_into(t.src_off, plain)
-                    self._check(f, t, plain, digest)
+                    self._check(f, t.k, plain, digest)
                 decrypted = 0
             if plain is not None and dst is not None:
                 dst[:] = memoryview(plain)[t.lo - t.data_off : t.hi - t.data_off]
@@ -470,12 +854,24 @@ class RangeReader:
         return _uninitialized(n)
 
     @staticmethod
-    def _check(f: Any, t: _Task, data: Any, digest: bytes | None) -> None:
+    def _digest(f: Any, k: int) -> bytes | None:
+        """Record ``k``'s signed digest (None: the model is not signed per record)."""
+        digests = f.geometry.digests
+        if digests is None:
+            return None
+        if k >= len(digests):
+            raise IntegrityError(
+                "the signature has no digest for this record", path=f.display, chunk=k
+            )
+        return digests[k]
+
+    @staticmethod
+    def _check(f: Any, k: int, data: Any, digest: bytes | None) -> None:
         if digest is None:
             return
         if not digest_matches(data, digest, f.geometry.algorithm, path=f.display):
             raise IntegrityError(
-                "chunk digest does not match the signed digest", path=f.display, chunk=t.k
+                "chunk digest does not match the signed digest", path=f.display, chunk=k
             )
 
     def _keep(self, key: tuple[Any, int], plain: Any) -> None:
@@ -505,12 +901,19 @@ class RangeReader:
             wipe(memoryview(buf))
 
     def close(self) -> None:
-        """Stop the pool (records being read ahead are dropped) and wipe the cached
-        plaintext.  Idempotent."""
+        """Stop the pool (records being read ahead are dropped), zero the outputs
+        prepared ahead and wipe the cached plaintext.  Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            outs = self._drop_outs(())
+            for o in self._outs.values():  # a request under way in another thread: refused
+                o.dropped = True
+                outs.append(o)
+            self._outs.clear()
+            jobs = list(self._fills.values())
+            self._fills.clear()
             cache, self._cache, self._cached = self._cache, OrderedDict(), 0
             free, self._ct_free, self._plain_free = self._plain_free, [], []
             for buf in cache.values():  # a copy out of it under way: wiped when done
@@ -520,6 +923,9 @@ class RangeReader:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self._wipe_outs(outs)  # every job that could write into them has ended
+        for job in jobs:  # never started: nobody waits for them any more
+            job.done.set()
         for buf in wiped:  # a record finishing after this: see _keep
             wipe(memoryview(buf))
 
@@ -532,6 +938,7 @@ class RangeReader:
         self._closed = True
         for buf in [*self._cache.values(), *self._plain_free, *self._orphans.values()]:
             wipe(memoryview(buf))
-        self._cache, self._plain_free, self._orphans = OrderedDict(), [], {}
+        self._wipe_outs(self._outs.values())  # outputs prepared ahead, never returned
+        self._cache, self._plain_free, self._orphans, self._outs = OrderedDict(), [], {}, {}
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
