@@ -20,6 +20,9 @@ alternating (repetition r runs them rotated by r), warm page cache:
   ``weightguard-before:*`` variants that import ``weightguard`` from ``DIR`` (e.g.
   ``git archive HEAD weightguard | tar -x -C DIR``), alternating with the others.
 * ``half-rows``: the same, ``get_slice(name)[: rows // 2]``.
+* ``loads`` (not run by default): weightguard ``load_file`` and safetensors
+  ``load_file`` + ``clone()`` only; with ``--record-mib 1,2,4`` the full load's cost of
+  the record size (``weightguard:<case>@<mib>`` variants, one artifact per size).
 * ``full``: every tensor.  weightguard ``safe_open`` + ``get_tensor`` of each (in
   ``keys()`` order, one call at a time) and ``safe_open(...).get_tensors()`` against
   weightguard ``load_file`` (goal: within 10 %), and safetensors ``load_file`` +
@@ -35,7 +38,15 @@ Counts, not times (one process):
   through ``safe_open``/``get_slice``.  This applies vLLM's sharding rules; it does not
   run vLLM (``tests/lazy/test_vllm_tp.py`` runs vLLM's own layers on lazy tensors).
   Beside the bytes decrypted: the bytes the rank needs, and the bytes of the records
-  holding them (what any reader that checks whole records must decrypt).
+  holding them (what any reader that checks whole records must decrypt).  ``tp4`` uses
+  the default record size, ``tp4_1mib_records`` 1 MiB records.
+
+``--record-mib 1,2,4,8`` (the default record size's evidence, docs/lazy.md "Record size"):
+every weightguard variant runs once per size on an artifact of that size (same model, keys
+and signing key; ``weightguard:<case>@<mib>``, alternating with the rest), ``tp4`` is
+counted at each size (``tp4_records``) and on real Llama shapes by layout arithmetic
+(``tp_real_shapes``), and ``--only ...,encrypt`` times encrypt + sign at each size
+(``encrypt_sign``: wall, CPU, artifact and signature bytes).
 
 Results: ``benchmarks/results/lazy-<time>.json`` and a table on stdout.
 """
@@ -100,6 +111,68 @@ def prepare(size_mib: int) -> dict[str, Any]:
     info["cryptotensors"] = _cryptotensors(model, d)
     stamp.write_text(json.dumps(info, indent=1))
     return info
+
+
+def with_records(info: dict[str, Any], info_path: Path, mibs: list[int]) -> None:
+    """Add a signed artifact of ``mib``-MiB records per size (``info["artifacts"]``), for the
+    ``weightguard:<case>@<mib>`` variants (same plain model, key and signing key)."""
+    from weightguard.crypt import encrypt_file
+    from weightguard.signing import KeySigner, sign_model
+
+    arts = info.setdefault("artifacts", {})
+    d = info_path.parent
+    for mib in mibs:
+        art = d / f"release-{mib}m" / "model.safetensors"
+        if str(mib) in arts and art.exists():
+            continue
+        art.parent.mkdir(exist_ok=True)
+        encrypt_file(info["plain"], art, info["kek"], chunk_size=mib << 20)
+        signer = KeySigner.from_file(d / "release.pem")
+        sign_model(art, art.parent / "model.safetensors.sig", signer, replace=True)
+        arts[str(mib)] = str(art)
+    info_path.write_text(json.dumps(info, indent=1))
+
+
+def encrypt_sign(info: dict[str, Any], mibs: list[int], reps: int) -> dict[str, Any]:
+    """Encrypt + sign of the plain model at each record size (wall and CPU of this process,
+    all threads; sizes alternating), and the artifact's size over the plain file's."""
+    from weightguard.crypt import encrypt_file
+    from weightguard.signing import KeySigner, sign_model
+
+    d = WORK / "encrypt"
+    d.mkdir(parents=True, exist_ok=True)
+    signer = KeySigner.from_file(Path(info["pub"]).with_name("release.pem"))
+    plain = Path(info["plain"])
+    runs: dict[int, list[tuple[float, float, float, float]]] = {m: [] for m in mibs}
+    for r in range(reps):
+        for mib in mibs[r % len(mibs) :] + mibs[: r % len(mibs)]:
+            art = d / f"{mib}m.safetensors"
+            art.unlink(missing_ok=True)
+            t0, c0 = time.perf_counter(), time.process_time()
+            encrypt_file(plain, art, info["kek"], chunk_size=mib << 20)
+            t1, c1 = time.perf_counter(), time.process_time()
+            sign_model(art, d / f"{mib}m.sig", signer, replace=True)
+            t2, c2 = time.perf_counter(), time.process_time()
+            runs[mib].append((t1 - t0, c1 - c0, t2 - t1, c2 - c1))
+    out: dict[str, Any] = {"plain_bytes": plain.stat().st_size}
+    for mib, rs in runs.items():
+        size = (d / f"{mib}m.safetensors").stat().st_size
+        med = [round(1000 * statistics.median(x[i] for x in rs), 1) for i in range(4)]
+        out[str(mib)] = {
+            "encrypt_ms": med[0],
+            "encrypt_cpu_ms": med[1],
+            "sign_ms": med[2],
+            "sign_cpu_ms": med[3],
+            "artifact_bytes": size,
+            "overhead_bytes": size - out["plain_bytes"],
+            "signature_bytes": (d / f"{mib}m.sig").stat().st_size,
+        }
+    return out
+
+
+def _kind(variant: str) -> str:
+    """``weightguard:full@1`` -> ``full``."""
+    return variant.split(":")[1].split("@")[0]
 
 
 def _pick(path: Path, target: float) -> tuple[str, int, int]:
@@ -171,7 +244,7 @@ def _setup(variant: str, info: dict[str, Any]) -> Any:
         def st_full() -> Any:
             return {k: v.clone() for k, v in safetensors.torch.load_file(plain).items()}
 
-        return {"one": st_one, "half": st_half, "full": st_full}[variant.split(":")[1]]
+        return {"one": st_one, "half": st_half, "full": st_full}[_kind(variant)]
     if variant.startswith("cryptotensors"):
         import cryptotensors
 
@@ -185,7 +258,7 @@ def _setup(variant: str, info: dict[str, Any]) -> Any:
             with cryptotensors.safe_open(ct["path"], "pt", config=ct["config"]) as f:
                 return f.get_slice(name)[: rows // 2]
 
-        return {"one": ct_one, "half": ct_half}[variant.split(":")[1]]
+        return {"one": ct_one, "half": ct_half}[_kind(variant)]
     os.environ["WEIGHTGUARD_ALLOW_KEY"] = info["kek"]
     os.environ["WEIGHTGUARD_AUDIT_LOG"] = info["audit"]
     import importlib
@@ -206,6 +279,8 @@ def _setup(variant: str, info: dict[str, Any]) -> Any:
         importlib.import_module(mod)
 
     art, pub = info["artifact"], info["pub"]
+    if "@" in variant:  # weightguard:<case>@<mib>: the artifact of <mib>-MiB records
+        art = info["artifacts"][variant.split("@")[1]]
     stages = _Stages()
     stages.instrument()
 
@@ -242,7 +317,7 @@ def _setup(variant: str, info: dict[str, Any]) -> Any:
         "full": wg_full,
         "get_tensors": wg_get_tensors,
         "load_file": wg_load_file,
-    }[variant.split(":")[1]]
+    }[_kind(variant)]
     fn.stages = stages  # type: ignore[attr-defined]
     del torch
     return fn
@@ -351,7 +426,7 @@ def trial(variant: str, info_path: str) -> None:
         res[key + "stages"] = dict(timer.result) if timer is not None else {}
         res["tensors"] = len(out) if isinstance(out, dict) else 1
         del out
-        if not variant.endswith((":one", ":half")):
+        if _kind(variant) not in ("one", "half"):
             break  # full reads: once
     print(json.dumps(res))
 
@@ -418,35 +493,18 @@ def quarter_slice(work: Path) -> dict[str, Any]:
 LLAMA = {"hidden": 2048, "inter": 5632, "kv": 256, "layers": 3, "vocab": 8192}
 
 
-def tp4(work: Path, tp: int = 4, chunk: int = 4 << 20) -> dict[str, Any]:
+def tp4(work: Path, tp: int = 4, chunk: int | None = None) -> dict[str, Any]:
     """Bytes decrypted per rank at tensor-parallel ``tp`` under vLLM's sharding rules,
-    on an artifact of ``chunk``-byte records."""
+    on an artifact of ``chunk``-byte records (default: ``weightguard encrypt``'s)."""
     import torch
     from safetensors.torch import save_file
 
     from weightguard import safe_open
-    from weightguard.crypt import create_key_file, encrypt_file
+    from weightguard.crypt import DEFAULT_CHUNK_SIZE, create_key_file, encrypt_file
     from weightguard.policy import UnsafeNoVerification
 
-    h, i, kv, n, v = (LLAMA[k] for k in ("hidden", "inter", "kv", "layers", "vocab"))
-    shapes = {
-        "model.embed_tokens.weight": (v, h),
-        "lm_head.weight": (v, h),
-        "model.norm.weight": (h,),
-    }
-    for layer in range(n):
-        p = f"model.layers.{layer}."
-        shapes |= {
-            p + "self_attn.q_proj.weight": (h, h),
-            p + "self_attn.k_proj.weight": (kv, h),
-            p + "self_attn.v_proj.weight": (kv, h),
-            p + "self_attn.o_proj.weight": (h, h),
-            p + "mlp.gate_proj.weight": (i, h),
-            p + "mlp.up_proj.weight": (i, h),
-            p + "mlp.down_proj.weight": (h, i),
-            p + "input_layernorm.weight": (h,),
-            p + "post_attention_layernorm.weight": (h,),
-        }
+    chunk = chunk or DEFAULT_CHUNK_SIZE
+    shapes = llama_shapes(LLAMA)
     work.mkdir(parents=True, exist_ok=True)
     plain, kek = work / "llama.plain", work / "l-kek.hex"
     art = work / f"llama-{chunk >> 10}k.safetensors"
@@ -459,7 +517,6 @@ def tp4(work: Path, tp: int = 4, chunk: int = 4 << 20) -> dict[str, Any]:
             save_file(weights, str(plain))
         encrypt_file(plain, art, f"file://{kek}", chunk_size=chunk)
     os.environ["WEIGHTGUARD_ALLOW_KEY"] = f"file://{kek}"
-    column = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "embed_tokens", "lm_head")
     total = sum(2 * torch.Size(s).numel() for s in shapes.values())
     per_rank, bound, needed = [], [], []
     for rank in range(tp):
@@ -470,7 +527,7 @@ def tp4(work: Path, tp: int = 4, chunk: int = 4 << 20) -> dict[str, Any]:
             for name in f.keys():  # noqa: SIM118 - not a dict
                 info = f._info(name)
                 begin, end = info.begin, info.end
-                if any(c in name for c in column):
+                if any(c in name for c in COLUMN):
                     rows = f.get_slice(name).get_shape()[0]
                     r0, r1 = rank * rows // tp, (rank + 1) * rows // tp
                     f.get_slice(name)[r0:r1]
@@ -500,6 +557,77 @@ def tp4(work: Path, tp: int = 4, chunk: int = 4 << 20) -> dict[str, Any]:
     }
 
 
+# Real Llama shapes (hidden, intermediate, kv heads x head dim, layers, vocab), for the
+# layout arithmetic below: the benchmark's model is much smaller, its tensors a few records.
+LLAMA_SHAPES = {
+    "Llama-3.2-1B": {"hidden": 2048, "inter": 8192, "kv": 512, "layers": 16, "vocab": 128256},
+    "Llama-3-8B": {"hidden": 4096, "inter": 14336, "kv": 1024, "layers": 32, "vocab": 128256},
+    "Llama-3-70B": {"hidden": 8192, "inter": 28672, "kv": 1024, "layers": 80, "vocab": 128256},
+}
+COLUMN = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "embed_tokens", "lm_head")
+
+
+def llama_shapes(shape: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a Llama-shaped checkpoint (untied lm_head)."""
+    h, i, kv, n, v = (shape[k] for k in ("hidden", "inter", "kv", "layers", "vocab"))
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (v, h),
+        "lm_head.weight": (v, h),
+        "model.norm.weight": (h,),
+    }
+    for layer in range(n):
+        p = f"model.layers.{layer}."
+        shapes |= {
+            p + "self_attn.q_proj.weight": (h, h),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.o_proj.weight": (h, h),
+            p + "mlp.gate_proj.weight": (i, h),
+            p + "mlp.up_proj.weight": (i, h),
+            p + "mlp.down_proj.weight": (h, i),
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+        }
+    return shapes
+
+
+def records_needed(shapes: dict[str, tuple[int, ...]], tp: int, chunk: int) -> float:
+    """Worst rank's fraction of the model in the records holding what it needs under vLLM's
+    rules (as :func:`tp4`), by layout arithmetic: BF16 tensors in safetensors' order
+    (name order at one dtype), nothing written or read."""
+    offset, layout = 0, []
+    for name in sorted(shapes):
+        n = 2
+        for d in shapes[name]:
+            n *= d
+        layout.append((name, offset, offset + n, shapes[name][0]))
+        offset += n
+    total, worst = offset, 0
+    for rank in range(tp):
+        touched: set[int] = set()
+        for name, begin, end, rows in layout:
+            if any(c in name for c in COLUMN):
+                row = (end - begin) // rows
+                r0, r1 = rank * rows // tp, (rank + 1) * rows // tp
+                begin, end = begin + r0 * row, begin + r1 * row
+            if end > begin:
+                touched.update(range(begin // chunk, (end - 1) // chunk + 1))
+        worst = max(worst, sum(min(chunk, total - k * chunk) for k in touched))
+    return worst / total
+
+
+def tp_real_shapes(mibs: list[int]) -> dict[str, dict[str, float]]:
+    """:func:`records_needed` at TP 4 (and 8 for 70B) for each record size, real shapes."""
+    out: dict[str, dict[str, float]] = {}
+    for model, shape in LLAMA_SHAPES.items():
+        shapes = llama_shapes(shape)
+        for tp in (4, 8) if "70B" in model else (4,):
+            out[f"{model} tp{tp}"] = {
+                str(m): round(records_needed(shapes, tp, m << 20), 3) for m in mibs
+            }
+    return out
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -512,6 +640,8 @@ CASES = {
         "weightguard:load_file",
         "safetensors:full",
     ],
+    # the full secure load alone (with --record-mib: the record size's cost on it)
+    "loads": ["weightguard:load_file", "safetensors:full"],
 }
 
 
@@ -527,6 +657,13 @@ def main(argv: list[str] | None = None) -> None:
         " variants (one-tensor, half-rows, the full get_tensor loop), alternating with the"
         " others",
     )
+    ap.add_argument(
+        "--record-mib",
+        default="",
+        help="comma-separated record sizes (MiB), e.g. 1,2,4: each weightguard variant runs on"
+        " an artifact of each (weightguard:<case>@<mib>, alternating), tp4 is counted at each"
+        " and encrypt + sign is timed at each",
+    )
     ap.add_argument("--trial", nargs=2, metavar=("VARIANT", "INFO"), help=argparse.SUPPRESS)
     ap.add_argument(
         "--doc", nargs="+", metavar="RESULT", help="print docs/lazy.md's tables from result files"
@@ -541,7 +678,12 @@ def main(argv: list[str] | None = None) -> None:
     info = prepare(args.size_mib)
     info_path = WORK / f"m{args.size_mib}" / "prepared.json"
     have_ct = isinstance(info["cryptotensors"], dict)
-    cases = {k: v for k, v in CASES.items() if not args.only or k in args.only.split(",")}
+    cases = {
+        k: v for k, v in CASES.items() if (k in args.only.split(",") if args.only else k != "loads")
+    }
+    mibs = [int(m) for m in args.record_mib.split(",") if m]
+    if mibs:
+        with_records(info, info_path, mibs)
     from benchmarks.harness import machine_info
 
     results: dict[str, Any] = {
@@ -551,6 +693,7 @@ def main(argv: list[str] | None = None) -> None:
         "tensor_bytes": info["tensor_bytes"],
         "reps": args.reps,
         "baseline": args.baseline,
+        "record_mib": mibs,
         "cases": {},
     }
     for case, variants in cases.items():
@@ -558,6 +701,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.baseline and case in ("one-tensor", "half-rows", "full"):
             wg = variants[0] if case == "full" else variants[-1]  # full: the get_tensor loop
             variants.append(wg.replace("weightguard:", "weightguard-before:"))
+        if mibs:  # each weightguard variant once per record size
+            variants = [
+                f"{v}@{m}" if v.startswith("weightguard:") else v
+                for v in variants
+                for m in (mibs if v.startswith("weightguard:") else [0])
+            ]
         runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for r in range(args.reps):
             for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
@@ -567,6 +716,12 @@ def main(argv: list[str] | None = None) -> None:
         results["quarter_slice"] = quarter_slice(WORK / "counts")
         results["tp4"] = tp4(WORK / "counts")
         results["tp4_1mib_records"] = tp4(WORK / "counts", chunk=1 << 20)
+        for mib in mibs:
+            results.setdefault("tp4_records", {})[str(mib)] = tp4(WORK / "counts", chunk=mib << 20)
+        if mibs:  # the same rules on real Llama shapes, by arithmetic
+            results["tp_real_shapes"] = tp_real_shapes(mibs)
+    if mibs and (not args.only or "encrypt" in args.only.split(",")):
+        results["encrypt_sign"] = encrypt_sign(info, mibs, args.reps)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"lazy-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.write_text(json.dumps(results, indent=1))
@@ -705,8 +860,6 @@ FULL_LABELS = {
 
 
 def _doc_full(full: dict[str, Any]) -> list[str]:
-    lf = full.get("weightguard:load_file", {})
-    base, cpu_base = lf.get("median_ms"), lf.get("cpu_median_ms")
     out = [
         "| full read of the model | time (ms) | vs weightguard `load_file` | CPU (ms) "
         "| CPU vs `load_file` |",
@@ -716,6 +869,8 @@ def _doc_full(full: dict[str, Any]) -> list[str]:
         if "error" in s:
             continue
         wg = v.startswith("weightguard")
+        lf = full.get("weightguard:load_file" + v.partition("@")[1] + v.partition("@")[2], {})
+        base, cpu_base = lf.get("median_ms"), lf.get("cpu_median_ms")
         ratio = f"{s['median_ms'] / base:.2f}x" if base and wg else ""
         cpu = s.get("cpu_median_ms")
         cpu_ratio = f"{cpu / cpu_base:.2f}x" if cpu and cpu_base and wg else ""
@@ -747,7 +902,14 @@ def _print(res: dict[str, Any]) -> None:
                 if key in s:
                     walls = {k[:-5]: ms for k, ms in s[key].items() if k.endswith(".wall")}
                     print(f"    {key.split('_median')[0]:13} wall {walls}")
-    for key in ("quarter_slice", "tp4", "tp4_1mib_records"):
+    for key in (
+        "quarter_slice",
+        "tp4",
+        "tp4_1mib_records",
+        "tp4_records",
+        "tp_real_shapes",
+        "encrypt_sign",
+    ):
         if key in res:
             print(f"\n{key}: {json.dumps(res[key])}")
 
