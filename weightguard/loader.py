@@ -404,7 +404,10 @@ def _plan_files(
             align=align,
         )
         base = len(all_segments)
-        records = [r if r.hash_only else dataclasses.replace(r, seg=r.seg + base) for r in records]
+        if base:  # a later file's segments follow the earlier files' (6 us a record)
+            records = [
+                r if r.hash_only else dataclasses.replace(r, seg=r.seg + base) for r in records
+            ]
         seg_base.append(base)
         all_segments.extend(segments)
         jobs.append(f.job(records, segments))
