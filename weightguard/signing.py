@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from weightguard import __version__
+from weightguard._internal.format.layout import DEFAULT_CHUNK_SIZE
 from weightguard._internal.signing.hashing import CHUNK_ALGORITHMS, DEFAULT_CHUNK_ALGORITHM
 from weightguard._internal.signing.listing import GIT_PATHS
 from weightguard._internal.signing.listing import Entry as _Entry
@@ -97,7 +98,8 @@ __all__ = [
     "verify_bundle",
 ]
 
-DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+# DEFAULT_CHUNK_SIZE (imported above) is the artifact's default record size: a plain
+# file's chunk digest stride is the same unit of checking (docs/lazy.md, "Record size").
 # Chunk digest algorithms (DEFAULT_CHUNK_ALGORITHM, CHUNK_ALGORITHMS): named in the
 # signed record, defined in _internal/signing/hashing.py (chunk_hasher).
 # OMS whole-file resource digests (serialization.hash_type); see docs/signing.md.
