@@ -500,13 +500,16 @@ def _coverage(
         q = p.strip("/")
         if q and not q.startswith("/") and ".." not in q.split("/"):
             ignore.append(q)
+    sig_rel: tuple[str, ...] | None = None  # the signature's path inside the model, resolved
     if listed is not None:
         present = listed
     elif single:
         present = [lst.Entry(".", str(root), root.stat().st_size)]
     else:
         try:
-            exclude: str | None = sig_path.resolve().relative_to(root.resolve()).as_posix()
+            inside = sig_path.resolve().relative_to(root.resolve())
+            exclude: str | None = inside.as_posix()
+            sig_rel = inside.parts
         except ValueError:
             exclude = None
         skip = () if signs_git else lst.GIT_PATHS
@@ -514,7 +517,7 @@ def _coverage(
     if not single:
         # present, not covered (as when ignore_paths name them)
         ignore += sorted(
-            _release_signatures(present, signed_names, sig_path, root, listed is not None)
+            _release_signatures(present, signed_names, sig_rel, remote=listed is not None)
         )
     cov = lst.classify(
         present,
@@ -544,8 +547,8 @@ def _coverage(
 def _release_signatures(
     present: Sequence[lst.Entry],
     signed_names: set[str],
-    sig_path: Path,
-    root: Path,
+    sig_rel: tuple[str, ...] | None,
+    *,
     remote: bool,
 ) -> set[str]:
     """The release's other signatures in the listing: never files a signature covers.
@@ -556,14 +559,16 @@ def _release_signatures(
     ``ignore_paths``; model_signing's do not, so without this a model_signing release
     could not be co-signed.  Left out only when they are what they claim: a
     co-signature's name, a regular file that parses as a bundle (a listing of a
-    remote release gives names and sizes only: name and size there)."""
+    remote release gives names and sizes only: name and size there).
+
+    ``sig_rel``: the signature's resolved path relative to the resolved model directory
+    (its parts), None when it lies outside (then no file is left out)."""
     if remote:
         primary = PRIMARY_SIGNATURE
     else:
-        try:
-            rel = sig_path.resolve().relative_to(root.resolve()).parts
-        except ValueError:
+        if sig_rel is None:
             return set()
+        rel = sig_rel
         if len(rel) == 1:
             primary = rel[0]
         elif len(rel) == 2 and rel[0].endswith(COSIGN_SUFFIX) and rel[1].endswith(".sig"):
