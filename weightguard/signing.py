@@ -206,7 +206,9 @@ def sign_model(
         signed_at=now,
         hash_type=hash_type,
     )
+    _check_bundle_size(len(payload) * 4 // 3, chunks)  # base64 in the bundle; before signing
     bundle = signer.make_bundle(payload)
+    _check_bundle_size(len(bundle), chunks)
     atomic_write_bytes(sig_path, bundle)
     files = {
         n: FileDigests(
@@ -228,6 +230,21 @@ def sign_model(
             duration_s=time.monotonic() - t0,
         )
     return SignedModel(sig_path, signer.describe(), files, digest, now)
+
+
+def _check_bundle_size(size: int, chunks: dict[str, Any]) -> None:
+    """Refuse a signature no verifier would read (bundles above MAX_BUNDLE_BYTES):
+    about 107 bytes a chunk digest, so 64 MiB holds ~600 GiB of weights at 1 MiB chunks."""
+    from weightguard._internal.signing import oms
+
+    if size > oms.MAX_BUNDLE_BYTES:
+        n = sum(len(c.digests) for c in chunks.values())
+        raise ConfigError(
+            f"the signature would be about {size} bytes ({n} chunk digests), over the "
+            f"{oms.MAX_BUNDLE_BYTES} bytes a verifier reads",
+            hint="sign with a larger --chunk-size (chunk_size=); an encrypted artifact's "
+            "digests follow its record size (weightguard encrypt --chunk-size)",
+        )
 
 
 def _check_settings(
