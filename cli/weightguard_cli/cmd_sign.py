@@ -93,7 +93,8 @@ _PEM = click.Path(exists=True, dir_okay=False)
     metavar="SIZE",
     default="4MiB",
     show_default=True,
-    help="Chunk digest stride for plain safetensors files (e.g. 4MiB, 65536).",
+    help="Chunk digest stride for plain safetensors files (e.g. 4MiB, 65536); "
+    "encrypted artifacts use their record size.",
 )
 @click.option(
     "--chunk-digest",
