@@ -37,9 +37,6 @@ ALLOWED: dict[str, str] = {
         "the hot read-and-hash loop of signing/verification; its locals are the buffers "
         "and the pool it hands work to (performance-tuned, benchmarked as one)"
     ),
-    "weightguard/_internal/format/layout.py::_header_from_raw": (
-        "the artifact header parser, field by field in the format's order (docs/format.md)"
-    ),
     "weightguard/_internal/foundation/vault.py::map_vault_error": (
         "one table-like mapping of every hvac/requests error to a typed error with its hint"
     ),
