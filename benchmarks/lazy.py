@@ -493,9 +493,13 @@ def quarter_slice(work: Path) -> dict[str, Any]:
 LLAMA = {"hidden": 2048, "inter": 5632, "kv": 256, "layers": 3, "vocab": 8192}
 
 
-def tp4(work: Path, tp: int = 4, chunk: int | None = None) -> dict[str, Any]:
+def tp4(
+    work: Path, tp: int = 4, chunk: int | None = None, shape: str | None = None
+) -> dict[str, Any]:
     """Bytes decrypted per rank at tensor-parallel ``tp`` under vLLM's sharding rules,
-    on an artifact of ``chunk``-byte records (default: ``weightguard encrypt``'s)."""
+    on an artifact of ``chunk``-byte records (default: ``weightguard encrypt``'s), of the
+    small Llama-shaped model or, with ``shape``, one of :data:`LLAMA_SHAPES` (all its
+    layers; zero weights, as the count does not depend on the values)."""
     import torch
     from safetensors.torch import save_file
 
@@ -504,16 +508,23 @@ def tp4(work: Path, tp: int = 4, chunk: int | None = None) -> dict[str, Any]:
     from weightguard.policy import UnsafeNoVerification
 
     chunk = chunk or DEFAULT_CHUNK_SIZE
-    shapes = llama_shapes(LLAMA)
+    dims = LLAMA_SHAPES[shape] if shape else LLAMA
+    shapes = llama_shapes(dims)
     work.mkdir(parents=True, exist_ok=True)
-    plain, kek = work / "llama.plain", work / "l-kek.hex"
-    art = work / f"llama-{chunk >> 10}k.safetensors"
+    stem = f"llama-{shape}" if shape else "llama"
+    plain, kek = work / f"{stem}.plain", work / "l-kek.hex"
+    art = work / f"{stem}-{chunk >> 10}k.safetensors"
     if not kek.exists():
         create_key_file(kek)
     if not art.exists():
         if not plain.exists():
             g = torch.Generator().manual_seed(2)
-            weights = {k: torch.randn(s, generator=g).to(torch.bfloat16) for k, s in shapes.items()}
+            make = (
+                (lambda s: torch.zeros(s, dtype=torch.bfloat16))
+                if shape
+                else (lambda s: torch.randn(s, generator=g).to(torch.bfloat16))
+            )
+            weights = {k: make(s) for k, s in shapes.items()}
             save_file(weights, str(plain))
         encrypt_file(plain, art, f"file://{kek}", chunk_size=chunk)
     os.environ["WEIGHTGUARD_ALLOW_KEY"] = f"file://{kek}"
@@ -552,7 +563,7 @@ def tp4(work: Path, tp: int = 4, chunk: int | None = None) -> dict[str, Any]:
         "fraction_bytes_needed_worst_rank": round(max(needed) / total, 3),  # its own bytes
         "goal": 0.55,
         "met": worst <= 0.55,
-        "shape": LLAMA,
+        "shape": shape or dims,
         "record_bytes": chunk,
     }
 
@@ -716,6 +727,8 @@ def main(argv: list[str] | None = None) -> None:
         results["quarter_slice"] = quarter_slice(WORK / "counts")
         results["tp4"] = tp4(WORK / "counts")
         results["tp4_1mib_records"] = tp4(WORK / "counts", chunk=1 << 20)
+        # a real model's shapes (2.5 GB, all 16 layers), decrypted rank by rank
+        results["tp4_llama_3_2_1b"] = tp4(WORK / "counts", shape="Llama-3.2-1B")
         for mib in mibs:
             results.setdefault("tp4_records", {})[str(mib)] = tp4(WORK / "counts", chunk=mib << 20)
         if mibs:  # the same rules on real Llama shapes, by arithmetic
@@ -789,7 +802,7 @@ def doc_tables(results: list[dict[str, Any]]) -> str:
             lines += _doc_one(res)
         if "full" in cases:
             lines += _doc_full(cases["full"])
-        for key in ("quarter_slice", "tp4", "tp4_1mib_records"):
+        for key in ("quarter_slice", "tp4", "tp4_1mib_records", "tp4_llama_3_2_1b"):
             if key in res:
                 lines.append(f"* `{key}`: `{json.dumps(res[key])}`")
         lines.append("")
@@ -906,6 +919,7 @@ def _print(res: dict[str, Any]) -> None:
         "quarter_slice",
         "tp4",
         "tp4_1mib_records",
+        "tp4_llama_3_2_1b",
         "tp4_records",
         "tp_real_shapes",
         "encrypt_sign",
