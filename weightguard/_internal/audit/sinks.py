@@ -49,6 +49,18 @@ from weightguard.errors import AuditError, ConfigError
 
 SYNC_MODES = ("event", "batch", "none")
 
+# Where each log file's chain stood when this process last wrote it: its path ->
+# ((st_dev, st_ino, st_size, st_mtime_ns) after that write, log id, next seq, head,
+# last record a checkpoint).  A FileSink opened later on the same file (an AuditLog per
+# load) continues from here while the file is still exactly as written (same identity,
+# size and mtime; else its tail is read again), instead of re-reading and re-hashing
+# the last record: the check each sink already makes of its own last write.
+_TAILS: dict[str, tuple[tuple[int, int, int, int], str, int, str, bool]] = {}
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
 
 class Sink(Protocol):
     """Where audit records go.  ``append`` raises AuditError when it cannot write."""
@@ -111,6 +123,7 @@ class FileSink(ChainedSink):
         self._pid = os.getpid()
         self._state: ChainState | None = None
         self._known: tuple[int, int] | None = None  # (inode, size) after our last write
+        self._written: tuple[int, int, int, int] | None = None  # this session's (_TAILS)
         self._unsynced = 0
 
     # -- file handling ------------------------------------------------------------
@@ -176,6 +189,12 @@ class FileSink(ChainedSink):
         """Chain state from the last record in the file (called under the lock)."""
         st = os.fstat(fd)
         if self._state is not None and self._known == (st.st_ino, st.st_size):
+            return self._state
+        kept = _TAILS.get(self.path)
+        if kept is not None and kept[0] == _stat_key(st):
+            _, log_id, next_seq, head, last_is_checkpoint = kept
+            self._state = ChainState(log_id, next_seq, head, last_is_checkpoint)
+            self._known = (st.st_ino, st.st_size)
             return self._state
         size = st.st_size
         if size == 0:
@@ -265,7 +284,16 @@ class FileSink(ChainedSink):
                 and self._known[1] >= self.max_bytes
             ):
                 self._rotate(fd, state, checkpointer)
+            self._written = None
             yield state
+            if self._written is not None and self._state is state:
+                _TAILS[self.path] = (
+                    self._written,
+                    state.log_id,
+                    state.next_seq,
+                    state.head,
+                    state.last_is_checkpoint,
+                )
 
     def _write(self, data: bytes, *, records: int, durable: bool, force: bool) -> None:
         """One ``write()`` of whole lines.  ``durable=False`` (a step of a load, not its
@@ -292,6 +320,7 @@ class FileSink(ChainedSink):
             raise _write_error(self.path, exc) from None
         st = os.fstat(fd)
         self._known = (st.st_ino, st.st_size)
+        self._written = _stat_key(st)
 
     def _clear_killed_rotation(self, fd: int, d: str, *, keep: str) -> None:
         """Under the lock: remove what a rotator killed mid-way left behind.
