@@ -425,13 +425,14 @@ class RangeReader:
                     src_off, src_len, data_off, n = geo.span(k)
                     lo, hi = max(out.begin, data_off), min(out.end, data_off + n)
                     t = _Task(out.key, k, src_off, src_len, data_off, n, lo, hi, lo - out.begin)
-                    cached = self._pin(t)
-                    job = None if cached is not None else self._fills.get((out.key, k))
-                    fetch = None if cached is not None else self._ahead.get((out.key, k))
-                    if cached is not None:
-                        hits.append((t, cached))
-                    elif job is not None:
+                    job = self._fills.get((out.key, k))  # first: it may write into out
+                    cached = None if job is not None else self._pin(t)
+                    busy = job is not None or cached is not None
+                    fetch = None if busy else self._ahead.get((out.key, k))
+                    if job is not None:
                         waits.append(job)
+                    elif cached is not None:
+                        hits.append((t, cached))
                     elif fetch is not None:
                         fetches.append(fetch[0])
                     else:
@@ -535,6 +536,8 @@ class RangeReader:
             if lo > at:
                 pieces.append((at, lo, None))  # between tensors: decrypted, then wiped
             o = self._outs.get((key, info.begin, info.end))
+            if o is not None and not o.ahead and (key, info.begin, info.end) != wanted.current:
+                return None  # another thread's request: only it writes its output
             if o is None:
                 if (key, info.begin, info.end) not in wanted:
                     return None
@@ -566,7 +569,7 @@ class RangeReader:
         busy = len(self._ahead) + sum(1 for j in self._fills.values() if j.ahead)
         fills: list[_Fill] = []
         legacy: list[tuple[Any, _Task]] = []
-        if not ranges or self.cache_bytes <= 0:
+        if not ranges or self.cache_bytes <= 0 or busy >= want:
             return fills, legacy
         for f, begin, end in ranges:
             geo = f.geometry
