@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from weightguard._internal.foundation.uris import VAULT_SCHEMES, is_vault_uri
 from weightguard.errors import (
     ConfigError,
     DependencyMissing,
@@ -185,16 +186,6 @@ class VaultAuth:
         return cls.kubernetes(
             role, token_file=token_file or DEFAULT_K8S_TOKEN_FILE, mount=mount or "kubernetes"
         )
-
-
-# One spelling rule for every Vault key reference (data keys, signing keys, audit
-# checkpoint keys): OpenBao speaks the Vault API, so ``openbao://`` and ``bao://`` are
-# accepted as aliases of ``vault://`` everywhere.
-VAULT_SCHEMES = ("vault://", "openbao://", "bao://")
-
-
-def is_vault_uri(uri: str) -> bool:
-    return uri.startswith(VAULT_SCHEMES)
 
 
 def parse_vault_uri(uri: str, *, what: str = "Vault key") -> tuple[str, str]:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from weightguard._internal.foundation.memory import wipe
-from weightguard._internal.foundation.vault import is_vault_uri
+from weightguard._internal.foundation.uris import is_vault_uri
 from weightguard.errors import (
     ConfigError,
     DependencyMissing,

@@ -227,7 +227,9 @@ class CpuCopier(Copier):
 _CT = 256
 
 
-@dataclass
+# eq=False: working state, compared by identity (one generated method less to define on
+# the loader's import path, issue 25)
+@dataclass(eq=False)
 class _Slot:
     tensor: Any  # uint8 host tensor (page-locked for CUDA)
     view: memoryview

@@ -52,7 +52,9 @@ _PLAIN_UNSIGNED_CHUNK = 8 * 1024 * 1024  # record size of an unsigned plain file
 _PROBE = 64 * 1024  # first read of an unsigned file: enough for most headers
 
 
-@dataclass
+# eq=False: working state, compared by identity (one generated method less to define on
+# the loader's import path, issue 25)
+@dataclass(eq=False)
 class ModelFile:
     name: str  # relative name within the model (or the file's base name)
     display: str  # path or s3 URI for messages

@@ -47,7 +47,9 @@ class RecordCipher(Protocol):
     def decrypt_record_into(self, index: int, ciphertext: memoryview, out: memoryview) -> None: ...
 
 
-@dataclass
+# eq=False: working state, compared by identity (one generated method less to define on
+# the loader's import path, issue 25)
+@dataclass(eq=False)
 class FileJob:
     name: str  # shown in errors and audit events
     source: Source
