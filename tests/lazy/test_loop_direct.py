@@ -269,3 +269,20 @@ def _open(art: Path) -> Any:
     from weightguard.policy import UnsafeNoVerification
 
     return safe_open(art, policy=UnsafeNoVerification())
+
+
+def test_a_loop_over_a_signed_plain_file_goes_through_the_cache(
+    tmp_path: Path, file_key: str, sign_keys, outs: list[Any]
+) -> None:
+    """Not encrypted: no decryptor to write into several outputs; records shared by
+    neighbours are checked once into the cache and copied out, as outside a loop."""
+    ts = layer_tensors()
+    art, _ = release_file(tmp_path / "rel", "m.safetensors", ts, key=None, keys=None)
+    sign(art, art.with_name(art.name + ".sig"), sign_keys, chunk_size=CHUNK)
+    with safe_open(art, policy=sign_keys.policy()) as f:
+        num_chunks = f._files[0].geometry.num_chunks
+        got = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+        st, direct = f.stats, f._reader.stats.direct
+    assert_same(got, ts)
+    assert st["records_read"] == num_chunks and direct == 0 and st["read_ahead"] > 0
+    assert {t.data_ptr() for t in got.values()} >= {o.ptr for o in outs}
