@@ -285,9 +285,14 @@ _URI_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>()\[\]{},;]+")
 _SHORT_WORD = re.compile(rf"[A-Za-z0-9_]{{0,{MIN_BLOB - 1}}}")
 
 
+_WORD_SEPARATORS = re.compile(r"(\s+|[,;:@?&=()\[\]{}<>\"'|])")
+_URI_PARTS = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*://)([^/?#]*@)?([^?#]*)")
+_QUERY = re.compile(r"[?#]")
+
+
 def _scrub_words(text: str) -> str:
     out = _SECRET_SHAPES.sub(REDACTED, text) if _may_have_shape(text) else text
-    parts = re.split(r"(\s+|[,;:@?&=()\[\]{}<>\"'|])", out)
+    parts = _WORD_SEPARATORS.split(out)
     return "".join(REDACTED if _looks_like_blob(p) else p for p in parts)
 
 
@@ -337,8 +342,8 @@ URI_NAMES = frozenset(
 def scrub_uri(text: str) -> str:
     """Artifact locations: drop user-info and query/fragment (presigned-URL signatures,
     tokens); keep the path as is (content hashes in paths are not secrets)."""
-    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.\-]*://)([^/?#]*@)?([^?#]*)", text)
-    out = (m.group(1) + m.group(3)) if m else re.split(r"[?#]", text, maxsplit=1)[0]
+    m = _URI_PARTS.match(text)
+    out = (m.group(1) + m.group(3)) if m else _QUERY.split(text, maxsplit=1)[0]
     if _may_have_shape(out) and _SECRET_SHAPES.search(out):
         return REDACTED
     return out[:MAX_STRING]
