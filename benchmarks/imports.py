@@ -1,7 +1,7 @@
 """First call: what ``import weightguard.loader`` adds to ``import torch, safetensors``, and
 what a process's first secure load costs against its later ones.
 
-    python -m benchmarks.imports [--reps 7] [--model all-MiniLM-L6-v2]
+    python -m benchmarks.imports [--reps 7] [--model all-MiniLM-L6-v2] [--baseline DIR]
 
 Every trial is a fresh interpreter under ``-X importtime`` (bytecode cached, as
 ``benchmarks.run`` trials), the two variants alternating:
@@ -13,6 +13,11 @@ Every trial is a fresh interpreter under ``-X importtime`` (bytecode cached, as
   two secure loads of
   the signed + encrypted model (``--model``; made under ``benchmarks/work/prep`` when
   missing): the first and the second ``load_file`` are timed apart.
+
+- ``baseline`` (with ``--baseline DIR``): the ``weightguard`` variant importing the
+  package from ``DIR`` (e.g. ``git archive <rev> weightguard | tar -x -C DIR``), the three
+  variants alternating: on a shared machine the absolute figures swing with the load,
+  the difference to the baseline measured in the same run much less.
 
 Reported (medians): the imports' wall and CPU time in each variant and the difference (the
 loader's import cost above torch + safetensors; goal <= 30 ms), the modules
@@ -164,11 +169,13 @@ def first_load_imports(stderr: str) -> list[str]:
     return [m[4] for m in map(_ROW.match, rest) if m and len(m[3]) == 1]
 
 
-def _trial(wg: bool, spec: list[str], audit: str) -> dict[str, Any]:
+def _trial(wg: bool, spec: list[str], audit: str, package_dir: Path = ROOT) -> dict[str, Any]:
+    """One fresh interpreter; ``package_dir``: where ``weightguard`` is imported from (the
+    child's working directory, first on its ``sys.path``)."""
     code = _CHILD.format(anchor=ANCHOR, wg=wg, marker=_LOADS_MARKER)
     p = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", code, json.dumps(spec), audit],
-        cwd=ROOT,
+        cwd=package_dir,
         env=trial_env(),
         capture_output=True,
         text=True,
@@ -188,7 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--model", default="all-MiniLM-L6-v2")
     ap.add_argument("--out", default="", help="result file (default benchmarks/results/...)")
+    ap.add_argument(
+        "--baseline",
+        default="",
+        help="a directory holding another weightguard package, timed alternating (before/after)",
+    )
     args = ap.parse_args(argv)
+    baseline = Path(args.baseline).resolve() if args.baseline else None
+    if baseline is not None and not (baseline / "weightguard" / "__init__.py").is_file():
+        raise SystemExit(f"--baseline {baseline}: no weightguard package there")
     from benchmarks.stages import _prepared
 
     enc, sig, pub, key = _prepared(args.model)
@@ -196,9 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     audit = str(RESULTS.parent / "work" / "imports-audit.jsonl")
     meta = machine_info()
     trials: dict[str, list[dict[str, Any]]] = {"anchor": [], "weightguard": []}
+    order = ["anchor", "weightguard"]
+    if baseline is not None:
+        trials["baseline"] = []
+        order.append("baseline")
     for r in range(args.reps):
-        for wg in (r % 2 == 1, r % 2 == 0):  # alternating: neither always first
-            trials["weightguard" if wg else "anchor"].append(_trial(wg, spec, audit))
+        for v in order[r % len(order) :] + order[: r % len(order)]:  # none always first
+            where = baseline if v == "baseline" and baseline is not None else ROOT
+            trials[v].append(_trial(v != "anchor", spec, audit, where))
     Path(audit).unlink(missing_ok=True)
 
     def med(variant: str, key: str) -> float:
@@ -244,6 +264,15 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": load_check()["loadavg"],
         "trials": trials,
     }
+    if baseline is not None:
+        result["baseline"] = {
+            "dir": str(baseline),
+            "weightguard_loader_import_ms": med("baseline", "weightguard_s"),
+            "weightguard_loader_import_cpu_ms": med("baseline", "weightguard_cpu_s"),
+            "dataclasses_created": trials["baseline"][0]["dataclasses"],
+            "dataclasses_cpu_ms": med("baseline", "dataclasses_cpu_s"),
+            "first_load_ms": med("baseline", "first_load_s"),
+        }
     print(f"{ANCHOR}: {anchor_ms:.0f} ms (in the weightguard trials {with_wg:.0f} ms)")
     print(
         f"from weightguard import load_file on top: {added:.0f} ms wall, {added_cpu:.0f} ms CPU "
@@ -257,6 +286,15 @@ def main(argv: list[str] | None = None) -> int:
         f"first load_file {result['first_load_ms']:.0f} ms, second "
         f"{result['second_load_ms']:.0f} ms ({args.model}, {result['tensors']} tensors)"
     )
+    if baseline is not None:
+        b = result["baseline"]
+        print(
+            f"baseline ({baseline}): {b['weightguard_loader_import_ms']:.0f} ms wall, "
+            f"{b['weightguard_loader_import_cpu_ms']:.0f} ms CPU, "
+            f"{b['dataclasses_created']} @dataclass creations "
+            f"({b['dataclasses_cpu_ms']:.0f} ms CPU); this tree / baseline CPU: "
+            f"{added_cpu / b['weightguard_loader_import_cpu_ms']:.2f}"
+        )
     for name, ms in top:
         print(f"   {ms:7.1f} ms  {name}")
     print(f"imported by the first load: {', '.join(result['first_load_imports']) or 'nothing'}")

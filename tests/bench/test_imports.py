@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks import imports, models
 
 _STDERR = """import time: self [us] | cumulative | imported package
@@ -44,8 +46,15 @@ def test_rows_after_the_loads_marker_are_the_first_loads_not_the_imports() -> No
 def test_imports_benchmark_reports_import_and_first_load(tmp_path: Path) -> None:
     model = models.synthetic(4, root=tmp_path)
     out = tmp_path / "r.json"
-    assert imports.main(["--reps", "1", "--model", str(model), "--out", str(out)]) == 0
+    base = tmp_path / "before"  # another copy of the package (here: this one), timed alternating
+    base.mkdir()
+    (base / "weightguard").symlink_to(Path(imports.ROOT) / "weightguard")
+    argv = ["--reps", "1", "--model", str(model), "--out", str(out), "--baseline", str(base)]
+    assert imports.main(argv) == 0
     res = json.loads(out.read_text())
+    assert len(res["trials"]["baseline"]) == 1 and res["baseline"]["dir"] == str(base)
+    assert res["baseline"]["weightguard_loader_import_cpu_ms"] > 0
+    assert res["baseline"]["dataclasses_created"] == res["dataclasses_created"]
     assert res["tensors"] == len(models.plan_tensors(4))
     assert res["weightguard_loader_import_ms"] > 0 and res["weightguard_loader_import_cpu_ms"] > 0
     assert res["first_load_ms"] > 0 and res["second_load_ms"] > 0
@@ -57,3 +66,8 @@ def test_imports_benchmark_reports_import_and_first_load(tmp_path: Path) -> None
     assert "weightguard.manifest" in res["dataclasses_by_module"]
     assert not any(m.startswith("weightguard") for m in res["first_load_imports"])
     assert len(res["machine"]["loadavg"]) == 3
+
+
+def test_a_baseline_without_a_package_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no weightguard package there"):
+        imports.main(["--reps", "1", "--baseline", str(tmp_path)])
