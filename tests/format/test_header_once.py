@@ -85,3 +85,39 @@ def test_a_boolean_is_not_the_tables_integer(raw: bytes) -> None:
     assert _same_table(ok, BOOL_TABLE) == BOOL_TABLE
     named = {"is_true": BOOL_TABLE["w"]}  # the literal inside a name: still the table
     assert _same_table(json.dumps(named).encode(), named) == named
+
+
+TRICKY = {
+    "__metadata__": {"q": 'a":b', "c": ":", "s": " : x", "b": "\\\\", "e": '\\":'},
+    'we"ird:': {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+    "x\\": {"dtype": "U8", "shape": [2], "data_offsets": [4, 6]},
+}
+
+
+@pytest.mark.parametrize("spaces", [False, True])
+def test_the_table_is_recognised_with_colons_quotes_and_backslashes_in_strings(
+    spaces: bool,
+) -> None:
+    """Duplicate keys are ruled out by counting ":" (no per-object hook) only when the
+    count is exact; strings holding colons (and quotes, backslashes) send the header to
+    the hook, and the table is still recognised."""
+    seps = (", ", " : ") if spaces else (",", ":")
+    raw = json.dumps(TRICKY, separators=seps).encode()
+    assert raw.count(b":") > len(TRICKY) + sum(len(v) for v in TRICKY.values())
+    assert _same_table(raw, TRICKY) == TRICKY
+    plain = json.dumps(TABLE, separators=seps, ensure_ascii=False).encode()
+    assert plain.count(b":") == len(TABLE) + sum(len(v) for v in TABLE.values())
+    assert _same_table(plain, TABLE) == TABLE
+
+
+@pytest.mark.parametrize(
+    "dup",
+    [
+        b', "b.weight" : {"dtype": "F16", "shape": [4], "data_offsets": [16, 24]}}',
+        b',"b.weight":{"dtype":"F16","dtype":"F16","shape":[4],"data_offsets":[16,24]}}',
+    ],
+)
+def test_a_duplicate_key_is_refused_with_any_spacing(dup: bytes) -> None:
+    raw = json.dumps(TABLE, ensure_ascii=False).encode()[:-1] + dup
+    assert json.loads(raw) == TABLE  # the last value is the table's
+    assert _same_table(raw, TABLE) is None

@@ -483,8 +483,23 @@ def _same_table(raw: bytes, table: dict[str, Any]) -> dict[str, Any] | None:
     key wins) are refused here as there; strict UTF-8; too deep: RecursionError.
     """
     try:
+        text = raw.decode("utf-8")
+        parsed = _FAST_DECODER.decode(text)  # no per-object hook: keys counted below
+    except (ValueError, RecursionError, _NotTheTable):
+        return None
+    if not isinstance(parsed, dict) or not same_table(parsed, table, raw):
+        return None
+    # A duplicate key (the parser keeps the last) leaves fewer members than keys in the
+    # text.  The table's objects are the top level and each entry; outside strings a
+    # ":" is only a member's separator, so the text's ":" bytes are at least its keys:
+    # as many as the members means no duplicate; more (a ":" inside a name or value, or
+    # a duplicate), the per-object hook says exactly.
+    members = len(parsed) + sum(len(v) for v in parsed.values() if isinstance(v, dict))
+    if raw.count(b":") == members:
+        return parsed
+    try:
         parsed = json.loads(
-            raw.decode("utf-8"),
+            text,
             object_pairs_hook=_unique_pairs,
             parse_float=_refuse_value,
             parse_constant=_refuse_value,
