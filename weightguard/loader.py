@@ -163,7 +163,9 @@ def _cleanup(copier: Copier | None) -> list[BaseException]:
     return errors
 
 
-@dataclass
+# eq=False: working state, compared by identity (one generated method less to define on
+# the loader's import path, issue 25)
+@dataclass(eq=False)
 class _Ctx:
     uri: str
     device: str

@@ -38,7 +38,7 @@ NOT_ON_LOAD_PATH = (
 )
 # @dataclass classes the import creates; raise only with a reason (each costs ~0.5 ms).
 # Internal records on the load path are NamedTuples (~10x cheaper to define, issue 25).
-MAX_DATACLASSES = 29
+MAX_DATACLASSES = 28
 
 _PROBE = """
 import dataclasses, json, sys
