@@ -418,7 +418,10 @@ def _plan_files(
 
 
 def _rebased(place: dict[str, Placement], base: int) -> dict[str, Placement]:
-    """A file's placements with its segments numbered from ``base``."""
+    """A file's placements with its segments numbered from ``base`` (the first file's,
+    ``base`` 0, as they are: not rebuilt)."""
+    if not base:
+        return place
     return {
         k: Placement(p.seg + base if p.seg >= 0 else -1, p.offset, p.info) for k, p in place.items()
     }
