@@ -75,6 +75,7 @@ def test_edited_outer_fields_of_the_final_checkpoint_are_refused(
         lambda r: r.update(outcome="denied"),
         lambda r: r.update(time="2020-01-01T00:00:00.000000Z"),
         lambda r: r.update(v=2),
+        lambda r: r.update(v=True),  # == 1 in Python: the line's bytes changed unnoticed
         lambda r: r.update(reason="all good"),
         lambda r: r["sig"].update(note="x"),
         lambda r: r["checkpoint"].update(note="x"),

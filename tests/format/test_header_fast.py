@@ -150,3 +150,19 @@ def test_too_deep_for_the_c_parser_is_not_a_crash() -> None:
     assert fmt._canonical_doc(raw) is None
     with pytest.raises(FormatError, match="nested"):
         fmt._header_from_raw(raw, MAC, path="x")
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1"])
+def test_a_version_that_only_equals_1_is_refused(
+    version: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # JSON true == 1 in Python: the version steers how the rest is read, so its type is
+    # checked first, on both ways of reading the header
+    doc = _doc()
+    doc["version"] = version
+    raw = fmt.canonical_json(doc) if version is True else json.dumps(doc).encode()
+    why = "format version True is not supported" if version is True else "not an|canonical"
+    with pytest.raises(FormatError, match=why):
+        fmt._header_from_raw(raw, MAC, path="x")
+    with pytest.raises(FormatError, match=why):
+        _bounded_only(raw, monkeypatch)

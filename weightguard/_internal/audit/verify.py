@@ -77,7 +77,8 @@ def _unsigned_fields(rec: dict[str, Any]) -> str:
     extra = sorted(set(rec) - _CHECKPOINT_LINE)
     if extra:
         return "extra field(s) " + ", ".join(extra)[:120]
-    if rec.get("v") != FORMAT_VERSION or rec.get("outcome") != "ok":
+    v = rec.get("v")  # type first: JSON true == 1 in Python
+    if type(v) is not int or v != FORMAT_VERSION or rec.get("outcome") != "ok":
         return "v or outcome"
     if not isinstance(cp, dict) or set(cp) != _CHECKPOINT_BODY:
         return "checkpoint body"

@@ -383,7 +383,8 @@ def _header_from_doc(
 ) -> ArtifactHeader:
     """The fields of a parsed, canonical artifact header ``doc`` (read from ``raw``)."""
     version = doc.get("version")
-    if version != FORMAT_VERSION:
+    # type first: JSON true == 1 in Python, and the version steers how the rest is read
+    if type(version) is not int or version != FORMAT_VERSION:
         raise FormatError(
             f"{path}: artifact format version {str(version)[:20]} is not supported "
             f"(this weightguard reads version {FORMAT_VERSION})",
