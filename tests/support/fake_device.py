@@ -115,6 +115,9 @@ class FakeBackend(DeviceBackend):
         self.fail_zero = False
         self._copies = 0
         self._used = [0] * devices
+        # released allocations, drained under _lock (see _release); a new queue per reset,
+        # so a finalizer of an earlier test's allocation never counts against this one
+        self._freed: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self._owner: dict[int, int] = {}  # storage data_ptr -> device
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -153,12 +156,26 @@ class FakeBackend(DeviceBackend):
         return torch.device("cpu")
 
     # -- memory ------------------------------------------------------------------------
-    def _release(self, idx: int, n: int) -> None:
-        with self._lock:
+    @staticmethod
+    def _release(freed: queue.SimpleQueue[tuple[int, int]], idx: int, n: int) -> None:
+        # A GC finalizer: it runs in whatever thread the collection happens in, possibly
+        # one holding _lock, or one whose start another thread holding _lock waits for
+        # (CI hung so: current_stream starting a stream thread whose first allocation
+        # collected a buffer). So it takes no lock; SimpleQueue.put is reentrant-safe.
+        freed.put((idx, n))
+
+    def _drain(self) -> None:
+        """Count released allocations; called with _lock held."""
+        while True:
+            try:
+                idx, n = self._freed.get_nowait()
+            except queue.Empty:
+                return
             self._used[idx] -= n
 
     def alloc(self, ref: DeviceRef, n: int) -> Any:
         with self._lock:
+            self._drain()
             if self._used[ref.index] + n > self.capacity:
                 raise out_of_memory(str(ref), n)
             self._used[ref.index] += n
@@ -168,7 +185,7 @@ class FakeBackend(DeviceBackend):
         skip = -raw.data_ptr() % 256
         t = raw[skip : skip + n]
         self._owner[t.untyped_storage().data_ptr()] = ref.index
-        weakref.finalize(t.untyped_storage(), self._release, ref.index, n)
+        weakref.finalize(t.untyped_storage(), self._release, self._freed, ref.index, n)
         self.allocations.append((ref.index, t))
         return t
 
@@ -177,7 +194,9 @@ class FakeBackend(DeviceBackend):
         return torch.empty(n, dtype=torch.uint8)
 
     def used(self, idx: int = 0) -> int:
-        return self._used[idx]
+        with self._lock:
+            self._drain()
+            return self._used[idx]
 
     # -- ordering ----------------------------------------------------------------------
     def stream(self, ref: DeviceRef) -> Any:
