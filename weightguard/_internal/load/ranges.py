@@ -400,6 +400,9 @@ class RangeReader:
             self._wipe_outs([out, *dropped])
             raise
         with self._lock:
+            if self._outs.get((key, begin, end)) is not out:
+                # closed meanwhile (another thread): close() dropped and zeroed it
+                raise ConfigError("the reader is closed", hint="open the model again")
             del self._outs[(key, begin, end)]
         return out.t
 
