@@ -3,11 +3,15 @@
 * The safe_open loop's direct decryption (12eeff8, feab4b5): a reader closed by another
   thread between a loop's last record and the return of its tensor fails closed with
   the reader's typed error (close dropped and zeroed the output), never an untyped
-  ``KeyError`` from the reader's bookkeeping."""
+  ``KeyError`` from the reader's bookkeeping.
+* The artifact header's canonical fast way (22653ee): nesting measured before the C
+  parser runs, as on the bounded reader's way."""
 # ruff: noqa: F811  (fixtures imported from tests.support.load)
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +64,32 @@ def test_close_landing_before_a_loop_tensor_is_returned_is_a_typed_refusal(
     denied = [r for r in sink.records if r.get("outcome") == "denied"]
     assert denied and denied[-1]["event"] == "load.denied"
     assert denied[-1]["reason"].startswith("ConfigError: the reader is closed")
+
+
+# An artifact header is read before any key or MAC check: untrusted bytes.  The bounded
+# reader measures the nesting before the recursive C parser runs (boundedjson's rule: no
+# input reaches it deeper than max_depth); the canonical fast way (22653ee) must too: in a
+# process that raised the recursion limit (some applications do), a header of nested
+# brackets took the C stack down (SIGSEGV) instead of a FormatError.
+_DEEP = """
+import sys, threading
+sys.setrecursionlimit(10**7)
+threading.stack_size(8 * 1024 * 1024)
+from weightguard._internal.format import layout
+from weightguard.errors import FormatError
+n = 1_000_000
+def read():
+    try:
+        layout._header_from_raw(b"[" * n + b"]" * n, bytes(32), path="deep")
+    except FormatError as exc:
+        print("refused:", exc)
+t = threading.Thread(target=read)
+t.start()
+t.join()
+"""
+
+
+def test_a_deeply_nested_artifact_header_is_refused_not_parsed() -> None:
+    r = subprocess.run([sys.executable, "-c", _DEEP], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.returncode
+    assert "refused: deep: invalid artifact header: JSON nested 1000000 levels deep" in r.stdout

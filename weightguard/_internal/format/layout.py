@@ -324,9 +324,13 @@ def _canonical_doc(raw: bytes) -> tuple[dict[str, Any], bytes] | None:
     document read from bytes with a duplicate key is shorter than those bytes: not
     equal); depth (a header that passes :func:`_header_from_doc`'s checks is at most 4
     deep, under the limit of 6, and the caller takes this way only for one that
-    passes them; too deep for the C parser is its RecursionError, caught here).
+    passes them; deeper than 6 is measured before the C parser runs, as there).
     """
     if len(raw) > MAX_HEADER_LEN or _LONG_DIGITS in raw.translate(_DIGIT_RUNS):
+        return None
+    # Unverified bytes: measured before the recursive C parser runs (a raised recursion
+    # limit lets deep nesting exhaust the C stack before any RecursionError).
+    if boundedjson.depth(raw) > 6:
         return None
     try:
         doc = _FAST_DECODER.decode(raw.decode("utf-8"))
